@@ -1,0 +1,35 @@
+# Strata's entry points. Run through ./just, which installs .venv on first use.
+
+set positional-arguments
+
+default:
+    @just --list
+
+# Run the whole stack in the foreground (embedded NATS + PostgreSQL unless NATS_URL/DATABASE_URL set)
+up *args:
+    strata up "$@"
+
+# Stream demo traffic into a running stack (reads $STRATA_DATA_DIR/dev.json)
+demo *args:
+    strata demo "$@"
+
+# Apply database migrations to DATABASE_URL
+migrate:
+    strata migrate
+
+# The whole test suite against real NATS JetStream and PostgreSQL (started on demand)
+test *args:
+    python -m pytest -q -p no:cacheprovider "$@"
+
+# Lint and format check
+lint:
+    ruff check .
+    ruff format --check .
+
+# Static types (strict on libs/common)
+typecheck:
+    mypy
+
+# Benchmarks: prints figures and writes bench/results/latest.json
+bench *args:
+    python -m bench "$@"

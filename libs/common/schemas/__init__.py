@@ -1,0 +1,1 @@
+"""Wire types shared by every service: one module per subject family, versioned."""

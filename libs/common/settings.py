@@ -1,0 +1,113 @@
+"""Service settings: one frozen Struct per service, read from the environment once in
+`__main__`, then passed in. Nothing else reads `os.environ`.
+
+A field `foo_bar` is read from `STRATA_FOO_BAR`; `database_url` and `nats_url` are read from
+`DATABASE_URL` and `NATS_URL` (the names every operator already uses).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import msgspec
+
+_UNPREFIXED = {"database_url": "DATABASE_URL", "nats_url": "NATS_URL"}
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+
+class SettingsError(ValueError):
+    """A configuration variable is missing or malformed."""
+
+
+def env_name(field: str) -> str:
+    return _UNPREFIXED.get(field, f"STRATA_{field.upper()}")
+
+
+def from_env(cls: type[T], env: Mapping[str, str] | None = None) -> T:
+    """Build `cls` from environment variables, coercing strings to the field types."""
+    source = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    for field in msgspec.structs.fields(cls):
+        name = env_name(field.name)
+        if name in source and source[name] != "":
+            raw[field.name] = source[name]
+    try:
+        return msgspec.convert(raw, cls, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(f"invalid configuration: {exc} (see docs/configuration.md)") from exc
+
+
+class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/strata"
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_prefix: str = "strata"
+    partitions: int = 8  # person partitions of the raw stream; fixed for a deployment
+    log_format: str = "json"  # json | console
+    log_level: str = "info"
+    otel_exporter: str = "none"  # none | console | otlp
+    otel_endpoint: str = ""  # OTLP/HTTP endpoint when otel_exporter=otlp
+
+
+class IngestSettings(CommonSettings, frozen=True, kw_only=True):
+    host: str = "0.0.0.0"
+    ingest_port: int = 8080
+    max_event_bytes: int = 32 * 1024
+    max_request_bytes: int = 500 * 1024
+    max_name_chars: int = 200
+    max_property_depth: int = 5
+    max_properties: int = 200
+    future_tolerance_s: int = 24 * 3600
+    rate_limit_per_s: float = 5000.0  # events per second per write key (token bucket)
+    rate_limit_burst: float = 20000.0
+    publish_timeout_s: float = 5.0
+    key_cache_ttl_s: float = 30.0
+
+
+class SessionizerSettings(CommonSettings, frozen=True, kw_only=True):
+    # This instance owns partitions p with p % replicas == ordinal. In Kubernetes the ordinal
+    # comes from the StatefulSet pod name (strata-sessionizer-<n>) when not set explicitly.
+    ordinal: int = -1
+    replicas: int = 1
+    pod_name: str = ""
+    checkpoint_interval_s: float = 2.0
+    fetch_batch: int = 200
+    project_refresh_s: float = 30.0
+    health_port: int = 8082
+
+
+class AggregatorSettings(CommonSettings, frozen=True, kw_only=True):
+    fetch_batch: int = 100  # messages per pull; each message holds a batch of events
+    fetch_timeout_s: float = 0.2
+    max_redeliveries: int = 5
+    dlq_max_ratio: float = 0.5  # stop (do not drain into the DLQ) past this share of a window
+    dlq_max_count: int = 1000
+    ack_wait_s: float = 30.0
+    partitions_ahead_days: int = 7
+    health_port: int = 8083
+
+
+class QuerySettings(CommonSettings, frozen=True, kw_only=True):
+    host: str = "0.0.0.0"
+    query_port: int = 8081
+    max_page_size: int = 1000
+    stream_interval_s: float = 1.0
+
+
+class TieringSettings(CommonSettings, frozen=True, kw_only=True):
+    object_store: str = ""  # file:///path or oci://namespace/bucket; default under data dir
+    schedule_s: float = 3600.0
+    health_port: int = 8084
+    data_dir: str = ".strata"
+
+
+class StackSettings(CommonSettings, frozen=True, kw_only=True):
+    """`strata up`: the local stack supervisor. Empty URLs mean "start embedded servers"."""
+
+    database_url: str = ""
+    nats_url: str = ""
+    data_dir: str = ".strata"
+    ingest_port: int = 8080
+    query_port: int = 8081
