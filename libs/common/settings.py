@@ -101,6 +101,8 @@ class TieringSettings(CommonSettings, frozen=True, kw_only=True):
     schedule_s: float = 3600.0
     health_port: int = 8084
     data_dir: str = ".strata"
+    partitions_ahead_days: int = 7  # `events` day partitions kept created ahead of today (UTC)
+    dedup_horizon_days: int = 30  # event_ids older than this (by receipt) are pruned
 
 
 class StackSettings(CommonSettings, frozen=True, kw_only=True):
@@ -111,3 +113,9 @@ class StackSettings(CommonSettings, frozen=True, kw_only=True):
     data_dir: str = ".strata"
     ingest_port: int = 8080
     query_port: int = 8081
+    ready_timeout_s: float = 180.0  # every child service must answer /readyz within this
+    stop_timeout_s: float = 20.0  # SIGTERM grace per child before SIGKILL
+    restart_backoff_max_s: float = 30.0
+    demo_days: int = 130  # `up --demo` backfill: days of history per project
+    demo_visitors: int = 100  # `up --demo`: average daily visitors per project
+    demo_seed: int = 7

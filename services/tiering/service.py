@@ -1,0 +1,118 @@
+"""The tiering service's schedule: run hot-store maintenance every `schedule_s` until stopped.
+
+Cold tiering (hot -> cold -> archive) joins this schedule in a later issue."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from libs.common.observability import Liveness
+from services.tiering.maintenance import run_maintenance
+
+log = structlog.get_logger("tiering")
+
+# The loop wakes at least this often so liveness reflects a loop that is still turning, even
+# when the schedule is hours long.
+_TICK_S = 10.0
+_RETRY_FIRST_S = 5.0
+
+
+class TieringMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.runs = Counter(
+            "strata_tiering_maintenance_runs",
+            "Maintenance passes by result",
+            ["result"],
+            registry=registry,
+        )
+        self.pruned = Counter(
+            "strata_tiering_event_ids_pruned",
+            "event_ids rows deleted past the dedup horizon",
+            registry=registry,
+        )
+        self.last_success = Gauge(
+            "strata_tiering_last_success_timestamp_seconds",
+            "Unix time of the last successful maintenance pass",
+            registry=registry,
+        )
+
+
+class TieringSchedule:
+    """Runs maintenance now, then every `schedule_s`; a failed pass is retried with backoff."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        metrics: TieringMetrics,
+        *,
+        schedule_s: float,
+        partitions_ahead_days: int,
+        dedup_horizon_days: int,
+    ) -> None:
+        self.pool = pool
+        self.metrics = metrics
+        self.schedule_s = schedule_s
+        self.partitions_ahead_days = partitions_ahead_days
+        self.dedup_horizon_days = dedup_horizon_days
+        # A pass may legitimately take minutes (a large prune); allow that before "stalled".
+        self.liveness = Liveness(stall_s=max(300.0, 3 * _TICK_S))
+        self._stopping = asyncio.Event()
+        self.passes_ok = 0
+
+    def stop(self) -> None:
+        """Ask the loop to finish the current pass and return."""
+        self._stopping.set()
+
+    async def run_once(self) -> bool:
+        """One maintenance pass; False when it failed (already logged and counted)."""
+        try:
+            report = await run_maintenance(
+                self.pool,
+                partitions_ahead_days=self.partitions_ahead_days,
+                dedup_horizon_days=self.dedup_horizon_days,
+            )
+        except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
+            self.metrics.runs.labels("error").inc()
+            log.error("maintenance_failed", error=str(exc) or type(exc).__name__)
+            return False
+        self.metrics.runs.labels("ok").inc()
+        self.metrics.pruned.inc(report.event_ids_pruned)
+        self.metrics.last_success.set(time.time())
+        self.passes_ok += 1
+        log.info(
+            "maintenance_done",
+            partitions_from=report.partitions_from.isoformat(),
+            partitions_days=report.partitions_days,
+            event_ids_pruned=report.event_ids_pruned,
+        )
+        return True
+
+    async def run(self) -> None:
+        """Loop until `stop()`; returns after the pass in progress (if any) completes."""
+        retry_s = _RETRY_FIRST_S
+        while not self._stopping.is_set():
+            self.liveness.tick()
+            if await self.run_once():
+                retry_s = _RETRY_FIRST_S
+                wait_s = self.schedule_s
+            else:
+                wait_s = retry_s
+                retry_s = min(retry_s * 2, self.schedule_s)
+            await self._sleep(wait_s)
+
+    async def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self.liveness.tick()
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=min(remaining, _TICK_S))
+            except TimeoutError:
+                pass
