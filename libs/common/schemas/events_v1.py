@@ -116,3 +116,16 @@ raw_batch_encoder = msgspec.json.Encoder()
 raw_batch_decoder = msgspec.json.Decoder(RawBatchV1)
 enriched_batch_decoder = msgspec.json.Decoder(EnrichedBatchV1)
 session_update_decoder = msgspec.json.Decoder(SessionUpdateV1)
+
+
+class SessionUpdateBatchV1(msgspec.Struct, frozen=True, kw_only=True):
+    """The sessions of one project touched by one raw batch, as the sessionizer sees them after
+    it (published on `sessions.v1.<project>`)."""
+
+    v: int = SCHEMA_VERSION
+    batch_id: str
+    project_id: str
+    sessions: list[SessionUpdateV1]
+
+
+session_update_batch_decoder = msgspec.json.Decoder(SessionUpdateBatchV1)
