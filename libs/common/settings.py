@@ -76,6 +76,11 @@ class SessionizerSettings(CommonSettings, frozen=True, kw_only=True):
     fetch_batch: int = 200
     project_refresh_s: float = 30.0
     health_port: int = 8082
+    # Raw messages processed but not yet checkpointed, per partition: past this a checkpoint is
+    # taken early so the consumer's max_ack_pending is never reached.
+    checkpoint_max_messages: int = 5000
+    max_pending_publishes: int = 2000  # enriched/session publishes awaiting their acks
+    publish_timeout_s: float = 10.0
 
 
 class AggregatorSettings(CommonSettings, frozen=True, kw_only=True):
