@@ -33,3 +33,11 @@ typecheck:
 # Benchmarks: prints figures and writes bench/results/latest.json
 bench *args:
     python -m bench "$@"
+
+# Regenerate the JSON Schemas of the wire types (docs/schemas) from the msgspec Structs
+schemas:
+    python -m libs.common.schemas.jsonschema docs/schemas
+
+# Render the Kubernetes base (deploy/k8s) as applied by `kubectl apply -k`
+k8s:
+    kubectl kustomize deploy/k8s
