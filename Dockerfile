@@ -16,9 +16,9 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 
 COPY libs ./libs
 COPY services ./services
-# A regular (non-editable) install: the code and its package data (migrations) live in the venv.
-RUN pip install --no-deps . \
- && python -m compileall -q /opt/strata/venv
+# A regular (non-editable) install: the code and its package data (migrations) live in the venv,
+# byte-compiled by pip (the root filesystem is read-only at run time).
+RUN pip install --no-deps .
 
 
 FROM python:3.11-slim
@@ -34,7 +34,6 @@ RUN apt-get update \
 
 COPY --from=build /opt/strata/venv /opt/strata/venv
 
-# Bytecode was compiled at build time: the root filesystem is read-only in Kubernetes.
 ENV PATH=/opt/strata/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
