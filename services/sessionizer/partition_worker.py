@@ -1,0 +1,351 @@
+"""One raw-stream partition: consume from its checkpoint, sessionize each raw batch in order,
+publish enriched batches and session updates, and checkpoint (state + sequence), then ack.
+
+The chain per raw message: decode -> validate -> sessionize (pure) -> publish (acks awaited
+before the next checkpoint). Per checkpoint: await publish acks -> UPSERT (seq, state) -> ack the
+raw stream up to seq. A crash anywhere replays from the last checkpoint; since sessionizing is
+deterministic, the replay republishes the same message ids and JetStream drops them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+
+import asyncpg
+import msgspec
+import nats.errors
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
+from nats.js.errors import NotFoundError
+from opentelemetry import propagate, trace
+
+from libs.common.observability import inject_trace_headers
+from libs.common.schemas.events_v1 import RawBatchV1, raw_batch_decoder
+from libs.common.settings import SessionizerSettings
+from libs.common.subjects import Subjects
+from services.sessionizer.checkpoints import encode_state, load_checkpoint, save_checkpoint
+from services.sessionizer.enriched_messages import build_messages
+from services.sessionizer.metrics import SessionizerMetrics
+from services.sessionizer.project_rules import ProjectRules
+from services.sessionizer.session_window import PartitionSessions, sessionize_batch
+
+log = structlog.get_logger(__name__)
+tracer = trace.get_tracer("strata.sessionizer")
+
+_TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
+DLQ_SERVICE = "sessionizer"
+# Dead-lettering stops (the partition halts and retries) when more than half of the last
+# DLQ_WINDOW raw messages were undecodable: a bad ingest deploy must not drain into the DLQ.
+DLQ_WINDOW = 200
+DLQ_MIN_COUNT = 20
+MAX_RESTART_BACKOFF_S = 30.0
+
+
+class InvalidRawBatch(ValueError):
+    """A raw message that can never be sessionized (poison): it goes to the DLQ."""
+
+
+class PublishFailed(RuntimeError):
+    """JetStream did not acknowledge an enriched or session-update publish in time."""
+
+
+class DeadLetterCapExceeded(RuntimeError):
+    """Too many poison messages in a row: stop rather than empty the stream into the DLQ."""
+
+
+def decode_raw_batch(data: bytes) -> RawBatchV1:
+    """Decode and validate one raw message, or raise InvalidRawBatch saying why."""
+    try:
+        batch = raw_batch_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise InvalidRawBatch(f"undecodable raw batch: {exc}") from exc
+    for event in batch.events:
+        if event.ts.tzinfo is None or event.received_at.tzinfo is None:
+            raise InvalidRawBatch(f"event {event.event_id}: timestamps must carry a time zone")
+    return batch
+
+
+class PartitionWorker:
+    """Owns one partition of the raw stream for as long as the service runs."""
+
+    def __init__(
+        self,
+        partition: int,
+        nc: NATS,
+        js: JetStreamContext,
+        pool: asyncpg.Pool,
+        subjects: Subjects,
+        settings: SessionizerSettings,
+        rules: ProjectRules,
+        metrics: SessionizerMetrics,
+        tick: Callable[[int], None],
+        stopping: asyncio.Event,
+    ) -> None:
+        self.partition = partition
+        self._nc = nc
+        self._js = js
+        self._pool = pool
+        self._subjects = subjects
+        self._settings = settings
+        self._rules = rules
+        self._metrics = metrics
+        self._tick = tick
+        self._stopping = stopping
+        self._label = str(partition)
+        self._log = log.bind(partition=partition)
+        # Kept across restarts from the checkpoint, so a halted partition stays halted.
+        self._dlq_outcomes: deque[bool] = deque(maxlen=DLQ_WINDOW)
+        self._reset(0, PartitionSessions())
+
+    def _reset(self, checkpoint_seq: int, state: PartitionSessions) -> None:
+        self.state = state
+        self.checkpoint_seq = checkpoint_seq  # last raw seq whose effects are checkpointed
+        self.processed_seq = checkpoint_seq  # last raw seq sessionized and published
+        self._last_msg: Msg | None = None  # acking it acks everything before (AckPolicy.ALL)
+        self._pending_acks: deque[asyncio.Future[PubAck]] = deque()
+        self._checkpointed_at = time.monotonic()
+        self._messages_since_checkpoint = 0
+
+    @property
+    def consumer_name(self) -> str:
+        return f"sessionizer-{self.partition}"
+
+    async def run(self) -> None:
+        """Consume until the service stops; transient failures restart from the checkpoint."""
+        backoff = 0.5
+        while not self._stopping.is_set():
+            try:
+                await self._run_from_checkpoint()
+                backoff = 0.5
+            except Exception as exc:
+                # Anything unexpected (NATS or PostgreSQL away, a publish not acked) is
+                # retried from the last checkpoint: replays are deterministic and deduplicated.
+                self._cancel_pending_publishes()
+                self._metrics.restarts.labels(self._label).inc()
+                self._log.error(
+                    "partition failed; restarting from its checkpoint",
+                    error=str(exc) or type(exc).__name__,
+                    error_type=type(exc).__name__,
+                    retry_in_s=backoff,
+                )
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
+                except TimeoutError:
+                    pass
+                backoff = min(backoff * 2, MAX_RESTART_BACKOFF_S)
+
+    async def _run_from_checkpoint(self) -> None:
+        checkpoint = await load_checkpoint(self._pool, self._subjects.raw_stream, self.partition)
+        self._reset(checkpoint.stream_seq, checkpoint.state)
+        start_seq = await self._start_sequence(checkpoint.stream_seq)
+        sub = await self._subscribe(start_seq)
+        self._log.info(
+            "partition started",
+            checkpoint_seq=checkpoint.stream_seq,
+            start_seq=start_seq,
+            persons=self.state.person_count(),
+        )
+        fetch_timeout = max(0.05, min(1.0, self._settings.checkpoint_interval_s / 2))
+        try:
+            while not self._stopping.is_set():
+                self._tick(self.partition)
+                try:
+                    msgs = await sub.fetch(self._settings.fetch_batch, timeout=fetch_timeout)
+                except nats.errors.TimeoutError:
+                    msgs = []
+                for msg in msgs:
+                    if self._stopping.is_set():
+                        break  # unprocessed messages replay from the checkpoint
+                    await self._process(msg)
+                    if self._messages_since_checkpoint >= self._settings.checkpoint_max_messages:
+                        await self.checkpoint()
+                if time.monotonic() - self._checkpointed_at >= self._settings.checkpoint_interval_s:
+                    await self.checkpoint()
+                self._metrics.checkpoint_age.labels(self._label).set(
+                    time.monotonic() - self._checkpointed_at
+                )
+            await self.checkpoint()
+            self._log.info("partition stopped", checkpoint_seq=self.checkpoint_seq)
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # the connection may already be gone; nothing to release
+                pass
+
+    async def _start_sequence(self, checkpoint_seq: int) -> int:
+        """The raw sequence to resume at: right after the checkpoint, unless the stream was
+        recreated behind it (its sequences restarted), in which case from its beginning."""
+        if checkpoint_seq == 0:
+            return 1
+        info = await self._js.stream_info(self._subjects.raw_stream)
+        if info.state.last_seq < checkpoint_seq:
+            self._log.warning(
+                "raw stream is behind the checkpoint (recreated?); consuming it from the start",
+                checkpoint_seq=checkpoint_seq,
+                stream_last_seq=info.state.last_seq,
+            )
+            self.checkpoint_seq = self.processed_seq = 0
+            return 1
+        return checkpoint_seq + 1
+
+    async def _subscribe(self, start_seq: int) -> JetStreamContext.PullSubscription:
+        # The checkpoint, not the consumer's ack floor, is the truth: recreate the durable
+        # consumer at the checkpointed position every time the partition (re)starts.
+        stream = self._subjects.raw_stream
+        try:
+            await self._js.delete_consumer(stream, self.consumer_name)
+        except NotFoundError:
+            pass
+        interval = self._settings.checkpoint_interval_s
+        max_ack_pending = 2 * self._settings.checkpoint_max_messages + self._settings.fetch_batch
+        config = ConsumerConfig(
+            name=self.consumer_name,
+            durable_name=self.consumer_name,
+            filter_subject=self._subjects.raw(self.partition),
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start_seq,
+            ack_policy=AckPolicy.ALL,
+            # Messages stay unacked until the next checkpoint; a redelivery before then is
+            # skipped by sequence, so a generous ack wait only saves pointless resends.
+            ack_wait=max(60.0, 10 * interval),
+            max_ack_pending=max_ack_pending,
+            max_deliver=-1,
+        )
+        await self._js.add_consumer(stream, config)
+        return await self._js.pull_subscribe_bind(
+            durable=self.consumer_name, stream=stream, pending_msgs_limit=4 * max_ack_pending
+        )
+
+    async def _process(self, msg: Msg) -> None:
+        metadata = msg.metadata
+        seq = metadata.sequence.stream
+        self._metrics.lag.labels(self._label).set(metadata.num_pending)
+        if seq <= self.processed_seq:
+            return  # redelivered before our checkpoint acked it; already published
+        try:
+            batch = decode_raw_batch(msg.data)
+        except InvalidRawBatch as exc:
+            await self._dead_letter(msg, seq, str(exc))
+            self._advance(msg, seq)
+            return
+        self._dlq_outcomes.append(False)
+
+        await self._rules.ensure_known({event.project_id for event in batch.events})
+        sessionized = sessionize_batch(self.state, batch.events, seq, self._rules)
+        messages = build_messages(self._subjects, seq, sessionized, self._nc.max_payload)
+
+        # Carry the ingest request's trace through; our span (when tracing is on) becomes
+        # the parent of the aggregator's.
+        incoming = msg.headers or {}
+        trace_headers = {k: incoming[k] for k in _TRACE_HEADERS if k in incoming}
+        with tracer.start_as_current_span(
+            "sessionize",
+            context=propagate.extract(trace_headers),
+            attributes={"strata.batch_id": batch.batch_id, "strata.partition": self.partition},
+        ):
+            inject_trace_headers(trace_headers)
+            for out in messages:
+                headers = {**trace_headers, "Nats-Msg-Id": out.msg_id}
+                future = await self._js.publish_async(out.subject, out.payload, headers=headers)
+                self._pending_acks.append(future)
+        if len(self._pending_acks) >= self._settings.max_pending_publishes:
+            await self._await_publish_acks()
+
+        self._advance(msg, seq)
+        self._metrics.events.inc(len(sessionized.events))
+        self._metrics.sessions_started.inc(sessionized.sessions_started)
+        if sessionized.persons_pruned:
+            self._metrics.persons_pruned.inc(sessionized.persons_pruned)
+        self._log.debug(
+            "raw batch sessionized",
+            batch_id=batch.batch_id,
+            seq=seq,
+            events=len(sessionized.events),
+            sessions_started=sessionized.sessions_started,
+            messages=len(messages),
+        )
+
+    def _advance(self, msg: Msg, seq: int) -> None:
+        self.processed_seq = seq
+        self._last_msg = msg
+        self._messages_since_checkpoint += 1
+
+    async def _dead_letter(self, msg: Msg, seq: int, reason: str) -> None:
+        self._note_dead_letter()
+        await self._js.publish(
+            self._subjects.dlq(DLQ_SERVICE),
+            msg.data,
+            timeout=self._settings.publish_timeout_s,
+            headers={
+                # Deterministic id: a replay from the checkpoint does not dead-letter it twice.
+                "Nats-Msg-Id": f"{DLQ_SERVICE}:{self._subjects.raw_stream}:{seq}",
+                "Strata-DLQ-Reason": reason[:1000],
+                "Strata-DLQ-Service": DLQ_SERVICE,
+                "Strata-DLQ-Original-Subject": msg.subject,
+                "Strata-DLQ-Original-Seq": str(seq),
+            },
+        )
+        self._metrics.dead_lettered.inc()
+        self._log.warning("raw message dead-lettered", seq=seq, reason=reason)
+
+    def _note_dead_letter(self) -> None:
+        self._dlq_outcomes.append(True)
+        count = sum(self._dlq_outcomes)
+        if count >= DLQ_MIN_COUNT and count * 2 > len(self._dlq_outcomes):
+            raise DeadLetterCapExceeded(
+                f"{count} of the last {len(self._dlq_outcomes)} raw messages were poison;"
+                " halting this partition instead of dead-lettering the stream"
+            )
+
+    async def _await_publish_acks(self) -> None:
+        """Wait until JetStream stored everything published so far, or raise PublishFailed."""
+        if not self._pending_acks:
+            return
+        pending = list(self._pending_acks)
+        done, not_done = await asyncio.wait(pending, timeout=self._settings.publish_timeout_s)
+        if not_done:
+            raise PublishFailed(
+                f"{len(not_done)} publishes not acknowledged within"
+                f" {self._settings.publish_timeout_s}s"
+            )
+        for future in done:
+            exc = future.exception()
+            if exc is not None:
+                raise PublishFailed(f"publish rejected: {exc!r}") from exc
+        self._pending_acks.clear()
+
+    def _cancel_pending_publishes(self) -> None:
+        # Cancelling releases the client's publish_async slots; the replay republishes them.
+        for future in self._pending_acks:
+            future.cancel()
+        self._pending_acks.clear()
+
+    async def checkpoint(self) -> None:
+        """Store (last processed seq, state) once every publish is acked, then ack the raw
+        stream up to that seq."""
+        if self.processed_seq == self.checkpoint_seq:
+            self._checkpointed_at = time.monotonic()  # nothing new: fully checkpointed
+            return
+        await self._await_publish_acks()
+        blob = encode_state(self.state)
+        await save_checkpoint(
+            self._pool, self._subjects.raw_stream, self.partition, self.processed_seq, blob
+        )
+        self.checkpoint_seq = self.processed_seq
+        self._messages_since_checkpoint = 0
+        self._checkpointed_at = time.monotonic()
+        self._metrics.checkpoint_bytes.labels(self._label).set(len(blob))
+        self._metrics.persons.labels(self._label).set(self.state.person_count())
+        self._metrics.checkpoint_age.labels(self._label).set(0)
+        if self._last_msg is not None:
+            try:
+                await self._last_msg.ack()
+            except Exception as exc:
+                # Harmless: the checkpoint is the resume point; the next ack covers this one.
+                self._log.warning("raw ack failed after checkpoint", error=str(exc))

@@ -1,0 +1,166 @@
+"""The sessionizer as a real subprocess (`python -m services.sessionizer`): a graceful restart
+does not split sessions, and a kill -9 between checkpoints loses nothing, duplicates nothing
+and changes no session id."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+from nats.js import JetStreamContext
+
+from libs.common.schemas.events_v1 import EventV1
+from libs.common.subjects import Subjects, partition_of
+from services.sessionizer.session_window import session_id_for
+from tests.support.project import TestProject
+from tests.support.services import ServiceProcess, free_port, service_env
+from tests.support.sessionizer_streams import (
+    enriched_events,
+    make_event,
+    publish_raw,
+    wait_for_enriched,
+)
+
+pytestmark = pytest.mark.infra
+
+M = timedelta(minutes=1)
+
+
+def sessionizer(
+    database_url: str, nats_url: str, subjects: Subjects, log_dir: Path, **settings: object
+) -> tuple[ServiceProcess, int]:
+    port = free_port()
+    env = service_env(
+        database_url,
+        nats_url,
+        subjects.prefix,
+        health_port=port,
+        **settings,  # type: ignore[arg-type]
+    )
+    return ServiceProcess("sessionizer", env, log_dir), port
+
+
+async def checkpoints(pool: asyncpg.Pool, subjects: Subjects) -> dict[int, int]:
+    rows = await pool.fetch(
+        "SELECT partition, stream_seq FROM sessionizer_checkpoints WHERE stream = $1",
+        subjects.raw_stream,
+    )
+    return {r["partition"]: r["stream_seq"] for r in rows}
+
+
+async def test_graceful_restart_keeps_the_session_open(
+    nats_url: str,
+    database_url: str,
+    pool: asyncpg.Pool,
+    js: JetStreamContext,
+    subjects: Subjects,
+    project: TestProject,
+    tmp_path: Path,
+) -> None:
+    now = datetime.now(UTC)
+    t0 = now - timedelta(hours=1)
+    proc, port = sessionizer(database_url, nats_url, subjects, tmp_path, partitions=2)
+    proc.start()
+    try:
+        proc.wait_http(port)
+        [first_seq] = (
+            await publish_raw(js, subjects, [make_event("s1", t0, "sam", now)], 2)
+        ).values()
+        await wait_for_enriched(js, subjects, {"s1"})
+    finally:
+        assert proc.stop() == 0, proc.log()
+    # SIGTERM checkpointed what it had processed.
+    assert (await checkpoints(pool, subjects))[partition_of("sam", 2)] == first_seq
+
+    await publish_raw(js, subjects, [make_event("s2", t0 + 10 * M, "sam", now)], 2)
+    proc, port = sessionizer(database_url, nats_url, subjects, tmp_path, partitions=2)
+    proc.start()
+    try:
+        proc.wait_http(port)
+        events = await wait_for_enriched(js, subjects, {"s1", "s2"})
+    finally:
+        assert proc.stop() == 0, proc.log()
+    assert sorted(e.event_id for e in events) == ["s1", "s2"]
+    assert {e.session_id for e in events} == {session_id_for("acme", "sam", "s1")}
+
+
+async def test_kill9_between_checkpoints_loses_nothing_and_splits_nothing(
+    nats_url: str,
+    database_url: str,
+    pool: asyncpg.Pool,
+    js: JetStreamContext,
+    subjects: Subjects,
+    project: TestProject,
+    tmp_path: Path,
+) -> None:
+    partitions = 2
+    persons = [f"v{i:02d}" for i in range(12)]
+    assert {partition_of(p, partitions) for p in persons} == {0, 1}
+    now = datetime.now(UTC).replace(microsecond=0)
+    t0 = now - timedelta(hours=4)
+    # Checkpoints only every 10 raw messages (never by time): with 25 messages per partition
+    # the last 5 are processed and published but not checkpointed when the process dies.
+    settings = {
+        "partitions": partitions,
+        "checkpoint_interval_s": 3600,
+        "checkpoint_max_messages": 10,
+    }
+
+    expected: dict[str, str] = {}
+    first_event: dict[str, str] = {}
+    requests: list[list[EventV1]] = []
+    for minute in range(25):
+        request = []
+        for person in persons:
+            event_id = f"{person}-{minute}"
+            first_event.setdefault(person, event_id)
+            expected[event_id] = session_id_for("acme", person, first_event[person])
+            request.append(make_event(event_id, t0 + minute * M, person, now))
+        requests.append(request)
+
+    proc, port = sessionizer(database_url, nats_url, subjects, tmp_path, **settings)
+    proc.start()
+    raw_seqs: dict[int, list[int]] = {0: [], 1: []}
+    try:
+        proc.wait_http(port)
+        for request in requests:
+            for partition, seq in (await publish_raw(js, subjects, request, partitions)).items():
+                raw_seqs[partition].append(seq)
+        await wait_for_enriched(js, subjects, set(expected))
+    finally:
+        proc.kill9()
+    stored = await checkpoints(pool, subjects)
+    for partition, seqs in raw_seqs.items():
+        assert len(seqs) == 25
+        # Died after publishing message 25 but with only 20 checkpointed.
+        assert stored[partition] == seqs[19], "the kill landed between checkpoints"
+
+    # While it is down: each person comes back 10 minutes after their last event (same
+    # session), and every other person once more 45 minutes after that (a new session).
+    later: list[EventV1] = []
+    for index, person in enumerate(persons):
+        event_id = f"{person}-back"
+        later.append(make_event(event_id, t0 + 34 * M, person, now))
+        expected[event_id] = session_id_for("acme", person, first_event[person])
+        if index % 2 == 0:
+            gap_id = f"{person}-gap"
+            later.append(make_event(gap_id, t0 + 79 * M, person, now))
+            expected[gap_id] = session_id_for("acme", person, gap_id)
+    await publish_raw(js, subjects, later, partitions)
+
+    proc, port = sessionizer(database_url, nats_url, subjects, tmp_path, **settings)
+    proc.start()
+    try:
+        proc.wait_http(port)
+        await wait_for_enriched(js, subjects, set(expected))
+    finally:
+        assert proc.stop() == 0, proc.log()
+
+    events = await enriched_events(js, subjects)
+    counts = Counter(e.event_id for e in events)
+    assert set(counts) == set(expected), "nothing lost, nothing invented"
+    assert [eid for eid, n in counts.items() if n != 1] == [], "replays were dropped as duplicates"
+    assert {e.event_id: e.session_id for e in events} == expected
