@@ -64,6 +64,10 @@ class IngestSettings(CommonSettings, frozen=True, kw_only=True):
     rate_limit_burst: float = 20000.0
     publish_timeout_s: float = 5.0
     key_cache_ttl_s: float = 30.0
+    # Requests allowed to wait on JetStream acks at once; past it ingest answers 503 rather
+    # than buffering without limit.
+    max_in_flight_publishes: int = 256
+    shutdown_timeout_s: float = 15.0  # SIGTERM: how long in-flight requests may take to finish
 
 
 class SessionizerSettings(CommonSettings, frozen=True, kw_only=True):
