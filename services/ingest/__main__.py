@@ -1,0 +1,62 @@
+"""`python -m services.ingest`: the ingest gateway, configured by environment variables
+(IngestSettings). SIGTERM/SIGINT: stop accepting connections, let in-flight requests finish
+(their events are acked by JetStream before they are answered), drain NATS, close the pool."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import structlog
+import uvloop
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from libs.common.db import create_pool
+from libs.common.nats_io import connect, ensure_streams
+from libs.common.observability import configure_logging, configure_tracing
+from libs.common.settings import IngestSettings, from_env
+from libs.common.subjects import Subjects
+from services.ingest.app import IngestDeps, build_app
+
+log = structlog.get_logger("strata.ingest")
+
+
+async def serve(settings: IngestSettings) -> None:
+    """Run the gateway until SIGTERM or SIGINT, then shut down gracefully."""
+    nc = await connect(settings.nats_url, "strata-ingest")
+    subjects = Subjects(settings.nats_prefix)
+    await ensure_streams(nc.jetstream(), subjects)
+    pool = await create_pool(settings.database_url, min_size=1, max_size=5)
+    app = build_app(settings, IngestDeps(nc, pool, subjects, CollectorRegistry()))
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout_s)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.ingest_port, backlog=2048).start()
+    log.info(
+        "ingest listening", host=settings.host, port=settings.ingest_port, prefix=subjects.prefix
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    log.info("ingest stopping: finishing in-flight requests")
+    # Closes the listening socket first, then waits for handlers still running: each of them
+    # answers only after JetStream acked, so nothing a client was told is accepted is lost.
+    await runner.cleanup()
+    await nc.drain()
+    await pool.close()
+    log.info("ingest stopped")
+
+
+def main() -> None:
+    settings = from_env(IngestSettings)
+    configure_logging("ingest", settings.log_format, settings.log_level)
+    configure_tracing("ingest", settings.otel_exporter, settings.otel_endpoint)
+    uvloop.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,461 @@
+"""The ingest gateway's HTTP application: Segment-compatible tracking routes and the analytics
+events API, in front of validation, enrichment and publishing to JetStream.
+
+Order of checks for a request: body size (Content-Length, then bytes read) -> write key ->
+JSON -> rate limit -> per-event validation -> publish -> answer. A request is answered 2xx
+only after JetStream acknowledged every accepted event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+import structlog
+from aiohttp import web
+from nats.aio.client import Client as NATS
+from prometheus_client import CollectorRegistry
+
+from libs.common.observability import add_health_routes
+from libs.common.schemas.events_v1 import EventV1
+from libs.common.settings import IngestSettings
+from libs.common.subjects import Subjects
+from services.ingest.analytics_api_payloads import (
+    analytics_batch_decoder,
+    analytics_event_decoder,
+    raw_array_decoder,
+)
+from services.ingest.auth import (
+    KeyStoreUnavailable,
+    WriteKey,
+    WriteKeyCache,
+    key_from_authorization,
+)
+from services.ingest.event_mapping import (
+    ItemSkipped,
+    RequestInfo,
+    analytics_api_event,
+    segment_event,
+)
+from services.ingest.metrics import IngestMetrics
+from services.ingest.publishing import PublishUnavailable, RawEventPublisher
+from services.ingest.rate_limits import WriteKeyRateLimiter, retry_after_header
+from services.ingest.segment_payloads import (
+    message_id_decoder,
+    segment_batch_decoder,
+    segment_message_decoder,
+    write_key_decoder,
+)
+from services.ingest.validation import (
+    ISO_TIME_HINT,
+    EventLimits,
+    ItemRejected,
+    check_event_size,
+    describe_validation_error,
+)
+
+log = structlog.get_logger("strata.ingest")
+
+SEGMENT_TYPES = ("track", "page", "screen", "identify", "group", "alias")
+# analytics.js's short paths for the same calls.
+_SEGMENT_SHORT_PATHS = {
+    "t": "track",
+    "p": "page",
+    "s": "screen",
+    "i": "identify",
+    "g": "group",
+    "a": "alias",
+}
+ANALYTICS_EVENTS_PATH = "/api/v1/analytics/events"
+ANALYTICS_EVENTS_BATCH_PATH = "/api/v1/analytics/events/batch"
+
+_CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Expose-Headers": "Retry-After",
+}
+_PREFLIGHT = {
+    **_CORS,
+    "Access-Control-Allow-Methods": "POST, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding",
+    "Access-Control-Max-Age": "86400",
+}
+_MISSING_KEY = (
+    "missing write key: send it as the HTTP Basic user name (empty password), as a Bearer "
+    "token, or as writeKey in the body"
+)
+
+_MILLIS_OR_ISO_HINT = "Unix time in milliseconds or " + ISO_TIME_HINT
+
+_encode = msgspec.json.Encoder().encode
+
+
+@dataclass(frozen=True)
+class IngestDeps:
+    """What the ingest app runs on; built by `__main__` (or a test) and passed in."""
+
+    nc: NATS
+    pool: asyncpg.Pool
+    subjects: Subjects
+    registry: CollectorRegistry
+
+
+class Rejection(msgspec.Struct, frozen=True):
+    index: int
+    messageId: Any
+    error: str
+
+
+class Skip(msgspec.Struct, frozen=True):
+    index: int
+    messageId: Any
+    reason: str
+
+
+class _Refused(Exception):
+    """Ends a request early with this response."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+def _json(
+    status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
+) -> web.Response:
+    merged = _CORS if headers is None else {**_CORS, **headers}
+    return web.Response(
+        body=_encode(payload), status=status, content_type="application/json", headers=merged
+    )
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return _json(status, {"success": False, "error": message}, headers)
+
+
+# How a route reads its body: (the write key in the body, the raw items, batch-level fields).
+ItemsReader = Callable[[bytes], tuple[str | None, list[Any], dict[str, Any]]]
+
+
+class IngestApi:
+    """The request handlers and the state they share (key cache, buckets, publisher)."""
+
+    def __init__(self, settings: IngestSettings, deps: IngestDeps) -> None:
+        self.settings = settings
+        self.limits = EventLimits(
+            max_event_bytes=settings.max_event_bytes,
+            max_name_chars=settings.max_name_chars,
+            max_property_depth=settings.max_property_depth,
+            max_properties=settings.max_properties,
+            future_tolerance_s=settings.future_tolerance_s,
+        )
+        self.metrics = IngestMetrics(deps.registry)
+        self.keys = WriteKeyCache(deps.pool, settings.key_cache_ttl_s)
+        self.rate_limiter = WriteKeyRateLimiter(
+            settings.rate_limit_per_s, settings.rate_limit_burst
+        )
+        self.publisher = RawEventPublisher(
+            deps.nc,
+            deps.subjects,
+            settings.partitions,
+            settings.publish_timeout_s,
+            settings.max_in_flight_publishes,
+            latency=self.metrics.publish_seconds,
+        )
+        self.metrics.publish_in_flight.set_function(lambda: self.publisher.in_flight)
+        self._request_counters: dict[tuple[str, int], Any] = {}
+
+    # -- routes ---------------------------------------------------------------------------
+
+    def segment_single(self, event_type: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        route = f"/v1/{event_type}"
+
+        async def handler(request: web.Request) -> web.Response:
+            return await self._counted(route, self._ingest(request, event_type, _segment_single))
+
+        return handler
+
+    async def segment_batch(self, request: web.Request) -> web.Response:
+        return await self._counted("/v1/batch", self._ingest(request, None, _segment_batch))
+
+    async def analytics_event(self, request: web.Request) -> web.Response:
+        return await self._counted(
+            ANALYTICS_EVENTS_PATH, self._ingest(request, "analytics", _analytics_single)
+        )
+
+    async def analytics_batch(self, request: web.Request) -> web.Response:
+        return await self._counted(
+            ANALYTICS_EVENTS_BATCH_PATH, self._ingest(request, "analytics", _analytics_batch)
+        )
+
+    @staticmethod
+    async def preflight(_: web.Request) -> web.Response:
+        return web.Response(status=204, headers=_PREFLIGHT)
+
+    # -- the pipeline of one request --------------------------------------------------------
+
+    async def _counted(self, route: str, handling: Awaitable[web.Response]) -> web.Response:
+        status = 500
+        try:
+            response = await handling
+            status = response.status
+            return response
+        except Exception:
+            log.exception("ingest request failed", route=route)
+            return _error(500, "internal error; the events were not accepted, retry later")
+        finally:
+            counter = self._request_counters.get((route, status))
+            if counter is None:
+                counter = self._request_counters[(route, status)] = self.metrics.requests.labels(
+                    route, str(status)
+                )
+            counter.inc()
+
+    async def _ingest(
+        self, request: web.Request, kind: str | None, read: ItemsReader
+    ) -> web.Response:
+        received_at = datetime.now(UTC)
+        limit = self.settings.max_request_bytes
+        try:
+            declared = request.content_length
+            if declared is not None and declared > limit:
+                raise _Refused(_too_large(declared, limit))
+            header_secret = key_from_authorization(request.headers.get("Authorization"))
+            write_key = await self._authenticate(header_secret) if header_secret else None
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                raise _Refused(_too_large(None, limit)) from None
+            if len(body) > limit:
+                raise _Refused(_too_large(len(body), limit))
+            if not body:
+                raise _Refused(_error(400, "request body is empty: expected JSON"))
+            try:
+                body_secret, items, batch = read(body)
+            except msgspec.ValidationError as exc:
+                raise _Refused(_error(400, describe_validation_error(exc))) from None
+            except msgspec.DecodeError as exc:
+                raise _Refused(_error(400, f"malformed JSON: {exc}")) from None
+            if write_key is None:
+                if not body_secret:
+                    raise _Refused(_error(401, _MISSING_KEY))
+                write_key = await self._authenticate(body_secret)
+            if not items:
+                raise _Refused(_error(400, "the batch holds no events"))
+            self._check_rate(write_key, len(items))
+        except _Refused as refused:
+            return refused.response
+
+        info = RequestInfo(
+            project_id=write_key.key.project_id or "",
+            received_at=received_at,
+            limits=self.limits,
+            sent_at=batch.get("sent_at"),
+            context=batch.get("context"),
+            fallback_user_agent=(
+                request.headers.get("User-Agent") if "Origin" in request.headers else None
+            ),
+        )
+        try:
+            events, rejected, skipped = self._events(items, kind, info)
+        except _Refused as refused:
+            return refused.response
+        self.metrics.rejected.inc(len(rejected))
+        self.metrics.skipped.inc(len(skipped))
+        if not events:
+            if rejected:
+                only = rejected[0].error if len(items) == 1 else None
+                return _json(
+                    400,
+                    {
+                        "success": False,
+                        "error": only or f"all {len(items)} events were rejected",
+                        "accepted": 0,
+                        "rejected": rejected,
+                        **({"skipped": skipped} if skipped else {}),
+                    },
+                )
+            return _json(200, {"success": True, "accepted": 0, "rejected": [], "skipped": skipped})
+
+        try:
+            await self.publisher.publish(info.project_id, events)
+        except PublishUnavailable as exc:
+            log.warning(
+                "publish failed", project_id=info.project_id, events=len(events), reason=str(exc)
+            )
+            return _error(
+                503,
+                f"events not accepted: {exc}; retry later",
+                {"Retry-After": retry_after_header(exc.retry_after_s)},
+            )
+        self.metrics.accepted.inc(len(events))
+        payload: dict[str, Any] = {"success": True, "accepted": len(events), "rejected": rejected}
+        if skipped:
+            payload["skipped"] = skipped
+        return _json(200, payload)
+
+    async def _authenticate(self, secret: str) -> WriteKey:
+        try:
+            found = await self.keys.resolve(secret)
+        except KeyStoreUnavailable as exc:
+            log.warning("key lookup failed", reason=str(exc))
+            raise _Refused(
+                _error(
+                    503, "cannot check the write key right now; retry later", {"Retry-After": "2"}
+                )
+            ) from exc
+        if found is None:
+            raise _Refused(_error(401, "invalid write key"))
+        if found.key.role != "write" or found.key.project_id is None:
+            raise _Refused(
+                _error(
+                    403, f"a {found.key.role} key cannot send events; use the project's write key"
+                )
+            )
+        return found
+
+    def _check_rate(self, write_key: WriteKey, events: int) -> None:
+        wait_s = self.rate_limiter.retry_after(write_key.key.id, events, write_key.rate_limit_per_s)
+        if wait_s > 0:
+            rate = write_key.rate_limit_per_s or self.settings.rate_limit_per_s
+            header = retry_after_header(wait_s)
+            raise _Refused(
+                _error(
+                    429,
+                    f"rate limit of {rate:g} events/s for this write key exceeded;"
+                    f" retry after {header} s",
+                    {"Retry-After": header},
+                )
+            )
+
+    def _events(
+        self, items: list[Any], kind: str | None, info: RequestInfo
+    ) -> tuple[list[EventV1], list[Rejection], list[Skip]]:
+        """Validate and enrich every item; a bad item is listed, never published."""
+        events: list[EventV1] = []
+        rejected: list[Rejection] = []
+        skipped: list[Skip] = []
+        analytics = kind == "analytics"
+        limits = self.limits
+        single = len(items) == 1
+        for index, raw in enumerate(items):
+            try:
+                check_event_size(len(raw), limits)
+                if analytics:
+                    events.append(analytics_api_event(analytics_event_decoder.decode(raw), info))
+                else:
+                    message = segment_message_decoder.decode(raw)
+                    events.append(segment_event(message, kind or message.type, info))
+            except ItemRejected as exc:
+                rejected.append(Rejection(index, _message_id(raw, analytics), exc.reason))
+            except ItemSkipped as exc:
+                skipped.append(Skip(index, _message_id(raw, analytics), exc.reason))
+            except msgspec.ValidationError as exc:
+                reason = describe_validation_error(
+                    exc, _MILLIS_OR_ISO_HINT if analytics else ISO_TIME_HINT
+                )
+                rejected.append(Rejection(index, _message_id(raw, analytics), reason))
+            except msgspec.DecodeError as exc:
+                # Only a single-event body reaches here unparsed (batch items were parsed).
+                if single:
+                    raise _Refused(_error(400, f"malformed JSON: {exc}")) from None
+                rejected.append(Rejection(index, None, f"malformed JSON: {exc}"))
+        return events, rejected, skipped
+
+
+def _message_id(raw: Any, analytics: bool) -> Any:
+    try:
+        if analytics:
+            found = msgspec.json.decode(raw, type=dict[str, Any]).get("eventId")
+        else:
+            found = message_id_decoder.decode(raw).messageId
+    except msgspec.DecodeError:
+        return None
+    return found if isinstance(found, str | int) else None
+
+
+def _too_large(size: int | None, limit: int) -> web.Response:
+    told = f"request body is {size} bytes" if size is not None else "request body is too large"
+    return _error(413, f"{told}; the limit is {limit} bytes ({limit // 1024} KB)")
+
+
+# -- body readers: (write key in the body, items, batch-level fields) ------------------------
+
+
+def _segment_single(body: bytes) -> tuple[str | None, list[Any], dict[str, Any]]:
+    try:
+        secret = write_key_decoder.decode(body).writeKey
+    except msgspec.ValidationError as exc:
+        if "`$." not in str(exc):
+            raise  # the body is not a JSON object
+        secret = None  # a writeKey that is not a string counts as missing
+    return secret, [body], {}
+
+
+def _segment_batch(body: bytes) -> tuple[str | None, list[Any], dict[str, Any]]:
+    batch = segment_batch_decoder.decode(body)
+    if batch.batch is None:
+        raise _Refused(_error(400, "batch is required: an array of events"))
+    extra: dict[str, Any] = {}
+    if batch.sentAt is not None:
+        extra["sent_at"] = batch.sentAt
+    if batch.context is not None:
+        extra["context"] = batch.context
+    return batch.writeKey, batch.batch, extra
+
+
+def _analytics_single(body: bytes) -> tuple[str | None, list[Any], dict[str, Any]]:
+    return _segment_single(body)
+
+
+def _analytics_batch(body: bytes) -> tuple[str | None, list[Any], dict[str, Any]]:
+    if body.lstrip()[:1] == b"[":
+        return None, raw_array_decoder.decode(body), {}
+    batch = analytics_batch_decoder.decode(body)
+    if batch.events is None:
+        raise _Refused(_error(400, "events is required: an array of events"))
+    return batch.writeKey, batch.events, {}
+
+
+# -- the application --------------------------------------------------------------------------
+
+INGEST_API = web.AppKey("ingest_api", IngestApi)
+
+
+def build_app(settings: IngestSettings, deps: IngestDeps) -> web.Application:
+    """The ingest aiohttp application (routes, health endpoints, metrics)."""
+    app = web.Application(client_max_size=settings.max_request_bytes)
+    api = IngestApi(settings, deps)
+    app[INGEST_API] = api
+    routes: list[tuple[str, Callable[[web.Request], Awaitable[web.Response]]]] = [
+        ("/v1/batch", api.segment_batch),
+        (ANALYTICS_EVENTS_PATH, api.analytics_event),
+        (ANALYTICS_EVENTS_BATCH_PATH, api.analytics_batch),
+    ]
+    for event_type in SEGMENT_TYPES:
+        routes.append((f"/v1/{event_type}", api.segment_single(event_type)))
+    for short, event_type in _SEGMENT_SHORT_PATHS.items():
+        routes.append((f"/v1/{short}", api.segment_single(event_type)))
+    for path, handler in routes:
+        app.router.add_post(path, handler)
+        app.router.add_route("OPTIONS", path, api.preflight)
+
+    async def nats_ready() -> None:
+        if not deps.nc.is_connected:
+            raise RuntimeError("not connected to NATS")
+        await deps.nc.jetstream().stream_info(deps.subjects.raw_stream)
+
+    async def postgres_ready() -> None:
+        await deps.pool.fetchval("SELECT 1")
+
+    # Ingest has no background loop: it is alive while it answers HTTP.
+    add_health_routes(
+        app,
+        deps.registry,
+        liveness=None,
+        ready_checks={"nats": nats_ready, "postgres": postgres_ready},
+    )
+    return app

@@ -1,0 +1,124 @@
+"""Enrichment of an event from its context: device (user agent, or a mobile SDK's os/device),
+acquisition (referrer, UTM tags, click ids, channel) and interactivity.
+
+The client's IP address is not used for anything stored and is never put on the event.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, NamedTuple
+
+from services.ingest.segment_payloads import SegmentContext
+from services.ingest.traffic_sources import (
+    classify_channel,
+    parse_page_url,
+    query_tags,
+    referrer_domain,
+)
+from services.ingest.user_agents import UNKNOWN_AGENT, UserAgentInfo, parse_user_agent
+
+
+class Attribution(NamedTuple):
+    referrer_domain: str | None
+    channel: str | None
+    utm_source: str | None
+    utm_medium: str | None
+    utm_campaign: str | None
+    utm_term: str | None
+    utm_content: str | None
+
+
+NO_ATTRIBUTION = Attribution(None, None, None, None, None, None, None)
+
+
+@lru_cache(maxsize=32768)
+def attribute(
+    url: str | None,
+    search: str | None,
+    referrer: str | None,
+    campaign: tuple[str | None, str | None, str | None, str | None, str | None] | None,
+) -> Attribution:
+    """Referrer domain, UTM tags and channel of an event.
+
+    `campaign` is (source, medium, name, term, content) from the SDK's `context.campaign`;
+    without it the tags are read from the page URL's query (or `context.page.search`).
+    The channel is None when the event carries no acquisition signal: no page, referrer or
+    tag (a server-side call), or a referrer on the page's own site with no tags (navigation
+    inside the site says nothing about how the visitor arrived).
+    """
+    page = parse_page_url(url) if url else None
+    ref_domain = referrer_domain(referrer) if referrer else None
+    if campaign is not None and any(campaign):
+        source, medium, name, term, content = campaign
+        click_id = page.click_id if page is not None else None
+    elif page is not None and (
+        page.utm_source or page.utm_medium or page.utm_campaign or page.click_id
+    ):
+        source, medium, name, term, content = (
+            page.utm_source,
+            page.utm_medium,
+            page.utm_campaign,
+            page.utm_term,
+            page.utm_content,
+        )
+        click_id = page.click_id
+    elif search:
+        source, medium, name, term, content, click_id = query_tags(search)
+    else:
+        source = medium = name = term = content = click_id = None
+    tagged = bool(source or medium or name or click_id)
+    internal = ref_domain is not None and page is not None and ref_domain == page.host
+    if tagged:
+        channel: str | None = classify_channel(
+            None if internal else ref_domain, source, medium, click_id
+        )
+    elif internal or (page is None and ref_domain is None):
+        channel = None
+    else:
+        channel = classify_channel(ref_domain, None, None, None)
+    return Attribution(ref_domain, channel, source, medium, name, term, content)
+
+
+_MOBILE_APP_OS = {"ios": "iOS", "ipados": "iOS", "android": "Android"}
+
+
+def device_of(context: SegmentContext | None, fallback_user_agent: str | None) -> UserAgentInfo:
+    """Browser/OS/device from the user agent; for mobile SDKs (no user agent) from
+    `context.os` and `context.device`."""
+    user_agent = (context.userAgent if context is not None else None) or fallback_user_agent
+    if user_agent:
+        return parse_user_agent(user_agent)
+    if context is None or (context.os is None and context.device is None):
+        return UNKNOWN_AGENT
+    os_name = context.os.name if context.os is not None else None
+    os_version = context.os.version if context.os is not None else None
+    device_type: str | None = None
+    if context.device is not None:
+        model = (context.device.model or "").lower()
+        kind = (context.device.type or os_name or "").lower()
+        if "ipad" in model or "tablet" in model:
+            device_type = "tablet"
+        elif kind in _MOBILE_APP_OS:
+            device_type = "mobile"
+            os_name = os_name or _MOBILE_APP_OS[kind]
+    return UserAgentInfo(None, None, os_name, os_version, device_type, False)
+
+
+def _truthy_flag(value: Any) -> bool:
+    return value is True or value == 1 or value == "true"
+
+
+def is_non_interactive(properties: dict[str, Any], context: SegmentContext | None) -> bool:
+    """Events that keep a session alive without ending its bounce (scroll depth, heartbeats):
+    `properties.$non_interactive`, or Google Analytics' `nonInteraction` / `non_interaction`
+    in the properties or the context."""
+    if properties and (
+        _truthy_flag(properties.get("$non_interactive"))
+        or _truthy_flag(properties.get("nonInteraction"))
+        or _truthy_flag(properties.get("non_interaction"))
+    ):
+        return True
+    if context is not None:
+        return _truthy_flag(context.nonInteraction) or _truthy_flag(context.non_interaction)
+    return False
