@@ -103,6 +103,9 @@ class QuerySettings(CommonSettings, frozen=True, kw_only=True):
     query_port: int = 8081
     max_page_size: int = 1000
     stream_interval_s: float = 1.0
+    key_cache_ttl_s: float = 10.0  # how long a looked-up read key is trusted before re-checking
+    max_buckets: int = 5000  # output buckets one metrics request may ask for
+    pool_size: int = 10
 
 
 class TieringSettings(CommonSettings, frozen=True, kw_only=True):

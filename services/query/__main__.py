@@ -1,0 +1,72 @@
+"""`python -m services.query`: the analytics query API on STRATA_QUERY_PORT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import asyncpg
+import structlog
+import uvloop
+from aiohttp import web
+
+from libs.common.db import create_pool
+from libs.common.nats_io import connect, ensure_streams
+from libs.common.observability import configure_logging, configure_tracing
+from libs.common.settings import QuerySettings, from_env
+from libs.common.subjects import Subjects
+from services.query.app import build_app
+from services.query.dependencies import QueryDeps
+
+log = structlog.get_logger("query")
+
+
+async def _connect_postgres(dsn: str, size: int, stop: asyncio.Event) -> asyncpg.Pool | None:
+    """A pool, retrying while PostgreSQL is not up yet; None when stopped meanwhile."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            return await create_pool(dsn, min_size=1, max_size=size)
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            log.warning("postgres_unreachable", error=str(exc), retry_in_s=delay)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+        except TimeoutError:
+            delay = min(delay * 2, 10.0)
+    return None
+
+
+async def serve(settings: QuerySettings) -> None:
+    """Serve until SIGTERM/SIGINT, then end live streams, drain NATS and close the pool."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    pool = await _connect_postgres(settings.database_url, settings.pool_size, stop)
+    if pool is None:
+        return
+    nc = await connect(settings.nats_url, "strata-query")
+    subjects = Subjects(settings.nats_prefix)
+    await ensure_streams(nc.jetstream(), subjects)
+    app = build_app(settings, QueryDeps(pool=pool, nc=nc, subjects=subjects))
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.query_port).start()
+    log.info("started", port=settings.query_port, prefix=settings.nats_prefix)
+    await stop.wait()
+    log.info("stopping")
+    await runner.cleanup()  # closes live streams (on_shutdown), then waits for requests
+    await nc.drain()
+    await pool.close()
+    log.info("stopped")
+
+
+def main() -> None:
+    settings = from_env(QuerySettings)
+    configure_logging("query", settings.log_format, settings.log_level)
+    configure_tracing("query", settings.otel_exporter, settings.otel_endpoint)
+    uvloop.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

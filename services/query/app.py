@@ -1,0 +1,129 @@
+"""The query service's aiohttp application: routes, JSON errors, request metrics, health."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+from prometheus_client import Counter, Histogram
+
+from libs.common.observability import add_health_routes
+from libs.common.settings import QuerySettings
+from services.query.auth import READ_KEYS, ReadKeys
+from services.query.dependencies import DEPS, SETTINGS, ApiError, QueryDeps
+from services.query.events_listing import get_events
+from services.query.journeys import get_journey
+from services.query.live_stream import LIVE_HUB, LiveActivityHub, stream_metrics
+from services.query.metrics import get_metrics
+from services.query.openapi import OPENAPI_BODY, get_openapi, openapi_body
+from services.query.params import ParamError
+from services.query.performance import get_performance
+from services.query.reports import get_devices, get_pages, get_sources
+from services.query.responses import ErrorResponse, json_encoder
+from services.query.sessions import get_session
+
+log = structlog.get_logger()
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(status: int, message: str, param: str | None = None) -> web.Response:
+    body = json_encoder.encode(ErrorResponse(error=message, param=param))
+    return web.Response(status=status, body=body, content_type="application/json")
+
+
+def _route_name(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def _middlewares(deps: QueryDeps) -> list[Callable[..., Awaitable[web.StreamResponse]]]:
+    requests = Counter(
+        "strata_query_requests",
+        "Query API requests by route and status",
+        ["route", "status"],
+        registry=deps.registry,
+    )
+    latency = Histogram(
+        "strata_query_request_seconds",
+        "Query API request latency by route",
+        ["route"],
+        registry=deps.registry,
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    )
+
+    @web.middleware
+    async def measured(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            route = _route_name(request)
+            requests.labels(route, str(status)).inc()
+            latency.labels(route).observe(time.perf_counter() - started)
+
+    @web.middleware
+    async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ParamError as exc:
+            return error_response(400, str(exc), exc.param)
+        except ApiError as exc:
+            return error_response(exc.status, exc.message)
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                return error_response(exc.status, exc.reason)
+            raise
+        except Exception:
+            log.exception("query_request_failed", path=request.path, query=request.query_string)
+            return error_response(500, "internal error; see the query service log")
+
+    return [measured, json_errors]
+
+
+def build_app(settings: QuerySettings, deps: QueryDeps) -> web.Application:
+    """The query API over `deps` (a PostgreSQL pool and a NATS connection)."""
+    app = web.Application(middlewares=_middlewares(deps))
+    app[SETTINGS] = settings
+    app[DEPS] = deps
+    app[READ_KEYS] = ReadKeys(deps.pool, settings.key_cache_ttl_s)
+    hub = LiveActivityHub(deps.nc, deps.pool, deps.subjects)
+    app[LIVE_HUB] = hub
+    app[OPENAPI_BODY] = openapi_body()
+
+    api = "/api/v1/analytics"
+    app.router.add_get(f"{api}/metrics", get_metrics)
+    app.router.add_get(f"{api}/pages", get_pages)
+    app.router.add_get(f"{api}/sources", get_sources)
+    app.router.add_get(f"{api}/devices", get_devices)
+    app.router.add_get(f"{api}/performance", get_performance)
+    app.router.add_get(f"{api}/events", get_events)
+    app.router.add_get(f"{api}/sessions/{{session_id}}", get_session)
+    app.router.add_get(f"{api}/users/{{user_id}}/journey", get_journey)
+    app.router.add_get(f"{api}/stream/metrics", stream_metrics)
+    app.router.add_get("/openapi.json", get_openapi)
+
+    async def postgres_ready() -> None:
+        await deps.pool.fetchval("SELECT 1")
+
+    async def nats_ready() -> None:
+        if not deps.nc.is_connected:
+            raise ConnectionError("not connected to NATS")
+        await deps.nc.flush(timeout=2)
+
+    add_health_routes(app, deps.registry, None, {"postgres": postgres_ready, "nats": nats_ready})
+
+    async def close_live_streams(_: web.Application) -> None:
+        # Ends every SSE loop so a graceful shutdown does not wait on open streams.
+        await hub.close()
+
+    app.on_shutdown.append(close_live_streams)
+    return app

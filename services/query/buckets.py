@@ -1,0 +1,139 @@
+"""Time bucketing for analytics answers: output buckets aligned in the caller's time zone, and
+the decomposition of each output bucket into whole rollup buckets (hour/day/week, UTC)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from libs.common.rollup_keys import DAY, HOUR, WEEK
+
+INTERVALS = ("hour", "day", "week", "month")
+
+_HOUR = timedelta(hours=1)
+_DAY = timedelta(days=1)
+_WEEK = timedelta(days=7)
+
+
+@dataclass(frozen=True)
+class OutputBuckets:
+    """`labels[i]` names the bucket covering `[bounds[i], bounds[i + 1])`; the first and last
+    are clipped to the requested range, so `bounds[0]` is `from` and `bounds[-1]` is `to`."""
+
+    labels: list[datetime]
+    bounds: list[datetime]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class RollupPiece:
+    """Rollup rows of `granularity` whose bucket lies in `[lo, hi)` belong to output `index`."""
+
+    index: int
+    granularity: str
+    lo: datetime
+    hi: datetime
+
+
+def local_midnight(day: date, tz: ZoneInfo) -> datetime:
+    """The UTC instant a local day starts (a day starting in a DST gap starts after it)."""
+    return datetime.combine(day, time(0), tzinfo=tz).astimezone(UTC)
+
+
+def _floor_local(ts: datetime, interval: str, tz: ZoneInfo) -> datetime:
+    local = ts.astimezone(tz)
+    if interval == "hour":
+        return local.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
+    day = local.date()
+    if interval == "week":
+        day -= timedelta(days=day.weekday())
+    elif interval == "month":
+        day = day.replace(day=1)
+    return local_midnight(day, tz)
+
+
+def _next_local(start: datetime, interval: str, tz: ZoneInfo) -> datetime:
+    if interval == "hour":
+        # Absolute hours: a repeated or skipped local hour at a DST change stays one hour.
+        return start + _HOUR
+    day = start.astimezone(tz).date()
+    if interval == "day":
+        return local_midnight(day + _DAY, tz)
+    if interval == "week":
+        return local_midnight(day + _WEEK, tz)
+    year, month = (day.year + 1, 1) if day.month == 12 else (day.year, day.month + 1)
+    return local_midnight(date(year, month, 1), tz)
+
+
+def count_buckets(start: datetime, end: datetime, interval: str) -> int:
+    """An upper bound of the number of output buckets, cheap enough to check before building."""
+    span = (end - start).total_seconds()
+    per = {"hour": 3600.0, "day": 82800.0, "week": 601200.0, "month": 2419200.0}[interval]
+    return int(span // per) + 2
+
+
+def output_buckets(
+    start: datetime, end: datetime, interval: str | None, tz: ZoneInfo
+) -> OutputBuckets:
+    """The buckets of `interval` in `tz` covering `[start, end)`; one bucket when None."""
+    if interval is None:
+        return OutputBuckets([start], [start, end])
+    labels: list[datetime] = []
+    bounds: list[datetime] = [start]
+    current = _floor_local(start, interval, tz)
+    while current < end:
+        following = _next_local(current, interval, tz)
+        labels.append(current)
+        bounds.append(min(following, end))
+        current = following
+    return OutputBuckets(labels, bounds)
+
+
+def hour_aligned(ts: datetime) -> bool:
+    return ts.minute == 0 and ts.second == 0 and ts.microsecond == 0
+
+
+def _aligned(ts: datetime, granularity: str) -> bool:
+    if not hour_aligned(ts):
+        return False
+    if granularity == HOUR:
+        return True
+    if ts.hour != 0:
+        return False
+    return granularity == DAY or ts.weekday() == 0
+
+
+def _coarser_fits(ts: datetime, granularity: str, hi: datetime) -> bool:
+    """Whether a coarser rollup bucket than `granularity` starts at `ts` and ends by `hi`."""
+    if granularity == HOUR and _aligned(ts, DAY) and ts + _DAY <= hi:
+        return True
+    return granularity in (HOUR, DAY) and _aligned(ts, WEEK) and ts + _WEEK <= hi
+
+
+def rollup_pieces(buckets: OutputBuckets) -> list[RollupPiece] | None:
+    """Cover every output bucket exactly with whole rollup buckets, coarsest first.
+
+    None when a boundary is not on a whole UTC hour (a partial hour or a zone such as
+    Asia/Kolkata): hourly rollups cannot answer that exactly, so the caller reads raw events.
+    """
+    pieces: list[RollupPiece] = []
+    for index in range(len(buckets)):
+        lo, hi = buckets.bounds[index].astimezone(UTC), buckets.bounds[index + 1].astimezone(UTC)
+        if not (hour_aligned(lo) and hour_aligned(hi)):
+            return None
+        cursor = lo
+        while cursor < hi:
+            for granularity, step in ((WEEK, _WEEK), (DAY, _DAY), (HOUR, _HOUR)):
+                if _aligned(cursor, granularity) and cursor + step <= hi:
+                    break
+            # Extend the run while the same granularity still fits, so one range covers
+            # many consecutive rollup buckets (one index range scan in SQL).
+            run_end = cursor + step
+            while run_end + step <= hi and not _coarser_fits(run_end, granularity, hi):
+                run_end += step
+            pieces.append(RollupPiece(index, granularity, cursor, run_end))
+            cursor = run_end
+    return pieces

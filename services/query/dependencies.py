@@ -1,0 +1,37 @@
+"""What the query app is built from: passed in by `__main__` (or a test), never imported as
+globals, and reachable from handlers through typed application keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import asyncpg
+from aiohttp import web
+from nats.aio.client import Client as NATS
+from prometheus_client import CollectorRegistry
+
+from libs.common.settings import QuerySettings
+from libs.common.subjects import Subjects
+
+
+@dataclass
+class QueryDeps:
+    """The connections the query service reads through."""
+
+    pool: asyncpg.Pool
+    nc: NATS
+    subjects: Subjects
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+
+class ApiError(Exception):
+    """An error answered as JSON `{"error": message}` with `status` (401, 403, 404, ...)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+SETTINGS = web.AppKey("settings", QuerySettings)
+DEPS = web.AppKey("deps", QueryDeps)

@@ -1,0 +1,107 @@
+"""GET /api/v1/analytics/events: raw events, filtered, in (ts, event_id) order, paged with an
+opaque keyset cursor, so pages stay exact while new events keep arriving."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from services.query.auth import authorized_project
+from services.query.dependencies import DEPS, SETTINGS
+from services.query.params import (
+    ParamError,
+    parse_bool,
+    parse_instant,
+    parse_int,
+    parse_timezone,
+    reject_unknown,
+    single,
+)
+from services.query.records import EVENT_SELECT, decode_cursor, encode_cursor, event_record
+from services.query.responses import EventsPage, json_encoder
+
+EVENTS_PARAMS = {
+    "project",
+    "name",
+    "distinct_id",
+    "user_id",
+    "session_id",
+    "from",
+    "to",
+    "timezone",
+    "property",
+    "order",
+    "limit",
+    "cursor",
+    "include_bots",
+}
+DEFAULT_PAGE_SIZE = 100
+
+
+def optional_range(query: Any) -> tuple[datetime | None, datetime | None]:
+    """`from`/`to` when given (dates or datetimes, in `timezone`); unbounded otherwise."""
+    tz = parse_timezone(query)
+    raw_from, raw_to = single(query, "from"), single(query, "to")
+    start = parse_instant("from", raw_from, tz, end_of_day=False) if raw_from else None
+    end = parse_instant("to", raw_to, tz, end_of_day=True) if raw_to else None
+    if start is not None and end is not None and start >= end:
+        raise ParamError("from", "must be before to")
+    return start, end
+
+
+async def get_events(request: web.Request) -> web.Response:
+    """A page of the authorized project's raw events matching the filters."""
+    project_id = await authorized_project(request)
+    query = request.query
+    reject_unknown(query, EVENTS_PARAMS)
+    max_page = request.app[SETTINGS].max_page_size
+    limit = parse_int(query, "limit", min(DEFAULT_PAGE_SIZE, max_page), 1, max_page)
+    order = single(query, "order") or "desc"
+    if order not in ("asc", "desc"):
+        raise ParamError("order", f"must be asc or desc, not {order!r}")
+    start, end = optional_range(query)
+    args: list[Any] = [project_id]
+    where = ["e.project_id = $1"]
+
+    def add(clause: str, value: Any) -> None:
+        args.append(value)
+        where.append(clause.replace("?", f"${len(args)}"))
+
+    names = query.getall("name", [])
+    if names:
+        add("e.name = ANY(?::text[])", list(names))
+    for column in ("distinct_id", "user_id", "session_id"):
+        value = single(query, column)
+        if value is not None:
+            add(f"e.{column} = ?", value)
+    if start is not None:
+        add("e.ts >= ?", start)
+    if end is not None:
+        add("e.ts < ?", end)
+    if not parse_bool(query, "include_bots"):
+        where.append("NOT e.is_bot")
+    for raw in query.getall("property", []):
+        key, sep, value = raw.partition(":")
+        if not sep or not key:
+            raise ParamError("property", f"{raw!r} is not key:value (e.g. plan:pro)")
+        args.append(key)
+        add(f"e.properties ->> ${len(args)} = ?", value)
+    cursor = single(query, "cursor")
+    if cursor:
+        cursor_ts, cursor_id = decode_cursor(cursor)
+        comparison = "<" if order == "desc" else ">"
+        args.append(cursor_ts)
+        add(f"(e.ts, e.event_id) {comparison} (${len(args)}, ?)", cursor_id)
+    direction = "DESC" if order == "desc" else "ASC"
+    args.append(limit + 1)
+    sql = f"""
+        SELECT {EVENT_SELECT} FROM events e WHERE {" AND ".join(where)}
+        ORDER BY e.ts {direction}, e.event_id {direction} LIMIT ${len(args)}
+    """
+    rows = await request.app[DEPS].pool.fetch(sql, *args)
+    events = [event_record(r) for r in rows[:limit]]
+    next_cursor = encode_cursor(events[-1].ts, events[-1].event_id) if len(rows) > limit else None
+    body = EventsPage(events=events, next_cursor=next_cursor)
+    return web.Response(body=json_encoder.encode(body), content_type="application/json")

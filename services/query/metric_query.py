@@ -1,0 +1,166 @@
+"""What a metrics request asks for, and the counters both readers (rollups, raw events) fill in,
+so the derived metrics (rates, averages) are computed in exactly one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from datasketches import hll_sketch, hll_union
+
+from libs.common import sketches
+from services.query.params import EVENT_NAME_DIMENSION, Filters, ParamError, TimeWindow
+
+PAGEVIEW_METRIC = "pageviews"
+EVENT_METRICS = ("visitors", "pageviews", "events")
+SESSION_METRICS = ("sessions", "bounce_rate", "avg_session_duration", "views_per_session")
+STANDARD_METRICS = (*EVENT_METRICS, *SESSION_METRICS)
+EVENT_COUNT_PREFIX = "event:"
+
+# The bucket index of a total over the whole range, and the breakdown key of a total over
+# every breakdown value.
+ALL = None
+
+
+@dataclass(frozen=True)
+class MetricQuery:
+    """One analytics question: metrics over a window, bucketed, filtered, maybe broken down."""
+
+    project_id: str
+    window: TimeWindow
+    interval: str | None  # None: totals only (one bucket spanning the window)
+    metrics: tuple[str, ...]
+    filters: Filters
+    breakdown: str | None
+    include_bots: bool
+    limit: int = 100
+    source: str = "auto"  # auto | rollups | events: which store answers
+
+    @property
+    def event_names(self) -> tuple[str, ...]:
+        """Names asked for as `event:<name>` counts."""
+        return tuple(
+            m[len(EVENT_COUNT_PREFIX) :] for m in self.metrics if m.startswith(EVENT_COUNT_PREFIX)
+        )
+
+    @property
+    def wants_event_counters(self) -> bool:
+        return any(m in EVENT_METRICS or m.startswith(EVENT_COUNT_PREFIX) for m in self.metrics)
+
+    @property
+    def wants_session_counters(self) -> bool:
+        return any(m in SESSION_METRICS for m in self.metrics)
+
+    @property
+    def by_event_name(self) -> bool:
+        """Whether the event name is constrained or broken down (rows per name, not '*')."""
+        return (
+            self.breakdown == EVENT_NAME_DIMENSION
+            or EVENT_NAME_DIMENSION in self.filters.dimensions
+        )
+
+    @property
+    def attribute_dimensions(self) -> set[str]:
+        """Filtered or broken-down dimensions other than the event name."""
+        dims = self.filters.dimensions | ({self.breakdown} if self.breakdown else set())
+        return dims - {EVENT_NAME_DIMENSION}
+
+
+def parse_metric_names(raw: str | None) -> tuple[str, ...]:
+    """`metrics=visitors,pageviews,event:signup`; the standard set when absent."""
+    if raw is None or raw.strip() == "":
+        return STANDARD_METRICS
+    names: list[str] = []
+    for part in raw.split(","):
+        name = part.strip()
+        if name.startswith(EVENT_COUNT_PREFIX):
+            if name == EVENT_COUNT_PREFIX:
+                raise ParamError("metrics", "event: needs an event name, e.g. event:signup")
+        elif name not in STANDARD_METRICS:
+            raise ParamError(
+                "metrics",
+                f"unknown metric {name!r} (one of {', '.join(STANDARD_METRICS)} or event:<name>)",
+            )
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+@dataclass
+class Counters:
+    """Additive counts of one (bucket, breakdown value) cell plus its visitor sketch or exact
+    visitor count. Visitors are never summed: sketches merge, exact counts come from SQL."""
+
+    events: int = 0
+    pageviews: int = 0
+    named: dict[str, int] = field(default_factory=dict)
+    visitors: int = 0
+    sessions: int = 0
+    bounces: int = 0
+    duration_s: float = 0.0
+    session_pageviews: int = 0
+    visitor_union: hll_union | None = None
+
+    def add_events(self, other: Counters) -> None:
+        self.events += other.events
+        self.pageviews += other.pageviews
+        for name, count in other.named.items():
+            self.named[name] = self.named.get(name, 0) + count
+
+    def add_sessions(self, other: Counters) -> None:
+        self.sessions += other.sessions
+        self.bounces += other.bounces
+        self.duration_s += other.duration_s
+        self.session_pageviews += other.session_pageviews
+
+    def add_sketch(self, sketch: hll_sketch) -> None:
+        if self.visitor_union is None:
+            self.visitor_union = hll_union(sketches.LG_K)
+        self.visitor_union.update(sketch)
+
+    def close_sketch(self) -> hll_sketch | None:
+        """Fix `visitors` from the merged sketch; returns the merged sketch for rollups up."""
+        if self.visitor_union is None:
+            return None
+        merged = self.visitor_union.get_result()
+        self.visitors = round(merged.get_estimate())
+        self.visitor_union = None
+        return merged
+
+
+# (bucket index or ALL, breakdown value or ALL) -> counters
+Cells = dict[tuple[int | None, str | None], Counters]
+
+
+def metric_value(metric: str, counters: Counters) -> int | float | None:
+    """The value of `metric` from a cell's counters; ratios are None without sessions."""
+    if metric == "visitors":
+        return counters.visitors
+    if metric == "pageviews":
+        return counters.pageviews
+    if metric == "events":
+        return counters.events
+    if metric.startswith(EVENT_COUNT_PREFIX):
+        return counters.named.get(metric[len(EVENT_COUNT_PREFIX) :], 0)
+    if metric == "sessions":
+        return counters.sessions
+    if counters.sessions == 0:
+        return None
+    if metric == "bounce_rate":
+        return counters.bounces / counters.sessions
+    if metric == "avg_session_duration":
+        return counters.duration_s / counters.sessions
+    if metric == "views_per_session":
+        return counters.session_pageviews / counters.sessions
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+class SqlParams:
+    """Positional SQL parameters, numbered as they are added."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def add(self, value: Any) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}"

@@ -1,0 +1,202 @@
+"""GET /api/v1/analytics/metrics: KPIs over a window, bucketed by interval in a time zone,
+filtered and broken down; answered from rollups when they can answer exactly, else from raw
+events and sessions."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from aiohttp import web
+from multidict import MultiMapping
+
+from services.query.auth import authorized_project
+from services.query.buckets import OutputBuckets, count_buckets, output_buckets, rollup_pieces
+from services.query.dependencies import DEPS, SETTINGS
+from services.query.metric_query import (
+    ALL,
+    Cells,
+    Counters,
+    MetricQuery,
+    metric_value,
+    parse_metric_names,
+)
+from services.query.metrics_from_events import read_events
+from services.query.metrics_from_rollups import can_answer, read_rollups
+from services.query.params import (
+    DIMENSIONS,
+    ParamError,
+    parse_bool,
+    parse_dimension,
+    parse_filters,
+    parse_int,
+    parse_interval,
+    parse_window,
+    reject_unknown,
+    single,
+)
+from services.query.responses import (
+    TIERS_HOT,
+    Breakdown,
+    BreakdownRow,
+    FilterEcho,
+    MetricsResponse,
+    MetricValues,
+    SeriesPoint,
+    json_encoder,
+)
+
+SOURCE_ROLLUPS = "rollups"
+SOURCE_EVENTS = "events"
+SOURCE_CHOICES = ("auto", SOURCE_ROLLUPS, SOURCE_EVENTS)
+MAX_BREAKDOWN_LIMIT = 1000
+
+METRICS_PARAMS = {
+    "project",
+    "metrics",
+    "from",
+    "to",
+    "timezone",
+    "interval",
+    "filter",
+    "breakdown",
+    "include_bots",
+    "limit",
+    "source",
+}
+
+
+@dataclass(frozen=True)
+class MetricsAnswer:
+    source: str
+    buckets: OutputBuckets
+    cells: Cells
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+async def answer(request: web.Request, query: MetricQuery) -> MetricsAnswer:
+    """Plan and run `query`: rollups when every boundary is a whole UTC hour and the filters
+    fit one rollup dimension, raw rows otherwise."""
+    max_buckets = request.app[SETTINGS].max_buckets
+    window = query.window
+    if query.interval is not None:
+        if count_buckets(window.start, window.end, query.interval) > max_buckets:
+            raise ParamError(
+                "interval",
+                f"{query.interval} buckets over this range exceed {max_buckets}; "
+                "use a coarser interval or a shorter range",
+            )
+    buckets = output_buckets(window.start, window.end, query.interval, window.tz)
+    pool = request.app[DEPS].pool
+    if query.source != SOURCE_EVENTS:
+        if not can_answer(query):
+            reason = "they hold one dimension per row and sessions have no event name"
+        else:
+            pieces = rollup_pieces(buckets)
+            if pieces is not None:
+                cells = await read_rollups(pool, query, pieces)
+                return MetricsAnswer(SOURCE_ROLLUPS, buckets, cells)
+            reason = "a bucket boundary is not on a whole UTC hour"
+        if query.source == SOURCE_ROLLUPS:
+            raise ParamError("source", f"rollups cannot answer this exactly: {reason}")
+    return MetricsAnswer(SOURCE_EVENTS, buckets, await read_events(pool, query, buckets))
+
+
+def parse_source(query: MultiMapping[str]) -> str:
+    raw = single(query, "source") or "auto"
+    if raw not in SOURCE_CHOICES:
+        raise ParamError("source", f"must be one of {', '.join(SOURCE_CHOICES)}, not {raw!r}")
+    return raw
+
+
+def values_of(metrics: tuple[str, ...], counters: Counters | None) -> MetricValues:
+    counters = counters or Counters()
+    return {m: metric_value(m, counters) for m in metrics}
+
+
+def ranked_keys(cells: Cells, sort_metric: str, limit: int) -> tuple[list[str], bool]:
+    """Breakdown values by `sort_metric` (largest first, then by value), at most `limit`."""
+    keys = [key for (idx, key) in cells if idx is ALL and key is not ALL]
+
+    def rank(key: str) -> tuple[float, str]:
+        value = metric_value(sort_metric, cells[(ALL, key)])
+        return (-(value if value is not None else -math.inf), key)
+
+    keys.sort(key=rank)
+    return keys[:limit], len(keys) > limit
+
+
+def parse_metric_query(request: web.Request, project_id: str) -> MetricQuery:
+    query = request.query
+    reject_unknown(query, METRICS_PARAMS)
+    raw_breakdown = single(query, "breakdown")
+    return MetricQuery(
+        project_id=project_id,
+        window=parse_window(query, now_utc()),
+        interval=parse_interval(query),
+        metrics=parse_metric_names(single(query, "metrics")),
+        filters=parse_filters(query),
+        breakdown=parse_dimension("breakdown", raw_breakdown, DIMENSIONS)
+        if raw_breakdown
+        else None,
+        include_bots=parse_bool(query, "include_bots"),
+        limit=parse_int(query, "limit", 100, 1, MAX_BREAKDOWN_LIMIT),
+        source=parse_source(query),
+    )
+
+
+def filter_echo(query: MetricQuery) -> list[FilterEcho]:
+    return [FilterEcho(dimension=f.dimension, values=list(f.values)) for f in query.filters]
+
+
+def _series(query: MetricQuery, result: MetricsAnswer, key: str | None) -> list[SeriesPoint]:
+    tz = query.window.tz
+    return [
+        SeriesPoint(
+            bucket=label.astimezone(tz),
+            values=values_of(query.metrics, result.cells.get((idx, key))),
+        )
+        for idx, label in enumerate(result.buckets.labels)
+    ]
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    """The KPIs of the authorized project (see docs/api-query.md)."""
+    project_id = await authorized_project(request)
+    query = parse_metric_query(request, project_id)
+    result = await answer(request, query)
+    breakdown = None
+    if query.breakdown is not None:
+        keys, truncated = ranked_keys(result.cells, query.metrics[0], query.limit)
+        breakdown = Breakdown(
+            dimension=query.breakdown,
+            results=[
+                BreakdownRow(
+                    value=key,
+                    totals=values_of(query.metrics, result.cells.get((ALL, key))),
+                    series=_series(query, result, key),
+                )
+                for key in keys
+            ],
+            truncated=truncated,
+        )
+    assert query.interval is not None
+    body = MetricsResponse(
+        source=result.source,
+        tiers=TIERS_HOT,
+        from_=query.window.start.astimezone(query.window.tz),
+        to=query.window.end.astimezone(query.window.tz),
+        timezone=query.window.tz_name,
+        interval=query.interval,
+        metrics=list(query.metrics),
+        filters=filter_echo(query),
+        include_bots=query.include_bots,
+        totals=values_of(query.metrics, result.cells.get((ALL, ALL))),
+        series=_series(query, result, ALL),
+        breakdown=breakdown,
+    )
+    return web.Response(body=json_encoder.encode(body), content_type="application/json")

@@ -1,0 +1,174 @@
+"""Metrics computed exactly from the raw `events` and `sessions` rows: any combination of
+filters, any time zone, any boundary. Visitors are exact distinct counts here."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from libs.common.rollup_keys import EVENT_DIMENSIONS, NONE_VALUE, SESSION_DIMENSIONS
+from libs.common.schemas.events_v1 import PAGEVIEW
+from services.query.buckets import OutputBuckets
+from services.query.metric_query import ALL, Cells, Counters, MetricQuery, SqlParams
+from services.query.params import EVENT_NAME_DIMENSION
+
+# The person a visitor is counted as: the same key the rollups' sketches use, so both
+# sources count the same visitors.
+PERSON_SQL = "coalesce(e.user_id, e.distinct_id)"
+# The aggregator's bounce: fewer than two interactive events.
+BOUNCE_SQL = "s.interactive_events < 2"
+
+
+def dimension_sql(alias: str, column: str) -> str:
+    """A dimension's value as the rollups store it: missing or empty is '(none)'."""
+    return f"coalesce(nullif({alias}.{column}, ''), '{NONE_VALUE}')"
+
+
+def _event_dimension_sql(dimension: str) -> str:
+    if dimension == EVENT_NAME_DIMENSION:
+        return "e.name"
+    return dimension_sql("e", EVENT_DIMENSIONS[dimension])
+
+
+# With a breakdown: each (bucket, value), each value's total, each bucket's total, the grand
+# total. Without one the key is a NULL constant, so (idx, key) and (key) are the bucket and
+# grand totals.
+_BROKEN_DOWN = "GROUPING SETS ((idx, key), (key), (idx), ())"
+_NOT_BROKEN_DOWN = "GROUPING SETS ((idx, key), (key))"
+
+
+def _grouping_sets(query: MetricQuery) -> str:
+    return _NOT_BROKEN_DOWN if query.breakdown is None else _BROKEN_DOWN
+
+
+def _cell_key(row: asyncpg.Record) -> tuple[int | None, str | None]:
+    idx = ALL if row["all_buckets"] else row["idx"]
+    key = ALL if row["all_keys"] else row["key"]
+    return idx, key
+
+
+def _session_events_cte(params: SqlParams, query: MetricQuery, start: str, end: str) -> str:
+    """(session_id, name) of events of sessions starting in the window: a session's events lie
+    between its start and start + the project's maximum session length."""
+    return f"""session_events AS (
+        SELECT DISTINCT e.session_id, e.name FROM events e
+        WHERE e.project_id = {params.add(query.project_id)} AND e.ts >= {start}::timestamptz
+          AND e.ts <= {end}::timestamptz + coalesce(
+              (SELECT make_interval(secs => session_max_s) FROM projects
+               WHERE id = {params.add(query.project_id)}), interval '1 day')
+          AND e.session_id IS NOT NULL)"""
+
+
+async def _read_event_counters(
+    conn: asyncpg.Connection, query: MetricQuery, buckets: OutputBuckets, cells: Cells
+) -> None:
+    params = SqlParams()
+    project = params.add(query.project_id)
+    thresholds = params.add(buckets.bounds[:-1])
+    start, end = params.add(buckets.bounds[0]), params.add(buckets.bounds[-1])
+    bots = params.add(query.include_bots)
+    where = [f"e.project_id = {project}", f"e.ts >= {start}", f"e.ts < {end}"]
+    where.append(f"(NOT e.is_bot OR {bots})")
+    for flt in query.filters:
+        where.append(f"{_event_dimension_sql(flt.dimension)} = ANY({params.add(list(flt.values))})")
+    key_sql = "NULL::text" if query.breakdown is None else _event_dimension_sql(query.breakdown)
+    pageview = params.add(PAGEVIEW)
+    named = list(query.event_names)
+    named_sql = "".join(
+        f", count(*) FILTER (WHERE name = {params.add(n)}) AS named_{i}"
+        for i, n in enumerate(named)
+    )
+    sql = f"""
+        WITH e AS (
+            SELECT width_bucket(e.ts, {thresholds}::timestamptz[]) - 1 AS idx, {key_sql} AS key,
+                   e.name, {PERSON_SQL} AS person
+            FROM events e WHERE {" AND ".join(where)}
+        )
+        SELECT grouping(idx) = 1 AS all_buckets, grouping(key) = 1 AS all_keys, idx, key,
+               count(*) AS events, count(*) FILTER (WHERE name = {pageview}) AS pageviews,
+               count(DISTINCT person) AS visitors{named_sql}
+        FROM e GROUP BY {_grouping_sets(query)}
+    """
+    for row in await conn.fetch(sql, *params.values):
+        cell = cells.setdefault(_cell_key(row), Counters())
+        cell.events = row["events"]
+        cell.pageviews = row["pageviews"]
+        cell.visitors = row["visitors"]
+        cell.named = {n: row[f"named_{i}"] for i, n in enumerate(named)}
+
+
+def _session_filters(params: SqlParams, query: MetricQuery) -> list[str]:
+    where = []
+    for flt in query.filters:
+        values = params.add(list(flt.values))
+        if flt.dimension == EVENT_NAME_DIMENSION:
+            # A session matches an event-name filter when it contains such an event.
+            where.append(
+                "s.session_id IN"
+                f" (SELECT session_id FROM session_events WHERE name = ANY({values}))"
+            )
+        else:
+            where.append(f"{dimension_sql('s', SESSION_DIMENSIONS[flt.dimension])} = ANY({values})")
+    return where
+
+
+async def _read_session_counters(
+    conn: asyncpg.Connection, query: MetricQuery, buckets: OutputBuckets, cells: Cells
+) -> None:
+    by_name = query.breakdown == EVENT_NAME_DIMENSION
+    # Grouped by event name a session counts under every name it contains, so the totals
+    # over all names come from a second pass that counts each session once.
+    passes = [(True, _NOT_BROKEN_DOWN), (False, _NOT_BROKEN_DOWN)]
+    for joined_by_name, grouping in passes if by_name else [(False, _grouping_sets(query))]:
+        params = SqlParams()
+        project = params.add(query.project_id)
+        thresholds = params.add(buckets.bounds[:-1])
+        start, end = params.add(buckets.bounds[0]), params.add(buckets.bounds[-1])
+        bots = params.add(query.include_bots)
+        needs_session_events = joined_by_name or EVENT_NAME_DIMENSION in query.filters.dimensions
+        with_sql = (
+            f"WITH {_session_events_cte(params, query, start, end)},"
+            if needs_session_events
+            else "WITH"
+        )
+        where = [f"s.project_id = {project}", f"s.start_ts >= {start}", f"s.start_ts < {end}"]
+        where.append(f"(NOT s.is_bot OR {bots})")
+        where.extend(_session_filters(params, query))
+        join = ""
+        if joined_by_name:
+            join = "JOIN session_events n ON n.session_id = s.session_id"
+            key_sql = "n.name"
+        elif query.breakdown is None or by_name:
+            key_sql = "NULL::text"
+        else:
+            key_sql = dimension_sql("s", SESSION_DIMENSIONS[query.breakdown])
+        sql = f"""
+            {with_sql} s AS (
+                SELECT width_bucket(s.start_ts, {thresholds}::timestamptz[]) - 1 AS idx,
+                       {key_sql} AS key, {BOUNCE_SQL} AS bounced,
+                       extract(epoch FROM s.end_ts - s.start_ts)::float8 AS duration_s,
+                       s.pageviews
+                FROM sessions s {join} WHERE {" AND ".join(where)}
+            )
+            SELECT grouping(idx) = 1 AS all_buckets, grouping(key) = 1 AS all_keys, idx, key,
+                   count(*) AS sessions, count(*) FILTER (WHERE bounced) AS bounces,
+                   coalesce(sum(duration_s), 0) AS duration_s,
+                   coalesce(sum(pageviews), 0)::bigint AS pageviews
+            FROM s GROUP BY {grouping}
+        """
+        for row in await conn.fetch(sql, *params.values):
+            cell = cells.setdefault(_cell_key(row), Counters())
+            cell.sessions = row["sessions"]
+            cell.bounces = row["bounces"]
+            cell.duration_s = row["duration_s"]
+            cell.session_pageviews = row["pageviews"]
+
+
+async def read_events(pool: asyncpg.Pool, query: MetricQuery, buckets: OutputBuckets) -> Cells:
+    """Counters per (bucket, breakdown value) and their totals, from raw rows."""
+    cells: Cells = {}
+    async with pool.acquire() as conn:
+        if query.wants_event_counters:
+            await _read_event_counters(conn, query, buckets, cells)
+        if query.wants_session_counters:
+            await _read_session_counters(conn, query, buckets, cells)
+    return cells

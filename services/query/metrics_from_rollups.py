@@ -1,0 +1,155 @@
+"""Metrics answered from the rollups the aggregator keeps (event rollups with visitor sketches,
+session rollups): two round trips whatever the range, one sketch merge per output cell."""
+
+from __future__ import annotations
+
+import asyncpg
+from datasketches import hll_sketch
+
+from libs.common.rollup_keys import ALL_EVENTS, TOTAL
+from libs.common.schemas.events_v1 import PAGEVIEW
+from services.query.buckets import RollupPiece
+from services.query.metric_query import ALL, Cells, Counters, MetricQuery, SqlParams
+from services.query.params import EVENT_NAME_DIMENSION
+
+
+def can_answer(query: MetricQuery) -> bool:
+    """Rollups hold one attribute dimension per row (plus the event name); session rollups have
+    no event name. Anything beyond that needs raw rows."""
+    if len(query.attribute_dimensions) > 1:
+        return False
+    return not (query.wants_session_counters and query.by_event_name)
+
+
+def _pieces_sql(params: SqlParams, project_id: str, pieces: list[RollupPiece], table: str) -> str:
+    """FROM clause: the pieces joined to rollup table `r`, so each rollup row in a piece's
+    range is tagged with the output bucket index it counts towards."""
+    project = params.add(project_id)
+    idx = params.add([p.index for p in pieces])
+    granularity = params.add([p.granularity for p in pieces])
+    lo = params.add([p.lo for p in pieces])
+    hi = params.add([p.hi for p in pieces])
+    return (
+        f"unnest({idx}::int[], {granularity}::text[], {lo}::timestamptz[], {hi}::timestamptz[])"
+        f" AS p(idx, g, lo, hi) JOIN {table} r ON r.project_id = {project}"
+        ' AND r.granularity = p.g::"char" AND r.bucket >= p.lo AND r.bucket < p.hi'
+    )
+
+
+def _dimension_and_values(query: MetricQuery) -> tuple[str, list[str] | None]:
+    """The rollup `dim` to read and the values it is restricted to (None: all)."""
+    dims = query.attribute_dimensions
+    if not dims:
+        return TOTAL, [TOTAL]
+    (dim,) = dims
+    values = query.filters.values(dim)
+    return dim, None if values is None else list(values)
+
+
+def _breakdown_key(query: MetricQuery, name: str, value: str) -> str | None:
+    if query.breakdown is None:
+        return ALL
+    return name if query.breakdown == EVENT_NAME_DIMENSION else value
+
+
+def _targets(idx: int, key: str | None) -> set[tuple[int | None, str | None]]:
+    """The cells a fine (bucket, value) cell counts into: itself and its three totals."""
+    return {(idx, key), (ALL, key), (idx, ALL), (ALL, ALL)}
+
+
+async def _read_event_rollups(
+    conn: asyncpg.Connection, query: MetricQuery, pieces: list[RollupPiece], cells: Cells
+) -> None:
+    dim, values = _dimension_and_values(query)
+    named = set(query.event_names)
+    params = SqlParams()
+    source = _pieces_sql(params, query.project_id, pieces, "rollups")
+    where = [f"r.dim = {params.add(dim)}", f"(NOT r.bot OR {params.add(query.include_bots)})"]
+    if query.by_event_name:
+        filtered_names = query.filters.values(EVENT_NAME_DIMENSION)
+        if filtered_names is None:
+            where.append(f"r.name <> {params.add(ALL_EVENTS)}")
+        else:
+            where.append(f"r.name = ANY({params.add(list(filtered_names))}::text[])")
+        sketch_rows = "TRUE"  # each name's row carries its own visitors
+    else:
+        names = sorted({ALL_EVENTS, PAGEVIEW, *named})
+        where.append(f"r.name = ANY({params.add(names)}::text[])")
+        sketch_rows = f"r.name = {params.add(ALL_EVENTS)}"
+    if values is not None:
+        where.append(f"r.value = ANY({params.add(values)}::text[])")
+    sql = f"""
+        SELECT p.idx, r.name, r.value, sum(r.events)::bigint AS events,
+               array_agg(r.visitors) FILTER (WHERE {sketch_rows}) AS sketches
+        FROM {source}
+        WHERE {" AND ".join(where)}
+        GROUP BY p.idx, r.name, r.value
+    """
+    rows = await conn.fetch(sql, *params.values)
+    fine: dict[tuple[int, str | None], Counters] = {}
+    for row in rows:
+        name: str = row["name"]
+        cell = fine.setdefault((row["idx"], _breakdown_key(query, name, row["value"])), Counters())
+        count: int = row["events"]
+        # Without a name constraint '*' carries events and visitors and the named rows only
+        # their own counts; constrained to names, each name's row carries everything.
+        if query.by_event_name or name == ALL_EVENTS:
+            cell.events += count
+        if name == PAGEVIEW:
+            cell.pageviews += count
+        if name in named:
+            cell.named[name] = cell.named.get(name, 0) + count
+        for blob in row["sketches"] or ():
+            cell.add_sketch(hll_sketch.deserialize(blob))
+    # Merge each fine cell's sketches once, then merge those results upwards.
+    for (idx, key), counters in fine.items():
+        merged = counters.close_sketch()
+        for target in _targets(idx, key):
+            cell = cells.setdefault(target, Counters())
+            cell.add_events(counters)
+            if merged is not None:
+                cell.add_sketch(merged)
+    for cell in cells.values():
+        cell.close_sketch()
+
+
+async def _read_session_rollups(
+    conn: asyncpg.Connection, query: MetricQuery, pieces: list[RollupPiece], cells: Cells
+) -> None:
+    dim, values = _dimension_and_values(query)
+    params = SqlParams()
+    source = _pieces_sql(params, query.project_id, pieces, "session_rollups")
+    where = [f"r.dim = {params.add(dim)}", f"(NOT r.bot OR {params.add(query.include_bots)})"]
+    if values is not None:
+        where.append(f"r.value = ANY({params.add(values)}::text[])")
+    sql = f"""
+        SELECT p.idx, r.value, sum(r.sessions)::bigint AS sessions,
+               sum(r.bounces)::bigint AS bounces, sum(r.duration_s) AS duration_s,
+               sum(r.pageviews)::bigint AS pageviews
+        FROM {source}
+        WHERE {" AND ".join(where)}
+        GROUP BY p.idx, r.value
+    """
+    rows = await conn.fetch(sql, *params.values)
+    fine: dict[tuple[int, str | None], Counters] = {}
+    for row in rows:
+        breakdown_key = ALL if query.breakdown is None else row["value"]
+        cell = fine.setdefault((row["idx"], breakdown_key), Counters())
+        cell.sessions += row["sessions"]
+        cell.bounces += row["bounces"]
+        cell.duration_s += row["duration_s"]
+        cell.session_pageviews += row["pageviews"]
+    for (idx, key), counters in fine.items():
+        for target in _targets(idx, key):
+            cells.setdefault(target, Counters()).add_sessions(counters)
+
+
+async def read_rollups(pool: asyncpg.Pool, query: MetricQuery, pieces: list[RollupPiece]) -> Cells:
+    """Counters per (bucket, breakdown value) and their totals, from rollups."""
+    cells: Cells = {}
+    async with pool.acquire() as conn:
+        if query.wants_event_counters:
+            await _read_event_rollups(conn, query, pieces, cells)
+        if query.wants_session_counters:
+            await _read_session_rollups(conn, query, pieces, cells)
+    return cells

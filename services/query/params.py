@@ -1,0 +1,189 @@
+"""Query-string parsing shared by every analytics endpoint. Every problem becomes a
+`ParamError` naming the parameter, which the app answers with 400."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from multidict import MultiMapping
+
+from libs.common.rollup_keys import EVENT_DIMENSIONS
+from services.query.buckets import INTERVALS, local_midnight
+
+# Dimensions a filter or breakdown may name: the rollup dimensions plus the event name.
+EVENT_NAME_DIMENSION = "event"
+DIMENSIONS: tuple[str, ...] = (*EVENT_DIMENSIONS, EVENT_NAME_DIMENSION)
+
+DEFAULT_RANGE_DAYS = 7
+_DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class ParamError(ValueError):
+    """A request parameter is missing, malformed or out of range."""
+
+    def __init__(self, param: str, problem: str) -> None:
+        super().__init__(f"{param}: {problem}")
+        self.param = param
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """`[start, end)` in UTC, with the zone the caller's buckets are aligned in."""
+
+    start: datetime
+    end: datetime
+    tz: ZoneInfo
+
+    @property
+    def tz_name(self) -> str:
+        return self.tz.key
+
+
+@dataclass(frozen=True)
+class DimensionFilter:
+    """`dimension` equals any of `values` (repeat `filter=dim:value` for several)."""
+
+    dimension: str
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Filters:
+    by_dimension: dict[str, DimensionFilter] = field(default_factory=dict)
+
+    @property
+    def dimensions(self) -> set[str]:
+        return set(self.by_dimension)
+
+    def values(self, dimension: str) -> tuple[str, ...] | None:
+        found = self.by_dimension.get(dimension)
+        return None if found is None else found.values
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.by_dimension.values())
+
+
+def reject_unknown(query: MultiMapping[str], allowed: set[str]) -> None:
+    """400 for a parameter this endpoint does not know (a typo would silently do nothing)."""
+    for name in query:
+        if name not in allowed:
+            raise ParamError(
+                name, f"unknown parameter (this endpoint takes {', '.join(sorted(allowed))})"
+            )
+
+
+def single(query: MultiMapping[str], name: str) -> str | None:
+    values = query.getall(name, [])
+    if len(values) > 1:
+        raise ParamError(name, "given more than once")
+    return values[0] if values else None
+
+
+def parse_timezone(query: MultiMapping[str]) -> ZoneInfo:
+    raw = single(query, "timezone")
+    if raw is None or raw == "":
+        return ZoneInfo("UTC")
+    try:
+        return ZoneInfo(raw)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ParamError(
+            "timezone", f"unknown IANA time zone {raw!r} (e.g. Europe/Berlin)"
+        ) from None
+
+
+def parse_instant(name: str, raw: str, tz: ZoneInfo, *, end_of_day: bool) -> datetime:
+    if _DATE_ONLY.match(raw):
+        try:
+            day = date.fromisoformat(raw)
+        except ValueError:
+            raise ParamError(name, f"{raw!r} is not a valid date") from None
+        # A date `to` includes that whole day: the range ends at the next local midnight.
+        return local_midnight(day + timedelta(days=1) if end_of_day else day, tz)
+    try:
+        ts = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ParamError(
+            name, f"{raw!r} is not an ISO date (2024-05-01) or datetime (2024-05-01T10:00:00Z)"
+        ) from None
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=tz)
+    return ts.astimezone(UTC)
+
+
+def parse_window(
+    query: MultiMapping[str], now: datetime, default_days: int | None = DEFAULT_RANGE_DAYS
+) -> TimeWindow:
+    """`from`/`to`/`timezone`. Defaults: the last `default_days` local days including today."""
+    tz = parse_timezone(query)
+    raw_from, raw_to = single(query, "from"), single(query, "to")
+    end = (
+        parse_instant("to", raw_to, tz, end_of_day=True)
+        if raw_to
+        else local_midnight(now.astimezone(tz).date() + timedelta(days=1), tz)
+    )
+    if raw_from:
+        start = parse_instant("from", raw_from, tz, end_of_day=False)
+    elif default_days is None:
+        start = datetime(1970, 1, 1, tzinfo=UTC)
+    else:
+        start = local_midnight(end.astimezone(tz).date() - timedelta(days=default_days), tz)
+    if start >= end:
+        raise ParamError("from", f"must be before to ({start.isoformat()} >= {end.isoformat()})")
+    return TimeWindow(start, end, tz)
+
+
+def parse_interval(query: MultiMapping[str], default: str = "day") -> str:
+    raw = single(query, "interval") or default
+    if raw not in INTERVALS:
+        raise ParamError("interval", f"must be one of {', '.join(INTERVALS)}, not {raw!r}")
+    return raw
+
+
+def parse_dimension(name: str, raw: str, allowed: tuple[str, ...] = DIMENSIONS) -> str:
+    if raw not in allowed:
+        raise ParamError(name, f"unknown dimension {raw!r} (one of {', '.join(allowed)})")
+    return raw
+
+
+def parse_filters(query: MultiMapping[str]) -> Filters:
+    """Repeatable `filter=dimension:value`; values of one dimension are alternatives (OR),
+    different dimensions must all match (AND). `(none)` matches a missing value."""
+    grouped: dict[str, list[str]] = {}
+    for raw in query.getall("filter", []):
+        dimension, sep, value = raw.partition(":")
+        if not sep or value == "":
+            raise ParamError("filter", f"{raw!r} is not dimension:value (e.g. country:DE)")
+        parse_dimension("filter", dimension)
+        values = grouped.setdefault(dimension, [])
+        if value not in values:
+            values.append(value)
+    return Filters({d: DimensionFilter(d, tuple(v)) for d, v in grouped.items()})
+
+
+def parse_bool(query: MultiMapping[str], name: str, default: bool = False) -> bool:
+    raw = single(query, name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise ParamError(name, f"must be true or false, not {raw!r}")
+
+
+def parse_int(query: MultiMapping[str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = single(query, name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ParamError(name, f"must be an integer, not {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ParamError(name, f"must be between {lo} and {hi}, not {value}")
+    return value

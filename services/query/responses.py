@@ -1,0 +1,215 @@
+"""Response bodies of the query API as msgspec Structs: what handlers encode and what the
+OpenAPI document's schemas are generated from."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+# metric name -> value; counts are integers, rates and averages floats (null without sessions)
+MetricValues = dict[str, int | float | None]
+
+TIERS_HOT = ["hot"]
+
+
+class ErrorResponse(msgspec.Struct, kw_only=True):
+    """Every 4xx/5xx body. `param` names the offending query parameter on a 400."""
+
+    error: str
+    param: str | None = None
+
+
+class FilterEcho(msgspec.Struct, kw_only=True):
+    dimension: str
+    values: list[str]
+
+
+class SeriesPoint(msgspec.Struct, kw_only=True):
+    """One output bucket, labelled with its start in the request's time zone."""
+
+    bucket: datetime
+    values: MetricValues
+
+
+class BreakdownRow(msgspec.Struct, kw_only=True):
+    value: str
+    totals: MetricValues
+    series: list[SeriesPoint]
+
+
+class Breakdown(msgspec.Struct, kw_only=True):
+    dimension: str
+    results: list[BreakdownRow]
+    truncated: bool  # more values existed than `limit`
+
+
+class MetricsResponse(msgspec.Struct, kw_only=True):
+    source: str  # "rollups" or "events": what answered
+    tiers: list[str]  # storage tiers read
+    from_: datetime = msgspec.field(name="from")
+    to: datetime
+    timezone: str
+    interval: str
+    metrics: list[str]
+    filters: list[FilterEcho]
+    include_bots: bool
+    totals: MetricValues
+    series: list[SeriesPoint]
+    breakdown: Breakdown | None = None
+
+
+class ReportHeader(msgspec.Struct, kw_only=True):
+    source: str
+    tiers: list[str]
+    from_: datetime = msgspec.field(name="from")
+    to: datetime
+    timezone: str
+    filters: list[FilterEcho]
+    include_bots: bool
+    truncated: bool
+
+
+class PageRow(msgspec.Struct, kw_only=True):
+    page: str
+    pageviews: int
+    visitors: int
+    entries: int  # sessions that started on this page
+    bounce_rate: float | None  # of the sessions that started here
+    avg_time_on_page_s: float | None  # pageviews followed by another in their session
+
+
+class PagesResponse(ReportHeader, kw_only=True):
+    pages: list[PageRow]
+
+
+class DimensionRow(msgspec.Struct, kw_only=True):
+    value: str
+    visitors: int
+    pageviews: int
+    sessions: int
+    bounce_rate: float | None
+    avg_session_duration: float | None
+
+
+class DimensionReport(ReportHeader, kw_only=True):
+    dimension: str
+    results: list[DimensionRow]
+
+
+class Percentiles(msgspec.Struct, kw_only=True):
+    samples: int
+    avg: float
+    p50: float
+    p75: float
+    p90: float
+    p99: float
+
+
+class PagePerformance(msgspec.Struct, kw_only=True):
+    page: str
+    metrics: dict[str, Percentiles]
+
+
+class PerformanceResponse(ReportHeader, kw_only=True):
+    properties: list[str]
+    overall: dict[str, Percentiles]
+    pages: list[PagePerformance]
+
+
+class EventRecord(msgspec.Struct, kw_only=True):
+    event_id: str
+    name: str
+    type: str
+    ts: datetime
+    received_at: datetime
+    distinct_id: str
+    user_id: str | None
+    anonymous_id: str | None
+    session_id: str | None
+    path: str | None
+    url: str | None
+    title: str | None
+    referrer: str | None
+    referrer_domain: str | None
+    channel: str | None
+    utm_source: str | None
+    utm_medium: str | None
+    utm_campaign: str | None
+    utm_term: str | None
+    utm_content: str | None
+    browser: str | None
+    browser_version: str | None
+    os: str | None
+    os_version: str | None
+    device_type: str | None
+    country: str | None
+    region: str | None
+    city: str | None
+    locale: str | None
+    is_bot: bool
+    non_interactive: bool
+    properties: dict[str, Any]
+
+
+class EventsPage(msgspec.Struct, kw_only=True):
+    events: list[EventRecord]
+    next_cursor: str | None  # pass as `cursor` for the next page; null on the last page
+
+
+class SessionRecord(msgspec.Struct, kw_only=True):
+    session_id: str
+    distinct_id: str
+    user_id: str | None
+    start: datetime
+    end: datetime
+    duration_s: float
+    events: int
+    interactive_events: int
+    pageviews: int
+    bounce: bool
+    entry_path: str | None
+    exit_path: str | None
+    referrer: str | None
+    referrer_domain: str | None
+    channel: str | None
+    utm_source: str | None
+    utm_medium: str | None
+    utm_campaign: str | None
+    browser: str | None
+    os: str | None
+    device_type: str | None
+    country: str | None
+    is_bot: bool
+
+
+class SessionDetail(msgspec.Struct, kw_only=True):
+    session: SessionRecord
+    events: list[EventRecord]
+    truncated: bool  # more events than max_page_size: page on with /events?session_id=
+
+
+class Journey(msgspec.Struct, kw_only=True):
+    person_id: str
+    distinct_ids: list[str]
+    sessions: list[SessionRecord]  # the sessions of this page's events, in time order
+    events: list[EventRecord]
+    next_cursor: str | None
+
+
+class LiveMetrics(msgspec.Struct, kw_only=True):
+    """One Server-Sent Event (`event: metrics`) of the live stream."""
+
+    ts: datetime
+    active_visitors: int  # distinct persons with an event in the last `window_s` seconds
+    events_per_minute: int  # events stamped within the last 60 seconds
+    window_s: int
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: str
+    failures: dict[str, str] = {}
+
+
+json_encoder = msgspec.json.Encoder()
