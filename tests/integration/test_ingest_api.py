@@ -101,12 +101,14 @@ class Ingest:
     async def raw_messages(self) -> list[tuple[str, dict[str, str], RawBatchV1]]:
         """Every message on the raw stream: (subject, headers, batch)."""
         info = await self.js.stream_info(self.subjects.raw_stream)
-        found = []
+        found: list[tuple[str, dict[str, str], RawBatchV1]] = []
+        if info.state.messages == 0:
+            return found
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            if info.state.messages == 0:
-                break
             msg = await self.js.get_msg(self.subjects.raw_stream, seq)
-            found.append((msg.subject, dict(msg.headers or {}), raw_batch_decoder.decode(msg.data)))
+            assert msg.subject is not None and msg.data is not None
+            headers = {str(k): str(v) for k, v in (msg.headers or {}).items()}
+            found.append((msg.subject, headers, raw_batch_decoder.decode(msg.data)))
         return found
 
     async def raw_events(self) -> list[EventV1]:
@@ -472,7 +474,7 @@ async def test_a_body_over_500_kb_is_413(ingest: Ingest, route: str) -> None:
         for start in range(0, len(big), 64 * 1024):
             yield big[start : start + 64 * 1024]
 
-    chunked = await ingest.post(route, chunks(), ingest.project.write_key)  # type: ignore[arg-type]
+    chunked = await ingest.post(route, chunks(), ingest.project.write_key)
     assert chunked.status == 413
     assert (await chunked.json())["error"] == (
         "request body is too large; the limit is 512000 bytes (500 KB)"
