@@ -16,7 +16,6 @@ from collections.abc import Callable
 
 import asyncpg
 import msgspec
-import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -133,6 +132,7 @@ class PartitionWorker:
                     error=str(exc) or type(exc).__name__,
                     error_type=type(exc).__name__,
                     retry_in_s=backoff,
+                    exc_info=True,
                 )
                 try:
                     await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
@@ -157,7 +157,7 @@ class PartitionWorker:
                 self._tick(self.partition)
                 try:
                     msgs = await sub.fetch(self._settings.fetch_batch, timeout=fetch_timeout)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats.errors.TimeoutError or asyncio's: nothing new
                     msgs = []
                 for msg in msgs:
                     if self._stopping.is_set():

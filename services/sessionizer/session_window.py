@@ -21,6 +21,7 @@ dedup window then drops). The rules are documented for users in docs/sessions.md
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -43,7 +44,9 @@ MAX_SESSIONS_PER_PERSON = 8
 PRUNE_EVERY_RECEIVED_US = 60 * US_PER_S
 PRUNE_EVERY_MESSAGES = 10_000
 
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_TO_CROCKFORD = str.maketrans(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+)
 
 
 class SessionRules(msgspec.Struct, frozen=True, kw_only=True):
@@ -242,12 +245,8 @@ def session_id_for(project_id: str, distinct_id: str, first_event_id: str) -> st
     digest = hashlib.blake2b(
         f"{project_id}\x1f{distinct_id}\x1f{first_event_id}".encode(), digest_size=16
     ).digest()
-    value = int.from_bytes(digest, "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    # 128 bits -> 26 base32 characters (the last carries 3 bits), in Crockford's alphabet.
+    return base64.b32encode(digest)[:26].decode().translate(_TO_CROCKFORD)
 
 
 def campaign_of(event: EventV1) -> str | None:

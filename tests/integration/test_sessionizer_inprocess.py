@@ -136,6 +136,8 @@ async def test_every_event_is_enriched_once_with_its_session(
                 metrics = await r.text()
         assert "strata_sessionizer_events_total 10.0" in metrics
         assert "strata_sessionizer_sessions_started_total 7.0" in metrics
+        # No partition failed and silently restarted from its checkpoint along the way.
+        assert "strata_sessionizer_partition_restarts_total{" not in metrics
 
     # The last session update of each session describes it after everything was seen.
     latest = {}

@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -84,7 +83,7 @@ async def read_subject(js: JetStreamContext, stream: str, subject: str) -> list[
         while True:
             try:
                 batch = await sub.fetch(500, timeout=0.5)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats' or asyncio's: nothing more to read
                 break
             messages.extend(batch)
             if batch[-1].metadata.num_pending == 0:
