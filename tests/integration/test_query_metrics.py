@@ -4,6 +4,7 @@ value, with filters, in UTC and in other time zones, from rollups and from raw e
 
 from __future__ import annotations
 
+import itertools
 import math
 from datetime import datetime, timedelta
 from typing import Any
@@ -298,7 +299,7 @@ async def test_reports_match_recomputation(
                 by_session.setdefault(ev["session_id"], []).append(ev)
         for views in by_session.values():
             views.sort(key=lambda e: (e["ts"], e["event_id"]))
-            for view, following in zip(views, views[1:], strict=False):
+            for view, following in itertools.pairwise(views):
                 page = view["path"] or "(none)"
                 durations.setdefault(page, []).append(
                     (following["ts"] - view["ts"]).total_seconds()

@@ -236,8 +236,9 @@ def expected_metrics(
             ev_groups[cell].append(ev)
     s_groups: dict[Cell, list[dict[str, Any]]] = defaultdict(list)
     for s in sessions:
+        values: list[str | None]
         if breakdown == "event":
-            values: list[str | None] = sorted(names_of_session[s["session_id"]])
+            values = [*sorted(names_of_session[s["session_id"]])]
         elif breakdown:
             values = [norm(s[SESSION_COLUMN[breakdown]])]
         else:
@@ -272,5 +273,5 @@ def expected_metrics(
     return result
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0) -> datetime:
+    return datetime(year, month, day, hour, tzinfo=UTC)

@@ -6,15 +6,15 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from libs.common.rollup_keys import DAY, HOUR, WEEK, bucket_start
-from services.query.buckets import output_buckets, rollup_pieces
+from services.query.buckets import RollupPiece, output_buckets, rollup_pieces
 
 BERLIN = ZoneInfo("Europe/Berlin")
 UTC_ZONE = ZoneInfo("UTC")
 
 
-def _covered_hours(pieces, index):  # type: ignore[no-untyped-def]
+def _covered_hours(pieces: list[RollupPiece], index: int) -> list[datetime]:
     """Every UTC hour the pieces of one output bucket cover, checking each piece is whole."""
-    hours = []
+    hours: list[datetime] = []
     for piece in pieces:
         if piece.index != index:
             continue
@@ -22,7 +22,7 @@ def _covered_hours(pieces, index):  # type: ignore[no-untyped-def]
         cursor = piece.lo
         while cursor < piece.hi:
             assert bucket_start(cursor, piece.granularity) == cursor
-            span = step[piece.granularity.__str__()]
+            span = step[piece.granularity]
             hours.extend(
                 cursor + timedelta(hours=h) for h in range(int(span.total_seconds() // 3600))
             )
