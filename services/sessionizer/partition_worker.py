@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import asyncpg
 import msgspec
@@ -282,13 +283,18 @@ class PartitionWorker:
             self._subjects.dlq(DLQ_SERVICE),
             msg.data,
             timeout=self._settings.publish_timeout_s,
+            # The DLQ headers every service shares (`strata dlq list|replay` reads them).
             headers={
                 # Deterministic id: a replay from the checkpoint does not dead-letter it twice.
                 "Nats-Msg-Id": f"{DLQ_SERVICE}:{self._subjects.raw_stream}:{seq}",
-                "Strata-DLQ-Reason": reason[:1000],
+                # NATS headers are single-line.
+                "Strata-DLQ-Reason": " ".join(reason.split())[:1000] or "-",
                 "Strata-DLQ-Service": DLQ_SERVICE,
                 "Strata-DLQ-Original-Subject": msg.subject,
+                "Strata-DLQ-Original-Stream": self._subjects.raw_stream,
                 "Strata-DLQ-Original-Seq": str(seq),
+                "Strata-DLQ-Deliveries": str(msg.metadata.num_delivered),
+                "Strata-DLQ-Failed-At": datetime.now(UTC).isoformat(),
             },
         )
         self._metrics.dead_lettered.inc()

@@ -185,6 +185,7 @@ async def test_a_poison_raw_message_goes_to_the_dlq_and_the_partition_moves_on(
         assert dead[0].data == b'{"batch_id": 7}'
         assert dead[0].headers["Strata-DLQ-Original-Seq"] == str(bad.seq)
         assert dead[0].headers["Strata-DLQ-Original-Subject"] == subjects.raw(partition)
+        assert dead[0].headers["Strata-DLQ-Original-Stream"] == subjects.raw_stream
         assert "undecodable raw batch" in dead[0].headers["Strata-DLQ-Reason"]
 
 
