@@ -131,3 +131,5 @@ class StackSettings(CommonSettings, frozen=True, kw_only=True):
     demo_days: int = 130  # `up --demo` backfill: days of history per project
     demo_visitors: int = 100  # `up --demo`: average daily visitors per project
     demo_seed: int = 7
+    demo_live: bool = True  # after the backfill, keep a live trickle of visitors going
+    demo_live_sessions_per_minute: float = 30.0

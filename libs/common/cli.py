@@ -1,0 +1,501 @@
+"""`strata`: the command line. `up` runs the local stack; `migrate`, `keys`, `demo` and `dlq`
+operate on a running one (DATABASE_URL / NATS_URL, or the local stack's dev.json).
+
+User errors print one line (`strata: error: ...`) and exit non-zero, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import msgspec
+
+from libs.common import db, keys
+from libs.common.demo import (
+    DEMO_PROJECTS,
+    DemoError,
+    DemoPlan,
+    IngestClient,
+    IngestTarget,
+    SendStats,
+    iter_backfill,
+    send_backfill,
+    send_live,
+    write_ndjson,
+)
+from libs.common.embedded import EmbeddedError
+from libs.common.settings import SettingsError, StackSettings, from_env
+from libs.common.stack import (
+    StackError,
+    StackState,
+    dev_json_path,
+    load_dev_json,
+    load_state,
+    prepare_data_dir,
+    redact,
+    run_stack,
+    save_state,
+    say,
+)
+from libs.common.subjects import Subjects
+
+_PROJECT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class CliError(RuntimeError):
+    """A user error: printed as one line, exit code 1."""
+
+
+Command = Callable[[argparse.Namespace, StackSettings, Mapping[str, str]], int]
+
+
+# --- where the running stack is ---------------------------------------------------------------
+
+
+def database_url(settings: StackSettings) -> str:
+    """DATABASE_URL, else the local stack's (from dev.json)."""
+    if settings.database_url:
+        return settings.database_url
+    path = dev_json_path(Path(settings.data_dir))
+    if path.exists():
+        return load_dev_json(Path(settings.data_dir))["database_url"]
+    raise CliError(
+        f"DATABASE_URL is not set and there is no local stack ({path}): "
+        "set DATABASE_URL or run `strata up`"
+    )
+
+
+def nats_url(settings: StackSettings) -> str:
+    """NATS_URL, else the local stack's (from dev.json)."""
+    if settings.nats_url:
+        return settings.nats_url
+    path = dev_json_path(Path(settings.data_dir))
+    if path.exists():
+        return load_dev_json(Path(settings.data_dir))["nats_url"]
+    raise CliError(
+        f"NATS_URL is not set and there is no local stack ({path}): set NATS_URL or run `strata up`"
+    )
+
+
+async def _connect_db(url: str) -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(url, timeout=10)
+    except asyncpg.InvalidCatalogNameError:
+        raise CliError(f"database in {redact(url)} does not exist: run `strata migrate`") from None
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        raise CliError(f"cannot connect to PostgreSQL at {redact(url)}: {exc}") from None
+
+
+# --- up -------------------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace, settings: StackSettings, env: Mapping[str, str]) -> int:
+    data_dir = prepare_data_dir(settings)
+    return asyncio.run(run_stack(settings, env, data_dir, demo=args.demo))
+
+
+# --- migrate --------------------------------------------------------------------------------
+
+
+def cmd_migrate(args: argparse.Namespace, settings: StackSettings, env: Mapping[str, str]) -> int:
+    url = database_url(settings)
+
+    async def run() -> list[str]:
+        try:
+            await db.ensure_database(url)
+        except asyncpg.InsufficientPrivilegeError:
+            pass  # not ours to create; it must exist
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            raise CliError(f"cannot connect to PostgreSQL at {redact(url)}: {exc}") from None
+        conn = await _connect_db(url)
+        try:
+            return await db.migrate(conn)
+        except RuntimeError as exc:  # a migration edited after it was applied
+            raise CliError(str(exc)) from None
+        finally:
+            await conn.close()
+
+    applied = asyncio.run(run())
+    if applied:
+        for name in applied:
+            print(f"applied {name}")
+    else:
+        print("database is up to date")
+    return 0
+
+
+# --- keys -----------------------------------------------------------------------------------
+
+
+def _check_project_id(project: str) -> None:
+    if not _PROJECT_ID.match(project):
+        raise CliError(
+            f"invalid project id {project!r}: use 1-63 lowercase letters, digits, '-' or '_', "
+            "starting with a letter or digit"
+        )
+
+
+def cmd_keys_create(
+    args: argparse.Namespace, settings: StackSettings, env: Mapping[str, str]
+) -> int:
+    role: str = args.role
+    project: str | None = args.project
+    if role not in keys.ROLES:
+        raise CliError(f"--role must be one of {', '.join(keys.ROLES)}, not {role!r}")
+    if project is None and role != "admin":
+        raise CliError(f"a {role} key belongs to a project: pass --project")
+    if project is not None:
+        _check_project_id(project)
+    url = database_url(settings)
+
+    async def run() -> tuple[keys.ApiKey, str]:
+        conn = await _connect_db(url)
+        try:
+            async with conn.transaction():
+                if project is not None:
+                    await keys.ensure_project(conn, project)
+                return await keys.create_key(conn, project, role, args.name or "")
+        except asyncpg.UndefinedTableError:
+            raise CliError("the database has no Strata schema: run `strata migrate`") from None
+        finally:
+            await conn.close()
+
+    key, secret = asyncio.run(run())
+    scope = f"project {project}" if project else "every project"
+    print(
+        f"created {role} key {key.id} for {scope}; the secret below is shown only once",
+        file=sys.stderr,
+    )
+    print(secret)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace, settings: StackSettings, env: Mapping[str, str]) -> int:
+    url = database_url(settings)
+
+    async def run() -> list[keys.ApiKey]:
+        conn = await _connect_db(url)
+        try:
+            return await keys.list_keys(conn, args.project)
+        except asyncpg.UndefinedTableError:
+            raise CliError("the database has no Strata schema: run `strata migrate`") from None
+        finally:
+            await conn.close()
+
+    found = asyncio.run(run())
+    if args.json:
+        print(msgspec.json.encode(found).decode())
+        return 0
+    rows = [("ID", "PROJECT", "ROLE", "PREFIX", "NAME", "STATUS")]
+    rows += [
+        (k.id, k.project_id or "*", k.role, k.prefix, k.name, "revoked" if k.revoked else "active")
+        for k in found
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    return 0
+
+
+def cmd_keys_revoke(
+    args: argparse.Namespace, settings: StackSettings, env: Mapping[str, str]
+) -> int:
+    url = database_url(settings)
+
+    async def run() -> bool:
+        conn = await _connect_db(url)
+        try:
+            return await keys.revoke_key(conn, args.key_id)
+        finally:
+            await conn.close()
+
+    if not asyncio.run(run()):
+        raise CliError(f"no active key with id {args.key_id!r} (see `strata keys list`)")
+    print(f"revoked {args.key_id}")
+    return 0
+
+
+# --- demo -----------------------------------------------------------------------------------
+
+
+def _demo_projects(count: int) -> tuple[str, ...]:
+    if count < 1:
+        raise CliError("--projects must be at least 1")
+    extra = tuple(f"demo{i}" for i in range(len(DEMO_PROJECTS) + 1, count + 1))
+    return (DEMO_PROJECTS + extra)[:count]
+
+
+async def _demo_targets(
+    settings: StackSettings, projects: tuple[str, ...], ingest_url: str, state: StackState
+) -> dict[str, IngestTarget]:
+    """Write keys of the demo projects: kept from `strata up` in the data dir, or created in
+    the database (and added to `state`) for projects that have none yet."""
+    missing = [p for p in projects if not state.keys.get(p, {}).get("write")]
+    if missing:
+        conn = await _connect_db(database_url(settings))
+        try:
+            for project in missing:
+                await keys.ensure_project(conn, project)
+                _, secret = await keys.create_key(conn, project, "write", name="strata demo")
+                state.keys.setdefault(project, {})["write"] = secret
+        finally:
+            await conn.close()
+    return {p: IngestTarget(ingest_url, state.keys[p]["write"]) for p in projects}
+
+
+def cmd_demo(args: argparse.Namespace, settings: StackSettings, env: Mapping[str, str]) -> int:
+    projects = (args.project,) if args.write_key else _demo_projects(args.projects)
+    for project in projects:
+        _check_project_id(project)
+    if args.days < 1 or args.visitors < 0:
+        raise CliError("--days must be at least 1 and --visitors not negative")
+    plan = DemoPlan(
+        projects=projects, days=args.days, visitors_per_day=args.visitors, seed=args.seed
+    )
+    if args.output:
+        count = write_ndjson(plan, args.output, args.batch_size)
+        print(f"wrote {count:,} events of {', '.join(projects)} to {args.output}")
+        return 0
+
+    data_dir = Path(settings.data_dir)
+    ingest_url = args.ingest_url or load_dev_json(data_dir)["ingest_url"]
+    state = load_state(data_dir)
+    known_keys = msgspec.json.encode(state.keys)
+
+    async def run() -> SendStats:
+        if args.write_key:
+            targets = {args.project: IngestTarget(ingest_url, args.write_key)}
+        else:
+            targets = await _demo_targets(settings, projects, ingest_url, state)
+        stats = SendStats()
+        async with aiohttp.ClientSession() as http:
+            client = IngestClient(http, targets, stats)
+            if args.backfill:
+                say(f"demo: sending {args.days} day(s) of {', '.join(projects)} to {ingest_url}")
+                await send_backfill(
+                    iter_backfill(plan, args.batch_size),
+                    client,
+                    concurrency=args.concurrency,
+                    progress=say,
+                    total_days=args.days * len(projects),
+                )
+            if args.live:
+                say(f"demo: live traffic, ~{args.live_rate:g} sessions/minute (Ctrl-C stops)")
+                await send_live(
+                    client,
+                    projects,
+                    sessions_per_minute=args.live_rate,
+                    seed=args.seed,
+                    progress=say,
+                )
+        return stats
+
+    try:
+        stats = asyncio.run(run())
+    except KeyboardInterrupt:
+        say("demo: stopped")
+        return 0
+    except DemoError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        if data_dir.is_dir() and msgspec.json.encode(state.keys) != known_keys:
+            save_state(data_dir, state)  # new keys: reused by the next `strata demo`
+    if stats.rejected:
+        raise CliError(f"{stats.rejected:,} events rejected; first: {stats.first_rejection}")
+    return 0
+
+
+# --- dlq --------------------------------------------------------------------------------------
+
+
+def _dlq_call(settings: StackSettings, action: Callable[[Any, Subjects], Any]) -> Any:
+    url = nats_url(settings)
+    subjects = Subjects(settings.nats_prefix)
+
+    async def run() -> Any:
+        from nats.errors import NoServersError
+
+        from libs.common.nats_io import connect
+
+        try:
+            nc = await asyncio.wait_for(connect(url, "strata-cli"), timeout=10)
+        except (NoServersError, OSError, TimeoutError) as exc:
+            raise CliError(f"cannot connect to NATS at {url}: {exc}") from None
+        try:
+            return await action(nc.jetstream(), subjects)
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
+def cmd_dlq_list(args: argparse.Namespace, settings: StackSettings, env: Mapping[str, str]) -> int:
+    from services.aggregator.dead_letters import list_dead_letters
+
+    letters = _dlq_call(settings, lambda js, subjects: list_dead_letters(js, subjects, args.limit))
+    if args.json:
+        print(msgspec.json.encode(letters).decode())
+        return 0
+    if not letters:
+        print("the dead-letter queue is empty")
+        return 0
+    for letter in letters:
+        origin = letter.original_subject
+        if letter.original_seq is not None:
+            origin += f" #{letter.original_seq}"
+        print(
+            f"seq {letter.seq}  {letter.service}  {letter.failed_at or '-'}  {origin}  "
+            f"{letter.size} bytes  deliveries={letter.deliveries or '-'}\n    {letter.reason}"
+        )
+    return 0
+
+
+def cmd_dlq_replay(
+    args: argparse.Namespace, settings: StackSettings, env: Mapping[str, str]
+) -> int:
+    from services.aggregator.dead_letters import replay_dead_letters
+
+    if not args.all and not args.seq:
+        raise CliError("say which dead letters to replay: --seq N (repeatable) or --all")
+    if args.all and args.seq:
+        raise CliError("--all and --seq exclude each other")
+    seqs: list[int] | None = None if args.all else list(args.seq)
+    replayed = _dlq_call(settings, lambda js, subjects: replay_dead_letters(js, subjects, seqs))
+    print(f"replayed {replayed} dead letter(s)")
+    if seqs is not None and replayed < len(set(seqs)):
+        raise CliError(f"{len(set(seqs)) - replayed} of the given seqs are not in the DLQ")
+    return 0
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+
+def build_parser(settings: StackSettings) -> argparse.ArgumentParser:
+    """The argument parser; defaults of `demo` come from the stack settings."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--data-dir",
+        help="local stack directory (default: $STRATA_DATA_DIR or .strata); other commands "
+        "read the running stack's dev.json there when DATABASE_URL/NATS_URL are not set",
+    )
+    parser = argparse.ArgumentParser(prog="strata", description="Strata analytics command line")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser(
+        "up", parents=[common], help="run the whole stack in the foreground (Ctrl-C stops it)"
+    )
+    up.add_argument("--demo", action="store_true", help="also stream demo traffic once ready")
+    up.set_defaults(handler=cmd_up)
+
+    migrate = commands.add_parser(
+        "migrate", parents=[common], help="create the database if missing, apply migrations"
+    )
+    migrate.set_defaults(handler=cmd_migrate)
+
+    key_commands = commands.add_parser("keys", help="API keys").add_subparsers(
+        dest="keys_command", required=True, metavar="ACTION"
+    )
+    create = key_commands.add_parser(
+        "create", parents=[common], help="create a key (prints its secret once)"
+    )
+    create.add_argument("--project", help="project id (created when missing)")
+    create.add_argument("--role", required=True, help="write (ingest), read (query) or admin")
+    create.add_argument("--name", default="", help="a label to tell keys apart")
+    create.set_defaults(handler=cmd_keys_create)
+    listing = key_commands.add_parser("list", parents=[common], help="list keys (no secrets)")
+    listing.add_argument("--project", help="only this project's keys")
+    listing.add_argument("--json", action="store_true", help="JSON instead of a table")
+    listing.set_defaults(handler=cmd_keys_list)
+    revoke = key_commands.add_parser("revoke", parents=[common], help="revoke a key by id")
+    revoke.add_argument("key_id", metavar="KEY_ID")
+    revoke.set_defaults(handler=cmd_keys_revoke)
+
+    demo = commands.add_parser(
+        "demo", parents=[common], help="stream realistic demo traffic to a running stack"
+    )
+    demo.add_argument("--projects", type=int, default=len(DEMO_PROJECTS), help="how many sites")
+    demo.add_argument("--days", type=int, default=settings.demo_days, help="days of history")
+    demo.add_argument(
+        "--visitors", type=int, default=settings.demo_visitors, help="daily visitors per project"
+    )
+    demo.add_argument("--seed", type=int, default=settings.demo_seed, help="same seed, same data")
+    demo.add_argument(
+        "--backfill",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="send the history first",
+    )
+    demo.add_argument(
+        "--live",
+        action=argparse.BooleanOptionalAction,
+        default=settings.demo_live,
+        help="then keep sending live traffic until Ctrl-C",
+    )
+    demo.add_argument(
+        "--live-rate",
+        type=float,
+        default=settings.demo_live_sessions_per_minute,
+        help="live sessions per minute, all projects together",
+    )
+    demo.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    demo.add_argument("--batch-size", type=int, default=100, help="events per request")
+    demo.add_argument("--output", help="write the history as NDJSON to this file, send nothing")
+    demo.add_argument("--ingest-url", help="default: ingest_url of the local stack's dev.json")
+    demo.add_argument("--write-key", help="send one project's traffic with this key")
+    demo.add_argument("--project", default="demo", help="the project of --write-key")
+    demo.set_defaults(handler=cmd_demo)
+
+    dlq_commands = commands.add_parser("dlq", help="dead-letter queue").add_subparsers(
+        dest="dlq_command", required=True, metavar="ACTION"
+    )
+    dlq_list = dlq_commands.add_parser("list", parents=[common], help="show dead letters")
+    dlq_list.add_argument("--limit", type=int, default=100)
+    dlq_list.add_argument("--json", action="store_true", help="JSON instead of text")
+    dlq_list.set_defaults(handler=cmd_dlq_list)
+    replay = dlq_commands.add_parser(
+        "replay", parents=[common], help="re-publish dead letters to their original subjects"
+    )
+    replay.add_argument("--seq", type=int, action="append", help="DLQ sequence (repeatable)")
+    replay.add_argument("--all", action="store_true", help="replay every dead letter")
+    replay.set_defaults(handler=cmd_dlq_replay)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `strata` console script."""
+    env = dict(os.environ)  # read once; `up` hands it on to the services it starts
+    try:
+        settings = from_env(StackSettings, env)
+    except SettingsError as exc:
+        print(f"strata: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    args = build_parser(settings).parse_args(argv)
+    if getattr(args, "data_dir", None):
+        settings = msgspec.structs.replace(settings, data_dir=args.data_dir)
+    handler: Command = args.handler
+    try:
+        code = handler(args, settings, env)
+    except (CliError, StackError, EmbeddedError, DemoError) as exc:
+        print(f"strata: error: {exc}", file=sys.stderr)
+        code = 1
+    except (asyncpg.PostgresError, OSError) as exc:  # the server said no: say what it said
+        print(f"strata: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
