@@ -26,39 +26,27 @@ async def connect(url: str, name: str) -> NATS:
 
 def stream_configs(subjects: Subjects) -> list[StreamConfig]:
     """The stream definitions; retention is by age so a slow consumer never loses data early."""
-    common = {
-        "retention": RetentionPolicy.LIMITS,
-        "storage": StorageType.FILE,
-        "discard": DiscardPolicy.OLD,
-    }
+
+    def limits_stream(
+        name: str, subject: str, max_age: float, duplicate_window: float = 120.0
+    ) -> StreamConfig:
+        return StreamConfig(
+            name=name,
+            subjects=[subject],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            max_age=max_age,
+            duplicate_window=duplicate_window,
+        )
+
     return [
-        StreamConfig(
-            name=subjects.raw_stream,
-            subjects=[subjects.raw_all],
-            max_age=7 * DAY_S,
-            duplicate_window=300.0,  # ingest retries within 5 min are dropped here
-            **common,
-        ),
-        StreamConfig(
-            name=subjects.enriched_stream,
-            subjects=[subjects.enriched_all],
-            max_age=7 * DAY_S,
-            duplicate_window=900.0,  # covers a sessionizer replay from its last checkpoint
-            **common,
-        ),
-        StreamConfig(
-            name=subjects.sessions_stream,
-            subjects=[subjects.sessions_all],
-            max_age=7 * DAY_S,
-            duplicate_window=900.0,
-            **common,
-        ),
-        StreamConfig(
-            name=subjects.dlq_stream,
-            subjects=[subjects.dlq_all],
-            max_age=30 * DAY_S,
-            **common,
-        ),
+        # Ingest retries within 5 minutes are dropped here.
+        limits_stream(subjects.raw_stream, subjects.raw_all, 7 * DAY_S, 300.0),
+        # 15 minutes covers a sessionizer replay from its last checkpoint.
+        limits_stream(subjects.enriched_stream, subjects.enriched_all, 7 * DAY_S, 900.0),
+        limits_stream(subjects.sessions_stream, subjects.sessions_all, 7 * DAY_S, 900.0),
+        limits_stream(subjects.dlq_stream, subjects.dlq_all, 30 * DAY_S),
     ]
 
 

@@ -34,4 +34,4 @@ def merge_bytes(blobs: Iterable[bytes]) -> bytes:
 
 
 def estimate(blobs: Iterable[bytes]) -> int:
-    return round(merge(blobs).get_estimate())
+    return int(round(merge(blobs).get_estimate()))
