@@ -146,14 +146,8 @@ class EmbeddedPostgres:
     def url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
-    def _run(self, args: list[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(
-            args,
-            check=True,
-            capture_output=True,
-            user=self.user,
-            **kwargs,  # type: ignore[call-overload]
-        )
+    def _run(self, args: list[str]) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(args, check=True, capture_output=True, user=self.user)
 
     def start(self) -> EmbeddedPostgres:
         bin_dir = pg_bin_dir()
