@@ -96,6 +96,12 @@ class AggregatorSettings(CommonSettings, frozen=True, kw_only=True):
     ack_wait_s: float = 30.0
     partitions_ahead_days: int = 7
     health_port: int = 8083
+    dlq_window_s: float = 300.0  # the window dlq_max_ratio / dlq_max_count are measured over
+    dlq_ratio_min_messages: int = 100  # the ratio applies once the window holds this many
+    writers: int = 2  # batches in flight per process (one transaction each)
+    max_ack_pending: int = 2000  # unacked messages across all replicas (JetStream bound)
+    retry_backoff_max_s: float = 30.0  # nak delay cap for transient failures
+    pool_size: int = 4
 
 
 class QuerySettings(CommonSettings, frozen=True, kw_only=True):

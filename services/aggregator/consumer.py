@@ -1,0 +1,448 @@
+"""The aggregator's consume loop: fetch enriched batches from the shared durable pull consumer,
+decode, write all their events in one transaction, and ack only after COMMIT.
+
+Failures are sorted by type:
+- `PoisonMessage` (cannot be decoded or validated): dead-lettered at once, then `term()`ed.
+- a data fault (the database rejects the data: `asyncpg.DataError` and the like, or any error
+  not known to be transient): the batch is retried message by message, and a message still
+  failing at JetStream's `max_redeliveries`-th delivery is dead-lettered.
+- a transient failure (connection lost, serialization failure, deadlock): every message is
+  `nak`ed with a backoff delay and retried, never dead-lettered.
+Dead-lettering is capped by count and ratio over a time window: past the cap the consumer halts
+(readyz fails with the reason) instead of emptying the stream into the DLQ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+import msgspec
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry import trace
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from libs.common.observability import Liveness, extract_trace_context
+from libs.common.schemas.events_v1 import SCHEMA_VERSION, EnrichedBatchV1, EventV1
+from libs.common.settings import AggregatorSettings
+from libs.common.subjects import Subjects
+from services.aggregator.dead_letters import publish_dead_letter
+from services.aggregator.writer import (
+    EventPartitions,
+    WriteResult,
+    ensure_partitions_ahead,
+    write_events,
+)
+
+SERVICE = "aggregator"
+DURABLE = "aggregator"
+PARTITIONS_REFRESH_S = 3600.0
+
+_decoder = msgspec.json.Decoder(EnrichedBatchV1)
+_tracer = trace.get_tracer("strata.aggregator")
+
+
+class PoisonMessage(Exception):
+    """A message that can never be processed as it is: it goes to the DLQ, not back."""
+
+
+class DeadLetterCapExceeded(Exception):
+    """Dead-lettering one more message would pass the cap: halt rather than drain."""
+
+
+# Failures of the environment, not of the data: retrying later succeeds.
+_TRANSIENT = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.LockNotAvailableError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, query canceled
+    asyncpg.exceptions.InsufficientResourcesError,  # disk full, too many connections
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.ObjectInUseError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when the failure is the environment's (retry with backoff), not the data's."""
+    if isinstance(exc, _TRANSIENT):
+        return True
+    # A day partition dropped (by tiering) after this process cached it: re-create and retry.
+    return isinstance(exc, asyncpg.exceptions.CheckViolationError) and "no partition" in str(exc)
+
+
+def decode_batch(data: bytes) -> EnrichedBatchV1:
+    """Decode and validate one enriched message, or raise PoisonMessage saying why."""
+    try:
+        batch = _decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise PoisonMessage(f"undecodable EnrichedBatchV1: {exc}") from exc
+    if batch.v != SCHEMA_VERSION:
+        raise PoisonMessage(f"unsupported schema version {batch.v} (expected {SCHEMA_VERSION})")
+    for event in batch.events:
+        if event.ts.tzinfo is None or event.received_at.tzinfo is None:
+            raise PoisonMessage(f"event {event.event_id}: timestamps must carry a time zone")
+    return batch
+
+
+class DeadLetterBudget:
+    """Dead letters allowed over a sliding time window: at most `max_count`, and at most
+    `max_ratio` of the messages handled once the window holds `min_messages`."""
+
+    def __init__(
+        self, window_s: float, max_count: int, max_ratio: float, min_messages: int
+    ) -> None:
+        self.window_s = window_s
+        self.max_count = max_count
+        self.max_ratio = max_ratio
+        self.min_messages = min_messages
+        self._seconds: deque[list[int]] = deque()  # [second, handled, dead] per second
+
+    def _bucket(self) -> list[int]:
+        now = int(time.monotonic())
+        while self._seconds and self._seconds[0][0] <= now - self.window_s:
+            self._seconds.popleft()
+        if not self._seconds or self._seconds[-1][0] != now:
+            self._seconds.append([now, 0, 0])
+        return self._seconds[-1]
+
+    def record_handled(self, count: int = 1) -> None:
+        self._bucket()[1] += count
+
+    def spend(self) -> None:
+        """Account one dead letter, or raise DeadLetterCapExceeded if it would pass the cap."""
+        bucket = self._bucket()
+        handled = sum(b[1] for b in self._seconds) + 1
+        dead = sum(b[2] for b in self._seconds) + 1
+        if dead > self.max_count:
+            raise DeadLetterCapExceeded(
+                f"{dead} dead letters within {self.window_s:g}s would pass"
+                f" dlq_max_count={self.max_count}"
+            )
+        if handled >= self.min_messages and dead / handled > self.max_ratio:
+            raise DeadLetterCapExceeded(
+                f"{dead} of the last {handled} messages would be dead-lettered, past"
+                f" dlq_max_ratio={self.max_ratio:g}"
+            )
+        bucket[1] += 1
+        bucket[2] += 1
+
+
+class AggregatorMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events_inserted = Counter(
+            "strata_aggregator_events_inserted_total", "Events newly stored", registry=registry
+        )
+        self.events_duplicate = Counter(
+            "strata_aggregator_events_duplicate_total",
+            "Events received again and skipped (already stored)",
+            registry=registry,
+        )
+        self.messages = Counter(
+            "strata_aggregator_messages_total",
+            "Enriched messages by outcome",
+            ["outcome"],
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "strata_aggregator_dead_letters_total", "Messages sent to the DLQ", registry=registry
+        )
+        self.batch_seconds = Histogram(
+            "strata_aggregator_batch_seconds",
+            "Time to write and ack one fetched batch",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=registry,
+        )
+        self.pending = Gauge(
+            "strata_aggregator_consumer_pending",
+            "Messages in the stream not yet delivered to the aggregator consumer",
+            registry=registry,
+        )
+        self.halted = Gauge(
+            "strata_aggregator_halted", "1 when halted by the DLQ cap", registry=registry
+        )
+
+
+@dataclass
+class _Item:
+    msg: Msg
+    batch: EnrichedBatchV1
+
+
+class Aggregator:
+    """Consumes enriched events into PostgreSQL; `run()` until `stop()`."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        pool: asyncpg.Pool,
+        subjects: Subjects,
+        settings: AggregatorSettings,
+        metrics: AggregatorMetrics,
+        liveness: Liveness,
+    ) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.pool = pool
+        self.subjects = subjects
+        self.settings = settings
+        self.metrics = metrics
+        self.liveness = liveness
+        self.partitions = EventPartitions()
+        self.budget = DeadLetterBudget(
+            settings.dlq_window_s,
+            settings.dlq_max_count,
+            settings.dlq_max_ratio,
+            settings.dlq_ratio_min_messages,
+        )
+        self.halted_reason: str | None = None
+        self._stopping = asyncio.Event()
+        self._log = structlog.get_logger().bind(consumer=DURABLE)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def consumer_config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            name=DURABLE,
+            durable_name=DURABLE,
+            filter_subject=self.subjects.enriched_all,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.settings.ack_wait_s,
+            # Deliveries are counted by JetStream and capped by us (then DLQ), never dropped.
+            max_deliver=-1,
+            max_ack_pending=self.settings.max_ack_pending,
+            max_waiting=512,
+        )
+
+    def stop(self) -> None:
+        """Stop fetching; the batches in flight still commit and ack."""
+        self._stopping.set()
+
+    async def check_ready(self) -> None:
+        if self.halted_reason is not None:
+            raise RuntimeError(f"halted: {self.halted_reason}")
+        if not self.nc.is_connected:
+            raise RuntimeError("NATS disconnected")
+        async with self.pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+
+    async def run(self) -> None:
+        """Create/bind the durable consumer and consume until stopped."""
+        await self.js.add_consumer(self.subjects.enriched_stream, self.consumer_config())
+        async with self.pool.acquire() as conn:
+            await ensure_partitions_ahead(
+                conn, self.settings.partitions_ahead_days, self.partitions
+            )
+        subscriptions = [
+            await self.js.pull_subscribe_bind(
+                durable=DURABLE,
+                stream=self.subjects.enriched_stream,
+                pending_msgs_limit=self.settings.fetch_batch * 2,
+            )
+            for _ in range(max(1, self.settings.writers))
+        ]
+        maintenance = asyncio.create_task(self._keep_partitions_ahead())
+        try:
+            await asyncio.gather(*(self._consume(sub) for sub in subscriptions))
+        finally:
+            maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await maintenance
+            for sub in subscriptions:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def _keep_partitions_ahead(self) -> None:
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), PARTITIONS_REFRESH_S)
+                return
+            try:
+                async with self.pool.acquire() as conn:
+                    await ensure_partitions_ahead(
+                        conn, self.settings.partitions_ahead_days, self.partitions
+                    )
+            except Exception as exc:  # retried next hour; writes create their days anyway
+                self._log.warning("partitions ahead failed", error=repr(exc))
+
+    async def _consume(self, sub: JetStreamContext.PullSubscription) -> None:
+        while not self._stopping.is_set():
+            self.liveness.tick()
+            if self.halted_reason is not None:
+                # Halted on purpose: stay up (and alive) so an operator sees why, fetch nothing.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), 1.0)
+                continue
+            try:
+                msgs = await sub.fetch(
+                    self.settings.fetch_batch, timeout=self.settings.fetch_timeout_s
+                )
+            except NatsTimeoutError:
+                continue
+            except Exception as exc:  # NATS reconnecting: the client retries, so do we
+                self._log.warning("fetch failed", error=repr(exc))
+                await asyncio.sleep(0.5)
+                continue
+            if not msgs:  # a pull answered only by a status message
+                continue
+            started = time.perf_counter()
+            try:
+                await self.handle(msgs)
+            except Exception as exc:  # e.g. NATS lost mid-ack: unacked messages redeliver
+                self._log.error("batch handling failed", error=repr(exc), exc_info=True)
+                await asyncio.sleep(0.5)
+                continue
+            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+            self.metrics.pending.set(msgs[-1].metadata.num_pending)
+
+    # -- one fetched batch ---------------------------------------------------------------------
+
+    async def handle(self, msgs: Sequence[Msg]) -> None:
+        """decode -> write all in one transaction -> ack; poison and failures as documented."""
+        try:
+            items: list[_Item] = []
+            for msg in msgs:
+                try:
+                    items.append(_Item(msg, decode_batch(msg.data)))
+                except PoisonMessage as exc:
+                    await self._dead_letter(msg, str(exc))
+            if not items:
+                return
+            with self._keep_in_progress(items):
+                await self._write_and_ack(items)
+        except DeadLetterCapExceeded as exc:
+            self._halt(str(exc))
+            for msg in msgs:
+                # Everything not yet settled goes back, delayed, for a fixed deploy to handle
+                # (nak of a settled message raises MsgAlreadyAckdError: nothing to do).
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=self.settings.retry_backoff_max_s)
+
+    async def _write(self, items: Sequence[_Item]) -> WriteResult:
+        events: list[EventV1] = [e for item in items for e in item.batch.events]
+        first = items[0].msg
+        context = extract_trace_context(dict(first.headers) if first.headers else None)
+        with _tracer.start_as_current_span(
+            "aggregator.write",
+            context=context,  # type: ignore[arg-type]
+            attributes={"messages": len(items), "events": len(events)},
+        ):
+            async with self.pool.acquire() as conn:
+                return await write_events(conn, events, self.partitions)
+
+    async def _write_and_ack(self, items: list[_Item]) -> None:
+        try:
+            result = await self._write(items)
+        except Exception as exc:
+            if is_transient(exc):
+                await self._retry_later(items, exc)
+                return
+            if len(items) == 1:
+                await self._failed(items[0], exc)
+                return
+            # A data fault somewhere in the batch: find it by writing the messages one by one.
+            self._log.warning(
+                "batch failed, isolating its messages", messages=len(items), error=repr(exc)
+            )
+            for item in items:
+                await self._write_and_ack([item])
+            return
+        # Ack only after COMMIT: a crash before this line redelivers, and the rewrite is a no-op.
+        for item in items:
+            await item.msg.ack()
+        self.budget.record_handled(len(items))
+        self.metrics.messages.labels("acked").inc(len(items))
+        self.metrics.events_inserted.inc(result.inserted)
+        self.metrics.events_duplicate.inc(result.duplicates)
+        self._log.debug(
+            "batch stored",
+            batch_ids=[item.batch.batch_id for item in items][:20],
+            inserted=result.inserted,
+            duplicates=result.duplicates,
+        )
+
+    def _backoff(self, msg: Msg) -> float:
+        deliveries = max(1, msg.metadata.num_delivered or 1)
+        return float(min(self.settings.retry_backoff_max_s, 0.5 * 2 ** (deliveries - 1)))
+
+    async def _retry_later(self, items: Sequence[_Item], exc: BaseException) -> None:
+        if isinstance(exc, asyncpg.exceptions.CheckViolationError):
+            self.partitions.forget()
+        self._log.warning("transient failure, retrying", messages=len(items), error=repr(exc))
+        for item in items:
+            await item.msg.nak(delay=self._backoff(item.msg))
+        self.metrics.messages.labels("retried").inc(len(items))
+
+    async def _failed(self, item: _Item, exc: BaseException) -> None:
+        """One message the database rejects: retry until its last allowed delivery, then DLQ."""
+        deliveries = item.msg.metadata.num_delivered or 1
+        reason = f"{type(exc).__name__}: {exc}"
+        if deliveries >= self.settings.max_redeliveries:
+            await self._dead_letter(item.msg, f"{reason} (after {deliveries} deliveries)")
+            return
+        self._log.warning(
+            "message failed, will retry",
+            batch_id=item.batch.batch_id,
+            deliveries=deliveries,
+            error=reason,
+        )
+        await item.msg.nak(delay=self._backoff(item.msg))
+        self.metrics.messages.labels("retried").inc()
+
+    async def _dead_letter(self, msg: Msg, reason: str) -> None:
+        self.budget.spend()  # raises DeadLetterCapExceeded past the cap
+        await publish_dead_letter(self.js, self.subjects, SERVICE, msg, reason)
+        await msg.term()
+        self.metrics.dead_letters.inc()
+        self.metrics.messages.labels("dead_lettered").inc()
+        self._log.warning(
+            "message dead-lettered",
+            subject=msg.subject,
+            stream_seq=msg.metadata.sequence.stream,
+            deliveries=msg.metadata.num_delivered,
+            reason=reason,
+        )
+
+    def _halt(self, reason: str) -> None:
+        if self.halted_reason is None:
+            self.halted_reason = reason
+            self.metrics.halted.set(1)
+            self._log.error(
+                "consumer halted: dead-letter cap reached; fix the cause, then restart"
+                " (and `strata dlq list` / `strata dlq replay`)",
+                reason=reason,
+            )
+
+    @contextlib.contextmanager
+    def _keep_in_progress(self, items: Sequence[_Item]) -> Iterator[None]:
+        """While a long batch is being written, tell JetStream it is in progress so ack_wait
+        does not expire and hand the same messages to another replica."""
+
+        async def heartbeat() -> None:
+            interval = max(1.0, self.settings.ack_wait_s / 3)
+            while True:
+                await asyncio.sleep(interval)
+                for item in items:
+                    with contextlib.suppress(Exception):  # raises once settled: fine
+                        await item.msg.in_progress()
+
+        task = asyncio.create_task(heartbeat())
+        try:
+            yield
+        finally:
+            task.cancel()
