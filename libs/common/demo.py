@@ -16,6 +16,7 @@ events (scroll depth) that must not turn a bounce into an engaged session.
 from __future__ import annotations
 
 import asyncio
+import base64
 import bisect
 import heapq
 import itertools
@@ -878,7 +879,11 @@ class IngestClient:
         if target is None:
             raise DemoError(f"no write key for project {project!r}")
         url = target.ingest_url.rstrip("/") + "/v1/batch"
-        auth = aiohttp.BasicAuth(target.write_key, "")
+        # Segment's scheme: HTTP Basic with the write key as the user name, no password.
+        headers = {
+            "Content-Type": "application/json",
+            "Authorization": "Basic " + base64.b64encode(f"{target.write_key}:".encode()).decode(),
+        }
         outage_since: float | None = None
         delay = 0.2
         while True:
@@ -886,9 +891,7 @@ class IngestClient:
             # (backdated) timestamps as they are.
             body = self.encoder.encode({"batch": messages, "sentAt": datetime.now(UTC).isoformat()})
             try:
-                async with self.session.post(
-                    url, data=body, auth=auth, headers={"Content-Type": "application/json"}
-                ) as response:
+                async with self.session.post(url, data=body, headers=headers) as response:
                     text = await response.text()
                     status = response.status
                     retry_after = response.headers.get("Retry-After")
