@@ -91,13 +91,20 @@ async def ensure_partitions(
         " WHERE to_regclass('events_' || to_char(d, 'YYYYMMDD')) IS NULL",
         wanted,
     )
-    if missing:
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _PARTITION_LOCK)
-            await conn.execute(
-                "SELECT ensure_event_partitions(d, 1) FROM unnest($1::date[]) AS d",
-                [r["d"] for r in missing],
-            )
+    for attempt in range(3) if missing else ():
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _PARTITION_LOCK)
+                await conn.execute(
+                    "SELECT ensure_event_partitions(d, 1) FROM unnest($1::date[]) AS d",
+                    [r["d"] for r in missing],
+                )
+            break
+        except (asyncpg.DuplicateTableError, asyncpg.UniqueViolationError):
+            # Another creator outside the advisory lock (tiering's maintenance) won the race;
+            # the next attempt sees its partition and skips it.
+            if attempt == 2:
+                raise
     if remember:
         known.remember(wanted, datetime.now(UTC).date())
 
@@ -443,37 +450,51 @@ def merge_session(old: SessionRow | None, events: Sequence[EventV1]) -> SessionR
 
 # (project_id, granularity, bucket, dim, value, bot)
 SessionRollupKey = tuple[str, str, datetime, str, str, bool]
-_SESSION_DIMS = ((TOTAL, None), *SESSION_DIMENSIONS.items())
-_SESSION_MEASURES = 5  # sessions, bounces, duration_s, pageviews, events
+_SESSION_DIM_NAMES = (TOTAL, *SESSION_DIMENSIONS)
+_session_dim_values = operator.attrgetter(*SESSION_DIMENSIONS.values())
 
 
-def session_contribution(session: SessionRow) -> dict[SessionRollupKey, tuple[float, ...]]:
-    """What one session adds to session_rollups, by key (its start bucket x each dimension)."""
-    measures = (
-        1,
-        1 if session.interactive_events < 2 else 0,
-        (session.end_ts - session.start_ts).total_seconds(),
-        session.pageviews,
-        session.events,
-    )
-    result: dict[SessionRollupKey, tuple[float, ...]] = {}
-    for granularity in GRANULARITIES:
-        bucket = bucket_start(session.start_ts, granularity)
-        for dim, attr in _SESSION_DIMS:
-            value = TOTAL if attr is None else dim_value(getattr(session, attr))
-            result[(session.project_id, granularity, bucket, dim, value, session.is_bot)] = measures
-    return result
+class SessionRollupDeltas:
+    """The change to session_rollups of sessions added (+1) and replaced (-1) in a batch."""
 
+    def __init__(self) -> None:
+        # Summed per profile (project, start hour, bot, dimension values) first: sessions of a
+        # batch share few profiles, and an updated session's -old/+new mostly cancel here.
+        self._profiles: dict[tuple[Any, ...], list[float]] = {}
 
-def _add_contribution(
-    deltas: dict[SessionRollupKey, list[float]], session: SessionRow, sign: int
-) -> None:
-    for key, measures in session_contribution(session).items():
-        delta = deltas.get(key)
-        if delta is None:
-            delta = deltas[key] = [0.0] * _SESSION_MEASURES
-        for i, m in enumerate(measures):
-            delta[i] += sign * m
+    def add(self, session: SessionRow, sign: int) -> None:
+        profile = (
+            session.project_id,
+            bucket_start(session.start_ts, HOUR),
+            session.is_bot,
+            tuple(dim_value(v) for v in _session_dim_values(session)),
+        )
+        vector = self._profiles.get(profile)
+        if vector is None:
+            vector = self._profiles[profile] = [0, 0, 0.0, 0, 0]
+        vector[0] += sign
+        vector[1] += sign if session.interactive_events < 2 else 0
+        vector[2] += sign * (session.end_ts - session.start_ts).total_seconds()
+        vector[3] += sign * session.pageviews
+        vector[4] += sign * session.events
+
+    def by_key(self) -> dict[SessionRollupKey, list[float]]:
+        """Non-zero deltas by rollup key: (sessions, bounces, duration_s, pageviews, events)."""
+        result: dict[SessionRollupKey, list[float]] = {}
+        for (project_id, hour, bot, values), vector in self._profiles.items():
+            if not any(vector):
+                continue
+            for granularity in GRANULARITIES:
+                bucket = bucket_start(hour, granularity)
+                for dim, value in zip(_SESSION_DIM_NAMES, (TOTAL, *values), strict=True):
+                    key = (project_id, granularity, bucket, dim, value, bot)
+                    total = result.get(key)
+                    if total is None:
+                        result[key] = vector[:]
+                    else:
+                        for i, v in enumerate(vector):
+                            total[i] += v
+        return {k: v for k, v in result.items() if any(v)}
 
 
 _UPSERT_SESSION_ROLLUPS = f"""
@@ -527,7 +548,7 @@ async def _apply_sessions(conn: asyncpg.Connection, events: Sequence[EventV1]) -
     if not by_session:
         return
     ids = sorted(by_session)
-    deltas: dict[SessionRollupKey, list[float]] = {}
+    deltas = SessionRollupDeltas()
     # 1. Sessions never seen are inserted whole (in key order); a concurrent replica writing the
     #    same new session waits here and then takes the merge path below.
     fresh = {k: merge_session(None, by_session[k]) for k in ids}
@@ -537,7 +558,7 @@ async def _apply_sessions(conn: asyncpg.Connection, events: Sequence[EventV1]) -
         for r in await conn.fetch(_INSERT_NEW_SESSIONS, *_columns_of(rows, len(SESSION_COLUMNS)))
     }
     for k in inserted:
-        _add_contribution(deltas, fresh[k], +1)
+        deltas.add(fresh[k], +1)
     # 2. Stored sessions: lock in key order, merge, write back, move their rollup contribution.
     existing = [k for k in ids if k not in inserted]
     if existing:
@@ -546,25 +567,18 @@ async def _apply_sessions(conn: asyncpg.Connection, events: Sequence[EventV1]) -
         for row in stored:
             old = SessionRow(**{c: row[c] for c in SESSION_COLUMNS})
             new = merge_session(old, by_session[(old.project_id, old.session_id)])
-            _add_contribution(deltas, old, -1)
-            _add_contribution(deltas, new, +1)
+            deltas.add(old, -1)
+            deltas.add(new, +1)
             merged.append(_session_values(new))
         await conn.execute(_UPDATE_SESSIONS, *_columns_of(merged, len(SESSION_COLUMNS)))
-    changed = sorted(k for k, d in deltas.items() if any(d))
-    if not changed:
+    changes = deltas.by_key()
+    if not changes:
         return
+    changed = sorted(changes)  # key order: replicas lock rollup rows in one order
     await conn.execute(
-        _UPSERT_SESSION_ROLLUPS,
-        *_columns_of(
-            [
-                (*k, round(d[0]), round(d[1]), d[2], round(d[3]), round(d[4]))
-                for k in changed
-                for d in (deltas[k],)
-            ],
-            11,
-        ),
+        _UPSERT_SESSION_ROLLUPS, *_columns_of([(*k, *changes[k]) for k in changed], 11)
     )
-    emptied = [k for k in changed if deltas[k][0] < 0]
+    emptied = [k for k in changed if changes[k][0] < 0]
     if emptied:
         await conn.execute(_DELETE_EMPTY_SESSION_ROLLUPS, *_columns_of(emptied, 6))
 
