@@ -1,0 +1,86 @@
+"""The aggregator's failure rules without infrastructure: what is poison, what is transient,
+and when the dead-letter cap halts the consumer."""
+
+from __future__ import annotations
+
+import asyncpg
+import msgspec
+import pytest
+
+from libs.common.schemas.events_v1 import EnrichedBatchV1
+from services.aggregator.consumer import (
+    DeadLetterBudget,
+    DeadLetterCapExceeded,
+    PoisonMessage,
+    decode_batch,
+    is_transient,
+)
+from tests.support.recompute import make_event
+
+
+def test_a_valid_batch_decodes() -> None:
+    payload = msgspec.json.encode(
+        EnrichedBatchV1(batch_id="b", project_id="acme", name="$pageview", events=[make_event()])
+    )
+    assert decode_batch(payload).events[0].path == "/"
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"{oops", "undecodable EnrichedBatchV1: JSON is malformed"),
+        (b'{"batch_id": "b", "project_id": "acme", "name": "x"}', "missing required field"),
+        (
+            b'{"v": 2, "batch_id": "b", "project_id": "acme", "name": "x", "events": []}',
+            "unsupported schema version 2 (expected 1)",
+        ),
+    ],
+)
+def test_poison_says_why(payload: bytes, reason: str) -> None:
+    with pytest.raises(PoisonMessage, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        decode_batch(payload)
+
+
+def test_naive_timestamps_are_poison() -> None:
+    event = msgspec.json.decode(msgspec.json.encode(make_event()))
+    event["ts"] = "2024-03-04T10:00:00"  # no offset
+    payload = msgspec.json.encode(
+        {"batch_id": "b", "project_id": "acme", "name": "$pageview", "events": [event]}
+    )
+    with pytest.raises(PoisonMessage, match="time zone"):
+        decode_batch(payload)
+
+
+def test_transient_versus_data_faults() -> None:
+    assert is_transient(asyncpg.exceptions.SerializationError("could not serialize"))
+    assert is_transient(asyncpg.exceptions.DeadlockDetectedError("deadlock detected"))
+    assert is_transient(ConnectionResetError())
+    assert is_transient(asyncpg.exceptions.ConnectionDoesNotExistError("closed"))
+    assert is_transient(
+        asyncpg.exceptions.CheckViolationError('no partition of relation "events" found for row')
+    )
+    assert not is_transient(asyncpg.exceptions.UntranslatableCharacterError("\\u0000"))
+    assert not is_transient(asyncpg.exceptions.CheckViolationError("some other check"))
+    assert not is_transient(ValueError("bug"))
+
+
+def test_count_cap() -> None:
+    budget = DeadLetterBudget(window_s=60, max_count=2, max_ratio=1.0, min_messages=1)
+    budget.spend()
+    budget.spend()
+    with pytest.raises(DeadLetterCapExceeded, match="dlq_max_count=2"):
+        budget.spend()
+
+
+def test_ratio_cap_waits_for_enough_messages() -> None:
+    budget = DeadLetterBudget(window_s=60, max_count=100, max_ratio=0.5, min_messages=10)
+    budget.spend()  # 1 of 1, but too few messages to judge a ratio
+    budget.record_handled(7)
+    budget.spend()  # 2 of 9
+    budget.spend()  # 3 of 10: 0.3
+    budget.spend()  # 4 of 11
+    budget.spend()  # 5 of 12
+    budget.spend()  # 6 of 13
+    budget.spend()  # 7 of 14: 0.5, not past it
+    with pytest.raises(DeadLetterCapExceeded, match=r"8 of the last 15 .* dlq_max_ratio=0.5"):
+        budget.spend()
