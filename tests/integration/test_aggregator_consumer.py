@@ -336,3 +336,31 @@ async def test_replay_republishes_dead_letters(
 async def _dlq_seqs_changed(js: JetStreamContext, subjects: Subjects, old_seq: int) -> bool:
     letters = await list_dead_letters(js, subjects)
     return len(letters) == 1 and letters[0].seq != old_seq
+
+
+async def test_sigterm_mid_stream_commits_and_acks_what_it_took(
+    js: JetStreamContext, subjects: Subjects, pool: asyncpg.Pool, aggregators: Any
+) -> None:
+    events = generate_events(seed=16, persons=400)
+    messages = enriched_messages(events, 5)
+    await publish(js, subjects, messages)
+    aggregator = aggregators(fetch_batch=10).start()
+    await wait_for(
+        lambda: _at_least(event_count(pool), len(events) // 4),
+        "a quarter stored",
+        process=aggregator,
+    )
+    assert aggregator.process.stop() == 0
+
+    # Everything it was handed was written and acked before exit; nothing else was written.
+    info = await js.consumer_info(subjects.enriched_stream, "aggregator")
+    assert info.num_ack_pending == 0
+    acked = info.ack_floor.stream_seq
+    assert acked < len(messages), "backlog finished before SIGTERM; make it larger"
+    expected = sum(
+        len(msgspec.json.decode(payload, type=EnrichedBatchV1).events)
+        for _, payload, _ in messages[:acked]
+    )
+    assert await event_count(pool) == expected
+    async with pool.acquire() as conn:
+        await assert_aggregates_match_events(conn)
