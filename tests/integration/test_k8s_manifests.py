@@ -124,7 +124,8 @@ def container_env(manifests: list[Manifest], container: dict[str, Any]) -> dict[
 
 
 def settings_of(service: str) -> type[settings.CommonSettings]:
-    return settings.CommonSettings if service == "migrate" else SERVICES[service][1]
+    # The `strata` CLI (the migration Job) reads StackSettings for every command.
+    return settings.StackSettings if service == "migrate" else SERVICES[service][1]
 
 
 def probe_port(container: dict[str, Any], probe: dict[str, Any]) -> int:
