@@ -121,6 +121,15 @@ class TieringSettings(CommonSettings, frozen=True, kw_only=True):
     data_dir: str = ".strata"
     partitions_ahead_days: int = 7  # `events` day partitions kept created ahead of today (UTC)
     dedup_horizon_days: int = 30  # event_ids older than this (by receipt) are pruned
+    # Object store (docs/object-store.md). OCI auth: config (file/profile), instance_principal
+    # or resource_principal; an empty endpoint derives it from the region.
+    oci_config_file: str = "~/.oci/config"
+    oci_profile: str = "DEFAULT"
+    oci_auth: str = "config"
+    oci_endpoint: str = ""
+    oci_kms_key_id: str = ""  # Vault master key OCID for server-side encryption; empty: Oracle's
+    object_store_threads: int = 8  # blocking SDK / file calls in flight at once
+    file_restore_delay_s: float = 2.0  # file:// store: how long a restore takes to complete
 
 
 class StackSettings(CommonSettings, frozen=True, kw_only=True):
