@@ -226,7 +226,6 @@ class Aggregator:
             # Deliveries are counted by JetStream and capped by us (then DLQ), never dropped.
             max_deliver=-1,
             max_ack_pending=self.settings.max_ack_pending,
-            max_waiting=512,
         )
 
     def stop(self) -> None:

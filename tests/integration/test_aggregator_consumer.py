@@ -63,9 +63,9 @@ class Aggregator:
         self.port = int(env["STRATA_HEALTH_PORT"])
         self.process = ServiceProcess("aggregator", env, log_dir)
 
-    def start(self) -> Aggregator:
+    def start(self, wait_for: str = "/readyz") -> Aggregator:
         self.process.start()
-        self.process.wait_http(self.port, "/readyz")
+        self.process.wait_http(self.port, wait_for)
         return self
 
     def readyz(self) -> tuple[int, dict[str, Any]]:
@@ -248,7 +248,8 @@ async def test_dlq_cap_halts_the_consumer_instead_of_draining(
     # A bad deploy: every message looks poison. Only dlq_max_count may reach the DLQ.
     poison = [("acme.click", b"\x00broken", f"p{i}") for i in range(8)]
     await publish(js, subjects, poison)
-    aggregator = aggregators(dlq_max_count=3).start()
+    # It may halt before it was ever ready: wait for it to be alive only.
+    aggregator = aggregators(dlq_max_count=3).start(wait_for="/healthz")
     await wait_for(lambda: _status_is(aggregator, 503), "readyz failing", process=aggregator)
     _, body = aggregator.readyz()
     assert "dlq_max_count=3" in body["failures"]["aggregator"]
@@ -275,7 +276,7 @@ async def test_ratio_cap_applies_once_the_window_is_full(
     # One writer, so messages are handled in stream order and the ratio is deterministic.
     aggregator = aggregators(
         dlq_ratio_min_messages=10, dlq_max_ratio=0.3, fetch_batch=4, writers=1
-    ).start()
+    ).start(wait_for="/healthz")
     await wait_for(lambda: _status_is(aggregator, 503), "readyz failing", process=aggregator)
     _, body = aggregator.readyz()
     assert "dlq_max_ratio=0.3" in body["failures"]["aggregator"]
@@ -362,5 +363,39 @@ async def test_sigterm_mid_stream_commits_and_acks_what_it_took(
         for _, payload, _ in messages[:acked]
     )
     assert await event_count(pool) == expected
+    async with pool.acquire() as conn:
+        await assert_aggregates_match_events(conn)
+
+
+async def test_lost_database_connections_are_retried_not_dead_lettered(
+    js: JetStreamContext,
+    subjects: Subjects,
+    pool: asyncpg.Pool,
+    database_url: str,
+    aggregators: Any,
+) -> None:
+    events = generate_events(seed=17, persons=300)
+    await publish(js, subjects, enriched_messages(events, 5))
+    aggregator = aggregators(fetch_batch=5).start()
+    killer = await asyncpg.connect(database_url)
+    try:
+        terminated = 0
+        while await event_count(pool) < len(events) and terminated < 20:
+            # Cut the aggregator's connections mid-batch, as a PostgreSQL restart or failover would.
+            terminated += await killer.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND backend_type = 'client backend' AND state <> 'idle'"
+            )
+            await asyncio.sleep(0.05)
+    finally:
+        await killer.close()
+    assert terminated > 0
+    await wait_for(
+        lambda: _equals(event_count(pool), len(events)), "all events", process=aggregator
+    )
+    await wait_for(lambda: _consumer_idle(js, subjects), "every message acked", process=aggregator)
+    assert await dlq_count(js, subjects) == 0
+    assert aggregator.process.stop() == 0
     async with pool.acquire() as conn:
         await assert_aggregates_match_events(conn)
