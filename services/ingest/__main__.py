@@ -17,7 +17,7 @@ from libs.common.nats_io import connect, ensure_streams
 from libs.common.observability import configure_logging, configure_tracing
 from libs.common.settings import IngestSettings, from_env
 from libs.common.subjects import Subjects
-from services.ingest.app import IngestDeps, build_app
+from services.ingest.app import INGEST_API, IngestDeps, build_app
 
 log = structlog.get_logger("strata.ingest")
 
@@ -43,8 +43,15 @@ async def serve(settings: IngestSettings) -> None:
     await stop.wait()
 
     log.info("ingest stopping: finishing in-flight requests")
-    # Closes the listening socket first, then waits for handlers still running: each of them
-    # answers only after JetStream acked, so nothing a client was told is accepted is lost.
+    # Stop accepting connections, then let requests already begun finish (bodies still
+    # arriving included): each answers only after JetStream acked, so nothing a client was
+    # told is accepted is lost, and nothing half-received is dropped while there is time.
+    for site in list(runner.sites):
+        await site.stop()
+    if not await app[INGEST_API].wait_idle(settings.shutdown_timeout_s):
+        log.warning(
+            "ingest stopping with requests still in flight", timeout_s=settings.shutdown_timeout_s
+        )
     await runner.cleanup()
     await nc.drain()
     await pool.close()

@@ -8,6 +8,7 @@ only after JetStream acknowledged every accepted event.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ import msgspec
 import structlog
 from aiohttp import web
 from nats.aio.client import Client as NATS
+from opentelemetry import propagate
 from prometheus_client import CollectorRegistry
 
 from libs.common.observability import add_health_routes
@@ -167,6 +169,18 @@ class IngestApi:
         )
         self.metrics.publish_in_flight.set_function(lambda: self.publisher.in_flight)
         self._request_counters: dict[tuple[str, int], Any] = {}
+        self._active_requests = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no request is being handled (or `timeout_s` passed); True when idle.
+        Used on SIGTERM after the listener closed, so requests still arriving finish."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     # -- routes ---------------------------------------------------------------------------
 
@@ -199,6 +213,8 @@ class IngestApi:
 
     async def _counted(self, route: str, handling: Awaitable[web.Response]) -> web.Response:
         status = 500
+        self._active_requests += 1
+        self._idle.clear()
         try:
             response = await handling
             status = response.status
@@ -207,6 +223,9 @@ class IngestApi:
             log.exception("ingest request failed", route=route)
             return _error(500, "internal error; the events were not accepted, retry later")
         finally:
+            self._active_requests -= 1
+            if self._active_requests == 0:
+                self._idle.set()
             counter = self._request_counters.get((route, status))
             if counter is None:
                 counter = self._request_counters[(route, status)] = self.metrics.requests.labels(
@@ -281,7 +300,10 @@ class IngestApi:
             return _json(200, {"success": True, "accepted": 0, "rejected": [], "skipped": skipped})
 
         try:
-            await self.publisher.publish(info.project_id, events)
+            trace_context = None
+            if self.publisher.tracing and "traceparent" in request.headers:
+                trace_context = propagate.extract(request.headers)
+            await self.publisher.publish(info.project_id, events, trace_context)
         except PublishUnavailable as exc:
             log.warning(
                 "publish failed", project_id=info.project_id, events=len(events), reason=str(exc)

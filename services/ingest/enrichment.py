@@ -106,19 +106,23 @@ def device_of(context: SegmentContext | None, fallback_user_agent: str | None) -
 
 
 def _truthy_flag(value: Any) -> bool:
-    return value is True or value == 1 or value == "true"
+    return value is not None and (value is True or value == 1 or value == "true")
 
 
 def is_non_interactive(properties: dict[str, Any], context: SegmentContext | None) -> bool:
     """Events that keep a session alive without ending its bounce (scroll depth, heartbeats):
     `properties.$non_interactive`, or Google Analytics' `nonInteraction` / `non_interaction`
     in the properties or the context."""
-    if properties and (
-        _truthy_flag(properties.get("$non_interactive"))
-        or _truthy_flag(properties.get("nonInteraction"))
-        or _truthy_flag(properties.get("non_interaction"))
+    if properties:
+        get = properties.get
+        if (
+            _truthy_flag(get("$non_interactive"))
+            or _truthy_flag(get("nonInteraction"))
+            or _truthy_flag(get("non_interaction"))
+        ):
+            return True
+    if context is not None and (
+        context.nonInteraction is not None or context.non_interaction is not None
     ):
-        return True
-    if context is not None:
         return _truthy_flag(context.nonInteraction) or _truthy_flag(context.non_interaction)
     return False

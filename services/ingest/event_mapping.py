@@ -11,8 +11,6 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-import msgspec
-
 from libs.common.schemas.events_v1 import (
     ALIAS,
     EVENT_TYPES,
@@ -54,21 +52,38 @@ class ItemSkipped(Exception):
         self.reason = reason
 
 
-class RequestInfo(msgspec.Struct, frozen=True, kw_only=True):
+class RequestInfo:
     """What every event of one request shares."""
 
-    project_id: str
-    received_at: datetime
-    limits: EventLimits
-    sent_at: datetime | None = None  # a batch's own sentAt
-    context: SegmentContext | None = None  # a batch's context, merged into each item's
-    # The HTTP User-Agent, used only for browser requests (they carry Origin) whose payload
-    # has no userAgent: a server SDK's own agent says nothing about the visitor.
-    fallback_user_agent: str | None = None
+    __slots__ = (
+        "context",
+        "fallback_user_agent",
+        "future_tolerance",
+        "limits",
+        "project_id",
+        "received_at",
+        "sent_at",
+    )
 
-    @property
-    def future_tolerance(self) -> timedelta:
-        return timedelta(seconds=self.limits.future_tolerance_s)
+    def __init__(
+        self,
+        *,
+        project_id: str,
+        received_at: datetime,
+        limits: EventLimits,
+        sent_at: datetime | None = None,
+        context: SegmentContext | None = None,
+        fallback_user_agent: str | None = None,
+    ) -> None:
+        self.project_id = project_id
+        self.received_at = received_at
+        self.limits = limits
+        self.sent_at = sent_at  # a batch's own sentAt
+        self.context = context  # a batch's context, merged into each item's
+        # The HTTP User-Agent, used only for browser requests (they carry Origin) whose
+        # payload has no userAgent: a server SDK's own agent says nothing about the visitor.
+        self.fallback_user_agent = fallback_user_agent
+        self.future_tolerance = timedelta(seconds=limits.future_tolerance_s)
 
 
 def new_event_id() -> str:
@@ -77,6 +92,9 @@ def new_event_id() -> str:
 
 
 def _bounded_id(value: str | int | None, field: str, limits: EventLimits) -> str | None:
+    # Fast path: the usual id is a short non-blank string.
+    if type(value) is str and 0 < len(value) <= limits.max_name_chars and not value[0].isspace():
+        return value
     text = identifier(value)
     if text is not None and len(text) > limits.max_name_chars:
         raise ItemRejected(
@@ -124,7 +142,11 @@ def segment_event(message: SegmentMessage, event_type: str | None, request: Requ
     properties = message.properties if message.properties is not None else {}
     if properties:
         check_shape(properties, "properties", limits)
-    context = merge_contexts(request.context, message.context)
+    context = (
+        message.context
+        if request.context is None
+        else merge_contexts(request.context, message.context)
+    )
     traits = message.traits
     if traits is None and event_type == "identify" and context is not None:
         traits = context.traits
@@ -157,15 +179,21 @@ def segment_event(message: SegmentMessage, event_type: str | None, request: Requ
             page.path,
             page.title,
             page.referrer,
-            (page.search),
+            page.search,
         )
     if event_type == "page" and properties:
         # Segment's page properties carry the page itself and win over context.page.
-        url = _text(properties.get("url")) or url
-        path = _text(properties.get("path")) or path
-        title = _text(properties.get("title")) or title
-        referrer = _text(properties.get("referrer")) or referrer
-        search = _text(properties.get("search")) or search
+        get = properties.get
+        if type(value := get("url")) is str and value:
+            url = value
+        if type(value := get("path")) is str and value:
+            path = value
+        if type(value := get("title")) is str and value:
+            title = value
+        if type(value := get("referrer")) is str and value:
+            referrer = value
+        if type(value := get("search")) is str and value:
+            search = value
     if path is None and url is not None:
         path = parse_page_url(url).path
 

@@ -4,13 +4,15 @@ a deterministic JetStream dedup id, all acknowledged before the request is answe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 
+import msgspec
 import nats.errors
-import nats.js.errors
 from nats.aio.client import Client as NATS
 from opentelemetry import trace
+from opentelemetry.context import Context
 from prometheus_client import Histogram
 
 from libs.common.observability import inject_trace_headers
@@ -20,6 +22,31 @@ from libs.common.subjects import Subjects, partition_of
 _tracer = trace.get_tracer("strata.ingest")
 # Room left under NATS' max_payload for headers and protocol framing.
 _PAYLOAD_MARGIN = 8 * 1024
+
+
+class _AckError(msgspec.Struct):
+    code: int = 0
+    description: str = ""
+
+
+class _JetStreamAck(msgspec.Struct):
+    """JetStream's reply to a publish: {"stream", "seq", "duplicate"} or {"error"}."""
+
+    stream: str | None = None
+    seq: int | None = None
+    duplicate: bool = False
+    error: _AckError | None = None
+
+
+# Publishing is a plain NATS request whose reply is the stream's ack; decoding that reply with
+# a typed msgspec Struct costs far less than nats-py's JSON + dataclass PubAck per message.
+_ack_decoder = msgspec.json.Decoder(_JetStreamAck)
+
+
+def tracing_enabled() -> bool:
+    """Whether an OpenTelemetry tracer provider is installed (STRATA_OTEL_EXPORTER != none);
+    without one, spans and trace headers would be empty work on every request."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
 class PublishUnavailable(Exception):
@@ -71,21 +98,28 @@ class RawEventPublisher:
         latency: Histogram | None = None,
     ) -> None:
         self._nc = nc
-        self._js = nc.jetstream(timeout=timeout_s)
         self._subjects = subjects
         self._partitions = partitions
         self._timeout_s = timeout_s
         self._max_in_flight = max_in_flight
         self._in_flight = 0
         self._latency = latency
+        self._tracing = tracing_enabled()
 
     @property
     def in_flight(self) -> int:
         return self._in_flight
 
-    async def publish(self, project_id: str, events: list[EventV1]) -> int:
+    @property
+    def tracing(self) -> bool:
+        return self._tracing
+
+    async def publish(
+        self, project_id: str, events: list[EventV1], trace_context: Context | None = None
+    ) -> int:
         """Publish and await all acks; returns the number of messages. Raises
-        PublishUnavailable (or PublishOverloaded) when the events cannot be acknowledged."""
+        PublishUnavailable (or PublishOverloaded) when the events cannot be acknowledged.
+        `trace_context` (from the HTTP request's traceparent) parents the publish span."""
         if self._in_flight >= self._max_in_flight:
             raise PublishOverloaded(f"{self._in_flight} requests already wait on JetStream")
         if not self._nc.is_connected:
@@ -93,10 +127,15 @@ class RawEventPublisher:
         self._in_flight += 1
         started = time.perf_counter()
         try:
-            with _tracer.start_as_current_span("ingest.publish") as span:
+            with (
+                _tracer.start_as_current_span("ingest.publish", context=trace_context)
+                if self._tracing
+                else contextlib.nullcontext()
+            ) as span:
                 groups = split_by_partition(events, self._partitions)
-                span.set_attribute("strata.events", len(events))
-                span.set_attribute("strata.partitions", len(groups))
+                if span is not None:
+                    span.set_attribute("strata.events", len(events))
+                    span.set_attribute("strata.partitions", len(groups))
                 results = await asyncio.gather(
                     *(
                         self._publish_partition(project_id, partition, group)
@@ -124,8 +163,17 @@ class RawEventPublisher:
         chunks = self._encode(project_id, partition, events)
         subject = self._subjects.raw(partition)
         for msg_id, payload in chunks:
-            headers = inject_trace_headers({"Nats-Msg-Id": msg_id})
-            await self._js.publish(subject, payload, timeout=self._timeout_s, headers=headers)
+            headers = {"Nats-Msg-Id": msg_id}
+            if self._tracing:
+                inject_trace_headers(headers)
+            reply = await self._nc.request(
+                subject, payload, timeout=self._timeout_s, headers=headers
+            )
+            ack = _ack_decoder.decode(reply.data)
+            if ack.error is not None:
+                raise PublishUnavailable(f"JetStream refused the message: {ack.error.description}")
+            if ack.stream is None:
+                raise PublishUnavailable("no JetStream stream accepts the raw subjects")
         return len(chunks)
 
     def _encode(
@@ -148,12 +196,12 @@ class RawEventPublisher:
 def _unavailable(exc: BaseException) -> PublishUnavailable:
     if isinstance(exc, PublishUnavailable):
         return exc
-    if isinstance(exc, nats.js.errors.NoStreamResponseError | nats.errors.NoRespondersError):
+    if isinstance(exc, nats.errors.NoRespondersError):
         return PublishUnavailable("no JetStream stream accepts the raw subjects")
     if isinstance(exc, nats.errors.TimeoutError | asyncio.TimeoutError):
         return PublishUnavailable("JetStream did not acknowledge in time")
-    if isinstance(exc, nats.js.errors.APIError):
-        return PublishUnavailable(f"JetStream refused the message: {exc.description}")
+    if isinstance(exc, msgspec.DecodeError):
+        return PublishUnavailable("JetStream answered with something other than an ack")
     if isinstance(exc, nats.errors.Error | OSError):
         return PublishUnavailable(f"NATS error: {exc}")
     raise exc

@@ -12,7 +12,10 @@ EARLIEST_EVENT_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 
 def to_utc(moment: datetime) -> datetime:
     """A tz-aware UTC datetime; a timestamp sent without an offset is taken as UTC."""
-    if moment.tzinfo is None:
+    tzinfo = moment.tzinfo
+    if tzinfo is UTC:
+        return moment
+    if tzinfo is None:
         return moment.replace(tzinfo=UTC)
     if moment.utcoffset() == timedelta(0):
         return moment if moment.tzinfo is UTC else moment.replace(tzinfo=UTC)

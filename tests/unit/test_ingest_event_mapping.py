@@ -33,7 +33,7 @@ REQUEST = RequestInfo(project_id="acme", received_at=RECEIVED, limits=LIMITS)
 
 def segment(payload: dict[str, Any], event_type: str | None = None, **request: Any) -> EventV1:
     message = segment_message_decoder.decode(msgspec.json.encode(payload))
-    info = msgspec.structs.replace(REQUEST, **request) if request else REQUEST
+    info = RequestInfo(project_id="acme", received_at=RECEIVED, limits=LIMITS, **request)
     return segment_event(message, event_type or message.type, info)
 
 
