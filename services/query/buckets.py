@@ -137,3 +137,23 @@ def rollup_pieces(buckets: OutputBuckets) -> list[RollupPiece] | None:
             pieces.append(RollupPiece(index, granularity, cursor, run_end))
             cursor = run_end
     return pieces
+
+
+_STEP = {HOUR: _HOUR, DAY: _DAY, WEEK: _WEEK}
+
+
+def rollup_buckets(pieces: list[RollupPiece]) -> tuple[list[int], list[str], list[datetime]]:
+    """Every rollup bucket the pieces cover, as parallel lists (output index, granularity,
+    bucket start): exact keys, so each is one precise primary-key probe in PostgreSQL."""
+    indexes: list[int] = []
+    granularities: list[str] = []
+    starts: list[datetime] = []
+    for piece in pieces:
+        step = _STEP[piece.granularity]
+        cursor = piece.lo
+        while cursor < piece.hi:
+            indexes.append(piece.index)
+            granularities.append(piece.granularity)
+            starts.append(cursor)
+            cursor += step
+    return indexes, granularities, starts

@@ -8,7 +8,7 @@ from datasketches import hll_sketch
 
 from libs.common.rollup_keys import ALL_EVENTS, TOTAL
 from libs.common.schemas.events_v1 import PAGEVIEW
-from services.query.buckets import RollupPiece
+from services.query.buckets import RollupPiece, rollup_buckets
 from services.query.metric_query import ALL, Cells, Counters, MetricQuery, SqlParams
 from services.query.params import EVENT_NAME_DIMENSION
 
@@ -22,17 +22,18 @@ def can_answer(query: MetricQuery) -> bool:
 
 
 def _pieces_sql(params: SqlParams, project_id: str, pieces: list[RollupPiece], table: str) -> str:
-    """FROM clause: the pieces joined to rollup table `r`, so each rollup row in a piece's
-    range is tagged with the output bucket index it counts towards."""
+    """FROM clause: every rollup bucket of the pieces joined to rollup table `r` on its exact
+    key prefix, so each row is found by a primary-key probe (a range scan would also walk every
+    other name, dimension and value of the range) and tagged with its output bucket index."""
+    indexes, granularities, starts = rollup_buckets(pieces)
     project = params.add(project_id)
-    idx = params.add([p.index for p in pieces])
-    granularity = params.add([p.granularity for p in pieces])
-    lo = params.add([p.lo for p in pieces])
-    hi = params.add([p.hi for p in pieces])
+    idx = params.add(indexes)
+    granularity = params.add(granularities)
+    bucket = params.add(starts)
     return (
-        f"unnest({idx}::int[], {granularity}::text[], {lo}::timestamptz[], {hi}::timestamptz[])"
-        f" AS p(idx, g, lo, hi) JOIN {table} r ON r.project_id = {project}"
-        ' AND r.granularity = p.g::"char" AND r.bucket >= p.lo AND r.bucket < p.hi'
+        f"unnest({idx}::int[], {granularity}::text[], {bucket}::timestamptz[])"
+        f" AS p(idx, g, bucket) JOIN {table} r ON r.project_id = {project}"
+        ' AND r.granularity = p.g::"char" AND r.bucket = p.bucket'
     )
 
 
@@ -44,6 +45,13 @@ def _dimension_and_values(query: MetricQuery) -> tuple[str, list[str] | None]:
     (dim,) = dims
     values = query.filters.values(dim)
     return dim, None if values is None else list(values)
+
+
+def _value_clause(params: SqlParams, values: list[str]) -> str:
+    # Equality for one value keeps the planner's row estimate (and so its plan) accurate.
+    if len(values) == 1:
+        return f"r.value = {params.add(values[0])}"
+    return f"r.value = ANY({params.add(values)}::text[])"
 
 
 def _breakdown_key(query: MetricQuery, name: str, value: str) -> str | None:
@@ -77,7 +85,7 @@ async def _read_event_rollups(
         where.append(f"r.name = ANY({params.add(names)}::text[])")
         sketch_rows = f"r.name = {params.add(ALL_EVENTS)}"
     if values is not None:
-        where.append(f"r.value = ANY({params.add(values)}::text[])")
+        where.append(_value_clause(params, values))
     sql = f"""
         SELECT p.idx, r.name, r.value, sum(r.events)::bigint AS events,
                array_agg(r.visitors) FILTER (WHERE {sketch_rows}) AS sketches
@@ -121,7 +129,7 @@ async def _read_session_rollups(
     source = _pieces_sql(params, query.project_id, pieces, "session_rollups")
     where = [f"r.dim = {params.add(dim)}", f"(NOT r.bot OR {params.add(query.include_bots)})"]
     if values is not None:
-        where.append(f"r.value = ANY({params.add(values)}::text[])")
+        where.append(_value_clause(params, values))
     sql = f"""
         SELECT p.idx, r.value, sum(r.sessions)::bigint AS sessions,
                sum(r.bounces)::bigint AS bounces, sum(r.duration_s) AS duration_s,
