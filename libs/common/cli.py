@@ -288,7 +288,7 @@ def cmd_demo(args: argparse.Namespace, settings: StackSettings, env: Mapping[str
                     client,
                     concurrency=args.concurrency,
                     progress=say,
-                    total_days=args.days * len(projects),
+                    total_days=args.days,
                 )
             if args.live:
                 say(f"demo: live traffic, ~{args.live_rate:g} sessions/minute (Ctrl-C stops)")

@@ -618,9 +618,7 @@ class Stack:
                         f"demo: backfilling {days} day(s) of {', '.join(DEMO_PROJECTS)} "
                         f"(~{settings.demo_visitors} visitors/day each)"
                     )
-                    await send_backfill(
-                        iter_backfill(plan), client, progress=say, total_days=days * 3
-                    )
+                    await send_backfill(iter_backfill(plan), client, progress=say, total_days=days)
                     self.state.demo_backfilled_until = now
                     save_state(self.data_dir, self.state)
                 else:
@@ -659,6 +657,11 @@ class Stack:
         if self.postgres is not None:
             say("stopping PostgreSQL...")
             await asyncio.to_thread(self.postgres.stop)
+            if (self.postgres.pgdata / "postmaster.pid").exists():
+                say(
+                    f"warning: PostgreSQL may still be running (see "
+                    f"{self.postgres.data_dir / 'postgres.log'}); the next `up` stops it"
+                )
         if self.nats is not None:
             say("stopping NATS...")
             await asyncio.to_thread(self.nats.stop)

@@ -1,0 +1,299 @@
+"""`strata up --demo` end to end, as a newcomer runs it: the whole stack comes up on embedded
+NATS and PostgreSQL, demo traffic shows in the metrics API, a service killed with SIGKILL is
+restarted, SIGTERM leaves no process behind, and a second `up` on the same data directory
+serves the same data with the same URLs and keys."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from libs.common.embedded import EmbeddedPostgres
+from tests.support.services import free_port
+
+pytestmark = [pytest.mark.infra, pytest.mark.timeout(1200)]
+
+STRATA = str(Path(sys.executable).parent / "strata")
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, log: Callable[[], str]) -> Any:
+    """Poll `check` until it returns something truthy; fail with the stack's log otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.5)
+    pytest.fail(f"{what} not within {timeout:.0f}s; stack log tail:\n{log()[-6000:]}")
+
+
+class LocalStack:
+    """One `strata up` subprocess and every process it is responsible for."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str], demo: bool) -> None:
+        self.data_dir = data_dir
+        self.env = env
+        self.demo = demo
+        self.log_path = data_dir.parent / f"up-{uuid.uuid4().hex[:6]}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.seen_pids: set[int] = set()
+
+    def start(self) -> LocalStack:
+        (self.data_dir / "dev.json").unlink(missing_ok=True)
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [STRATA, "up", *(["--demo"] if self.demo else [])],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def dev_json(self, timeout: float = 240) -> dict[str, str]:
+        path = self.data_dir / "dev.json"
+
+        def written() -> dict[str, str] | None:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                pytest.fail(f"strata up exited with {self.proc.returncode}:\n{self.log()[-6000:]}")
+            return json.loads(path.read_text()) if path.exists() else None
+
+        return wait_for("dev.json", written, timeout, self.log)  # type: ignore[no-any-return]
+
+    def children(self, service: str) -> list[psutil.Process]:
+        """The live processes of `service` the supervisor runs (normally exactly one)."""
+        assert self.proc is not None
+        found = []
+        for child in psutil.Process(self.proc.pid).children():
+            try:
+                if f"services.{service}" in " ".join(child.cmdline()):
+                    found.append(child)
+            except psutil.NoSuchProcess:
+                pass  # exited between listing and looking
+        return found
+
+    def remember_processes(self) -> set[int]:
+        """Every process this stack runs now: the supervisor's descendants (services, NATS)
+        and the PostgreSQL postmaster (daemonized by pg_ctl, so not a descendant)."""
+        assert self.proc is not None
+        pids = {self.proc.pid}
+        pids |= {p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)}
+        pid_file = self.data_dir / "postgres" / "pgdata" / "postmaster.pid"
+        if pid_file.exists():
+            pids.add(int(pid_file.read_text().split()[0]))
+        self.seen_pids |= pids
+        return pids
+
+    def sigterm(self, timeout: float = 120) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill_everything(self) -> None:
+        """Test cleanup whatever happened: nothing may outlive the test."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.remember_processes()
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        for pid in self.seen_pids:
+            try:
+                psutil.Process(pid).kill()
+            except psutil.Error:
+                pass
+        if (self.data_dir / "postgres" / "pgdata" / "postmaster.pid").exists():
+            EmbeddedPostgres(self.data_dir / "postgres").stop()
+
+
+def alive(pids: set[int]) -> dict[int, str]:
+    """The processes among `pids` still running, with their command lines."""
+    running = {}
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            if process.status() != psutil.STATUS_ZOMBIE:
+                running[pid] = " ".join(process.cmdline())
+        except psutil.NoSuchProcess:
+            pass
+    return running
+
+
+def http_json(url: str, headers: dict[str, str], body: bytes | None = None) -> Any:
+    request = urllib.request.Request(url, data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def basic_auth(write_key: str) -> str:
+    """Segment's scheme: the write key as the Basic user name, no password."""
+    return "Basic " + base64.b64encode(f"{write_key}:".encode()).decode()
+
+
+def ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def totals(dev: dict[str, str], since_days: int = 140, until_days: int = -2) -> dict[str, Any]:
+    """The demo project's KPI totals over a window of days relative to today (UTC)."""
+    today = datetime.now(UTC).date()
+    query = (
+        f"metrics=visitors,pageviews,events&interval=month"
+        f"&from={today - timedelta(days=since_days)}&to={today - timedelta(days=until_days)}"
+    )
+    answer = http_json(
+        f"{dev['query_url']}/api/v1/analytics/metrics?{query}",
+        {"Authorization": f"Bearer {dev['read_key']}"},
+    )
+    return answer["totals"] if isinstance(answer, dict) and "totals" in answer else {}
+
+
+def stable_totals(dev: dict[str, str], log: Callable[[], str], timeout: float) -> dict[str, Any]:
+    """Totals once the pipeline has drained: the same answer three polls in a row."""
+    seen: list[dict[str, Any]] = []
+
+    def settled() -> dict[str, Any] | None:
+        seen.append(totals(dev))
+        time.sleep(1.5)
+        recent = seen[-3:]
+        if len(recent) == 3 and recent[0] and all(r == recent[0] for r in recent):
+            return recent[0]
+        return None
+
+    return wait_for("stable totals", settled, timeout, log)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def stack_env() -> Iterator[tuple[Path, dict[str, str]]]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("STRATA_") and k not in ("DATABASE_URL", "NATS_URL")
+    }
+    # Not under pytest's tmp_path: each new pytest session makes /tmp/pytest-of-<user> private
+    # again, which would lock the unprivileged PostgreSQL user (used when running as root) out
+    # of its data directory mid-test.
+    root = Path(tempfile.mkdtemp(prefix="strata-e2e-"))
+    data_dir = root / "strata-data"
+    env.update(
+        STRATA_DATA_DIR=str(data_dir),
+        STRATA_INGEST_PORT=str(free_port()),
+        STRATA_QUERY_PORT=str(free_port()),
+        STRATA_DEMO_DAYS="125",
+        STRATA_DEMO_VISITORS="6",
+        STRATA_DEMO_LIVE="false",  # a fixed history, so counts can be compared across runs
+        STRATA_LOG_LEVEL="warning",
+        STRATA_READY_TIMEOUT_S="180",
+    )
+    try:
+        yield data_dir, env
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_up_demo_restart_stop_and_up_again(stack_env: tuple[Path, dict[str, str]]) -> None:
+    data_dir, env = stack_env
+    first = LocalStack(data_dir, env, demo=True).start()
+    second = LocalStack(data_dir, env, demo=False)
+    try:
+        dev = first.dev_json()
+        assert dev["project"] == "demo"
+        assert dev["ingest_url"] == f"http://127.0.0.1:{env['STRATA_INGEST_PORT']}"
+        assert dev["query_url"] == f"http://127.0.0.1:{env['STRATA_QUERY_PORT']}"
+        assert {"write_key", "read_key", "admin_key", "database_url", "nats_url"} <= set(dev)
+
+        # Demo traffic shows in the metrics API, including months-old history.
+        wait_for(
+            "visitors and pageviews",
+            lambda: (t := totals(dev)) and t["visitors"] > 0 and t["pageviews"] > 0,
+            300,
+            first.log,
+        )
+        wait_for(
+            "demo backfill done",
+            lambda: re.search(r"demo: backfill .* done", first.log()),
+            600,
+            first.log,
+        )
+        settled = stable_totals(dev, first.log, 300)
+        assert totals(dev, since_days=124, until_days=100)["pageviews"] > 0
+
+        # kill -9 a service: the supervisor restarts it and it becomes ready again.
+        health_ports = json.loads((data_dir / "stack.json").read_text())["health_ports"]
+        [victim] = first.children("aggregator")
+        victim.kill()
+        wait_for(
+            "aggregator restarted",
+            lambda: [p for p in first.children("aggregator") if p.pid != victim.pid],
+            60,
+            first.log,
+        )
+        wait_for(
+            "aggregator ready again",
+            lambda: ready(f"http://127.0.0.1:{health_ports['aggregator']}/readyz"),
+            120,
+            first.log,
+        )
+        assert f"aggregator (pid {victim.pid}) exited with code -9" in first.log()
+
+        # ... and the pipeline flows through the restarted service.
+        sent = http_json(
+            f"{dev['ingest_url']}/v1/track",
+            {"Authorization": basic_auth(dev["write_key"]), "Content-Type": "application/json"},
+            json.dumps(
+                {"userId": "e2e-user", "event": "e2e_check", "messageId": uuid.uuid4().hex}
+            ).encode(),
+        )
+        assert sent is not None and sent.get("success") is True, sent
+        wait_for(
+            "the event sent after the restart",
+            lambda: totals(dev).get("events") == settled["events"] + 1,
+            120,
+            first.log,
+        )
+        before_stop = stable_totals(dev, first.log, 120)
+
+        # SIGTERM: everything started exits, gracefully.
+        started = first.remember_processes()
+        assert len(started) >= 8  # supervisor, NATS, PostgreSQL, five services
+        assert first.sigterm() == 0, first.log()[-6000:]
+        wait_for("no process left", lambda: not alive(started), 30, lambda: str(alive(started)))
+        assert not (data_dir / "postgres" / "pgdata" / "postmaster.pid").exists()
+
+        # A second `up` on the same data dir: same URLs and keys, the same data.
+        second.start()
+        again = second.dev_json()
+        assert again == dev
+        wait_for("the same totals", lambda: totals(again) == before_stop, 180, second.log)
+        second.remember_processes()
+        assert second.sigterm() == 0, second.log()[-6000:]
+    finally:
+        first.kill_everything()
+        second.kill_everything()
