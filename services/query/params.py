@@ -132,7 +132,9 @@ def parse_window(
     else:
         start = local_midnight(end.astimezone(tz).date() - timedelta(days=default_days), tz)
     if start >= end:
-        raise ParamError("from", f"must be before to ({start.isoformat()} >= {end.isoformat()})")
+        raise ParamError(
+            "from", f"must be before to: [{start.isoformat()}, {end.isoformat()}) is empty"
+        )
     return TimeWindow(start, end, tz)
 
 

@@ -144,7 +144,7 @@ BAD_PARAMS: list[tuple[str, dict[str, str] | list[tuple[str, str]], str, str]] =
         "metrics",
         {"from": "2025-05-06", "to": "2025-05-05"},
         "from",
-        "must be before to (2025-05-06T00:00:00+00:00 >= 2025-05-06T00:00:00+00:00)",
+        "must be before to: [2025-05-06T00:00:00+00:00, 2025-05-06T00:00:00+00:00) is empty",
     ),
     (
         "metrics",
