@@ -28,7 +28,7 @@ from libs.common.nats_io import connect
 from libs.common.schemas.events_v1 import EventV1, RawBatchV1, raw_batch_decoder
 from libs.common.settings import IngestSettings
 from libs.common.subjects import Subjects, partition_of
-from services.ingest.app import IngestDeps, build_app
+from services.ingest.app import INGEST_API, IngestApi, IngestDeps, build_app
 from tests.support.project import TestProject
 
 pytestmark = pytest.mark.infra
@@ -84,6 +84,7 @@ class Ingest:
     project: TestProject
     settings: IngestSettings
     registry: CollectorRegistry
+    api: IngestApi
 
     async def post(
         self, path: str, body: Any, key: str | None = None, **kwargs: Any
@@ -144,10 +145,11 @@ async def make_ingest(
         nc = await connect(nats_url, "ingest-test")
         registry = CollectorRegistry()
         deps = IngestDeps(nc, pool, Subjects(settings.nats_prefix), registry)
-        client: TestClient[Any, Any] = TestClient(TestServer(build_app(settings, deps)))
+        app = build_app(settings, deps)
+        client: TestClient[Any, Any] = TestClient(TestServer(app))
         await client.start_server()
         started.append((client, nc))
-        return Ingest(client, js, subjects, project, settings, registry)
+        return Ingest(client, js, subjects, project, settings, registry, app[INGEST_API])
 
     yield start
     for client, nc in started:
@@ -691,6 +693,44 @@ async def test_503_with_retry_after_when_jetstream_cannot_ack(make_ingest: MakeI
         "success": False,
         "error": "events not accepted: no JetStream stream accepts the raw subjects; retry later",
     }
+
+
+async def test_overload_and_ack_timeout_answer_503_without_queueing(
+    make_ingest: MakeIngest, nats_url: str
+) -> None:
+    # A subscriber that never answers stands in for a JetStream that does not ack.
+    prefix = f"silent{uuid.uuid4().hex[:8]}"
+    silent = await connect(nats_url, "silent")
+    published = asyncio.Event()
+
+    async def never_ack(_msg: object) -> None:
+        published.set()
+
+    await silent.subscribe(f"{prefix}.raw.v1.*", cb=never_ack)
+    await silent.flush()
+    ingest = await make_ingest(
+        publish_prefix=prefix, publish_timeout_s=1.0, max_in_flight_publishes=1
+    )
+    key = ingest.project.write_key
+    try:
+        waiting = asyncio.create_task(ingest.post("/v1/track", valid_body("/v1/track"), key))
+        await published.wait()
+        assert ingest.api.publisher.in_flight == 1
+        overloaded = await ingest.post("/v1/track", valid_body("/v1/track"), key)
+        assert overloaded.status == 503
+        assert overloaded.headers["Retry-After"] == "1"
+        assert (await overloaded.json())["error"] == (
+            "events not accepted: 1 requests already wait on JetStream; retry later"
+        )
+        timed_out = await waiting
+        assert timed_out.status == 503
+        assert timed_out.headers["Retry-After"] == "2"
+        assert (await timed_out.json())["error"] == (
+            "events not accepted: JetStream did not acknowledge in time; retry later"
+        )
+        assert ingest.api.publisher.in_flight == 0
+    finally:
+        await silent.close()
 
 
 async def test_503_when_the_stream_stops_accepting(ingest: Ingest) -> None:
