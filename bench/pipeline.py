@@ -1,0 +1,320 @@
+"""Benchmark: the whole pipeline on this machine — `strata up` (embedded NATS and PostgreSQL,
+all five services) plus the load generator, everything sharing the same cores.
+
+1. Saturation: the loader offers as much as ingest accepts for `--seconds`; the figure is the
+   rate at which events become stored (the slowest stage's rate), and the backlog
+   (accepted - stored) at the start and end of the steady window.
+2. Half load: the loader offers half the stored rate for `--seconds`, while marker events (one
+   new event name each) are sent every 0.25 s; freshness is the time from the ingest's 2xx to
+   the marker being counted by the metrics API (polled every 20 ms): p50 and p95.
+3. Peak RSS of every service, NATS and PostgreSQL over both phases.
+
+    python -m bench.pipeline [--seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import psutil
+
+from bench.ingest_gateway import batch_template
+from libs.common.embedded import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH = 100
+
+
+class RssSampler:
+    """Peak resident memory per stack component (services by module name, nats, postgres)."""
+
+    def __init__(self, root_pid: int) -> None:
+        self.root = psutil.Process(root_pid)
+        self.peak: dict[str, int] = {}
+
+    def _name(self, proc: psutil.Process) -> str | None:
+        try:
+            cmd = " ".join(proc.cmdline())
+        except psutil.Error:
+            return None
+        for service in ("ingest", "sessionizer", "aggregator", "tiering", "query"):
+            if f"services.{service}" in cmd:
+                return service
+        if "nats-server" in cmd:
+            return "nats"
+        if "postgres" in cmd:
+            return "postgres"
+        return None
+
+    def sample(self) -> None:
+        totals: dict[str, int] = {}
+        for proc in self.root.children(recursive=True):
+            name = self._name(proc)
+            if name is None:
+                continue
+            try:
+                totals[name] = totals.get(name, 0) + proc.memory_info().rss
+            except psutil.Error:
+                continue
+        for name, rss in totals.items():
+            self.peak[name] = max(self.peak.get(name, 0), rss)
+
+
+async def stored_events(conn: asyncpg.Connection, project: str) -> int:
+    # Daily rollups of every event name hold the stored count cheaply (no scan of events).
+    value = await conn.fetchval(
+        "SELECT coalesce(sum(events), 0) FROM rollups WHERE project_id = $1 AND granularity = 'd'"
+        " AND name = '*' AND dim = '' AND NOT bot",
+        project,
+    )
+    return int(value)
+
+
+async def offer_load(
+    http: aiohttp.ClientSession,
+    url: str,
+    auth: str,
+    seconds: float,
+    rate: float | None,
+    connections: int,
+) -> tuple[int, int]:
+    """Send 100-event batches for `seconds`: as fast as accepted (rate None) or paced."""
+    template = batch_template(BATCH, seed=int(time.time()) % 1000, people=20)
+    today = datetime.now(UTC).replace(microsecond=0)
+    # Events of the last hour, so they land in today's partition like live traffic.
+    template = template.replace(
+        b"2026-01-15T10:00:00.000Z", (today - timedelta(minutes=5)).isoformat().encode()
+    ).replace(b"2026-01-15T10:00:01.000Z", today.isoformat().encode())
+    headers = {"Authorization": auth, "Content-Type": "application/json"}
+    prefix = uuid.uuid4().hex[:8]
+    accepted = failed = 0
+    counter = 0
+    start = time.monotonic()
+    deadline = start + seconds
+    interval = (BATCH / rate) * connections if rate else 0.0
+
+    async def worker(n: int) -> None:
+        nonlocal accepted, failed, counter
+        next_at = start + (interval * n / connections if interval else 0.0)
+        while time.monotonic() < deadline:
+            if interval:
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                next_at += interval
+            counter += 1
+            body = template.replace(b"@@", f"{prefix}-{counter}".encode())
+            async with http.post(url, data=body, headers=headers) as resp:
+                await resp.read()
+                if resp.status == 200:
+                    accepted += BATCH
+                else:
+                    failed += 1
+
+    await asyncio.gather(*(worker(n) for n in range(connections)))
+    return accepted, failed
+
+
+async def measure_freshness(
+    http: aiohttp.ClientSession,
+    ingest_url: str,
+    query_url: str,
+    write_auth: str,
+    read_key: str,
+    seconds: float,
+) -> list[float]:
+    """Seconds from a marker's 2xx to its count in the metrics API, for one marker per 0.25 s."""
+    delays: list[float] = []
+    day = datetime.now(UTC).date()
+    params_base = {
+        "from": (day - timedelta(days=1)).isoformat(),
+        "to": (day + timedelta(days=1)).isoformat(),
+    }
+
+    async def one(n: int) -> None:
+        name = f"bench_marker_{uuid.uuid4().hex[:10]}_{n}"
+        body = {"userId": f"marker-{n}", "event": name, "timestamp": datetime.now(UTC).isoformat()}
+        async with http.post(
+            f"{ingest_url}/v1/track", json=body, headers={"Authorization": write_auth}
+        ) as resp:
+            await resp.read()
+            if resp.status != 200:
+                return
+        acked = time.monotonic()
+        params = dict(params_base, metrics=f"event:{name}")
+        while time.monotonic() - acked < 60:
+            async with http.get(
+                f"{query_url}/api/v1/analytics/metrics",
+                params=params,
+                headers={"Authorization": f"Bearer {read_key}"},
+            ) as resp:
+                body2 = await resp.json()
+            if resp.status == 200 and body2["totals"].get(f"event:{name}", 0) >= 1:
+                delays.append(time.monotonic() - acked)
+                return
+            await asyncio.sleep(0.02)
+
+    tasks = []
+    end = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < end:
+        tasks.append(asyncio.create_task(one(n)))
+        n += 1
+        await asyncio.sleep(0.25)
+    await asyncio.gather(*tasks)
+    return delays
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return (
+        statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+        if len(values) > 1
+        else values[0]
+    )
+
+
+async def run_phases(info: dict[str, str], sampler: RssSampler, seconds: float) -> dict[str, Any]:
+    auth = "Basic " + base64.b64encode(f"{info['write_key']}:".encode()).decode()
+    conn = await asyncpg.connect(info["database_url"])
+    await conn.execute("UPDATE projects SET rate_limit_per_s = 1e9")
+    project = info["project"]
+    figures: dict[str, Any] = {}
+
+    async def sample_forever() -> None:
+        while True:
+            await asyncio.to_thread(sampler.sample)
+            await asyncio.sleep(0.5)
+
+    sampling = asyncio.create_task(sample_forever())
+    connector = aiohttp.TCPConnector(limit=64)
+    try:
+        async with aiohttp.ClientSession(connector=connector) as http:
+            url = f"{info['ingest_url']}/v1/batch"
+            # Phase 1: saturation.
+            before = await stored_events(conn, project)
+            t0 = time.monotonic()
+            load = asyncio.create_task(offer_load(http, url, auth, seconds, None, 32))
+            marks: list[tuple[float, int]] = []
+            while not load.done():
+                await asyncio.sleep(1.0)
+                marks.append((time.monotonic() - t0, await stored_events(conn, project) - before))
+            accepted, failed = load.result()
+            # Steady window: the second half of the run (start-up effects excluded).
+            half = [m for m in marks if m[0] >= seconds / 2]
+            if len(half) >= 2:
+                stored_rate = (half[-1][1] - half[0][1]) / (half[-1][0] - half[0][0])
+            else:
+                stored_rate = marks[-1][1] / marks[-1][0]
+            accepted_rate = accepted / seconds
+            backlog_mid = accepted_rate * half[0][0] - half[0][1] if half else 0.0
+            backlog_end = accepted - marks[-1][1]
+            drain_start = time.monotonic()
+            while await stored_events(conn, project) - before < accepted:
+                if time.monotonic() - drain_start > 600:
+                    break
+                await asyncio.sleep(0.5)
+            figures["pipeline_saturation"] = {
+                "offered_accepted_events_per_s": round(accepted_rate),
+                "stored_events_per_s": round(stored_rate),
+                "failed_requests": failed,
+                "backlog_events_mid_run": round(backlog_mid),
+                "backlog_events_end_of_load": round(backlog_end),
+                "drain_seconds_after_load": round(time.monotonic() - drain_start, 1),
+            }
+            print(json.dumps(figures["pipeline_saturation"]), flush=True)
+
+            # Phase 2: half the stored rate, with freshness markers.
+            half_rate = max(stored_rate / 2, BATCH)
+            before2 = await stored_events(conn, project)
+            load2 = asyncio.create_task(offer_load(http, url, auth, seconds, half_rate, 8))
+            delays = await measure_freshness(
+                http, info["ingest_url"], info["query_url"], auth, info["read_key"], seconds - 2
+            )
+            accepted2, failed2 = await load2
+            lag_end = accepted2 + len(delays) - (await stored_events(conn, project) - before2)
+            figures["pipeline_half_load"] = {
+                "offered_events_per_s": round(half_rate),
+                "accepted_events_per_s": round(accepted2 / seconds),
+                "failed_requests": failed2,
+                "backlog_events_at_end": max(0, round(lag_end)),
+                "freshness_samples": len(delays),
+                "freshness_p50_s": round(percentile(delays, 50), 3),
+                "freshness_p95_s": round(percentile(delays, 95), 3),
+            }
+            print(json.dumps(figures["pipeline_half_load"]), flush=True)
+    finally:
+        sampling.cancel()
+        await conn.close()
+    figures["peak_rss_mb"] = {k: round(v / 2**20, 1) for k, v in sorted(sampler.peak.items())}
+    return figures
+
+
+def run_benchmark(seconds: float = 30.0) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="strata-bench-pipeline-") as tmp:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
+        env.pop("NATS_URL", None)
+        env.pop("DATABASE_URL", None)
+        env.update(
+            STRATA_DATA_DIR=tmp,
+            STRATA_INGEST_PORT=str(free_port()),
+            STRATA_QUERY_PORT=str(free_port()),
+            STRATA_LOG_LEVEL="warning",
+        )
+        up = subprocess.Popen(
+            [sys.executable, "-m", "libs.common.cli", "up"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            dev_json = Path(tmp) / "dev.json"
+            deadline = time.monotonic() + 240
+            while not dev_json.exists():
+                if up.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("strata up did not become ready")
+                time.sleep(0.5)
+            info = json.loads(dev_json.read_text())
+            return asyncio.run(run_phases(info, RssSampler(up.pid), seconds))
+        finally:
+            up.send_signal(signal.SIGTERM)
+            try:
+                up.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(up.pid, signal.SIGKILL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args()
+    figures = run_benchmark(args.seconds)
+    text = json.dumps(figures, indent=2)
+    print(text)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
