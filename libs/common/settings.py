@@ -121,8 +121,8 @@ class TieringSettings(CommonSettings, frozen=True, kw_only=True):
     data_dir: str = ".strata"
     partitions_ahead_days: int = 7  # `events` day partitions kept created ahead of today (UTC)
     dedup_horizon_days: int = 30  # event_ids older than this (by receipt) are pruned
-    # Object store (docs/object-store.md). OCI auth: config (file/profile), instance_principal
-    # or resource_principal; an empty endpoint derives it from the region.
+    # Object store (docs/object-store.md). OCI auth: config (file/profile), instance_principal,
+    # resource_principal or workload_identity (OKE); an empty endpoint derives it from the region.
     oci_config_file: str = "~/.oci/config"
     oci_profile: str = "DEFAULT"
     oci_auth: str = "config"

@@ -74,7 +74,7 @@ _CHUNK = MEBIBYTE
 # The whole-object MD5 of a multipart upload, kept as user metadata (opc-meta-...).
 _MULTIPART_MD5_KEY = f"{RESERVED_METADATA_PREFIX}content-md5"
 _LIST_FIELDS = "name,size,etag,md5,timeCreated,timeModified,storageTier,archivalState"
-OCI_AUTH_MODES = ("config", "instance_principal", "resource_principal")
+OCI_AUTH_MODES = ("config", "instance_principal", "resource_principal", "workload_identity")
 
 
 class OciStoreConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -82,7 +82,7 @@ class OciStoreConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     namespace: str
     bucket: str
-    auth: str = "config"  # config | instance_principal | resource_principal
+    auth: str = "config"  # one of OCI_AUTH_MODES
     config_file: str = "~/.oci/config"
     profile: str = "DEFAULT"
     endpoint: str = ""  # empty: derived from the region
@@ -516,10 +516,13 @@ def _sdk_config_and_signer(config: OciStoreConfig, signer: Any) -> tuple[dict[st
         sdk_config = oci.config.from_file(os.path.expanduser(config.config_file), config.profile)
         return sdk_config, signer or oci.signer.Signer.from_config(sdk_config)
     if signer is None:
+        signers = oci.auth.signers
         if config.auth == "instance_principal":
-            signer = oci.auth.signers.InstancePrincipalsSecurityTokenSigner()
+            signer = signers.InstancePrincipalsSecurityTokenSigner()
+        elif config.auth == "workload_identity":  # OKE: the pod's service account
+            signer = signers.get_oke_workload_identity_resource_principal_signer()
         else:
-            signer = oci.auth.signers.get_resource_principals_signer()
+            signer = signers.get_resource_principals_signer()
     region = getattr(signer, "region", None)
     if not region and not config.endpoint:
         raise ObjectStoreError(f"{config.auth}: no region known; set the endpoint explicitly")
