@@ -540,9 +540,10 @@ class OciObjectStorageServer:
         if stored.storage_tier != tier:
             state = stored.archival_state(self.clock())
             if stored.storage_tier == "Archive" and state != "Restored":
+                # What OCI answers for an archived object that was not restored first.
                 raise OciError(
-                    409,
-                    "NotRestored",
+                    400,
+                    "InvalidStorageTier",
                     f"The object '{name}' is archived ({state}); restore it before changing "
                     "its storage tier",
                 )

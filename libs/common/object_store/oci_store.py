@@ -74,6 +74,7 @@ _CHUNK = MEBIBYTE
 # The whole-object MD5 of a multipart upload, kept as user metadata (opc-meta-...).
 _MULTIPART_MD5_KEY = f"{RESERVED_METADATA_PREFIX}content-md5"
 _LIST_FIELDS = "name,size,etag,md5,timeCreated,timeModified,storageTier,archivalState"
+_REFUSAL_STATUSES = frozenset({400, 403, 409})  # how OCI refuses reads of archived objects
 OCI_AUTH_MODES = ("config", "instance_principal", "resource_principal", "workload_identity")
 
 
@@ -384,8 +385,8 @@ class OciObjectStore(ObjectStore):
                     self.config.namespace, self.config.bucket, details
                 ),
             )
-        except ObjectArchived as exc:
-            raise await self._archived(name) from exc
+        except ObjectStoreError as exc:
+            raise await self._explain_refusal(name, exc) from exc
 
     async def restore(self, name: str, hours: int = DEFAULT_RESTORE_HOURS) -> None:
         validate_name(name)
@@ -408,13 +409,22 @@ class OciObjectStore(ObjectStore):
         )
         return _info_from_headers(name, response.headers)
 
-    async def _archived(self, name: str) -> ObjectArchived:
-        """The ObjectArchived error with the object's current state (Archived or Restoring)."""
+    async def _explain_refusal(self, name: str, exc: ObjectStoreError) -> ObjectStoreError:
+        """`ObjectArchived` (with the current state) when OCI refused a read or a tier change
+        because the object is archived and not restored; otherwise `exc` itself. OCI's answer
+        differs by call (409 NotRestored on reads, 400 InvalidStorageTier on tier changes), so
+        the object's own state decides."""
+        if isinstance(exc, ObjectNotFound | ObjectChecksumMismatch):
+            return exc
+        if exc.status not in _REFUSAL_STATUSES:
+            return exc
         try:
-            state = (await self.head(name)).archival_state or "Archived"
+            info = await self.head(name)
         except ObjectStoreError:
-            state = "Archived"
-        return ObjectArchived(name, state)
+            return exc
+        if info.storage_tier == "Archive" and info.archival_state != "Restored":
+            return ObjectArchived(name, info.archival_state or "Archived")
+        return exc
 
     async def get(self, name: str, *, byte_range: ByteRange | None = None) -> bytes:
         validate_name(name)
@@ -435,12 +445,10 @@ class OciObjectStore(ObjectStore):
                 header = f"bytes={start}-{stop - 1}"
         try:
             return await self._call(name, self._get, name, header)
-        except ObjectArchived as exc:
-            raise await self._archived(name) from exc
         except ObjectStoreError as exc:
             if exc.status == 416:
                 return b""  # the range starts past the end: Python slice semantics
-            raise
+            raise await self._explain_refusal(name, exc) from exc
 
     def _get(self, name: str, range_header: str | None) -> bytes:
         kwargs = {"range": range_header} if range_header else {}
@@ -461,8 +469,8 @@ class OciObjectStore(ObjectStore):
         validate_name(name)
         try:
             return await self._call(name, self._get_to_file, name, path)
-        except ObjectArchived as exc:
-            raise await self._archived(name) from exc
+        except ObjectStoreError as exc:
+            raise await self._explain_refusal(name, exc) from exc
 
     def _get_to_file(self, name: str, path: Path) -> ObjectInfo:
         response = self._client().get_object(self.config.namespace, self.config.bucket, name)
@@ -627,13 +635,14 @@ def _info_from_headers(name: str, headers: Mapping[str, str]) -> ObjectInfo:
         if key.lower().startswith("opc-meta-")
         and not key.lower().startswith(f"opc-meta-{RESERVED_METADATA_PREFIX}")
     }
-    archival_state = headers.get("archival-state")
+    storage_tier = str(headers.get("storage-tier") or "Standard")
+    archival_state = _archival_state(storage_tier, headers.get("archival-state"))
     return ObjectInfo(
         name=name,
         size=int(headers.get("content-length", 0)),
         etag=str(headers.get("etag", "")),
         md5=_whole_md5(headers),
-        storage_tier=str(headers.get("storage-tier") or "Standard"),
+        storage_tier=storage_tier,
         archival_state=archival_state,
         restored_until=(
             _parse_time(headers.get("time-of-archival")) if archival_state == "Restored" else None
@@ -643,16 +652,27 @@ def _info_from_headers(name: str, headers: Mapping[str, str]) -> ObjectInfo:
     )
 
 
+def _archival_state(storage_tier: str, reported: str | None) -> str | None:
+    """OCI's archival state for an Archive object; None otherwise. Some listings report a
+    restored object as "Available"."""
+    if storage_tier != "Archive":
+        return None
+    if reported in (None, "Archived"):
+        return "Archived"
+    return "Restored" if reported == "Available" else str(reported)
+
+
 def _info_from_summary(summary: Any) -> ObjectInfo:
     md5 = summary.md5
     modified = summary.time_modified or summary.time_created
+    tier = str(summary.storage_tier or "Standard")
     return ObjectInfo(
         name=str(summary.name),
         size=int(summary.size or 0),
         etag=str(summary.etag or ""),
         # A multipart object lists "<md5 of part md5s>-<parts>", not its content MD5.
         md5=str(md5) if md5 and "-" not in md5 else None,
-        storage_tier=str(summary.storage_tier or "Standard"),
-        archival_state=summary.archival_state,
+        storage_tier=tier,
+        archival_state=_archival_state(tier, summary.archival_state),
         time_modified=modified,
     )
