@@ -486,6 +486,9 @@ def test_store_urls_are_checked(tmp_path: Path) -> None:
             open_object_store(url)
     with pytest.raises(ValueError):
         open_object_store("oci://ns/bucket", ObjectStoreOptions(oci_auth="password"))
+    missing = tmp_path / "no-such-oci-config"
+    with pytest.raises(ObjectStoreError, match="no-such-oci-config"):
+        open_object_store("oci://ns/bucket", ObjectStoreOptions(oci_config_file=str(missing)))
 
 
 async def test_concurrent_overwrites_are_atomic(adapter: Adapter) -> None:

@@ -149,7 +149,10 @@ class OciObjectStore(ObjectStore):
             raise ValueError(f"oci auth must be one of {', '.join(OCI_AUTH_MODES)}: {config.auth}")
         self.config = config
         self.url = f"oci://{config.namespace}/{config.bucket}"
-        self._sdk_config, self._signer = _sdk_config_and_signer(config, signer)
+        try:
+            self._sdk_config, self._signer = _sdk_config_and_signer(config, signer)
+        except oci.exceptions.ClientError as exc:  # no config file, a bad key, ...
+            raise ObjectStoreError(f"OCI {config.auth} authentication: {exc!r}") from exc
         self._retry_strategy = oci.retry.RetryStrategyBuilder(
             max_attempts=config.retry_attempts,
             total_elapsed_time_seconds=config.retry_total_s,
