@@ -1,7 +1,6 @@
 """Enrichment of an event from its context: device (user agent, or a mobile SDK's os/device),
-acquisition (referrer, UTM tags, click ids, channel) and interactivity.
-
-The client's IP address is not used for anything stored and is never put on the event.
+acquisition (referrer, search engine, social network, UTM tags, click ids, channel) and
+interactivity (docs/enrichment.md). Geo and bot ranges from the client IP are in `collection`.
 """
 
 from __future__ import annotations
@@ -15,6 +14,8 @@ from services.ingest.traffic_sources import (
     parse_page_url,
     query_tags,
     referrer_domain,
+    search_engine,
+    social_network,
 )
 from services.ingest.user_agents import UNKNOWN_AGENT, UserAgentInfo, parse_user_agent
 
@@ -27,9 +28,24 @@ class Attribution(NamedTuple):
     utm_campaign: str | None
     utm_term: str | None
     utm_content: str | None
+    search_engine: str | None = None  # the referrer's search engine (Google, Bing, ...)
+    social_network: str | None = None  # the referrer's or source's network (Facebook, ...)
 
 
 NO_ATTRIBUTION = Attribution(None, None, None, None, None, None, None)
+
+# Properties that carry the referrer's search engine and social network (EventV1 has no
+# columns for them; `$`-names never collide with a sender's own properties).
+SEARCH_ENGINE_PROPERTY = "$search_engine"
+SOCIAL_NETWORK_PROPERTY = "$social_network"
+
+
+def add_source_properties(properties: dict[str, Any], source: Attribution) -> None:
+    """Record the search engine and social network of an attributed event in its properties."""
+    if source.search_engine is not None:
+        properties.setdefault(SEARCH_ENGINE_PROPERTY, source.search_engine)
+    if source.social_network is not None:
+        properties.setdefault(SOCIAL_NETWORK_PROPERTY, source.social_network)
 
 
 @lru_cache(maxsize=32768)
@@ -77,7 +93,11 @@ def attribute(
         channel = None
     else:
         channel = classify_channel(ref_domain, None, None, None)
-    return Attribution(ref_domain, channel, source, medium, name, term, content)
+    engine = network = None
+    if ref_domain is not None and not internal:
+        engine = search_engine(ref_domain)
+        network = social_network(ref_domain)
+    return Attribution(ref_domain, channel, source, medium, name, term, content, engine, network)
 
 
 _MOBILE_APP_OS = {"ios": "iOS", "ipados": "iOS", "android": "Android"}

@@ -1,19 +1,25 @@
-"""Where a visit came from: referrer domain, UTM parameters, click ids and a channel.
+"""Where a visit came from: referrer domain, search engine, social network, UTM parameters, click
+ids and a channel.
 
 Channels (snake_case so they can be used as filter values): direct, organic_search,
-paid_search, organic_social, paid_social, email, referral. The rules follow Google Analytics'
-default channel grouping, simplified:
+paid_search, organic_social, paid_social, email, referral, display, affiliate. The rules follow
+Google Analytics' default channel grouping, simplified (docs/enrichment.md has the tables):
 
-1. a paid-search click id (gclid, gbraid, wbraid, dclid, msclkid, yclid) -> paid_search;
-   a paid-social click id (ttclid, twclid, li_fat_id, ScCid, epik) -> paid_social;
+1. a paid-search click id (gclid, gbraid, wbraid, msclkid, yclid) -> paid_search; a display
+   click id (dclid) -> display; a paid-social click id (ttclid, twclid, li_fat_id, ScCid, epik,
+   rdt_cid) -> paid_social. fbclid is not paid: Facebook adds it to every outbound link, so it
+   only says the visit came from Facebook (a social source);
 2. utm_medium or utm_source mentions e-mail, or the referrer is a webmail -> email;
-3. a paid utm_medium (cpc, ppc, cpm, paid*, retargeting, display, banner, anything with "cp")
-   -> paid_social when the source or referrer is a social network, else paid_search;
-4. utm_medium social (social, sm, social-network, social-media) -> organic_social;
+3. utm_medium affiliate(s) -> affiliate;
+4. a paid utm_medium (cpc, ppc, paid*, retargeting, anything with "cp") or a display one
+   (display, banner, expandable, interstitial, cpm) -> paid_social when the source or referrer is
+   a social network (or the medium says social), else display for display mediums, else
+   paid_search;
+5. utm_medium social (social, sm, social-network, social-media) -> organic_social;
    utm_medium organic -> organic_search;
-5. a search engine as referrer or utm_source -> organic_search; a social network ->
+6. a search engine as referrer or utm_source -> organic_search; a social network ->
    organic_social;
-6. any other referrer or UTM tag -> referral; nothing at all -> direct.
+7. any other referrer or UTM tag -> referral; nothing at all -> direct.
 
 Every function here is cached per distinct input: referrers, URLs and tag combinations repeat,
 so the per-event cost is a dictionary lookup.
@@ -32,33 +38,55 @@ ORGANIC_SOCIAL = "organic_social"
 PAID_SOCIAL = "paid_social"
 EMAIL = "email"
 REFERRAL = "referral"
-CHANNELS = (DIRECT, ORGANIC_SEARCH, PAID_SEARCH, ORGANIC_SOCIAL, PAID_SOCIAL, EMAIL, REFERRAL)
-
-PAID_SEARCH_CLICK_IDS = frozenset({"gclid", "gbraid", "wbraid", "dclid", "msclkid", "yclid"})
-PAID_SOCIAL_CLICK_IDS = frozenset({"ttclid", "twclid", "li_fat_id", "sccid", "epik"})
-
-_SEARCH_BRANDS = frozenset(
-    {
-        "google",
-        "bing",
-        "yahoo",
-        "duckduckgo",
-        "baidu",
-        "yandex",
-        "ecosia",
-        "startpage",
-        "qwant",
-        "naver",
-        "seznam",
-        "sogou",
-        "aol",
-        "mojeek",
-        "kagi",
-        "dogpile",
-        "yippy",
-    }
+DISPLAY = "display"
+AFFILIATE = "affiliate"
+CHANNELS = (
+    DIRECT,
+    ORGANIC_SEARCH,
+    PAID_SEARCH,
+    ORGANIC_SOCIAL,
+    PAID_SOCIAL,
+    EMAIL,
+    REFERRAL,
+    DISPLAY,
+    AFFILIATE,
 )
-_SEARCH_HOSTS = frozenset({"search.brave.com", "so.com", "search.aol.com", "perplexity.ai"})
+
+PAID_SEARCH_CLICK_IDS = frozenset({"gclid", "gbraid", "wbraid", "msclkid", "yclid"})
+DISPLAY_CLICK_IDS = frozenset({"dclid"})
+PAID_SOCIAL_CLICK_IDS = frozenset({"ttclid", "twclid", "li_fat_id", "sccid", "epik", "rdt_cid"})
+# Click ids that name a social network without saying the click was paid.
+SOCIAL_CLICK_IDS = frozenset({"fbclid", "igshid"})
+CLICK_IDS = PAID_SEARCH_CLICK_IDS | DISPLAY_CLICK_IDS | PAID_SOCIAL_CLICK_IDS | SOCIAL_CLICK_IDS
+
+# Search engines: a brand label anywhere in the host (google.co.uk, www.bing.com,
+# com.google.android.googlequicksearchbox matches "google") -> the engine's name.
+SEARCH_ENGINES = {
+    "google": "Google",
+    "bing": "Bing",
+    "yahoo": "Yahoo",
+    "duckduckgo": "DuckDuckGo",
+    "baidu": "Baidu",
+    "yandex": "Yandex",
+    "ecosia": "Ecosia",
+    "startpage": "Startpage",
+    "qwant": "Qwant",
+    "naver": "Naver",
+    "seznam": "Seznam",
+    "sogou": "Sogou",
+    "aol": "AOL",
+    "mojeek": "Mojeek",
+    "kagi": "Kagi",
+    "dogpile": "Dogpile",
+    "yippy": "Yippy",
+}
+# Search hosts whose labels name no brand above.
+SEARCH_ENGINE_HOSTS = {
+    "search.brave.com": "Brave Search",
+    "so.com": "360 Search",
+    "perplexity.ai": "Perplexity",
+}
+_SEARCH_BRANDS = frozenset(SEARCH_ENGINES)
 # First labels of hosts under a search brand that are not search (Google Docs, ...).
 _NOT_SEARCH_FIRST_LABELS = frozenset(
     {
@@ -80,47 +108,47 @@ _NOT_SEARCH_FIRST_LABELS = frozenset(
         "translate",
     }
 )
-_SOCIAL_BRANDS = frozenset(
-    {
-        "facebook",
-        "instagram",
-        "twitter",
-        "linkedin",
-        "reddit",
-        "pinterest",
-        "youtube",
-        "tiktok",
-        "snapchat",
-        "threads",
-        "mastodon",
-        "bluesky",
-        "whatsapp",
-        "telegram",
-        "discord",
-        "quora",
-        "tumblr",
-        "weibo",
-        "messenger",
-        "vkontakte",
-    }
-)
-_SOCIAL_HOSTS = frozenset(
-    {
-        "t.co",
-        "x.com",
-        "fb.com",
-        "fb.me",
-        "lnkd.in",
-        "redd.it",
-        "youtu.be",
-        "bsky.app",
-        "t.me",
-        "wa.me",
-        "vk.com",
-        "news.ycombinator.com",
-        "pin.it",
-    }
-)
+# Social networks: a brand label anywhere in the host (l.facebook.com, de.linkedin.com) ->
+# the network's name.
+SOCIAL_NETWORKS = {
+    "facebook": "Facebook",
+    "instagram": "Instagram",
+    "twitter": "Twitter",
+    "linkedin": "LinkedIn",
+    "reddit": "Reddit",
+    "pinterest": "Pinterest",
+    "youtube": "YouTube",
+    "tiktok": "TikTok",
+    "snapchat": "Snapchat",
+    "threads": "Threads",
+    "mastodon": "Mastodon",
+    "bluesky": "Bluesky",
+    "whatsapp": "WhatsApp",
+    "telegram": "Telegram",
+    "discord": "Discord",
+    "quora": "Quora",
+    "tumblr": "Tumblr",
+    "weibo": "Weibo",
+    "messenger": "Messenger",
+    "vkontakte": "VK",
+}
+# Short or unbranded hosts of social networks (a host or any subdomain of it).
+SOCIAL_NETWORK_HOSTS = {
+    "t.co": "Twitter",
+    "x.com": "Twitter",
+    "fb.com": "Facebook",
+    "fb.me": "Facebook",
+    "lnkd.in": "LinkedIn",
+    "redd.it": "Reddit",
+    "youtu.be": "YouTube",
+    "bsky.app": "Bluesky",
+    "t.me": "Telegram",
+    "wa.me": "WhatsApp",
+    "vk.com": "VK",
+    "news.ycombinator.com": "Hacker News",
+    "pin.it": "Pinterest",
+}
+_SOCIAL_BRANDS = frozenset(SOCIAL_NETWORKS)
 _SOCIAL_SOURCES = frozenset({"fb", "ig", "x", "vk", "yt", "li", "hn", "meta"})
 _EMAIL_HOSTS = frozenset(
     {
@@ -152,7 +180,9 @@ _SOCIAL_MEDIUMS = frozenset(
         "organic-social",
     }
 )
-_PAID_MEDIUMS = frozenset({"ppc", "retargeting", "display", "banner", "ads", "paid"})
+_PAID_MEDIUMS = frozenset({"ppc", "retargeting", "ads", "paid"})
+_DISPLAY_MEDIUMS = frozenset({"display", "banner", "expandable", "interstitial", "cpm"})
+_AFFILIATE_MEDIUMS = frozenset({"affiliate", "affiliates"})
 
 
 class PageUrl(NamedTuple):
@@ -199,7 +229,7 @@ def query_tags(
         key = name.lower()
         if key.startswith("utm_"):
             found.setdefault(key, value)
-        elif click_id is None and (key in PAID_SEARCH_CLICK_IDS or key in PAID_SOCIAL_CLICK_IDS):
+        elif click_id is None and key in CLICK_IDS:
             click_id = key
     return (
         found.get("utm_source"),
@@ -220,19 +250,40 @@ def referrer_domain(referrer: str) -> str | None:
         return None
 
 
-def _is_search_host(host: str) -> bool:
-    if host in _SEARCH_HOSTS:
-        return True
+@lru_cache(maxsize=16384)
+def search_engine(host: str) -> str | None:
+    """The search engine a referrer host belongs to (docs/enrichment.md), or None."""
+    if host in SEARCH_ENGINE_HOSTS:
+        return SEARCH_ENGINE_HOSTS[host]
     labels = host.split(".")
     if labels[0] in _NOT_SEARCH_FIRST_LABELS:
-        return False
-    return any(label in _SEARCH_BRANDS for label in labels[:-1])
+        return None
+    for label in labels[:-1]:
+        if label in _SEARCH_BRANDS:
+            return SEARCH_ENGINES[label]
+    return None
+
+
+@lru_cache(maxsize=16384)
+def social_network(host: str) -> str | None:
+    """The social network a referrer host belongs to (docs/enrichment.md), or None."""
+    if host in SOCIAL_NETWORK_HOSTS:
+        return SOCIAL_NETWORK_HOSTS[host]
+    for short, name in SOCIAL_NETWORK_HOSTS.items():
+        if host.endswith("." + short):
+            return name
+    for label in host.split(".")[:-1]:
+        if label in _SOCIAL_BRANDS:
+            return SOCIAL_NETWORKS[label]
+    return None
+
+
+def _is_search_host(host: str) -> bool:
+    return search_engine(host) is not None
 
 
 def _is_social_host(host: str) -> bool:
-    if host in _SOCIAL_HOSTS or any(host.endswith("." + h) for h in _SOCIAL_HOSTS):
-        return True
-    return any(label in _SOCIAL_BRANDS for label in host.split(".")[:-1])
+    return social_network(host) is not None
 
 
 def _is_email_host(host: str) -> bool:
@@ -266,6 +317,8 @@ def classify_channel(
         return PAID_SEARCH
     if click_id in PAID_SOCIAL_CLICK_IDS:
         return PAID_SOCIAL
+    if click_id in DISPLAY_CLICK_IDS:
+        return DISPLAY
     source = (utm_source or "").strip().lower()
     medium = (utm_medium or "").strip().lower()
     host = referrer_host or ""
@@ -273,9 +326,17 @@ def classify_channel(
         return EMAIL
     if host and _is_email_host(host):
         return EMAIL
-    social = bool(source and _is_social_source(source)) or bool(host and _is_social_host(host))
-    if medium and _is_paid_medium(medium):
-        return PAID_SOCIAL if social or "social" in medium else PAID_SEARCH
+    if medium in _AFFILIATE_MEDIUMS:
+        return AFFILIATE
+    social = (
+        click_id in SOCIAL_CLICK_IDS
+        or bool(source and _is_social_source(source))
+        or bool(host and _is_social_host(host))
+    )
+    if medium and (medium in _DISPLAY_MEDIUMS or _is_paid_medium(medium)):
+        if social or "social" in medium:
+            return PAID_SOCIAL
+        return DISPLAY if medium in _DISPLAY_MEDIUMS else PAID_SEARCH
     if medium in _SOCIAL_MEDIUMS:
         return ORGANIC_SOCIAL
     if medium == "organic":

@@ -144,7 +144,7 @@ def test_page_url_parts_and_utm_tags() -> None:
         (None, "fb", None, None, "organic_social"),
         (None, "google", "organic", None, "organic_search"),
         (None, "google", None, None, "organic_search"),
-        (None, "partner-site", "affiliate", None, "referral"),
+        (None, "partner-site", "affiliate", None, "affiliate"),
         (None, None, None, None, "direct"),
     ],
 )
