@@ -68,6 +68,11 @@ class IngestSettings(CommonSettings, frozen=True, kw_only=True):
     # than buffering without limit.
     max_in_flight_publishes: int = 256
     shutdown_timeout_s: float = 15.0  # SIGTERM: how long in-flight requests may take to finish
+    # Enrichment from the client IP (docs/enrichment.md): a MaxMind-format City database, a file
+    # of bot CIDRs, and the proxies (CIDRs) whose X-Forwarded-For is believed.
+    geoip_db: str = ""
+    bot_ip_ranges: str = ""
+    trusted_proxies: str = ""
 
 
 class SessionizerSettings(CommonSettings, frozen=True, kw_only=True):
