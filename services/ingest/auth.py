@@ -16,6 +16,8 @@ from typing import NamedTuple
 import asyncpg
 
 from libs.common.keys import ApiKey, lookup_key
+from libs.common.privacy_policy import DEFAULT_POLICY, policy_of
+from services.ingest.privacy import ProjectPrivacy
 
 # Unknown keys are remembered for less time than known ones, so a key just created works
 # promptly even after someone tried it too early.
@@ -26,9 +28,14 @@ class KeyStoreUnavailable(Exception):
     """PostgreSQL could not be asked about a key (the request should be retried later)."""
 
 
+_DEFAULT_PRIVACY = ProjectPrivacy(DEFAULT_POLICY)
+
+
 class WriteKey(NamedTuple):
     key: ApiKey
     rate_limit_per_s: float | None  # the project's override of the default rate limit
+    # The project's privacy controls, cached with the key: a change applies within the TTL.
+    privacy: ProjectPrivacy = _DEFAULT_PRIVACY
 
 
 def key_from_authorization(header: str | None) -> str | None:
@@ -107,14 +114,18 @@ class WriteKeyCache:
                 key = await lookup_key(conn, secret)
                 if key is None:
                     return None
-                rate = None
-                if key.project_id is not None:
-                    rate = await conn.fetchval(
-                        "SELECT rate_limit_per_s FROM projects WHERE id = $1", key.project_id
-                    )
+                if key.project_id is None:
+                    return WriteKey(key, None)
+                row = await conn.fetchrow(
+                    "SELECT rate_limit_per_s, ip_policy, consent_policy, scrub_rules,"
+                    " scrub_regexes FROM projects WHERE id = $1",
+                    key.project_id,
+                )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             raise KeyStoreUnavailable(str(exc) or type(exc).__name__) from exc
-        return WriteKey(key, rate)
+        if row is None:
+            return WriteKey(key, None)
+        return WriteKey(key, row["rate_limit_per_s"], ProjectPrivacy(policy_of(row)))
 
     def _remember(self, secret: str, found: WriteKey | None, now: float) -> None:
         if len(self._entries) >= self._max_entries:

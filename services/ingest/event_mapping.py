@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from libs.common.schemas.events_v1 import (
     ALIAS,
@@ -21,7 +21,15 @@ from libs.common.schemas.events_v1 import (
     EventV1,
 )
 from services.ingest.analytics_api_payloads import AnalyticsEvent
-from services.ingest.enrichment import NO_ATTRIBUTION, attribute, device_of, is_non_interactive
+from services.ingest.enrichment import (
+    NO_ATTRIBUTION,
+    add_source_properties,
+    attribute,
+    device_of,
+    is_non_interactive,
+)
+from services.ingest.networks import valid_ip
+from services.ingest.privacy import COOKIELESS_PROPERTY
 from services.ingest.segment_payloads import SegmentContext, SegmentMessage, merge_contexts
 from services.ingest.timestamps import check_event_time, event_time, from_epoch_millis
 from services.ingest.traffic_sources import parse_page_url
@@ -33,6 +41,9 @@ from services.ingest.validation import (
     check_shape,
     identifier,
 )
+
+if TYPE_CHECKING:
+    from services.ingest.collection import CollectionRules
 
 _RESERVED_NAMES = {
     "page": PAGEVIEW,
@@ -56,7 +67,10 @@ class RequestInfo:
     """What every event of one request shares."""
 
     __slots__ = (
+        "client_ip",
+        "collection",
         "context",
+        "cookieless_id",
         "fallback_user_agent",
         "future_tolerance",
         "limits",
@@ -74,6 +88,8 @@ class RequestInfo:
         sent_at: datetime | None = None,
         context: SegmentContext | None = None,
         fallback_user_agent: str | None = None,
+        client_ip: str | None = None,
+        collection: CollectionRules | None = None,
     ) -> None:
         self.project_id = project_id
         self.received_at = received_at
@@ -84,6 +100,13 @@ class RequestInfo:
         # payload has no userAgent: a server SDK's own agent says nothing about the visitor.
         self.fallback_user_agent = fallback_user_agent
         self.future_tolerance = timedelta(seconds=limits.future_tolerance_s)
+        # The request's client address (X-Forwarded-For resolved against trusted proxies).
+        self.client_ip = client_ip
+        # Geo, bot ranges and the project's privacy policy; None applies none of them.
+        self.collection = collection
+        # Today's daily-salted visitor id, set for the browser tracker's requests only: before
+        # consent it sends no id at all and ingest derives this one (services/ingest/cookieless).
+        self.cookieless_id: str | None = None
 
 
 def new_event_id() -> str:
@@ -131,6 +154,9 @@ def segment_event(message: SegmentMessage, event_type: str | None, request: Requ
         if group_id is None:
             raise ItemRejected("groupId is required for group")
     distinct_id = anonymous_id or user_id
+    cookieless = distinct_id is None and request.cookieless_id is not None
+    if cookieless:
+        distinct_id = request.cookieless_id
     if distinct_id is None:
         raise ItemRejected("userId or anonymousId is required")
 
@@ -140,6 +166,8 @@ def segment_event(message: SegmentMessage, event_type: str | None, request: Requ
         name = _RESERVED_NAMES[event_type]
 
     properties = message.properties if message.properties is not None else {}
+    if cookieless:
+        properties[COOKIELESS_PROPERTY] = True
     if properties:
         check_shape(properties, "properties", limits)
     context = (
@@ -210,9 +238,11 @@ def segment_event(message: SegmentMessage, event_type: str | None, request: Requ
             if campaign is None
             else (campaign.source, campaign.medium, campaign.name, campaign.term, campaign.content),
         )
+        if source.search_engine is not None or source.social_network is not None:
+            add_source_properties(properties, source)
     location = context.location if context is not None else None
 
-    return EventV1(
+    event = EventV1(
         event_id=event_id,
         project_id=request.project_id,
         type=event_type,
@@ -249,6 +279,30 @@ def segment_event(message: SegmentMessage, event_type: str | None, request: Requ
         is_bot=device.is_bot,
         non_interactive=is_non_interactive(properties, context),
     )
+    collection = request.collection
+    if collection is None:
+        return event
+    # A server SDK forwards its end user's address as context.ip (Segment's convention).
+    ip = (valid_ip(context.ip) if context is not None else None) or request.client_ip
+    user_agent = (context.userAgent if context is not None else None) or request.fallback_user_agent
+    return collection.finish(event, ip, user_agent, analytics_consent(context))
+
+
+def analytics_consent(context: SegmentContext | None) -> bool:
+    """False only when the sender says analytics consent was withheld: `context.consent.
+    analytics` (the Strata tracker) or Segment Consent Management's `context.consent.
+    categoryPreferences` with an `analytics` category (any letter case) set to false."""
+    consent = context.consent if context is not None else None
+    if consent is None:
+        return True
+    if consent.analytics is not None:
+        return consent.analytics is not False
+    preferences = consent.categoryPreferences
+    if preferences:
+        for category, allowed in preferences.items():
+            if category.lower() == "analytics" and allowed is False:
+                return False
+    return True
 
 
 # The analytics events API's eventType values that are not custom events.
@@ -269,9 +323,13 @@ def _api_time(value: float | datetime | None, field: str) -> datetime | None:
 def analytics_api_event(event: AnalyticsEvent, request: RequestInfo) -> EventV1:
     """The EventV1 of one analytics events API event. `page_view` becomes "$pageview",
     `screen_view` "$screen", `identify` "$identify"; any other eventType is a custom event of
-    that name. Raises ItemRejected, or ItemSkipped when consentFlags.analytics is false."""
+    that name. Raises ItemRejected, or ItemSkipped when consentFlags.analytics is false and
+    the project does not record such events cookieless."""
     limits = request.limits
-    if event.consentFlags is not None and not event.consentFlags.analytics:
+    consented = event.consentFlags is None or event.consentFlags.analytics
+    if not consented and (
+        request.collection is None or not request.collection.needs_cookieless_ids
+    ):
         raise ItemSkipped("consentFlags.analytics is false: the event is not recorded")
     event_type, name = _ANALYTICS_API_TYPES.get(event.eventType or "", ("track", ""))
     if event_type == "track":
@@ -332,7 +390,9 @@ def analytics_api_event(event: AnalyticsEvent, request: RequestInfo) -> EventV1:
         if page_or_url or referrer
         else (NO_ATTRIBUTION)
     )
-    return EventV1(
+    if source.search_engine is not None or source.social_network is not None:
+        add_source_properties(properties, source)
+    mapped = EventV1(
         event_id=event_id,
         project_id=request.project_id,
         type=event_type,
@@ -363,4 +423,10 @@ def analytics_api_event(event: AnalyticsEvent, request: RequestInfo) -> EventV1:
         locale=info.language if info is not None else None,
         is_bot=device.is_bot if device is not None else False,
         non_interactive=is_non_interactive(properties, None),
+    )
+    if request.collection is None:
+        return mapped
+    user_agent = info.userAgent if info is not None else None
+    return request.collection.finish(
+        mapped, request.client_ip, user_agent or request.fallback_user_agent, consented
     )

@@ -60,6 +60,21 @@ class SegmentDevice(msgspec.Struct, frozen=True):
     manufacturer: str | None = None
 
 
+class SegmentConsent(msgspec.Struct, frozen=True):
+    """`context.consent`: Segment Consent Management's `categoryPreferences` (category ->
+    allowed), or the Strata tracker's `analytics` flag."""
+
+    categoryPreferences: dict[str, Any] | None = None
+    analytics: bool | None = None
+
+
+class SegmentLibrary(msgspec.Struct, frozen=True):
+    """`context.library`: the SDK that sent the event (the browser tracker is "strata.js")."""
+
+    name: str | None = None
+    version: str | None = None
+
+
 class SegmentContext(msgspec.Struct, frozen=True):
     """`context`: where and by what an event was sent."""
 
@@ -72,6 +87,8 @@ class SegmentContext(msgspec.Struct, frozen=True):
     os: SegmentOs | None = None
     device: SegmentDevice | None = None
     traits: dict[str, Any] | None = None
+    consent: SegmentConsent | None = None
+    library: SegmentLibrary | None = None
     # Google Analytics' flag for events that must not end a bounce (1/true); some senders put
     # it in the context rather than in the properties.
     nonInteraction: bool | int | None = None

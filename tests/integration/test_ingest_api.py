@@ -199,7 +199,7 @@ async def test_track_is_acknowledged_only_once_on_the_stream_with_enrichment(
     assert event.project_id == "acme"
     assert (event.type, event.name) == ("track", "Signed Up")
     assert (event.distinct_id, event.user_id, event.anonymous_id) == ("anon-42", "u-42", "anon-42")
-    assert event.properties == {"plan": "pro"}
+    assert event.properties == {"plan": "pro", "$search_engine": "Google"}
     assert (event.path, event.title, event.referrer_domain) == ("/pricing", "Pricing", "google.com")
     assert (event.utm_source, event.utm_medium, event.utm_campaign) == ("google", "cpc", "spring")
     assert event.channel == "paid_search"
