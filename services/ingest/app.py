@@ -37,13 +37,17 @@ from services.ingest.auth import (
     WriteKeyCache,
     key_from_authorization,
 )
+from services.ingest.collection import CollectionRules, CookielessIdOf
+from services.ingest.cookieless import DailySalts, SaltsUnavailable, cookieless_id
 from services.ingest.event_mapping import (
     ItemSkipped,
     RequestInfo,
     analytics_api_event,
     segment_event,
 )
+from services.ingest.geo import GeoLocator
 from services.ingest.metrics import IngestMetrics
+from services.ingest.networks import NetworkSet, client_ip, load_network_file, parse_network_list
 from services.ingest.publishing import PublishUnavailable, RawEventPublisher
 from services.ingest.rate_limits import WriteKeyRateLimiter, retry_after_header
 from services.ingest.segment_payloads import (
@@ -168,6 +172,13 @@ class IngestApi:
             latency=self.metrics.publish_seconds,
         )
         self.metrics.publish_in_flight.set_function(lambda: self.publisher.in_flight)
+        # Enrichment from the client IP; files are read once here, a bad one stops start-up.
+        self.geo = GeoLocator(settings.geoip_db) if settings.geoip_db else None
+        self.bot_networks = (
+            load_network_file(settings.bot_ip_ranges) if settings.bot_ip_ranges else None
+        )
+        self.trusted_proxies = NetworkSet(parse_network_list(settings.trusted_proxies))
+        self.consent_salts = DailySalts(deps.nc.jetstream(), deps.subjects)
         self._request_counters: dict[tuple[str, int], Any] = {}
         self._active_requests = 0
         self._idle = asyncio.Event()
@@ -268,8 +279,13 @@ class IngestApi:
         except _Refused as refused:
             return refused.response
 
+        project_id = write_key.key.project_id or ""
+        try:
+            collection = await self._collection_rules(write_key, project_id, received_at)
+        except _Refused as refused:
+            return refused.response
         info = RequestInfo(
-            project_id=write_key.key.project_id or "",
+            project_id=project_id,
             received_at=received_at,
             limits=self.limits,
             sent_at=batch.get("sent_at"),
@@ -277,6 +293,10 @@ class IngestApi:
             fallback_user_agent=(
                 request.headers.get("User-Agent") if "Origin" in request.headers else None
             ),
+            client_ip=client_ip(
+                request.remote, request.headers.get("X-Forwarded-For"), self.trusted_proxies
+            ),
+            collection=collection,
         )
         try:
             events, rejected, skipped = self._events(items, kind, info)
@@ -318,6 +338,28 @@ class IngestApi:
         if skipped:
             payload["skipped"] = skipped
         return _json(200, payload)
+
+    async def _collection_rules(
+        self, write_key: WriteKey, project_id: str, received_at: datetime
+    ) -> CollectionRules:
+        """Geo, bot ranges and the project's privacy policy for one request's events."""
+        privacy = write_key.privacy
+        rules = CollectionRules(privacy, self.geo, self.bot_networks)
+        if rules.needs_cookieless_ids:
+            try:
+                salt = await self.consent_salts.salt_for(received_at.date())
+            except SaltsUnavailable as exc:
+                log.warning("cookieless salt unavailable", reason=str(exc))
+                raise _Refused(
+                    _error(503, f"events not accepted: {exc}; retry later", {"Retry-After": "2"})
+                ) from exc
+
+            def visitor_id(ip: str | None, user_agent: str | None) -> str:
+                return cookieless_id(salt, project_id, ip or "", user_agent or "")
+
+            id_of: CookielessIdOf = visitor_id
+            rules.cookieless_id = id_of
+        return rules
 
     async def _authenticate(self, secret: str) -> WriteKey:
         try:
@@ -472,6 +514,12 @@ def build_app(settings: IngestSettings, deps: IngestDeps) -> web.Application:
 
     async def postgres_ready() -> None:
         await deps.pool.fetchval("SELECT 1")
+
+    async def close_geo(_: web.Application) -> None:
+        if api.geo is not None:
+            api.geo.close()
+
+    app.on_cleanup.append(close_geo)
 
     # Ingest has no background loop: it is alive while it answers HTTP.
     add_health_routes(
