@@ -1,8 +1,10 @@
 """User agent -> browser, OS, device type and bot flag.
 
-Parsing uses ua-parser's maintained uap-core regexes (its device family "Spider" is their bot
-list). A full parse costs about a millisecond, so results are cached per distinct user agent:
-real traffic repeats a few thousand agents, so nearly every event is a cache hit.
+Parsing uses ua-parser's maintained uap-core regexes. An agent is a bot when uap-core's device
+family is "Spider", when it matches the maintained crawler-user-agents pattern list (about 1,500
+crawlers, scrapers and monitors), or when it matches AUTOMATED_CLIENT below (headless browsers
+and HTTP libraries). A full parse costs about a millisecond, so results are cached per distinct
+user agent: real traffic repeats a few thousand agents, so nearly every event is a cache hit.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import re
 from functools import lru_cache
 from typing import NamedTuple
 
+from crawleruseragents import is_crawler
 from ua_parser import parse
 
 # Automated clients uap-core does not call "Spider": headless and test browsers, uptime
@@ -89,7 +92,11 @@ def parse_user_agent(user_agent: str) -> UserAgentInfo:
     device_family = device.family if device is not None else ""
     device_brand = (device.brand or "") if device is not None else ""
     os_family = os.family if os is not None else None
-    is_bot = device_family == "Spider" or AUTOMATED_CLIENT.search(user_agent) is not None
+    is_bot = (
+        device_family == "Spider"
+        or AUTOMATED_CLIENT.search(user_agent) is not None
+        or is_crawler(user_agent)
+    )
     return UserAgentInfo(
         browser=agent.family if agent is not None else None,
         browser_version=_version(agent.major, agent.minor) if agent is not None else None,

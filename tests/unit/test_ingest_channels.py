@@ -13,6 +13,7 @@ from services.ingest.traffic_sources import (
     search_engine,
     social_network,
 )
+from services.ingest.user_agents import parse_user_agent
 
 
 @pytest.mark.parametrize(
@@ -116,3 +117,28 @@ def test_click_ids_are_read_from_the_page_url() -> None:
     assert parse_page_url("https://shop.example/?fbclid=x").click_id == "fbclid"
     assert parse_page_url("https://shop.example/?dclid=x&gclid=y").click_id == "dclid"
     assert parse_page_url("https://shop.example/?rdt_cid=1").click_id == "rdt_cid"
+
+
+@pytest.mark.parametrize(
+    ("user_agent", "is_bot"),
+    [
+        ("Mozilla/5.0 (compatible; SemrushBot/7~bl; +http://www.semrush.com/bot.html)", True),
+        # Only the maintained crawler list knows these (no "bot", "crawl" or "spider").
+        ("Mediapartners-Google", True),
+        ("GoogleOther", True),
+        ("Mozilla/4.5 (compatible; HTTrack 3.0x; Windows 98)", True),
+        ("PostRank/2.0 (postrank.com)", True),
+        (
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"
+            " Chrome/120.0.0.0 Safari/537.36 Edg/120.0.0.0",
+            False,
+        ),
+        (
+            "Mozilla/5.0 (Linux; Android 14; SM-S918B) AppleWebKit/537.36 (KHTML, like Gecko)"
+            " SamsungBrowser/23.0 Chrome/115.0.0.0 Mobile Safari/537.36",
+            False,
+        ),
+    ],
+)
+def test_bot_user_agents(user_agent: str, is_bot: bool) -> None:
+    assert parse_user_agent(user_agent).is_bot is is_bot
