@@ -41,3 +41,7 @@ schemas:
 # Render the Kubernetes base (deploy/k8s) as applied by `kubectl apply -k`
 k8s:
     kubectl kustomize deploy/k8s
+
+# Rebuild the browser tracker's minified script (services/ingest/tracker/strata.min.js)
+tracker:
+    sh services/ingest/tracker/build.sh

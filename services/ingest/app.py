@@ -38,7 +38,12 @@ from services.ingest.auth import (
     key_from_authorization,
 )
 from services.ingest.collection import CollectionRules, CookielessIdOf
-from services.ingest.cookieless import DailySalts, SaltsUnavailable, cookieless_id
+from services.ingest.cookieless import (
+    DailySalts,
+    SaltsUnavailable,
+    cookieless_id,
+    sent_by_tracker,
+)
 from services.ingest.event_mapping import (
     ItemSkipped,
     RequestInfo,
@@ -56,6 +61,7 @@ from services.ingest.segment_payloads import (
     segment_message_decoder,
     write_key_decoder,
 )
+from services.ingest.tracker.script import add_tracker_routes
 from services.ingest.validation import (
     ISO_TIME_HINT,
     EventLimits,
@@ -299,6 +305,10 @@ class IngestApi:
             collection=collection,
         )
         try:
+            if sent_by_tracker(info.context):
+                info.cookieless_id = await self._tracker_visitor_id(
+                    project_id, info.client_ip, request.headers.get("User-Agent")
+                )
             events, rejected, skipped = self._events(items, kind, info)
         except _Refused as refused:
             return refused.response
@@ -360,6 +370,20 @@ class IngestApi:
             id_of: CookielessIdOf = visitor_id
             rules.cookieless_id = id_of
         return rules
+
+    async def _tracker_visitor_id(
+        self, project_id: str, ip: str | None, user_agent: str | None
+    ) -> str:
+        """Today's cookieless id of the browser tracker's visitor (used for its events that
+        carry no id: sent before consent)."""
+        try:
+            salt = await self.consent_salts.salt_for(datetime.now(UTC).date())
+        except SaltsUnavailable as exc:
+            log.warning("cookieless salt unavailable", reason=str(exc))
+            raise _Refused(
+                _error(503, f"events not accepted: {exc}; retry later", {"Retry-After": "2"})
+            ) from exc
+        return cookieless_id(salt, project_id, ip or "", user_agent or "")
 
     async def _authenticate(self, secret: str) -> WriteKey:
         try:
@@ -520,6 +544,8 @@ def build_app(settings: IngestSettings, deps: IngestDeps) -> web.Application:
             api.geo.close()
 
     app.on_cleanup.append(close_geo)
+
+    add_tracker_routes(app)
 
     # Ingest has no background loop: it is alive while it answers HTTP.
     add_health_routes(

@@ -153,10 +153,12 @@ def segment_event(message: SegmentMessage, event_type: str | None, request: Requ
         group_id = _bounded_id(message.groupId, "groupId", limits)
         if group_id is None:
             raise ItemRejected("groupId is required for group")
-    distinct_id = anonymous_id or user_id
-    cookieless = distinct_id is None and request.cookieless_id is not None
+    # The browser tracker sends no anonymousId before consent: the device key is then the id
+    # ingest derived (so an identify links the day's visit to the user, as a stored id would).
+    cookieless = anonymous_id is None and request.cookieless_id is not None
     if cookieless:
-        distinct_id = request.cookieless_id
+        anonymous_id = request.cookieless_id
+    distinct_id = anonymous_id or user_id
     if distinct_id is None:
         raise ItemRejected("userId or anonymousId is required")
 

@@ -1,0 +1,1 @@
+"""The browser tracker (strata.js) and how ingest serves it at GET /t.js."""

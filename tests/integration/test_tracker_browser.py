@@ -1,0 +1,346 @@
+"""The browser tracker in real headless Chromium (Debian's package, driven by Playwright): a
+test page served locally loads /t.js from an in-process ingest, and what the visitor does
+arrives on the raw stream with the right fields, without any client storage before consent."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from nats.js import JetStreamContext
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+
+from libs.common.schemas.events_v1 import EventV1
+from libs.common.subjects import Subjects
+from services.ingest.cookieless import salts_bucket
+from tests.support.browser import CHROMIUM_ARGS, ensure_chromium
+from tests.support.project import TestProject
+from tests.support.tracker import RunningIngest, start_ingest
+
+pytestmark = pytest.mark.infra
+
+# A desktop Chrome's agent: HeadlessChrome's own would be flagged as a bot, which is right for
+# crawlers but not what these tests model.
+VISITOR_AGENT = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)"
+    " Chrome/156.0.0.0 Safari/537.36"
+)
+# Calls made before t.js loads are queued by this stub (docs/tracker.md).
+QUEUE_STUB = (
+    "window.strata=window.strata||[];['track','page','identify','reset','consent']"
+    ".forEach(function(m){strata[m]=strata[m]||function(){"
+    "strata.push([m].concat([].slice.call(arguments)))}})"
+)
+
+SHOP_PAGE = """<!doctype html>
+<html><head><title>Shop</title>{head}
+<script src="{ingest}/t.js" data-write-key="{key}" {attributes} defer></script></head>
+<body style="margin:0">
+<h1 style="font-size:48px">Strata test shop</h1>
+<p style="font-size:24px">Everything a visitor needs to find, painted large enough for LCP.</p>
+<button id="signup" data-analytics="Signup Click" data-analytics-plan="pro"
+  data-analytics-billing-cycle="yearly">Sign up</button>
+<form id="newsletter" action="/subscribe"><input name="topic" value="news">
+  <button id="join" type="submit">Join</button></form>
+<a id="partner" href="{partner}/landing.html">Our partner</a>
+<div style="height:4000px"></div>
+<script>
+  // A slow click handler, so the interaction is long enough to be measured for INP.
+  document.getElementById('signup').addEventListener('click', function () {{
+    var end = performance.now() + 80; while (performance.now() < end) {{}}
+  }});
+  document.getElementById('newsletter').addEventListener('submit', function (e) {{
+    e.preventDefault();
+  }});
+</script>
+</body></html>"""
+
+
+class Site:
+    """The test pages: `shop` on http://localhost:PORT, `partner` on http://127.0.0.1:PORT
+    (another host, so links to it are outbound)."""
+
+    def __init__(self, ingest: RunningIngest, write_key: str) -> None:
+        self.ingest = ingest
+        self.write_key = write_key
+        self.server: TestServer | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/{page}.html", self._page)
+        self.server = TestServer(app, host="127.0.0.1")
+        await self.server.start_server()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None and self.server.port is not None
+        return self.server.port
+
+    @property
+    def shop(self) -> str:
+        return f"http://localhost:{self.port}"
+
+    @property
+    def partner(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _page(self, request: web.Request) -> web.Response:
+        query = request.query
+        html = SHOP_PAGE.format(
+            head=f"<script>{QUEUE_STUB};{query['early']}</script>" if "early" in query else "",
+            ingest=self.ingest.origin,
+            key=self.write_key,
+            attributes=query.get("attributes", ""),
+            partner=self.partner,
+        )
+        return web.Response(text=html, content_type="text/html")
+
+    async def close(self) -> None:
+        if self.server is not None:
+            await self.server.close()
+
+
+@pytest.fixture
+async def site(
+    nats_url: str,
+    js: JetStreamContext,
+    subjects: Subjects,
+    pool: asyncpg.Pool,
+    project: TestProject,
+) -> AsyncIterator[Site]:
+    ingest = await start_ingest(nats_url, js, subjects, pool)
+    pages = Site(ingest, project.write_key)
+    await pages.start()
+    try:
+        yield pages
+    finally:
+        await pages.close()
+        await ingest.close()
+        try:
+            await js.delete_key_value(salts_bucket(subjects))
+        except Exception:
+            pass
+
+
+@pytest.fixture(scope="module")
+def chromium_path() -> str:
+    return str(ensure_chromium())
+
+
+@pytest.fixture
+async def browser(chromium_path: str) -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            # Browser-wide too: beacons sent while a page unloads use the browser's agent.
+            executable_path=chromium_path,
+            args=[*CHROMIUM_ARGS, f"--user-agent={VISITOR_AGENT}"],
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest.fixture
+async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
+    opened = await browser.new_context(user_agent=VISITOR_AGENT)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def _loaded(page: Page, url: str) -> None:
+    await page.goto(url)
+    await page.wait_for_function("window.strata && window.strata.v === 1")
+
+
+async def _storage(page: Page) -> list[Any]:
+    return list(
+        await page.evaluate("[document.cookie, localStorage.length, sessionStorage.length]")
+    )
+
+
+def _named(events: list[EventV1], name: str) -> list[EventV1]:
+    # Retries and beacons may carry an event twice: one event id is one event.
+    unique = {event.event_id: event for event in events if event.name == name}
+    return list(unique.values())
+
+
+def _has(*names: str, pageviews: int = 0) -> Any:
+    def arrived(events: list[EventV1]) -> bool:
+        found = {event.name for event in events}
+        return set(names) <= found and len(_named(events, "$pageview")) >= pageviews
+
+    return arrived
+
+
+async def test_a_visit_before_consent_arrives_complete_and_stores_nothing(
+    site: Site, context: BrowserContext
+) -> None:
+    page = await context.new_page()
+    await _loaded(page, f"{site.shop}/shop.html")
+    assert await _storage(page) == ["", 0, 0]
+
+    await page.evaluate("history.pushState({}, '', '/pricing')")
+    await page.evaluate("location.hash = 'faq'")
+    await page.wait_for_function("location.hash === '#faq'")
+    await page.click("#signup")
+    await page.evaluate(
+        "setTimeout(function () { throw new Error('boom') }, 0);"
+        "setTimeout(function () { Promise.reject(new Error('nope')) }, 0);"
+    )
+    await page.click("#join")
+    await page.evaluate("window.scrollTo(0, 1000)")
+    await page.evaluate("strata.identify('user-7', {plan: 'pro'})")
+    await page.evaluate("strata.track('Checkout Started', {value: 42})")
+    assert await _storage(page) == ["", 0, 0]
+    # Leaving through an outbound link: the page's last events go by sendBeacon at pagehide.
+    await page.click("#partner")
+    await page.wait_for_url(f"{site.partner}/landing.html")
+
+    events = await site.ingest.wait_for_events(
+        _has(
+            "Signup Click",
+            "$error",
+            "$form_submit",
+            "$identify",
+            "Checkout Started",
+            "$outbound_click",
+            "$web_vitals",
+            "$page_leave",
+            pageviews=4,
+        )
+    )
+    assert {event.project_id for event in events} == {"acme"}
+    assert {(event.browser, event.is_bot) for event in events} == {("Chrome", False)}
+
+    pageviews = sorted(_named(events, "$pageview"), key=lambda event: event.ts)
+    assert [(event.path, event.url) for event in pageviews] == [
+        ("/shop.html", f"{site.shop}/shop.html"),
+        ("/pricing", f"{site.shop}/pricing"),
+        ("/pricing", f"{site.shop}/pricing#faq"),
+        ("/landing.html", f"{site.partner}/landing.html"),
+    ]
+    assert pageviews[0].title == "Shop"
+    # SPA navigation: the page navigated from is the referrer, inside the site.
+    assert pageviews[1].referrer == f"{site.shop}/shop.html"
+    # Across origins the browser's default referrer policy sends only the origin.
+    assert pageviews[3].referrer == f"{site.shop}/"
+
+    # Cookieless: no client id; ingest derived one visitor id, the same on the partner site
+    # (same project, address and browser, same day), and it is the device key of every event.
+    visitors = {event.distinct_id for event in events}
+    assert len(visitors) == 1 and next(iter(visitors)).startswith("cl-")
+    assert all(event.properties.get("$cookieless") is True for event in events)
+
+    [signup] = _named(events, "Signup Click")
+    assert signup.properties["plan"] == "pro"
+    assert signup.properties["billing_cycle"] == "yearly"
+    assert signup.path == "/pricing" and signup.user_id is None
+
+    errors = {event.properties.get("kind", "error"): event for event in _named(events, "$error")}
+    assert "boom" in errors["error"].properties["message"]
+    assert errors["error"].properties["line"] > 0
+    assert "nope" in errors["unhandledrejection"].properties["message"]
+
+    [form] = _named(events, "$form_submit")
+    assert form.properties["form_id"] == "newsletter"
+    assert form.properties["action"] == "/subscribe"
+
+    [identify] = _named(events, "$identify")
+    assert identify.type == "identify"
+    assert (identify.user_id, identify.traits) == ("user-7", {"plan": "pro"})
+    [checkout] = _named(events, "Checkout Started")
+    assert checkout.user_id == "user-7" and checkout.properties["value"] == 42
+
+    [outbound] = _named(events, "$outbound_click")
+    assert outbound.properties["url"] == f"{site.partner}/landing.html"
+    assert outbound.properties["text"] == "Our partner"
+
+    [vitals] = _named(events, "$web_vitals")
+    assert vitals.non_interactive is True
+    assert vitals.path == "/shop.html"  # measured for the page as loaded
+    for metric in ("lcp", "fcp", "ttfb", "inp"):
+        assert isinstance(vitals.properties[metric], int), metric
+        assert vitals.properties[metric] >= 0
+    assert vitals.properties["inp"] >= 80  # the slow click handler
+    assert isinstance(vitals.properties["cls"], int | float)
+
+    leaves = {event.url: event for event in _named(events, "$page_leave")}
+    last = leaves[f"{site.shop}/pricing#faq"]
+    assert last.non_interactive is True
+    assert last.properties["engaged_ms"] > 0
+    assert 0 < last.properties["scroll_depth"] <= 100
+
+    # No cookie and no storage on either origin, at any point.
+    assert await context.cookies() == []
+    state = await context.storage_state()
+    assert all(not origin["localStorage"] for origin in state["origins"])
+
+
+async def test_after_consent_the_visitor_keeps_one_anonymous_id(
+    site: Site, context: BrowserContext
+) -> None:
+    page = await context.new_page()
+    # Consent and an event called before t.js loaded (the queue stub).
+    early = "strata.consent({analytics: true}); strata.track('Early Bird', {n: 1})"
+    await _loaded(page, f"{site.shop}/shop.html?early={early}")
+    stored_id = await page.evaluate("localStorage.getItem('strata_aid')")
+    assert stored_id
+    await page.evaluate("strata.track('Second Visit Soon')")
+    await page.reload()
+    await page.wait_for_function("window.strata && window.strata.v === 1")
+    await page.evaluate("strata.track('After Reload')")
+
+    events = await site.ingest.wait_for_events(
+        _has("Early Bird", "Second Visit Soon", "After Reload", pageviews=2)
+    )
+    assert {event.anonymous_id for event in events} == {stored_id}
+    assert {event.distinct_id for event in events} == {stored_id}
+    assert not any("$cookieless" in event.properties for event in events)
+    # The queued call runs once per page load (the page was loaded twice).
+    early_birds = _named(events, "Early Bird")
+    assert [event.properties for event in early_birds] == [{"n": 1}, {"n": 1}]
+
+    # Withdrawing consent clears everything the tracker stored.
+    await page.evaluate("strata.consent({analytics: false})")
+    assert [key for key in await page.evaluate("Object.keys(localStorage)")] == []
+
+
+async def test_do_not_track_and_gpc_are_honoured_when_the_tag_says_so(
+    site: Site, browser: Browser
+) -> None:
+    opted_out = await browser.new_context(user_agent=VISITOR_AGENT)
+    await opted_out.add_init_script(
+        "Object.defineProperty(navigator, 'globalPrivacyControl', {get: () => true})"
+    )
+    try:
+        batches: list[str] = []
+        page = await opted_out.new_page()
+        page.on(
+            "request",
+            lambda request: (
+                batches.append(request.post_data or "")
+                if request.url.endswith("/v1/batch")
+                else None
+            ),
+        )
+        await _loaded(page, f"{site.shop}/shop.html?attributes=data-respect-dnt")
+        await page.evaluate("strata.track('Ignored'); strata.flush()")
+        await page.click("#signup")
+        # Leaving would beacon anything queued: nothing is.
+        await page.goto(f"{site.partner}/shop.html")
+        await page.wait_for_function("window.strata && window.strata.v === 1")
+        # The partner page's tag does not ask for it: the same browser is counted there.
+        await page.evaluate("strata.track('Counted')")
+        await page.evaluate("strata.flush()")
+        events = await site.ingest.wait_for_events(_has("Counted"))
+    finally:
+        await opted_out.close()
+    assert [event for event in events if (event.url or "").startswith(site.shop)] == []
+    assert batches and not any("Ignored" in body or "Signup" in body for body in batches)

@@ -1,0 +1,57 @@
+"""Debian's Chromium for the browser tests, installed on first use where we may (never
+Playwright's own browser downloads, which this project's machines cannot fetch)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+
+
+def _progress(message: str) -> None:
+    # Straight to the terminal: pytest captures stdout, and an install takes a minute or two.
+    print(f"[browser tests] {message}", file=sys.__stderr__, flush=True)
+
+
+def ensure_chromium() -> Path:
+    """/usr/bin/chromium, installed with apt-get when missing and we are root; otherwise the
+    calling test fails saying what to install."""
+    if CHROMIUM.exists():
+        return CHROMIUM
+    apt_get = shutil.which("apt-get")
+    if apt_get is None or os.geteuid() != 0:
+        pytest.fail(
+            "the browser tests need Debian's chromium at /usr/bin/chromium: "
+            "run `sudo apt-get install -y chromium` (or the equivalent for this system)",
+            pytrace=False,
+        )
+    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for step in (["update"], ["install", "-y", "chromium"]):
+        _progress(f"running apt-get {' '.join(step)} ...")
+        done = subprocess.run(
+            [apt_get, *step], env=environment, capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            pytest.fail(
+                f"apt-get {' '.join(step)} failed ({done.returncode}):\n{done.stderr[-2000:]}",
+                pytrace=False,
+            )
+    if not CHROMIUM.exists():
+        pytest.fail("apt-get installed chromium but /usr/bin/chromium is missing", pytrace=False)
+    _progress("chromium installed")
+    return CHROMIUM
