@@ -117,6 +117,20 @@ class QuerySettings(CommonSettings, frozen=True, kw_only=True):
     key_cache_ttl_s: float = 10.0  # how long a looked-up read key is trusted before re-checking
     max_buckets: int = 5000  # output buckets one metrics request may ask for
     pool_size: int = 10
+    # Event scans of the analyses (docs/storage.md, "Columnar day files"): closed days come
+    # from Parquet day files through a bounded local cache, the rest from PostgreSQL. The
+    # object store options mean what they mean for the tiering service (same variables).
+    object_store: str = ""  # file:///path or oci://namespace/bucket; default under data_dir
+    data_dir: str = ".strata"
+    day_file_cache_dir: str = ""  # default: <data_dir>/cache/day-files
+    day_file_cache_bytes: int = 2 * 1024**3  # local copies of day files kept, LRU beyond it
+    duckdb_threads: int = 2  # threads of the process's one DuckDB instance, all scans together
+    duckdb_memory_limit: str = "1GB"
+    oci_config_file: str = "~/.oci/config"
+    oci_profile: str = "DEFAULT"
+    oci_auth: str = "config"
+    oci_endpoint: str = ""
+    object_store_threads: int = 8
 
 
 class TieringSettings(CommonSettings, frozen=True, kw_only=True):
@@ -135,6 +149,12 @@ class TieringSettings(CommonSettings, frozen=True, kw_only=True):
     oci_kms_key_id: str = ""  # Vault master key OCID for server-side encryption; empty: Oracle's
     object_store_threads: int = 8  # blocking SDK / file calls in flight at once
     file_restore_delay_s: float = 2.0  # file:// store: how long a restore takes to complete
+    # Columnar day files (docs/storage.md): each closed UTC day exported as Parquet parts.
+    day_export_grace_s: float = 1800.0  # export a day this long after it ended (late stragglers)
+    day_file_row_group_rows: int = 131072
+    day_file_zstd_level: int = 3
+    day_file_max_late_parts: int = 8  # past this, a day's late parts are merged into one
+    day_file_superseded_grace_s: float = 3600.0  # replaced parts' objects kept this long
 
 
 class StackSettings(CommonSettings, frozen=True, kw_only=True):

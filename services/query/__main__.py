@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from pathlib import Path
 
 import asyncpg
 import structlog
 import uvloop
 from aiohttp import web
 
+from libs.common.day_files import DayFileCache
 from libs.common.db import create_pool
 from libs.common.nats_io import connect, ensure_streams
+from libs.common.object_store import (
+    ObjectStore,
+    ObjectStoreOptions,
+    default_store_url,
+    open_object_store,
+)
 from libs.common.observability import configure_logging, configure_tracing
 from libs.common.settings import QuerySettings, from_env
 from libs.common.subjects import Subjects
 from services.query.app import build_app
 from services.query.dependencies import QueryDeps
+from services.query.scan_engine import ScanEngine
 
 log = structlog.get_logger("query")
 
@@ -36,6 +45,29 @@ async def _connect_postgres(dsn: str, size: int, stop: asyncio.Event) -> asyncpg
     return None
 
 
+def _object_store(settings: QuerySettings) -> ObjectStore:
+    """The store the tiering service writes day files to (same variables, same default)."""
+    return open_object_store(
+        settings.object_store or default_store_url(settings.data_dir),
+        ObjectStoreOptions(
+            threads=settings.object_store_threads,
+            oci_auth=settings.oci_auth,
+            oci_config_file=settings.oci_config_file,
+            oci_profile=settings.oci_profile,
+            oci_endpoint=settings.oci_endpoint,
+        ),
+    )
+
+
+def _scan_engine(settings: QuerySettings, store: ObjectStore) -> ScanEngine:
+    cache_dir = settings.day_file_cache_dir or str(Path(settings.data_dir) / "cache" / "day-files")
+    return ScanEngine(
+        DayFileCache(Path(cache_dir), settings.day_file_cache_bytes, store),
+        threads=settings.duckdb_threads,
+        memory_limit=settings.duckdb_memory_limit,
+    )
+
+
 async def serve(settings: QuerySettings) -> None:
     """Serve until SIGTERM/SIGINT, then end live streams, drain NATS and close the pool."""
     stop = asyncio.Event()
@@ -48,7 +80,11 @@ async def serve(settings: QuerySettings) -> None:
     nc = await connect(settings.nats_url, "strata-query")
     subjects = Subjects(settings.nats_prefix)
     await ensure_streams(nc.jetstream(), subjects)
-    app = build_app(settings, QueryDeps(pool=pool, nc=nc, subjects=subjects))
+    store = _object_store(settings)
+    scan_engine = _scan_engine(settings, store)
+    app = build_app(
+        settings, QueryDeps(pool=pool, nc=nc, subjects=subjects, scan_engine=scan_engine)
+    )
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.query_port).start()
@@ -57,6 +93,8 @@ async def serve(settings: QuerySettings) -> None:
     log.info("stopping")
     await runner.cleanup()  # closes live streams (on_shutdown), then waits for requests
     await nc.drain()
+    scan_engine.close()
+    await store.close()
     await pool.close()
     log.info("stopped")
 

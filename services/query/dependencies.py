@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from libs.common.settings import QuerySettings
 from libs.common.subjects import Subjects
+from services.query.scan_engine import ScanEngine
 
 
 @dataclass
@@ -22,6 +23,9 @@ class QueryDeps:
     nc: NATS
     subjects: Subjects
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    # Event scans for the analyses (services/query/event_scan.py): DuckDB plus the day-file
+    # cache. The default reads every day from PostgreSQL (no object store).
+    scan_engine: ScanEngine = field(default_factory=ScanEngine)
 
 
 class ApiError(Exception):

@@ -1,0 +1,425 @@
+"""One view of a project's events over any time range, whichever tier holds each day: the
+analyses (funnels, retention, paths, cohorts, ...) are written once against `events_scan`.
+
+Per UTC day of the range:
+- a day with active parts is read from its day files (through the local cache), plus the rows
+  PostgreSQL received for it after its last part: `inserted_xid >= watermark`, where the
+  watermark is the end of the xid range the parts cover, so no row is read twice or missed;
+- any other day is read from PostgreSQL (asyncpg COPY -> Arrow -> DuckDB), only the columns the
+  view needs.
+
+    scan = await open_scan(deps, "acme", start, end, include_bots=False)
+    try:
+        rows = await scan.query("SELECT name, count(*) FROM events_scan GROUP BY name")
+    finally:
+        scan.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from typing import Any, Protocol
+
+import asyncpg
+import duckdb
+import msgspec
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from libs.common.day_files import DayPart, active_parts, day_bounds, days_between
+from libs.common.day_files.postgres_rows import (
+    ProjectId,
+    event_query,
+    event_schema,
+    fetch_rows,
+    literal,
+)
+from libs.common.object_store import ObjectArchived, ObjectNotFound
+from services.query.scan_engine import ScanEngine
+
+# The view's columns, in order (person_id is computed; the others are stored columns).
+SCAN_COLUMNS = (
+    "project_id",
+    "ts",
+    "event_id",
+    "name",
+    "person_id",
+    "distinct_id",
+    "user_id",
+    "session_id",
+    "path",
+    "url",
+    "title",
+    "referrer_domain",
+    "channel",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "browser",
+    "os",
+    "device_type",
+    "country",
+    "is_bot",
+    "non_interactive",
+    "properties",
+)
+STORED_COLUMNS = tuple(c for c in SCAN_COLUMNS if c != "person_id")
+
+
+class ScanSources(Protocol):
+    """Where scans read from: QueryDeps, or anything with these two attributes."""
+
+    pool: asyncpg.Pool
+    scan_engine: ScanEngine
+
+
+class TierRead(msgspec.Struct, frozen=True):
+    """Rows read from one tier for a request and the time spent getting them."""
+
+    tier: str  # "hot": PostgreSQL; "cold": day files from the object store
+    rows: int
+    ms: float
+
+
+class ArchivedDaysError(Exception):
+    """Some days of the range are held only by Archive-tier files that are not restored."""
+
+    def __init__(self, days: Sequence[date], parts: Sequence[DayPart]) -> None:
+        shown = ", ".join(d.isoformat() for d in days[:10])
+        more = f" and {len(days) - 10} more" if len(days) > 10 else ""
+        super().__init__(f"days {shown}{more} are archived; restore them to read them")
+        self.days = list(days)
+        self.parts = list(parts)
+
+
+class EventScan:
+    """A DuckDB connection holding the view `events_scan` and the table `persons` for one
+    project and range, and which tiers filled them. Close it (or use `async with`)."""
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        *,
+        project_id: str,
+        start: datetime,
+        end: datetime,
+        tiers: list[TierRead],
+        file_days: list[date],
+        missing_days: list[date],
+        engine: ScanEngine,
+        pinned: list[DayPart],
+    ) -> None:
+        self.con = con
+        self.project_id = project_id
+        self.start = start
+        self.end = end
+        self.tiers = tiers
+        self.file_days = file_days  # days read from day files (plus their late rows)
+        self.missing_days = missing_days  # archived days left out (allow_partial only)
+        self._engine = engine
+        self._pinned = pinned
+        self._closed = False
+
+    async def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run SQL against the scan in a worker thread (DuckDB releases the GIL)."""
+
+        def run() -> list[tuple[Any, ...]]:
+            return self.con.execute(sql, params or []).fetchall()
+
+        return await asyncio.to_thread(run)
+
+    async def query_arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
+        """Like `query`, returning an Arrow table."""
+
+        def run() -> pa.Table:
+            return self.con.execute(sql, params or []).to_arrow_table()
+
+        return await asyncio.to_thread(run)
+
+    def close(self) -> None:
+        """Release the connection and unpin the day files."""
+        if self._closed:
+            return
+        self._closed = True
+        self.con.close()
+        if self._engine.cache is not None and self._pinned:
+            self._engine.cache.release(self._pinned)
+
+    async def __aenter__(self) -> EventScan:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning
+
+
+class _Plan(msgspec.Struct, kw_only=True):
+    file_parts: list[DayPart]
+    file_days: list[date]
+    missing_days: list[date]
+    # (lo, hi, min_xid): read rows of [lo, hi) from PostgreSQL, those with inserted_xid >=
+    # min_xid when set (late rows of a day with files).
+    postgres_ranges: list[tuple[datetime, datetime, int | None]]
+
+
+def _plan(
+    days: list[date],
+    parts: list[DayPart],
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    allow_partial: bool,
+) -> _Plan:
+    by_day: dict[date, list[DayPart]] = defaultdict(list)
+    for part in parts:
+        by_day[part.day].append(part)
+    archived = {d: ps for d, ps in by_day.items() if not all(p.readable_at(now) for p in ps)}
+    if archived and not allow_partial:
+        raise ArchivedDaysError(
+            sorted(archived), [p for ps in archived.values() for p in ps if not p.readable_at(now)]
+        )
+    file_parts: list[DayPart] = []
+    file_days: list[date] = []
+    ranges: list[tuple[datetime, datetime, int | None]] = []
+    run_start: datetime | None = None
+    for day in days:
+        lo, hi = day_bounds(day)
+        lo, hi = max(lo, start), min(hi, end)
+        if day in by_day and day not in archived:
+            file_parts.extend(by_day[day])
+            file_days.append(day)
+            ranges.append((lo, hi, max(p.xid_to for p in by_day[day])))
+        if day in by_day:
+            if run_start is not None:
+                ranges.append((run_start, lo, None))
+                run_start = None
+        elif run_start is None:
+            run_start = lo
+    if run_start is not None:
+        ranges.append((run_start, end, None))
+    return _Plan(
+        file_parts=file_parts,
+        file_days=file_days,
+        missing_days=sorted(archived),
+        postgres_ranges=ranges,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def _hot_query(
+    project_id: str, ranges: list[tuple[datetime, datetime, int | None]], include_bots: bool
+) -> str:
+    project = literal(ProjectId(project_id))
+    branches = []
+    for lo, hi, min_xid in ranges:
+        where = f"e.project_id = {project} AND e.ts >= {literal(lo)} AND e.ts < {literal(hi)}"
+        if min_xid is not None:
+            where += f" AND e.inserted_xid >= {literal(min_xid)}"
+        if not include_bots:
+            where += " AND NOT e.is_bot"
+        branches.append(event_query(STORED_COLUMNS, where))
+    return " UNION ALL ".join(branches)
+
+
+async def _copy_csv(pool: asyncpg.Pool, query: str, types: dict[str, pa.DataType]) -> pa.Table:
+    chunks: list[bytes] = []
+
+    async def collect(chunk: bytes) -> None:
+        chunks.append(chunk)
+
+    async with pool.acquire() as conn:
+        await conn.copy_from_query(query, output=collect, format="csv", header=True)
+    return pacsv.read_csv(
+        pa.BufferReader(b"".join(chunks)),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types=types, strings_can_be_null=True, quoted_strings_can_be_null=False
+        ),
+    )
+
+
+async def _read_aliases(pool: asyncpg.Pool, project_id: str) -> pa.Table:
+    query = (
+        "SELECT distinct_id, person_id FROM person_aliases"
+        f" WHERE project_id = {literal(ProjectId(project_id))}"
+    )
+    return await _copy_csv(pool, query, {"distinct_id": pa.string(), "person_id": pa.string()})
+
+
+async def _read_persons(pool: asyncpg.Pool, project_id: str) -> pa.Table:
+    query = (
+        "SELECT person_id, traits::text AS traits,"
+        " (extract(epoch FROM first_seen) * 1000000)::bigint AS first_seen"
+        f" FROM persons WHERE project_id = {literal(ProjectId(project_id))}"
+    )
+    table = await _copy_csv(
+        pool, query, {"person_id": pa.string(), "traits": pa.string(), "first_seen": pa.int64()}
+    )
+    return table.set_column(
+        2, "first_seen", table.column("first_seen").cast(pa.timestamp("us", tz="UTC"))
+    )
+
+
+async def _read_hot(
+    pool: asyncpg.Pool,
+    project_id: str,
+    ranges: list[tuple[datetime, datetime, int | None]],
+    include_bots: bool,
+) -> tuple[pa.Table, float]:
+    started = time.perf_counter()
+    if not ranges:
+        return _empty_rows(), 0.0
+    async with pool.acquire() as conn:
+        table = await fetch_rows(conn, _hot_query(project_id, ranges, include_bots), STORED_COLUMNS)
+    return table, (time.perf_counter() - started) * 1000
+
+
+def _empty_rows() -> pa.Table:
+    return event_schema(STORED_COLUMNS).empty_table()
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _sql_instant(value: datetime) -> str:
+    return f"TIMESTAMPTZ {_sql_string(value.astimezone(UTC).isoformat())}"
+
+
+def _build_view(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    paths: list[str],
+    hot: pa.Table,
+    aliases: pa.Table,
+    persons: pa.Table | None,
+    start: datetime,
+    end: datetime,
+    include_bots: bool,
+) -> None:
+    columns = ", ".join(STORED_COLUMNS)
+    con.register("strata_hot_rows", hot)
+    con.register("strata_aliases", aliases)
+    sources = [f"SELECT {columns} FROM strata_hot_rows"]
+    if paths:
+        files = "[" + ", ".join(_sql_string(p) for p in paths) + "]"
+        # union_by_name: parts written before a column was added read it as NULL.
+        sources.insert(0, f"SELECT {columns} FROM read_parquet({files}, union_by_name = true)")
+    outputs = ", ".join(
+        "COALESCE(a.person_id, e.user_id, e.distinct_id) AS person_id"
+        if c == "person_id"
+        else f"e.{c}"
+        for c in SCAN_COLUMNS
+    )
+    where = f"e.ts >= {_sql_instant(start)} AND e.ts < {_sql_instant(end)}"
+    if not include_bots:
+        where += " AND NOT e.is_bot"
+    con.execute(
+        f"CREATE TEMP VIEW events_scan AS SELECT {outputs} FROM ("
+        + " UNION ALL ".join(sources)
+        + ") AS e LEFT JOIN strata_aliases AS a ON a.distinct_id = e.distinct_id"
+        + f" WHERE {where}"
+    )
+    if persons is not None:
+        con.register("strata_persons", persons)
+        con.execute(
+            "CREATE TEMP TABLE persons AS"
+            " SELECT person_id, traits::JSON AS traits, first_seen FROM strata_persons"
+        )
+        con.unregister("strata_persons")
+
+
+async def open_scan(
+    deps: ScanSources,
+    project_id: str,
+    start: datetime,
+    end: datetime,
+    *,
+    include_bots: bool,
+    with_persons: bool = True,
+    allow_partial: bool = False,
+    now: datetime | None = None,
+) -> EventScan:
+    """The project's events with start <= ts < end as the DuckDB view `events_scan`
+    (person_id resolved through person_aliases), the table `persons(person_id, traits JSON,
+    first_seen)` (skip it with `with_persons=False` when an analysis needs no traits), and
+    `tiers`. Raises `ArchivedDaysError` when some day is only in unrestored Archive files,
+    unless `allow_partial` (those days are then left out and listed in `missing_days`)."""
+    if start.tzinfo is None or end.tzinfo is None:
+        raise ValueError("open_scan needs timezone-aware start and end")
+    engine: ScanEngine = deps.scan_engine
+    days = days_between(start, end)
+    for attempt in range(2):
+        parts: list[DayPart] = []
+        if engine.cache is not None and days:
+            parts = await active_parts(deps.pool, project_id, days[0], days[-1])
+        plan = _plan(days, parts, start, end, now or datetime.now(UTC), allow_partial)
+        cold_started = time.perf_counter()
+        try:
+            paths = await engine.cache.acquire(plan.file_parts) if engine.cache else []
+        except ObjectNotFound:
+            # A part was superseded and deleted after the catalog was read: plan again.
+            if attempt:
+                raise
+            continue
+        except ObjectArchived as exc:
+            archived = [p for p in plan.file_parts if p.object_name == exc.name]
+            raise ArchivedDaysError(sorted({p.day for p in archived}), archived) from exc
+        break
+    cold_ms = (time.perf_counter() - cold_started) * 1000
+    try:
+        hot_task = _read_hot(deps.pool, project_id, plan.postgres_ranges, include_bots)
+        aliases_task = _read_aliases(deps.pool, project_id)
+        if with_persons:
+            (hot, hot_ms), aliases, persons = await asyncio.gather(
+                hot_task, aliases_task, _read_persons(deps.pool, project_id)
+            )
+        else:
+            (hot, hot_ms), aliases = await asyncio.gather(hot_task, aliases_task)
+            persons = None
+        con = engine.connection()
+        try:
+            await asyncio.to_thread(
+                _build_view,
+                con,
+                paths=[str(p) for p in paths],
+                hot=hot,
+                aliases=aliases,
+                persons=persons,
+                start=start,
+                end=end,
+                include_bots=include_bots,
+            )
+        except BaseException:
+            con.close()
+            raise
+    except BaseException:
+        if engine.cache is not None:
+            engine.cache.release(plan.file_parts)
+        raise
+    tiers = []
+    if plan.postgres_ranges:
+        tiers.append(TierRead("hot", hot.num_rows, round(hot_ms, 3)))
+    if plan.file_parts:
+        tiers.append(TierRead("cold", sum(p.rows or 0 for p in plan.file_parts), round(cold_ms, 3)))
+    return EventScan(
+        con,
+        project_id=project_id,
+        start=start,
+        end=end,
+        tiers=tiers,
+        file_days=plan.file_days,
+        missing_days=plan.missing_days,
+        engine=engine,
+        pinned=plan.file_parts,
+    )

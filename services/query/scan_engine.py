@@ -1,0 +1,44 @@
+"""What event scans are built from: one in-process DuckDB database per query process (its thread
+and memory limits bound every scan together) and the local cache of day files."""
+
+from __future__ import annotations
+
+import duckdb
+
+from libs.common.day_files import DayFileCache
+
+
+class ScanEngine:
+    """A shared DuckDB instance plus the day-file cache (None: every day is read from
+    PostgreSQL, correct only while PostgreSQL still holds every day asked for; for tests and
+    tools without an object store)."""
+
+    def __init__(
+        self,
+        cache: DayFileCache | None = None,
+        *,
+        threads: int = 2,
+        memory_limit: str = "1GB",
+    ) -> None:
+        self.cache = cache
+        self.db = duckdb.connect(
+            ":memory:",
+            config={"threads": threads, "memory_limit": memory_limit},
+        )
+        # Built in, but settings of extensions can only be set once they are loaded.
+        self.db.execute("LOAD parquet; LOAD icu")
+        self.db.execute("SET GLOBAL TimeZone = 'UTC'")
+        # Day files are immutable (a changed part is a new object name), so their footers can
+        # be cached across scans.
+        self.db.execute("SET GLOBAL parquet_metadata_cache = true")
+
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        """A new connection to the shared database: its temp views and registered tables are
+        its own."""
+        con = self.db.cursor()
+        con.execute("SET TimeZone = 'UTC'")
+        return con
+
+    def close(self) -> None:
+        """Close the DuckDB database (scans still open fail afterwards)."""
+        self.db.close()
