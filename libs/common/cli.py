@@ -1,5 +1,5 @@
-"""`strata`: the command line. `up` runs the local stack; `migrate`, `keys`, `demo` and `dlq`
-operate on a running one (DATABASE_URL / NATS_URL, or the local stack's dev.json).
+"""`strata`: the command line. `up` runs the local stack; `migrate`, `keys`, `demo`, `dlq` and
+`tier` operate on a running one (DATABASE_URL / NATS_URL, or the local stack's dev.json).
 
 User errors print one line (`strata: error: ...`) and exit non-zero, without a traceback.
 """
@@ -10,8 +10,10 @@ import argparse
 import asyncio
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable, Mapping
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -273,6 +275,22 @@ def cmd_demo(args: argparse.Namespace, settings: StackSettings, env: Mapping[str
     state = load_state(data_dir)
     known_keys = msgspec.json.encode(state.keys)
 
+    async def send(client: IngestClient) -> None:
+        if args.backfill:
+            say(f"demo: sending {args.days} day(s) of {', '.join(projects)} to {ingest_url}")
+            await send_backfill(
+                iter_backfill(plan, args.batch_size),
+                client,
+                concurrency=args.concurrency,
+                progress=say,
+                total_days=args.days,
+            )
+        if args.live:
+            say(f"demo: live traffic, ~{args.live_rate:g} sessions/minute (Ctrl-C stops)")
+            await send_live(
+                client, projects, sessions_per_minute=args.live_rate, seed=args.seed, progress=say
+            )
+
     async def run() -> SendStats:
         if args.write_key:
             targets = {args.project: IngestTarget(ingest_url, args.write_key)}
@@ -280,32 +298,20 @@ def cmd_demo(args: argparse.Namespace, settings: StackSettings, env: Mapping[str
             targets = await _demo_targets(settings, projects, ingest_url, state)
         stats = SendStats()
         async with aiohttp.ClientSession() as http:
-            client = IngestClient(http, targets, stats)
-            if args.backfill:
-                say(f"demo: sending {args.days} day(s) of {', '.join(projects)} to {ingest_url}")
-                await send_backfill(
-                    iter_backfill(plan, args.batch_size),
-                    client,
-                    concurrency=args.concurrency,
-                    progress=say,
-                    total_days=args.days,
-                )
-            if args.live:
-                say(f"demo: live traffic, ~{args.live_rate:g} sessions/minute (Ctrl-C stops)")
-                await send_live(
-                    client,
-                    projects,
-                    sessions_per_minute=args.live_rate,
-                    seed=args.seed,
-                    progress=say,
-                )
+            sending = asyncio.create_task(send(IngestClient(http, targets, stats)))
+            # Ctrl-C or SIGTERM end the demo where it is, with a summary rather than a
+            # traceback; events ingest already acknowledged stay accepted.
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, sending.cancel)
+            try:
+                await sending
+            except asyncio.CancelledError:
+                say(f"demo: stopped ({stats.accepted:,} events accepted)")
         return stats
 
     try:
         stats = asyncio.run(run())
-    except KeyboardInterrupt:
-        say("demo: stopped")
-        return 0
     except DemoError as exc:
         raise CliError(str(exc)) from None
     finally:
@@ -376,6 +382,96 @@ def cmd_dlq_replay(
     if seqs is not None and replayed < len(set(seqs)):
         raise CliError(f"{len(set(seqs)) - replayed} of the given seqs are not in the DLQ")
     return 0
+
+
+# --- tier -------------------------------------------------------------------------------------
+
+
+def _parse_day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"--day must be a date as YYYY-MM-DD, not {text!r}") from None
+
+
+def cmd_tier_export(
+    args: argparse.Namespace, settings: StackSettings, env: Mapping[str, str]
+) -> int:
+    """Export closed days as Parquet day files now (what the tiering service does each pass)."""
+    from datetime import UTC, datetime, timedelta
+
+    from libs.common.day_files import DayExport, export_pending_days
+    from libs.common.object_store import object_store_from_settings
+    from libs.common.observability import configure_logging
+    from libs.common.settings import TieringSettings
+    from services.tiering.day_export import day_export_settings
+
+    try:
+        tiering = from_env(TieringSettings, env)
+    except SettingsError as exc:
+        raise CliError(str(exc)) from None
+    url = database_url(settings)
+    tiering = msgspec.structs.replace(tiering, database_url=url, data_dir=settings.data_dir)
+    days = [_parse_day(args.day)] if args.day else None
+    today = datetime.now(UTC).date()
+    if days and days[0] >= today:
+        raise CliError(f"{days[0]} is not a closed UTC day yet (today is {today})")
+    if args.project:
+        _check_project_id(args.project)
+    configure_logging("strata-cli", "console", "warning")
+
+    async def run() -> int:
+        conn = await _connect_db(url)
+        try:
+            if args.project and not await conn.fetchval(
+                "SELECT 1 FROM projects WHERE id = $1", args.project
+            ):
+                raise CliError(f"there is no project {args.project!r}")
+        finally:
+            await conn.close()
+        pool = await db.create_pool(url, min_size=1, max_size=2)
+        store = object_store_from_settings(tiering)
+
+        async def report(result: DayExport) -> None:
+            where = f"{result.project_id} {result.day}"
+            if result.skipped:
+                print(f"{where}: skipped, another exporter is working on it")
+            elif result.part is None:
+                print(f"{where}: nothing new to export")
+            else:
+                print(
+                    f"{where}: {result.part.kind} part {result.part.object_name}, "
+                    f"{result.rows} rows, {result.bytes} bytes in {result.seconds:.2f} s"
+                )
+
+        try:
+            outcome = await export_pending_days(
+                pool,
+                store,
+                day_export_settings(tiering),
+                grace=timedelta(seconds=tiering.day_export_grace_s),
+                projects=[args.project] if args.project else None,
+                days=days,
+                on_day=report,
+            )
+        finally:
+            await store.close()
+            await pool.close()
+        for merge in outcome.merges:
+            if merge.part is not None:
+                name = merge.part.object_name
+                print(f"{merge.project_id} {merge.day}: late parts merged into {name}")
+        if outcome.objects_deleted:
+            print(f"deleted {outcome.objects_deleted} orphan or superseded object(s)")
+        print(
+            f"exported {outcome.parts} part(s), {outcome.rows} rows, {outcome.bytes} bytes"
+            f" to {store.url}"
+        )
+        for project_id, day, error in outcome.failures:
+            print(f"strata: error: {project_id} {day}: {error}", file=sys.stderr)
+        return 1 if outcome.failures else 0
+
+    return asyncio.run(run())
 
 
 # --- parser -----------------------------------------------------------------------------------
@@ -469,6 +565,20 @@ def build_parser(settings: StackSettings) -> argparse.ArgumentParser:
     replay.add_argument("--seq", type=int, action="append", help="DLQ sequence (repeatable)")
     replay.add_argument("--all", action="store_true", help="replay every dead letter")
     replay.set_defaults(handler=cmd_dlq_replay)
+
+    tier_commands = commands.add_parser("tier", help="storage tiers").add_subparsers(
+        dest="tier_command", required=True, metavar="ACTION"
+    )
+    tier_export = tier_commands.add_parser(
+        "export",
+        parents=[common],
+        help="export closed days (and late rows) as Parquet day files now",
+    )
+    tier_export.add_argument("--project", help="only this project (default: every project)")
+    tier_export.add_argument(
+        "--day", help="only this UTC day, YYYY-MM-DD (default: every closed day not exported)"
+    )
+    tier_export.set_defaults(handler=cmd_tier_export)
     return parser
 
 

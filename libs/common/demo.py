@@ -1061,7 +1061,7 @@ async def iter_live(
         now_ms = int(now * 1000)
         for _ in range(starts):
             project = ordered[int(rng.random() * len(ordered))]
-            week = datetime.now(UTC).isocalendar().week
+            week = datetime.fromtimestamp(now, UTC).isocalendar().week
             for message in writers[project].session(now_ms, week):
                 heapq.heappush(pending, (message["timestamp"], next(order), project, message))
         due: dict[str, list[Message]] = {}
@@ -1069,7 +1069,7 @@ async def iter_live(
         while pending and pending[0][0] <= current:
             _, _, project, message = heapq.heappop(pending)
             due.setdefault(project, []).append(message)
-        today = datetime.now(UTC).date()
+        today = datetime.fromtimestamp(now, UTC).date()
         for project, messages in due.items():
             yield DemoBatch(project, today, messages)
         await asyncio.sleep(tick_s)

@@ -15,6 +15,8 @@ import msgspec
 import pytest
 
 from libs.common import keys
+from libs.common.subjects import Subjects
+from services.aggregator import dead_letters
 
 pytestmark = pytest.mark.infra
 
@@ -27,7 +29,7 @@ class Result(msgspec.Struct):
     stderr: str
 
 
-async def strata(*args: str, database_url: str | None, data_dir: Path) -> Result:
+async def strata(*args: str, database_url: str | None, data_dir: Path, **extra_env: str) -> Result:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -37,6 +39,7 @@ async def strata(*args: str, database_url: str | None, data_dir: Path) -> Result
     env["STRATA_DATA_DIR"] = str(data_dir)
     if database_url is not None:
         env["DATABASE_URL"] = database_url
+    env.update(extra_env)
     proc = await asyncio.create_subprocess_exec(
         STRATA,
         *args,
@@ -190,3 +193,45 @@ async def test_missing_or_unreachable_database_is_one_clear_line(tmp_path: Path)
     assert unreachable.stderr.startswith(
         "strata: error: cannot connect to PostgreSQL at postgresql://postgres@127.0.0.1:1/strata"
     )
+
+
+async def test_dlq_list_and_replay_put_a_dead_letter_back_on_its_subject(
+    nats_url: str, js, subjects: Subjects, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    original = subjects.enriched("acme", "signup")
+    await js.publish(
+        subjects.dlq("aggregator"),
+        b'{"poison": true}',
+        headers={
+            dead_letters.REASON: "events[0].ts: expected a datetime",
+            dead_letters.SERVICE: "aggregator",
+            dead_letters.ORIGINAL_SUBJECT: original,
+            dead_letters.ORIGINAL_SEQ: "42",
+            dead_letters.DELIVERIES: "5",
+        },
+    )
+    env = {"NATS_URL": nats_url, "STRATA_NATS_PREFIX": subjects.prefix}
+
+    async def run(*args: str) -> Result:
+        return await strata("dlq", *args, database_url=None, data_dir=tmp_path, **env)
+
+    listed = await run("list")
+    assert listed.code == 0, listed
+    assert f"seq 1  aggregator  -  {original} #42  16 bytes  deliveries=5" in listed.stdout
+    assert "events[0].ts: expected a datetime" in listed.stdout
+
+    assert_one_line_error(
+        await run("replay"), "say which dead letters to replay: --seq N (repeatable) or --all"
+    )
+    assert_one_line_error(
+        await run("replay", "--seq", "7"), "1 of the given seqs are not in the DLQ"
+    )
+
+    replayed = await run("replay", "--seq", "1")
+    assert replayed.code == 0, replayed
+    assert replayed.stdout.strip() == "replayed 1 dead letter(s)"
+    back = await js.get_last_msg(subjects.enriched_stream, original)
+    assert back.data == b'{"poison": true}'
+
+    empty = await run("list")
+    assert empty.stdout.strip() == "the dead-letter queue is empty"

@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import signal
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -77,3 +81,52 @@ async def test_demo_backfill_is_accepted_whole_and_published_once(
         published += [e.event_id for e in raw_batch_decoder.decode(message.data).events]
     assert len(published) == len(set(published)) == stats.accepted
     assert set(published) <= generated
+
+
+async def test_strata_demo_streams_live_traffic_until_sigterm(
+    database_url: str, nats_url: str, js, subjects: Subjects, pool: asyncpg.Pool, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    async with pool.acquire() as conn:
+        await keys.ensure_project(conn, "web")
+        _, write_key = await keys.create_key(conn, "web", "write")
+    port = free_port()
+    ingest = ServiceProcess(
+        "ingest",
+        service_env(database_url, nats_url, subjects.prefix, ingest_port=port, host="127.0.0.1"),
+        tmp_path,
+    ).start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
+    env["STRATA_DATA_DIR"] = str(tmp_path / "no-stack")
+    try:
+        await asyncio.to_thread(ingest.wait_http, port, "/readyz", 30.0)
+        demo = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "strata"),
+            *("demo", "--ingest-url", f"http://127.0.0.1:{port}", "--write-key", write_key),
+            *("--project", "web", "--days", "2", "--visitors", "5", "--live-rate", "600"),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert demo.stderr is not None
+        lines: list[str] = []
+        while not any("live traffic" in line for line in lines):
+            line = await asyncio.wait_for(demo.stderr.readline(), timeout=60)
+            assert line, "strata demo ended early:\n" + "".join(lines)
+            lines.append(line.decode())
+        # Let some live sessions start and send their first events.
+        info = await js.stream_info(subjects.raw_stream)
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            if (await js.stream_info(subjects.raw_stream)).state.messages > info.state.messages:
+                break
+        demo.send_signal(signal.SIGTERM)
+        rest = await asyncio.wait_for(demo.stderr.read(), timeout=30)
+        code = await demo.wait()
+    finally:
+        ingest.stop()
+    output = "".join(lines) + rest.decode()
+    assert code == 0, output
+    assert "Traceback" not in output
+    assert re.search(r"demo: stopped \([\d,]+ events accepted\)", output), output
+    grown = await js.stream_info(subjects.raw_stream)
+    assert grown.state.messages > info.state.messages  # live events were published

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import msgspec
 
-from libs.common.demo import DemoPlan, iter_backfill, iter_messages, write_ndjson
+from libs.common.demo import DemoPlan, iter_backfill, iter_live, iter_messages, write_ndjson
 
 END = datetime(2026, 3, 30, 15, 30, tzinfo=UTC)
 PLAN = DemoPlan(days=130, visitors_per_day=40, seed=11, end=END)
@@ -115,3 +115,32 @@ def test_ndjson_output_round_trips(tmp_path: Path) -> None:
     lines = [msgspec.json.decode(line) for line in path.read_bytes().splitlines()]
     assert sum(len(line["batch"]) for line in lines) == count == len(_all(plan))
     assert {line["project"] for line in lines} == {"demo", "shop", "docs"}
+
+
+async def test_live_traffic_sends_each_event_when_its_time_comes() -> None:
+    readings: list[float] = []
+
+    def clock() -> float:  # every reading is five seconds later
+        readings.append(1_800_000_000.0 + 5.0 * len(readings))
+        return readings[-1]
+
+    batches = []
+    live = iter_live(("demo", "shop"), sessions_per_minute=120, seed=1, clock=clock, tick_s=0)
+    async for batch in live:
+        # Nothing is sent before its time: the newest timestamp is not after the clock.
+        newest = max(m["timestamp"] for m in batch.messages)
+        assert newest <= datetime.fromtimestamp(readings[-1], UTC).isoformat()[:19] + ".999Z"
+        batches.append(batch)
+        if sum(len(b.messages) for b in batches) > 400:
+            break
+    await live.aclose()
+
+    messages = [m for b in batches for m in b.messages]
+    assert len({m["messageId"] for m in messages}) == len(messages)
+    assert {b.project for b in batches} == {"demo", "shop"}
+    # A visit's pages arrive over time, in several sends, not all at once.
+    sends_per_visitor: Counter[str] = Counter()
+    for batch in batches:
+        for visitor in {m["anonymousId"] for m in batch.messages}:
+            sends_per_visitor[visitor] += 1
+    assert max(sends_per_visitor.values()) > 1
