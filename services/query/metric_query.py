@@ -15,6 +15,11 @@ PAGEVIEW_METRIC = "pageviews"
 EVENT_METRICS = ("visitors", "pageviews", "events")
 SESSION_METRICS = ("sessions", "bounce_rate", "avg_session_duration", "views_per_session")
 STANDARD_METRICS = (*EVENT_METRICS, *SESSION_METRICS)
+# Data-quality shares, asked for by name (not in the default set): bot_share is bot events over
+# all events (bots are always counted here); cookieless_share is events recorded without
+# persistent ids over the events counted (humans, plus bots with include_bots).
+SHARE_METRICS = ("bot_share", "cookieless_share")
+KNOWN_METRICS = (*STANDARD_METRICS, *SHARE_METRICS)
 EVENT_COUNT_PREFIX = "event:"
 
 # The bucket index of a total over the whole range, and the breakdown key of a total over
@@ -52,6 +57,10 @@ class MetricQuery:
         return any(m in SESSION_METRICS for m in self.metrics)
 
     @property
+    def wants_share_counters(self) -> bool:
+        return any(m in SHARE_METRICS for m in self.metrics)
+
+    @property
     def by_event_name(self) -> bool:
         """Whether the event name is constrained or broken down (rows per name, not '*')."""
         return (
@@ -76,10 +85,10 @@ def parse_metric_names(raw: str | None) -> tuple[str, ...]:
         if name.startswith(EVENT_COUNT_PREFIX):
             if name == EVENT_COUNT_PREFIX:
                 raise ParamError("metrics", "event: needs an event name, e.g. event:signup")
-        elif name not in STANDARD_METRICS:
+        elif name not in KNOWN_METRICS:
             raise ParamError(
                 "metrics",
-                f"unknown metric {name!r} (one of {', '.join(STANDARD_METRICS)} or event:<name>)",
+                f"unknown metric {name!r} (one of {', '.join(KNOWN_METRICS)} or event:<name>)",
             )
         if name not in names:
             names.append(name)
@@ -99,6 +108,10 @@ class Counters:
     bounces: int = 0
     duration_s: float = 0.0
     session_pageviews: int = 0
+    all_events: int = 0  # humans and bots, whatever include_bots says
+    bot_events: int = 0
+    counted_events: int = 0  # the events include_bots admits
+    cookieless_events: int = 0  # of the counted events
     visitor_union: hll_union | None = None
 
     def add_events(self, other: Counters) -> None:
@@ -144,6 +157,12 @@ def metric_value(metric: str, counters: Counters) -> int | float | None:
         return counters.named.get(metric[len(EVENT_COUNT_PREFIX) :], 0)
     if metric == "sessions":
         return counters.sessions
+    if metric == "bot_share":
+        return counters.bot_events / counters.all_events if counters.all_events else None
+    if metric == "cookieless_share":
+        if not counters.counted_events:
+            return None
+        return counters.cookieless_events / counters.counted_events
     if counters.sessions == 0:
         return None
     if metric == "bounce_rate":

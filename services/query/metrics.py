@@ -93,7 +93,9 @@ async def answer(request: web.Request, query: MetricQuery) -> MetricsAnswer:
     buckets = output_buckets(window.start, window.end, query.interval, window.tz)
     pool = request.app[DEPS].pool
     if query.source != SOURCE_EVENTS:
-        if not can_answer(query):
+        if query.wants_share_counters:
+            reason = "bot_share and cookieless_share are computed from raw events"
+        elif not can_answer(query):
             reason = "they hold one dimension per row and sessions have no event name"
         else:
             pieces = rollup_pieces(buckets)

@@ -96,6 +96,45 @@ async def _read_event_counters(
         cell.named = {n: row[f"named_{i}"] for i, n in enumerate(named)}
 
 
+# Events recorded without persistent ids: consent withheld under the cookieless policy, or
+# the browser tracker's cookieless mode (ingest marks both with this property).
+COOKIELESS_SQL = "e.properties ? '$cookieless'"
+
+
+async def _read_share_counters(
+    conn: asyncpg.Connection, query: MetricQuery, buckets: OutputBuckets, cells: Cells
+) -> None:
+    """Bot and cookieless event counts per cell. Bots are not filtered out here: bot_share
+    needs them in its denominator whatever include_bots says."""
+    params = SqlParams()
+    project = params.add(query.project_id)
+    thresholds = params.add(buckets.bounds[:-1])
+    start, end = params.add(buckets.bounds[0]), params.add(buckets.bounds[-1])
+    bots = params.add(query.include_bots)
+    where = [f"e.project_id = {project}", f"e.ts >= {start}", f"e.ts < {end}"]
+    for flt in query.filters:
+        where.append(f"{_event_dimension_sql(flt.dimension)} = ANY({params.add(list(flt.values))})")
+    key_sql = "NULL::text" if query.breakdown is None else _event_dimension_sql(query.breakdown)
+    sql = f"""
+        WITH e AS (
+            SELECT width_bucket(e.ts, {thresholds}::timestamptz[]) - 1 AS idx, {key_sql} AS key,
+                   e.is_bot, coalesce({COOKIELESS_SQL}, false) AS cookieless
+            FROM events e WHERE {" AND ".join(where)}
+        )
+        SELECT grouping(idx) = 1 AS all_buckets, grouping(key) = 1 AS all_keys, idx, key,
+               count(*) AS all_events, count(*) FILTER (WHERE is_bot) AS bot_events,
+               count(*) FILTER (WHERE NOT is_bot OR {bots}) AS counted_events,
+               count(*) FILTER (WHERE cookieless AND (NOT is_bot OR {bots})) AS cookieless_events
+        FROM e GROUP BY {_grouping_sets(query)}
+    """
+    for row in await conn.fetch(sql, *params.values):
+        cell = cells.setdefault(_cell_key(row), Counters())
+        cell.all_events = row["all_events"]
+        cell.bot_events = row["bot_events"]
+        cell.counted_events = row["counted_events"]
+        cell.cookieless_events = row["cookieless_events"]
+
+
 def _session_filters(params: SqlParams, query: MetricQuery) -> list[str]:
     where = []
     for flt in query.filters:
@@ -171,4 +210,6 @@ async def read_events(pool: asyncpg.Pool, query: MetricQuery, buckets: OutputBuc
             await _read_event_counters(conn, query, buckets, cells)
         if query.wants_session_counters:
             await _read_session_counters(conn, query, buckets, cells)
+        if query.wants_share_counters:
+            await _read_share_counters(conn, query, buckets, cells)
     return cells

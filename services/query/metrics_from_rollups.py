@@ -15,8 +15,9 @@ from services.query.params import EVENT_NAME_DIMENSION
 
 def can_answer(query: MetricQuery) -> bool:
     """Rollups hold one attribute dimension per row (plus the event name); session rollups have
-    no event name. Anything beyond that needs raw rows."""
-    if len(query.attribute_dimensions) > 1:
+    no event name, and neither records which events were cookieless. Anything beyond that
+    needs raw rows."""
+    if query.wants_share_counters or len(query.attribute_dimensions) > 1:
         return False
     return not (query.wants_session_counters and query.by_event_name)
 

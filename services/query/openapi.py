@@ -11,7 +11,7 @@ from aiohttp import web
 
 from libs.common.rollup_keys import EVENT_DIMENSIONS
 from services.query.buckets import INTERVALS
-from services.query.metric_query import STANDARD_METRICS
+from services.query.metric_query import SHARE_METRICS, STANDARD_METRICS
 from services.query.params import DIMENSIONS
 from services.query.performance import PERFORMANCE_PROPERTIES
 from services.query.reports import DEVICE_DIMENSIONS, SOURCE_DIMENSIONS
@@ -116,7 +116,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             PROJECT,
             Param(
                 "metrics",
-                "Comma-separated: " + ", ".join(STANDARD_METRICS) + ", event:<name>.",
+                "Comma-separated: "
+                + ", ".join((*STANDARD_METRICS, *SHARE_METRICS))
+                + ", event:<name>.",
             ),
             FROM,
             TO,

@@ -157,7 +157,7 @@ BAD_PARAMS: list[tuple[str, dict[str, str] | list[tuple[str, str]], str, str]] =
         {"metrics": "visitors,revenue"},
         "metrics",
         "unknown metric 'revenue' (one of visitors, pageviews, events, sessions, bounce_rate,"
-        " avg_session_duration, views_per_session or event:<name>)",
+        " avg_session_duration, views_per_session, bot_share, cookieless_share or event:<name>)",
     ),
     ("metrics", {"metrics": "event:"}, "metrics", "event: needs an event name, e.g. event:signup"),
     (
