@@ -67,6 +67,12 @@ class IngestSettings(CommonSettings, frozen=True, kw_only=True):
     # Requests allowed to wait on JetStream acks at once; past it ingest answers 503 rather
     # than buffering without limit.
     max_in_flight_publishes: int = 256
+    # Cross-request coalescing: accepted events bound for one person partition wait at most
+    # publish_linger_s (or until a message holds the max events / bytes) and go out together
+    # as one raw message; the request is answered after that message's ack.
+    publish_linger_s: float = 0.002
+    publish_max_message_events: int = 500
+    publish_max_message_bytes: int = 512 * 1024
     shutdown_timeout_s: float = 15.0  # SIGTERM: how long in-flight requests may take to finish
     # Enrichment from the client IP (docs/enrichment.md): a MaxMind-format City database, a file
     # of bot CIDRs, and the proxies (CIDRs) whose X-Forwarded-For is believed.

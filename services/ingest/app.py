@@ -176,6 +176,10 @@ class IngestApi:
             settings.publish_timeout_s,
             settings.max_in_flight_publishes,
             latency=self.metrics.publish_seconds,
+            linger_s=settings.publish_linger_s,
+            max_message_events=settings.publish_max_message_events,
+            max_message_bytes=settings.publish_max_message_bytes,
+            message_events=self.metrics.raw_message_events,
         )
         self.metrics.publish_in_flight.set_function(lambda: self.publisher.in_flight)
         # Enrichment from the client IP; files are read once here, a bad one stops start-up.

@@ -25,6 +25,12 @@ class IngestMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
             registry=registry,
         )
+        self.raw_message_events = Histogram(
+            "strata_ingest_raw_message_events",
+            "Events per acknowledged raw-stream message (requests coalesced per partition)",
+            buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500),
+            registry=registry,
+        )
         self.publish_in_flight = Gauge(
             "strata_ingest_publish_in_flight",
             "Requests waiting on JetStream acks",

@@ -1,16 +1,33 @@
-"""Publishing a request's events to the raw stream: one message per person partition, each with
-a deterministic JetStream dedup id, all acknowledged before the request is answered."""
+"""Publishing accepted events to the raw stream, coalesced across requests.
+
+A message costs the NATS server and nats-py far more than the events in it, so the events of
+concurrent requests bound for the same person partition are gathered for a short, bounded
+linger (or until a message holds `max_message_events` / `max_message_bytes`) into ONE
+RawBatchV1 message. A request is answered only after every message holding any of its events
+was acknowledged by JetStream; a message that fails fails exactly the requests whose events it
+holds. A request's events for one partition stay contiguous and in order (split only across
+consecutive messages, published in order on one connection), so a person's order holds.
+
+The Nats-Msg-Id is a hash of the message's (project, event id) pairs: a retry coalesced as
+before is dropped by JetStream's dedup window; one coalesced differently is not, and the
+aggregator's primary key on the event id stores it once (docs/subjects.md).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import time
+from collections.abc import Iterable
+from typing import cast
 
 import msgspec
 import nats.errors
+import structlog
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from opentelemetry import trace
 from opentelemetry.context import Context
 from prometheus_client import Histogram
@@ -19,9 +36,12 @@ from libs.common.observability import inject_trace_headers
 from libs.common.schemas.events_v1 import EventV1, RawBatchV1, raw_batch_encoder
 from libs.common.subjects import Subjects, partition_of
 
+log = structlog.get_logger("strata.ingest")
 _tracer = trace.get_tracer("strata.ingest")
 # Room left under NATS' max_payload for headers and protocol framing.
 _PAYLOAD_MARGIN = 8 * 1024
+# The status a NATS server answers a request with when nothing subscribes to its subject.
+_NO_RESPONDERS = "503"
 
 
 class _AckError(msgspec.Struct):
@@ -38,8 +58,8 @@ class _JetStreamAck(msgspec.Struct):
     error: _AckError | None = None
 
 
-# Publishing is a plain NATS request whose reply is the stream's ack; decoding that reply with
-# a typed msgspec Struct costs far less than nats-py's JSON + dataclass PubAck per message.
+# Decoding the ack with a typed msgspec Struct costs far less than nats-py's JSON + dataclass
+# PubAck (what `js.publish` / `js.publish_async` do for every message).
 _ack_decoder = msgspec.json.Decoder(_JetStreamAck)
 
 
@@ -61,15 +81,11 @@ class PublishOverloaded(PublishUnavailable):
     retry_after_s = 1.0
 
 
-def dedup_id(project_id: str, events: list[EventV1]) -> str:
-    """The Nats-Msg-Id of a message: a hash of its sorted event ids, so the same events
-    published again (a client retrying a request) are dropped by JetStream's dedup window."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(project_id.encode())
-    for event_id in sorted(event.event_id for event in events):
-        digest.update(b"\n")
-        digest.update(event_id.encode())
-    return digest.hexdigest()
+def message_id(events: Iterable[EventV1]) -> str:
+    """The Nats-Msg-Id of a raw message: a hash of its sorted (project, event id) pairs, so
+    the same events published again as one message are dropped by JetStream's dedup window."""
+    keys = sorted(f"{event.project_id}\x1f{event.event_id}" for event in events)
+    return hashlib.blake2b("\n".join(keys).encode(), digest_size=16).hexdigest()
 
 
 def split_by_partition(events: list[EventV1], partitions: int) -> dict[int, list[EventV1]]:
@@ -85,8 +101,56 @@ def split_by_partition(events: list[EventV1], partitions: int) -> dict[int, list
     return groups
 
 
+def encode_raw_batch(batch_id: str, partition: int, fragments: list[bytes]) -> bytes:
+    """A RawBatchV1 message from events already encoded by `encode_events` (each fragment a
+    comma-separated run of encoded events): events are encoded once, by the request that
+    brought them, and only joined here."""
+    events = msgspec.Raw(b"[" + b",".join(fragments) + b"]")
+    # msgspec encodes the value it is given: the Raw is spliced in verbatim, and every other
+    # field (present or added later) is encoded from the Struct as usual.
+    return raw_batch_encoder.encode(
+        RawBatchV1(batch_id=batch_id, partition=partition, events=cast(list[EventV1], events))
+    )
+
+
+def encode_events(events: list[EventV1]) -> bytes:
+    """Events as a comma-separated run of JSON objects, ready for `encode_raw_batch`."""
+    return raw_batch_encoder.encode(events)[1:-1]
+
+
+class _RawMessage:
+    """One coalesced message of one partition: open (taking events), then sent, then settled
+    by its ack, an error or its deadline."""
+
+    __slots__ = (
+        "ack",
+        "deadline",
+        "event_count",
+        "fragments",
+        "groups",
+        "headers",
+        "partition",
+        "payload",
+        "size",
+    )
+
+    def __init__(
+        self, partition: int, ack: asyncio.Future[None], headers: dict[str, str] | None
+    ) -> None:
+        self.partition = partition
+        self.ack = ack  # shared by every request with events in this message
+        self.headers = headers
+        self.fragments: list[bytes] = []
+        self.groups: list[list[EventV1]] = []
+        self.event_count = 0
+        self.size = 0  # bytes of the fragments and the commas between them
+        self.payload = b""  # the encoded message, once closed
+        self.deadline: asyncio.TimerHandle | None = None
+
+
 class RawEventPublisher:
-    """Publishes events to `<prefix>.raw.v1.<partition>` and waits for every ack."""
+    """Publishes events to `<prefix>.raw.v1.<partition>`, coalescing concurrent requests'
+    events per partition, and answers each request once its messages are acknowledged."""
 
     def __init__(
         self,
@@ -96,6 +160,11 @@ class RawEventPublisher:
         timeout_s: float,
         max_in_flight: int,
         latency: Histogram | None = None,
+        *,
+        linger_s: float = 0.002,
+        max_message_events: int = 500,
+        max_message_bytes: int = 512 * 1024,
+        message_events: Histogram | None = None,
     ) -> None:
         self._nc = nc
         self._subjects = subjects
@@ -104,10 +173,24 @@ class RawEventPublisher:
         self._max_in_flight = max_in_flight
         self._in_flight = 0
         self._latency = latency
+        self._message_events = message_events
         self._tracing = tracing_enabled()
+        self._linger_s = linger_s
+        self._max_events = max(max_message_events, 1)
+        # Never past what the server accepts, whatever the setting says.
+        self._max_bytes = max(min(max_message_bytes, nc.max_payload - _PAYLOAD_MARGIN), 1024)
+        self._open: dict[int, _RawMessage] = {}  # partition -> message still taking events
+        self._linger: asyncio.Handle | None = None
+        # Closed messages in the order they must go out, and those sent awaiting their ack.
+        self._outbox: collections.deque[tuple[str, _RawMessage]] = collections.deque()
+        self._awaiting: dict[str, _RawMessage] = {}
+        self._sender: asyncio.Task[None] | None = None
+        self._ack_prefix: str | None = None
+        self._next_token = 0
 
     @property
     def in_flight(self) -> int:
+        """Requests waiting on JetStream acks."""
         return self._in_flight
 
     @property
@@ -117,7 +200,7 @@ class RawEventPublisher:
     async def publish(
         self, project_id: str, events: list[EventV1], trace_context: Context | None = None
     ) -> int:
-        """Publish and await all acks; returns the number of messages. Raises
+        """Publish and await every ack; returns how many messages hold the events. Raises
         PublishUnavailable (or PublishOverloaded) when the events cannot be acknowledged.
         `trace_context` (from the HTTP request's traceparent) parents the publish span."""
         if self._in_flight >= self._max_in_flight:
@@ -132,65 +215,181 @@ class RawEventPublisher:
                 if self._tracing
                 else contextlib.nullcontext()
             ) as span:
-                groups = split_by_partition(events, self._partitions)
+                acks = self._enqueue(events)
+                if not acks:
+                    return 0
                 if span is not None:
+                    span.set_attribute("strata.project_id", project_id)
                     span.set_attribute("strata.events", len(events))
-                    span.set_attribute("strata.partitions", len(groups))
-                results = await asyncio.gather(
-                    *(
-                        self._publish_partition(project_id, partition, group)
-                        for partition, group in groups.items()
-                    ),
-                    return_exceptions=True,
-                )
+                    span.set_attribute("strata.messages", len(acks))
+                # asyncio.wait, not gather: a request that goes away must never cancel an ack
+                # other requests share.
+                await asyncio.wait(acks)
         finally:
             self._in_flight -= 1
-        messages = 0
-        for result in results:
-            if isinstance(result, BaseException):
-                # Acked partitions are harmless: the client's retry republishes the same
-                # message ids, which JetStream drops as duplicates.
-                raise _unavailable(result) from result
-            messages += result
+        for ack in acks:
+            failure = ack.exception()
+            if failure is not None:
+                # A fresh exception per request: the shared one would collect every
+                # request's traceback.
+                raise type(failure)(*failure.args) from failure
         if self._latency is not None:
             self._latency.observe(time.perf_counter() - started)
-        return messages
+        return len(acks)
 
-    async def _publish_partition(
-        self, project_id: str, partition: int, events: list[EventV1]
-    ) -> int:
-        # Chunks of one partition go out in order, so a person's events stay ordered.
-        chunks = self._encode(project_id, partition, events)
-        subject = self._subjects.raw(partition)
-        for msg_id, payload in chunks:
-            headers = {"Nats-Msg-Id": msg_id}
-            if self._tracing:
-                inject_trace_headers(headers)
-            reply = await self._nc.request(
-                subject, payload, timeout=self._timeout_s, headers=headers
-            )
-            ack = _ack_decoder.decode(reply.data)
-            if ack.error is not None:
-                raise PublishUnavailable(f"JetStream refused the message: {ack.error.description}")
-            if ack.stream is None:
-                raise PublishUnavailable("no JetStream stream accepts the raw subjects")
-        return len(chunks)
+    # -- coalescing ---------------------------------------------------------------------------
 
-    def _encode(
-        self, project_id: str, partition: int, events: list[EventV1]
-    ) -> list[tuple[str, bytes]]:
-        msg_id = dedup_id(project_id, events)
-        payload = raw_batch_encoder.encode(
-            RawBatchV1(batch_id=msg_id, partition=partition, events=events)
-        )
-        limit = max(self._nc.max_payload - _PAYLOAD_MARGIN, 1024)
-        if len(payload) <= limit or len(events) == 1:
-            # A single event cannot exceed the limit: events are at most 32 KB.
-            return [(msg_id, payload)]
+    def _enqueue(self, events: list[EventV1]) -> set[asyncio.Future[None]]:
+        """Add a request's events to the open messages of their partitions; the acks of every
+        message that holds some of them."""
+        acks: set[asyncio.Future[None]] = set()
+        for partition, group in split_by_partition(events, self._partitions).items():
+            for run in self._runs(partition, group):
+                for part, fragment in self._fragments(run):
+                    acks.add(self._add(partition, part, fragment))
+        if self._open and self._linger is None:
+            loop = asyncio.get_running_loop()
+            if self._linger_s > 0:
+                self._linger = loop.call_later(self._linger_s, self._close_lingering)
+            else:
+                # No linger: coalesce what this turn of the event loop accepted.
+                self._linger = loop.call_soon(self._close_lingering)
+        return acks
+
+    def _runs(self, partition: int, events: list[EventV1]) -> list[list[EventV1]]:
+        """A request's events of one partition cut so that the first run fills the partition's
+        open message and each later run is a full message (the last one takes the rest)."""
+        message = self._open.get(partition)
+        room = self._max_events - message.event_count if message is not None else self._max_events
+        if len(events) <= room:
+            return [events]
+        runs = [events[:room]]
+        for start in range(room, len(events), self._max_events):
+            runs.append(events[start : start + self._max_events])
+        return runs
+
+    def _fragments(self, events: list[EventV1]) -> list[tuple[list[EventV1], bytes]]:
+        """Events encoded, in consecutive runs each small enough for one message."""
+        fragment = encode_events(events)
+        if len(fragment) < self._max_bytes or len(events) == 1:
+            # One event is at most max_event_bytes (32 KB), far below max_payload.
+            return [(events, fragment)]
         middle = len(events) // 2
-        return self._encode(project_id, partition, events[:middle]) + self._encode(
-            project_id, partition, events[middle:]
+        return self._fragments(events[:middle]) + self._fragments(events[middle:])
+
+    def _add(self, partition: int, events: list[EventV1], fragment: bytes) -> asyncio.Future[None]:
+        message = self._open.get(partition)
+        if message is not None and (
+            message.event_count + len(events) > self._max_events
+            or message.size + len(fragment) + 1 > self._max_bytes
+        ):
+            self._close(message)
+            message = None
+        if message is None:
+            # The message carries the trace context of the request that opened it.
+            headers = inject_trace_headers({}) if self._tracing else None
+            message = _RawMessage(partition, asyncio.get_running_loop().create_future(), headers)
+            self._open[partition] = message
+        message.fragments.append(fragment)
+        message.groups.append(events)
+        message.event_count += len(events)
+        message.size += len(fragment) + 1
+        ack = message.ack
+        if message.event_count >= self._max_events:
+            self._close(message)
+        return ack
+
+    def _close_lingering(self) -> None:
+        self._linger = None
+        for message in list(self._open.values()):
+            self._close(message)
+
+    def _close(self, message: _RawMessage) -> None:
+        """Stop the message taking events and queue it for sending, its deadline running."""
+        del self._open[message.partition]
+        batch_id = message_id(event for group in message.groups for event in group)
+        message.payload = encode_raw_batch(batch_id, message.partition, message.fragments)
+        message.fragments = []
+        headers = message.headers or {}
+        headers["Nats-Msg-Id"] = batch_id
+        message.headers = headers
+        self._next_token += 1
+        token = str(self._next_token)
+        self._awaiting[token] = message
+        message.deadline = asyncio.get_running_loop().call_later(
+            self._timeout_s, self._expire, token
         )
+        self._outbox.append((token, message))
+        if self._sender is None:
+            self._sender = asyncio.get_running_loop().create_task(self._send_outbox())
+
+    # -- sending and acks ---------------------------------------------------------------------
+
+    async def _send_outbox(self) -> None:
+        """Publish closed messages in order without waiting for acks in between; `_on_ack`
+        settles them as JetStream answers."""
+        try:
+            while self._outbox:
+                token, message = self._outbox.popleft()
+                if message.ack.done():
+                    continue  # its deadline passed while it waited here
+                try:
+                    if self._ack_prefix is None:
+                        prefix = self._nc.new_inbox() + "."
+                        await self._nc.subscribe(prefix + "*", cb=self._on_ack)
+                        self._ack_prefix = prefix
+                    await self._nc.publish(
+                        self._subjects.raw(message.partition),
+                        message.payload,
+                        reply=self._ack_prefix + token,
+                        headers=message.headers,
+                    )
+                except Exception as exc:  # any failure to send is this message's 503
+                    self._settle(token, _unavailable(exc))
+        finally:
+            self._sender = None
+
+    async def _on_ack(self, msg: Msg) -> None:
+        assert self._ack_prefix is not None
+        token = msg.subject[len(self._ack_prefix) :]
+        if token not in self._awaiting:
+            return  # answered after its deadline: the requests already got 503
+        if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
+            self._settle(token, PublishUnavailable("no JetStream stream accepts the raw subjects"))
+            return
+        try:
+            ack = _ack_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            self._settle(
+                token, PublishUnavailable("JetStream answered with something other than an ack")
+            )
+            return
+        if ack.error is not None:
+            failure = PublishUnavailable(f"JetStream refused the message: {ack.error.description}")
+            self._settle(token, failure)
+        elif ack.stream is None:
+            self._settle(token, PublishUnavailable("no JetStream stream accepts the raw subjects"))
+        else:
+            self._settle(token, None)
+
+    def _expire(self, token: str) -> None:
+        self._settle(token, PublishUnavailable("JetStream did not acknowledge in time"))
+
+    def _settle(self, token: str, failure: PublishUnavailable | None) -> None:
+        message = self._awaiting.pop(token, None)
+        if message is None or message.ack.done():
+            return
+        if message.deadline is not None:
+            message.deadline.cancel()
+        if failure is None:
+            message.ack.set_result(None)
+            if self._message_events is not None:
+                self._message_events.observe(message.event_count)
+        else:
+            message.ack.set_exception(failure)
+            message.ack.exception()  # retrieved by the requests; never "never retrieved"
+        message.payload = b""
+        message.groups = []
 
 
 def _unavailable(exc: BaseException) -> PublishUnavailable:
@@ -200,8 +399,7 @@ def _unavailable(exc: BaseException) -> PublishUnavailable:
         return PublishUnavailable("no JetStream stream accepts the raw subjects")
     if isinstance(exc, nats.errors.TimeoutError | asyncio.TimeoutError):
         return PublishUnavailable("JetStream did not acknowledge in time")
-    if isinstance(exc, msgspec.DecodeError):
-        return PublishUnavailable("JetStream answered with something other than an ack")
     if isinstance(exc, nats.errors.Error | OSError):
         return PublishUnavailable(f"NATS error: {exc}")
-    raise exc
+    log.error("publish failed unexpectedly", exc_info=exc)
+    return PublishUnavailable(f"publish failed: {exc!r}")

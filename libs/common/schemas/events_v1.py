@@ -76,7 +76,8 @@ class EventV1(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class RawBatchV1(msgspec.Struct, frozen=True, kw_only=True):
-    """One ingest request's events for one person partition, published as one message."""
+    """Events for one person partition, published as one message: those of the ingest
+    requests accepted within a short linger, each request's events contiguous and in order."""
 
     v: int = SCHEMA_VERSION
     batch_id: str
