@@ -21,7 +21,7 @@ import aiohttp
 import asyncpg
 import msgspec
 
-from libs.common import db, keys
+from libs.common import db, keys, privacy_policy
 from libs.common.demo import (
     DEMO_PROJECTS,
     DemoError,
@@ -225,6 +225,105 @@ def cmd_keys_revoke(
     if not asyncio.run(run()):
         raise CliError(f"no active key with id {args.key_id!r} (see `strata keys list`)")
     print(f"revoked {args.key_id}")
+    return 0
+
+
+# --- project privacy controls ------------------------------------------------------------------
+
+
+def _describe_policy(project: str, policy: privacy_policy.PrivacyPolicy) -> str:
+    regexes = " ".join(repr(r) for r in policy.scrub_regexes) or "none"
+    return (
+        f"project {project}: ip policy {policy.ip_policy}, consent policy "
+        f"{policy.consent_policy}, scrub {','.join(policy.scrub_rules) or 'none'}, "
+        f"scrub regexes {regexes}"
+    )
+
+
+def cmd_project_set(
+    args: argparse.Namespace, settings: StackSettings, env: Mapping[str, str]
+) -> int:
+    project: str = args.project
+    _check_project_id(project)
+    url = database_url(settings)
+    try:
+        # Check what was given before touching the database.
+        scrub_rules = (
+            privacy_policy.parse_scrub_rules(args.scrub) if args.scrub is not None else None
+        )
+        privacy_policy.check_policy(
+            privacy_policy.PrivacyPolicy(
+                ip_policy=args.ip_policy or privacy_policy.IP_DROP,
+                consent_policy=args.consent_policy or privacy_policy.CONSENT_DROP,
+                scrub_regexes=tuple(args.scrub_regex or ()),
+            )
+        )
+    except privacy_policy.PolicyError as exc:
+        raise CliError(str(exc)) from None
+
+    async def run() -> privacy_policy.PrivacyPolicy:
+        conn = await _connect_db(url)
+        try:
+            async with conn.transaction():
+                if await conn.fetchval("SELECT 1 FROM projects WHERE id = $1", project) is None:
+                    raise CliError(
+                        f"no project {project!r}: create it with "
+                        f"`strata keys create --project {project} --role write`"
+                    )
+                current = await privacy_policy.load_policy(conn, project)
+                regexes = current.scrub_regexes
+                if args.no_scrub_regex:
+                    regexes = ()
+                if args.scrub_regex:
+                    regexes = tuple(dict.fromkeys((*regexes, *args.scrub_regex)))
+                updated = msgspec.structs.replace(
+                    current,
+                    ip_policy=args.ip_policy or current.ip_policy,
+                    consent_policy=args.consent_policy or current.consent_policy,
+                    scrub_rules=current.scrub_rules if scrub_rules is None else scrub_rules,
+                    scrub_regexes=regexes,
+                )
+                try:
+                    await privacy_policy.save_policy(conn, project, updated)
+                except privacy_policy.PolicyError as exc:
+                    raise CliError(str(exc)) from None
+                return updated
+        except asyncpg.UndefinedColumnError:
+            raise CliError("the database schema is out of date: run `strata migrate`") from None
+        finally:
+            await conn.close()
+
+    print(_describe_policy(project, asyncio.run(run())))
+    print(
+        "ingest applies it within its key cache TTL (STRATA_KEY_CACHE_TTL_S, 30 s by default)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_project_show(
+    args: argparse.Namespace, settings: StackSettings, env: Mapping[str, str]
+) -> int:
+    project: str = args.project
+    _check_project_id(project)
+    url = database_url(settings)
+
+    async def run() -> privacy_policy.PrivacyPolicy:
+        conn = await _connect_db(url)
+        try:
+            if await conn.fetchval("SELECT 1 FROM projects WHERE id = $1", project) is None:
+                raise CliError(f"no project {project!r}")
+            return await privacy_policy.load_policy(conn, project)
+        except asyncpg.UndefinedColumnError:
+            raise CliError("the database schema is out of date: run `strata migrate`") from None
+        finally:
+            await conn.close()
+
+    policy = asyncio.run(run())
+    if args.json:
+        print(msgspec.json.encode(policy).decode())
+    else:
+        print(_describe_policy(project, policy))
     return 0
 
 
@@ -516,6 +615,42 @@ def build_parser(settings: StackSettings) -> argparse.ArgumentParser:
     revoke = key_commands.add_parser("revoke", parents=[common], help="revoke a key by id")
     revoke.add_argument("key_id", metavar="KEY_ID")
     revoke.set_defaults(handler=cmd_keys_revoke)
+
+    project_commands = commands.add_parser(
+        "project", help="project settings (privacy controls)"
+    ).add_subparsers(dest="project_command", required=True, metavar="ACTION")
+    project_set = project_commands.add_parser(
+        "set",
+        parents=[common],
+        help="set privacy controls (docs/privacy.md); options not given keep their value",
+    )
+    project_set.add_argument("project", metavar="PROJECT")
+    project_set.add_argument(
+        "--ip-policy", choices=privacy_policy.IP_POLICIES, help="client IP after enrichment"
+    )
+    project_set.add_argument(
+        "--consent-policy",
+        choices=privacy_policy.CONSENT_POLICIES,
+        help="events sent without analytics consent",
+    )
+    project_set.add_argument(
+        "--scrub", help="built-in scrub rules, comma-separated: email,card,phone (or none)"
+    )
+    project_set.add_argument(
+        "--scrub-regex",
+        action="append",
+        help="also redact matches of this Python regex (repeatable; added to the current ones)",
+    )
+    project_set.add_argument(
+        "--no-scrub-regex", action="store_true", help="remove the current custom regexes first"
+    )
+    project_set.set_defaults(handler=cmd_project_set)
+    project_show = project_commands.add_parser(
+        "show", parents=[common], help="show a project's privacy controls"
+    )
+    project_show.add_argument("project", metavar="PROJECT")
+    project_show.add_argument("--json", action="store_true", help="JSON instead of text")
+    project_show.set_defaults(handler=cmd_project_show)
 
     demo = commands.add_parser(
         "demo", parents=[common], help="stream realistic demo traffic to a running stack"
