@@ -4,7 +4,9 @@ arrives on the raw stream with the right fields, without any client storage befo
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -19,7 +21,9 @@ from libs.common.subjects import Subjects
 from services.ingest.cookieless import salts_bucket
 from tests.support.browser import CHROMIUM_ARGS, ensure_chromium
 from tests.support.project import TestProject
-from tests.support.tracker import RunningIngest, start_ingest
+from tests.support.query_app import get_json, query_client
+from tests.support.services import ServiceProcess, free_port, service_env
+from tests.support.tracker import PARTITIONS, RunningIngest, start_ingest
 
 pytestmark = pytest.mark.infra
 
@@ -289,16 +293,17 @@ async def test_after_consent_the_visitor_keeps_one_anonymous_id(
     page = await context.new_page()
     # Consent and an event called before t.js loaded (the queue stub).
     early = "strata.consent({analytics: true}); strata.track('Early Bird', {n: 1})"
-    await _loaded(page, f"{site.shop}/shop.html?early={early}")
+    await _loaded(page, f"{site.shop}/shop.html?attributes=data-autocapture&early={early}")
     stored_id = await page.evaluate("localStorage.getItem('strata_aid')")
     assert stored_id
     await page.evaluate("strata.track('Second Visit Soon')")
     await page.reload()
     await page.wait_for_function("window.strata && window.strata.v === 1")
     await page.evaluate("strata.track('After Reload')")
+    await page.click("#join")  # autocaptured: the tag has data-autocapture
 
     events = await site.ingest.wait_for_events(
-        _has("Early Bird", "Second Visit Soon", "After Reload", pageviews=2)
+        _has("Early Bird", "Second Visit Soon", "After Reload", "$click", pageviews=2)
     )
     assert {event.anonymous_id for event in events} == {stored_id}
     assert {event.distinct_id for event in events} == {stored_id}
@@ -306,6 +311,10 @@ async def test_after_consent_the_visitor_keeps_one_anonymous_id(
     # The queued call runs once per page load (the page was loaded twice).
     early_birds = _named(events, "Early Bird")
     assert [event.properties for event in early_birds] == [{"n": 1}, {"n": 1}]
+
+    [click] = _named(events, "$click")
+    assert (click.properties["tag"], click.properties["text"]) == ("button", "Join")
+    assert click.properties["id"] == "join"
 
     # Withdrawing consent clears everything the tracker stored.
     await page.evaluate("strata.consent({analytics: false})")
@@ -344,3 +353,71 @@ async def test_do_not_track_and_gpc_are_honoured_when_the_tag_says_so(
         await opted_out.close()
     assert [event for event in events if (event.url or "").startswith(site.shop)] == []
     assert batches and not any("Ignored" in body or "Signup" in body for body in batches)
+
+
+async def test_a_tracked_visit_is_visible_through_the_query_api(
+    site: Site,
+    context: BrowserContext,
+    tmp_path: Path,
+    database_url: str,
+    nats_url: str,
+    subjects: Subjects,
+    pool: asyncpg.Pool,
+    project: TestProject,
+) -> None:
+    # The rest of the pipeline as deployed: sessionizer and aggregator processes.
+    env = service_env(database_url, nats_url, subjects.prefix, partitions=PARTITIONS)
+    ports = {"sessionizer": free_port(), "aggregator": free_port()}
+    services = [
+        ServiceProcess(name, {**env, "STRATA_HEALTH_PORT": str(port)}, tmp_path).start()
+        for name, port in ports.items()
+    ]
+    try:
+        for service, port in zip(services, ports.values(), strict=True):
+            await asyncio.to_thread(service.wait_http, port)
+        page = await context.new_page()
+        await _loaded(page, f"{site.shop}/shop.html")
+        await page.click("#signup")
+        await page.click("#partner")
+        await page.wait_for_url(f"{site.partner}/landing.html")
+
+        async with query_client(pool, nats_url, subjects) as query:
+            names: list[str] = []
+            for _ in range(150):
+                status, found = await get_json(
+                    query, "/api/v1/analytics/events", project.read_key, {"limit": "100"}
+                )
+                assert status == 200, found
+                names = [event["name"] for event in found["events"]]
+                if names.count("$pageview") == 2 and "$web_vitals" in names:
+                    break
+                await asyncio.sleep(0.2)
+            assert names.count("$pageview") == 2 and "$web_vitals" in names, names
+
+            status, found = await get_json(
+                query,
+                "/api/v1/analytics/events",
+                project.read_key,
+                {"name": "Signup Click"},
+            )
+            [signup] = found["events"]
+            assert signup["properties"]["plan"] == "pro"
+            assert signup["session_id"]
+
+            status, pages = await get_json(
+                query, "/api/v1/analytics/pages", project.read_key, {"source": "events"}
+            )
+            assert status == 200, pages
+            by_page = {row["page"]: row for row in pages["pages"]}
+            assert by_page["/shop.html"]["pageviews"] == 1
+            assert by_page["/shop.html"]["visitors"] == 1
+            assert by_page["/landing.html"]["pageviews"] == 1
+
+            status, performance = await get_json(
+                query, "/api/v1/analytics/performance", project.read_key
+            )
+            assert status == 200, performance
+            assert performance["overall"]["lcp"]["samples"] == 1
+    finally:
+        for service in services:
+            service.stop()

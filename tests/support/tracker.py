@@ -20,6 +20,8 @@ from libs.common.settings import IngestSettings
 from libs.common.subjects import Subjects
 from services.ingest.app import IngestDeps, build_app
 
+PARTITIONS = 2
+
 
 @dataclass
 class RunningIngest:
@@ -68,7 +70,9 @@ async def start_ingest(
     nats_url: str, js: JetStreamContext, subjects: Subjects, pool: asyncpg.Pool
 ) -> RunningIngest:
     """An ingest app on a loopback port, publishing under the test's prefix."""
-    settings = IngestSettings(nats_prefix=subjects.prefix, partitions=2, key_cache_ttl_s=0.3)
+    settings = IngestSettings(
+        nats_prefix=subjects.prefix, partitions=PARTITIONS, key_cache_ttl_s=0.3
+    )
     nc = await connect(nats_url, "ingest-tracker-test")
     app = build_app(settings, IngestDeps(nc, pool, subjects, CollectorRegistry()))
     client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
