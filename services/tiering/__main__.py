@@ -1,10 +1,12 @@
 """`python -m services.tiering`: hot-store maintenance on a schedule (partitions ahead, dedup
-pruning), with /healthz, /readyz and /metrics on STRATA_HEALTH_PORT."""
+pruning) and the export of closed days as Parquet day files, with /healthz, /readyz and /metrics
+on STRATA_HEALTH_PORT."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from datetime import timedelta
 
 import asyncpg
 import structlog
@@ -12,8 +14,10 @@ import uvloop
 from prometheus_client import CollectorRegistry
 
 from libs.common.db import create_pool
+from libs.common.object_store import object_store_from_settings
 from libs.common.observability import configure_logging, configure_tracing, start_health_server
 from libs.common.settings import TieringSettings, from_env
+from services.tiering.day_export import DayExportJob, DayExportMetrics, day_export_settings
 from services.tiering.service import TieringMetrics, TieringSchedule
 
 log = structlog.get_logger("tiering")
@@ -30,23 +34,35 @@ async def serve(settings: TieringSettings) -> None:
     if pool is None:
         return
     registry = CollectorRegistry()
+    store = object_store_from_settings(settings)
+    day_export = DayExportJob(
+        pool,
+        store,
+        day_export_settings(settings),
+        DayExportMetrics(registry),
+        grace=timedelta(seconds=settings.day_export_grace_s),
+    )
     schedule = TieringSchedule(
         pool,
         TieringMetrics(registry),
         schedule_s=settings.schedule_s,
         partitions_ahead_days=settings.partitions_ahead_days,
         dedup_horizon_days=settings.dedup_horizon_days,
+        day_export=day_export,
     )
 
     async def postgres_reachable() -> None:
         await pool.fetchval("SELECT 1")
+
+    async def object_store_reachable() -> None:
+        await store.exists("strata-readiness-probe")
 
     health = await start_health_server(
         "0.0.0.0",
         settings.health_port,
         registry,
         schedule.liveness,
-        {"postgres": postgres_reachable},
+        {"postgres": postgres_reachable, "object_store": object_store_reachable},
     )
     log.info("started", health_port=settings.health_port, schedule_s=settings.schedule_s)
     runner = asyncio.create_task(schedule.run())
@@ -55,6 +71,7 @@ async def serve(settings: TieringSettings) -> None:
     schedule.stop()
     await runner
     await health.cleanup()
+    await store.close()
     await pool.close()
     log.info("stopped")
 

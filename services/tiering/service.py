@@ -1,4 +1,5 @@
-"""The tiering service's schedule: run hot-store maintenance every `schedule_s` until stopped.
+"""The tiering service's schedule: every `schedule_s` until stopped, run hot-store maintenance,
+then export closed days as Parquet day files (services/tiering/day_export.py).
 
 Cold tiering (hot -> cold -> archive) joins this schedule in a later issue."""
 
@@ -11,7 +12,9 @@ import asyncpg
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from libs.common.object_store import ObjectStoreError
 from libs.common.observability import Liveness
+from services.tiering.day_export import DayExportJob
 from services.tiering.maintenance import run_maintenance
 
 log = structlog.get_logger("tiering")
@@ -53,8 +56,10 @@ class TieringSchedule:
         schedule_s: float,
         partitions_ahead_days: int,
         dedup_horizon_days: int,
+        day_export: DayExportJob | None = None,
     ) -> None:
         self.pool = pool
+        self.day_export = day_export
         self.metrics = metrics
         self.schedule_s = schedule_s
         self.partitions_ahead_days = partitions_ahead_days
@@ -83,13 +88,23 @@ class TieringSchedule:
         self.metrics.runs.labels("ok").inc()
         self.metrics.pruned.inc(report.event_ids_pruned)
         self.metrics.last_success.set(time.time())
-        self.passes_ok += 1
         log.info(
             "maintenance_done",
             partitions_from=report.partitions_from.isoformat(),
             partitions_days=report.partitions_days,
             event_ids_pruned=report.event_ids_pruned,
         )
+        if self.day_export is not None:
+            # A day that fails is counted and retried next pass; the pass itself only fails
+            # when the export could not run at all (database or store unreachable).
+            try:
+                await self.day_export.run_once(
+                    on_progress=self.liveness.tick, should_stop=self._stopping.is_set
+                )
+            except (asyncpg.PostgresError, OSError, TimeoutError, ObjectStoreError) as exc:
+                log.error("day_export_failed", error=str(exc) or type(exc).__name__)
+                return False
+        self.passes_ok += 1
         return True
 
     async def run(self) -> None:
