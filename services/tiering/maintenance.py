@@ -23,7 +23,17 @@ async def ensure_partitions_ahead(
     """Create the day partitions of `events` for `today` and the `days_ahead` days after it."""
     # Today is included: a fresh database (or one whose maintenance was down for a while)
     # must still accept today's events.
-    await conn.execute("SELECT ensure_event_partitions($1::date, $2)", today, days_ahead + 1)
+    for attempt in range(3):
+        try:
+            await conn.execute(
+                "SELECT ensure_event_partitions($1::date, $2)", today, days_ahead + 1
+            )
+            return
+        except asyncpg.DuplicateTableError:
+            # The aggregator created the same partition at the same moment (CREATE TABLE IF
+            # NOT EXISTS is not race-free); the function is idempotent, so run it again.
+            if attempt == 2:
+                raise
 
 
 async def prune_event_ids(
