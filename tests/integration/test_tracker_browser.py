@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from nats.js import JetStreamContext
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+from playwright.async_api import Browser, BrowserContext, Page, Route, async_playwright
 
 from libs.common.schemas.events_v1 import EventV1
 from libs.common.subjects import Subjects
@@ -130,7 +130,7 @@ async def site(
             pass
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def chromium_path() -> str:
     return str(ensure_chromium())
 
@@ -421,3 +421,45 @@ async def test_a_tracked_visit_is_visible_through_the_query_api(
     finally:
         for service in services:
             service.stop()
+
+
+async def test_failed_deliveries_are_retried_and_kept_offline_after_consent(
+    site: Site, context: BrowserContext
+) -> None:
+    page = await context.new_page()
+    attempts: list[str] = []
+
+    async def network_down(route: Route) -> None:
+        attempts.append(route.request.post_data or "")
+        await route.abort("internetdisconnected")
+
+    await context.route("**/v1/batch", network_down)
+    await _loaded(page, f"{site.shop}/shop.html")
+    await page.evaluate("strata.consent({analytics: true}); strata.track('Offline Event')")
+    for _ in range(100):
+        if any("Offline Event" in body for body in attempts):
+            break
+        await asyncio.sleep(0.1)
+    assert any("Offline Event" in body for body in attempts), "the tracker never tried to send"
+    # The attempt failed: the batch waits in the bounded queue, kept in localStorage now that
+    # the visitor consented.
+    assert "Offline Event" in await page.evaluate("localStorage.getItem('strata_q')")
+
+    # Back online: the next retry (with backoff) delivers what was queued, each event once.
+    await context.unroute("**/v1/batch")
+    events = await site.ingest.wait_for_events(_has("Offline Event", pageviews=1))
+    assert len(_named(events, "Offline Event")) == 1
+    await page.wait_for_function("JSON.parse(localStorage.getItem('strata_q')).length === 0")
+
+    # Queued while offline, and the browser refused the beacon at page leave (it does past its
+    # quota): sent on the next visit.
+    await context.route("**/v1/batch", network_down)
+    await page.evaluate("navigator.sendBeacon = () => false; strata.track('Sent Next Visit')")
+    await page.wait_for_function("localStorage.getItem('strata_q').includes('Sent Next Visit')")
+    await page.goto("about:blank")
+    await page.close()
+    await context.unroute("**/v1/batch")
+    next_visit = await context.new_page()
+    await _loaded(next_visit, f"{site.shop}/shop.html")
+    events = await site.ingest.wait_for_events(_has("Sent Next Visit"))
+    assert len(_named(events, "Sent Next Visit")) == 1
