@@ -23,7 +23,7 @@ import itertools
 import random
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -1043,7 +1043,7 @@ async def iter_live(
     *,
     clock: Callable[[], float] = time.time,
     tick_s: float = 0.5,
-) -> AsyncIterator[DemoBatch]:
+) -> AsyncGenerator[DemoBatch, None]:
     """Sessions starting now at `sessions_per_minute` (all projects together), each event sent
     when its time comes, so "active visitors" and "events per minute" look alive."""
     rng = random.Random(f"{seed}:live:{clock()}")

@@ -156,7 +156,7 @@ def basic_auth(write_key: str) -> str:
 def ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
+            return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
 

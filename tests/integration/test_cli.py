@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import msgspec
 import pytest
+from nats.js import JetStreamContext
 
 from libs.common import keys
 from libs.common.subjects import Subjects
@@ -196,8 +197,8 @@ async def test_missing_or_unreachable_database_is_one_clear_line(tmp_path: Path)
 
 
 async def test_dlq_list_and_replay_put_a_dead_letter_back_on_its_subject(
-    nats_url: str, js, subjects: Subjects, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    nats_url: str, js: JetStreamContext, subjects: Subjects, tmp_path: Path
+) -> None:
     original = subjects.enriched("acme", "signup")
     await js.publish(
         subjects.dlq("aggregator"),

@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import pytest
+from nats.js import JetStreamContext
 
 from libs.common import keys
 from libs.common.demo import (
@@ -34,8 +35,13 @@ pytestmark = pytest.mark.infra
 
 
 async def test_demo_backfill_is_accepted_whole_and_published_once(
-    database_url: str, nats_url: str, js, subjects: Subjects, pool: asyncpg.Pool, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    database_url: str,
+    nats_url: str,
+    js: JetStreamContext,
+    subjects: Subjects,
+    pool: asyncpg.Pool,
+    tmp_path: Path,
+) -> None:
     write_keys = {}
     async with pool.acquire() as conn:
         for project in DEMO_PROJECTS:
@@ -78,14 +84,20 @@ async def test_demo_backfill_is_accepted_whole_and_published_once(
     published: list[str] = []
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
         message = await js.get_msg(subjects.raw_stream, seq)
+        assert message.data is not None
         published += [e.event_id for e in raw_batch_decoder.decode(message.data).events]
     assert len(published) == len(set(published)) == stats.accepted
     assert set(published) <= generated
 
 
 async def test_strata_demo_streams_live_traffic_until_sigterm(
-    database_url: str, nats_url: str, js, subjects: Subjects, pool: asyncpg.Pool, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    database_url: str,
+    nats_url: str,
+    js: JetStreamContext,
+    subjects: Subjects,
+    pool: asyncpg.Pool,
+    tmp_path: Path,
+) -> None:
     async with pool.acquire() as conn:
         await keys.ensure_project(conn, "web")
         _, write_key = await keys.create_key(conn, "web", "write")
