@@ -3,6 +3,7 @@
 (every request answered only after JetStream acked) and PostgreSQL (key lookups).
 
     python -m bench.ingest_gateway [--seconds 20] [--connections 64] [--loaders 1]
+        [--people-per-batch 0] [--linger-s 0.002]
 
 Uses NATS_URL / DATABASE_URL when set, else starts embedded servers in a temporary directory.
 Load generators run in their own processes; on a 2-core machine they compete with ingest and
@@ -130,6 +131,18 @@ def _loader(
     out.put((ok, failed))
 
 
+def _raw_messages(port: int) -> tuple[float, float]:
+    """(raw messages acknowledged, events in them) from the ingest process's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    found = {"count": 0.0, "sum": 0.0}
+    for line in text.splitlines():
+        for field in found:
+            if line.startswith(f"strata_ingest_raw_message_events_{field} "):
+                found[field] = float(line.split()[1])
+    return found["count"], found["sum"]
+
+
 def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -168,6 +181,7 @@ def run_benchmark(
     loaders: int = 1,
     batch_size: int = 100,
     people_per_batch: int = 0,
+    linger_s: float | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark; returns the figures (events/s accepted, requests, errors, RSS)."""
     import psutil
@@ -197,6 +211,8 @@ def run_benchmark(
                 STRATA_HOST="127.0.0.1",
                 STRATA_LOG_LEVEL="warning",
             )
+            if linger_s is not None:
+                env["STRATA_PUBLISH_LINGER_S"] = str(linger_s)
             ingest = subprocess.Popen([sys.executable, "-m", "services.ingest"], cwd=ROOT, env=env)
             try:
                 _wait_ready(port, ingest)
@@ -220,6 +236,7 @@ def run_benchmark(
                     for n in range(loaders)
                 ]
                 cpu_before = process.cpu_times()
+                messages_before = _raw_messages(port)
                 started = time.monotonic()
                 for worker in workers:
                     worker.start()
@@ -229,6 +246,7 @@ def run_benchmark(
                     time.sleep(0.25)
                 elapsed = time.monotonic() - started
                 cpu_after = process.cpu_times()
+                messages_after = _raw_messages(port)
                 ok = failed = 0
                 for _ in workers:
                     a, b = queue.get()
@@ -240,6 +258,8 @@ def run_benchmark(
             for server in servers:
                 server.stop()
     ingest_cpu = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
+    raw_messages = messages_after[0] - messages_before[0]
+    raw_events = messages_after[1] - messages_before[1]
     return {
         "ingest_events_per_s": round(ok * batch_size / elapsed),
         "ingest_requests_per_s": round(ok / elapsed),
@@ -251,6 +271,10 @@ def run_benchmark(
         # much of the machine the load generator and NATS took.
         "ingest_events_per_cpu_s": round(ok * batch_size / ingest_cpu) if ingest_cpu else 0,
         "ingest_peak_rss_mb": round(peak_rss / 2**20, 1),
+        # Cross-request coalescing at work: JetStream messages per request and their size.
+        "ingest_raw_messages_per_s": round(raw_messages / elapsed),
+        "ingest_raw_messages_per_request": round(raw_messages / ok, 2) if ok else 0,
+        "ingest_events_per_raw_message": round(raw_events / raw_messages, 1) if raw_messages else 0,
         "seconds": round(elapsed, 1),
         "connections": connections,
         "loaders": loaders,
@@ -269,10 +293,21 @@ def main() -> None:
         default=0,
         help="visitors a batch's events come from (0: every event its own, the worst case)",
     )
+    parser.add_argument(
+        "--linger-s",
+        type=float,
+        default=None,
+        help="STRATA_PUBLISH_LINGER_S of the ingest process (default: the service's default)",
+    )
     parser.add_argument("--output", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
     figures = run_benchmark(
-        args.seconds, args.connections, args.loaders, args.batch_size, args.people_per_batch
+        args.seconds,
+        args.connections,
+        args.loaders,
+        args.batch_size,
+        args.people_per_batch,
+        args.linger_s,
     )
     text = json.dumps(figures, indent=2)
     print(text)
