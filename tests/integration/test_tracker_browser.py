@@ -340,7 +340,10 @@ async def test_do_not_track_and_gpc_are_honoured_when_the_tag_says_so(
             ),
         )
         await _loaded(page, f"{site.shop}/shop.html?attributes=data-respect-dnt")
-        await page.evaluate("strata.track('Ignored'); strata.flush()")
+        await page.evaluate(
+            "strata.consent({analytics: true}); strata.track('Ignored'); strata.flush()"
+        )
+        assert await _storage(page) == ["", 0, 0]
         await page.click("#signup")
         # Leaving would beacon anything queued: nothing is.
         await page.goto(f"{site.partner}/shop.html")

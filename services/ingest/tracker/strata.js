@@ -216,6 +216,7 @@
     drop('uid');
   };
   const consent = granted => {
+    if (off) return; // opted out by DNT/GPC: nothing is sent, so nothing is worth storing
     granted = granted || {};
     choices = { analytics: !!granted.analytics, marketing: !!granted.marketing,
       personalization: !!granted.personalization };
