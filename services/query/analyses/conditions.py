@@ -1,0 +1,228 @@
+"""Property conditions and dimension filters as DuckDB SQL over `events_scan` (alias `e`) and
+`persons` (alias `pt`). Every user-given value is a bound parameter, never pasted into SQL.
+
+A property name is an event column (`path`, `country`, ...), an event property (`plan`, or
+`properties.plan.tier` for a nested key), or a person trait (`person.plan`). Properties are
+compared as their JSON text (`42`, `true`, `pro`); numbers compare numerically."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import duckdb
+
+from libs.common.rollup_keys import EVENT_DIMENSIONS, NONE_VALUE
+from services.query.analyses.requests import Condition, EventMatch, PropertyValue
+from services.query.metric_query import SqlParams
+from services.query.params import EVENT_NAME_DIMENSION, Filters, ParamError
+
+# Columns of `events_scan` a condition or breakdown may name directly.
+EVENT_COLUMNS = (
+    "name",
+    "path",
+    "url",
+    "title",
+    "referrer_domain",
+    "channel",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "browser",
+    "os",
+    "device_type",
+    "country",
+    "session_id",
+    "distinct_id",
+    "user_id",
+)
+PERSON_PREFIX = "person."
+PROPERTIES_PREFIX = "properties."
+
+EQUALITY_OPERATORS = ("eq", "neq")
+TEXT_OPERATORS = ("contains", "not_contains", "regex", "not_regex")
+NUMERIC_OPERATORS = ("gt", "gte", "lt", "lte")
+PRESENCE_OPERATORS = ("is_set", "is_not_set")
+OPERATORS = (*EQUALITY_OPERATORS, *TEXT_OPERATORS, *NUMERIC_OPERATORS, *PRESENCE_OPERATORS)
+_NUMERIC_SQL = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+_KEY = re.compile(r'^[^"\\\x00-\x1f]+$')
+
+
+@dataclass(frozen=True)
+class PropertyRef:
+    """Where a property lives: an event column, a path into the event's properties, or a path
+    into the person's traits."""
+
+    source: str  # "column" | "event" | "person"
+    path: tuple[str, ...]  # (column,) or the JSON keys, outermost first
+
+    @property
+    def needs_persons(self) -> bool:
+        return self.source == "person"
+
+
+def property_ref(field: str, raw: str) -> PropertyRef:
+    """Resolve a property name; a ParamError names `field` when it is malformed."""
+    if raw in EVENT_COLUMNS:
+        return PropertyRef("column", (raw,))
+    if raw.startswith(PERSON_PREFIX):
+        ref = PropertyRef("person", tuple(raw[len(PERSON_PREFIX) :].split(".")))
+    elif raw.startswith(PROPERTIES_PREFIX):
+        ref = PropertyRef("event", tuple(raw[len(PROPERTIES_PREFIX) :].split(".")))
+    else:
+        # A bare name is one top-level key, dots and all; `properties.a.b` says "nested".
+        ref = PropertyRef("event", (raw,))
+    if not all(_KEY.match(part) for part in ref.path):
+        raise ParamError(
+            field,
+            f"{raw!r} is not a property name (an event column such as path, a property key, "
+            "properties.<nested.key> or person.<trait>; no quotes, backslashes or control "
+            "characters, no empty parts)",
+        )
+    return ref
+
+
+def json_path(ref: PropertyRef) -> str:
+    """The JSON path of a property, each key quoted so keys may hold spaces and dots."""
+    return "$." + ".".join(f'"{part}"' for part in ref.path)
+
+
+def property_sql(ref: PropertyRef, params: SqlParams) -> str:
+    """The property's text value (NULL when missing)."""
+    if ref.source == "column":
+        return f"e.{ref.path[0]}"
+    column = "pt.traits" if ref.source == "person" else "e.properties"
+    return f"json_extract_string({column}, {params.add(json_path(ref))})"
+
+
+def _scalar_sql(text: str, value: PropertyValue, params: SqlParams) -> str:
+    """`text` equals `value`: numbers numerically, booleans as true/false, text as is."""
+    if isinstance(value, bool):
+        return f"lower({text}) = {params.add('true' if value else 'false')}"
+    if isinstance(value, int | float):
+        return f"TRY_CAST({text} AS DOUBLE) = {params.add(float(value))}"
+    return f"{text} = {params.add(value)}"
+
+
+def _values(field: str, cond: Condition) -> list[PropertyValue]:
+    if cond.value is None:
+        raise ParamError(f"{field}.value", f"operator {cond.operator} needs a value")
+    values = cond.value if isinstance(cond.value, list) else [cond.value]
+    if not values:
+        raise ParamError(f"{field}.value", "must hold at least one value")
+    return values
+
+
+def check_regex(field: str, pattern: str) -> None:
+    """400 for a pattern DuckDB's RE2 cannot compile (lookarounds, backreferences, ...)."""
+    try:
+        duckdb.execute("SELECT regexp_matches('', $1)", [pattern]).fetchall()
+    except duckdb.Error as exc:
+        raise ParamError(field, f"invalid regular expression {pattern!r}: {exc}") from None
+
+
+def condition_sql(field: str, cond: Condition, params: SqlParams) -> str:
+    """A boolean SQL expression (never NULL) for one condition; `field` names it in errors."""
+    if cond.operator not in OPERATORS:
+        raise ParamError(
+            f"{field}.operator",
+            f"unknown operator {cond.operator!r} (one of {', '.join(OPERATORS)})",
+        )
+    ref = property_ref(f"{field}.property", cond.property)
+    text = property_sql(ref, params)
+    op = cond.operator
+    if op in PRESENCE_OPERATORS:
+        return f"({text} IS {'NOT ' if op == 'is_set' else ''}NULL)"
+    values = _values(field, cond)
+    if op in EQUALITY_OPERATORS:
+        matches = " OR ".join(_scalar_sql(text, v, params) for v in values)
+        # A missing property equals nothing, so `neq` matches it.
+        return f"coalesce({matches}, false)" if op == "eq" else f"NOT coalesce({matches}, false)"
+    if len(values) != 1:
+        raise ParamError(f"{field}.value", f"operator {op} takes a single value")
+    value = values[0]
+    if op in NUMERIC_OPERATORS:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ParamError(f"{field}.value", f"operator {op} needs a number, not {value!r}")
+        cmp = _NUMERIC_SQL[op]
+        return f"coalesce(TRY_CAST({text} AS DOUBLE) {cmp} {params.add(float(value))}, false)"
+    if not isinstance(value, str):
+        raise ParamError(f"{field}.value", f"operator {op} needs text, not {value!r}")
+    if op in ("contains", "not_contains"):
+        # Case-insensitive, as users type a fragment of a URL or title.
+        matches = f"coalesce(contains(lower({text}), {params.add(value.lower())}), false)"
+    else:
+        check_regex(f"{field}.value", value)
+        matches = f"coalesce(regexp_matches({text}, {params.add(value)}), false)"
+    return matches if op in ("contains", "regex") else f"NOT {matches}"
+
+
+def conditions_sql(field: str, conditions: Sequence[Condition], params: SqlParams) -> str:
+    """All conditions (AND); TRUE when there are none."""
+    parts = [condition_sql(f"{field}[{i}]", cond, params) for i, cond in enumerate(conditions)]
+    return " AND ".join(parts) if parts else "TRUE"
+
+
+def needs_persons(conditions: Sequence[Condition]) -> bool:
+    """Whether any condition reads a person trait (the query must join `persons`)."""
+    return any(c.property.startswith(PERSON_PREFIX) for c in conditions)
+
+
+def event_match_sql(field: str, match: EventMatch, params: SqlParams) -> str:
+    """`e` is this event with these conditions."""
+    if not match.event:
+        raise ParamError(f"{field}.event", "must name an event")
+    name = f"e.name = {params.add(match.event)}"
+    if not match.conditions:
+        return name
+    return f"({name} AND {conditions_sql(f'{field}.conditions', match.conditions, params)})"
+
+
+def dimension_value_sql(dimension: str) -> str:
+    """A metrics-endpoint dimension's value on `e`, missing or empty as '(none)'."""
+    if dimension == EVENT_NAME_DIMENSION:
+        return "e.name"
+    return f"coalesce(nullif(e.{EVENT_DIMENSIONS[dimension]}, ''), '{NONE_VALUE}')"
+
+
+def filters_sql(filters: Filters, params: SqlParams) -> list[str]:
+    """The metrics endpoint's `filter=dimension:value` rules as WHERE terms on `e`."""
+    return [
+        f"list_contains({params.add(list(f.values))}::VARCHAR[],"
+        f" {dimension_value_sql(f.dimension)})"
+        for f in filters
+    ]
+
+
+def breakdown_sql(field: str, raw: str, params: SqlParams) -> tuple[str, bool]:
+    """(SQL of a breakdown property's value, missing as '(none)'; whether it needs persons)."""
+    ref = property_ref(field, raw)
+    return f"coalesce(nullif({property_sql(ref, params)}, ''), '{NONE_VALUE}')", ref.needs_persons
+
+
+@dataclass(frozen=True)
+class EventScope:
+    """Which rows of `events_scan` an analysis reads: a time range, bots or not, the metrics
+    endpoint's filters, and cohort tables (registered `person_id` tables) persons must be in."""
+
+    start: datetime
+    end: datetime
+    include_bots: bool = False
+    filters: Filters = field(default_factory=Filters)
+    cohort_tables: tuple[str, ...] = ()
+
+    def where(self, params: SqlParams, start: datetime | None = None) -> str:
+        """WHERE terms on `e` (AND-ed); `start` overrides the range start."""
+        terms = [
+            f"e.ts >= {params.add(start or self.start)}",
+            f"e.ts < {params.add(self.end)}",
+        ]
+        if not self.include_bots:
+            terms.append("NOT e.is_bot")
+        terms.extend(filters_sql(self.filters, params))
+        terms.extend(
+            f"e.person_id IN (SELECT person_id FROM {table})" for table in self.cohort_tables
+        )
+        return " AND ".join(terms)

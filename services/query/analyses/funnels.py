@@ -1,0 +1,493 @@
+"""Funnels over `events_scan`, in DuckDB SQL: one set-based pass per step (ASOF joins over the
+persons' step events), never a Python loop over events.
+
+Semantics (docs/analytics.md, "Funnels"):
+- A person's events are taken in the order (ts, first step the event satisfies, event_id): at
+  one timestamp, step events come in step order, so two different steps there count as in order.
+- Every first-step event inside [from, to) starts an attempt whose window ends at its time plus
+  the window (a fixed duration, inclusive).
+- ordered: step k is the first later event satisfying it within the window; strict: the very
+  next event of the person's interactive sequence must satisfy it; unordered: an attempt starts
+  at any step's event and completes every step with an event in its window, each event
+  crediting one step. A step identical to the step it repeats needs a strictly later timestamp.
+- An exclusion event strictly between the times of its two steps of an attempt (or, when the
+  attempt never reached the second, after the first and inside the window) removes the person.
+- A person counts once, at the furthest step of their best attempt (the earliest attempt that
+  got furthest), with that attempt's times and breakdown value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import msgspec
+
+from libs.common.schemas.events_v1 import ALIAS, GROUP, IDENTIFY
+from services.query.analyses.conditions import (
+    EventScope,
+    breakdown_sql,
+    event_match_sql,
+    needs_persons,
+)
+from services.query.analyses.requests import (
+    EventMatch,
+    FunnelRequest,
+    FunnelStep,
+    PersonsPage,
+    check_choice,
+    check_range,
+)
+from services.query.metric_query import SqlParams
+from services.query.params import ParamError
+
+ORDERS = ("ordered", "strict", "unordered")
+WINDOW_UNITS: dict[str, int] = {
+    "second": 1,
+    "minute": 60,
+    "hour": 3600,
+    "day": 86_400,
+    "week": 7 * 86_400,
+    "month": 30 * 86_400,  # a fixed 30 days: calendar months differ in length
+}
+MAX_WINDOW_S = 366 * 86_400
+PERSON_STATUSES = ("converted", "dropped")
+MIN_STEPS, MAX_STEPS = 2, 20
+MAX_PERSONS_PAGE = 10_000
+# Identity calls are bookkeeping, not actions: they never break a strict funnel.
+NON_ACTION_EVENTS = (IDENTIFY, ALIAS, GROUP)
+_US = 1_000_000
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    match: EventMatch
+    from_step: int  # 1-based
+    to_step: int
+
+
+@dataclass(frozen=True)
+class FunnelSpec:
+    """A validated funnel definition."""
+
+    steps: tuple[FunnelStep, ...]
+    order: str = "ordered"
+    window_s: int = 14 * 86_400
+    exclusions: tuple[Exclusion, ...] = ()
+    breakdown: str | None = None
+    breakdown_limit: int = 25
+
+    @property
+    def n(self) -> int:
+        return len(self.steps)
+
+
+def identical(a: EventMatch, b: EventMatch) -> bool:
+    """Same event with the same conditions (in any order)."""
+    if a.event != b.event:
+        return False
+
+    def key(match: EventMatch) -> list[bytes]:
+        return sorted(msgspec.json.encode(c) for c in match.conditions)
+
+    return key(a) == key(b)
+
+
+def funnel_spec(request: FunnelRequest) -> FunnelSpec:
+    """Validate a request's funnel definition; a ParamError names the offending field."""
+    if not MIN_STEPS <= len(request.steps) <= MAX_STEPS:
+        raise ParamError(
+            "steps", f"a funnel has {MIN_STEPS} to {MAX_STEPS} steps, not {len(request.steps)}"
+        )
+    order = check_choice("order", request.order, ORDERS)
+    unit_s = WINDOW_UNITS.get(request.window.unit)
+    if unit_s is None:
+        raise ParamError(
+            "window.unit", f"must be one of {', '.join(WINDOW_UNITS)}, not {request.window.unit!r}"
+        )
+    window_s = request.window.value * unit_s
+    if request.window.value < 1 or window_s > MAX_WINDOW_S:
+        raise ParamError("window.value", "the window must be from 1 second to 366 days")
+    n = len(request.steps)
+    exclusions = []
+    for i, x in enumerate(request.exclusions):
+        to_step = n if x.to_step is None else x.to_step
+        check_range(f"exclusions[{i}].from_step", x.from_step, 1, n - 1)
+        check_range(f"exclusions[{i}].to_step", to_step, x.from_step + 1, n)
+        exclusions.append(Exclusion(EventMatch(x.event, x.conditions), x.from_step, to_step))
+    if exclusions and order == "unordered":
+        raise ParamError("exclusions", "exclusions need an ordered or strict funnel")
+    check_range("breakdown_limit", request.breakdown_limit, 1, 1000)
+    return FunnelSpec(
+        steps=tuple(request.steps),
+        order=order,
+        window_s=window_s,
+        exclusions=tuple(exclusions),
+        breakdown=request.breakdown,
+        breakdown_limit=request.breakdown_limit,
+    )
+
+
+def check_persons_page(page: PersonsPage, n: int) -> None:
+    check_choice("persons.status", page.status, PERSON_STATUSES)
+    check_range("persons.step", page.step, 2 if page.status == "dropped" else 1, n)
+    check_range("persons.limit", page.limit, 1, MAX_PERSONS_PAGE)
+    if page.cursor is not None:
+        decode_cursor(page.cursor)
+
+
+def encode_cursor(person_id: str) -> str:
+    return base64.urlsafe_b64encode(person_id.encode()).decode()
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor.encode()).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ParamError("persons.cursor", "not a cursor this API returned") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Engine
+
+
+@dataclass(frozen=True)
+class StepStats:
+    count: int
+    median_s: float | None
+    avg_s: float | None
+
+
+@dataclass(frozen=True)
+class FunnelCounts:
+    """Per step (index 0 = step 1): persons reaching it and the times from the step before."""
+
+    steps: list[StepStats]
+
+
+@dataclass(frozen=True)
+class FunnelResult:
+    total: FunnelCounts
+    breakdown: list[tuple[str, FunnelCounts]]  # ranked by step-1 persons, at most the limit
+    breakdown_truncated: bool
+    persons: list[str] | None = None
+    next_cursor: str | None = None
+
+
+class FunnelQuery:
+    """Builds and runs one funnel's SQL on a scan connection. Temp tables are named with
+    `prefix`, so an experiment can run several funnels on one connection."""
+
+    def __init__(self, spec: FunnelSpec, scope: EventScope, prefix: str = "funnel") -> None:
+        self.spec = spec
+        self.scope = scope
+        self.seq = f"{prefix}_seq"
+        self.excl = f"{prefix}_excl"
+        self.persons = f"{prefix}_persons"
+        self.window_us = spec.window_s * _US
+        steps = spec.steps
+        # Whether step k (0-based) repeats step k-1 exactly (ordered/strict), or the latest
+        # identical earlier step (unordered): it then needs a strictly later timestamp.
+        self.repeats_previous = [k > 0 and identical(steps[k], steps[k - 1]) for k in range(spec.n)]
+        self.needs_group_end = any(self.repeats_previous) or (
+            spec.order == "unordered"
+            and any(identical(steps[j], steps[k]) for k in range(spec.n) for j in range(k))
+        )
+
+    # -- events ---------------------------------------------------------------------------
+
+    def _step_events_sql(self, params: SqlParams) -> str:
+        spec = self.spec
+        masks = []
+        joins_persons = False
+        for k, step in enumerate(spec.steps):
+            match = event_match_sql(f"steps[{k}]", step, params)
+            masks.append(f"(CASE WHEN {match} THEN {1 << k} ELSE 0 END)")
+            joins_persons |= needs_persons(step.conditions)
+        bd = "NULL::VARCHAR"
+        if spec.breakdown is not None:
+            bd, bd_persons = breakdown_sql("breakdown", spec.breakdown, params)
+            joins_persons |= bd_persons
+        where = self.scope.where(params)
+        if spec.order == "strict":
+            # The strict sequence: every interactive action of the person.
+            names = ", ".join(params.add(name) for name in NON_ACTION_EVENTS)
+            where += f" AND NOT e.non_interactive AND e.name NOT IN ({names})"
+        else:
+            names = ", ".join(params.add(name) for name in sorted({s.event for s in spec.steps}))
+            where += f" AND e.name IN ({names})"
+        persons_join = "LEFT JOIN persons pt ON pt.person_id = e.person_id" if joins_persons else ""
+        rank = (
+            "CASE "
+            + " ".join(f"WHEN mask & {1 << k} <> 0 THEN {k + 1}" for k in range(spec.n))
+            + f" ELSE {spec.n + 1} END"
+        )
+        keep = "" if spec.order == "strict" else "WHERE mask <> 0"
+        ranked = f"""
+            SELECT pid, t, mask, bd,
+                   row_number() OVER (PARTITION BY pid ORDER BY t, {rank}, eid) AS pos
+            FROM (
+                SELECT e.person_id AS pid, epoch_us(e.ts) AS t, e.event_id AS eid,
+                       {" | ".join(masks)} AS mask, {bd} AS bd
+                FROM events_scan e {persons_join}
+                WHERE {where}
+            ) {keep}"""
+        if not self.needs_group_end:
+            return ranked
+        return f"""
+            SELECT *, max(pos) OVER (PARTITION BY pid, t) AS gend FROM ({ranked})"""
+
+    def _exclusion_events_sql(self, params: SqlParams) -> str:
+        masks = []
+        joins_persons = False
+        for i, x in enumerate(self.spec.exclusions):
+            match = event_match_sql(f"exclusions[{i}]", x.match, params)
+            masks.append(f"(CASE WHEN {match} THEN {1 << i} ELSE 0 END)")
+            joins_persons |= needs_persons(x.match.conditions)
+        names = ", ".join(
+            params.add(n) for n in sorted({x.match.event for x in self.spec.exclusions})
+        )
+        persons_join = "LEFT JOIN persons pt ON pt.person_id = e.person_id" if joins_persons else ""
+        return f"""
+            SELECT pid, t, xmask FROM (
+                SELECT e.person_id AS pid, epoch_us(e.ts) AS t, {" | ".join(masks)} AS xmask
+                FROM events_scan e {persons_join}
+                WHERE {self.scope.where(params)} AND e.name IN ({names})
+            ) WHERE xmask <> 0"""
+
+    # -- attempts -------------------------------------------------------------------------
+
+    def _candidates(self, k: int) -> str:
+        gend = ", gend" if self.needs_group_end else ""
+        return f"(SELECT pid, pos, t{gend} FROM {self.seq} WHERE mask & {1 << k} <> 0)"
+
+    def _attempt_rows_ordered(self, start_us: int, end_us: int, floor_table: str | None) -> str:
+        """One row per attempt with p1..pn / t1..tn (NULL past the furthest step)."""
+        spec = self.spec
+        gend = ", s.gend AS g1" if self.needs_group_end else ""
+        floor = ""
+        if floor_table is not None:
+            floor = f"JOIN {floor_table} f ON f.pid = s.pid AND s.t >= f.t_floor"
+        sql = f"""
+            SELECT s.pid, s.pos AS p1, s.t AS t1, s.t + {self.window_us} AS dl, s.bd{gend}
+            FROM {self.seq} s {floor}
+            WHERE s.mask & 1 <> 0 AND s.t >= {start_us} AND s.t < {end_us}"""
+        for k in range(1, spec.n):
+            prev = k  # 1-based index of the previous step's columns
+            cur = k + 1
+            gend_out = ""
+            if spec.order == "strict":
+                ok = f"c.mask & {1 << k} <> 0 AND c.t <= a.dl"
+                if self.repeats_previous[k]:
+                    ok += f" AND c.t > a.t{prev}"
+                if self.needs_group_end:
+                    gend_out = f", CASE WHEN {ok} THEN c.gend END AS g{cur}"
+                sql = f"""
+                    SELECT a.*, CASE WHEN {ok} THEN c.pos END AS p{cur},
+                           CASE WHEN {ok} THEN c.t END AS t{cur}{gend_out}
+                    FROM ({sql}) a
+                    LEFT JOIN {self.seq} c ON c.pid = a.pid AND c.pos = a.p{prev} + 1"""
+            else:
+                bound = f"a.g{prev} + 1" if self.repeats_previous[k] else f"a.p{prev} + 1"
+                if self.needs_group_end:
+                    gend_out = f", CASE WHEN c.t <= a.dl THEN c.gend END AS g{cur}"
+                sql = f"""
+                    SELECT a.*, CASE WHEN c.t <= a.dl THEN c.pos END AS p{cur},
+                           CASE WHEN c.t <= a.dl THEN c.t END AS t{cur}{gend_out}
+                    FROM ({sql}) a
+                    ASOF LEFT JOIN {self._candidates(k)} c
+                    ON a.pid = c.pid AND c.pos >= {bound}"""
+        reached = " + ".join(f"(p{k + 1} IS NOT NULL)::INTEGER" for k in range(spec.n))
+        excluded = "false"
+        for i, x in enumerate(spec.exclusions):
+            ti, tj = f"a.t{x.from_step}", f"a.t{x.to_step}"
+            sql = f"""
+                SELECT a.*, coalesce(x.t IS NOT NULL AND CASE WHEN {tj} IS NOT NULL
+                           THEN x.t < {tj} ELSE x.t <= a.dl END, false) AS x{i}
+                FROM ({sql}) a
+                ASOF LEFT JOIN (SELECT pid, t FROM {self.excl} WHERE xmask & {1 << i} <> 0) x
+                ON a.pid = x.pid AND x.t > {ti}"""
+        if spec.exclusions:
+            excluded = " OR ".join(f"x{i}" for i in range(len(spec.exclusions)))
+        times = ", ".join(f"t{k + 1}" for k in range(spec.n))
+        return f"""
+            SELECT pid, {reached} AS reached, {excluded} AS excluded, p1 AS attempt_order,
+                   {times}, bd
+            FROM ({sql})"""
+
+    def _attempt_rows_unordered(self, start_us: int, end_us: int, floor_table: str | None) -> str:
+        """Attempts start at any step event; each step takes the first event at or after the
+        attempt's timestamp not credited to an earlier step (identical steps: strictly later
+        than the latest credited one), credited if inside the window."""
+        spec = self.spec
+        floor = ""
+        if floor_table is not None:
+            floor = f"JOIN {floor_table} f ON f.pid = s.pid AND s.t >= f.t_floor"
+        sql = f"""
+            SELECT s.pid, s.t AS t0, min(s.pos) AS g0, s.t + {self.window_us} AS dl,
+                   arg_min(s.bd, s.pos) AS bd
+            FROM {self.seq} s {floor}
+            WHERE s.t >= {start_us} AND s.t < {end_us}
+            GROUP BY s.pid, s.t"""
+        steps = spec.steps
+        for k in range(spec.n):
+            cur = k + 1
+            same_def = [j for j in range(k) if identical(steps[j], steps[k])]
+            same_name = [
+                j for j in range(k) if steps[j].event == steps[k].event and j not in same_def
+            ]
+            bound = "a.g0"
+            for j in same_def:  # the latest credited identical step wins (checked last)
+                bound = f"CASE WHEN a.q{j + 1} IS NOT NULL THEN a.e{j + 1} + 1 ELSE {bound} END"
+            gend = ", c.gend AS c_gend" if self.needs_group_end else ""
+            sql = f"""
+                SELECT a.*, c.pos AS c_pos, c.t AS c_t{gend}
+                FROM ({sql}) a ASOF LEFT JOIN {self._candidates(k)} c
+                ON a.pid = c.pid AND c.pos >= {bound}"""
+            for _ in same_name:
+                # Skip an event already credited to an earlier step of the same event name.
+                taken = " OR ".join(f"a.c_pos = a.q{j + 1}" for j in same_name)
+                gend_cols = ", c.gend AS c_gend" if self.needs_group_end else ""
+                excluded_cols = "c_pos, c_t, c_gend" if self.needs_group_end else "c_pos, c_t"
+                sql = f"""
+                    SELECT a.* EXCLUDE ({excluded_cols}), c.pos AS c_pos, c.t AS c_t{gend_cols}
+                    FROM ({sql}) a ASOF LEFT JOIN {self._candidates(k)} c
+                    ON a.pid = c.pid
+                    AND c.pos >= a.c_pos + CASE WHEN coalesce({taken}, false) THEN 1 ELSE 0 END"""
+            credited = "a.c_t <= a.dl"
+            gend_out = ""
+            if self.needs_group_end:
+                gend_out = f", CASE WHEN {credited} THEN a.c_gend END AS e{cur}"
+            dropped = "c_pos, c_t, c_gend" if self.needs_group_end else "c_pos, c_t"
+            sql = f"""
+                SELECT a.* EXCLUDE ({dropped}), CASE WHEN {credited} THEN a.c_pos END AS q{cur},
+                       CASE WHEN {credited} THEN a.c_t END AS u{cur}{gend_out}
+                FROM ({sql}) a"""
+        done = ", ".join(f"u{k + 1}" for k in range(spec.n))
+        completions = f"list_sort(list_filter([{done}], lambda v: v IS NOT NULL))"
+        times = ", ".join(f"c[{k + 1}] AS t{k + 1}" for k in range(spec.n))
+        return f"""
+            SELECT pid, len(c) AS reached, false AS excluded, g0 AS attempt_order, {times}, bd
+            FROM (SELECT *, {completions} AS c FROM ({sql}))"""
+
+    # -- running --------------------------------------------------------------------------
+
+    def prepare(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        start_us: int,
+        end_us: int,
+        floor_table: str | None = None,
+    ) -> None:
+        """Build `<prefix>_persons(pid, reached, t1..tn, bd)`: every non-excluded person with
+        an attempt starting in [start_us, end_us) (and at or after their `floor_table.t_floor`
+        when given), at their best attempt."""
+        params = SqlParams()
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {self.seq} AS {self._step_events_sql(params)}",
+            params.values,
+        )
+        if self.spec.exclusions:
+            params = SqlParams()
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE {self.excl} AS {self._exclusion_events_sql(params)}",
+                params.values,
+            )
+        if self.spec.order == "unordered":
+            attempts = self._attempt_rows_unordered(start_us, end_us, floor_table)
+        else:
+            attempts = self._attempt_rows_ordered(start_us, end_us, floor_table)
+        fields = ", ".join(f"'t{k + 1}': t{k + 1}" for k in range(self.spec.n))
+        best_cols = ", ".join(f"b.t{k + 1} AS t{k + 1}" for k in range(self.spec.n))
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE {self.persons} AS
+            SELECT pid, b.reached AS reached, {best_cols}, b.bd AS bd FROM (
+                SELECT pid, bool_or(excluded) AS excluded,
+                       arg_min({{'reached': reached, {fields}, 'bd': bd}},
+                               row(-reached, attempt_order)) AS b
+                FROM ({attempts}) GROUP BY pid
+            ) WHERE NOT excluded"""
+        )
+        con.execute(f"DROP TABLE IF EXISTS {self.seq}")
+        con.execute(f"DROP TABLE IF EXISTS {self.excl}")
+
+    def _counts_sql(self, where: str = "TRUE") -> str:
+        cols = []
+        for k in range(self.spec.n):
+            cols.append(f"count(*) FILTER (WHERE reached >= {k + 1}) AS c{k + 1}")
+            if k:
+                gap = f"(t{k + 1} - t{k}) / 1e6"
+                cols.append(f"median({gap}) FILTER (WHERE reached >= {k + 1}) AS m{k + 1}")
+                cols.append(f"avg({gap}) FILTER (WHERE reached >= {k + 1}) AS a{k + 1}")
+        return f"SELECT bd, {', '.join(cols)} FROM {self.persons} WHERE {where}"
+
+    def _counts_of(self, row: tuple[Any, ...]) -> FunnelCounts:
+        stats = [StepStats(int(row[1]), None, None)]
+        for k in range(1, self.spec.n):
+            base = 2 + (k - 1) * 3
+            count, median, avg = row[base], row[base + 1], row[base + 2]
+            stats.append(StepStats(int(count), median, avg))
+        return FunnelCounts(stats)
+
+    def counts(self, con: duckdb.DuckDBPyConnection) -> tuple[FunnelCounts, list[Any], bool]:
+        """Total counts, per-breakdown-value counts (top values) and whether values were cut."""
+        total_sql = self._counts_sql().replace("SELECT bd,", "SELECT NULL AS bd,", 1)
+        total_row = con.execute(total_sql).fetchone()
+        assert total_row is not None
+        total = self._counts_of(total_row)
+        breakdown: list[tuple[str, FunnelCounts]] = []
+        truncated = False
+        if self.spec.breakdown is not None:
+            rows = con.execute(self._counts_sql() + " GROUP BY bd ORDER BY c1 DESC, bd").fetchall()
+            truncated = len(rows) > self.spec.breakdown_limit
+            breakdown = [(r[0], self._counts_of(r)) for r in rows[: self.spec.breakdown_limit]]
+        return total, breakdown, truncated
+
+    def person_ids(
+        self, con: duckdb.DuckDBPyConnection, page: PersonsPage | None, *, everyone: bool = False
+    ) -> tuple[list[str], str | None]:
+        """The persons at a step (`converted`: reached it; `dropped`: reached the step before
+        it and no further), ordered by id, one page (or all of them with `everyone`)."""
+        assert page is not None
+        params = SqlParams()
+        if page.status == "converted":
+            terms = [f"reached >= {params.add(page.step)}"]
+        else:
+            terms = [f"reached = {params.add(page.step - 1)}"]
+        if page.breakdown_value is not None:
+            terms.append(f"bd = {params.add(page.breakdown_value)}")
+        if page.cursor is not None and not everyone:
+            terms.append(f"pid > {params.add(decode_cursor(page.cursor))}")
+        limit = "" if everyone else f" LIMIT {page.limit + 1}"
+        rows = con.execute(
+            f"SELECT pid FROM {self.persons} WHERE {' AND '.join(terms)} ORDER BY pid{limit}",
+            params.values,
+        ).fetchall()
+        ids = [r[0] for r in rows]
+        if everyone or len(ids) <= page.limit:
+            return ids, None
+        ids = ids[: page.limit]
+        return ids, encode_cursor(ids[-1])
+
+
+def run_funnel(
+    con: duckdb.DuckDBPyConnection,
+    spec: FunnelSpec,
+    scope: EventScope,
+    start_us: int,
+    end_us: int,
+    page: PersonsPage | None = None,
+) -> FunnelResult:
+    """The funnel's counts (and a page of persons) on a connection holding `events_scan`;
+    attempts start in [start_us, end_us), rows come from `scope`."""
+    query = FunnelQuery(spec, scope)
+    query.prepare(con, start_us, end_us)
+    total, breakdown, truncated = query.counts(con)
+    persons, cursor = (None, None)
+    if page is not None:
+        persons, cursor = query.person_ids(con, page)
+    con.execute(f"DROP TABLE IF EXISTS {query.persons}")
+    return FunnelResult(total, breakdown, truncated, persons, cursor)
