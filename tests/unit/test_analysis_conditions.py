@@ -1,0 +1,108 @@
+"""Property conditions: every operator against a table of values, person traits, nested keys,
+values always bound (never pasted into SQL), and a 400 naming the field for bad ones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from services.query.analyses.conditions import conditions_sql
+from services.query.analyses.requests import Condition
+from services.query.metric_query import SqlParams
+from services.query.params import ParamError
+from tests.support.analysis_events import Ev, at, numbered, scan_connection
+
+EVENTS = numbered(
+    [
+        Ev("p1", "buy", at(0), path="/a", properties={"plan": "pro", "amount": 42, "ok": True}),
+        Ev("p2", "buy", at(1), path="/b", properties={"plan": "Free", "amount": "7.5"}),
+        Ev("p3", "buy", at(2), properties={"plan": None, "meta": {"tier": "gold"}}),
+        Ev("p4", "buy", at(3), properties={"odd key.with dot": "x", "amount": 100}),
+    ]
+)
+TRAITS = {"p1": {"company": {"size": 50}}, "p2": {"company": {"size": 5}}}
+
+
+def matching(*conditions: Condition) -> list[str]:
+    con = scan_connection(EVENTS, TRAITS)
+    params = SqlParams()
+    where = conditions_sql("conditions", conditions, params)
+    rows = con.execute(
+        "SELECT e.person_id FROM events_scan e LEFT JOIN persons pt"
+        f" ON pt.person_id = e.person_id WHERE {where} ORDER BY 1",
+        params.values,
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+@pytest.mark.parametrize(
+    ("condition", "persons"),
+    [
+        (Condition("plan", "eq", "pro"), ["p1"]),
+        (Condition("plan", "eq", ["pro", "Free"]), ["p1", "p2"]),
+        (Condition("plan", "neq", "pro"), ["p2", "p3", "p4"]),  # missing/null differ too
+        (Condition("amount", "eq", 42), ["p1"]),
+        (Condition("amount", "eq", 7.5), ["p2"]),  # "7.5" as text compares numerically
+        (Condition("amount", "gt", 7.5), ["p1", "p4"]),
+        (Condition("amount", "gte", 7.5), ["p1", "p2", "p4"]),
+        (Condition("amount", "lt", 42), ["p2"]),
+        (Condition("amount", "lte", 42), ["p1", "p2"]),
+        (Condition("ok", "eq", True), ["p1"]),
+        (Condition("plan", "contains", "FRE"), ["p2"]),  # case-insensitive
+        (Condition("plan", "not_contains", "r"), ["p3", "p4"]),
+        (Condition("plan", "regex", "^[pF]"), ["p1", "p2"]),
+        (Condition("plan", "not_regex", "^p"), ["p2", "p3", "p4"]),
+        (Condition("plan", "is_set"), ["p1", "p2"]),  # JSON null is not set
+        (Condition("plan", "is_not_set"), ["p3", "p4"]),
+        (Condition("path", "eq", "/b"), ["p2"]),
+        (Condition("path", "is_not_set"), ["p3", "p4"]),
+        (Condition("properties.meta.tier", "eq", "gold"), ["p3"]),
+        (Condition("odd key.with dot", "eq", "x"), ["p4"]),
+        (Condition("person.company.size", "gte", 10), ["p1"]),
+        (Condition("person.company.size", "is_not_set"), ["p3", "p4"]),
+    ],
+)
+def test_operator(condition: Condition, persons: list[str]) -> None:
+    assert matching(condition) == persons
+
+
+def test_conditions_are_all_required() -> None:
+    assert matching(Condition("amount", "gt", 5), Condition("plan", "neq", "pro")) == ["p2", "p4"]
+
+
+def test_values_are_bound_never_pasted() -> None:
+    hostile = "pro' OR '1'='1"
+    assert matching(Condition("plan", "eq", hostile)) == []
+    assert matching(Condition("x'); DROP TABLE persons; --", "is_set")) == []
+    assert matching(Condition("plan", "is_set")) == ["p1", "p2"]  # persons is still there
+
+
+@pytest.mark.parametrize(
+    ("condition", "field", "problem"),
+    [
+        (Condition("plan", "like", "x"), "conditions[0].operator", "unknown operator"),
+        (Condition("plan", "eq"), "conditions[0].value", "needs a value"),
+        (Condition("plan", "eq", []), "conditions[0].value", "at least one"),
+        (Condition("amount", "gt", "ten"), "conditions[0].value", "needs a number"),
+        (Condition("amount", "gt", [1, 2]), "conditions[0].value", "single value"),
+        (Condition("plan", "regex", "(?<=a)b"), "conditions[0].value", "invalid regular"),
+        (Condition("plan", "contains", 3), "conditions[0].value", "needs text"),
+        (Condition("person.", "is_set"), "conditions[0].property", "not a property name"),
+        (Condition('pl"an', "is_set"), "conditions[0].property", "not a property name"),
+    ],
+)
+def test_bad_conditions_name_the_field(condition: Condition, field: str, problem: str) -> None:
+    with pytest.raises(ParamError) as caught:
+        conditions_sql("conditions", [condition], SqlParams())
+    assert caught.value.param == field
+    assert problem in caught.value.problem
+
+
+def test_hostile_property_names_are_rejected_or_bound() -> None:
+    # Quotes can not break out of the JSON path: they are refused before any SQL is built.
+    with pytest.raises(ParamError):
+        conditions_sql("c", [Condition('a"b', "eq", "x")], SqlParams())
+    params = SqlParams()
+    sql: Any = conditions_sql("c", [Condition("a b'c", "eq", "x")], params)
+    assert "a b'c" not in sql and '$."a b\'c"' in params.values

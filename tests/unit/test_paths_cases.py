@@ -1,0 +1,145 @@
+"""Paths, rule by rule, on hand-built sessions with nodes and edges worked out by hand."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+
+from services.query.analyses.conditions import EventScope
+from services.query.analyses.paths import PathsResult, paths_spec, run_paths
+from services.query.analyses.requests import CleaningRule, PathsRequest
+from services.query.params import ParamError
+from tests.support.analysis_events import Ev, at, numbered, scan_connection
+
+FROM, TO = at(-60), at(days=1)
+SESSION_MAX = timedelta(days=1)
+
+
+def session(person: str, sid: str, start: datetime, *steps: str) -> list[Ev]:
+    """A session's events a minute apart: `/x` is a pageview, a bare name a custom event."""
+    out = []
+    for i, step in enumerate(steps):
+        ts = start + timedelta(minutes=i)
+        if step.startswith("/"):
+            out.append(Ev(person, "$pageview", ts, path=step, session_id=sid))
+        else:
+            out.append(Ev(person, step, ts, session_id=sid))
+    return out
+
+
+def paths(events: list[Ev], **request: Any) -> PathsResult:
+    con = scan_connection(numbered(events))
+    spec = paths_spec(PathsRequest(**request))
+    scope = EventScope(FROM - SESSION_MAX, TO + SESSION_MAX)
+    return run_paths(con, spec, scope, FROM, TO, SESSION_MAX)
+
+
+def edges(result: PathsResult) -> dict[str, int]:
+    return {f"{e.step}_{e.source} -> {e.step + 1}_{e.target}": e.value for e in result.edges}
+
+
+def nodes(result: PathsResult) -> dict[str, tuple[int, int]]:
+    return {f"{n.step}_{n.name}": (n.count, n.drop_offs) for n in result.nodes}
+
+
+def test_nodes_are_step_indexed_and_edges_count_occurrences_not_persons() -> None:
+    # One person, two sessions taking / -> /pricing: the edge counts 2.
+    events = session("p", "s1", at(0), "/", "/pricing") + session(
+        "p", "s2", at(120), "/", "/pricing", "/signup"
+    )
+    result = paths(events)
+    assert edges(result) == {"1_/ -> 2_/pricing": 2, "2_/pricing -> 3_/signup": 1}
+    assert nodes(result) == {"1_/": (2, 0), "2_/pricing": (2, 1), "3_/signup": (1, 1)}
+    assert (result.sessions, result.persons) == (2, 1)
+
+
+def test_cleaning_rules_trailing_slashes_and_repeats() -> None:
+    events = session("p", "s1", at(0), "/user/12/", "/user/7", "/pricing/", "/pricing")
+    result = paths(events, cleaning_rules=[CleaningRule(r"^/user/\d+$", "/user/:id")])
+    # /user/12/ -> /user/12 -> /user/:id; /user/7 too: one node; /pricing/ == /pricing.
+    assert edges(result) == {"1_/user/:id -> 2_/pricing": 1}
+    assert nodes(result) == {"1_/user/:id": (1, 0), "2_/pricing": (1, 1)}
+
+
+def test_start_point_cuts_everything_before_its_first_match() -> None:
+    events = session("p", "s1", at(0), "/", "/docs", "/pricing", "/signup", "/pricing", "/docs")
+    events += session("q", "s2", at(10), "/", "/docs")  # never reaches the start point
+    result = paths(events, start_point="/pricing", steps=3)
+    assert edges(result) == {"1_/pricing -> 2_/signup": 1, "2_/signup -> 3_/pricing": 1}
+    assert result.sessions == 1
+
+
+def test_end_point_keeps_the_steps_leading_to_it() -> None:
+    events = session("p", "s1", at(0), "/", "/docs", "/pricing", "signup", "/docs")
+    events += session("q", "s2", at(10), "/", "signup")
+    events += session("r", "s3", at(20), "/", "/docs")  # never reaches the end point
+    result = paths(events, event_types=["pageview", "custom"], end_point="signup", steps=3)
+    assert edges(result) == {
+        "1_/docs -> 2_/pricing": 1,
+        "2_/pricing -> 3_signup": 1,
+        "1_/ -> 2_signup": 1,
+    }
+    # Paths that reached the end point did not drop off there.
+    assert nodes(result)["3_signup"] == (1, 0)
+
+
+def test_steps_limit_and_drop_offs() -> None:
+    events = session("p", "s1", at(0), "/", "/a", "/b", "/c")
+    events += session("q", "s2", at(10), "/", "/a")
+    result = paths(events, steps=3)
+    assert edges(result) == {"1_/ -> 2_/a": 2, "2_/a -> 3_/b": 1}
+    # q's session ended at /a; p's went on past the third step (not a drop-off).
+    assert nodes(result) == {"1_/": (2, 0), "2_/a": (2, 1), "3_/b": (1, 0)}
+
+
+def test_top_edges_are_cut_to_the_limit() -> None:
+    events = []
+    for i in range(3):
+        events += session(f"p{i}", f"s{i}", at(i), "/", "/pricing")
+    events += session("q", "sq", at(30), "/", "/docs")
+    result = paths(events, edge_limit=1)
+    assert edges(result) == {"1_/ -> 2_/pricing": 3}
+    assert result.edges_truncated
+
+
+def test_custom_events_and_event_types() -> None:
+    events = session("p", "s1", at(0), "/", "signup", "$identify", "/welcome")
+    assert edges(paths(events)) == {"1_/ -> 2_/welcome": 1}
+    assert edges(paths(events, event_types=["pageview", "custom"])) == {
+        "1_/ -> 2_signup": 1,
+        "2_signup -> 3_/welcome": 1,
+    }
+    assert edges(paths(events, event_types=["custom"])) == {}
+
+
+def test_sessions_are_those_starting_in_the_range() -> None:
+    events = session("p", "s1", FROM - timedelta(minutes=5), "/old", "/a", "/b", "/c", "/d", "/e")
+    events += session("q", "s2", TO - timedelta(minutes=1), "/late", "/after")  # crosses `to`
+    result = paths(events)
+    assert edges(result) == {"1_/late -> 2_/after": 1}
+
+
+def test_non_interactive_events_are_not_steps() -> None:
+    events = session("p", "s1", at(0), "/", "/a")
+    events.append(Ev("p", "scroll", at(0, seconds=30), session_id="s1", non_interactive=True))
+    assert edges(paths(events, event_types=["pageview", "custom"])) == {"1_/ -> 2_/a": 1}
+
+
+@pytest.mark.parametrize(
+    ("request_body", "field"),
+    [
+        ({"event_types": []}, "event_types"),
+        ({"event_types": ["screens"]}, "event_types[0]"),
+        ({"steps": 21}, "steps"),
+        ({"steps": 1}, "steps"),
+        ({"cleaning_rules": [CleaningRule("(?=x)", "y")]}, "cleaning_rules[0].regex"),
+        ({"edge_limit": 0}, "edge_limit"),
+        ({"start_point": ""}, "start_point"),
+    ],
+)
+def test_bad_paths_requests_name_the_field(request_body: dict[str, Any], field: str) -> None:
+    with pytest.raises(ParamError) as caught:
+        paths_spec(PathsRequest(**request_body))
+    assert caught.value.param == field
