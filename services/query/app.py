@@ -11,6 +11,7 @@ from prometheus_client import Counter, Histogram
 
 from libs.common.observability import add_health_routes
 from libs.common.settings import QuerySettings
+from services.query.analyses.endpoints import add_analysis_routes
 from services.query.auth import READ_KEYS, ReadKeys
 from services.query.dependencies import DEPS, SETTINGS, ApiError, QueryDeps
 from services.query.events_listing import get_events
@@ -110,6 +111,7 @@ def build_app(settings: QuerySettings, deps: QueryDeps) -> web.Application:
     app.router.add_get(f"{api}/users/{{user_id}}/journey", get_journey)
     app.router.add_get(f"{api}/stream/metrics", stream_metrics)
     app.router.add_get("/openapi.json", get_openapi)
+    add_analysis_routes(app)
 
     async def postgres_ready() -> None:
         await deps.pool.fetchval("SELECT 1")

@@ -21,6 +21,8 @@ STANDARD_METRICS = (*EVENT_METRICS, *SESSION_METRICS)
 SHARE_METRICS = ("bot_share", "cookieless_share")
 KNOWN_METRICS = (*STANDARD_METRICS, *SHARE_METRICS)
 EVENT_COUNT_PREFIX = "event:"
+# A saved custom metric (docs/analytics.md), computed from the event scan: `metric:<id>`.
+CUSTOM_METRIC_PREFIX = "metric:"
 
 # The bucket index of a total over the whole range, and the breakdown key of a total over
 # every breakdown value.
@@ -40,6 +42,14 @@ class MetricQuery:
     include_bots: bool
     limit: int = 100
     source: str = "auto"  # auto | rollups | events: which store answers
+    cohorts: tuple[str, ...] = ()  # cohort ids the persons must all be in
+    # The persons of those cohorts once resolved (None: no cohort filter); raw rows only.
+    cohort_persons: tuple[str, ...] | None = None
+
+    @property
+    def custom_metrics(self) -> tuple[str, ...]:
+        """Metrics asked for as `metric:<id>`."""
+        return tuple(m for m in self.metrics if m.startswith(CUSTOM_METRIC_PREFIX))
 
     @property
     def event_names(self) -> tuple[str, ...]:
@@ -85,10 +95,14 @@ def parse_metric_names(raw: str | None) -> tuple[str, ...]:
         if name.startswith(EVENT_COUNT_PREFIX):
             if name == EVENT_COUNT_PREFIX:
                 raise ParamError("metrics", "event: needs an event name, e.g. event:signup")
+        elif name.startswith(CUSTOM_METRIC_PREFIX):
+            if name == CUSTOM_METRIC_PREFIX:
+                raise ParamError("metrics", "metric: needs a custom metric id, e.g. metric:m_1")
         elif name not in KNOWN_METRICS:
             raise ParamError(
                 "metrics",
-                f"unknown metric {name!r} (one of {', '.join(KNOWN_METRICS)} or event:<name>)",
+                f"unknown metric {name!r} (one of {', '.join(KNOWN_METRICS)}, event:<name> "
+                "or metric:<custom metric id>)",
             )
         if name not in names:
             names.append(name)
@@ -112,6 +126,7 @@ class Counters:
     bot_events: int = 0
     counted_events: int = 0  # the events include_bots admits
     cookieless_events: int = 0  # of the counted events
+    custom: dict[str, int | float | None] = field(default_factory=dict)  # metric:<id> values
     visitor_union: hll_union | None = None
 
     def add_events(self, other: Counters) -> None:
@@ -153,6 +168,8 @@ def metric_value(metric: str, counters: Counters) -> int | float | None:
         return counters.pageviews
     if metric == "events":
         return counters.events
+    if metric.startswith(CUSTOM_METRIC_PREFIX):
+        return counters.custom.get(metric)
     if metric.startswith(EVENT_COUNT_PREFIX):
         return counters.named.get(metric[len(EVENT_COUNT_PREFIX) :], 0)
     if metric == "sessions":

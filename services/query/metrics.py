@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 from multidict import MultiMapping
 
+from services.query.analyses.metrics_endpoint import fill_custom_metrics, resolve_cohort_filter
 from services.query.auth import authorized_project
 from services.query.buckets import OutputBuckets, count_buckets, output_buckets, rollup_pieces
 from services.query.dependencies import DEPS, SETTINGS
@@ -64,6 +65,7 @@ METRICS_PARAMS = {
     "include_bots",
     "limit",
     "source",
+    "cohort",
 }
 
 
@@ -95,6 +97,8 @@ async def answer(request: web.Request, query: MetricQuery) -> MetricsAnswer:
     if query.source != SOURCE_EVENTS:
         if query.wants_share_counters:
             reason = "bot_share and cookieless_share are computed from raw events"
+        elif query.cohort_persons is not None:
+            reason = "cohort filters need persons, which rollups do not keep"
         elif not can_answer(query):
             reason = "they hold one dimension per row and sessions have no event name"
         else:
@@ -148,6 +152,7 @@ def parse_metric_query(request: web.Request, project_id: str) -> MetricQuery:
         include_bots=parse_bool(query, "include_bots"),
         limit=parse_int(query, "limit", 100, 1, MAX_BREAKDOWN_LIMIT),
         source=parse_source(query),
+        cohorts=tuple(query.getall("cohort", [])),
     )
 
 
@@ -169,8 +174,9 @@ def _series(query: MetricQuery, result: MetricsAnswer, key: str | None) -> list[
 async def get_metrics(request: web.Request) -> web.Response:
     """The KPIs of the authorized project (see docs/api-query.md)."""
     project_id = await authorized_project(request)
-    query = parse_metric_query(request, project_id)
+    query = await resolve_cohort_filter(request, parse_metric_query(request, project_id))
     result = await answer(request, query)
+    scanned = await fill_custom_metrics(request, query, result.buckets, result.cells)
     breakdown = None
     if query.breakdown is not None:
         keys, truncated = ranked_keys(result.cells, query.metrics[0], query.limit)
@@ -189,7 +195,7 @@ async def get_metrics(request: web.Request) -> web.Response:
     assert query.interval is not None
     body = MetricsResponse(
         source=result.source,
-        tiers=TIERS_HOT,
+        tiers=sorted({*TIERS_HOT, *scanned}),
         from_=query.window.start.astimezone(query.window.tz),
         to=query.window.end.astimezone(query.window.tz),
         timezone=query.window.tz_name,

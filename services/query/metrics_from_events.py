@@ -23,6 +23,19 @@ def dimension_sql(alias: str, column: str) -> str:
     return f"coalesce(nullif({alias}.{column}, ''), '{NONE_VALUE}')"
 
 
+def cohort_terms(params: SqlParams, query: MetricQuery, alias: str) -> list[str]:
+    """Rows of persons in the query's cohorts (persons resolved through person_aliases, as
+    the analyses resolve them)."""
+    if query.cohort_persons is None:
+        return []
+    person = (
+        f"coalesce((SELECT a.person_id FROM person_aliases a WHERE a.project_id = "
+        f"{alias}.project_id AND a.distinct_id = {alias}.distinct_id), {alias}.user_id, "
+        f"{alias}.distinct_id)"
+    )
+    return [f"{person} = ANY({params.add(list(query.cohort_persons))}::text[])"]
+
+
 def _event_dimension_sql(dimension: str) -> str:
     if dimension == EVENT_NAME_DIMENSION:
         return "e.name"
@@ -70,6 +83,7 @@ async def _read_event_counters(
     where.append(f"(NOT e.is_bot OR {bots})")
     for flt in query.filters:
         where.append(f"{_event_dimension_sql(flt.dimension)} = ANY({params.add(list(flt.values))})")
+    where.extend(cohort_terms(params, query, "e"))
     key_sql = "NULL::text" if query.breakdown is None else _event_dimension_sql(query.breakdown)
     pageview = params.add(PAGEVIEW)
     named = list(query.event_names)
@@ -114,6 +128,7 @@ async def _read_share_counters(
     where = [f"e.project_id = {project}", f"e.ts >= {start}", f"e.ts < {end}"]
     for flt in query.filters:
         where.append(f"{_event_dimension_sql(flt.dimension)} = ANY({params.add(list(flt.values))})")
+    where.extend(cohort_terms(params, query, "e"))
     key_sql = "NULL::text" if query.breakdown is None else _event_dimension_sql(query.breakdown)
     sql = f"""
         WITH e AS (
@@ -136,7 +151,7 @@ async def _read_share_counters(
 
 
 def _session_filters(params: SqlParams, query: MetricQuery) -> list[str]:
-    where = []
+    where = cohort_terms(params, query, "s")
     for flt in query.filters:
         values = params.add(list(flt.values))
         if flt.dimension == EVENT_NAME_DIMENSION:

@@ -19,6 +19,8 @@ def can_answer(query: MetricQuery) -> bool:
     needs raw rows."""
     if query.wants_share_counters or len(query.attribute_dimensions) > 1:
         return False
+    if query.cohort_persons is not None:
+        return False  # rollups do not know persons
     return not (query.wants_session_counters and query.by_event_name)
 
 

@@ -10,6 +10,23 @@ import msgspec
 from aiohttp import web
 
 from libs.common.rollup_keys import EVENT_DIMENSIONS
+from services.query.analyses.cohorts import CohortBody
+from services.query.analyses.experiments import ExperimentRequest
+from services.query.analyses.metric_definitions import MetricBody
+from services.query.analyses.requests import FunnelRequest, PathsRequest, RetentionRequest
+from services.query.analyses.responses import (
+    CohortDetail,
+    CohortList,
+    CohortPersons,
+    CohortRecord,
+    ExperimentResponse,
+    FunnelResponse,
+    MetricDefinitionDetail,
+    MetricDefinitionList,
+    PathsResponse,
+    RetentionResponse,
+    SavedDefinition,
+)
 from services.query.buckets import INTERVALS
 from services.query.metric_query import SHARE_METRICS, STANDARD_METRICS
 from services.query.params import DIMENSIONS
@@ -62,6 +79,9 @@ class Endpoint:
     content_type: str = "application/json"
     authenticated: bool = True
     tag: str = "analytics"
+    method: str = "get"
+    request: type | None = None  # the JSON body's Struct (POST/PUT)
+    ok_status: str = "200"  # 201 for a create, 204 (no body) for a delete
 
 
 _INT = {"type": "integer"}
@@ -272,6 +292,148 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
 )
 
+# Issue 3's analyses (docs/analytics.md): JSON bodies in, JSON out.
+_COHORT_ID = Param("cohort_id", "Cohort id.", where="path")
+_METRIC_ID = Param("metric_id", "Metric definition id.", where="path")
+ANALYSIS_ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "/api/v1/analytics/funnels",
+        "Funnel",
+        "Persons reaching each of 2-20 steps (ordered, strict or unordered) within a conversion "
+        "window, conversion and drop-off per step, median and average time between steps, an "
+        "optional breakdown, and a page of the persons who converted or dropped at a step.",
+        (PROJECT,),
+        FunnelResponse,
+        method="post",
+        request=FunnelRequest,
+    ),
+    Endpoint(
+        "/api/v1/analytics/retention",
+        "Retention",
+        "The cohort x period matrix: persons who did the start event in a period (every period, "
+        "or their first-ever) and the return event k periods later.",
+        (PROJECT,),
+        RetentionResponse,
+        method="post",
+        request=RetentionRequest,
+    ),
+    Endpoint(
+        "/api/v1/analytics/paths",
+        "Paths",
+        "Step-indexed paths of pageviews and/or custom events within sessions: nodes, the top "
+        "edges by paths taking them, drop-offs; cleaning rules, start and end points.",
+        (PROJECT,),
+        PathsResponse,
+        method="post",
+        request=PathsRequest,
+    ),
+    Endpoint(
+        "/api/v1/analytics/experiments/analyze",
+        "Experiment results",
+        "Per variant of an A/B test: exposures, conversions or mean of the goal after exposure, "
+        "lift against control with 95% CIs, p-value (z-test or Welch), probability to be best, "
+        "and a sample-ratio-mismatch check.",
+        (PROJECT,),
+        ExperimentResponse,
+        method="post",
+        request=ExperimentRequest,
+    ),
+    Endpoint(
+        "/api/v1/analytics/cohorts",
+        "Cohorts",
+        "The latest version of every saved cohort.",
+        (PROJECT,),
+        CohortList,
+    ),
+    Endpoint(
+        "/api/v1/analytics/cohorts",
+        "Create a cohort",
+        "Behavioural, first-seen, person-property or static (a list, or a funnel step's persons). "
+        "Usable as a filter (`cohorts`) in every analysis and `cohort=` in the metrics endpoint.",
+        (PROJECT,),
+        CohortRecord,
+        method="post",
+        request=CohortBody,
+        ok_status="201",
+    ),
+    Endpoint(
+        "/api/v1/analytics/cohorts/{cohort_id}",
+        "A cohort",
+        "The latest version and every earlier one.",
+        (PROJECT, _COHORT_ID),
+        CohortDetail,
+    ),
+    Endpoint(
+        "/api/v1/analytics/cohorts/{cohort_id}",
+        "Update a cohort",
+        "Saves the next version; analyses use the latest.",
+        (PROJECT, _COHORT_ID),
+        CohortRecord,
+        method="put",
+        request=CohortBody,
+    ),
+    Endpoint(
+        "/api/v1/analytics/cohorts/{cohort_id}",
+        "Delete a cohort",
+        "Every version; analyses naming it answer 400 afterwards.",
+        (PROJECT, _COHORT_ID),
+        None,
+        method="delete",
+        ok_status="204",
+    ),
+    Endpoint(
+        "/api/v1/analytics/cohorts/{cohort_id}/persons",
+        "A cohort's persons",
+        "The persons in the cohort now (latest version), by id.",
+        (PROJECT, _COHORT_ID, PAGE_LIMIT, CURSOR),
+        CohortPersons,
+    ),
+    Endpoint(
+        "/api/v1/analytics/metric-definitions",
+        "Custom metrics",
+        "The latest version of every custom metric definition.",
+        (PROJECT,),
+        MetricDefinitionList,
+    ),
+    Endpoint(
+        "/api/v1/analytics/metric-definitions",
+        "Create a custom metric",
+        "Count, unique persons, sum/avg/min/max/percentiles of a numeric property, or a ratio; "
+        "usable as `metric:<id>` in the metrics endpoint and as an experiment goal.",
+        (PROJECT,),
+        SavedDefinition,
+        method="post",
+        request=MetricBody,
+        ok_status="201",
+    ),
+    Endpoint(
+        "/api/v1/analytics/metric-definitions/{metric_id}",
+        "A custom metric",
+        "The latest version and every earlier one.",
+        (PROJECT, _METRIC_ID),
+        MetricDefinitionDetail,
+    ),
+    Endpoint(
+        "/api/v1/analytics/metric-definitions/{metric_id}",
+        "Update a custom metric",
+        "Saves the next version.",
+        (PROJECT, _METRIC_ID),
+        SavedDefinition,
+        method="put",
+        request=MetricBody,
+    ),
+    Endpoint(
+        "/api/v1/analytics/metric-definitions/{metric_id}",
+        "Delete a custom metric",
+        "Every version.",
+        (PROJECT, _METRIC_ID),
+        None,
+        method="delete",
+        ok_status="204",
+    ),
+)
+ENDPOINTS = (*ENDPOINTS, *ANALYSIS_ENDPOINTS)
+
 _ERRORS = {
     "400": "A parameter is malformed or out of range; `param` names it.",
     "401": "Missing, unknown or revoked key.",
@@ -283,6 +445,7 @@ _ERRORS = {
 def build_document() -> dict[str, Any]:
     """The OpenAPI 3.1 document for ENDPOINTS."""
     structs = [e.response for e in ENDPOINTS if e.response is not None] + [ErrorResponse]
+    structs += [e.request for e in ENDPOINTS if e.request is not None and e.request not in structs]
     refs, components = msgspec.json.schema_components(
         structs, ref_template="#/components/schemas/{name}"
     )
@@ -294,7 +457,10 @@ def build_document() -> dict[str, Any]:
             ok_content: dict[str, Any] = {endpoint.content_type: {"schema": {"type": "string"}}}
         else:
             ok_content = {endpoint.content_type: {"schema": ref_of[endpoint.response]}}
-        responses: dict[str, Any] = {"200": {"description": "OK", "content": ok_content}}
+        ok: dict[str, Any] = {"description": "OK"}
+        if endpoint.ok_status != "204":
+            ok["content"] = ok_content
+        responses: dict[str, Any] = {endpoint.ok_status: ok}
         if endpoint.authenticated:
             for status, text in _ERRORS.items():
                 responses[status] = {
@@ -312,7 +478,12 @@ def build_document() -> dict[str, Any]:
             operation["security"] = [{"bearer": []}]
         else:
             operation["security"] = []
-        paths[endpoint.path] = {"get": operation}
+        if endpoint.request is not None:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": ref_of[endpoint.request]}},
+            }
+        paths.setdefault(endpoint.path, {})[endpoint.method] = operation
     return {
         "openapi": "3.1.0",
         "info": {

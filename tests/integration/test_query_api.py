@@ -157,7 +157,8 @@ BAD_PARAMS: list[tuple[str, dict[str, str] | list[tuple[str, str]], str, str]] =
         {"metrics": "visitors,revenue"},
         "metrics",
         "unknown metric 'revenue' (one of visitors, pageviews, events, sessions, bounce_rate,"
-        " avg_session_duration, views_per_session, bot_share, cookieless_share or event:<name>)",
+        " avg_session_duration, views_per_session, bot_share, cookieless_share, event:<name>"
+        " or metric:<custom metric id>)",
     ),
     ("metrics", {"metrics": "event:"}, "metrics", "event: needs an event name, e.g. event:signup"),
     (
@@ -200,7 +201,7 @@ BAD_PARAMS: list[tuple[str, dict[str, str] | list[tuple[str, str]], str, str]] =
         "metrics",
         {"filters": "country:DE"},
         "filters",
-        "unknown parameter (this endpoint takes breakdown, filter, from, include_bots, interval,"
+        "unknown parameter (this endpoint takes breakdown, cohort, filter, from, include_bots, interval,"
         " limit, metrics, project, source, timezone, to)",
     ),
     (
@@ -494,23 +495,25 @@ async def test_openapi_describes_every_route_and_ops_endpoints_answer(
     async with query_client(pool, nats_url, subjects) as client:
         status, doc = await get_json(client, "/openapi.json", None)
         assert status == 200 and doc["openapi"].startswith("3.1")
+        # Every (method, path) served is documented, and nothing else (aiohttp adds HEAD).
         served = {
-            route.resource.canonical
+            (route.method.lower(), route.resource.canonical)
             for route in client.app.router.routes()
-            if route.method == "GET" and route.resource is not None
+            if route.method != "HEAD" and route.resource is not None
         }
-        assert set(doc["paths"]) == served
+        assert {(m, path) for path, item in doc["paths"].items() for m in item} == served
         schemas = doc["components"]["schemas"]
         for path, item in doc["paths"].items():
-            operation = item["get"]
-            ok = operation["responses"]["200"]["content"]
-            for content in ok.values():
-                ref = content["schema"].get("$ref")
-                if ref:
-                    assert ref.removeprefix("#/components/schemas/") in schemas, path
-            if path.startswith(API):
-                assert "project" in {p["name"] for p in operation["parameters"]}, path
-                assert operation["responses"]["400"]
+            for operation in item.values():
+                ok = next(r for status, r in operation["responses"].items() if status < "300")
+                body = operation.get("requestBody", {}).get("content", {})
+                for content in [*ok.get("content", {}).values(), *body.values()]:
+                    ref = content["schema"].get("$ref")
+                    if ref:
+                        assert ref.removeprefix("#/components/schemas/") in schemas, path
+                if path.startswith(API):
+                    assert "project" in {p["name"] for p in operation["parameters"]}, path
+                    assert operation["responses"]["400"]
         metric_params = {p["name"] for p in doc["paths"][f"{API}/metrics"]["get"]["parameters"]}
         assert metric_params == {
             "project",
