@@ -1,7 +1,7 @@
 """`just bench`: run every benchmark, print the figures, and write them to
 bench/results/latest.json (and a timestamped copy). Figures only: nothing here passes or fails.
 
-    python -m bench [--only ingest,pipeline] [--seconds 20]
+    python -m bench [--only ingest,pipeline,day_files] [--seconds 20]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from bench import ingest_gateway, pipeline
+from bench import day_files, ingest_gateway, pipeline
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -38,7 +38,7 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Strata benchmarks")
-    parser.add_argument("--only", default="ingest,pipeline")
+    parser.add_argument("--only", default="ingest,pipeline,day_files")
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
     selected = {s.strip() for s in args.only.split(",") if s.strip()}
@@ -65,6 +65,9 @@ def main() -> None:
     if "pipeline" in selected:
         print("== pipeline: strata up + load on this machine", flush=True)
         results["pipeline"] = pipeline.run_benchmark(args.seconds)
+    if "day_files" in selected:
+        print("== day files: export, Parquet layout, open_scan over 30 days", flush=True)
+        results["day_files"] = day_files.run_benchmark()
     results["seconds"] = round(time.monotonic() - started, 1)
 
     flat: dict[str, Any] = {}

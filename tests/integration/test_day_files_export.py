@@ -24,6 +24,7 @@ from libs.common.day_files import (
     DayExportSettings,
     DayFileVerificationError,
     DayNotClosedError,
+    XidCounterBehindError,
     days_needing_export,
     export_day,
     export_pending_days,
@@ -405,3 +406,21 @@ async def test_many_late_parts_are_merged_and_the_old_objects_deleted_after_grac
         assert len(await store.names(project_prefix("acme"))) == 2
     states = [r["state"] for r in await pool.fetch("SELECT state FROM day_files")]
     assert sorted(states) == ["active", "active", "deleted", "deleted", "deleted"]
+
+
+async def test_a_transaction_counter_behind_the_watermarks_stops_the_export(
+    pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """As after a logical restore into a new cluster: new rows would have xids below the
+    parts' watermark and look exported; the exporter refuses rather than skip them."""
+    await write(pool, day_events(20))
+    async with store_at(tmp_path) as store:
+        await export_day(pool, store, "acme", DAY, settings(tmp_path))
+        await pool.execute("UPDATE day_files SET xid_to = 1000000000000")
+        await write(pool, day_events(5, prefix="after-restore", hour=4))
+        with pytest.raises(XidCounterBehindError, match="pg_resetwal"):
+            await export_day(pool, store, "acme", DAY, settings(tmp_path))
+        run = await export_pending_days(
+            pool, store, settings(tmp_path), grace=timedelta(0), projects=["acme"], days=[DAY]
+        )
+        assert [day for _, day, _ in run.failures] == [DAY]
