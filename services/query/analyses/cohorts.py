@@ -197,7 +197,7 @@ async def cohort_members(
         # Only the persons table is read; the events range is a token second.
         scan = await scans.open(now - timedelta(seconds=1), now, with_persons=True)
     con = scan.con
-    return await in_thread(lambda: con.execute(sql, params.values).to_arrow_table())
+    return await in_thread(lambda: con.sql(sql, params=params.values).to_arrow_table())
 
 
 async def cohort_tables(
