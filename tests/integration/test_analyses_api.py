@@ -246,7 +246,7 @@ async def test_cohort_crud_and_versions(
     async with query_client(pool, nats_url, subjects) as client:
         key = shop.read_key
         url = f"{API}/cohorts"
-        buyers = {
+        buyers: dict[str, Any] = {
             "id": "buyers",
             "name": "Buyers",
             "definition": {"type": "behavioral", "event": "purchase", **RANGE},
