@@ -15,17 +15,25 @@ from libs.common.settings import QuerySettings
 from libs.common.subjects import Subjects
 from services.query.app import build_app
 from services.query.dependencies import QueryDeps
+from services.query.scan_engine import ScanEngine
 
 
 @asynccontextmanager
 async def query_client(
-    pool: asyncpg.Pool, nats_url: str, subjects: Subjects, **settings: Any
+    pool: asyncpg.Pool,
+    nats_url: str,
+    subjects: Subjects,
+    *,
+    scan_engine: ScanEngine | None = None,
+    **settings: Any,
 ) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
+    """`scan_engine`: the event scans' day files and DuckDB (a tier layout's engine, see
+    tests/support/tier_layouts.py); by default every day is read from PostgreSQL."""
     nc = await connect(nats_url, "query-tests")
-    app = build_app(
-        QuerySettings(nats_prefix=subjects.prefix, **settings),
-        QueryDeps(pool=pool, nc=nc, subjects=subjects),
-    )
+    deps = QueryDeps(pool=pool, nc=nc, subjects=subjects)
+    if scan_engine is not None:
+        deps.scan_engine = scan_engine
+    app = build_app(QuerySettings(nats_prefix=subjects.prefix, **settings), deps)
     client = TestClient(TestServer(app))
     await client.start_server()
     try:

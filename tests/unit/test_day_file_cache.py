@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from libs.common.day_files import DayFileCache, DayPart, part_object_name
-from libs.common.object_store import ObjectChecksumMismatch
+from libs.common.object_store import ObjectChecksumMismatch, ObjectNotFound
 from libs.common.object_store.file_store import FileObjectStore
 
 PART_BYTES = 1000
@@ -115,3 +115,14 @@ async def test_a_download_that_differs_from_the_catalog_is_refused(tmp_path: Pat
         with pytest.raises(ObjectChecksumMismatch):
             await cache.acquire([wrong])
         assert bytes_on_disk(tmp_path / "cache") == 0 and cache.bytes == 0
+
+
+async def test_a_failed_acquire_pins_nothing(tmp_path: Path) -> None:
+    async with FileObjectStore(tmp_path / "objects") as store:
+        p = await make_parts(store)
+        await store.delete(p[1].object_name)  # superseded and deleted after planning
+        cache = DayFileCache(tmp_path / "cache", PART_BYTES, store)
+        with pytest.raises(ObjectNotFound):
+            await cache.acquire([p[0], p[1]])
+        await use(cache, p[2])  # p[0] must be evictable again
+        assert p[0].object_name not in cache and cache.bytes <= cache.max_bytes

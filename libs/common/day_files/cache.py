@@ -86,10 +86,17 @@ class DayFileCache:
         return object_name in self._entries
 
     async def acquire(self, parts: Sequence[DayPart]) -> list[Path]:
-        """Local paths of `parts` (downloaded when missing), pinned until `release(parts)`."""
-        entries = await asyncio.gather(*(self._acquire_one(p) for p in parts))
+        """Local paths of `parts` (downloaded when missing), pinned until `release(parts)`.
+        If any part cannot be had, none stays pinned and the first error is raised."""
+        results = await asyncio.gather(
+            *(self._acquire_one(p) for p in parts), return_exceptions=True
+        )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            self.release([p for p, r in zip(parts, results, strict=True) if isinstance(r, _Entry)])
+            raise failures[0]
         self._evict()
-        return [e.path for e in entries]
+        return [r.path for r in results if isinstance(r, _Entry)]
 
     def release(self, parts: Sequence[DayPart]) -> None:
         """Unpin parts from `acquire`; the cache then trims itself back under its bound."""
