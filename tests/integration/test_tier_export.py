@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import urllib.request
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from libs.common.object_store import open_object_store
 from services.tiering.day_export import DayExportJob, DayExportMetrics
 from services.tiering.service import TieringMetrics, TieringSchedule
 from tests.support.analytics_dataset import generate_events
+from tests.support.services import ServiceProcess, free_port, service_env
 from tests.support.tier_layouts import write
 
 pytestmark = pytest.mark.infra
@@ -170,3 +172,45 @@ async def test_scheduled_pass_exports_closed_days(pool: asyncpg.Pool, tmp_path: 
     assert registry.get_sample_value("strata_tiering_day_export_failures_total") == 0.0
     exported = await pool.fetchval("SELECT sum(rows) FROM day_files WHERE state = 'active'")
     assert exported == rows
+
+
+async def test_tiering_service_exports_on_start_and_stops_on_sigterm(
+    pool: asyncpg.Pool, database_url: str, nats_url: str, tmp_path: Path
+) -> None:
+    await load(pool)
+    port = free_port()
+    env = service_env(
+        database_url,
+        nats_url,
+        "unused",
+        health_port=port,
+        schedule_s=600,
+        data_dir=str(tmp_path),
+        object_store=f"file://{tmp_path / 'objects'}",
+    )
+    service = ServiceProcess("tiering", env, tmp_path).start()
+    try:
+        await asyncio.to_thread(service.wait_http, port, "/readyz", 30.0)
+        exported = 'strata_tiering_day_parts_exported_total{kind="export"} 4.0'
+        metrics = ""
+        for _ in range(300):
+            metrics = await asyncio.to_thread(_metrics, port)
+            if exported in metrics:
+                break
+            await asyncio.sleep(0.1)
+        assert exported in metrics, service.log()
+    finally:
+        code = await asyncio.to_thread(service.stop, 15.0)
+    assert code == 0, service.log()
+    rows = await pool.fetchval("SELECT count(*) FROM events")
+    assert await pool.fetchval("SELECT sum(rows) FROM day_files WHERE state = 'active'") == rows
+    async with open_object_store(f"file://{tmp_path / 'objects'}") as store:
+        assert len(await store.names("events/v1/")) == 4
+
+
+def _metrics(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            return str(response.read().decode())
+    except OSError:
+        return ""
