@@ -1,0 +1,170 @@
+"""One dataset, three tier layouts (all hot, split hot/day files, all day files): funnels,
+retention and paths over HTTP answer the same in every layout, and that answer is the plain-
+Python reference's over the same events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import msgspec
+import pytest
+
+from libs.common.schemas.events_v1 import EventV1
+from libs.common.subjects import Subjects
+from services.aggregator.writer import alias_links
+from services.query.analyses.requests import EventMatch, FunnelStep
+from tests.integration.test_analyses_api import post_json
+from tests.support.analysis_events import Ev
+from tests.support.analytics_dataset import generate_events
+from tests.support.project import TestProject
+from tests.support.query_app import query_client
+from tests.support.reference_analytics import ref_funnel, ref_paths, ref_retention
+from tests.support.tier_layouts import LAYOUTS, tier_layout
+
+pytestmark = pytest.mark.infra
+
+API = "/api/v1/analytics"
+FIRST_DAY = datetime(2025, 4, 1, tzinfo=UTC)
+DAYS = 8
+FROM, TO = FIRST_DAY + timedelta(hours=6), FIRST_DAY + timedelta(days=DAYS - 2)
+RANGE = {"from": FROM.isoformat(), "to": TO.isoformat()}
+
+FUNNEL: dict[str, Any] = {
+    **RANGE,
+    "steps": [
+        {"event": "$pageview"},
+        {
+            "event": "$pageview",
+            "conditions": [{"property": "path", "operator": "eq", "value": "/pricing"}],
+        },
+        {"event": "signup"},
+    ],
+    "window": {"value": 2, "unit": "day"},
+    "breakdown": "country",
+    "breakdown_limit": 1000,
+}
+RETENTION: dict[str, Any] = {
+    **RANGE,
+    "start_event": {"event": "$pageview"},
+    "return_event": {"event": "click"},
+    "intervals": 3,
+    "timezone": "Europe/Berlin",
+}
+PATHS: dict[str, Any] = {
+    **RANGE,
+    "event_types": ["pageview", "custom"],
+    "steps": 4,
+    "edge_limit": 1000,
+    "cleaning_rules": [{"regex": "^/docs/.*$", "replacement": "/docs/*"}],
+}
+
+
+def scan_events(events: list[EventV1]) -> list[Ev]:
+    """The events as `events_scan` shows them: persons resolved through the aliases."""
+    aliases = alias_links(events)
+    return [
+        Ev(
+            person=aliases.get((e.project_id, e.distinct_id)) or e.user_id or e.distinct_id,
+            name=e.name,
+            ts=e.ts,
+            event_id=e.event_id,
+            path=e.path,
+            session_id=e.session_id,
+            country=e.country,
+            non_interactive=e.non_interactive,
+            is_bot=e.is_bot,
+            properties=dict(e.properties),
+        )
+        for e in events
+    ]
+
+
+@pytest.mark.parametrize("layout_name", LAYOUTS)
+async def test_analyses_answer_the_same_in_every_tier_layout(
+    pool: asyncpg.Pool,
+    nats_url: str,
+    subjects: Subjects,
+    project: TestProject,
+    tmp_path: Path,
+    layout_name: str,
+) -> None:
+    events = generate_events("acme", FIRST_DAY, DAYS, devices=60, seed=5)
+    reference_events = scan_events(events)
+    async with tier_layout(layout_name, pool, events, tmp_path) as layout:
+        async with query_client(pool, nats_url, subjects, scan_engine=layout.engine) as client:
+            key = project.read_key
+            status, funnel = await post_json(client, f"{API}/funnels", key, FUNNEL)
+            assert status == 200, funnel
+            status, retention = await post_json(client, f"{API}/retention", key, RETENTION)
+            assert status == 200, retention
+            status, paths = await post_json(client, f"{API}/paths", key, PATHS)
+            assert status == 200, paths
+    tiers = {t["tier"] for t in funnel["tiers"]}
+    assert tiers == ({"hot"} if layout_name == "all_hot" else {"hot", "cold"})
+
+    steps = [msgspec.convert(s, FunnelStep) for s in FUNNEL["steps"]]
+    expected = ref_funnel(
+        reference_events,
+        steps,
+        order="ordered",
+        window_s=2 * 86400,
+        start=FROM,
+        end=TO,
+        breakdown="country",
+    )
+    assert [s["count"] for s in funnel["steps"]] == [c for c, _, _ in expected.total]
+    assert expected.total[2][0] > 0
+    for got, (_, median, mean) in zip(funnel["steps"], expected.total, strict=True):
+        assert got["median_time_from_previous_s"] == pytest.approx(median)
+        assert got["avg_time_from_previous_s"] == pytest.approx(mean)
+    assert {
+        v["value"]: [s["count"] for s in v["steps"]] for v in funnel["breakdown"]["values"]
+    } == {value: [c for c, _, _ in stats] for value, stats in expected.breakdown.items()}
+
+    tz = ZoneInfo("Europe/Berlin")
+    rows = ref_retention(
+        reference_events,
+        msgspec.convert(RETENTION["start_event"], EventMatch),
+        msgspec.convert(RETENTION["return_event"], EventMatch),
+        period="day",
+        intervals=3,
+        week_start="monday",
+        mode="recurring",
+        cumulative=False,
+        start=FROM,
+        end=TO,
+        tz=tz,
+        now=datetime.now(UTC),
+    )
+    got_rows = [
+        (datetime.fromisoformat(r["period_start"]).date(), r["size"], r["counts"])
+        for r in retention["matrix"]
+    ]
+    assert got_rows == rows
+    assert any(count for _, _, counts in rows for count in counts[1:]), "nobody returned"
+
+    nodes, edges, sessions = ref_paths(
+        reference_events,
+        event_types=["pageview", "custom"],
+        steps=4,
+        start=FROM,
+        end=TO,
+        session_max=timedelta(days=1),
+        rules=[("^/docs/.*$", "/docs/*")],
+    )
+    assert paths["sessions"] == sessions > 0
+    got_edges = {
+        (
+            int(e["source"].split("_", 1)[0]),
+            e["source"].split("_", 1)[1],
+            e["target"].split("_", 1)[1],
+        ): e["value"]
+        for e in paths["edges"]
+    }
+    assert got_edges == edges
+    shown = {(n["step"], n["name"]): (n["count"], n["drop_offs"]) for n in paths["nodes"]}
+    assert shown == {k: v for k, v in nodes.items() if k in shown}
