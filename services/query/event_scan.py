@@ -248,14 +248,6 @@ async def _copy_csv(pool: asyncpg.Pool, query: str, types: dict[str, pa.DataType
     )
 
 
-async def _read_aliases(pool: asyncpg.Pool, project_id: str) -> pa.Table:
-    query = (
-        "SELECT distinct_id, person_id FROM person_aliases"
-        f" WHERE project_id = {literal(ProjectId(project_id))}"
-    )
-    return await _copy_csv(pool, query, {"distinct_id": pa.string(), "person_id": pa.string()})
-
-
 async def _read_persons(pool: asyncpg.Pool, project_id: str) -> pa.Table:
     query = (
         "SELECT person_id, traits::text AS traits,"
@@ -379,7 +371,7 @@ async def open_scan(
     cold_ms = (time.perf_counter() - cold_started) * 1000
     try:
         hot_task = _read_hot(deps.pool, project_id, plan.postgres_ranges, include_bots)
-        aliases_task = _read_aliases(deps.pool, project_id)
+        aliases_task = engine.aliases.aliases(deps.pool, project_id)
         if with_persons:
             (hot, hot_ms), aliases, persons = await asyncio.gather(
                 hot_task, aliases_task, _read_persons(deps.pool, project_id)

@@ -1,11 +1,13 @@
 """What event scans are built from: one in-process DuckDB database per query process (its thread
-and memory limits bound every scan together) and the local cache of day files."""
+and memory limits bound every scan together), the local cache of day files and the projects'
+person aliases."""
 
 from __future__ import annotations
 
 import duckdb
 
 from libs.common.day_files import DayFileCache
+from services.query.person_aliases import AliasCache
 
 
 class ScanEngine:
@@ -21,6 +23,7 @@ class ScanEngine:
         memory_limit: str = "1GB",
     ) -> None:
         self.cache = cache
+        self.aliases = AliasCache()
         self.db = duckdb.connect(
             ":memory:",
             config={"threads": threads, "memory_limit": memory_limit},

@@ -165,6 +165,9 @@ async def test_person_id_follows_aliases_learned_after_export(
     arrives after a day was exported still merges that day's anonymous events."""
     async with tier_layout("all_exported", pool, dataset(), tmp_path) as layout:
         end = FIRST_DAY + timedelta(days=DAYS)
+        # An earlier scan leaves the project's aliases cached in the engine.
+        async with await open_scan(layout.deps, "acme", FIRST_DAY, end, include_bots=True) as s:
+            before = await scan_rows(s)
         anonymous = await pool.fetchval(
             "SELECT distinct_id FROM events WHERE user_id IS NULL AND distinct_id NOT IN"
             " (SELECT distinct_id FROM person_aliases) ORDER BY distinct_id LIMIT 1"
@@ -178,7 +181,12 @@ async def test_person_id_follows_aliases_learned_after_export(
             persons = await s.query(
                 "SELECT DISTINCT person_id FROM events_scan WHERE distinct_id = ?", [anonymous]
             )
+            after = await scan_rows(s)
     assert persons == [("user-linked-later",)]
+    assert len(after) == len(before)
+    assert [r for r in before if r[5] == anonymous] and all(
+        r[4] == "user-linked-later" for r in after if r[5] == anonymous
+    )
 
 
 async def test_archived_days_are_refused_unless_partial(pool: asyncpg.Pool, tmp_path: Path) -> None:

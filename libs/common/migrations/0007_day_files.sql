@@ -16,6 +16,15 @@ ALTER TABLE events ALTER COLUMN inserted_xid SET DEFAULT (pg_current_xact_id()::
 CREATE INDEX IF NOT EXISTS events_inserted_xid ON events USING brin (inserted_xid)
     WITH (autosummarize = on);
 
+-- person_aliases rows are only inserted (a link never changes; erasure deletes): the query
+-- service keeps each project's aliases in memory and reads only the rows added since, by the
+-- same kind of xid watermark.
+ALTER TABLE person_aliases ADD COLUMN IF NOT EXISTS inserted_xid bigint NOT NULL DEFAULT 0;
+ALTER TABLE person_aliases
+    ALTER COLUMN inserted_xid SET DEFAULT (pg_current_xact_id()::text::bigint);
+CREATE INDEX IF NOT EXISTS person_aliases_inserted_xid
+    ON person_aliases (project_id, inserted_xid);
+
 -- One row per Parquet object ("part") of one project's UTC day. A day may have several active
 -- parts (the first export, then one per batch of late rows), covering disjoint, contiguous
 -- inserted_xid ranges. Written by the tiering service as a state machine:
