@@ -65,6 +65,7 @@ def _scan_engine(settings: QuerySettings, store: ObjectStore) -> ScanEngine:
         DayFileCache(Path(cache_dir), settings.day_file_cache_bytes, store),
         threads=settings.duckdb_threads,
         memory_limit=settings.duckdb_memory_limit,
+        hot_rows_cached=settings.hot_rows_cached,
     )
 
 

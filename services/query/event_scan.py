@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
@@ -33,41 +33,13 @@ import pyarrow.csv as pacsv
 from libs.common.day_files import DayPart, active_parts, day_bounds, days_between
 from libs.common.day_files.postgres_rows import (
     ProjectId,
-    event_query,
-    event_schema,
-    fetch_rows,
     literal,
 )
 from libs.common.object_store import ObjectArchived, ObjectNotFound
-from services.query.scan_engine import ScanEngine
+from services.query.hot_rows import HotRead, LateRange
+from services.query.scan_engine import SCAN_COLUMNS, STORED_COLUMNS, ScanEngine
 
-# The view's columns, in order (person_id is computed; the others are stored columns).
-SCAN_COLUMNS = (
-    "project_id",
-    "ts",
-    "event_id",
-    "name",
-    "person_id",
-    "distinct_id",
-    "user_id",
-    "session_id",
-    "path",
-    "url",
-    "title",
-    "referrer_domain",
-    "channel",
-    "utm_source",
-    "utm_medium",
-    "utm_campaign",
-    "browser",
-    "os",
-    "device_type",
-    "country",
-    "is_bot",
-    "non_interactive",
-    "properties",
-)
-STORED_COLUMNS = tuple(c for c in SCAN_COLUMNS if c != "person_id")
+__all__ = ["SCAN_COLUMNS", "ArchivedDaysError", "EventScan", "TierRead", "open_scan"]
 
 
 class ScanSources(Protocol):
@@ -164,9 +136,8 @@ class _Plan(msgspec.Struct, kw_only=True):
     file_parts: list[DayPart]
     file_days: list[date]
     missing_days: list[date]
-    # (lo, hi, min_xid): read rows of [lo, hi) from PostgreSQL, those with inserted_xid >=
-    # min_xid when set (late rows of a day with files).
-    postgres_ranges: list[tuple[datetime, datetime, int | None]]
+    hot_days: list[date]  # whole days read from PostgreSQL (the view clips them to the range)
+    late: list[LateRange]  # rows of days with files that arrived after their last part
 
 
 def _plan(
@@ -185,50 +156,22 @@ def _plan(
         raise ArchivedDaysError(
             sorted(archived), [p for ps in archived.values() for p in ps if not p.readable_at(now)]
         )
-    file_parts: list[DayPart] = []
-    file_days: list[date] = []
-    ranges: list[tuple[datetime, datetime, int | None]] = []
-    run_start: datetime | None = None
+    plan = _Plan(file_parts=[], file_days=[], missing_days=sorted(archived), hot_days=[], late=[])
     for day in days:
-        lo, hi = day_bounds(day)
-        lo, hi = max(lo, start), min(hi, end)
-        if day in by_day and day not in archived:
-            file_parts.extend(by_day[day])
-            file_days.append(day)
-            ranges.append((lo, hi, max(p.xid_to for p in by_day[day])))
+        if day in archived:
+            continue
         if day in by_day:
-            if run_start is not None:
-                ranges.append((run_start, lo, None))
-                run_start = None
-        elif run_start is None:
-            run_start = lo
-    if run_start is not None:
-        ranges.append((run_start, end, None))
-    return _Plan(
-        file_parts=file_parts,
-        file_days=file_days,
-        missing_days=sorted(archived),
-        postgres_ranges=ranges,
-    )
+            lo, hi = day_bounds(day)
+            plan.file_parts.extend(by_day[day])
+            plan.file_days.append(day)
+            plan.late.append((max(lo, start), min(hi, end), max(p.xid_to for p in by_day[day])))
+        else:
+            plan.hot_days.append(day)
+    return plan
 
 
 # ---------------------------------------------------------------------------------------------
 # Reading
-
-
-def _hot_query(
-    project_id: str, ranges: list[tuple[datetime, datetime, int | None]], include_bots: bool
-) -> str:
-    project = literal(ProjectId(project_id))
-    branches = []
-    for lo, hi, min_xid in ranges:
-        where = f"e.project_id = {project} AND e.ts >= {literal(lo)} AND e.ts < {literal(hi)}"
-        if min_xid is not None:
-            where += f" AND e.inserted_xid >= {literal(min_xid)}"
-        if not include_bots:
-            where += " AND NOT e.is_bot"
-        branches.append(event_query(STORED_COLUMNS, where))
-    return " UNION ALL ".join(branches)
 
 
 async def _copy_csv(pool: asyncpg.Pool, query: str, types: dict[str, pa.DataType]) -> pa.Table:
@@ -262,22 +205,10 @@ async def _read_persons(pool: asyncpg.Pool, project_id: str) -> pa.Table:
     )
 
 
-async def _read_hot(
-    pool: asyncpg.Pool,
-    project_id: str,
-    ranges: list[tuple[datetime, datetime, int | None]],
-    include_bots: bool,
-) -> tuple[pa.Table, float]:
+async def _timed(read: Awaitable[HotRead]) -> tuple[HotRead, float]:
     started = time.perf_counter()
-    if not ranges:
-        return _empty_rows(), 0.0
-    async with pool.acquire() as conn:
-        table = await fetch_rows(conn, _hot_query(project_id, ranges, include_bots), STORED_COLUMNS)
-    return table, (time.perf_counter() - started) * 1000
-
-
-def _empty_rows() -> pa.Table:
-    return event_schema(STORED_COLUMNS).empty_table()
+    result = await read
+    return result, (time.perf_counter() - started) * 1000
 
 
 def _sql_string(value: str) -> str:
@@ -370,7 +301,7 @@ async def open_scan(
         break
     cold_ms = (time.perf_counter() - cold_started) * 1000
     try:
-        hot_task = _read_hot(deps.pool, project_id, plan.postgres_ranges, include_bots)
+        hot_task = _timed(engine.hot_rows.read(deps.pool, project_id, plan.hot_days, plan.late))
         aliases_task = engine.aliases.aliases(deps.pool, project_id)
         if with_persons:
             (hot, hot_ms), aliases, persons = await asyncio.gather(
@@ -385,7 +316,7 @@ async def open_scan(
                 _build_view,
                 con,
                 paths=[str(p) for p in paths],
-                hot=hot,
+                hot=hot.table,
                 aliases=aliases,
                 persons=persons,
                 start=start,
@@ -400,8 +331,8 @@ async def open_scan(
             engine.cache.release(plan.file_parts)
         raise
     tiers = []
-    if plan.postgres_ranges:
-        tiers.append(TierRead("hot", hot.num_rows, round(hot_ms, 3)))
+    if plan.hot_days or plan.late:
+        tiers.append(TierRead("hot", hot.table.num_rows, round(hot_ms, 3)))
     if plan.file_parts:
         tiers.append(TierRead("cold", sum(p.rows or 0 for p in plan.file_parts), round(cold_ms, 3)))
     return EventScan(

@@ -1,13 +1,42 @@
 """What event scans are built from: one in-process DuckDB database per query process (its thread
-and memory limits bound every scan together), the local cache of day files and the projects'
-person aliases."""
+and memory limits bound every scan together), the local cache of day files, and the projects'
+person aliases and rows of days without files, kept in memory between scans."""
 
 from __future__ import annotations
 
 import duckdb
 
 from libs.common.day_files import DayFileCache
+from services.query.hot_rows import HotRows
 from services.query.person_aliases import AliasCache
+
+# The view's columns, in order (person_id is computed; the others are stored columns).
+SCAN_COLUMNS = (
+    "project_id",
+    "ts",
+    "event_id",
+    "name",
+    "person_id",
+    "distinct_id",
+    "user_id",
+    "session_id",
+    "path",
+    "url",
+    "title",
+    "referrer_domain",
+    "channel",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "browser",
+    "os",
+    "device_type",
+    "country",
+    "is_bot",
+    "non_interactive",
+    "properties",
+)
+STORED_COLUMNS = tuple(c for c in SCAN_COLUMNS if c != "person_id")
 
 
 class ScanEngine:
@@ -21,9 +50,11 @@ class ScanEngine:
         *,
         threads: int = 2,
         memory_limit: str = "1GB",
+        hot_rows_cached: int = 500_000,
     ) -> None:
         self.cache = cache
         self.aliases = AliasCache()
+        self.hot_rows = HotRows(STORED_COLUMNS, max_rows=hot_rows_cached)
         self.db = duckdb.connect(
             ":memory:",
             config={"threads": threads, "memory_limit": memory_limit},

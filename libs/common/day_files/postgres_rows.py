@@ -19,6 +19,9 @@ import pyarrow.csv as pacsv
 
 from libs.common.day_files.layout import EVENT_FILE_COLUMNS, TIMESTAMP
 
+# What can be read from `events`: the day-file columns, and which transaction inserted the row.
+QUERYABLE_COLUMNS: dict[str, pa.DataType] = {**EVENT_FILE_COLUMNS, "inserted_xid": pa.int64()}
+
 _PROJECT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _COLUMN = re.compile(r"^[a-z_][a-z0-9_]*$")
 _CSV_BLOCK_BYTES = 4 * 1024 * 1024
@@ -55,9 +58,9 @@ def select_list(columns: Sequence[str]) -> str:
     instants as integer microseconds since the epoch, jsonb as its text."""
     parts = []
     for column in columns:
-        if column not in EVENT_FILE_COLUMNS or not _COLUMN.match(column):
+        if column not in QUERYABLE_COLUMNS or not _COLUMN.match(column):
             raise ValueError(f"not an events column: {column!r}")
-        kind = EVENT_FILE_COLUMNS[column]
+        kind = QUERYABLE_COLUMNS[column]
         if kind == TIMESTAMP:
             # extract(epoch) is numeric (exact) since PostgreSQL 14.
             parts.append(f"(extract(epoch FROM e.{column}) * 1000000)::bigint AS {column}")
@@ -73,7 +76,7 @@ def _csv_options(
 ) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions, pacsv.ConvertOptions]:
     types: dict[str, pa.DataType] = {}
     for column in columns:
-        kind = EVENT_FILE_COLUMNS[column]
+        kind = QUERYABLE_COLUMNS[column]
         types[column] = pa.int64() if kind == TIMESTAMP else kind
     read = pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES, use_threads=True)
     # Titles and properties may hold newlines; PostgreSQL quotes such values.
@@ -96,7 +99,7 @@ def _typed(batch: pa.RecordBatch | pa.Table, columns: Sequence[str]) -> pa.Table
     arrays = []
     for column in columns:
         array = table.column(column)
-        if EVENT_FILE_COLUMNS[column] == TIMESTAMP:
+        if QUERYABLE_COLUMNS[column] == TIMESTAMP:
             array = array.cast(TIMESTAMP)
         arrays.append(array)
     return pa.Table.from_arrays(arrays, schema=event_schema(columns))
@@ -104,7 +107,7 @@ def _typed(batch: pa.RecordBatch | pa.Table, columns: Sequence[str]) -> pa.Table
 
 def event_schema(columns: Sequence[str]) -> pa.Schema:
     """The Arrow schema of `columns` of a day file (nullability left open for partial reads)."""
-    return pa.schema([pa.field(c, EVENT_FILE_COLUMNS[c]) for c in columns])
+    return pa.schema([pa.field(c, QUERYABLE_COLUMNS[c]) for c in columns])
 
 
 def event_query(columns: Sequence[str], where: str, order_by: str | None = None) -> str:
