@@ -7,6 +7,7 @@ from __future__ import annotations
 import duckdb
 
 from libs.common.day_files import DayFileCache
+from services.query.erased_persons import ErasedIds
 from services.query.hot_rows import HotRows
 from services.query.person_aliases import AliasCache
 
@@ -54,6 +55,7 @@ class ScanEngine:
     ) -> None:
         self.cache = cache
         self.aliases = AliasCache()
+        self.erased = ErasedIds()  # persons of open erasure requests, hidden from every scan
         self.hot_rows = HotRows(STORED_COLUMNS, max_rows=hot_rows_cached)
         self.db = duckdb.connect(
             ":memory:",
