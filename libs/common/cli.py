@@ -573,6 +573,162 @@ def cmd_tier_export(
     return asyncio.run(run())
 
 
+def _tiering_settings(settings: StackSettings, env: Mapping[str, str]) -> Any:
+    """TieringSettings from the environment, pointed at the stack's database and data dir."""
+    from libs.common.settings import TieringSettings
+
+    try:
+        tiering = from_env(TieringSettings, env)
+    except SettingsError as exc:
+        raise CliError(str(exc)) from None
+    return msgspec.structs.replace(
+        tiering, database_url=database_url(settings), data_dir=settings.data_dir
+    )
+
+
+async def _tier_pool(url: str, project: str | None) -> asyncpg.Pool:
+    if project:
+        _check_project_id(project)
+        conn = await _connect_db(url)
+        try:
+            if not await conn.fetchval("SELECT 1 FROM projects WHERE id = $1", project):
+                raise CliError(f"there is no project {project!r}")
+        finally:
+            await conn.close()
+    return await db.create_pool(url, min_size=1, max_size=2)
+
+
+def cmd_tier_run(args: argparse.Namespace, settings: StackSettings, env: Mapping[str, str]) -> int:
+    """Run tier jobs now (export, cold, archive, retention, restores), as a tiering pass does."""
+    from libs.common.object_store import object_store_from_settings
+    from libs.common.observability import configure_logging
+    from services.tiering.tier_jobs import TierJobs, parse_tier_jobs
+
+    tiering = _tiering_settings(settings, env)
+    try:
+        jobs = parse_tier_jobs(args.job)
+    except ValueError as exc:
+        raise CliError(f"--job: {exc}") from None
+    if "export" in jobs:
+        code = cmd_tier_export(argparse.Namespace(project=args.project, day=None), settings, env)
+        if code:
+            return code
+    configure_logging("strata-cli", "console", "warning")
+
+    async def run() -> int:
+        pool = await _tier_pool(tiering.database_url, args.project)
+        store = object_store_from_settings(tiering)
+        try:
+            runs = await TierJobs(pool, store, None, jobs=jobs).run_once(
+                projects=[args.project] if args.project else None
+            )
+        finally:
+            await store.close()
+            await pool.close()
+        failed = 0
+        for run in runs:
+            print(
+                f"{run.job}: {run.rows_moved} rows moved cold, {run.partitions_dropped} "
+                f"partition(s) dropped, {run.parts_archived} file(s) archived, "
+                f"{run.parts_deleted} file(s) deleted, {run.rows_deleted} hot rows deleted"
+                f" in {run.seconds:.2f} s"
+            )
+            for project_id, day, error in run.failures:
+                failed += 1
+                print(f"strata: error: {run.job} {project_id} {day}: {error}", file=sys.stderr)
+        return 1 if failed else 0
+
+    return asyncio.run(run())
+
+
+def cmd_tier_status(
+    args: argparse.Namespace, settings: StackSettings, env: Mapping[str, str]
+) -> int:
+    """What each tier holds (objects, rows, bytes, date range, cost) and the pending work."""
+    from libs.common.day_files.tier_summary import TierPrices, tier_summary
+    from libs.common.settings import QuerySettings
+
+    try:
+        query = from_env(QuerySettings, env)
+    except SettingsError as exc:
+        raise CliError(str(exc)) from None
+    prices = TierPrices(
+        hot=query.price_hot_gb_month,
+        cold=query.price_cold_gb_month,
+        archive=query.price_archive_gb_month,
+    )
+
+    async def run() -> int:
+        pool = await _tier_pool(database_url(settings), args.project)
+        try:
+            summary = await tier_summary(pool, args.project, prices)
+        finally:
+            await pool.close()
+        if args.json:
+            print(msgspec.json.encode(summary).decode())
+            return 0
+        print(f"{'tier':8} {'objects':>8} {'rows':>12} {'bytes':>14} {'B/event':>8}  days")
+        for tier in summary.tiers:
+            per_event = f"{tier.bytes_per_event:.1f}" if tier.bytes_per_event else "-"
+            days = f"{tier.first_day}..{tier.last_day}" if tier.first_day else "-"
+            print(
+                f"{tier.tier:8} {tier.objects:>8} {tier.rows:>12} {tier.bytes:>14}"
+                f" {per_event:>8}  {days}  ${tier.monthly_cost:.4f}/month"
+            )
+        pending = summary.pending
+        print(
+            f"pending: {pending.cold_days} day(s) to move cold, {pending.archive_parts} file(s)"
+            f" to archive, {pending.retention_parts} past retention,"
+            f" {pending.restores} restore(s) running"
+        )
+        return 0
+
+    return asyncio.run(run())
+
+
+def cmd_tier_restore(
+    args: argparse.Namespace, settings: StackSettings, env: Mapping[str, str]
+) -> int:
+    """Start restoring a project's Archive-tier day files of a date range."""
+    from libs.common.day_files.catalog import active_parts
+    from libs.common.day_files.restores import request_restore
+    from libs.common.object_store import object_store_from_settings
+
+    from libs.common.observability import configure_logging
+
+    tiering = _tiering_settings(settings, env)
+    first, last = _parse_day(args.from_day), _parse_day(args.to_day)
+    if first > last:
+        raise CliError("--from must not be after --to")
+    configure_logging("strata-cli", "console", "warning")
+
+    async def run() -> int:
+        pool = await _tier_pool(tiering.database_url, args.project)
+        store = object_store_from_settings(tiering)
+        try:
+            parts = [
+                p
+                for p in await active_parts(pool, args.project, first, last)
+                if p.storage_tier == "Archive"
+            ]
+            if not parts:
+                print(f"{args.project} has no archived day files from {first} to {last}")
+                return 0
+            job = await request_restore(
+                pool, store, args.project, parts, hours=args.hours or tiering.restore_hours
+            )
+        finally:
+            await store.close()
+            await pool.close()
+        print(
+            f"restore {job.restore_id}: {job.state}, {job.objects_restored}/{job.objects}"
+            f" file(s) readable, days {job.first_day}..{job.last_day}"
+        )
+        return 0
+
+    return asyncio.run(run())
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 
@@ -714,6 +870,30 @@ def build_parser(settings: StackSettings) -> argparse.ArgumentParser:
         "--day", help="only this UTC day, YYYY-MM-DD (default: every closed day not exported)"
     )
     tier_export.set_defaults(handler=cmd_tier_export)
+    tier_run = tier_commands.add_parser(
+        "run", parents=[common], help="run tier jobs now (what a tiering pass does)"
+    )
+    tier_run.add_argument(
+        "--job",
+        default="all",
+        help="export, cold, archive, retention, restores or all (comma-separated; default all)",
+    )
+    tier_run.add_argument("--project", help="only this project (default: every project)")
+    tier_run.set_defaults(handler=cmd_tier_run)
+    tier_status = tier_commands.add_parser(
+        "status", parents=[common], help="objects, rows, bytes, days and cost per tier"
+    )
+    tier_status.add_argument("--project", help="only this project (default: every project)")
+    tier_status.add_argument("--json", action="store_true", help="JSON instead of text")
+    tier_status.set_defaults(handler=cmd_tier_status)
+    tier_restore = tier_commands.add_parser(
+        "restore", parents=[common], help="restore a project's archived days for reading"
+    )
+    tier_restore.add_argument("--project", required=True)
+    tier_restore.add_argument("--from", dest="from_day", required=True, help="YYYY-MM-DD")
+    tier_restore.add_argument("--to", dest="to_day", required=True, help="YYYY-MM-DD")
+    tier_restore.add_argument("--hours", type=int, help="how long restored copies stay readable")
+    tier_restore.set_defaults(handler=cmd_tier_restore)
     return parser
 
 

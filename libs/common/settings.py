@@ -138,6 +138,14 @@ class QuerySettings(CommonSettings, frozen=True, kw_only=True):
     oci_auth: str = "config"
     oci_endpoint: str = ""
     object_store_threads: int = 8
+    # Tiers (docs/tiering.md): a query needing Archive-tier days starts a restore readable for
+    # restore_hours; GET /api/v1/tiers projects costs at these per-GB-month USD prices
+    # (defaults: OCI list prices for block volume, Object Storage Standard and Archive).
+    restore_hours: int = 24
+    file_restore_delay_s: float = 2.0  # file:// store: how long a restore takes to complete
+    price_hot_gb_month: float = 0.0425
+    price_cold_gb_month: float = 0.0255
+    price_archive_gb_month: float = 0.0026
 
 
 class TieringSettings(CommonSettings, frozen=True, kw_only=True):
@@ -162,6 +170,10 @@ class TieringSettings(CommonSettings, frozen=True, kw_only=True):
     day_file_zstd_level: int = 3
     day_file_max_late_parts: int = 8  # past this, a day's late parts are merged into one
     day_file_superseded_grace_s: float = 3600.0  # replaced parts' objects kept this long
+    # Tier moves (docs/tiering.md): the jobs every pass runs, in this order (export, cold,
+    # archive, retention, restores); a restored Archive copy stays readable restore_hours.
+    tier_jobs: str = "export,cold,archive,retention,restores"
+    restore_hours: int = 24
 
 
 class StackSettings(CommonSettings, frozen=True, kw_only=True):

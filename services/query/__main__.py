@@ -51,6 +51,8 @@ def _object_store(settings: QuerySettings) -> ObjectStore:
         settings.object_store or default_store_url(settings.data_dir),
         ObjectStoreOptions(
             threads=settings.object_store_threads,
+            # Restores the query service starts (archived days) take this long on file://.
+            file_restore_delay_s=settings.file_restore_delay_s,
             oci_auth=settings.oci_auth,
             oci_config_file=settings.oci_config_file,
             oci_profile=settings.oci_profile,

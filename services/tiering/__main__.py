@@ -19,6 +19,7 @@ from libs.common.observability import configure_logging, configure_tracing, star
 from libs.common.settings import TieringSettings, from_env
 from services.tiering.day_export import DayExportJob, DayExportMetrics, day_export_settings
 from services.tiering.service import TieringMetrics, TieringSchedule
+from services.tiering.tier_jobs import TierJobMetrics, TierJobs, parse_tier_jobs
 
 log = structlog.get_logger("tiering")
 
@@ -35,6 +36,7 @@ async def serve(settings: TieringSettings) -> None:
         return
     registry = CollectorRegistry()
     store = object_store_from_settings(settings)
+    jobs = parse_tier_jobs(settings.tier_jobs)
     day_export = DayExportJob(
         pool,
         store,
@@ -48,7 +50,8 @@ async def serve(settings: TieringSettings) -> None:
         schedule_s=settings.schedule_s,
         partitions_ahead_days=settings.partitions_ahead_days,
         dedup_horizon_days=settings.dedup_horizon_days,
-        day_export=day_export,
+        day_export=day_export if "export" in jobs else None,
+        tier_jobs=TierJobs(pool, store, TierJobMetrics(registry), jobs=jobs),
     )
 
     async def postgres_reachable() -> None:
@@ -93,6 +96,7 @@ async def _connect(dsn: str, stop_requested: asyncio.Event) -> asyncpg.Pool | No
 
 def main() -> None:
     settings = from_env(TieringSettings)
+    parse_tier_jobs(settings.tier_jobs)  # a typo in STRATA_TIER_JOBS stops start-up, named
     configure_logging("tiering", settings.log_format, settings.log_level)
     configure_tracing("tiering", settings.otel_exporter, settings.otel_endpoint)
     uvloop.run(serve(settings))

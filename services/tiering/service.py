@@ -1,7 +1,6 @@
 """The tiering service's schedule: every `schedule_s` until stopped, run hot-store maintenance,
-then export closed days as Parquet day files (services/tiering/day_export.py).
-
-Cold tiering (hot -> cold -> archive) joins this schedule in a later issue."""
+then export closed days as Parquet day files (services/tiering/day_export.py), then the tier
+jobs: cold, archive, retention and restores (services/tiering/tier_jobs.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +15,7 @@ from libs.common.object_store import ObjectStoreError
 from libs.common.observability import Liveness
 from services.tiering.day_export import DayExportJob
 from services.tiering.maintenance import run_maintenance
+from services.tiering.tier_jobs import TierJobs
 
 log = structlog.get_logger("tiering")
 
@@ -57,9 +57,11 @@ class TieringSchedule:
         partitions_ahead_days: int,
         dedup_horizon_days: int,
         day_export: DayExportJob | None = None,
+        tier_jobs: TierJobs | None = None,
     ) -> None:
         self.pool = pool
         self.day_export = day_export
+        self.tier_jobs = tier_jobs
         self.metrics = metrics
         self.schedule_s = schedule_s
         self.partitions_ahead_days = partitions_ahead_days
@@ -103,6 +105,13 @@ class TieringSchedule:
                 )
             except (asyncpg.PostgresError, OSError, TimeoutError, ObjectStoreError) as exc:
                 log.error("day_export_failed", error=str(exc) or type(exc).__name__)
+                return False
+        if self.tier_jobs is not None and not self._stopping.is_set():
+            # After the export: a day's cold move needs its files first.
+            try:
+                await self.tier_jobs.run_once(should_stop=self._stopping.is_set)
+            except (asyncpg.PostgresError, OSError, TimeoutError, ObjectStoreError) as exc:
+                log.error("tier_jobs_failed", error=str(exc) or type(exc).__name__)
                 return False
         self.passes_ok += 1
         return True
