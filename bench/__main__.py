@@ -1,7 +1,7 @@
 """`just bench`: run every benchmark, print the figures, and write them to
 bench/results/latest.json (and a timestamped copy). Figures only: nothing here passes or fails.
 
-    python -m bench [--only ingest,pipeline,day_files] [--seconds 20]
+    python -m bench [--only ingest,pipeline,day_files,analyses] [--seconds 20]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from bench import day_files, ingest_gateway, pipeline
+from bench import analyses, day_files, ingest_gateway, pipeline
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -25,6 +25,10 @@ TARGETS = {
     "ingest.ingest_events_per_s": ">= 200000",
     "pipeline.pipeline_saturation.stored_events_per_s": ">= 50000",
     "pipeline.pipeline_half_load.freshness_p95_s": "< 2",
+    "analyses.funnel_5_steps_30d.warm_median_ms": "<= 150",
+    "analyses.funnel_5_steps_120d.warm_median_ms": "<= 300",
+    "analyses.retention_daily_30d.warm_median_ms": "<= 400",
+    "analyses.paths_5_steps_30d.warm_median_ms": "<= 1000",
 }
 
 
@@ -38,7 +42,7 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Strata benchmarks")
-    parser.add_argument("--only", default="ingest,pipeline,day_files")
+    parser.add_argument("--only", default="ingest,pipeline,day_files,analyses")
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
     selected = {s.strip() for s in args.only.split(",") if s.strip()}
@@ -68,6 +72,9 @@ def main() -> None:
     if "day_files" in selected:
         print("== day files: export, Parquet layout, open_scan over 30 days", flush=True)
         results["day_files"] = day_files.run_benchmark()
+    if "analyses" in selected:
+        print("== analyses: funnels, retention, paths over 5M events in day files", flush=True)
+        results["analyses"] = analyses.run_benchmark()
     results["seconds"] = round(time.monotonic() - started, 1)
 
     flat: dict[str, Any] = {}

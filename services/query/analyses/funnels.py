@@ -187,6 +187,8 @@ class FunnelQuery:
         self.seq = f"{prefix}_seq"
         self.excl = f"{prefix}_excl"
         self.persons = f"{prefix}_persons"
+        self.attempts = f"{prefix}_attempts"
+        self.chains = f"{prefix}_chains"
         self.window_us = spec.window_s * _US
         steps = spec.steps
         # Whether step k (0-based) repeats step k-1 exactly (ordered/strict), or the latest
@@ -264,43 +266,26 @@ class FunnelQuery:
         gend = ", gend" if self.needs_group_end else ""
         return f"(SELECT pid, pos, t{gend} FROM {self.seq} WHERE mask & {1 << k} <> 0)"
 
-    def _attempt_rows_ordered(self, start_us: int, end_us: int, floor_table: str | None) -> str:
-        """One row per attempt with p1..pn / t1..tn (NULL past the furthest step)."""
+    def _attempt_rows_ordered(
+        self, start_us: int, end_us: int, floor_table: str | None
+    ) -> tuple[list[str], str]:
+        """(statements to run first, SQL of one row per attempt with reached, excluded,
+        attempt_order, t1..tn (NULL past the furthest step) and bd)."""
         spec = self.spec
         gend = ", s.gend AS g1" if self.needs_group_end else ""
         floor = ""
         if floor_table is not None:
             floor = f"JOIN {floor_table} f ON f.pid = s.pid AND s.t >= f.t_floor"
-        sql = f"""
+        base = f"""
             SELECT s.pid, s.pos AS p1, s.t AS t1, s.t + {self.window_us} AS dl, s.bd{gend}
             FROM {self.seq} s {floor}
             WHERE s.mask & 1 <> 0 AND s.t >= {start_us} AND s.t < {end_us}"""
-        for k in range(1, spec.n):
-            prev = k  # 1-based index of the previous step's columns
-            cur = k + 1
-            gend_out = ""
-            if spec.order == "strict":
-                ok = f"c.mask & {1 << k} <> 0 AND c.t <= a.dl"
-                if self.repeats_previous[k]:
-                    ok += f" AND c.t > a.t{prev}"
-                if self.needs_group_end:
-                    gend_out = f", CASE WHEN {ok} THEN c.gend END AS g{cur}"
-                sql = f"""
-                    SELECT a.*, CASE WHEN {ok} THEN c.pos END AS p{cur},
-                           CASE WHEN {ok} THEN c.t END AS t{cur}{gend_out}
-                    FROM ({sql}) a
-                    LEFT JOIN {self.seq} c ON c.pid = a.pid AND c.pos = a.p{prev} + 1"""
-            else:
-                bound = f"a.g{prev} + 1" if self.repeats_previous[k] else f"a.p{prev} + 1"
-                if self.needs_group_end:
-                    gend_out = f", CASE WHEN c.t <= a.dl THEN c.gend END AS g{cur}"
-                sql = f"""
-                    SELECT a.*, CASE WHEN c.t <= a.dl THEN c.pos END AS p{cur},
-                           CASE WHEN c.t <= a.dl THEN c.t END AS t{cur}{gend_out}
-                    FROM ({sql}) a
-                    ASOF LEFT JOIN {self._candidates(k)} c
-                    ON a.pid = c.pid AND c.pos >= {bound}"""
-        reached = " + ".join(f"(p{k + 1} IS NOT NULL)::INTEGER" for k in range(spec.n))
+        before: list[str] = []
+        if spec.order == "strict":
+            sql = self._chain_strict(base)
+        else:
+            before, sql = self._chain_ordered(base)
+        reached = " + ".join(f"(t{k + 1} IS NOT NULL)::INTEGER" for k in range(spec.n))
         excluded = "false"
         for i, x in enumerate(spec.exclusions):
             ti, tj = f"a.t{x.from_step}", f"a.t{x.to_step}"
@@ -313,10 +298,64 @@ class FunnelQuery:
         if spec.exclusions:
             excluded = " OR ".join(f"x{i}" for i in range(len(spec.exclusions)))
         times = ", ".join(f"t{k + 1}" for k in range(spec.n))
-        return f"""
+        return (
+            before,
+            f"""
             SELECT pid, {reached} AS reached, {excluded} AS excluded, p1 AS attempt_order,
                    {times}, bd
-            FROM ({sql})"""
+            FROM ({sql})""",
+        )
+
+    def _chain_strict(self, sql: str) -> str:
+        """Step k is the very next event of the sequence (position + 1), if it satisfies it."""
+        for k in range(1, self.spec.n):
+            prev, cur = k, k + 1  # 1-based columns of the previous and this step
+            ok = f"c.mask & {1 << k} <> 0 AND c.t <= a.dl"
+            if self.repeats_previous[k]:
+                ok += f" AND c.t > a.t{prev}"
+            sql = f"""
+                SELECT a.*, CASE WHEN {ok} THEN c.pos END AS p{cur},
+                       CASE WHEN {ok} THEN c.t END AS t{cur}
+                FROM ({sql}) a
+                LEFT JOIN {self.seq} c ON c.pid = a.pid AND c.pos = a.p{prev} + 1"""
+        return sql
+
+    def _chain_ordered(self, base: str) -> tuple[list[str], str]:
+        """Step k is the first later event satisfying it. Attempts whose step 2 is the same
+        event share the rest of their (deadline-free) chain, so steps 3..n are found once per
+        such group, cut at the group's latest deadline, and each attempt then keeps the steps
+        inside its own window: fewer rows through the ASOF joins, the same answer."""
+        spec = self.spec
+        gend = self.needs_group_end
+        bound = "a.g1 + 1" if self.repeats_previous[1] else "a.p1 + 1"
+        attempts = f"""
+            CREATE OR REPLACE TEMP TABLE {self.attempts} AS
+            SELECT a.*, c.pos AS c2p, c.t AS c2t{", c.gend AS c2g" if gend else ""}
+            FROM ({base}) a ASOF LEFT JOIN {self._candidates(1)} c
+            ON a.pid = c.pid AND c.pos >= {bound}"""
+        chains = f"""
+            SELECT pid, c2p AS p2, min(c2t) AS t2{", min(c2g) AS g2" if gend else ""},
+                   max(dl) AS gdl
+            FROM {self.attempts} WHERE c2t <= dl GROUP BY pid, c2p"""
+        for k in range(2, spec.n):
+            prev, cur = k, k + 1
+            step_bound = f"g.g{prev} + 1" if self.repeats_previous[k] else f"g.p{prev} + 1"
+            gend_out = f", CASE WHEN c.t <= g.gdl THEN c.gend END AS g{cur}" if gend else ""
+            chains = f"""
+                SELECT g.*, CASE WHEN c.t <= g.gdl THEN c.pos END AS p{cur},
+                       CASE WHEN c.t <= g.gdl THEN c.t END AS t{cur}{gend_out}
+                FROM ({chains}) g ASOF LEFT JOIN {self._candidates(k)} c
+                ON g.pid = c.pid AND c.pos >= {step_bound}"""
+        build_chains = f"CREATE OR REPLACE TEMP TABLE {self.chains} AS {chains}"
+        later = "".join(
+            f", CASE WHEN g.t{k + 1} <= a.dl THEN g.t{k + 1} END AS t{k + 1}"
+            for k in range(2, spec.n)
+        )
+        sql = f"""
+            SELECT a.pid, a.p1, a.t1, a.dl, a.bd,
+                   CASE WHEN a.c2t <= a.dl THEN a.c2t END AS t2{later}
+            FROM {self.attempts} a LEFT JOIN {self.chains} g ON g.pid = a.pid AND g.p2 = a.c2p"""
+        return [attempts, build_chains], sql
 
     def _attempt_rows_unordered(self, start_us: int, end_us: int, floor_table: str | None) -> str:
         """Attempts start at any step event; each step takes the first event at or after the
@@ -396,23 +435,28 @@ class FunnelQuery:
                 f"CREATE OR REPLACE TEMP TABLE {self.excl} AS {self._exclusion_events_sql(params)}",
                 params.values,
             )
+        before: list[str] = []
         if self.spec.order == "unordered":
             attempts = self._attempt_rows_unordered(start_us, end_us, floor_table)
         else:
-            attempts = self._attempt_rows_ordered(start_us, end_us, floor_table)
+            before, attempts = self._attempt_rows_ordered(start_us, end_us, floor_table)
+        for statement in before:
+            con.execute(statement)
         fields = ", ".join(f"'t{k + 1}': t{k + 1}" for k in range(self.spec.n))
+        # The best attempt: furthest first, then earliest. One integer key (reached <= 20,
+        # positions < 2^40) compares faster than a row of two.
         best_cols = ", ".join(f"b.t{k + 1} AS t{k + 1}" for k in range(self.spec.n))
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE {self.persons} AS
             SELECT pid, b.reached AS reached, {best_cols}, b.bd AS bd FROM (
                 SELECT pid, bool_or(excluded) AS excluded,
                        arg_min({{'reached': reached, {fields}, 'bd': bd}},
-                               row(-reached, attempt_order)) AS b
+                               (20 - reached) * 1099511627776 + attempt_order) AS b
                 FROM ({attempts}) GROUP BY pid
             ) WHERE NOT excluded"""
         )
-        con.execute(f"DROP TABLE IF EXISTS {self.seq}")
-        con.execute(f"DROP TABLE IF EXISTS {self.excl}")
+        for table in (self.seq, self.excl, self.attempts, self.chains):
+            con.execute(f"DROP TABLE IF EXISTS {table}")
 
     def _counts_sql(self, where: str = "TRUE") -> str:
         cols = []

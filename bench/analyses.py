@@ -1,0 +1,258 @@
+"""Analyses engine benchmark (issue 3): funnels, retention and paths on a bench-size dataset
+(default 5,000,000 events over 120 days, 200,000 persons) laid out as the day files the data
+plane writes (one zstd Parquet part per UTC day, sorted by device then time), read through the
+same `events_scan` view the query service builds (services/query/event_scan.py), warm, median
+of several runs. Figures only.
+
+    python -m bench.analyses [--events 5000000] [--persons 200000] [--days 120] [--runs 5]
+
+The dataset is generated once into --data-dir (default /tmp/strata-bench-analyses) and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from libs.common.day_files.layout import EVENT_FILE_SCHEMA
+from libs.common.day_files.postgres_rows import event_schema
+from services.query.analyses.conditions import EventScope
+from services.query.analyses.funnels import FunnelSpec, funnel_spec, run_funnel
+from services.query.analyses.paths import paths_spec, run_paths
+from services.query.analyses.requests import (
+    Condition,
+    EventMatch,
+    FunnelRequest,
+    FunnelStep,
+    PathsRequest,
+    RetentionRequest,
+    WindowSpec,
+)
+from services.query.analyses.retention import retention_plan, retention_spec, run_retention
+from services.query.event_scan import _build_view
+from services.query.params import TimeWindow
+from services.query.scan_engine import STORED_COLUMNS, ScanEngine
+
+FIRST_DAY = date(2025, 1, 1)
+PAGES = np.array(["/", "/pricing", "/docs", "/blog", "/features", "/about", "/docs/install"])
+CUSTOM = np.array(["signup", "add_to_cart", "purchase", "search"])
+
+
+def _day_table(rng: np.random.Generator, day: date, persons: int, events: int) -> pa.Table:
+    """One day's events: sessions of a few events each, by persons of skewed activity."""
+    start = int(datetime.combine(day, datetime.min.time(), UTC).timestamp() * 1e6)
+    # Heavy-tailed activity: a few persons produce many events, most a handful.
+    weights = 1.0 / np.arange(1, persons + 1) ** 0.6
+    weights /= weights.sum()
+    sessions = max(1, events // 5)
+    session_person = rng.choice(persons, sessions, p=weights)
+    lengths = rng.integers(1, 10, sessions)
+    total = int(lengths.sum())
+    session_of = np.repeat(np.arange(sessions), lengths)
+    first = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    index_in_session = np.arange(total) - np.repeat(first, lengths)
+    session_start = start + rng.integers(0, 86_400 * 10**6, sessions)
+    ts = session_start[session_of] + index_in_session * rng.integers(5, 300, total) * 10**6
+    ts = np.minimum(ts, start + 86_400 * 10**6 - 1)
+    custom = (index_in_session > 0) & (rng.random(total) < 0.3)
+    names = np.where(custom, CUSTOM[rng.integers(0, len(CUSTOM), total)], "$pageview")
+    paths = pa.array(PAGES[np.minimum(index_in_session, rng.integers(0, 7, total))], mask=custom)
+    person = session_person[session_of]
+    distinct = np.char.add("d", person.astype(str))
+    users = pa.array(np.char.add("u", person.astype(str)), mask=person % 3 != 0)
+    amounts = rng.integers(1, 200, total)
+    props = np.where(
+        names == "purchase",
+        np.char.add(np.char.add('{"amount": ', amounts.astype(str)), "}"),
+        "{}",
+    )
+    n = total
+    table = pa.table(
+        {
+            "project_id": pa.array(np.full(n, "bench")),
+            "ts": pa.array(ts, pa.timestamp("us", tz="UTC")),
+            "event_id": pa.array(np.char.add(f"{day.isoformat()}-", np.arange(n).astype(str))),
+            "name": pa.array(names),
+            "type": pa.array(np.where(custom, "track", "page")),
+            "distinct_id": pa.array(distinct),
+            "user_id": users,
+            "anonymous_id": pa.array(distinct),
+            "session_id": pa.array(np.char.add(f"{day.isoformat()}-s", session_of.astype(str))),
+            "path": paths,
+            "country": pa.array(np.array(["DE", "US", "FR", "IN"])[rng.integers(0, 4, n)]),
+            "is_bot": pa.array(np.zeros(n, bool)),
+            "non_interactive": pa.array(np.zeros(n, bool)),
+            "properties": pa.array(props),
+            "received_at": pa.array(ts, pa.timestamp("us", tz="UTC")),
+        }
+    )
+    for field in EVENT_FILE_SCHEMA:
+        if field.name not in table.column_names:
+            table = table.append_column(field.name, pa.nulls(n, field.type))
+    table = table.select(EVENT_FILE_SCHEMA.names).cast(EVENT_FILE_SCHEMA)
+    return table.sort_by(
+        [("distinct_id", "ascending"), ("ts", "ascending"), ("event_id", "ascending")]
+    )
+
+
+def dataset(data_dir: Path, events: int, persons: int, days: int) -> list[Path]:
+    """Day files of the bench dataset (generated on first use)."""
+    folder = data_dir / f"e{events}-p{persons}-d{days}"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(42)
+    files = []
+    for i in range(days):
+        day = FIRST_DAY + timedelta(days=i)
+        path = folder / f"dt={day.isoformat()}.parquet"
+        if not path.exists():
+            table = _day_table(rng, day, persons, events // days)
+            pq.write_table(table, path, compression="zstd", row_group_size=131_072)
+        files.append(path)
+    return files
+
+
+def _aliases(persons: int) -> pa.Table:
+    """Every third person's device is linked to their user id, as identify calls do."""
+    linked = np.arange(0, persons, 3)
+    return pa.table(
+        {
+            "distinct_id": pa.array(np.char.add("d", linked.astype(str))),
+            "person_id": pa.array(np.char.add("u", linked.astype(str))),
+        }
+    )
+
+
+def _scan(
+    engine: ScanEngine, files: list[Path], start: datetime, end: datetime, aliases: pa.Table
+) -> duckdb.DuckDBPyConnection:
+    first = (start.date() - FIRST_DAY).days
+    last = (end.date() - FIRST_DAY).days
+    con = engine.connection()
+    _build_view(
+        con,
+        paths=[str(p) for p in files[max(0, first) : last + 1]],
+        hot=event_schema(STORED_COLUMNS).empty_table(),
+        aliases=aliases,
+        persons=None,
+        start=start,
+        end=end,
+        include_bots=False,
+    )
+    return con
+
+
+def _timed(fn: Callable[[], Any], runs: int) -> dict[str, float]:
+    cold_started = time.perf_counter()
+    fn()
+    cold = (time.perf_counter() - cold_started) * 1000
+    warm = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        warm.append((time.perf_counter() - started) * 1000)
+    return {"first_ms": round(cold, 1), "warm_median_ms": round(statistics.median(warm), 1)}
+
+
+def _us(ts: datetime) -> int:
+    return int(ts.timestamp()) * 1_000_000
+
+
+def _timed_funnel(
+    con: duckdb.DuckDBPyConnection, funnel: FunnelSpec, start: datetime, end: datetime, runs: int
+) -> dict[str, Any]:
+    """Attempts start in [start, end - 1 s); their steps may follow until `end`."""
+    counts: list[int] = []
+
+    def once() -> None:
+        stop = end - timedelta(seconds=1)
+        result = run_funnel(con, funnel, EventScope(start, end), _us(start), _us(stop))
+        counts[:] = [s.count for s in result.total.steps]
+
+    return {**_timed(once, runs), "persons_per_step": counts}
+
+
+def run_benchmark(
+    events: int = 5_000_000,
+    persons: int = 200_000,
+    days: int = 120,
+    runs: int = 5,
+    data_dir: Path = Path("/tmp/strata-bench-analyses"),
+) -> dict[str, Any]:
+    """Time each analysis (first run, then the median of `runs` warm runs)."""
+    started = time.perf_counter()
+    files = dataset(data_dir, events, persons, days)
+    results: dict[str, Any] = {
+        "dataset": {
+            "events": events,
+            "persons": persons,
+            "days": days,
+            "prepare_s": round(time.perf_counter() - started, 1),
+        }
+    }
+    engine = ScanEngine()
+    aliases = _aliases(persons)
+    end = datetime.combine(FIRST_DAY + timedelta(days=days), datetime.min.time(), UTC)
+
+    page = FunnelStep("$pageview", [Condition("path", "eq", "/")])
+    pricing = FunnelStep("$pageview", [Condition("path", "eq", "/pricing")])
+    steps = [page, pricing, FunnelStep("signup"), FunnelStep("add_to_cart"), FunnelStep("purchase")]
+    funnel = funnel_spec(FunnelRequest(steps=steps, window=WindowSpec(14, "day")))
+    for label, span in (("funnel_5_steps_30d", 30), ("funnel_5_steps_120d", 120)):
+        start = end - timedelta(days=min(span, days))
+        con = _scan(engine, files, start, end, aliases)
+        results[label] = _timed_funnel(con, funnel, start, end, runs)
+        con.close()
+
+    retention = retention_spec(
+        RetentionRequest(
+            start_event=EventMatch("$pageview"), return_event=EventMatch("$pageview"), intervals=7
+        )
+    )
+    window = TimeWindow(end - timedelta(days=37), end - timedelta(days=7), ZoneInfo("UTC"))
+    plan = retention_plan(retention, window)
+    con = _scan(engine, files, plan.starts[0], plan.scan_end, aliases)
+    scope = EventScope(plan.starts[0], plan.scan_end)
+    now = datetime.now(UTC)
+    results["retention_daily_30d"] = _timed(
+        lambda: run_retention(con, retention, plan, scope, now), runs
+    )
+    con.close()
+
+    paths = paths_spec(PathsRequest(event_types=["pageview", "custom"], steps=5))
+    start, stop, session = end - timedelta(days=31), end - timedelta(days=1), timedelta(days=1)
+    con = _scan(engine, files, start - session, end, aliases)
+    scope = EventScope(start - session, end)
+    results["paths_5_steps_30d"] = _timed(
+        lambda: run_paths(con, paths, scope, start, stop, session), runs
+    )
+    con.close()
+    engine.close()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Analyses engine benchmark (issue 3)")
+    parser.add_argument("--events", type=int, default=5_000_000)
+    parser.add_argument("--persons", type=int, default=200_000)
+    parser.add_argument("--days", type=int, default=120)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--data-dir", type=Path, default=Path("/tmp/strata-bench-analyses"))
+    args = parser.parse_args()
+    figures = run_benchmark(args.events, args.persons, args.days, args.runs, args.data_dir)
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
