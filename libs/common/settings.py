@@ -99,7 +99,8 @@ class SessionizerSettings(CommonSettings, frozen=True, kw_only=True):
 
 
 class AggregatorSettings(CommonSettings, frozen=True, kw_only=True):
-    fetch_batch: int = 100  # messages per pull; each message holds a batch of events
+    # Messages per pull, all written in one transaction; each message holds a few events.
+    fetch_batch: int = 1000
     fetch_timeout_s: float = 0.2
     max_redeliveries: int = 5
     dlq_max_ratio: float = 0.5  # stop (do not drain into the DLQ) past this share of a window
@@ -110,7 +111,7 @@ class AggregatorSettings(CommonSettings, frozen=True, kw_only=True):
     dlq_window_s: float = 300.0  # the window dlq_max_ratio / dlq_max_count are measured over
     dlq_ratio_min_messages: int = 100  # the ratio applies once the window holds this many
     writers: int = 2  # batches in flight per process (one transaction each)
-    max_ack_pending: int = 2000  # unacked messages across all replicas (JetStream bound)
+    max_ack_pending: int = 10000  # unacked messages across all replicas (JetStream bound)
     retry_backoff_max_s: float = 30.0  # nak delay cap for transient failures
     pool_size: int = 4
 

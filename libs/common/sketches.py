@@ -22,6 +22,40 @@ def sketch_of(items: Iterable[str]) -> bytes:
     return bytes(sk.serialize_compact())
 
 
+def sketch_from(items: Iterable[str]) -> hll_sketch:
+    """An (unserialized) sketch of `items`, to serialize or unite with stored sketches."""
+    sk = new_sketch()
+    for item in items:
+        sk.update(item)
+    return sk
+
+
+def serialize(sketch: hll_sketch) -> bytes:
+    return bytes(sketch.serialize_compact())
+
+
+# Compact serialization (DataSketches HLL): byte 7 holds the mode in its low two bits. In the
+# list and set modes the sketch is its coupons, 4 bytes each after the header.
+_MODE_BYTE = 7
+_HLL_MODE = 2
+
+
+def united(stored: bytes, addition: hll_sketch) -> bytes | None:
+    """`stored` united with `addition`, or None when `stored` already holds all of it."""
+    union = hll_union(LG_K)
+    union.update(hll_sketch.deserialize(stored))
+    union.update(addition)
+    result = bytes(union.get_result(_TYPE).serialize_compact())
+    if len(result) != len(stored) or result[_MODE_BYTE] != stored[_MODE_BYTE]:
+        return result
+    if result[_MODE_BYTE] & 3 == _HLL_MODE:
+        # Every register is serialized: equal bytes, equal sketch.
+        return None if result == stored else result
+    # A union never loses a coupon, so as many coupons (equal length) are the same coupons,
+    # even when a hash set serializes them in another order.
+    return None
+
+
 def merge(blobs: Iterable[bytes]) -> hll_sketch:
     union = hll_union(LG_K)
     for blob in blobs:
@@ -34,4 +68,4 @@ def merge_bytes(blobs: Iterable[bytes]) -> bytes:
 
 
 def estimate(blobs: Iterable[bytes]) -> int:
-    return int(round(merge(blobs).get_estimate()))
+    return round(float(merge(blobs).get_estimate()))

@@ -4,33 +4,46 @@ id), event rollups, sessions with their session-rollup deltas, person aliases an
 Everything after the dedup step is derived from the rows actually inserted, so a redelivered
 batch inserts nothing and changes no rollup.
 
-Lock order (what keeps concurrent aggregator replicas free of deadlocks): tables are always
-touched in the same order (event_ids, events, rollups, sessions, session_rollups,
-person_aliases, persons) and, within a table, rows are locked in key order.
+Where the time goes, and so the shape of a write (docs/storage.md, "Write path"):
+1. events and their dedup ids: one statement fed the whole batch as one JSON document (parsed
+   in C by PostgreSQL; no per-value encoding in Python), concurrently with other writers;
+2. in Python, still without locks: each rollup key's event count and persons, and one sketch
+   per distinct person set (an hour's set usually serves its day and week keys too);
+3. under the project's advisory lock: stored sketches read (`FOR UPDATE`), united with the
+   batch's, and every key upserted in one statement that rewrites a sketch only when it
+   changed; sessions merged and session rollups moved in one SQL statement; aliases, persons.
+
+Concurrency: writers of one project serialize on a transaction-scoped advisory lock taken
+before the first derived table is touched, so they can neither deadlock nor lose an update
+there (the hot rollup rows of the current hour serialized them anyway). The events step runs
+before the lock, in parallel; its dedup ids are inserted in key order. Rows read for a merge
+are also locked `FOR UPDATE`, and a key or session that appeared between the read and the
+write (a writer not following this protocol, e.g. an older release during a rolling update)
+aborts the batch with a retryable error instead of overwriting it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import operator
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import msgspec
+from datasketches import hll_sketch
 
 from libs.common import sketches
 from libs.common.rollup_keys import (
     ALL_EVENTS,
+    DAY,
     EVENT_DIMENSIONS,
-    GRANULARITIES,
     HOUR,
+    NONE_VALUE,
     SESSION_DIMENSIONS,
     TOTAL,
+    WEEK,
     bucket_start,
-    dim_value,
 )
 from libs.common.schemas.events_v1 import ALIAS, IDENTIFY, PAGEVIEW, EventV1
 
@@ -41,6 +54,11 @@ class WriteResult(msgspec.Struct, frozen=True):
     received: int
     inserted: int
     duplicates: int
+
+
+class ConcurrentWriteConflict(asyncpg.exceptions.SerializationError):  # type: ignore[misc]
+    """A row this batch was about to create appeared meanwhile (a writer outside the locking
+    protocol): the transaction is rolled back and the batch is retried, never half-merged."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,56 +176,73 @@ EVENT_COLUMNS = (
 )
 _EVENT_TYPES = {"ts": "timestamptz", "received_at": "timestamptz", "is_bot": "boolean"}
 _EVENT_TYPES["non_interactive"] = "boolean"
-_STAGING = "strata_staged_events"
-_STAGING_COLUMNS = ("seq", *EVENT_COLUMNS, "properties")
-_event_values = operator.attrgetter(*EVENT_COLUMNS)
 _json = msgspec.json.Encoder()
 
-# The staging table lives per connection and empties itself at commit; properties are staged as
-# text and cast once in SQL, whatever jsonb codec the caller's connection has.
-_STAGING_DDL = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} (seq integer NOT NULL, "
-    + ", ".join(f"{c} {_EVENT_TYPES.get(c, 'text')}" for c in EVENT_COLUMNS)
-    + ", properties text) ON COMMIT DELETE ROWS;"
-    f" DELETE FROM {_STAGING};"
-)
 
+def _json_rows_sql(columns: Sequence[str], types: dict[str, str], param: int = 1) -> str:
+    """A FROM item reading parameter `param`, a JSON array of rows (JSON arrays whose values are
+    in `columns` order), as a relation `j` of those columns plus `ordinality` (1-based).
+
+    One JSON document per statement costs Python a single msgspec call and PostgreSQL a parse
+    in C; typed arrays per column cost several microseconds per value to encode in asyncpg.
+    """
+    values = ", ".join(
+        f"j.e->{i} AS {c}"  # a JSON value stays jsonb as it is
+        if types.get(c) == "jsonb"
+        else f"(j.e->>{i})::{types.get(c, 'text')} AS {c}"
+        for i, c in enumerate(columns)
+    )
+    return (
+        f"(SELECT {values}, j.ordinality"
+        f" FROM jsonb_array_elements(${param}::jsonb) WITH ORDINALITY AS j(e, ordinality))"
+    )
+
+
+_event_row = operator.attrgetter(*EVENT_COLUMNS, "properties")
 _columns = ", ".join(EVENT_COLUMNS)
-# DISTINCT ON drops repeats inside the batch; the event_ids insert (in key order, so replicas
+# DISTINCT ON drops repeats inside the batch; the event_ids insert (in key order, so writers
 # lock ids in one order) returns only ids never seen, and only those rows reach `events`.
 _INSERT_NEW_EVENTS = f"""
-WITH staged AS (
+WITH batch AS (
     SELECT DISTINCT ON (project_id, event_id) *
-    FROM {_STAGING}
-    ORDER BY project_id, event_id, seq
+    FROM {_json_rows_sql((*EVENT_COLUMNS, "properties"), {**_EVENT_TYPES, "properties": "jsonb"})} b
+    ORDER BY project_id, event_id, ordinality
 ), new_ids AS (
     INSERT INTO event_ids (project_id, event_id)
-    SELECT project_id, event_id FROM staged
+    SELECT project_id, event_id FROM batch
     ON CONFLICT DO NOTHING
     RETURNING project_id, event_id
+), stored AS (
+    INSERT INTO events ({_columns}, properties)
+    SELECT {", ".join("b." + c for c in EVENT_COLUMNS)}, b.properties
+    FROM batch b JOIN new_ids n USING (project_id, event_id)
 )
-INSERT INTO events ({_columns}, properties)
-SELECT {", ".join("s." + c for c in EVENT_COLUMNS)}, s.properties::jsonb
-FROM staged s JOIN new_ids n USING (project_id, event_id)
-RETURNING project_id, event_id
+SELECT (b.ordinality - 1)::int FROM batch b JOIN new_ids n USING (project_id, event_id)
 """
 
 
 async def _insert_new_events(conn: asyncpg.Connection, events: Sequence[EventV1]) -> list[EventV1]:
-    await conn.execute(_STAGING_DDL)
-    await conn.copy_records_to_table(
-        _STAGING,
-        records=[
-            (seq, *_event_values(ev), _json.encode(ev.properties).decode())
-            for seq, ev in enumerate(events)
-        ],
-        columns=list(_STAGING_COLUMNS),
-    )
-    rows = await conn.fetch(_INSERT_NEW_EVENTS)
-    first_of: dict[tuple[str, str], EventV1] = {}
-    for ev in events:
-        first_of.setdefault((ev.project_id, ev.event_id), ev)
-    return [first_of[(r["project_id"], r["event_id"])] for r in rows]
+    payload = _json.encode([_event_row(ev) for ev in events]).decode()
+    rows = await conn.fetch(_INSERT_NEW_EVENTS, payload)
+    return [events[i] for i in sorted(r[0] for r in rows)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Locking
+
+# Transaction-scoped advisory lock per project (two-int form: this class id, hash of the id),
+# held from the first derived table to COMMIT by every writer of rollups, sessions, session
+# rollups, aliases and persons.
+_DERIVED_LOCK_CLASS = 0x53545244  # "STRD"
+
+
+async def _lock_projects(conn: asyncpg.Connection, projects: Iterable[str]) -> None:
+    # In one order, so writers of several projects never wait on each other in a cycle. Its own
+    # statement: the next statements' snapshots then see everything the previous holder wrote.
+    for project_id in sorted(set(projects)):
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))", _DERIVED_LOCK_CLASS, project_id
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,147 +250,189 @@ async def _insert_new_events(conn: asyncpg.Connection, events: Sequence[EventV1]
 
 # (project_id, granularity, bucket, name, dim, value, bot)
 RollupKey = tuple[str, str, datetime, str, str, str, bool]
-_ROLLUP_KEY_TYPES = ("text", "text", "timestamptz", "text", "text", "text", "boolean")
-_ROLLUP_KEY_COLUMNS = ("project_id", "granularity", "bucket", "name", "dim", "value", "bot")
-_EVENT_DIMS = ((TOTAL, None), *EVENT_DIMENSIONS.items())
+_EVENT_DIM_NAMES = (TOTAL, *EVENT_DIMENSIONS)
+_event_dim_values = operator.attrgetter(*EVENT_DIMENSIONS.values())
 
 
-@dataclass
 class _Tally:
-    """Events counted into one rollup key by this batch, and the persons behind them."""
+    """Events counted into one rollup key by this batch, and the persons behind them. A set may
+    be shared by several keys (an hour's persons are its day's when the batch has one hour);
+    it is copied before the first change of a shared one."""
 
-    events: int = 0
-    persons: set[str] = dataclasses.field(default_factory=set)
+    __slots__ = ("events", "owned", "persons")
 
-    def add(self, other: _Tally) -> None:
-        self.events += other.events
-        self.persons |= other.persons
+    def __init__(self, events: int, persons: set[str], owned: bool) -> None:
+        self.events = events
+        self.persons = persons
+        self.owned = owned
+
+    def add(self, events: int, persons: set[str]) -> None:
+        self.events += events
+        if persons is self.persons:
+            return
+        if not self.owned:
+            self.persons = set(self.persons)
+            self.owned = True
+        self.persons |= persons
+
+
+class _Buckets:
+    """Hour, day and week starts of event times (cached: a batch spans few hours)."""
+
+    def __init__(self) -> None:
+        self._hours: dict[float, datetime] = {}
+        self._coarser: dict[datetime, tuple[datetime, datetime]] = {}
+
+    def hour(self, ts: datetime) -> datetime:
+        hour_number = ts.timestamp() // 3600
+        hour = self._hours.get(hour_number)
+        if hour is None:
+            hour = self._hours[hour_number] = bucket_start(ts, HOUR)
+        return hour
+
+    def day_and_week(self, hour: datetime) -> tuple[datetime, datetime]:
+        coarser = self._coarser.get(hour)
+        if coarser is None:
+            coarser = self._coarser[hour] = (bucket_start(hour, DAY), bucket_start(hour, WEEK))
+        return coarser
 
 
 def event_rollup_tallies(events: Iterable[EventV1]) -> dict[RollupKey, _Tally]:
     """Every rollup key the events count into, with their event counts and persons."""
-    # Tally at the finest level first (hour x own name), then roll those up into days, weeks and
-    # the all-events name: far fewer set operations than expanding every event 66 times.
-    hourly: dict[RollupKey, _Tally] = {}
+    # Tally at the finest level first (hour x own name x dimension value), then roll those up
+    # into the all-events name and into days and weeks: far fewer operations than expanding
+    # every event 66 times, and a person set is shared by every key it is the whole of (so
+    # built into a sketch once). Per (project, hour, name, bot): the total's tally and one
+    # {raw value: tally} per dimension, so the per-event work is a lookup by value; None and ""
+    # both become NONE_VALUE at the end.
+    buckets = _Buckets()
+    by_head: dict[tuple[str, datetime, str, bool], list[dict[str | None, _Tally]]] = {}
     for ev in events:
-        hour = bucket_start(ev.ts, HOUR)
-        person = ev.person_key
-        for dim, attr in _EVENT_DIMS:
-            value = TOTAL if attr is None else dim_value(getattr(ev, attr))
-            key = (ev.project_id, HOUR, hour, ev.name, dim, value, ev.is_bot)
-            tally = hourly.get(key)
+        person = ev.user_id or ev.distinct_id
+        head = (ev.project_id, buckets.hour(ev.ts), ev.name, ev.is_bot)
+        dims = by_head.get(head)
+        if dims is None:
+            dims = by_head[head] = [{} for _ in _EVENT_DIM_NAMES]
+        total = dims[0].get(TOTAL)
+        if total is None:
+            dims[0][TOTAL] = _Tally(1, {person}, True)
+        else:
+            total.events += 1
+            total.persons.add(person)
+        for tallies, value in zip(dims[1:], _event_dim_values(ev), strict=True):
+            tally = tallies.get(value)
             if tally is None:
-                tally = hourly[key] = _Tally()
-            tally.events += 1
-            tally.persons.add(person)
-    result: dict[RollupKey, _Tally] = {}
-    for (project_id, _, hour, name, dim, value, bot), tally in hourly.items():
-        names = (name,) if name == ALL_EVENTS else (name, ALL_EVENTS)
-        for granularity in GRANULARITIES:
-            bucket = bucket_start(hour, granularity)
-            for rollup_name in names:
-                key = (project_id, granularity, bucket, rollup_name, dim, value, bot)
-                target = result.get(key)
+                tallies[value] = _Tally(1, {person}, True)
+            else:
+                tally.events += 1
+                tally.persons.add(person)
+    for (project_id, hour, name, bot), dims in list(by_head.items()):
+        if name == ALL_EVENTS:
+            continue  # an event literally named "*" is counted once, as all events
+        all_dims = by_head.get((project_id, hour, ALL_EVENTS, bot))
+        if all_dims is None:
+            all_dims = by_head[(project_id, hour, ALL_EVENTS, bot)] = [{} for _ in dims]
+        for tallies, all_tallies in zip(dims, all_dims, strict=True):
+            for value, tally in tallies.items():
+                target = all_tallies.get(value)
                 if target is None:
-                    target = result[key] = _Tally()
-                target.add(tally)
+                    all_tallies[value] = _Tally(tally.events, tally.persons, False)
+                else:
+                    target.add(tally.events, tally.persons)
+    result: dict[RollupKey, _Tally] = {}
+    for (project_id, hour, name, bot), dims in by_head.items():
+        day, week = buckets.day_and_week(hour)
+        for dim, tallies in zip(_EVENT_DIM_NAMES, dims, strict=True):
+            for raw, tally in tallies.items():
+                value = TOTAL if dim == TOTAL else raw or NONE_VALUE
+                for granularity, bucket in ((HOUR, hour), (DAY, day), (WEEK, week)):
+                    key = (project_id, granularity, bucket, name, dim, value, bot)
+                    target = result.get(key)
+                    if target is None:
+                        result[key] = _Tally(tally.events, tally.persons, False)
+                    else:
+                        target.add(tally.events, tally.persons)
     return result
 
 
-def _unnest(types: Sequence[str], names: Sequence[str], first_param: int = 1) -> str:
-    args = ", ".join(f"${first_param + i}::{t}[]" for i, t in enumerate(types))
-    return f"unnest({args}) AS u({', '.join(names)})"
+def _batch_sketches(tallies: Iterable[_Tally]) -> dict[int, hll_sketch]:
+    """One sketch per distinct person set (by identity) among the tallies."""
+    built: dict[int, hll_sketch] = {}
+    for tally in tallies:
+        if id(tally.persons) not in built:
+            built[id(tally.persons)] = sketches.sketch_from(tally.persons)
+    return built
 
 
-def _columns_of(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
-    return [[row[i] for row in rows] for i in range(width)]
-
-
-_U_ROLLUP = ("p", "g", "b", "n", "d", "v", "bot")
-_ROLLUP_MATCH = (
-    'r.project_id = u.p AND r.granularity = u.g::"char" AND r.bucket = u.b AND r.name = u.n'
-    " AND r.dim = u.d AND r.value = u.v AND r.bot = u.bot"
-)
-_INSERT_NEW_ROLLUPS = f"""
-INSERT INTO rollups (project_id, granularity, bucket, name, dim, value, bot, events, visitors)
-SELECT p, g::"char", b, n, d, v, bot, e, vis
-FROM {_unnest((*_ROLLUP_KEY_TYPES, "bigint", "bytea"), (*_U_ROLLUP, "e", "vis"))}
-ON CONFLICT DO NOTHING
-RETURNING project_id, granularity::text, bucket, name, dim, value, bot
-"""
-_LOCK_ROLLUPS = f"""
-SELECT r.project_id, r.granularity::text, r.bucket, r.name, r.dim, r.value, r.bot, r.visitors
-FROM rollups r JOIN {_unnest(_ROLLUP_KEY_TYPES, _U_ROLLUP)} ON {_ROLLUP_MATCH}
-ORDER BY r.project_id, r.granularity, r.bucket, r.name, r.dim, r.value, r.bot
+# The batch's keys and counts, the i-th row being key number i (0-based).
+_ROLLUP_ROW = ("project_id", "granularity", "bucket", "name", "dim", "value", "bot", "events")
+_ROLLUP_TYPES = {"granularity": '"char"', "bucket": "timestamptz", "bot": "boolean"}
+_ROLLUP_TYPES["events"] = "bigint"
+_ROLLUP_BATCH = _json_rows_sql(_ROLLUP_ROW, _ROLLUP_TYPES)
+_ROLLUP_MATCH = " AND ".join(f"r.{c} = k.{c}" for c in _ROLLUP_ROW[:7])
+_READ_ROLLUPS = f"""
+SELECT (k.ordinality - 1)::int, r.visitors FROM {_ROLLUP_BATCH} k JOIN rollups r ON {_ROLLUP_MATCH}
+ORDER BY k.ordinality
 FOR UPDATE OF r
 """
-_UPDATE_ROLLUPS = f"""
-UPDATE rollups r SET events = r.events + u.e, visitors = u.vis
-FROM {_unnest((*_ROLLUP_KEY_TYPES, "bigint", "bytea"), (*_U_ROLLUP, "e", "vis"))}
-WHERE {_ROLLUP_MATCH}
+# Sketches travel only for keys that are new or whose sketch changed; an empty one means "keep
+# the stored sketch". `created` counts the rows inserted rather than updated (xmax = 0).
+_UPSERT_ROLLUPS = f"""
+WITH upserted AS (
+    INSERT INTO rollups AS r ({", ".join(_ROLLUP_ROW)}, visitors)
+    SELECT {", ".join("k." + c for c in _ROLLUP_ROW)}, coalesce(s.visitors, ''::bytea)
+    FROM {_ROLLUP_BATCH} k
+    LEFT JOIN unnest($2::int[], $3::bytea[]) AS s(i, visitors) ON s.i = k.ordinality - 1
+    ORDER BY k.ordinality
+    ON CONFLICT ({", ".join(_ROLLUP_ROW[:7])}) DO UPDATE SET
+        events = r.events + excluded.events,
+        visitors = CASE WHEN octet_length(excluded.visitors) = 0 THEN r.visitors
+                        ELSE excluded.visitors END
+    RETURNING xmax = 0 AS created
+)
+SELECT count(*) FILTER (WHERE created) FROM upserted
 """
 
 
 async def _apply_event_rollups(conn: asyncpg.Connection, tallies: dict[RollupKey, _Tally]) -> None:
     if not tallies:
         return
-    keys = sorted(tallies)
-    # 1. Keys never seen get this batch's values outright (inserted in key order).
-    fresh = [(*k, tallies[k].events, sketches.sketch_of(tallies[k].persons)) for k in keys]
-    inserted = {tuple(r) for r in await conn.fetch(_INSERT_NEW_ROLLUPS, *_columns_of(fresh, 9))}
-    existing = [k for k in keys if k not in inserted]
-    if not existing:
-        return
-    # 2. Existing keys: lock in key order, merge the stored sketch with this batch's persons.
-    stored = await conn.fetch(_LOCK_ROLLUPS, *_columns_of(existing, 7))
-    updates = []
-    for row in stored:
-        key: RollupKey = tuple(row)[:7]
-        tally = tallies[key]
-        merged = sketches.merge_bytes([row["visitors"], sketches.sketch_of(tally.persons)])
-        updates.append((*key, tally.events, merged))
-    if len(updates) != len(existing):
-        raise RuntimeError("rollup rows vanished between insert and lock")
-    await conn.execute(_UPDATE_ROLLUPS, *_columns_of(updates, 9))
+    keys = sorted(tallies)  # one key order for every writer
+    payload = _json.encode([(*k, tallies[k].events) for k in keys]).decode()
+    batch_sketches = _batch_sketches(tallies.values())
+    stored: dict[int, bytes] = {r[0]: r[1] for r in await conn.fetch(_READ_ROLLUPS, payload)}
+    indexes: list[int] = []
+    visitors: list[bytes] = []
+    serialized: dict[int, bytes] = {}
+    for i, key in enumerate(keys):
+        persons = tallies[key].persons
+        addition = batch_sketches[id(persons)]
+        old = stored.get(i)
+        if old is None:
+            blob = serialized.get(id(persons))
+            if blob is None:
+                blob = serialized[id(persons)] = sketches.serialize(addition)
+        else:
+            merged = sketches.united(old, addition)
+            if merged is None:
+                continue  # the stored sketch already counts these persons
+            blob = merged
+        indexes.append(i)
+        visitors.append(blob)
+    created = await conn.fetchval(_UPSERT_ROLLUPS, payload, indexes, visitors)
+    if created != len(keys) - len(stored):
+        raise ConcurrentWriteConflict(
+            f"{len(keys) - len(stored)} rollup rows expected new, {created} created"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # Sessions and session rollups
 
-
-@dataclass
-class SessionRow:
-    """A row of `sessions` (field names are its columns)."""
-
-    project_id: str
-    session_id: str
-    distinct_id: str
-    user_id: str | None
-    start_ts: datetime
-    end_ts: datetime
-    events: int
-    interactive_events: int
-    pageviews: int
-    entry_path: str | None
-    entry_ts: datetime | None
-    exit_path: str | None
-    exit_ts: datetime | None
-    referrer: str | None
-    referrer_domain: str | None
-    channel: str | None
-    utm_source: str | None
-    utm_medium: str | None
-    utm_campaign: str | None
-    browser: str | None
-    os: str | None
-    device_type: str | None
-    country: str | None
-    is_bot: bool
-
-
-SESSION_COLUMNS = tuple(f.name for f in dataclasses.fields(SessionRow))
-# Taken from the session's earliest event.
-SESSION_ATTRIBUTES = (
+# A session row is a function of its events (docs/storage.md, "Sessions"): merged here in SQL
+# from the batch's new events and the stored row, whose old and new contributions to
+# session_rollups are moved in the same statement.
+SESSION_ATTRIBUTES = (  # taken from the session's earliest event
     "referrer",
     "referrer_domain",
     "channel",
@@ -368,219 +445,216 @@ SESSION_ATTRIBUTES = (
     "country",
     "is_bot",
 )
-_SESSION_TYPES = {
-    "start_ts": "timestamptz",
-    "end_ts": "timestamptz",
-    "entry_ts": "timestamptz",
-    "exit_ts": "timestamptz",
-    "events": "integer",
-    "interactive_events": "integer",
-    "pageviews": "integer",
-    "is_bot": "boolean",
-}
-_session_types = [_SESSION_TYPES.get(c, "text") for c in SESSION_COLUMNS]
-_session_values = operator.attrgetter(*SESSION_COLUMNS)
-
-_INSERT_NEW_SESSIONS = f"""
-INSERT INTO sessions ({", ".join(SESSION_COLUMNS)})
-SELECT * FROM {_unnest(_session_types, SESSION_COLUMNS)}
-ON CONFLICT DO NOTHING
-RETURNING project_id, session_id
-"""
-_LOCK_SESSIONS = """
-SELECT s.* FROM sessions s
-JOIN unnest($1::text[], $2::text[]) AS k(p, id) ON s.project_id = k.p AND s.session_id = k.id
-ORDER BY s.project_id, s.session_id
-FOR UPDATE OF s
-"""
-_UPDATE_SESSIONS = f"""
-UPDATE sessions s SET {", ".join(f"{c} = u.{c}" for c in SESSION_COLUMNS[2:])}
-FROM {_unnest(_session_types, SESSION_COLUMNS)}
-WHERE s.project_id = u.project_id AND s.session_id = u.session_id
-"""
-
-
-def merge_session(old: SessionRow | None, events: Sequence[EventV1]) -> SessionRow:
-    """The session after adding `events` (all of one session, none stored before) to `old`."""
-    ordered = sorted(events, key=lambda e: (e.ts, e.event_id))
-    first, last = ordered[0], ordered[-1]
-    pageviews = [e for e in ordered if e.name == PAGEVIEW]
-    interactive = sum(1 for e in ordered if not e.non_interactive)
-    first_user = next((e.user_id for e in ordered if e.user_id), None)
-    if old is None:
-        session = SessionRow(
-            project_id=first.project_id,
-            session_id=first.session_id or "",
-            distinct_id=first.distinct_id,
-            user_id=first_user,
-            start_ts=first.ts,
-            end_ts=last.ts,
-            events=len(ordered),
-            interactive_events=interactive,
-            pageviews=len(pageviews),
-            entry_path=None,
-            entry_ts=None,
-            exit_path=None,
-            exit_ts=None,
-            **{a: getattr(first, a) for a in SESSION_ATTRIBUTES},
-        )
-    else:
-        session = dataclasses.replace(old)
-        session.events += len(ordered)
-        session.interactive_events += interactive
-        session.pageviews += len(pageviews)
-        if first.ts < old.start_ts:
-            # An earlier event arrived late: it now defines the session's source and device.
-            session.start_ts = first.ts
-            session.distinct_id = first.distinct_id
-            for attr in SESSION_ATTRIBUTES:
-                setattr(session, attr, getattr(first, attr))
-            session.user_id = first.user_id or old.user_id or first_user
-        else:
-            session.user_id = old.user_id or first_user
-        session.end_ts = max(old.end_ts, last.ts)
-    if pageviews:
-        entry, exit_ = pageviews[0], pageviews[-1]
-        if session.entry_ts is None or entry.ts < session.entry_ts:
-            session.entry_path, session.entry_ts = entry.path, entry.ts
-        if session.exit_ts is None or exit_.ts >= session.exit_ts:
-            session.exit_path, session.exit_ts = exit_.path, exit_.ts
-    return session
-
-
-# (project_id, granularity, bucket, dim, value, bot)
-SessionRollupKey = tuple[str, str, datetime, str, str, bool]
-_SESSION_DIM_NAMES = (TOTAL, *SESSION_DIMENSIONS)
-_session_dim_values = operator.attrgetter(*SESSION_DIMENSIONS.values())
-
-
-class SessionRollupDeltas:
-    """The change to session_rollups of sessions added (+1) and replaced (-1) in a batch."""
-
-    def __init__(self) -> None:
-        # Summed per profile (project, start hour, bot, dimension values) first: sessions of a
-        # batch share few profiles, and an updated session's -old/+new mostly cancel here.
-        self._profiles: dict[tuple[Any, ...], list[float]] = {}
-
-    def add(self, session: SessionRow, sign: int) -> None:
-        profile = (
-            session.project_id,
-            bucket_start(session.start_ts, HOUR),
-            session.is_bot,
-            tuple(dim_value(v) for v in _session_dim_values(session)),
-        )
-        vector = self._profiles.get(profile)
-        if vector is None:
-            vector = self._profiles[profile] = [0, 0, 0.0, 0, 0]
-        vector[0] += sign
-        vector[1] += sign if session.interactive_events < 2 else 0
-        vector[2] += sign * (session.end_ts - session.start_ts).total_seconds()
-        vector[3] += sign * session.pageviews
-        vector[4] += sign * session.events
-
-    def by_key(self) -> dict[SessionRollupKey, list[float]]:
-        """Non-zero deltas by rollup key: (sessions, bounces, duration_s, pageviews, events)."""
-        result: dict[SessionRollupKey, list[float]] = {}
-        for (project_id, hour, bot, values), vector in self._profiles.items():
-            if not any(vector):
-                continue
-            for granularity in GRANULARITIES:
-                bucket = bucket_start(hour, granularity)
-                for dim, value in zip(_SESSION_DIM_NAMES, (TOTAL, *values), strict=True):
-                    key = (project_id, granularity, bucket, dim, value, bot)
-                    total = result.get(key)
-                    if total is None:
-                        result[key] = vector[:]
-                    else:
-                        for i, v in enumerate(vector):
-                            total[i] += v
-        return {k: v for k, v in result.items() if any(v)}
-
-
-_UPSERT_SESSION_ROLLUPS = f"""
-INSERT INTO session_rollups AS r
-    (project_id, granularity, bucket, dim, value, bot,
-     sessions, bounces, duration_s, pageviews, events)
-SELECT p, g::"char", b, d, v, bot, s, bo, du, pv, e
-FROM {
-    _unnest(
+SESSION_COLUMNS = (
+    "project_id",
+    "session_id",
+    "distinct_id",
+    "user_id",
+    "start_ts",
+    "end_ts",
+    "events",
+    "interactive_events",
+    "pageviews",
+    "entry_path",
+    "entry_ts",
+    "exit_path",
+    "exit_ts",
+    *SESSION_ATTRIBUTES,
+)
+_SESSION_EVENT_ROW = (
+    "project_id",
+    "session_id",
+    "event_id",
+    "ts",
+    "name",
+    "path",
+    "distinct_id",
+    "user_id",
+    "non_interactive",
+    *SESSION_ATTRIBUTES,
+)
+_SESSION_EVENT_TYPES = {"ts": "timestamptz", "non_interactive": "boolean", "is_bot": "boolean"}
+_session_event_row = operator.attrgetter(*_SESSION_EVENT_ROW)
+# What a session contributes to session_rollups (the old row's, subtracted, is prefixed old_).
+_CONTRIBUTION = tuple(
+    dict.fromkeys(
         (
-            "text",
-            "text",
-            "timestamptz",
-            "text",
-            "text",
-            "boolean",
-            "bigint",
-            "bigint",
-            "double precision",
-            "bigint",
-            "bigint",
-        ),
-        ("p", "g", "b", "d", "v", "bot", "s", "bo", "du", "pv", "e"),
+            "start_ts",
+            "end_ts",
+            "is_bot",
+            "interactive_events",
+            "pageviews",
+            "events",
+            *SESSION_DIMENSIONS.values(),
+        )
     )
-}
-ON CONFLICT (project_id, granularity, bucket, dim, value, bot) DO UPDATE SET
-    sessions = r.sessions + excluded.sessions,
-    bounces = r.bounces + excluded.bounces,
-    duration_s = r.duration_s + excluded.duration_s,
-    pageviews = r.pageviews + excluded.pageviews,
-    events = r.events + excluded.events
+)
+_COUNTERS = ("start_ts", "end_ts", "interactive_events", "pageviews", "events")
+# What places a session's contribution: its start hour (from start_ts) and these.
+_KEY_ATTRIBUTES = tuple(c for c in _CONTRIBUTION if c not in _COUNTERS)
+# Ties on equal timestamps are broken by event id in code-point order, as a recomputation in
+# Python sorts them.
+_EVENT_ORDER = 'ts, event_id COLLATE "C"'
+_EVENT_ORDER_DESC = 'ts DESC, event_id COLLATE "C" DESC'
+_NEW_OR_EARLIER = "o.session_id IS NULL OR f.ts < o.start_ts"
+# Each session counts once per dimension: in the total, and under its value of each dimension.
+_SESSION_DIMENSION_VALUES = "unnest(ARRAY[{}], ARRAY[{}]) AS d(dim, value)".format(
+    ", ".join(f"'{dim}'" for dim in (TOTAL, *SESSION_DIMENSIONS)),
+    ", ".join(
+        [f"'{TOTAL}'"]
+        + [f"coalesce(nullif(c.{col}, ''), '{NONE_VALUE}')" for col in SESSION_DIMENSIONS.values()]
+    ),
+)
+_TAKEN_FROM_FIRST = ", ".join(
+    f"CASE WHEN {_NEW_OR_EARLIER} THEN f.{a} ELSE o.{a} END AS {a}" for a in SESSION_ATTRIBUTES
+)
+# A replaced row that stays in the same buckets (the usual case: only its counters grew) nets
+# its -old/+new into one row of differences, so fewer rows are expanded into dimensions.
+_STAYS = " AND ".join(
+    ["replaces", "hour = old_hour"]
+    + [f"{c} IS NOT DISTINCT FROM old_{c}" for c in _CONTRIBUTION if c not in _COUNTERS]
+)
+_APPLY_SESSIONS = f"""
+WITH ev AS (
+    SELECT * FROM {_json_rows_sql(_SESSION_EVENT_ROW, _SESSION_EVENT_TYPES)} j
+), batch AS (
+    SELECT project_id, session_id,
+        count(*)::int AS events,
+        (count(*) FILTER (WHERE NOT non_interactive))::int AS interactive_events,
+        (count(*) FILTER (WHERE name = $2))::int AS pageviews,
+        max(ts) AS end_ts,
+        (array_agg(user_id ORDER BY {_EVENT_ORDER}) FILTER (WHERE user_id <> ''))[1]
+            AS first_user,
+        min(ts) FILTER (WHERE name = $2) AS entry_ts,
+        (array_agg(path ORDER BY {_EVENT_ORDER}) FILTER (WHERE name = $2))[1] AS entry_path,
+        max(ts) FILTER (WHERE name = $2) AS exit_ts,
+        (array_agg(path ORDER BY {_EVENT_ORDER_DESC}) FILTER (WHERE name = $2))[1] AS exit_path
+    FROM ev GROUP BY project_id, session_id
+), first AS (
+    SELECT DISTINCT ON (project_id, session_id) *
+    FROM ev ORDER BY project_id, session_id, {_EVENT_ORDER}
+), merged AS (
+    SELECT b.project_id, b.session_id,
+        CASE WHEN {_NEW_OR_EARLIER} THEN f.distinct_id ELSE o.distinct_id END AS distinct_id,
+        CASE WHEN o.session_id IS NULL THEN b.first_user
+             WHEN f.ts < o.start_ts
+                 THEN coalesce(nullif(f.user_id, ''), nullif(o.user_id, ''), b.first_user)
+             ELSE coalesce(nullif(o.user_id, ''), b.first_user) END AS user_id,
+        least(o.start_ts, f.ts) AS start_ts,
+        greatest(o.end_ts, b.end_ts) AS end_ts,
+        coalesce(o.events, 0) + b.events AS events,
+        coalesce(o.interactive_events, 0) + b.interactive_events AS interactive_events,
+        coalesce(o.pageviews, 0) + b.pageviews AS pageviews,
+        CASE WHEN b.entry_ts < o.entry_ts OR o.entry_ts IS NULL THEN b.entry_path
+             ELSE o.entry_path END AS entry_path,
+        CASE WHEN b.entry_ts < o.entry_ts OR o.entry_ts IS NULL THEN b.entry_ts
+             ELSE o.entry_ts END AS entry_ts,
+        CASE WHEN b.exit_ts >= o.exit_ts OR o.exit_ts IS NULL THEN b.exit_path
+             ELSE o.exit_path END AS exit_path,
+        CASE WHEN b.exit_ts >= o.exit_ts OR o.exit_ts IS NULL THEN b.exit_ts
+             ELSE o.exit_ts END AS exit_ts,
+        {_TAKEN_FROM_FIRST},
+        o.session_id IS NOT NULL AS replaces,
+        {", ".join(f"o.{c} AS old_{c}" for c in _CONTRIBUTION)}
+    FROM batch b
+    JOIN first f USING (project_id, session_id)
+    -- One primary-key probe per session (a subquery with FOR UPDATE is never flattened into a
+    -- hash join that would scan every session), locking the stored row.
+    LEFT JOIN LATERAL (
+        SELECT * FROM sessions s
+        WHERE s.project_id = b.project_id AND s.session_id = b.session_id
+        FOR UPDATE
+    ) o ON true
+), upserted AS (
+    INSERT INTO sessions AS s ({", ".join(SESSION_COLUMNS)})
+    SELECT {", ".join(SESSION_COLUMNS)} FROM merged ORDER BY project_id, session_id
+    ON CONFLICT (project_id, session_id) DO UPDATE SET
+        {", ".join(f"{c} = excluded.{c}" for c in SESSION_COLUMNS[2:])}
+    RETURNING xmax = 0 AS created
+), counted AS (  -- what each session's new row and the row it replaces count
+    SELECT project_id, replaces,
+        {", ".join(_CONTRIBUTION)}, {", ".join("old_" + c for c in _CONTRIBUTION)},
+        date_trunc('hour', start_ts, 'UTC') AS hour,
+        date_trunc('hour', old_start_ts, 'UTC') AS old_hour,
+        (interactive_events < 2)::int AS bounces,
+        (old_interactive_events < 2)::int AS old_bounces,
+        extract(epoch FROM end_ts - start_ts)::float8 AS duration_s,
+        extract(epoch FROM old_end_ts - old_start_ts)::float8 AS old_duration_s
+    FROM merged
+), contribution AS (  -- each session's new row counts +1, the row it replaces -1
+    SELECT project_id, hour, {", ".join(_KEY_ATTRIBUTES)},
+        CASE WHEN stays THEN 0 ELSE 1 END AS sessions,
+        bounces - CASE WHEN stays THEN old_bounces ELSE 0 END AS bounces,
+        duration_s - CASE WHEN stays THEN old_duration_s ELSE 0 END AS duration_s,
+        pageviews - CASE WHEN stays THEN old_pageviews ELSE 0 END AS pageviews,
+        events - CASE WHEN stays THEN old_events ELSE 0 END AS events
+    FROM (SELECT *, {_STAYS} AS stays FROM counted) c
+    UNION ALL
+    SELECT project_id, old_hour, {", ".join("old_" + c for c in _KEY_ATTRIBUTES)},
+        -1, -old_bounces, -old_duration_s, -old_pageviews, -old_events
+    FROM counted WHERE replaces AND NOT ({_STAYS})
+), hourly AS (  -- by start hour first: days and weeks are then summed from far fewer rows
+    SELECT c.project_id, c.hour, c.is_bot AS bot, d.dim, d.value,
+        sum(c.sessions) AS sessions, sum(c.bounces) AS bounces,
+        sum(c.duration_s) AS duration_s, sum(c.pageviews) AS pageviews, sum(c.events) AS events
+    FROM contribution c CROSS JOIN LATERAL {_SESSION_DIMENSION_VALUES}
+    GROUP BY 1, 2, 3, 4, 5
+), deltas AS (
+    SELECT c.project_id, g.g,
+        CASE g.g WHEN '{HOUR}' THEN c.hour ELSE date_trunc(g.unit, c.hour, 'UTC') END AS bucket,
+        c.dim, c.value, c.bot,
+        sum(c.sessions) AS sessions, sum(c.bounces) AS bounces,
+        sum(c.duration_s) AS duration_s, sum(c.pageviews) AS pageviews,
+        sum(c.events) AS events
+    FROM hourly c
+    CROSS JOIN (VALUES ('{HOUR}', 'hour'), ('{DAY}', 'day'), ('{WEEK}', 'week')) AS g(g, unit)
+    GROUP BY 1, 2, 3, 4, 5, 6
+), rolled AS (
+    INSERT INTO session_rollups AS r (project_id, granularity, bucket, dim, value, bot,
+                                      sessions, bounces, duration_s, pageviews, events)
+    SELECT project_id, g::"char", bucket, dim, value, bot,
+        sessions, bounces, duration_s, pageviews, events
+    FROM deltas
+    WHERE sessions <> 0 OR bounces <> 0 OR duration_s <> 0 OR pageviews <> 0 OR events <> 0
+    ORDER BY project_id, g, bucket, dim, value, bot
+    ON CONFLICT (project_id, granularity, bucket, dim, value, bot) DO UPDATE SET
+        sessions = r.sessions + excluded.sessions,
+        bounces = r.bounces + excluded.bounces,
+        duration_s = r.duration_s + excluded.duration_s,
+        pageviews = r.pageviews + excluded.pageviews,
+        events = r.events + excluded.events
+    RETURNING project_id, granularity::text AS g, bucket, dim, value, bot, sessions
+)
+SELECT (SELECT count(*) FROM merged WHERE NOT replaces) AS expected_new,
+    (SELECT count(*) FROM upserted WHERE created) AS created,
+    (SELECT jsonb_agg(jsonb_build_array(project_id, g, bucket, dim, value, bot))
+     FROM rolled WHERE sessions = 0) AS emptied
 """
 # A bucket a session moved out of keeps no empty row behind.
 _DELETE_EMPTY_SESSION_ROLLUPS = f"""
 DELETE FROM session_rollups r
 USING {
-    _unnest(
-        ("text", "text", "timestamptz", "text", "text", "boolean"), ("p", "g", "b", "d", "v", "bot")
+    _json_rows_sql(
+        ("project_id", "granularity", "bucket", "dim", "value", "bot"),
+        {"granularity": '"char"', "bucket": "timestamptz", "bot": "boolean"},
     )
-}
-WHERE r.project_id = u.p AND r.granularity = u.g::"char" AND r.bucket = u.b AND r.dim = u.d
-  AND r.value = u.v AND r.bot = u.bot AND r.sessions = 0
+} k
+WHERE r.project_id = k.project_id AND r.granularity = k.granularity AND r.bucket = k.bucket
+  AND r.dim = k.dim AND r.value = k.value AND r.bot = k.bot AND r.sessions = 0
 """
 
 
 async def _apply_sessions(conn: asyncpg.Connection, events: Sequence[EventV1]) -> None:
-    by_session: dict[tuple[str, str], list[EventV1]] = {}
-    for ev in events:
-        if ev.session_id:
-            by_session.setdefault((ev.project_id, ev.session_id), []).append(ev)
-    if not by_session:
+    rows = [_session_event_row(ev) for ev in events if ev.session_id]
+    if not rows:
         return
-    ids = sorted(by_session)
-    deltas = SessionRollupDeltas()
-    # 1. Sessions never seen are inserted whole (in key order); a concurrent replica writing the
-    #    same new session waits here and then takes the merge path below.
-    fresh = {k: merge_session(None, by_session[k]) for k in ids}
-    rows = [_session_values(fresh[k]) for k in ids]
-    inserted = {
-        (r["project_id"], r["session_id"])
-        for r in await conn.fetch(_INSERT_NEW_SESSIONS, *_columns_of(rows, len(SESSION_COLUMNS)))
-    }
-    for k in inserted:
-        deltas.add(fresh[k], +1)
-    # 2. Stored sessions: lock in key order, merge, write back, move their rollup contribution.
-    existing = [k for k in ids if k not in inserted]
-    if existing:
-        stored = await conn.fetch(_LOCK_SESSIONS, *_columns_of(existing, 2))
-        merged = []
-        for row in stored:
-            old = SessionRow(**{c: row[c] for c in SESSION_COLUMNS})
-            new = merge_session(old, by_session[(old.project_id, old.session_id)])
-            deltas.add(old, -1)
-            deltas.add(new, +1)
-            merged.append(_session_values(new))
-        await conn.execute(_UPDATE_SESSIONS, *_columns_of(merged, len(SESSION_COLUMNS)))
-    changes = deltas.by_key()
-    if not changes:
-        return
-    changed = sorted(changes)  # key order: replicas lock rollup rows in one order
-    await conn.execute(
-        _UPSERT_SESSION_ROLLUPS, *_columns_of([(*k, *changes[k]) for k in changed], 11)
-    )
-    emptied = [k for k in changed if changes[k][0] < 0]
-    if emptied:
-        await conn.execute(_DELETE_EMPTY_SESSION_ROLLUPS, *_columns_of(emptied, 6))
+    row = await conn.fetchrow(_APPLY_SESSIONS, _json.encode(rows).decode(), PAGEVIEW)
+    if row["created"] != row["expected_new"]:
+        raise ConcurrentWriteConflict(
+            f"{row['expected_new']} sessions expected new, {row['created']} created"
+        )
+    if row["emptied"] is not None:
+        await conn.execute(_DELETE_EMPTY_SESSION_ROLLUPS, row["emptied"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -624,22 +698,17 @@ def alias_links(events: Iterable[EventV1]) -> dict[tuple[str, str], str]:
     return {k: person for k, (_, person) in links.items()}
 
 
-async def _apply_persons(conn: asyncpg.Connection, events: Sequence[EventV1]) -> None:
-    links = alias_links(events)
-    if links:
-        keys = sorted(links)
-        await conn.execute(
-            _INSERT_ALIASES,
-            [k[0] for k in keys],
-            [k[1] for k in keys],
-            [links[k] for k in keys],
-        )
+def _columns_of(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    return [[row[i] for row in rows] for i in range(width)]
+
+
+def person_rows(events: Iterable[EventV1]) -> list[tuple[str, str, str, datetime, datetime]]:
+    """(project_id, person_id, traits JSON, first seen, last seen) per identified user, in key
+    order; traits merged from `$identify` events in event order."""
     persons: dict[tuple[str, str], list[EventV1]] = {}
     for ev in events:
         if ev.user_id:
             persons.setdefault((ev.project_id, ev.user_id), []).append(ev)
-    if not persons:
-        return
     rows = []
     for key in sorted(persons):
         evs = sorted(persons[key], key=lambda e: (e.ts, e.event_id))
@@ -648,7 +717,24 @@ async def _apply_persons(conn: asyncpg.Connection, events: Sequence[EventV1]) ->
             if ev.name == IDENTIFY:
                 traits.update(ev.traits)
         rows.append((*key, _json.encode(traits).decode(), evs[0].ts, evs[-1].ts))
-    await conn.execute(_UPSERT_PERSONS, *_columns_of(rows, 5))
+    return rows
+
+
+async def _apply_persons(
+    conn: asyncpg.Connection,
+    links: dict[tuple[str, str], str],
+    persons: list[tuple[str, str, str, datetime, datetime]],
+) -> None:
+    if links:
+        keys = sorted(links)
+        await conn.execute(
+            _INSERT_ALIASES,
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [links[k] for k in keys],
+        )
+    if persons:
+        await conn.execute(_UPSERT_PERSONS, *_columns_of(persons, 5))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -658,9 +744,14 @@ async def _write_in_transaction(conn: asyncpg.Connection, events: Sequence[Event
     inserted = await _insert_new_events(conn, events)
     if not inserted:
         return 0
-    await _apply_event_rollups(conn, event_rollup_tallies(inserted))
+    # The Python share of the work, done before the lock so other writers are not kept waiting.
+    tallies = event_rollup_tallies(inserted)
+    links = alias_links(inserted)
+    persons = person_rows(inserted)
+    await _lock_projects(conn, (ev.project_id for ev in inserted))
+    await _apply_event_rollups(conn, tallies)
     await _apply_sessions(conn, inserted)
-    await _apply_persons(conn, inserted)
+    await _apply_persons(conn, links, persons)
     return len(inserted)
 
 
