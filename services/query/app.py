@@ -14,6 +14,7 @@ from libs.common.settings import QuerySettings
 from services.query.analyses.endpoints import add_analysis_routes
 from services.query.auth import READ_KEYS, ReadKeys
 from services.query.dependencies import DEPS, SETTINGS, ApiError, QueryDeps
+from services.query.event_scan import ArchivedDaysError
 from services.query.events_listing import get_events
 from services.query.journeys import get_journey
 from services.query.live_stream import LIVE_HUB, LiveActivityHub, stream_metrics
@@ -24,6 +25,7 @@ from services.query.performance import get_performance
 from services.query.reports import get_devices, get_pages, get_sources
 from services.query.responses import ErrorResponse, json_encoder
 from services.query.sessions import get_session
+from services.query.tiers_api import add_tier_routes, restore_required
 
 log = structlog.get_logger()
 
@@ -79,6 +81,9 @@ def _middlewares(deps: QueryDeps) -> list[Callable[..., Awaitable[web.StreamResp
             return error_response(400, str(exc), exc.param)
         except ApiError as exc:
             return error_response(exc.status, exc.message)
+        except ArchivedDaysError as exc:
+            # The range needs archived day files: 202 with the restore job started for them.
+            return await restore_required(request, exc)
         except web.HTTPException as exc:
             if exc.status >= 400:
                 return error_response(exc.status, exc.reason)
@@ -112,6 +117,7 @@ def build_app(settings: QuerySettings, deps: QueryDeps) -> web.Application:
     app.router.add_get(f"{api}/stream/metrics", stream_metrics)
     app.router.add_get("/openapi.json", get_openapi)
     add_analysis_routes(app)
+    add_tier_routes(app)
 
     async def postgres_ready() -> None:
         await deps.pool.fetchval("SELECT 1")

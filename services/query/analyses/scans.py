@@ -14,8 +14,8 @@ import duckdb
 import msgspec
 from aiohttp import web
 
-from services.query.dependencies import ApiError, QueryDeps
-from services.query.event_scan import ArchivedDaysError, open_scan
+from services.query.dependencies import QueryDeps
+from services.query.event_scan import open_scan
 
 T = TypeVar("T")
 
@@ -69,17 +69,15 @@ class RequestScans:
 
     async def open(self, start: datetime, end: datetime, *, with_persons: bool = True) -> ScanLike:
         """The project's events with start <= ts < end as `events_scan` (plus `persons`)."""
-        try:
-            scan = await self._opener(
-                self._deps,
-                self.project_id,
-                start,
-                end,
-                include_bots=self.include_bots,
-                with_persons=with_persons,
-            )
-        except ArchivedDaysError as exc:
-            raise ApiError(409, f"{exc}; the range needs archived data") from None
+        # ArchivedDaysError propagates: the app answers 202 with a restore job for the days.
+        scan = await self._opener(
+            self._deps,
+            self.project_id,
+            start,
+            end,
+            include_bots=self.include_bots,
+            with_persons=with_persons,
+        )
         self._open.append(scan)
         return scan
 
