@@ -68,6 +68,7 @@ def _scan_engine(settings: QuerySettings, store: ObjectStore) -> ScanEngine:
         threads=settings.duckdb_threads,
         memory_limit=settings.duckdb_memory_limit,
         hot_rows_cached=settings.hot_rows_cached,
+        temp_directory=str(Path(settings.data_dir) / "duckdb-tmp"),
     )
 
 

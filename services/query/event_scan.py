@@ -205,6 +205,10 @@ async def _read_persons(pool: asyncpg.Pool, project_id: str) -> pa.Table:
     )
 
 
+async def _no_persons() -> None:
+    return None
+
+
 async def _timed(read: Awaitable[HotRead]) -> tuple[HotRead, float]:
     started = time.perf_counter()
     result = await read
@@ -310,16 +314,13 @@ async def open_scan(
         break
     cold_ms = (time.perf_counter() - cold_started) * 1000
     try:
-        hot_task = _timed(engine.hot_rows.read(deps.pool, project_id, plan.hot_days, plan.late))
-        aliases_task = engine.aliases.aliases(deps.pool, project_id)
-        erased = await engine.erased.ids(deps.pool, project_id)
-        if with_persons:
-            (hot, hot_ms), aliases, persons = await asyncio.gather(
-                hot_task, aliases_task, _read_persons(deps.pool, project_id)
-            )
-        else:
-            (hot, hot_ms), aliases = await asyncio.gather(hot_task, aliases_task)
-            persons = None
+        # The PostgreSQL reads of a scan run side by side, each on its own connection.
+        (hot, hot_ms), aliases, erased, persons = await asyncio.gather(
+            _timed(engine.hot_rows.read(deps.pool, project_id, plan.hot_days, plan.late)),
+            engine.aliases.aliases(deps.pool, project_id),
+            engine.erased.ids(deps.pool, project_id),
+            _read_persons(deps.pool, project_id) if with_persons else _no_persons(),
+        )
         con = engine.connection()
         try:
             await asyncio.to_thread(

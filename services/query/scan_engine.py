@@ -52,6 +52,7 @@ class ScanEngine:
         threads: int = 2,
         memory_limit: str = "1GB",
         hot_rows_cached: int = 500_000,
+        temp_directory: str = "",
     ) -> None:
         self.cache = cache
         self.aliases = AliasCache()
@@ -61,6 +62,10 @@ class ScanEngine:
             ":memory:",
             config={"threads": threads, "memory_limit": memory_limit},
         )
+        if temp_directory:
+            # Where a query past the memory limit spills (DuckDB's default is ./.tmp, which a
+            # read-only root file system does not allow).
+            self.db.execute("SET GLOBAL temp_directory = ?", [temp_directory])
         # Built in, but settings of extensions can only be set once they are loaded.
         self.db.execute("LOAD parquet; LOAD icu")
         self.db.execute("SET GLOBAL TimeZone = 'UTC'")
