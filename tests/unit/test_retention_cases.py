@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from services.query.analyses import retention as retention_module
 from services.query.analyses.conditions import EventScope
 from services.query.analyses.requests import EventMatch, RetentionRequest
 from services.query.analyses.retention import (
@@ -242,3 +243,40 @@ def test_bad_retention_requests_name_the_field(options: dict[str, Any], field: s
             )
         )
     assert caught.value.param == field
+
+
+@pytest.mark.parametrize("buckets", [(3600, 900, 60), ()], ids=["hour-buckets", "asof"])
+@pytest.mark.parametrize("tz", ["UTC", "Asia/Kolkata", "Europe/Berlin"])
+def test_period_mapping_paths_agree(
+    monkeypatch: pytest.MonkeyPatch, buckets: tuple[int, ...], tz: str
+) -> None:
+    # Kolkata's midnights are on half hours (quarter-hour buckets); with no bucket size the
+    # events are mapped by an ASOF join. Every path gives the same matrix.
+    monkeypatch.setattr(retention_module, "_BUCKET_SECONDS", buckets)
+    events = [
+        signup("p", datetime(2025, 3, 3, 18, 20, tzinfo=UTC)),  # Kolkata: 23:50 on the 3rd
+        signup("q", datetime(2025, 3, 3, 18, 40, tzinfo=UTC)),  # Kolkata: 00:10 on the 4th
+        visit("p", datetime(2025, 3, 4, 18, 35, tzinfo=UTC)),  # Kolkata: 00:05 on the 5th
+        visit("q", datetime(2025, 3, 5, 12, tzinfo=UTC)),
+    ]
+    rows = retention(events, start=day(3, 0) - timedelta(days=1), end=day(5, 0), intervals=2, tz=tz)
+    expected = {
+        "UTC": [
+            (date(2025, 3, 2), 0, [0, 0, 0]),
+            (date(2025, 3, 3), 2, [2, 1, 1]),
+            (date(2025, 3, 4), 0, [0, 0, 0]),
+        ],
+        "Asia/Kolkata": [  # the range is 05:30 on the 2nd to 05:30 on the 5th, local
+            (date(2025, 3, 2), 0, [0, 0, 0]),
+            (date(2025, 3, 3), 1, [1, 0, 1]),
+            (date(2025, 3, 4), 1, [1, 1, 0]),
+            (date(2025, 3, 5), 0, [0, 0, 0]),
+        ],
+        "Europe/Berlin": [
+            (date(2025, 3, 2), 0, [0, 0, 0]),
+            (date(2025, 3, 3), 2, [2, 1, 1]),
+            (date(2025, 3, 4), 0, [0, 0, 0]),
+            (date(2025, 3, 5), 0, [0, 0, 0]),
+        ],
+    }[tz]
+    assert rows == expected

@@ -11,6 +11,8 @@ period has not begun yet are null."""
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -115,6 +117,60 @@ def _events_sql(
           AND {event_match_sql(field, match, params)}"""
 
 
+_PERIODS_TABLE = "retention_periods"
+# Bucket sizes (seconds) tried for mapping events to periods; every period start must be a
+# multiple of the size (whole hours for most zones, quarter hours for India or Nepal).
+_BUCKET_SECONDS = (3600, 900, 60)
+_MAX_BUCKETS = 1_000_000
+
+
+def _period_mapper(con: duckdb.DuckDBPyConnection, starts: list[datetime]) -> Callable[[str], str]:
+    """SQL turning a query of (pid, ts) into its distinct (pid, idx) of period `idx`.
+
+    When every period starts on a whole bucket (an hour, usually), events are first reduced to
+    distinct (person, bucket) pairs by hashing and the few buckets are mapped to periods by a
+    small join, so no row is sorted; otherwise an ASOF join against the period starts."""
+    epochs = [_epoch_us(s) for s in starts]
+    for seconds in _BUCKET_SECONDS:
+        size = seconds * 1_000_000
+        count = (epochs[-1] - epochs[0]) // size
+        if all(e % size == 0 for e in epochs) and count <= _MAX_BUCKETS:
+            first = epochs[0] // size
+            buckets = list(range(first, first + count))
+            indexes = [bisect.bisect_right(epochs, b * size) - 1 for b in buckets]
+            con.register(
+                _PERIODS_TABLE,
+                pa.table(
+                    {"b": pa.array(buckets, pa.int64()), "idx": pa.array(indexes, pa.int32())}
+                ),
+            )
+            return lambda sql: (
+                f"""
+                SELECT DISTINCT x.pid, m.idx
+                FROM (SELECT DISTINCT pid, epoch_us(ts) // {size} AS b FROM ({sql})) x
+                JOIN {_PERIODS_TABLE} m ON m.b = x.b"""
+            )
+    con.register(
+        _PERIODS_TABLE,
+        pa.table(
+            {
+                "idx": pa.array(range(len(starts) - 1), pa.int32()),
+                "start_ts": pa.array(starts[:-1], pa.timestamp("us", tz="UTC")),
+            }
+        ),
+    )
+    return lambda sql: (
+        f"""
+        SELECT DISTINCT s.pid, p.idx FROM ({sql}) s
+        ASOF JOIN {_PERIODS_TABLE} p ON s.ts >= p.start_ts"""
+    )
+
+
+def _epoch_us(ts: datetime) -> int:
+    delta = ts - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
 def run_retention(
     con: duckdb.DuckDBPyConnection,
     spec: RetentionSpec,
@@ -126,15 +182,7 @@ def run_retention(
     for first_time, else from the first period's start)."""
     starts = plan.starts
     n_cohorts, intervals = plan.cohorts, spec.intervals
-    con.register(
-        "retention_period_starts",
-        pa.table(
-            {
-                "idx": pa.array(range(len(starts) - 1), pa.int32()),
-                "start_ts": pa.array(starts[:-1], pa.timestamp("us", tz="UTC")),
-            }
-        ),
-    )
+    period_of = _period_mapper(con, starts)
     params = SqlParams()
     if spec.mode == "recurring":
         cohort_sql = _events_sql(
@@ -148,9 +196,7 @@ def run_retention(
             SELECT pid, ts FROM (SELECT pid, min(ts) AS ts FROM ({history}) GROUP BY pid)
             WHERE ts >= {params.add(starts[0])}"""
     con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE retention_cohorts AS
-        SELECT DISTINCT s.pid, p.idx FROM ({cohort_sql}) s
-        ASOF JOIN retention_period_starts p ON s.ts >= p.start_ts""",
+        f"CREATE OR REPLACE TEMP TABLE retention_cohorts AS {period_of(cohort_sql)}",
         params.values,
     )
     params = SqlParams()
@@ -158,9 +204,7 @@ def run_retention(
         params, spec.return_event, "return_event", scope, starts[1], starts[-1]
     )
     con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE retention_returns AS
-        SELECT DISTINCT r.pid, p.idx FROM ({returns_sql}) r
-        ASOF JOIN retention_period_starts p ON r.ts >= p.start_ts""",
+        f"CREATE OR REPLACE TEMP TABLE retention_returns AS {period_of(returns_sql)}",
         params.values,
     )
     sizes = dict(con.execute("SELECT idx, count(*) FROM retention_cohorts GROUP BY idx").fetchall())
@@ -178,7 +222,7 @@ def run_retention(
     }
     con.execute("DROP TABLE retention_cohorts")
     con.execute("DROP TABLE retention_returns")
-    con.unregister("retention_period_starts")
+    con.unregister(_PERIODS_TABLE)
     rows = []
     for cohort in range(n_cohorts):
         size = sizes.get(cohort, 0)
