@@ -185,6 +185,7 @@ async def test_tiering_service_exports_on_start_and_stops_on_sigterm(
         "unused",
         health_port=port,
         schedule_s=600,
+        tier_jobs="export",  # the cold move would then empty PostgreSQL of these old days
         data_dir=str(tmp_path),
         object_store=f"file://{tmp_path / 'objects'}",
     )
