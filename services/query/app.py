@@ -22,6 +22,7 @@ from services.query.metrics import get_metrics
 from services.query.openapi import OPENAPI_BODY, get_openapi, openapi_body
 from services.query.params import ParamError
 from services.query.performance import get_performance
+from services.query.privacy import add_privacy_routes
 from services.query.reports import get_devices, get_pages, get_sources
 from services.query.responses import ErrorResponse, json_encoder
 from services.query.sessions import get_session
@@ -118,6 +119,7 @@ def build_app(settings: QuerySettings, deps: QueryDeps) -> web.Application:
     app.router.add_get("/openapi.json", get_openapi)
     add_analysis_routes(app)
     add_tier_routes(app)
+    add_privacy_routes(app)
 
     async def postgres_ready() -> None:
         await deps.pool.fetchval("SELECT 1")

@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from libs.common.erasure import ErasureStatus
 from libs.common.rollup_keys import EVENT_DIMENSIONS
 from services.query.analyses.cohorts import CohortBody
 from services.query.analyses.experiments import ExperimentRequest
@@ -31,6 +32,7 @@ from services.query.buckets import INTERVALS
 from services.query.metric_query import SHARE_METRICS, STANDARD_METRICS
 from services.query.params import DIMENSIONS
 from services.query.performance import PERFORMANCE_PROPERTIES
+from services.query.privacy import ErasureBody
 from services.query.reports import DEVICE_DIMENSIONS, SOURCE_DIMENSIONS
 from services.query.responses import (
     DimensionReport,
@@ -433,6 +435,48 @@ ANALYSIS_ENDPOINTS: tuple[Endpoint, ...] = (
     ),
 )
 ENDPOINTS = (*ENDPOINTS, *ANALYSIS_ENDPOINTS)
+
+# GDPR erasure and access (docs/privacy.md, "Erasure and access (GDPR)"): admin keys only.
+_ERASURE_ID = Param("request_id", "Erasure request id.", where="path")
+PRIVACY_ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "/api/v1/privacy/erasure",
+        "Erase a person",
+        "Admin key. Removes the person's events (aliases resolved to every id), sessions, "
+        "aliases and traits from PostgreSQL and hides them from day-file reads at once; the "
+        "tiering service then rewrites the day files holding them and recomputes rollups.",
+        (PROJECT,),
+        ErasureStatus,
+        tag="privacy",
+        method="post",
+        request=ErasureBody,
+        ok_status="202",
+    ),
+    Endpoint(
+        "/api/v1/privacy/erasure/{request_id}",
+        "Erasure progress",
+        "State (rewriting, recomputing, completed), files checked, rewritten and bytes.",
+        (PROJECT, _ERASURE_ID),
+        ErasureStatus,
+        tag="privacy",
+    ),
+    Endpoint(
+        "/api/v1/privacy/users/{user_id}/export",
+        "Export a person's events",
+        "Admin key. Every event of the person from every tier as NDJSON (chunked). Archived "
+        "days not restored: 409, unless allow_partial=true (then listed in the "
+        "X-Strata-Missing-Days header).",
+        (
+            PROJECT,
+            Param("user_id", "User id or distinct id of the person.", where="path"),
+            Param("allow_partial", "Skip archived days that are not restored.", _BOOL),
+        ),
+        None,
+        content_type="application/x-ndjson",
+        tag="privacy",
+    ),
+)
+ENDPOINTS = (*ENDPOINTS, *PRIVACY_ENDPOINTS)
 
 _ERRORS = {
     "400": "A parameter is malformed or out of range; `param` names it.",

@@ -1,0 +1,303 @@
+"""GDPR erasure requests (docs/privacy.md, "Erasure and access (GDPR)").
+
+`request_erasure` runs in the API's transaction: it resolves a person's ids through
+person_aliases, deletes their events, sessions, aliases and traits from PostgreSQL, recomputes
+the session rollups of the hours those sessions started in, and records the request and the ids
+event scans must hide until the tiering service has rewritten the day files that hold them
+(services/tiering/erasure.py). Every erasure and export is written to `privacy_audit_log`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from libs.common.rollup_keys import DAY, HOUR, NONE_VALUE, SESSION_DIMENSIONS, TOTAL, WEEK
+from libs.common.rollup_keys import bucket_start as rollup_bucket_start
+
+# The aggregator's lock on a project's derived tables (rollups, sessions, aliases, persons):
+# services/aggregator/writer.py takes pg_advisory_xact_lock(this, hashtext(project)) before it
+# touches them, so a recomputation holding it can neither lose nor double an update.
+DERIVED_LOCK_CLASS = 0x53545244  # "STRD"
+
+MAX_IDS = 1000  # ids one request may name (a person has a handful of devices)
+
+
+class ErasureStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """What `GET /api/v1/privacy/erasure/{id}` answers."""
+
+    id: int
+    project_id: str
+    state: str
+    user_id: str | None
+    distinct_ids: list[str]
+    hot_events_deleted: int
+    sessions_deleted: int
+    files_checked: int
+    files_total: int | None
+    files_rewritten: int
+    bytes_rewritten: int
+    cold_events_deleted: int
+    files_restoring: int
+    progress: float  # 0..1: files checked of files to check, 1 once completed
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+
+
+async def lock_derived_tables(conn: asyncpg.Connection, project_id: str) -> None:
+    """Take the aggregator's transaction-scoped lock on the project's derived tables."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))", DERIVED_LOCK_CLASS, project_id
+    )
+
+
+async def resolve_person_ids(
+    conn: asyncpg.Connection, project_id: str, user_id: str | None, distinct_ids: Sequence[str]
+) -> list[str]:
+    """Every id of the person: the user id, the devices aliased to it, the user ids the given
+    devices are aliased to and their other devices, and the devices of hot events carrying the
+    user id (an alias row may be missing for a device seen only with a user id)."""
+    ids = set(distinct_ids)
+    if user_id:
+        ids.add(user_id)
+    persons = set(
+        await conn.fetchval(
+            "SELECT coalesce(array_agg(DISTINCT person_id), '{}') FROM person_aliases"
+            " WHERE project_id = $1 AND distinct_id = ANY($2::text[])",
+            project_id,
+            list(ids),
+        )
+    )
+    ids |= persons
+    if user_id:
+        persons.add(user_id)
+    if persons:
+        ids |= set(
+            await conn.fetchval(
+                "SELECT coalesce(array_agg(distinct_id), '{}') FROM person_aliases"
+                " WHERE project_id = $1 AND person_id = ANY($2::text[])",
+                project_id,
+                list(persons),
+            )
+        )
+        ids |= set(
+            await conn.fetchval(
+                "SELECT coalesce(array_agg(DISTINCT distinct_id), '{}') FROM events"
+                " WHERE project_id = $1 AND user_id = ANY($2::text[])",
+                project_id,
+                list(persons),
+            )
+        )
+    return sorted(ids)
+
+
+def _session_buckets(starts: Iterable[datetime]) -> list[tuple[str, datetime, datetime]]:
+    """(granularity, bucket, bucket end) of every hour, day and week the starts fall in."""
+    buckets: set[tuple[str, datetime, datetime]] = set()
+    for ts in starts:
+        hour = rollup_bucket_start(ts, HOUR)
+        day = rollup_bucket_start(ts, DAY)
+        week = rollup_bucket_start(ts, WEEK)
+        buckets.add((HOUR, hour, hour + timedelta(hours=1)))
+        buckets.add((DAY, day, day + timedelta(days=1)))
+        buckets.add((WEEK, week, week + timedelta(days=7)))
+    return sorted(buckets)
+
+
+_SESSION_DIMENSION_VALUES = "unnest(ARRAY[{}], ARRAY[{}]) AS d(dim, value)".format(
+    ", ".join(f"'{dim}'" for dim in (TOTAL, *SESSION_DIMENSIONS)),
+    ", ".join(
+        [f"'{TOTAL}'"]
+        + [f"coalesce(nullif(s.{col}, ''), '{NONE_VALUE}')" for col in SESSION_DIMENSIONS.values()]
+    ),
+)
+_BUCKETS = "unnest($2::text[], $3::timestamptz[], $4::timestamptz[]) AS b(g, lo, hi)"
+_DELETE_SESSION_ROLLUPS = f"""
+DELETE FROM session_rollups r USING {_BUCKETS}
+WHERE r.project_id = $1 AND r.granularity = b.g::"char" AND r.bucket = b.lo
+"""
+_INSERT_SESSION_ROLLUPS = f"""
+INSERT INTO session_rollups (project_id, granularity, bucket, dim, value, bot,
+                             sessions, bounces, duration_s, pageviews, events)
+SELECT $1, b.g::"char", b.lo, d.dim, d.value, s.is_bot,
+    count(*), sum((s.interactive_events < 2)::int),
+    sum(extract(epoch FROM s.end_ts - s.start_ts)::float8), sum(s.pageviews), sum(s.events)
+FROM {_BUCKETS}
+JOIN sessions s ON s.project_id = $1 AND s.start_ts >= b.lo AND s.start_ts < b.hi
+CROSS JOIN LATERAL {_SESSION_DIMENSION_VALUES}
+GROUP BY b.g, b.lo, d.dim, d.value, s.is_bot
+"""
+
+
+async def recompute_session_rollups(
+    conn: asyncpg.Connection, project_id: str, starts: Iterable[datetime]
+) -> None:
+    """Rebuild the session rollups of every hour/day/week bucket holding one of `starts` from
+    the sessions table (call under `lock_derived_tables`, in a transaction)."""
+    buckets = _session_buckets(starts)
+    if not buckets:
+        return
+    args = ([b[0] for b in buckets], [b[1] for b in buckets], [b[2] for b in buckets])
+    await conn.execute(_DELETE_SESSION_ROLLUPS, project_id, *args)
+    await conn.execute(_INSERT_SESSION_ROLLUPS, project_id, *args)
+
+
+async def record_audit(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    *,
+    key_id: str,
+    project_id: str,
+    action: str,
+    subject: str,
+    outcome: str,
+    request_id: int | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Write one row of the privacy audit log."""
+    await conn.execute(
+        "INSERT INTO privacy_audit_log (key_id, project_id, action, subject, outcome,"
+        " request_id, detail) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)",
+        key_id,
+        project_id,
+        action,
+        subject,
+        outcome,
+        request_id,
+        msgspec.json.encode(detail or {}).decode(),
+    )
+
+
+def erasure_subject(user_id: str | None, distinct_ids: Sequence[str]) -> str:
+    """How the audit log names who an erasure or export was about."""
+    parts = []
+    if user_id:
+        parts.append(f"user_id={user_id}")
+    if distinct_ids:
+        parts.append("distinct_ids=" + ",".join(distinct_ids))
+    return " ".join(parts)
+
+
+async def request_erasure(
+    conn: asyncpg.Connection,
+    *,
+    project_id: str,
+    user_id: str | None,
+    distinct_ids: Sequence[str],
+    key_id: str,
+) -> ErasureStatus:
+    """Erase a person from PostgreSQL and record the request, in one transaction: their events,
+    sessions (and the session rollups of the hours those started in), aliases and traits go at
+    once, and event scans hide their rows in day files until the tiering service rewrites them.
+    """
+    async with conn.transaction():
+        await lock_derived_tables(conn, project_id)
+        ids = await resolve_person_ids(conn, project_id, user_id, distinct_ids)
+        deleted = await conn.fetchrow(
+            """WITH gone AS (
+                   DELETE FROM events WHERE project_id = $1
+                   AND (distinct_id = ANY($2::text[]) OR user_id = ANY($2::text[]))
+                   RETURNING ts)
+               SELECT count(*) AS events,
+                   coalesce(array_agg(DISTINCT (ts AT TIME ZONE 'UTC')::date), '{}') AS days
+               FROM gone""",
+            project_id,
+            ids,
+        )
+        starts = [
+            r["start_ts"]
+            for r in await conn.fetch(
+                "DELETE FROM sessions WHERE project_id = $1"
+                " AND (distinct_id = ANY($2::text[]) OR user_id = ANY($2::text[]))"
+                " RETURNING start_ts",
+                project_id,
+                ids,
+            )
+        ]
+        await recompute_session_rollups(conn, project_id, starts)
+        await conn.execute(
+            "DELETE FROM person_aliases WHERE project_id = $1"
+            " AND (distinct_id = ANY($2::text[]) OR person_id = ANY($2::text[]))",
+            project_id,
+            ids,
+        )
+        await conn.execute(
+            "DELETE FROM persons WHERE project_id = $1 AND person_id = ANY($2::text[])",
+            project_id,
+            ids,
+        )
+        days: list[date] = sorted(deleted["days"])
+        request_id: int = await conn.fetchval(
+            "INSERT INTO erasure_requests (project_id, user_id, distinct_ids, requested_by,"
+            " hot_events_deleted, sessions_deleted, hot_days)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            project_id,
+            user_id,
+            ids,
+            key_id,
+            deleted["events"],
+            len(starts),
+            days,
+        )
+        await conn.execute(
+            "INSERT INTO erased_ids (project_id, distinct_id, request_id)"
+            " SELECT $1, unnest($2::text[]), $3",
+            project_id,
+            ids,
+            request_id,
+        )
+        await record_audit(
+            conn,
+            key_id=key_id,
+            project_id=project_id,
+            action="erasure",
+            subject=erasure_subject(user_id, distinct_ids),
+            outcome="accepted",
+            request_id=request_id,
+            detail={"ids": ids, "hot_events_deleted": deleted["events"]},
+        )
+        status = await erasure_status(conn, project_id, request_id)
+    assert status is not None
+    return status
+
+
+async def erasure_status(
+    conn: asyncpg.Connection | asyncpg.Pool, project_id: str, request_id: int
+) -> ErasureStatus | None:
+    """One request of the project, or None."""
+    row = await conn.fetchrow(
+        "SELECT * FROM erasure_requests WHERE id = $1 AND project_id = $2", request_id, project_id
+    )
+    if row is None:
+        return None
+    if row["state"] == "completed":
+        progress = 1.0
+    elif row["files_total"]:
+        progress = round(row["files_checked"] / row["files_total"], 4)
+    else:
+        progress = 0.0
+    return ErasureStatus(
+        id=row["id"],
+        project_id=row["project_id"],
+        state=row["state"],
+        user_id=row["user_id"],
+        distinct_ids=list(row["distinct_ids"]),
+        hot_events_deleted=row["hot_events_deleted"],
+        sessions_deleted=row["sessions_deleted"],
+        files_checked=row["files_checked"],
+        files_total=row["files_total"],
+        files_rewritten=row["files_rewritten"],
+        bytes_rewritten=row["bytes_rewritten"],
+        cold_events_deleted=row["cold_events_deleted"],
+        files_restoring=row["files_restoring"],
+        progress=progress,
+        error=row["error"],
+        created_at=row["created_at"].astimezone(UTC),
+        updated_at=row["updated_at"].astimezone(UTC),
+        completed_at=row["completed_at"].astimezone(UTC) if row["completed_at"] else None,
+    )
