@@ -18,6 +18,7 @@ from libs.common.object_store import object_store_from_settings
 from libs.common.observability import configure_logging, configure_tracing, start_health_server
 from libs.common.settings import TieringSettings, from_env
 from services.tiering.day_export import DayExportJob, DayExportMetrics, day_export_settings
+from services.tiering.erasure import ErasureJob, ErasureMetrics
 from services.tiering.service import TieringMetrics, TieringSchedule
 from services.tiering.tier_jobs import TierJobMetrics, TierJobs, parse_tier_jobs
 
@@ -52,6 +53,13 @@ async def serve(settings: TieringSettings) -> None:
         dedup_horizon_days=settings.dedup_horizon_days,
         day_export=day_export if "export" in jobs else None,
         tier_jobs=TierJobs(pool, store, TierJobMetrics(registry), jobs=jobs),
+        erasure=ErasureJob(
+            pool,
+            store,
+            day_export_settings(settings),
+            ErasureMetrics(registry),
+            restore_hours=settings.restore_hours,
+        ),
     )
 
     async def postgres_reachable() -> None:

@@ -32,6 +32,7 @@ import asyncpg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from libs.common import sketches
 from libs.common.day_files import (
@@ -444,3 +445,79 @@ async def process_erasures(
                 message,
             )
     return run
+
+
+class ErasureMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.completed = Counter(
+            "strata_tiering_erasures_completed", "Erasure requests completed", registry=registry
+        )
+        self.parts_rewritten = Counter(
+            "strata_tiering_erasure_parts_rewritten",
+            "Day files rewritten without an erased person's rows",
+            registry=registry,
+        )
+        self.bytes_rewritten = Counter(
+            "strata_tiering_erasure_bytes_rewritten",
+            "Bytes of day files written by erasure rewrites",
+            registry=registry,
+        )
+        self.failures = Counter(
+            "strata_tiering_erasure_failures",
+            "Erasure passes that failed on a request (retried next pass)",
+            registry=registry,
+        )
+        self.open = Gauge(
+            "strata_tiering_erasures_open",
+            "Erasure requests not completed after the last pass",
+            registry=registry,
+        )
+
+
+class ErasureJob:
+    """Moves the open erasure requests on once per tiering pass (`run_once`)."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        store: ObjectStore,
+        settings: DayExportSettings,
+        metrics: ErasureMetrics | None = None,
+        *,
+        restore_hours: int = DEFAULT_RESTORE_HOURS,
+    ) -> None:
+        self.pool = pool
+        self.store = store
+        self.settings = settings
+        self.metrics = metrics
+        self.restore_hours = restore_hours
+
+    async def run_once(self, *, should_stop: Callable[[], bool] | None = None) -> ErasureRun:
+        """One pass over the open requests, counted in the metrics."""
+        run = await process_erasures(
+            self.pool,
+            self.store,
+            self.settings,
+            restore_hours=self.restore_hours,
+            should_stop=should_stop,
+        )
+        if self.metrics is not None:
+            self.metrics.completed.inc(len(run.completed))
+            self.metrics.parts_rewritten.inc(run.parts_rewritten)
+            self.metrics.bytes_rewritten.inc(run.bytes_rewritten)
+            self.metrics.failures.inc(len(run.failures))
+            self.metrics.open.set(
+                await self.pool.fetchval(
+                    "SELECT count(*) FROM erasure_requests WHERE state <> 'completed'"
+                )
+            )
+        if run.completed or run.waiting or run.failures:
+            log.info(
+                "erasure_pass_done",
+                completed=run.completed,
+                waiting=run.waiting,
+                parts_rewritten=run.parts_rewritten,
+                bytes_rewritten=run.bytes_rewritten,
+                failures=len(run.failures),
+            )
+        return run

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from libs.common.object_store import ObjectStoreError
 from libs.common.observability import Liveness
 from services.tiering.day_export import DayExportJob
+from services.tiering.erasure import ErasureJob
 from services.tiering.maintenance import run_maintenance
 from services.tiering.tier_jobs import TierJobs
 
@@ -58,10 +59,12 @@ class TieringSchedule:
         dedup_horizon_days: int,
         day_export: DayExportJob | None = None,
         tier_jobs: TierJobs | None = None,
+        erasure: ErasureJob | None = None,
     ) -> None:
         self.pool = pool
         self.day_export = day_export
         self.tier_jobs = tier_jobs
+        self.erasure = erasure
         self.metrics = metrics
         self.schedule_s = schedule_s
         self.partitions_ahead_days = partitions_ahead_days
@@ -112,6 +115,13 @@ class TieringSchedule:
                 await self.tier_jobs.run_once(should_stop=self._stopping.is_set)
             except (asyncpg.PostgresError, OSError, TimeoutError, ObjectStoreError) as exc:
                 log.error("tier_jobs_failed", error=str(exc) or type(exc).__name__)
+                return False
+        if self.erasure is not None and not self._stopping.is_set():
+            # GDPR erasures: rewrite the day files holding erased persons, recompute rollups.
+            try:
+                await self.erasure.run_once(should_stop=self._stopping.is_set)
+            except (asyncpg.PostgresError, OSError, TimeoutError, ObjectStoreError) as exc:
+                log.error("erasure_pass_failed", error=str(exc) or type(exc).__name__)
                 return False
         self.passes_ok += 1
         return True
