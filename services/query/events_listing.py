@@ -3,12 +3,14 @@ opaque keyset cursor, so pages stay exact while new events keep arriving."""
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
 from services.query.auth import authorized_project
+from services.query.cold_rows import ColdFilter, merge_events, moved_days, read_cold_events
 from services.query.dependencies import DEPS, SETTINGS
 from services.query.params import (
     ParamError,
@@ -20,7 +22,7 @@ from services.query.params import (
     single,
 )
 from services.query.records import EVENT_SELECT, decode_cursor, encode_cursor, event_record
-from services.query.responses import EventsPage, json_encoder
+from services.query.responses import EventsPage, TierScan, json_encoder
 
 EVENTS_PARAMS = {
     "project",
@@ -64,6 +66,8 @@ async def get_events(request: web.Request) -> web.Response:
     start, end = optional_range(query)
     args: list[Any] = [project_id]
     where = ["e.project_id = $1"]
+    # The same filters over the day files of days whose rows left PostgreSQL.
+    cold = ColdFilter()
 
     def add(clause: str, value: Any) -> None:
         args.append(value)
@@ -72,36 +76,56 @@ async def get_events(request: web.Request) -> web.Response:
     names = query.getall("name", [])
     if names:
         add("e.name = ANY(?::text[])", list(names))
+        cold.add("list_contains(?, name)", list(names))
     for column in ("distinct_id", "user_id", "session_id"):
         value = single(query, column)
         if value is not None:
             add(f"e.{column} = ?", value)
+            cold.add(f"{column} = ?", value)
     if start is not None:
         add("e.ts >= ?", start)
+        cold.add("ts >= ?", start)
     if end is not None:
         add("e.ts < ?", end)
+        cold.add("ts < ?", end)
     if not parse_bool(query, "include_bots"):
         where.append("NOT e.is_bot")
+        cold.add("NOT is_bot")
     for raw in query.getall("property", []):
         key, sep, value = raw.partition(":")
         if not sep or not key:
             raise ParamError("property", f"{raw!r} is not key:value (e.g. plan:pro)")
-        args.append(key)
-        add(f"e.properties ->> ${len(args)} = ?", value)
+        args.extend([key, value])
+        where.append(f"e.properties ->> ${len(args) - 1} = ${len(args)}")
+        cold.property_equals(key, value)
     cursor = single(query, "cursor")
     if cursor:
         cursor_ts, cursor_id = decode_cursor(cursor)
         comparison = "<" if order == "desc" else ">"
-        args.append(cursor_ts)
-        add(f"(e.ts, e.event_id) {comparison} (${len(args)}, ?)", cursor_id)
+        args.extend([cursor_ts, cursor_id])
+        where.append(f"(e.ts, e.event_id) {comparison} (${len(args) - 1}, ${len(args)})")
+        cold.add(f"(ts, event_id) {comparison} (?, ?)", cursor_ts, cursor_id)
     direction = "DESC" if order == "desc" else "ASC"
     args.append(limit + 1)
     sql = f"""
         SELECT {EVENT_SELECT} FROM events e WHERE {" AND ".join(where)}
         ORDER BY e.ts {direction}, e.event_id {direction} LIMIT ${len(args)}
     """
-    rows = await request.app[DEPS].pool.fetch(sql, *args)
-    events = [event_record(r) for r in rows[:limit]]
-    next_cursor = encode_cursor(events[-1].ts, events[-1].event_id) if len(rows) > limit else None
-    body = EventsPage(events=events, next_cursor=next_cursor)
+    deps = request.app[DEPS]
+    started = time.perf_counter()
+    rows = await deps.pool.fetch(sql, *args)
+    tiers = [
+        TierScan(tier="hot", rows=len(rows), ms=round((time.perf_counter() - started) * 1000, 3))
+    ]
+    found = [event_record(r) for r in rows]
+    days = await moved_days(deps, project_id, start, end)
+    if days:
+        cold_events, read = await read_cold_events(
+            deps, project_id, days, cold, descending=order == "desc", limit=limit + 1
+        )
+        found = merge_events(found, cold_events, descending=order == "desc", limit=limit + 1)
+        tiers.extend([read] if read else [])
+    events = found[:limit]
+    next_cursor = encode_cursor(events[-1].ts, events[-1].event_id) if len(found) > limit else None
+    body = EventsPage(events=events, next_cursor=next_cursor, tiers=tiers)
     return web.Response(body=json_encoder.encode(body), content_type="application/json")

@@ -9,6 +9,8 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from libs.common.day_files.restores import RestoreJob
+from libs.common.day_files.tier_summary import TierSummary
 from libs.common.erasure import ErasureStatus
 from libs.common.rollup_keys import EVENT_DIMENSIONS
 from services.query.analyses.cohorts import CohortBody
@@ -435,6 +437,29 @@ ANALYSIS_ENDPOINTS: tuple[Endpoint, ...] = (
     ),
 )
 ENDPOINTS = (*ENDPOINTS, *ANALYSIS_ENDPOINTS)
+
+# Storage tiers (docs/tiering.md): what each tier holds, and restore jobs of archived days.
+TIER_ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "/api/v1/tiers",
+        "Storage tiers",
+        "Per tier (hot, cold, archive): objects, rows, bytes, bytes per event, date range and "
+        "a projected monthly cost at the configured per-GB-month prices; pending tier work.",
+        (PROJECT,),
+        TierSummary,
+        tag="tiers",
+    ),
+    Endpoint(
+        "/api/v1/tiers/restores/{restore_id}",
+        "Restore job",
+        "A restore of archived day files, started by a request that answered 202: restoring, "
+        "restored (retry the request) or failed; restored copies expire at expires_at.",
+        (PROJECT, Param("restore_id", "Restore job id.", where="path")),
+        RestoreJob,
+        tag="tiers",
+    ),
+)
+ENDPOINTS = (*ENDPOINTS, *TIER_ENDPOINTS)
 
 # GDPR erasure and access (docs/privacy.md, "Erasure and access (GDPR)"): admin keys only.
 _ERASURE_ID = Param("request_id", "Erasure request id.", where="path")

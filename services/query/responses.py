@@ -153,9 +153,18 @@ class EventRecord(msgspec.Struct, kw_only=True):
     properties: dict[str, Any]
 
 
+class TierScan(msgspec.Struct, kw_only=True):
+    """Rows an endpoint read from one storage tier and the time it took."""
+
+    tier: str  # "hot" (PostgreSQL) or "cold" (day files)
+    rows: int
+    ms: float
+
+
 class EventsPage(msgspec.Struct, kw_only=True):
     events: list[EventRecord]
     next_cursor: str | None  # pass as `cursor` for the next page; null on the last page
+    tiers: list[TierScan] = msgspec.field(default_factory=list)  # what each tier read
 
 
 class SessionRecord(msgspec.Struct, kw_only=True):
@@ -188,6 +197,7 @@ class SessionDetail(msgspec.Struct, kw_only=True):
     session: SessionRecord
     events: list[EventRecord]
     truncated: bool  # more events than max_page_size: page on with /events?session_id=
+    tiers: list[TierScan] = msgspec.field(default_factory=list)  # what each tier read
 
 
 class Journey(msgspec.Struct, kw_only=True):
@@ -196,6 +206,7 @@ class Journey(msgspec.Struct, kw_only=True):
     sessions: list[SessionRecord]  # the sessions of this page's events, in time order
     events: list[EventRecord]
     next_cursor: str | None
+    tiers: list[TierScan] = msgspec.field(default_factory=list)  # what each tier read
 
 
 class LiveMetrics(msgspec.Struct, kw_only=True):
