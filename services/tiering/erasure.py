@@ -22,7 +22,7 @@ import asyncio
 import shutil
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -63,6 +63,8 @@ from libs.common.rollup_keys import (
 )
 
 log = structlog.get_logger("tiering")
+
+ErasureStepHook = Callable[[str, DayPart], Awaitable[None]]
 
 _PART_SELECT = "SELECT " + ", ".join(DayPart.__struct_fields__) + " FROM day_files"
 
@@ -130,6 +132,28 @@ async def _record_part(
     )
 
 
+async def _adopt_unrecorded_rewrites(pool: asyncpg.Pool, request: asyncpg.Record) -> None:
+    """Record rewrites a killed pass activated but did not get to record: their days need
+    their rollups recomputed, and their replacements need no check."""
+    await pool.execute(
+        """INSERT INTO erasure_parts (request_id, part_id, outcome, new_part_id, rows_removed,
+                                      bytes)
+           SELECT $1, old.part_id, 'rewritten', new.part_id, old.rows - new.rows, new.bytes
+           FROM day_files old JOIN day_files new ON new.part_id = old.superseded_by
+           WHERE old.project_id = $2 AND new.kind = 'rewrite' AND new.created_at >= $3
+             AND old.state IN ('superseded', 'deleted')
+             AND NOT EXISTS (SELECT 1 FROM erasure_parts p WHERE p.new_part_id = new.part_id)
+             AND NOT EXISTS (SELECT 1 FROM erasure_parts p WHERE p.part_id = old.part_id
+                             AND p.outcome IN ('clean', 'rewritten'))
+           ON CONFLICT (request_id, part_id) DO UPDATE SET outcome = 'rewritten',
+               new_part_id = excluded.new_part_id, rows_removed = excluded.rows_removed,
+               bytes = excluded.bytes""",
+        request["id"],
+        request["project_id"],
+        request["created_at"],
+    )
+
+
 async def _update_progress(pool: asyncpg.Pool, request_id: int, remaining: int | None) -> None:
     await pool.execute(
         """UPDATE erasure_requests r SET
@@ -158,10 +182,12 @@ async def _rewrite_files(
     restore_hours: int,
     should_stop: Callable[[], bool],
     run: ErasureRun,
+    on_step: ErasureStepHook | None,
 ) -> bool:
     """Check and rewrite the project's parts; True once every part is clean."""
     ids = set(request["distinct_ids"])
     request_id = request["id"]
+    await _adopt_unrecorded_rewrites(pool, request)
     # A merge may replace a part while we work ("gone"): its replacement is listed next round.
     for _ in range(3):
         parts = await _parts_to_check(pool, request_id, request["project_id"])
@@ -174,10 +200,19 @@ async def _rewrite_files(
                 return False
             # Rewritten archive parts stay readable until the rollups are recomputed.
             result = await rewrite_part_without(
-                pool, store, part, ids, settings, restore_hours=restore_hours, rearchive=False
+                pool,
+                store,
+                part,
+                ids,
+                settings,
+                restore_hours=restore_hours,
+                rearchive=False,
+                on_step=on_step,
             )
             if result.outcome in ("clean", "rewritten", "restoring"):
                 await _record_part(pool, request_id, part, result)
+                if on_step:
+                    await on_step("recorded", part)
             if result.outcome == "rewritten":
                 run.parts_rewritten += 1
                 run.bytes_rewritten += result.bytes
@@ -388,8 +423,11 @@ async def process_erasures(
     *,
     restore_hours: int = DEFAULT_RESTORE_HOURS,
     should_stop: Callable[[], bool] | None = None,
+    on_step: ErasureStepHook | None = None,
 ) -> ErasureRun:
-    """Move every open erasure request on as far as it can go now (oldest first)."""
+    """Move every open erasure request on as far as it can go now (oldest first).
+    `on_step(step, part)` is awaited after each durable step: a rewritten part's uploaded,
+    verified and activated, then recorded for each part checked (crash tests)."""
     stop = should_stop or (lambda: False)
     run = ErasureRun()
     requests = await pool.fetch(
@@ -401,7 +439,7 @@ async def process_erasures(
         try:
             if request["state"] == "rewriting":
                 done = await _rewrite_files(
-                    pool, store, request, settings, restore_hours, stop, run
+                    pool, store, request, settings, restore_hours, stop, run, on_step
                 )
                 if not done:
                     run.waiting.append(request["id"])

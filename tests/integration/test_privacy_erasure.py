@@ -5,6 +5,10 @@ every tier; audit rows; admin keys only."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -13,10 +17,12 @@ from typing import Any
 
 import asyncpg
 import msgspec
+import pyarrow.parquet as pq
 import pytest
 
 from libs.common.day_files import DayExportSettings, DayFileCache, export_pending_days
 from libs.common.day_files.layout import day_bounds
+from libs.common.erasure import erasure_status, request_erasure
 from libs.common.object_store import ObjectStore, open_object_store
 from libs.common.schemas.events_v1 import EventV1
 from libs.common.subjects import Subjects
@@ -187,6 +193,22 @@ def _rows(events: list[EventV1]) -> list[dict[str, Any]]:
     return [msgspec.structs.asdict(ev) for ev in events]
 
 
+async def _assert_aggregates_equal_recomputation(
+    conn: asyncpg.Connection, remaining: list[EventV1]
+) -> None:
+    """Rollups, sessions and session rollups equal a recomputation from what is left."""
+    remaining_rows = _rows(remaining)
+    stored, expected = await stored_event_rollups(conn), expected_event_rollups(remaining_rows)
+    assert sorted(stored) == sorted(expected)
+    for key, (events, visitors) in expected.items():
+        assert stored[key] == (events, visitors), key
+    sessions = expected_sessions(remaining_rows)
+    assert await stored_sessions(conn) == sessions
+    assert_session_rollups_equal(
+        await stored_session_rollups(conn), expected_session_rollups(sessions)
+    )
+
+
 async def test_erasure_hides_at_once_rewrites_files_and_recomputes(
     pool: asyncpg.Pool,
     nats_url: str,
@@ -289,17 +311,7 @@ async def test_erasure_hides_at_once_rewrites_files_and_recomputes(
             == 0
         )
 
-        # Rollups, sessions and session rollups equal a recomputation from what is left.
-        remaining_rows = _rows(remaining)
-        stored, expected = await stored_event_rollups(conn), expected_event_rollups(remaining_rows)
-        assert sorted(stored) == sorted(expected)
-        for key, (events, visitors) in expected.items():
-            assert stored[key] == (events, visitors), key
-        sessions = expected_sessions(remaining_rows)
-        assert await stored_sessions(conn) == sessions
-        assert_session_rollups_equal(
-            await stored_session_rollups(conn), expected_session_rollups(sessions)
-        )
+        await _assert_aggregates_equal_recomputation(conn, remaining)
 
         audit = await conn.fetch("SELECT * FROM privacy_audit_log ORDER BY id")
         erasures = [a for a in audit if a["action"] == "erasure"]
@@ -382,3 +394,90 @@ async def test_export_streams_exactly_the_persons_events_from_every_tier(
     assert [a["outcome"] for a in audit] == ["completed", "completed"]
     assert [a["subject"] for a in audit] == [f"user_id={PHONE}", f"user_id={TARGET}"]
     assert msgspec.json.decode(audit[1]["detail"])["rows"]["cold"] == 18
+
+
+CRASH_STEPS = ["uploaded", "verified", "activated", "recorded"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def _stored_event_ids(pool: asyncpg.Pool, store: ObjectStore, work: Path) -> list[str]:
+    """Every event id the tiers hold: active parts (archived ones restored to be read) plus
+    PostgreSQL rows no part holds (days without parts, rows past a day's watermark)."""
+    ids: list[str] = []
+    watermarks: dict[date, int] = {}
+    await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
+    for part in await pool.fetch("SELECT * FROM day_files WHERE state = 'active'"):
+        if part["storage_tier"] == "Archive":
+            await store.restore(part["object_name"])
+        path = work / f"{part['part_id']}.parquet"
+        await store.get_to_file(part["object_name"], path)
+        ids += pq.read_table(path, columns=["event_id"]).column("event_id").to_pylist()
+        watermarks[part["day"]] = max(watermarks.get(part["day"], 0), part["xid_to"])
+    for row in await pool.fetch("SELECT event_id, ts, inserted_xid FROM events"):
+        if row["inserted_xid"] >= watermarks.get(row["ts"].astimezone(UTC).date(), 0):
+            ids.append(row["event_id"])
+    return ids
+
+
+@pytest.mark.parametrize("step", CRASH_STEPS)
+async def test_kill_9_at_any_step_then_rerun_erases_consistently(
+    pool: asyncpg.Pool, database_url: str, project: TestProject, tiers: Tiers, step: str
+) -> None:
+    target_ids = {TARGET, PHONE} | {f"laptop-{n}" for n in range(4)}
+    remaining = [ev for ev in tiers.events if not _is_target(ev, target_ids)]
+    async with pool.acquire() as conn:
+        key_id = await conn.fetchval("SELECT id FROM api_keys WHERE role = 'admin'")
+        request = await request_erasure(
+            conn, project_id="acme", user_id=TARGET, distinct_ids=[], key_id=key_id
+        )
+    marker = tiers.settings.work_dir.parent / "marker"
+    eraser = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.support.erasure_crash",
+        database_url,
+        tiers.store.url,
+        str(tiers.settings.work_dir),
+        step,
+        str(marker),
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")},
+    )
+    try:
+        for _ in range(600):
+            if marker.exists() or eraser.returncode is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert marker.exists(), f"the eraser ended with {eraser.returncode} before {step}"
+        assert marker.read_text().startswith("events/v1/project=acme/")
+    finally:
+        if eraser.returncode is None:
+            eraser.send_signal(signal.SIGKILL)
+        await eraser.wait()
+    # The killed session's day lock goes once PostgreSQL sees the socket closed.
+    for _ in range(100):
+        if not await pool.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ):
+            break
+        await asyncio.sleep(0.1)
+
+    # The next tiering passes finish the request (the archived file needs one to restore).
+    for _ in range(4):
+        run = await process_erasures(pool, tiers.store, tiers.settings)
+        assert not run.failures, run.failures
+        if run.completed:
+            break
+    async with pool.acquire() as conn:
+        status = await erasure_status(conn, "acme", request.id)
+        assert status is not None and status.state == "completed"
+        assert (status.files_rewritten, status.cold_events_deleted) == (3, 18)
+        states = {r["object_name"]: r["state"] for r in await conn.fetch("SELECT * FROM day_files")}
+        assert set(states.values()) <= {"active", "deleted"}
+        objects = set(await tiers.store.names("events/"))
+        assert objects == {name for name, state in states.items() if state == "active"}
+        ids = await _stored_event_ids(pool, tiers.store, tiers.settings.work_dir / "check")
+        assert len(ids) == len(set(ids)), "every event at most once"
+        assert sorted(ids) == sorted(ev.event_id for ev in remaining)
+        await _assert_aggregates_equal_recomputation(conn, remaining)

@@ -30,6 +30,7 @@ from libs.common.day_files.catalog import DayPart
 from libs.common.day_files.export import (
     DayExportSettings,
     DayFileVerificationError,
+    ExportStepHook,
     _day_lock,
     _file_metadata,
     _new_part,
@@ -79,10 +80,12 @@ async def rewrite_part_without(
     *,
     restore_hours: int = DEFAULT_RESTORE_HOURS,
     rearchive: bool = True,
+    on_step: ExportStepHook | None = None,
 ) -> PartRewrite:
     """Replace `part` by a part without the rows of `ids` (as distinct_id or user_id). The
     replacement of an Archive part goes back to Archive, unless `rearchive` is False (the
-    caller still has to read it: see `archive_part`)."""
+    caller still has to read it: see `archive_part`). `on_step` is awaited after each durable
+    step of the new part (uploaded, verified, activated), as for exports."""
     async with _day_lock(pool, part.project_id, part.day) as conn:
         if conn is None:
             return PartRewrite(outcome="busy")
@@ -132,7 +135,7 @@ async def rewrite_part_without(
                 metadata=_file_metadata(new),
             )
             activated = await _write_verify_activate(
-                conn, store, new, local, contents, settings, None, supersedes=[current.part_id]
+                conn, store, new, local, contents, settings, on_step, supersedes=[current.part_id]
             )
         finally:
             shutil.rmtree(work, ignore_errors=True)
