@@ -30,7 +30,9 @@ def iso(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat()
 
 
-async def all_pages(client: Any, key: str, params: dict[str, str]) -> tuple[list[dict], set[str]]:
+async def all_pages(
+    client: Any, key: str, params: dict[str, str]
+) -> tuple[list[dict[str, Any]], set[str]]:
     events: list[dict[str, Any]] = []
     tiers: set[str] = set()
     cursor = None
