@@ -380,7 +380,13 @@ async def test_lost_database_connections_are_retried_not_dead_lettered(
     killer = await asyncpg.connect(database_url)
     try:
         terminated = 0
-        while await event_count(pool) < len(events) and terminated < 20:
+        # Bounded: if the aggregator stops making progress, wait_for below reports its log.
+        cutting_until = asyncio.get_running_loop().time() + 60
+        while (
+            await event_count(pool) < len(events)
+            and terminated < 20
+            and asyncio.get_running_loop().time() < cutting_until
+        ):
             # Cut the aggregator's connections mid-batch, as a PostgreSQL restart or failover would.
             terminated += await killer.fetchval(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
