@@ -107,15 +107,24 @@ async def read_cold_events(
     try:
         files = "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
         direction = "DESC" if descending else "ASC"
+        condition, params = where.sql(), list(where.params)
+        erased = await engine.erased.ids(deps.pool, project_id)
+        if erased:
+            # Persons of open erasure requests, still in files not yet rewritten.
+            condition += (
+                " AND NOT list_contains(?::VARCHAR[], distinct_id)"
+                " AND (user_id IS NULL OR NOT list_contains(?::VARCHAR[], user_id))"
+            )
+            params += [sorted(erased), sorted(erased)]
         sql = (
             f"SELECT {_SELECT} FROM read_parquet({files}, union_by_name = true)"
-            f" WHERE {where.sql()} ORDER BY ts {direction}, event_id {direction} LIMIT {limit}"
+            f" WHERE {condition} ORDER BY ts {direction}, event_id {direction} LIMIT {limit}"
         )
 
         def run() -> list[tuple[Any, ...]]:
             con = engine.connection()
             try:
-                return con.execute(sql, where.params).fetchall()
+                return con.execute(sql, params).fetchall()
             finally:
                 con.close()
 

@@ -123,6 +123,11 @@ async def tiers(pool: asyncpg.Pool, project: TestProject, tmp_path: Path) -> Asy
         # The cold move of the oldest day: its rows leave PostgreSQL.
         lo, hi = day_bounds(cold_day)
         await conn.execute("DELETE FROM events WHERE ts >= $1 AND ts < $2", lo, hi)
+        await conn.execute(
+            "INSERT INTO day_tiers (project_id, day, tier, watermark) SELECT 'acme', $1, 'cold',"
+            " max(xid_to) FROM day_files WHERE day = $1 AND state = 'active'",
+            cold_day,
+        )
         for row in await conn.fetch(
             "SELECT part_id, object_name FROM day_files WHERE day = $1 AND state = 'active'",
             archived_day,
@@ -177,9 +182,16 @@ async def _scanned_ids(tiers: Tiers, pool: asyncpg.Pool) -> list[tuple[str, str 
 
 
 async def _listed_events(client: Any, key: str, tiers: Tiers) -> list[dict[str, Any]]:
+    """The events listing of the cold-moved day (read from its day file) and of the days from
+    the split day on (the archived day would need a restore)."""
+    return await _listing(client, key, tiers.cold_day, tiers.cold_day) + await _listing(
+        client, key, tiers.split_day, _day(0)
+    )
+
+
+async def _listing(client: Any, key: str, first: date, last: date) -> list[dict[str, Any]]:
     listed: list[dict[str, Any]] = []
-    params = {"from": tiers.exported_days[0].isoformat(), "to": _day(0).isoformat()}
-    params["limit"] = "1000"
+    params = {"from": first.isoformat(), "to": last.isoformat(), "limit": "1000"}
     while True:
         status, page = await get_json(client, "/api/v1/analytics/events", key, params)
         assert status == 200, page
@@ -225,6 +237,12 @@ async def test_erasure_hides_at_once_rewrites_files_and_recomputes(
     objects_before = set(await tiers.store.names("events/"))
 
     async with query_client(pool, nats_url, subjects, scan_engine=tiers.engine) as client:
+        listed = await _listed_events(client, project.read_key, tiers)
+        assert {e["event_id"] for e in listed if _is_target(e, target_ids)} == {
+            ev.event_id
+            for ev in target_events
+            if ev.ts.date() in (tiers.cold_day, tiers.split_day, tiers.hot_day)
+        }
         # Only admin keys; a read key is refused and nothing is erased.
         status, body = await _post_erasure(client, project.read_key, {"user_id": TARGET})
         assert status == 403 and "admin key" in body["error"]
