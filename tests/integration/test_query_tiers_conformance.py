@@ -12,7 +12,6 @@ import asyncpg
 import pytest
 
 from libs.common.subjects import Subjects
-from services.tiering.tier_moves import move_cold_days
 from tests.support.analytics_dataset import generate_events
 from tests.support.project import TestProject
 from tests.support.query_app import get_json, query_client
@@ -63,9 +62,7 @@ async def test_event_endpoints_answer_the_same_in_every_tier_layout(
     ).session_id
     assert first_day_session is not None
     person = next(e.user_id for e in events if e.user_id)
-    async with tier_layout(layout_name, pool, events, tmp_path) as layout:
-        run = await move_cold_days(pool, layout.store)
-        assert not run.failures
+    async with tier_layout(layout_name, pool, events, tmp_path, move_cold=True) as layout:
         hot_left = await pool.fetchval("SELECT count(*) FROM events")
         if layout_name == "all_hot":
             assert hot_left == len(events)

@@ -88,8 +88,11 @@ async def tier_layout(
     directory: Path,
     *,
     cache_bytes: int = 256 * 1024 * 1024,
+    move_cold: bool = False,
 ) -> AsyncIterator[TierLayout]:
-    """Write `events` (all of one project, days before today) and arrange them as `layout`."""
+    """Write `events` (all of one project, days before today) and arrange them as `layout`.
+    `move_cold`: then run the cold move, so exported days older than the project's hot_days
+    leave PostgreSQL (their late rows stay hot until exported)."""
     projects = {ev.project_id for ev in events}
     days = sorted({day_of(ev) for ev in events})
     if days and days[-1] >= datetime.now(UTC).date():
@@ -112,6 +115,11 @@ async def tier_layout(
     await write(pool, held_back)
     if layout == "all_exported":
         await export()  # the held-back rows become late parts
+    if move_cold and exported:
+        from services.tiering.tier_moves import move_cold_days
+
+        moved = await move_cold_days(pool, store, projects=sorted(projects))
+        assert not moved.failures, moved.failures
     engine = ScanEngine(DayFileCache(directory / f"cache-{layout}", cache_bytes, store))
     try:
         yield TierLayout(
