@@ -99,8 +99,11 @@ class SessionizerSettings(CommonSettings, frozen=True, kw_only=True):
 
 
 class AggregatorSettings(CommonSettings, frozen=True, kw_only=True):
-    # Messages per pull, all written in one transaction; each message holds a few events.
-    fetch_batch: int = 1000
+    # Messages per pull; each holds a few events (or hundreds). Written in transactions of at
+    # most max_batch_bytes of messages: a transaction's fixed cost (rollup keys) spreads over
+    # their events, and only one transaction's worth is decoded at a time.
+    fetch_batch: int = 500
+    max_batch_bytes: int = 4_000_000
     fetch_timeout_s: float = 0.2
     max_redeliveries: int = 5
     dlq_max_ratio: float = 0.5  # stop (do not drain into the DLQ) past this share of a window

@@ -183,6 +183,22 @@ class _Item:
     batch: EnrichedBatchV1
 
 
+def transactions(msgs: Sequence[Msg], max_bytes: int) -> Iterator[list[Msg]]:
+    """The fetched messages in delivery order, cut into runs of at most `max_bytes` of payload
+    (a larger message makes a run of its own): one transaction each, decoded only when its turn
+    comes, so a pull of large messages is neither one huge transaction nor all in memory."""
+    run: list[Msg] = []
+    size = 0
+    for msg in msgs:
+        if run and size + len(msg.data) > max_bytes:
+            yield run
+            run, size = [], 0
+        run.append(msg)
+        size += len(msg.data)
+    if run:
+        yield run
+
+
 class Aggregator:
     """Consumes enriched events into PostgreSQL; `run()` until `stop()`."""
 
@@ -312,18 +328,19 @@ class Aggregator:
     # -- one fetched batch ---------------------------------------------------------------------
 
     async def handle(self, msgs: Sequence[Msg]) -> None:
-        """decode -> write all in one transaction -> ack; poison and failures as documented."""
+        """decode -> write in transactions of bounded size -> ack each after its commit; poison
+        and failures as documented."""
         try:
-            items: list[_Item] = []
-            for msg in msgs:
-                try:
-                    items.append(_Item(msg, decode_batch(msg.data)))
-                except PoisonMessage as exc:
-                    await self._dead_letter(msg, str(exc))
-            if not items:
-                return
-            with self._keep_in_progress(items):
-                await self._write_and_ack(items)
+            with self._keep_in_progress(msgs):
+                for run in transactions(msgs, self.settings.max_batch_bytes):
+                    items: list[_Item] = []
+                    for msg in run:
+                        try:
+                            items.append(_Item(msg, decode_batch(msg.data)))
+                        except PoisonMessage as exc:
+                            await self._dead_letter(msg, str(exc))
+                    if items:
+                        await self._write_and_ack(items)
         except DeadLetterCapExceeded as exc:
             self._halt(str(exc))
             for msg in msgs:
@@ -428,7 +445,7 @@ class Aggregator:
             )
 
     @contextlib.contextmanager
-    def _keep_in_progress(self, items: Sequence[_Item]) -> Iterator[None]:
+    def _keep_in_progress(self, msgs: Sequence[Msg]) -> Iterator[None]:
         """While a long batch is being written, tell JetStream it is in progress so ack_wait
         does not expire and hand the same messages to another replica."""
 
@@ -436,9 +453,9 @@ class Aggregator:
             interval = max(1.0, self.settings.ack_wait_s / 3)
             while True:
                 await asyncio.sleep(interval)
-                for item in items:
+                for msg in msgs:
                     with contextlib.suppress(Exception):  # raises once settled: fine
-                        await item.msg.in_progress()
+                        await msg.in_progress()
 
         task = asyncio.create_task(heartbeat())
         try:

@@ -14,6 +14,7 @@ from services.aggregator.consumer import (
     PoisonMessage,
     decode_batch,
     is_transient,
+    transactions,
 )
 from tests.support.recompute import make_event
 
@@ -84,3 +85,15 @@ def test_ratio_cap_waits_for_enough_messages() -> None:
     budget.spend()  # 7 of 14: 0.5, not past it
     with pytest.raises(DeadLetterCapExceeded, match=r"8 of the last 15 .* dlq_max_ratio=0.5"):
         budget.spend()
+
+
+def test_fetched_messages_are_written_in_runs_of_bounded_size() -> None:
+    class Fetched:
+        def __init__(self, size: int) -> None:
+            self.data = b"x" * size
+
+    msgs = [Fetched(n) for n in (3, 4, 2, 9, 1, 1)]
+    runs = [[len(m.data) for m in run] for run in transactions(msgs, max_bytes=8)]  # type: ignore[arg-type]
+    # In delivery order, every message once, none split; an oversized one alone.
+    assert runs == [[3, 4], [2], [9], [1, 1]]
+    assert [len(run) for run in transactions(msgs, max_bytes=100)] == [6]  # type: ignore[arg-type]
