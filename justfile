@@ -32,6 +32,7 @@ typecheck:
 
 # Benchmarks: prints figures and writes bench/results/latest.json
 bench *args:
+    python -c "import chdb" 2>/dev/null || python -m pip install -q -e '.[dev,bench]'
     python -m bench "$@"
 
 # Regenerate the JSON Schemas of the wire types (docs/schemas) from the msgspec Structs

@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -26,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bench import peers
 from libs.common.day_files.layout import EVENT_FILE_SCHEMA
 from libs.common.day_files.postgres_rows import event_schema
 from services.query.analyses.conditions import EventScope
@@ -189,8 +192,10 @@ def run_benchmark(
     days: int = 120,
     runs: int = 5,
     data_dir: Path = Path("/tmp/strata-bench-analyses"),
+    with_peers: bool = True,
 ) -> dict[str, Any]:
-    """Time each analysis (first run, then the median of `runs` warm runs)."""
+    """Time each analysis (first run, then the median of `runs` warm runs), and with
+    `with_peers` the same questions asked of PostgreSQL and ClickHouse (bench/peers.py)."""
     started = time.perf_counter()
     files = dataset(data_dir, events, persons, days)
     results: dict[str, Any] = {
@@ -201,6 +206,15 @@ def run_benchmark(
             "prepare_s": round(time.perf_counter() - started, 1),
         }
     }
+    results.update(_strata_figures(files, persons, days, runs))
+    if with_peers:
+        results.update(_peer_figures(files, days, runs, results))
+    return results
+
+
+def _strata_figures(files: list[Path], persons: int, days: int, runs: int) -> dict[str, Any]:
+    """Strata's engine over the day files, as the query service runs it."""
+    results: dict[str, Any] = {}
     engine = ScanEngine()
     aliases = _aliases(persons)
     end = datetime.combine(FIRST_DAY + timedelta(days=days), datetime.min.time(), UTC)
@@ -242,6 +256,91 @@ def run_benchmark(
     return results
 
 
+def _ranges(days: int) -> dict[str, Any]:
+    """The windows Strata's analyses above are asked about, for the peers to ask the same."""
+    end = datetime.combine(FIRST_DAY + timedelta(days=days), datetime.min.time(), UTC)
+    return {
+        "end": end,
+        "funnels": {f"funnel_5_steps_{n}d": end - timedelta(days=min(n, days)) for n in (30, 120)},
+        "retention_first_cohort": end - timedelta(days=37),
+        "paths": (end - timedelta(days=31), end - timedelta(days=1)),
+    }
+
+
+def _peer_figures(
+    files: list[Path], days: int, runs: int, strata: dict[str, Any]
+) -> dict[str, Any]:
+    """The same questions to PostgreSQL (Umami's SQL shape) and ClickHouse (chdb), with
+    Strata's warm time as a ratio to each."""
+    ranges = _ranges(days)
+    end: datetime = ranges["end"]
+    window = timedelta(days=14)
+    peer_runs = max(1, min(runs, 3))  # the PostgreSQL queries take seconds each
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="strata-bench-peers-") as tmp:
+        print("   loading the events into PostgreSQL for the peer queries", flush=True)
+        postgres = peers.PostgresPeer(Path(tmp))
+        clickhouse = peers.ClickHousePeer()
+        try:
+            rows = postgres.load(files)
+            figures["peers_dataset"] = {
+                "postgres_rows": rows,
+                "postgres_load_s": round(postgres.load_s, 1),
+                "postgres_bytes_per_event": round(postgres.table_bytes / max(rows, 1), 1),
+            }
+            questions: dict[str, tuple[str, str]] = {}
+            for label, start in ranges["funnels"].items():
+                first = (start.date() - FIRST_DAY).days
+                span = files[max(0, first) :]
+                questions[label] = (
+                    peers.postgres_funnel_sql(start, end, window),
+                    peers.clickhouse_funnel_sql(span, start, end, window),
+                )
+            first_cohort: datetime = ranges["retention_first_cohort"]
+            first = (first_cohort.date() - FIRST_DAY).days
+            questions["retention_daily_30d"] = (
+                peers.postgres_retention_sql(first_cohort, 30, 7),
+                peers.clickhouse_retention_sql(files[first : first + 37], first_cohort, 30, 7),
+            )
+            start, stop = ranges["paths"]
+            first = (start.date() - FIRST_DAY).days
+            questions["paths_5_steps_30d"] = (
+                peers.postgres_paths_sql(start, stop, 5),
+                peers.clickhouse_paths_sql(files[first : first + 30], start, stop, 5),
+            )
+            for label, (postgres_sql, clickhouse_sql) in questions.items():
+                strata_ms = strata[label]["warm_median_ms"]
+                on_postgres = peers.time_postgres(postgres, postgres_sql, peer_runs)
+                on_clickhouse = peers.timed(partial(clickhouse.query, clickhouse_sql), runs)
+                figures[label + "_peers"] = {
+                    "postgres_warm_median_ms": on_postgres["warm_median_ms"],
+                    "clickhouse_warm_median_ms": on_clickhouse["warm_median_ms"],
+                    "strata_to_postgres_ratio": peers.ratio(
+                        strata_ms, on_postgres["warm_median_ms"]
+                    ),
+                    "strata_to_clickhouse_ratio": peers.ratio(
+                        strata_ms, on_clickhouse["warm_median_ms"]
+                    ),
+                    "postgres_rows": len(on_postgres.get("answer", [])),
+                    "clickhouse_rows": len(on_clickhouse["answer"]),
+                }
+                if label.startswith("funnel"):
+                    # Persons reaching at least each step (windowFunnel gives the furthest).
+                    figures[label + "_peers"]["postgres_persons_per_step"] = [
+                        int(r[1]) for r in on_postgres.get("answer", [])
+                    ]
+                    at_level = {int(r[0]): int(r[1]) for r in on_clickhouse["answer"]}
+                    figures[label + "_peers"]["clickhouse_persons_per_step"] = [
+                        sum(n for level, n in at_level.items() if level >= step)
+                        for step in range(1, len(peers.FUNNEL_STEPS) + 1)
+                    ]
+                print(f"   {label}: {figures[label + '_peers']}", flush=True)
+        finally:
+            clickhouse.close()
+            postgres.close()
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Analyses engine benchmark (issue 3)")
     parser.add_argument("--events", type=int, default=5_000_000)
@@ -249,8 +348,11 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=120)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/strata-bench-analyses"))
+    parser.add_argument("--no-peers", action="store_true", help="time Strata only")
     args = parser.parse_args()
-    figures = run_benchmark(args.events, args.persons, args.days, args.runs, args.data_dir)
+    figures = run_benchmark(
+        args.events, args.persons, args.days, args.runs, args.data_dir, not args.no_peers
+    )
     print(json.dumps(figures, indent=2))
 
 
