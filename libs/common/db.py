@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from importlib import resources
 
 import asyncpg
@@ -11,6 +12,22 @@ import asyncpg
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 # One lock id for migrations, so concurrent `migrate` runs (several pods) serialize.
 _MIGRATION_LOCK = 0x5354524154  # "STRAT"
+
+
+# Transaction-scoped advisory lock per project (two-int form: this class id, hash of the id)
+# on its derived tables (rollups, sessions, session rollups, aliases, persons). The aggregator
+# holds it from the first derived table to COMMIT; erasure's recomputations take it too, so
+# neither can lose nor double the other's update.
+DERIVED_LOCK_CLASS = 0x53545244  # "STRD"
+
+
+async def lock_derived_tables(conn: asyncpg.Connection, project_ids: Iterable[str]) -> None:
+    """Take the derived-tables lock of each project, in one order (no waiting cycles)."""
+    # One statement per lock: later statements' snapshots then see the previous holder's writes.
+    for project_id in sorted(set(project_ids)):
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))", DERIVED_LOCK_CLASS, project_id
+        )
 
 
 async def create_pool(dsn: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:

@@ -16,13 +16,9 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from libs.common import db
 from libs.common.rollup_keys import DAY, HOUR, NONE_VALUE, SESSION_DIMENSIONS, TOTAL, WEEK
 from libs.common.rollup_keys import bucket_start as rollup_bucket_start
-
-# The aggregator's lock on a project's derived tables (rollups, sessions, aliases, persons):
-# services/aggregator/writer.py takes pg_advisory_xact_lock(this, hashtext(project)) before it
-# touches them, so a recomputation holding it can neither lose nor double an update.
-DERIVED_LOCK_CLASS = 0x53545244  # "STRD"
 
 MAX_IDS = 1000  # ids one request may name (a person has a handful of devices)
 
@@ -52,9 +48,7 @@ class ErasureStatus(msgspec.Struct, frozen=True, kw_only=True):
 
 async def lock_derived_tables(conn: asyncpg.Connection, project_id: str) -> None:
     """Take the aggregator's transaction-scoped lock on the project's derived tables."""
-    await conn.execute(
-        "SELECT pg_advisory_xact_lock($1, hashtext($2))", DERIVED_LOCK_CLASS, project_id
-    )
+    await db.lock_derived_tables(conn, (project_id,))
 
 
 async def resolve_person_ids(

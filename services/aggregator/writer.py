@@ -34,6 +34,7 @@ import msgspec
 from datasketches import hll_sketch
 
 from libs.common import sketches
+from libs.common.db import lock_derived_tables
 from libs.common.rollup_keys import (
     ALL_EVENTS,
     DAY,
@@ -230,19 +231,8 @@ async def _insert_new_events(conn: asyncpg.Connection, events: Sequence[EventV1]
 # ---------------------------------------------------------------------------------------------
 # Locking
 
-# Transaction-scoped advisory lock per project (two-int form: this class id, hash of the id),
-# held from the first derived table to COMMIT by every writer of rollups, sessions, session
-# rollups, aliases and persons.
-_DERIVED_LOCK_CLASS = 0x53545244  # "STRD"
-
-
-async def _lock_projects(conn: asyncpg.Connection, projects: Iterable[str]) -> None:
-    # In one order, so writers of several projects never wait on each other in a cycle. Its own
-    # statement: the next statements' snapshots then see everything the previous holder wrote.
-    for project_id in sorted(set(projects)):
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock($1, hashtext($2))", _DERIVED_LOCK_CLASS, project_id
-        )
+# Every writer of rollups, sessions, session rollups, aliases and persons holds the project's
+# derived-tables lock (libs.common.db.lock_derived_tables) from the first of them to COMMIT.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -748,7 +738,7 @@ async def _write_in_transaction(conn: asyncpg.Connection, events: Sequence[Event
     tallies = event_rollup_tallies(inserted)
     links = alias_links(inserted)
     persons = person_rows(inserted)
-    await _lock_projects(conn, (ev.project_id for ev in inserted))
+    await lock_derived_tables(conn, (ev.project_id for ev in inserted))
     await _apply_event_rollups(conn, tallies)
     await _apply_sessions(conn, inserted)
     await _apply_persons(conn, links, persons)
