@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -58,7 +58,8 @@ async def moved_days(
         " AND ($2::date IS NULL OR day >= $2) AND ($3::date IS NULL OR day <= $3) ORDER BY day",
         project_id,
         start.astimezone(UTC).date() if start else None,
-        end.astimezone(UTC).date() if end else None,
+        # end is exclusive: a range ending at midnight does not touch the next day.
+        (end - timedelta(microseconds=1)).astimezone(UTC).date() if end else None,
     )
     return [r["day"] for r in rows]
 

@@ -14,7 +14,8 @@ from multidict import MultiMapping
 from services.query.analyses.metrics_endpoint import fill_custom_metrics, resolve_cohort_filter
 from services.query.auth import authorized_project
 from services.query.buckets import OutputBuckets, count_buckets, output_buckets, rollup_pieces
-from services.query.dependencies import DEPS, SETTINGS
+from services.query.cold_rows import moved_days
+from services.query.dependencies import DEPS, SETTINGS, ApiError
 from services.query.metric_query import (
     ALL,
     Cells,
@@ -109,6 +110,17 @@ async def answer(request: web.Request, query: MetricQuery) -> MetricsAnswer:
             reason = "a bucket boundary is not on a whole UTC hour"
         if query.source == SOURCE_ROLLUPS:
             raise ParamError("source", f"rollups cannot answer this exactly: {reason}")
+    if query.wants_event_counters or query.wants_share_counters:
+        # The raw path reads PostgreSQL only: over days whose rows moved to day files it would
+        # count only their late rows, so it refuses rather than undercount.
+        moved = await moved_days(request.app[DEPS], query.project_id, window.start, window.end)
+        if moved:
+            raise ApiError(
+                409,
+                f"raw-event metrics cannot read days moved to cold storage ({moved[0]} to "
+                f"{moved[-1]}): use metrics rollups can answer (whole-hour buckets, one "
+                "dimension), the analyses endpoints, or a range within the project's hot_days",
+            )
     return MetricsAnswer(SOURCE_EVENTS, buckets, await read_events(pool, query, buckets))
 
 

@@ -44,6 +44,19 @@ async def test_cold_move_archive_and_restore_through_the_api(
             assert steps(cold) == steps(before)
             assert {t["tier"]: t["rows"] for t in cold["tiers"]}["hot"] == 0
 
+            # KPIs come from rollups, which stay in PostgreSQL; the raw-event path refuses
+            # rather than count only what is still hot.
+            window = {"from": "2025-04-02", "to": "2025-04-05", "interval": "day"}
+            status, kpis = await get_json(
+                client, f"{API}/metrics", key, {**window, "metrics": "events"}
+            )
+            assert status == 200 and kpis["source"] == "rollups", kpis
+            assert kpis["totals"]["events"] > 0
+            status, raw = await get_json(
+                client, f"{API}/metrics", key, {**window, "metrics": "events,bot_share"}
+            )
+            assert status == 409 and "moved to cold storage" in raw["error"], raw
+
             status, tiers = await get_json(client, "/api/v1/tiers", key)
             assert status == 200, tiers
             by_tier = {t["tier"]: t for t in tiers["tiers"]}
