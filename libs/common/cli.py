@@ -693,7 +693,6 @@ def cmd_tier_restore(
     from libs.common.day_files.catalog import active_parts
     from libs.common.day_files.restores import request_restore
     from libs.common.object_store import object_store_from_settings
-
     from libs.common.observability import configure_logging
 
     tiering = _tiering_settings(settings, env)
