@@ -72,21 +72,21 @@ def _record(row: tuple[Any, ...]) -> EventRecord:
     return EventRecord(**values, properties=_properties.decode(raw) if raw else {})
 
 
-async def read_cold_events(
+async def _query_day_files(
     deps: QueryDeps,
     project_id: str,
     days: Sequence[date],
     where: ColdFilter,
-    *,
-    descending: bool = False,
-    limit: int,
-    now: datetime | None = None,
-) -> tuple[list[EventRecord], TierScan | None]:
-    """Up to `limit` events of the moved `days` matching `where`, in (ts, event_id) order, and
-    what reading them cost. ArchivedDaysError when some are in unrestored Archive files."""
+    select: str,
+    tail: str,
+    now: datetime | None,
+) -> tuple[list[tuple[Any, ...]], float] | None:
+    """`SELECT {select} FROM <the moved days' files> WHERE {where} {tail}` with the persons of
+    open erasure requests left out, and the milliseconds it took; None when no part holds the
+    days. ArchivedDaysError when some are in unrestored Archive files."""
     engine = deps.scan_engine
     if not days or engine.cache is None:
-        return [], None
+        return None
     started = time.perf_counter()
     wanted = set(days)
     parts = [
@@ -95,7 +95,7 @@ async def read_cold_events(
         if p.day in wanted
     ]
     if not parts:
-        return [], None
+        return None
     now = now or datetime.now(UTC)
     unreadable = [p for p in parts if not p.readable_at(now)]
     if unreadable:
@@ -107,7 +107,6 @@ async def read_cold_events(
         raise ArchivedDaysError(sorted({p.day for p in archived}), archived) from exc
     try:
         files = "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
-        direction = "DESC" if descending else "ASC"
         condition, params = where.sql(), list(where.params)
         erased = await engine.erased.ids(deps.pool, project_id)
         if erased:
@@ -118,8 +117,8 @@ async def read_cold_events(
             )
             params += [sorted(erased), sorted(erased)]
         sql = (
-            f"SELECT {_SELECT} FROM read_parquet({files}, union_by_name = true)"
-            f" WHERE {condition} ORDER BY ts {direction}, event_id {direction} LIMIT {limit}"
+            f"SELECT {select} FROM read_parquet({files}, union_by_name = true)"
+            f" WHERE {condition} {tail}"
         )
 
         def run() -> list[tuple[Any, ...]]:
@@ -132,10 +131,50 @@ async def read_cold_events(
         rows = await asyncio.to_thread(run)
     finally:
         engine.cache.release(parts)
-    read = TierScan(
-        tier="cold", rows=len(rows), ms=round((time.perf_counter() - started) * 1000, 3)
-    )
-    return [_record(r) for r in rows], read
+    return rows, round((time.perf_counter() - started) * 1000, 3)
+
+
+async def read_cold_events(
+    deps: QueryDeps,
+    project_id: str,
+    days: Sequence[date],
+    where: ColdFilter,
+    *,
+    descending: bool = False,
+    limit: int,
+    now: datetime | None = None,
+) -> tuple[list[EventRecord], TierScan | None]:
+    """Up to `limit` events of the moved `days` matching `where`, in (ts, event_id) order, and
+    what reading them cost. ArchivedDaysError when some are in unrestored Archive files."""
+    direction = "DESC" if descending else "ASC"
+    tail = f"ORDER BY ts {direction}, event_id {direction} LIMIT {limit}"
+    read = await _query_day_files(deps, project_id, days, where, _SELECT, tail, now)
+    if read is None:
+        return [], None
+    rows, ms = read
+    return [_record(r) for r in rows], TierScan(tier="cold", rows=len(rows), ms=ms)
+
+
+async def read_cold_rows(
+    deps: QueryDeps,
+    project_id: str,
+    days: Sequence[date],
+    columns: Sequence[str],
+    start: datetime,
+    end: datetime,
+    *,
+    now: datetime | None = None,
+) -> tuple[list[tuple[Any, ...]], TierScan | None]:
+    """Every row of the moved `days` with start <= ts < end, as tuples of `columns` (stored
+    day-file columns; `properties` as JSON text), and what reading them cost.
+    ArchivedDaysError when some are in unrestored Archive files."""
+    where = ColdFilter()
+    where.add("ts >= ? AND ts < ?", start, end)
+    read = await _query_day_files(deps, project_id, days, where, ", ".join(columns), "", now)
+    if read is None:
+        return [], None
+    rows, ms = read
+    return rows, TierScan(tier="cold", rows=len(rows), ms=ms)
 
 
 def merge_events(

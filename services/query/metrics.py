@@ -5,7 +5,7 @@ events and sessions."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -14,8 +14,7 @@ from multidict import MultiMapping
 from services.query.analyses.metrics_endpoint import fill_custom_metrics, resolve_cohort_filter
 from services.query.auth import authorized_project
 from services.query.buckets import OutputBuckets, count_buckets, output_buckets, rollup_pieces
-from services.query.cold_rows import moved_days
-from services.query.dependencies import DEPS, SETTINGS, ApiError
+from services.query.dependencies import DEPS, SETTINGS
 from services.query.metric_query import (
     ALL,
     Cells,
@@ -46,6 +45,7 @@ from services.query.responses import (
     MetricsResponse,
     MetricValues,
     SeriesPoint,
+    TierScan,
     json_encoder,
 )
 
@@ -75,6 +75,7 @@ class MetricsAnswer:
     source: str
     buckets: OutputBuckets
     cells: Cells
+    tier_reads: list[TierScan] = field(default_factory=list)  # raw path: rows and ms per tier
 
 
 def now_utc() -> datetime:
@@ -110,18 +111,9 @@ async def answer(request: web.Request, query: MetricQuery) -> MetricsAnswer:
             reason = "a bucket boundary is not on a whole UTC hour"
         if query.source == SOURCE_ROLLUPS:
             raise ParamError("source", f"rollups cannot answer this exactly: {reason}")
-    if query.wants_event_counters or query.wants_share_counters:
-        # The raw path reads PostgreSQL only: over days whose rows moved to day files it would
-        # count only their late rows, so it refuses rather than undercount.
-        moved = await moved_days(request.app[DEPS], query.project_id, window.start, window.end)
-        if moved:
-            raise ApiError(
-                409,
-                f"raw-event metrics cannot read days moved to cold storage ({moved[0]} to "
-                f"{moved[-1]}): use metrics rollups can answer (whole-hour buckets, one "
-                "dimension), the analyses endpoints, or a range within the project's hot_days",
-            )
-    return MetricsAnswer(SOURCE_EVENTS, buckets, await read_events(pool, query, buckets))
+    # Days moved to day files are read from them (archived ones: 202 with a restore job).
+    cells, tier_reads = await read_events(request.app[DEPS], query, buckets)
+    return MetricsAnswer(SOURCE_EVENTS, buckets, cells, tier_reads)
 
 
 def parse_source(query: MultiMapping[str]) -> str:
@@ -207,7 +199,8 @@ async def get_metrics(request: web.Request) -> web.Response:
     assert query.interval is not None
     body = MetricsResponse(
         source=result.source,
-        tiers=sorted({*TIERS_HOT, *scanned}),
+        tiers=sorted({*TIERS_HOT, *scanned, *(t.tier for t in result.tier_reads if t.rows)}),
+        tier_reads=result.tier_reads,
         from_=query.window.start.astimezone(query.window.tz),
         to=query.window.end.astimezone(query.window.tz),
         timezone=query.window.tz_name,

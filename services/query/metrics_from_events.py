@@ -1,21 +1,56 @@
 """Metrics computed exactly from the raw `events` and `sessions` rows: any combination of
-filters, any time zone, any boundary. Visitors are exact distinct counts here."""
+filters, any time zone, any boundary. Visitors are exact distinct counts here.
+
+Days whose rows moved to day files (the cold move) are answered by the same SQL: their rows
+are loaded, inside the request's connection and transaction, into a temporary table, and the
+SQL reads `events` UNION ALL that table (`_events_source`), so the metric semantics have one
+implementation whichever tier holds a day. Sessions never leave PostgreSQL.
+"""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import date, datetime, timedelta
 
 import asyncpg
 
 from libs.common.rollup_keys import EVENT_DIMENSIONS, NONE_VALUE, SESSION_DIMENSIONS
 from libs.common.schemas.events_v1 import PAGEVIEW
 from services.query.buckets import OutputBuckets
+from services.query.cold_rows import moved_days, read_cold_rows
+from services.query.dependencies import QueryDeps
 from services.query.metric_query import ALL, Cells, Counters, MetricQuery, SqlParams
 from services.query.params import EVENT_NAME_DIMENSION
+from services.query.responses import TierScan
 
 # The person a visitor is counted as: the same key the rollups' sketches use, so both
 # sources count the same visitors.
 PERSON_SQL = "coalesce(e.user_id, e.distinct_id)"
 # The aggregator's bounce: fewer than two interactive events.
 BOUNCE_SQL = "s.interactive_events < 2"
+
+# The event columns the metric SQL reads, and their types in the temporary table holding the
+# moved days' rows.
+METRIC_EVENT_COLUMNS: dict[str, str] = {
+    "project_id": "text",
+    "ts": "timestamptz",
+    "event_id": "text",
+    "name": "text",
+    "distinct_id": "text",
+    "user_id": "text",
+    "session_id": "text",
+    "is_bot": "boolean",
+    "properties": "jsonb",
+    **{column: "text" for column in EVENT_DIMENSIONS.values()},
+}
+COLD_EVENTS_TABLE = "metrics_cold_events"
+# `from_cold` tells which tier a row came from, for the rows-per-tier of the response.
+_HOT_EVENTS = "(SELECT e.*, false AS from_cold FROM events e)"
+_HOT_AND_COLD_EVENTS = (
+    f"(SELECT {', '.join(METRIC_EVENT_COLUMNS)}, false AS from_cold FROM events"
+    f" UNION ALL SELECT {', '.join(METRIC_EVENT_COLUMNS)}, true FROM {COLD_EVENTS_TABLE})"
+)
 
 
 def dimension_sql(alias: str, column: str) -> str:
@@ -59,11 +94,13 @@ def _cell_key(row: asyncpg.Record) -> tuple[int | None, str | None]:
     return idx, key
 
 
-def _session_events_cte(params: SqlParams, query: MetricQuery, start: str, end: str) -> str:
+def _session_events_cte(
+    params: SqlParams, query: MetricQuery, start: str, end: str, events: str
+) -> str:
     """(session_id, name) of events of sessions starting in the window: a session's events lie
     between its start and start + the project's maximum session length."""
     return f"""session_events AS (
-        SELECT DISTINCT e.session_id, e.name FROM events e
+        SELECT DISTINCT e.session_id, e.name FROM {events} e
         WHERE e.project_id = {params.add(query.project_id)} AND e.ts >= {start}::timestamptz
           AND e.ts <= {end}::timestamptz + coalesce(
               (SELECT make_interval(secs => session_max_s) FROM projects
@@ -72,8 +109,9 @@ def _session_events_cte(params: SqlParams, query: MetricQuery, start: str, end: 
 
 
 async def _read_event_counters(
-    conn: asyncpg.Connection, query: MetricQuery, buckets: OutputBuckets, cells: Cells
-) -> None:
+    conn: asyncpg.Connection, query: MetricQuery, buckets: OutputBuckets, cells: Cells, events: str
+) -> int:
+    """Fills the event counters; returns how many rows it read from PostgreSQL."""
     params = SqlParams()
     project = params.add(query.project_id)
     thresholds = params.add(buckets.bounds[:-1])
@@ -94,20 +132,24 @@ async def _read_event_counters(
     sql = f"""
         WITH e AS (
             SELECT width_bucket(e.ts, {thresholds}::timestamptz[]) - 1 AS idx, {key_sql} AS key,
-                   e.name, {PERSON_SQL} AS person
-            FROM events e WHERE {" AND ".join(where)}
+                   e.name, {PERSON_SQL} AS person, e.from_cold
+            FROM {events} e WHERE {" AND ".join(where)}
         )
         SELECT grouping(idx) = 1 AS all_buckets, grouping(key) = 1 AS all_keys, idx, key,
+               count(*) FILTER (WHERE NOT from_cold) AS hot_rows,
                count(*) AS events, count(*) FILTER (WHERE name = {pageview}) AS pageviews,
                count(DISTINCT person) AS visitors{named_sql}
         FROM e GROUP BY {_grouping_sets(query)}
     """
+    hot_rows = 0
     for row in await conn.fetch(sql, *params.values):
         cell = cells.setdefault(_cell_key(row), Counters())
         cell.events = row["events"]
         cell.pageviews = row["pageviews"]
         cell.visitors = row["visitors"]
         cell.named = {n: row[f"named_{i}"] for i, n in enumerate(named)}
+        hot_rows = max(hot_rows, row["hot_rows"])  # the grand total's is the largest
+    return hot_rows
 
 
 # Events recorded without persistent ids: consent withheld under the cookieless policy, or
@@ -116,10 +158,11 @@ COOKIELESS_SQL = "e.properties ? '$cookieless'"
 
 
 async def _read_share_counters(
-    conn: asyncpg.Connection, query: MetricQuery, buckets: OutputBuckets, cells: Cells
-) -> None:
-    """Bot and cookieless event counts per cell. Bots are not filtered out here: bot_share
-    needs them in its denominator whatever include_bots says."""
+    conn: asyncpg.Connection, query: MetricQuery, buckets: OutputBuckets, cells: Cells, events: str
+) -> int:
+    """Bot and cookieless event counts per cell; returns how many rows it read from
+    PostgreSQL. Bots are not filtered out here: bot_share needs them in its denominator
+    whatever include_bots says."""
     params = SqlParams()
     project = params.add(query.project_id)
     thresholds = params.add(buckets.bounds[:-1])
@@ -133,21 +176,25 @@ async def _read_share_counters(
     sql = f"""
         WITH e AS (
             SELECT width_bucket(e.ts, {thresholds}::timestamptz[]) - 1 AS idx, {key_sql} AS key,
-                   e.is_bot, coalesce({COOKIELESS_SQL}, false) AS cookieless
-            FROM events e WHERE {" AND ".join(where)}
+                   e.is_bot, coalesce({COOKIELESS_SQL}, false) AS cookieless, e.from_cold
+            FROM {events} e WHERE {" AND ".join(where)}
         )
         SELECT grouping(idx) = 1 AS all_buckets, grouping(key) = 1 AS all_keys, idx, key,
-               count(*) AS all_events, count(*) FILTER (WHERE is_bot) AS bot_events,
+               count(*) FILTER (WHERE NOT from_cold) AS hot_rows, count(*) AS all_events,
+               count(*) FILTER (WHERE is_bot) AS bot_events,
                count(*) FILTER (WHERE NOT is_bot OR {bots}) AS counted_events,
                count(*) FILTER (WHERE cookieless AND (NOT is_bot OR {bots})) AS cookieless_events
         FROM e GROUP BY {_grouping_sets(query)}
     """
+    hot_rows = 0
     for row in await conn.fetch(sql, *params.values):
         cell = cells.setdefault(_cell_key(row), Counters())
         cell.all_events = row["all_events"]
         cell.bot_events = row["bot_events"]
         cell.counted_events = row["counted_events"]
         cell.cookieless_events = row["cookieless_events"]
+        hot_rows = max(hot_rows, row["hot_rows"])
+    return hot_rows
 
 
 def _session_filters(params: SqlParams, query: MetricQuery) -> list[str]:
@@ -166,7 +213,7 @@ def _session_filters(params: SqlParams, query: MetricQuery) -> list[str]:
 
 
 async def _read_session_counters(
-    conn: asyncpg.Connection, query: MetricQuery, buckets: OutputBuckets, cells: Cells
+    conn: asyncpg.Connection, query: MetricQuery, buckets: OutputBuckets, cells: Cells, events: str
 ) -> None:
     by_name = query.breakdown == EVENT_NAME_DIMENSION
     # Grouped by event name a session counts under every name it contains, so the totals
@@ -180,7 +227,7 @@ async def _read_session_counters(
         bots = params.add(query.include_bots)
         needs_session_events = joined_by_name or EVENT_NAME_DIMENSION in query.filters.dimensions
         with_sql = (
-            f"WITH {_session_events_cte(params, query, start, end)},"
+            f"WITH {_session_events_cte(params, query, start, end, events)},"
             if needs_session_events
             else "WITH"
         )
@@ -217,14 +264,84 @@ async def _read_session_counters(
             cell.session_pageviews = row["pageviews"]
 
 
-async def read_events(pool: asyncpg.Pool, query: MetricQuery, buckets: OutputBuckets) -> Cells:
-    """Counters per (bucket, breakdown value) and their totals, from raw rows."""
+async def _session_reach(conn: asyncpg.Connection, query: MetricQuery) -> timedelta:
+    """How far past the window the events of sessions starting in it can lie."""
+    seconds = await conn.fetchval(
+        "SELECT session_max_s FROM projects WHERE id = $1", query.project_id
+    )
+    return timedelta(seconds=seconds) if seconds is not None else timedelta(days=1)
+
+
+async def _load_moved_days(
+    conn: asyncpg.Connection,
+    deps: QueryDeps,
+    query: MetricQuery,
+    start: datetime,
+    end: datetime,
+    days: Sequence[date],
+) -> TierScan | None:
+    """The rows of the moved `days` with start <= ts < end in COLD_EVENTS_TABLE (dropped at
+    the end of the transaction), without rows PostgreSQL also holds (a late row exported into
+    a part stays in PostgreSQL until the next cold move), so every event counts once."""
+    rows, read = await read_cold_rows(
+        deps, query.project_id, days, list(METRIC_EVENT_COLUMNS), start, end
+    )
+    started = time.perf_counter()
+    columns = ", ".join(f"{c} {t}" for c, t in METRIC_EVENT_COLUMNS.items())
+    await conn.execute(f"CREATE TEMPORARY TABLE {COLD_EVENTS_TABLE} ({columns}) ON COMMIT DROP")
+    if rows:
+        await conn.copy_records_to_table(
+            COLD_EVENTS_TABLE, records=rows, columns=list(METRIC_EVENT_COLUMNS)
+        )
+        deleted = await conn.execute(
+            f"DELETE FROM {COLD_EVENTS_TABLE} c USING events e WHERE e.project_id = $1"
+            " AND e.ts >= $2 AND e.ts < $3 AND e.event_id = c.event_id",
+            query.project_id,
+            start,
+            end,
+        )
+        rows_kept = len(rows) - int(deleted.split()[-1])
+        await conn.execute(f"ANALYZE {COLD_EVENTS_TABLE}")
+    else:
+        rows_kept = 0
+    if read is None:
+        return None
+    ms = round(read.ms + (time.perf_counter() - started) * 1000, 3)
+    return TierScan(tier="cold", rows=rows_kept, ms=ms)
+
+
+async def read_events(
+    deps: QueryDeps, query: MetricQuery, buckets: OutputBuckets
+) -> tuple[Cells, list[TierScan]]:
+    """Counters per (bucket, breakdown value) and their totals from raw rows, whichever tier
+    holds them, and the rows and time per tier read. Raises ArchivedDaysError when a moved
+    day is only in unrestored Archive files."""
     cells: Cells = {}
-    async with pool.acquire() as conn:
-        if query.wants_event_counters:
-            await _read_event_counters(conn, query, buckets, cells)
+    start, end = buckets.bounds[0], buckets.bounds[-1]
+    # One transaction: the temporary table of moved rows lives until its end.
+    async with deps.pool.acquire() as conn, conn.transaction():
+        reach = end
         if query.wants_session_counters:
-            await _read_session_counters(conn, query, buckets, cells)
+            # Session counters read the events of sessions starting in the window.
+            reach = end + await _session_reach(conn, query)
+        days = await moved_days(deps, query.project_id, start, reach)
+        events = _HOT_EVENTS
+        cold = None
+        if days:
+            cold = await _load_moved_days(conn, deps, query, start, reach, days)
+            events = _HOT_AND_COLD_EVENTS
+        hot_started = time.perf_counter()
+        hot_rows = 0
+        if query.wants_event_counters:
+            hot_rows = await _read_event_counters(conn, query, buckets, cells, events)
+        if query.wants_session_counters:
+            await _read_session_counters(conn, query, buckets, cells, events)
         if query.wants_share_counters:
-            await _read_share_counters(conn, query, buckets, cells)
-    return cells
+            shares_hot = await _read_share_counters(conn, query, buckets, cells, events)
+            hot_rows = max(hot_rows, shares_hot)
+        done = time.perf_counter()
+    hot_ms = round((done - hot_started) * 1000, 3)
+    tiers = [TierScan(tier="hot", rows=hot_rows, ms=hot_ms)]
+    if cold is not None:
+        tiers.append(cold)
+    return cells, tiers

@@ -123,7 +123,8 @@ CURSOR = Param("cursor", "`next_cursor` of the previous page.")
 SOURCE = Param(
     "source",
     "auto (default): rollups when they answer exactly, else raw events; events: always raw "
-    "rows (exact visitors, hot tier only); rollups: 400 when rollups cannot answer.",
+    "rows (exact visitors; days moved to day files are read from them); rollups: 400 when "
+    "rollups cannot answer.",
     {"enum": ["auto", "rollups", "events"]},
 )
 RANGE_PARAMS = (PROJECT, FROM, TO, TIMEZONE, FILTER, INCLUDE_BOTS, LIMIT_VALUES)
@@ -135,7 +136,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "KPIs over time",
         "Visitors, pageviews, sessions, bounce rate, average session duration, views per "
         "session, events and `event:<name>` counts, bucketed by `interval`, filtered and "
-        "optionally broken down. `source` says whether rollups or raw events answered.",
+        "optionally broken down. `source` says whether rollups or raw events answered; "
+        "`tier_reads` the raw path's rows and ms per storage tier. A raw answer needing "
+        "archived days that are not restored is a 202 with a restore job (docs/tiering.md).",
         (
             PROJECT,
             Param(

@@ -58,6 +58,8 @@ class MetricsResponse(msgspec.Struct, kw_only=True):
     totals: MetricValues
     series: list[SeriesPoint]
     breakdown: Breakdown | None = None
+    # The raw-event path's rows and milliseconds per tier read (empty when rollups answered).
+    tier_reads: list[TierScan] = msgspec.field(default_factory=list)
 
 
 class ReportHeader(msgspec.Struct, kw_only=True):
