@@ -14,7 +14,8 @@ import pytest
 
 from libs.common import sketches
 from libs.common.schemas.events_v1 import ALIAS, IDENTIFY
-from services.aggregator.writer import EventPartitions, write_events
+from services.aggregator.consumer import is_transient
+from services.aggregator.writer import ConcurrentWriteConflict, EventPartitions, write_events
 from tests.support.recompute import (
     assert_aggregates_match_events,
     chunks,
@@ -117,6 +118,54 @@ async def test_many_writers_of_two_projects_with_redeliveries(pool: asyncpg.Pool
         assert len(rows) == len(events)
         projects = await conn.fetch("SELECT DISTINCT project_id FROM rollups ORDER BY 1")
         assert [r[0] for r in projects] == ["acme", "globex"]
+
+
+async def test_a_rollup_row_created_meanwhile_outside_the_lock_is_retried_not_overwritten(
+    pool: asyncpg.Pool,
+) -> None:
+    """A writer that does not take the derived-tables lock (an older release during a rolling
+    update) creates a rollup row the batch is about to create: the batch fails with a
+    retryable error, and its retry merges into that row instead of overwriting it."""
+    ts = datetime(2024, 3, 4, 10, 5, tzinfo=UTC)
+    event = make_event(event_id="e-1", ts=ts, distinct_id="anon-1", anonymous_id="anon-1")
+    hour = datetime(2024, 3, 4, 10, tzinfo=UTC)
+    async with (
+        pool.acquire() as outsider,
+        pool.acquire() as conn,
+        pool.acquire() as observer,
+    ):
+        other = outsider.transaction()
+        await other.start()
+        await outsider.execute(
+            "INSERT INTO rollups (project_id, granularity, bucket, name, dim, value, bot, events,"
+            " visitors) VALUES ('acme', 'h', $1, '$pageview', '', '', false, 5, $2)",
+            hour,
+            sketches.sketch_of(["someone-else"]),
+        )
+        writing = asyncio.create_task(write_events(conn, [event]))
+        # The batch's upsert now waits on the outsider's uncommitted row.
+        for _ in range(500):
+            waiting = await observer.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE '%INSERT INTO rollups%'"
+            )
+            if waiting:
+                break
+            await asyncio.sleep(0.02)
+        assert waiting, "the batch never reached the rollups upsert"
+        await other.commit()
+        with pytest.raises(ConcurrentWriteConflict, match="rollup rows expected new"):
+            await writing
+        assert is_transient(ConcurrentWriteConflict("retry"))
+        assert await conn.fetchval("SELECT count(*) FROM event_ids") == 0  # all rolled back
+
+        assert (await write_events(conn, [event])).inserted == 1  # the retry
+        row = await conn.fetchrow(
+            "SELECT events, visitors FROM rollups WHERE granularity = 'h' AND name = '$pageview'"
+            " AND dim = ''"
+        )
+        assert row["events"] == 6
+        assert sketches.estimate([row["visitors"]]) == 2
 
 
 async def test_late_event_moves_the_session_to_its_new_start(pool: asyncpg.Pool) -> None:
