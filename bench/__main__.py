@@ -1,7 +1,7 @@
 """`just bench`: run every benchmark, print the figures, and write them to
 bench/results/latest.json (and a timestamped copy). Figures only: nothing here passes or fails.
 
-    python -m bench [--only ingest,pipeline,day_files,analyses,tiers] [--seconds 20]
+    python -m bench [--only ingest,aggregator,pipeline,day_files,analyses,tiers] [--seconds 20]
                     [--scale 1.0]
 
 --scale multiplies the analyses/tiers dataset (5,000,000 events, 200,000 persons; always 120
@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 
-from bench import analyses, day_files, ingest_gateway, pipeline, tiers
+from bench import aggregator_writer, analyses, day_files, ingest_gateway, pipeline, tiers
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -63,7 +63,7 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Strata benchmarks")
-    parser.add_argument("--only", default="ingest,pipeline,day_files,analyses,tiers")
+    parser.add_argument("--only", default="ingest,aggregator,pipeline,day_files,analyses,tiers")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument(
         "--scale", type=float, default=1.0, help="analyses/tiers dataset size, 1.0 = 5M events"
@@ -91,6 +91,14 @@ def main() -> None:
         results["ingest"]["ingest_events_per_s"] = results["ingest"][
             "browser_like_1_person_per_batch"
         ]["ingest_events_per_s"]
+    if "aggregator" in selected:
+        print("== aggregator: write_events alone, 4,000-event batches, 2 writers", flush=True)
+        results["aggregator"] = {
+            "many_visitors": aggregator_writer.run_benchmark(120_000, 4000, 2, 20_000),
+            "few_visitors_like_the_pipeline_load": aggregator_writer.run_benchmark(
+                120_000, 4000, 2, 20
+            ),
+        }
     if "pipeline" in selected:
         print("== pipeline: strata up + load on this machine", flush=True)
         results["pipeline"] = pipeline.run_benchmark(args.seconds)
