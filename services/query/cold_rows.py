@@ -80,10 +80,12 @@ async def _query_day_files(
     select: str,
     tail: str,
     now: datetime | None,
-) -> tuple[list[tuple[Any, ...]], float] | None:
+    allow_partial: bool = False,
+) -> tuple[list[tuple[Any, ...]], float, list[date]] | None:
     """`SELECT {select} FROM <the moved days' files> WHERE {where} {tail}` with the persons of
-    open erasure requests left out, and the milliseconds it took; None when no part holds the
-    days. ArchivedDaysError when some are in unrestored Archive files."""
+    open erasure requests left out, the milliseconds it took and the days left out; None when
+    no part holds the days. ArchivedDaysError when some are in unrestored Archive files, unless
+    `allow_partial` (those days are then left out)."""
     engine = deps.scan_engine
     if not days or engine.cache is None:
         return None
@@ -98,8 +100,13 @@ async def _query_day_files(
         return None
     now = now or datetime.now(UTC)
     unreadable = [p for p in parts if not p.readable_at(now)]
-    if unreadable:
-        raise ArchivedDaysError(sorted({p.day for p in unreadable}), unreadable)
+    missing = sorted({p.day for p in unreadable})
+    if unreadable and not allow_partial:
+        raise ArchivedDaysError(missing, unreadable)
+    # A day is read whole or not at all.
+    parts = [p for p in parts if p.day not in missing]
+    if not parts:
+        return [], round((time.perf_counter() - started) * 1000, 3), missing
     try:
         paths = await engine.cache.acquire(parts)
     except ObjectArchived as exc:
@@ -131,7 +138,7 @@ async def _query_day_files(
         rows = await asyncio.to_thread(run)
     finally:
         engine.cache.release(parts)
-    return rows, round((time.perf_counter() - started) * 1000, 3)
+    return rows, round((time.perf_counter() - started) * 1000, 3), missing
 
 
 async def read_cold_events(
@@ -151,7 +158,7 @@ async def read_cold_events(
     read = await _query_day_files(deps, project_id, days, where, _SELECT, tail, now)
     if read is None:
         return [], None
-    rows, ms = read
+    rows, ms, _ = read
     return [_record(r) for r in rows], TierScan(tier="cold", rows=len(rows), ms=ms)
 
 
@@ -163,18 +170,21 @@ async def read_cold_rows(
     start: datetime,
     end: datetime,
     *,
+    allow_partial: bool = False,
     now: datetime | None = None,
-) -> tuple[list[tuple[Any, ...]], TierScan | None]:
+) -> tuple[list[tuple[Any, ...]], TierScan | None, list[date]]:
     """Every row of the moved `days` with start <= ts < end, as tuples of `columns` (stored
-    day-file columns; `properties` as JSON text), and what reading them cost.
-    ArchivedDaysError when some are in unrestored Archive files."""
+    day-file columns; `properties` as JSON text), what reading them cost, and the days left
+    out. ArchivedDaysError when some are in unrestored Archive files, unless `allow_partial`
+    (those days are then left out)."""
     where = ColdFilter()
     where.add("ts >= ? AND ts < ?", start, end)
-    read = await _query_day_files(deps, project_id, days, where, ", ".join(columns), "", now)
+    select = ", ".join(columns)
+    read = await _query_day_files(deps, project_id, days, where, select, "", now, allow_partial)
     if read is None:
-        return [], None
-    rows, ms = read
-    return rows, TierScan(tier="cold", rows=len(rows), ms=ms)
+        return [], None, []
+    rows, ms, missing = read
+    return rows, TierScan(tier="cold", rows=len(rows), ms=ms), missing
 
 
 def merge_events(

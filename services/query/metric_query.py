@@ -45,6 +45,8 @@ class MetricQuery:
     cohorts: tuple[str, ...] = ()  # cohort ids the persons must all be in
     # The persons of those cohorts once resolved (None: no cohort filter); raw rows only.
     cohort_persons: tuple[str, ...] | None = None
+    # Leave out days only in unrestored Archive files (listed as missing) instead of a 202.
+    allow_partial: bool = False
 
     @property
     def custom_metrics(self) -> tuple[str, ...]:

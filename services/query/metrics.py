@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from aiohttp import web
 from multidict import MultiMapping
@@ -47,6 +47,7 @@ from services.query.responses import (
     SeriesPoint,
     TierScan,
     json_encoder,
+    missing_ranges,
 )
 
 SOURCE_ROLLUPS = "rollups"
@@ -67,6 +68,7 @@ METRICS_PARAMS = {
     "limit",
     "source",
     "cohort",
+    "allow_partial",
 }
 
 
@@ -76,6 +78,7 @@ class MetricsAnswer:
     buckets: OutputBuckets
     cells: Cells
     tier_reads: list[TierScan] = field(default_factory=list)  # raw path: rows and ms per tier
+    missing_days: list[date] = field(default_factory=list)  # left out (allow_partial)
 
 
 def now_utc() -> datetime:
@@ -112,8 +115,8 @@ async def answer(request: web.Request, query: MetricQuery) -> MetricsAnswer:
         if query.source == SOURCE_ROLLUPS:
             raise ParamError("source", f"rollups cannot answer this exactly: {reason}")
     # Days moved to day files are read from them (archived ones: 202 with a restore job).
-    cells, tier_reads = await read_events(request.app[DEPS], query, buckets)
-    return MetricsAnswer(SOURCE_EVENTS, buckets, cells, tier_reads)
+    cells, tier_reads, missing = await read_events(request.app[DEPS], query, buckets)
+    return MetricsAnswer(SOURCE_EVENTS, buckets, cells, tier_reads, missing)
 
 
 def parse_source(query: MultiMapping[str]) -> str:
@@ -157,6 +160,7 @@ def parse_metric_query(request: web.Request, project_id: str) -> MetricQuery:
         limit=parse_int(query, "limit", 100, 1, MAX_BREAKDOWN_LIMIT),
         source=parse_source(query),
         cohorts=tuple(query.getall("cohort", [])),
+        allow_partial=parse_bool(query, "allow_partial"),
     )
 
 
@@ -178,9 +182,13 @@ def _series(query: MetricQuery, result: MetricsAnswer, key: str | None) -> list[
 async def get_metrics(request: web.Request) -> web.Response:
     """The KPIs of the authorized project (see docs/api-query.md)."""
     project_id = await authorized_project(request)
-    query = await resolve_cohort_filter(request, parse_metric_query(request, project_id))
+    query, cohort_missing = await resolve_cohort_filter(
+        request, parse_metric_query(request, project_id)
+    )
     result = await answer(request, query)
-    scanned = await fill_custom_metrics(request, query, result.buckets, result.cells)
+    scanned, custom_missing = await fill_custom_metrics(
+        request, query, result.buckets, result.cells
+    )
     breakdown = None
     if query.breakdown is not None:
         keys, truncated = ranked_keys(result.cells, query.metrics[0], query.limit)
@@ -211,5 +219,6 @@ async def get_metrics(request: web.Request) -> web.Response:
         totals=values_of(query.metrics, result.cells.get((ALL, ALL))),
         series=_series(query, result, ALL),
         breakdown=breakdown,
+        missing=missing_ranges([*cohort_missing, *result.missing_days, *custom_missing]),
     )
     return web.Response(body=json_encoder.encode(body), content_type="application/json")

@@ -45,12 +45,24 @@ METRIC_EVENT_COLUMNS: dict[str, str] = {
     **{column: "text" for column in EVENT_DIMENSIONS.values()},
 }
 COLD_EVENTS_TABLE = "metrics_cold_events"
-# `from_cold` tells which tier a row came from, for the rows-per-tier of the response.
-_HOT_EVENTS = "(SELECT e.*, false AS from_cold FROM events e)"
-_HOT_AND_COLD_EVENTS = (
-    f"(SELECT {', '.join(METRIC_EVENT_COLUMNS)}, false AS from_cold FROM events"
-    f" UNION ALL SELECT {', '.join(METRIC_EVENT_COLUMNS)}, true FROM {COLD_EVENTS_TABLE})"
-)
+
+
+def _events_source(with_cold: bool, missing: Sequence[date]) -> str:
+    """What the metric SQL reads as `events`: PostgreSQL's rows, plus the moved days' rows
+    when `with_cold`, without the `missing` days (archived, left out with allow_partial: their
+    late rows in PostgreSQL too, so a missing day is missing whole). `from_cold` tells which
+    tier a row came from, for the rows per tier of the response."""
+    hot_where = ""
+    if missing:
+        days = ",".join(d.isoformat() for d in missing)
+        hot_where = f" WHERE (ts AT TIME ZONE 'UTC')::date <> ALL('{{{days}}}'::date[])"
+    if not with_cold:
+        return f"(SELECT *, false AS from_cold FROM events{hot_where})"
+    columns = ", ".join(METRIC_EVENT_COLUMNS)
+    return (
+        f"(SELECT {columns}, false AS from_cold FROM events{hot_where}"
+        f" UNION ALL SELECT {columns}, true FROM {COLD_EVENTS_TABLE})"
+    )
 
 
 def dimension_sql(alias: str, column: str) -> str:
@@ -279,12 +291,19 @@ async def _load_moved_days(
     start: datetime,
     end: datetime,
     days: Sequence[date],
-) -> TierScan | None:
+) -> tuple[TierScan | None, list[date]]:
     """The rows of the moved `days` with start <= ts < end in COLD_EVENTS_TABLE (dropped at
     the end of the transaction), without rows PostgreSQL also holds (a late row exported into
-    a part stays in PostgreSQL until the next cold move), so every event counts once."""
-    rows, read = await read_cold_rows(
-        deps, query.project_id, days, list(METRIC_EVENT_COLUMNS), start, end
+    a part stays in PostgreSQL until the next cold move), so every event counts once; and the
+    days left out (allow_partial)."""
+    rows, read, missing = await read_cold_rows(
+        deps,
+        query.project_id,
+        days,
+        list(METRIC_EVENT_COLUMNS),
+        start,
+        end,
+        allow_partial=query.allow_partial,
     )
     started = time.perf_counter()
     columns = ", ".join(f"{c} {t}" for c, t in METRIC_EVENT_COLUMNS.items())
@@ -305,17 +324,18 @@ async def _load_moved_days(
     else:
         rows_kept = 0
     if read is None:
-        return None
+        return None, missing
     ms = round(read.ms + (time.perf_counter() - started) * 1000, 3)
-    return TierScan(tier="cold", rows=rows_kept, ms=ms)
+    return TierScan(tier="cold", rows=rows_kept, ms=ms), missing
 
 
 async def read_events(
     deps: QueryDeps, query: MetricQuery, buckets: OutputBuckets
-) -> tuple[Cells, list[TierScan]]:
+) -> tuple[Cells, list[TierScan], list[date]]:
     """Counters per (bucket, breakdown value) and their totals from raw rows, whichever tier
-    holds them, and the rows and time per tier read. Raises ArchivedDaysError when a moved
-    day is only in unrestored Archive files."""
+    holds them, the rows and time per tier read, and the days left out. Raises
+    ArchivedDaysError when a moved day is only in unrestored Archive files, unless the query
+    allows a partial answer (those days are then left out)."""
     cells: Cells = {}
     start, end = buckets.bounds[0], buckets.bounds[-1]
     # One transaction: the temporary table of moved rows lives until its end.
@@ -325,11 +345,11 @@ async def read_events(
             # Session counters read the events of sessions starting in the window.
             reach = end + await _session_reach(conn, query)
         days = await moved_days(deps, query.project_id, start, reach)
-        events = _HOT_EVENTS
-        cold = None
+        cold: TierScan | None = None
+        missing: list[date] = []
         if days:
-            cold = await _load_moved_days(conn, deps, query, start, reach, days)
-            events = _HOT_AND_COLD_EVENTS
+            cold, missing = await _load_moved_days(conn, deps, query, start, reach, days)
+        events = _events_source(bool(days), missing)
         hot_started = time.perf_counter()
         hot_rows = 0
         if query.wants_event_counters:
@@ -344,4 +364,4 @@ async def read_events(
     tiers = [TierScan(tier="hot", rows=hot_rows, ms=hot_ms)]
     if cold is not None:
         tiers.append(cold)
-    return cells, tiers
+    return cells, tiers, missing

@@ -156,6 +156,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             INCLUDE_BOTS,
             Param("limit", "Most breakdown values returned, 1-1000 (default 100).", _INT),
             SOURCE,
+            Param("cohort", "Cohort id the persons must be in; repeat for more.", repeatable=True),
+            Param(
+                "allow_partial",
+                "Leave out days archived and not restored (listed in `missing`) instead of "
+                "answering 202 with a restore job.",
+                _BOOL,
+            ),
         ),
         MetricsResponse,
     ),
@@ -299,16 +306,23 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
 )
 
-# Issue 3's analyses (docs/analytics.md): JSON bodies in, JSON out.
+# Issue 3's analyses (docs/analytics.md): JSON bodies in, JSON out. A request needing archived
+# days not restored answers 202 with a restore job, unless its body has allow_partial=true:
+# then the answer covers the readable days and `missing` lists the others.
 _COHORT_ID = Param("cohort_id", "Cohort id.", where="path")
 _METRIC_ID = Param("metric_id", "Metric definition id.", where="path")
+_ANALYSIS_PARTIAL = (
+    " Days archived and not restored: 202 with a restore job (docs/tiering.md), or with "
+    "`allow_partial: true` the answer over the readable days and `missing` day ranges."
+)
 ANALYSIS_ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "/api/v1/analytics/funnels",
         "Funnel",
         "Persons reaching each of 2-20 steps (ordered, strict or unordered) within a conversion "
         "window, conversion and drop-off per step, median and average time between steps, an "
-        "optional breakdown, and a page of the persons who converted or dropped at a step.",
+        "optional breakdown, and a page of the persons who converted or dropped at a step."
+        + _ANALYSIS_PARTIAL,
         (PROJECT,),
         FunnelResponse,
         method="post",
@@ -318,7 +332,7 @@ ANALYSIS_ENDPOINTS: tuple[Endpoint, ...] = (
         "/api/v1/analytics/retention",
         "Retention",
         "The cohort x period matrix: persons who did the start event in a period (every period, "
-        "or their first-ever) and the return event k periods later.",
+        "or their first-ever) and the return event k periods later." + _ANALYSIS_PARTIAL,
         (PROJECT,),
         RetentionResponse,
         method="post",
@@ -328,7 +342,8 @@ ANALYSIS_ENDPOINTS: tuple[Endpoint, ...] = (
         "/api/v1/analytics/paths",
         "Paths",
         "Step-indexed paths of pageviews and/or custom events within sessions: nodes, the top "
-        "edges by paths taking them, drop-offs; cleaning rules, start and end points.",
+        "edges by paths taking them, drop-offs; cleaning rules, start and end points."
+        + _ANALYSIS_PARTIAL,
         (PROJECT,),
         PathsResponse,
         method="post",
@@ -339,7 +354,7 @@ ANALYSIS_ENDPOINTS: tuple[Endpoint, ...] = (
         "Experiment results",
         "Per variant of an A/B test: exposures, conversions or mean of the goal after exposure, "
         "lift against control with 95% CIs, p-value (z-test or Welch), probability to be best, "
-        "and a sample-ratio-mismatch check.",
+        "and a sample-ratio-mismatch check." + _ANALYSIS_PARTIAL,
         (PROJECT,),
         ExperimentResponse,
         method="post",

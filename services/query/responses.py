@@ -3,7 +3,8 @@ OpenAPI document's schemas are generated from."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Iterable
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -60,6 +61,8 @@ class MetricsResponse(msgspec.Struct, kw_only=True):
     breakdown: Breakdown | None = None
     # The raw-event path's rows and milliseconds per tier read (empty when rollups answered).
     tier_reads: list[TierScan] = msgspec.field(default_factory=list)
+    # Archived days left out (allow_partial=true only): the answer covers the other days.
+    missing: list[MissingRange] = msgspec.field(default_factory=list)
 
 
 class ReportHeader(msgspec.Struct, kw_only=True):
@@ -226,3 +229,21 @@ class Health(msgspec.Struct, kw_only=True):
 
 
 json_encoder = msgspec.json.Encoder()
+
+
+class MissingRange(msgspec.Struct, kw_only=True):
+    """Consecutive UTC days left out of an answer (allow_partial): archived, not restored."""
+
+    first_day: date
+    last_day: date
+
+
+def missing_ranges(days: Iterable[date]) -> list[MissingRange]:
+    """`days` as ranges of consecutive days, in order."""
+    ranges: list[MissingRange] = []
+    for day in sorted(set(days)):
+        if ranges and ranges[-1].last_day + timedelta(days=1) == day:
+            ranges[-1].last_day = day
+        else:
+            ranges.append(MissingRange(first_day=day, last_day=day))
+    return ranges

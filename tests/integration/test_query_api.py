@@ -201,8 +201,8 @@ BAD_PARAMS: list[tuple[str, dict[str, str] | list[tuple[str, str]], str, str]] =
         "metrics",
         {"filters": "country:DE"},
         "filters",
-        "unknown parameter (this endpoint takes breakdown, cohort, filter, from, include_bots, interval,"
-        " limit, metrics, project, source, timezone, to)",
+        "unknown parameter (this endpoint takes allow_partial, breakdown, cohort, filter, from,"
+        " include_bots, interval, limit, metrics, project, source, timezone, to)",
     ),
     (
         "sources",
@@ -527,6 +527,8 @@ async def test_openapi_describes_every_route_and_ops_endpoints_answer(
             "include_bots",
             "limit",
             "source",
+            "cohort",
+            "allow_partial",
         }
         assert "MetricsResponse" in schemas and "from" in schemas["MetricsResponse"]["properties"]
 

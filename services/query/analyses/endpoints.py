@@ -168,6 +168,7 @@ class Analysis:
                 CohortRef(id=v.id, version=v.version, persons=members.num_rows)
                 for v, members in self.cohort_members
             ],
+            "missing": self.scans.missing(),
         }
 
 
@@ -176,7 +177,13 @@ async def _begin(request: web.Request, body: AnalysisRequest, project_id: str) -
     window = parse_range(body, now)
     filters = parse_body_filters(body)
     deps = request.app[DEPS]
-    scans = RequestScans(scan_opener(request.app), deps, project_id, body.include_bots)
+    scans = RequestScans(
+        scan_opener(request.app),
+        deps,
+        project_id,
+        body.include_bots,
+        allow_partial=body.allow_partial,
+    )
     analysis = Analysis(project_id, window, filters, body, scans, deps.pool, now, [])
     try:
         analysis.cohort_members = await cohort_tables(scans, deps.pool, body.cohorts, now)

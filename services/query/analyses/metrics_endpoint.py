@@ -5,7 +5,7 @@ event scan per output bucket and breakdown value, so every tier can answer them)
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import pyarrow as pa
 from aiohttp import web
@@ -26,32 +26,41 @@ from services.query.metric_query import Cells, Counters, MetricQuery
 from services.query.params import ParamError
 
 
-async def resolve_cohort_filter(request: web.Request, query: MetricQuery) -> MetricQuery:
-    """The query with `cohort_persons` set to the persons in all of its cohorts."""
+async def resolve_cohort_filter(
+    request: web.Request, query: MetricQuery
+) -> tuple[MetricQuery, list[date]]:
+    """The query with `cohort_persons` set to the persons in all of its cohorts, and the days
+    the cohorts' scans left out (allow_partial)."""
     if not query.cohorts:
-        return query
+        return query, []
     deps = request.app[DEPS]
     async with RequestScans(
-        scan_opener(request.app), deps, query.project_id, query.include_bots
+        scan_opener(request.app),
+        deps,
+        query.project_id,
+        query.include_bots,
+        allow_partial=query.allow_partial,
     ) as scans:
         try:
             members = await cohort_tables(scans, deps.pool, list(query.cohorts), datetime.now(UTC))
         except ParamError as exc:
             raise ParamError("cohort", exc.problem) from None
+        missing = scans.missing_days()
     persons: set[str] | None = None
     for _, table in members:
         ids = set(table.column("person_id").to_pylist())
         persons = ids if persons is None else persons & ids
-    return dataclasses.replace(query, cohort_persons=tuple(sorted(persons or ())))
+    return dataclasses.replace(query, cohort_persons=tuple(sorted(persons or ()))), missing
 
 
 async def fill_custom_metrics(
     request: web.Request, query: MetricQuery, buckets: OutputBuckets, cells: Cells
-) -> list[str]:
-    """Put every `metric:<id>` value into `cells`; returns the storage tiers read."""
+) -> tuple[list[str], list[date]]:
+    """Put every `metric:<id>` value into `cells`; returns the storage tiers read and the days
+    left out (allow_partial)."""
     names = query.custom_metrics
     if not names:
-        return []
+        return [], []
     deps = request.app[DEPS]
     definitions: dict[str, MetricDefinition] = {}
     for name in names:
@@ -60,7 +69,11 @@ async def fill_custom_metrics(
         )
     start, end = buckets.bounds[0], buckets.bounds[-1]
     async with RequestScans(
-        scan_opener(request.app), deps, query.project_id, query.include_bots
+        scan_opener(request.app),
+        deps,
+        query.project_id,
+        query.include_bots,
+        allow_partial=query.allow_partial,
     ) as scans:
         persons = any(metric_needs_persons(d) for d in definitions.values())
         scan = await scans.open(start, end, with_persons=persons)
@@ -83,7 +96,8 @@ async def fill_custom_metrics(
             lambda: run_custom_metrics(con, definitions, scope, buckets.bounds, query.breakdown)
         )
         tiers = [t.tier for t in scans.tiers()]
+        missing = scans.missing_days()
     for key, values in result.values.items():
         cell = cells.setdefault(key, Counters())
         cell.custom.update(values)
-    return tiers
+    return tiers, missing

@@ -44,6 +44,9 @@ class AnalysisRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     filters: list[str] = []
     include_bots: bool = False
     cohorts: list[str] = []
+    # Answer from the readable days when some are archived and not restored (listed in the
+    # response's `missing`) instead of 202 with a restore job.
+    allow_partial: bool = False
 
 
 class WindowSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 
 from services.query.analyses.scans import TierUsage
+from services.query.responses import MissingRange
 
 
 class AnalysisHeader(msgspec.Struct, kw_only=True):
@@ -19,6 +20,8 @@ class AnalysisHeader(msgspec.Struct, kw_only=True):
     filters: list[str]
     include_bots: bool
     cohorts: list[CohortRef]
+    # Archived days left out (allow_partial=true only): the answer covers the other days.
+    missing: list[MissingRange] = []
 
 
 class CohortRef(msgspec.Struct, kw_only=True):

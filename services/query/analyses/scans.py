@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import date, datetime
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
@@ -16,6 +16,7 @@ from aiohttp import web
 
 from services.query.dependencies import QueryDeps
 from services.query.event_scan import open_scan
+from services.query.responses import MissingRange, missing_ranges
 
 T = TypeVar("T")
 
@@ -34,10 +35,13 @@ class ScanLike(Protocol):
     @property
     def tiers(self) -> list[Any]: ...
 
+    @property
+    def missing_days(self) -> list[date]: ...
+
     def close(self) -> None: ...
 
 
-# (deps, project_id, start, end, *, include_bots, with_persons) -> an open scan
+# (deps, project_id, start, end, *, include_bots, with_persons, allow_partial) -> an open scan
 ScanOpener = Callable[..., Awaitable[ScanLike]]
 SCAN_OPENER = web.AppKey("analysis_scan_opener", object)
 
@@ -56,20 +60,31 @@ def scan_opener(app: web.Application) -> ScanOpener:
 
 
 class RequestScans:
-    """Every scan one request opens; `async with` closes them all, even on errors."""
+    """Every scan one request opens; `async with` closes them all, even on errors.
+    `allow_partial`: days only in unrestored Archive files are left out of the scans (and
+    listed by `missing`) instead of raising ArchivedDaysError."""
 
     def __init__(
-        self, opener: ScanOpener, deps: QueryDeps, project_id: str, include_bots: bool
+        self,
+        opener: ScanOpener,
+        deps: QueryDeps,
+        project_id: str,
+        include_bots: bool,
+        *,
+        allow_partial: bool = False,
     ) -> None:
         self._opener = opener
         self._deps = deps
         self.project_id = project_id
         self.include_bots = include_bots
+        self.allow_partial = allow_partial
         self._open: list[ScanLike] = []
+        self._missing: set[date] = set()
 
     async def open(self, start: datetime, end: datetime, *, with_persons: bool = True) -> ScanLike:
         """The project's events with start <= ts < end as `events_scan` (plus `persons`)."""
-        # ArchivedDaysError propagates: the app answers 202 with a restore job for the days.
+        # ArchivedDaysError propagates (without allow_partial): the app answers 202 with a
+        # restore job for the days.
         scan = await self._opener(
             self._deps,
             self.project_id,
@@ -77,9 +92,19 @@ class RequestScans:
             end,
             include_bots=self.include_bots,
             with_persons=with_persons,
+            allow_partial=self.allow_partial,
         )
         self._open.append(scan)
+        self._missing.update(scan.missing_days)
         return scan
+
+    def missing_days(self) -> list[date]:
+        """The days the request's scans left out (allow_partial only)."""
+        return sorted(self._missing)
+
+    def missing(self) -> list[MissingRange]:
+        """`missing_days` as ranges of consecutive days."""
+        return missing_ranges(self._missing)
 
     def tiers(self) -> list[TierUsage]:
         """Rows and time per tier over every scan of the request."""
