@@ -485,7 +485,6 @@ _KEY_ATTRIBUTES = tuple(c for c in _CONTRIBUTION if c not in _COUNTERS)
 # Ties on equal timestamps are broken by event id in code-point order, as a recomputation in
 # Python sorts them.
 _EVENT_ORDER = 'ts, event_id COLLATE "C"'
-_EVENT_ORDER_DESC = 'ts DESC, event_id COLLATE "C" DESC'
 _NEW_OR_EARLIER = "o.session_id IS NULL OR f.ts < o.start_ts"
 # Each session counts once per dimension: in the total, and under its value of each dimension.
 _SESSION_DIMENSION_VALUES = "unnest(ARRAY[{}], ARRAY[{}]) AS d(dim, value)".format(
@@ -507,19 +506,23 @@ _STAYS = " AND ".join(
 _APPLY_SESSIONS = f"""
 WITH ev AS (
     SELECT * FROM {_json_rows_sql(_SESSION_EVENT_ROW, _SESSION_EVENT_TYPES)} j
-), batch AS (
-    SELECT project_id, session_id,
-        count(*)::int AS events,
-        (count(*) FILTER (WHERE NOT non_interactive))::int AS interactive_events,
-        (count(*) FILTER (WHERE name = $2))::int AS pageviews,
-        max(ts) AS end_ts,
-        (array_agg(user_id ORDER BY {_EVENT_ORDER}) FILTER (WHERE user_id <> ''))[1]
-            AS first_user,
-        min(ts) FILTER (WHERE name = $2) AS entry_ts,
-        (array_agg(path ORDER BY {_EVENT_ORDER}) FILTER (WHERE name = $2))[1] AS entry_path,
-        max(ts) FILTER (WHERE name = $2) AS exit_ts,
-        (array_agg(path ORDER BY {_EVENT_ORDER_DESC}) FILTER (WHERE name = $2))[1] AS exit_path
-    FROM ev GROUP BY project_id, session_id
+), batch AS (  -- one sort of the events serves every ordered aggregate
+    SELECT project_id, session_id, events, interactive_events, pageviews, end_ts, first_user,
+        entry_ts, pageview_paths[1] AS entry_path,
+        exit_ts, pageview_paths[cardinality(pageview_paths)] AS exit_path
+    FROM (
+        SELECT project_id, session_id,
+            count(*)::int AS events,
+            (count(*) FILTER (WHERE NOT non_interactive))::int AS interactive_events,
+            (count(*) FILTER (WHERE name = $2))::int AS pageviews,
+            max(ts) AS end_ts,
+            (array_agg(user_id ORDER BY {_EVENT_ORDER}) FILTER (WHERE user_id <> ''))[1]
+                AS first_user,
+            min(ts) FILTER (WHERE name = $2) AS entry_ts,
+            max(ts) FILTER (WHERE name = $2) AS exit_ts,
+            array_agg(path ORDER BY {_EVENT_ORDER}) FILTER (WHERE name = $2) AS pageview_paths
+        FROM ev GROUP BY project_id, session_id
+    ) a
 ), first AS (
     SELECT DISTINCT ON (project_id, session_id) *
     FROM ev ORDER BY project_id, session_id, {_EVENT_ORDER}
