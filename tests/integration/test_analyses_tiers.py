@@ -21,7 +21,7 @@ from tests.integration.test_analyses_api import post_json
 from tests.support.analysis_events import Ev
 from tests.support.analytics_dataset import generate_events
 from tests.support.project import TestProject
-from tests.support.query_app import query_client
+from tests.support.query_app import get_json, query_client
 from tests.support.reference_analytics import ref_funnel, ref_paths, ref_retention
 from tests.support.tier_layouts import LAYOUTS, tier_layout
 
@@ -168,3 +168,69 @@ async def test_analyses_answer_the_same_in_every_tier_layout(
     assert got_edges == edges
     shown = {(n["step"], n["name"]): (n["count"], n["drop_offs"]) for n in paths["nodes"]}
     assert shown == {k: v for k, v in nodes.items() if k in shown}
+
+
+def quiet_bounds(events: list[Ev]) -> tuple[datetime, datetime]:
+    """A range whose ends fall strictly between two events, so no inclusive/exclusive boundary
+    question can change the expected answers."""
+    times = sorted({e.ts for e in events})
+    lo = next(i for i, t in enumerate(times) if t >= FROM)
+    hi = next(i for i, t in enumerate(times) if t >= TO)
+    return times[lo - 1] + (times[lo] - times[lo - 1]) / 2, times[hi - 1] + (
+        times[hi] - times[hi - 1]
+    ) / 2
+
+
+@pytest.mark.parametrize("layout_name", LAYOUTS)
+async def test_cohorts_and_custom_metrics_answer_the_same_in_every_tier_layout(
+    pool: asyncpg.Pool,
+    nats_url: str,
+    subjects: Subjects,
+    project: TestProject,
+    tmp_path: Path,
+    layout_name: str,
+) -> None:
+    events = generate_events("acme", FIRST_DAY, DAYS, devices=60, seed=5)
+    reference = [e for e in scan_events(events) if not e.is_bot]
+    start, end = quiet_bounds(reference)
+    in_range = [e for e in reference if start <= e.ts < end]
+    signed_up = sorted({e.person for e in in_range if e.name == "signup"})
+    clickers = {e.person for e in in_range if e.name == "click"}
+    assert signed_up and clickers
+    span = {"from": start.isoformat(), "to": end.isoformat()}
+    async with tier_layout(layout_name, pool, events, tmp_path) as layout:
+        async with query_client(pool, nats_url, subjects, scan_engine=layout.engine) as client:
+            key = project.read_key
+            cohort = {
+                "id": "signed-up",
+                "name": "Signed up",
+                "definition": {"type": "behavioral", "event": "signup", **span},
+            }
+            status, body = await post_json(client, f"{API}/cohorts", key, cohort)
+            assert status == 201, body
+            status, body = await get_json(
+                client, f"{API}/cohorts/signed-up/persons", key, {"limit": "1000"}
+            )
+            assert status == 200, body
+            assert body["person_ids"] == signed_up
+
+            metric = {
+                "id": "clickers",
+                "name": "Clickers",
+                "definition": {"kind": "unique_persons", "event": "click"},
+            }
+            status, body = await post_json(client, f"{API}/metric-definitions", key, metric)
+            assert status == 201, body
+            status, body = await get_json(
+                client, f"{API}/metrics", key, {**span, "metrics": "metric:clickers"}
+            )
+            assert status == 200, body
+            assert body["totals"]["metric:clickers"] == len(clickers)
+            status, body = await get_json(
+                client,
+                f"{API}/metrics",
+                key,
+                {**span, "metrics": "metric:clickers", "cohort": "signed-up"},
+            )
+            assert status == 200, body
+            assert body["totals"]["metric:clickers"] == len(clickers & set(signed_up))
