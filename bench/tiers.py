@@ -341,16 +341,45 @@ async def run(
         funnel = _funnel()
         engine = ScanEngine(DayFileCache(cache_dir, 8 * 1024**3, store))
         deps = ScanDeps(pool, engine)
-        funnels = {"hot_90_cold_30": await timed_funnel(deps, funnel, start, end, runs)}
-        print(f"   funnel 90 hot + 30 cold {funnels['hot_90_cold_30']}", flush=True)
+        # Before the tiering service's first export the hot days have no day files yet, so the
+        # scan reads them from PostgreSQL: the worst case, only seen right after a backfill.
+        funnels = {
+            "hot_90_without_day_files_cold_30": await timed_funnel(deps, funnel, start, end, runs)
+        }
+        print(f"   funnel 90 hot (no day files yet) + 30 cold {funnels}", flush=True)
+        # The steady state: every closed day is exported within the export grace period, so
+        # the 90 hot days are read from their day files (PostgreSQL still holds them).
+        rest = [d for d in all_days if d not in cold_days]
+        hot_export_started = time.perf_counter()
+        hot_export = await export_pending_days(
+            pool, store, settings, grace=timedelta(0), projects=[PROJECT], days=rest
+        )
+        hot_export_s = time.perf_counter() - hot_export_started
+        if hot_export.failures:
+            raise RuntimeError(f"export failed: {hot_export.failures}")
+        funnels["hot_90_with_day_files_cold_30"] = await timed_funnel(
+            deps, funnel, start, end, runs
+        )
+        print(
+            f"   funnel 90 hot (with day files) + 30 cold "
+            f"{funnels['hot_90_with_day_files_cold_30']}",
+            flush=True,
+        )
 
         figures["erasure_one_person"] = await erase_one_person(
             pool, store, settings, deps, typical_person(persons), (start, end)
         )
         print(f"   erasure {figures['erasure_one_person']}", flush=True)
 
-        rest = [d for d in all_days if d not in cold_days]
         moves["remaining_90_days"] = await cold_move(pool, store, settings, rest, 0)
+        # Their export ran before the steady-state funnel: count it in the move's throughput.
+        remaining = moves["remaining_90_days"]
+        remaining["rows_exported"] += hot_export.rows
+        remaining["export_verify_s"] = round(remaining["export_verify_s"] + hot_export_s, 2)
+        remaining["rows_per_s"] = round(
+            remaining["rows_dropped_from_postgres"]
+            / (remaining["export_verify_s"] + remaining["drop_s"])
+        )
         print(f"   cold move {moves['remaining_90_days']}", flush=True)
         moved_rows = sum(m["rows_dropped_from_postgres"] for m in moves.values())
         moved_s = sum(m["export_verify_s"] + m["drop_s"] for m in moves.values())
