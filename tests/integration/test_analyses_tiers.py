@@ -234,3 +234,81 @@ async def test_cohorts_and_custom_metrics_answer_the_same_in_every_tier_layout(
             )
             assert status == 200, body
             assert body["totals"]["metric:clickers"] == len(clickers & set(signed_up))
+
+
+def with_exposures(events: list[EventV1]) -> list[EventV1]:
+    """Add an exposure to experiment 'exp' (variant by device parity) one second after each
+    device's third event, so exposures fall on every day of the dataset."""
+    seen: dict[str, int] = {}
+    extra = []
+    for ev in sorted(events, key=lambda e: (e.ts, e.event_id)):
+        seen[ev.distinct_id] = seen.get(ev.distinct_id, 0) + 1
+        if seen[ev.distinct_id] == 3 and not ev.is_bot:
+            variant = "b" if int(ev.distinct_id.rsplit("-", 1)[1]) % 2 else "a"
+            extra.append(
+                msgspec.structs.replace(
+                    ev,
+                    event_id=f"exposure-{ev.event_id}",
+                    type="track",
+                    name="$experiment_exposure",
+                    ts=ev.ts + timedelta(seconds=1),
+                    properties={"experiment": "exp", "variant": variant},
+                    non_interactive=True,
+                )
+            )
+    return events + extra
+
+
+@pytest.mark.parametrize("layout_name", LAYOUTS)
+async def test_experiments_answer_the_same_in_every_tier_layout(
+    pool: asyncpg.Pool,
+    nats_url: str,
+    subjects: Subjects,
+    project: TestProject,
+    tmp_path: Path,
+    layout_name: str,
+) -> None:
+    events = with_exposures(generate_events("acme", FIRST_DAY, DAYS, devices=60, seed=5))
+    reference = [e for e in scan_events(events) if not e.is_bot]
+    start, end = quiet_bounds(reference)
+    in_range = sorted(
+        (e for e in reference if start <= e.ts < end), key=lambda e: (e.ts, e.event_id)
+    )
+    first_exposure: dict[str, tuple[datetime, str]] = {}
+    for e in in_range:
+        if e.name == "$experiment_exposure" and e.person not in first_exposure:
+            first_exposure[e.person] = (e.ts, str(e.properties["variant"]))
+    converted = {
+        e.person
+        for e in in_range
+        if e.name == "signup" and e.person in first_exposure and e.ts >= first_exposure[e.person][0]
+    }
+    expected = {
+        v: (
+            sum(1 for _, var in first_exposure.values() if var == v),
+            sum(1 for p, (_, var) in first_exposure.items() if var == v and p in converted),
+        )
+        for v in ("a", "b")
+    }
+    assert all(n > 0 for n, _ in expected.values()) and converted
+    request = {
+        "from": start.isoformat(),
+        "to": end.isoformat(),
+        "experiment": "exp",
+        "control": "a",
+        "variants": ["a", "b"],
+        "exposure": {
+            "event": "$experiment_exposure",
+            "experiment_property": "experiment",
+            "variant_property": "variant",
+        },
+        "goal": {"metric": {"kind": "unique_persons", "event": "signup"}},
+    }
+    async with tier_layout(layout_name, pool, events, tmp_path) as layout:
+        async with query_client(pool, nats_url, subjects, scan_engine=layout.engine) as client:
+            status, body = await post_json(
+                client, f"{API}/experiments/analyze", project.read_key, request
+            )
+    assert status == 200, body
+    got = {v["variant"]: (v["exposures"], v["conversions"]) for v in body["variants"]}
+    assert got == expected
