@@ -46,3 +46,8 @@ k8s:
 # Rebuild the browser tracker's minified script (services/ingest/tracker/strata.min.js)
 tracker:
     sh services/ingest/tracker/build.sh
+
+# Rebuild the bundle of Segment's analytics-next used by the compatibility test
+# (tests/support/analytics_js/analytics-next.iife.js)
+analytics-js:
+    sh tests/support/analytics_js/build.sh
