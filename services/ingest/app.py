@@ -92,7 +92,9 @@ _CORS = {
 _PREFLIGHT = {
     **_CORS,
     "Access-Control-Allow-Methods": "POST, OPTIONS",
-    "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding",
+    # X-Retry-Count: analytics.js marks its retries with it; refusing it in the preflight would
+    # make the browser drop every retried event.
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding, X-Retry-Count",
     "Access-Control-Max-Age": "86400",
 }
 _MISSING_KEY = (
@@ -524,6 +526,8 @@ def build_app(settings: IngestSettings, deps: IngestDeps) -> web.Application:
     app[INGEST_API] = api
     routes: list[tuple[str, Callable[[web.Request], Awaitable[web.Response]]]] = [
         ("/v1/batch", api.segment_batch),
+        # analytics.js's batching delivery posts the same batch body to `<apiHost>/b`.
+        ("/v1/b", api.segment_batch),
         (ANALYTICS_EVENTS_PATH, api.analytics_event),
         (ANALYTICS_EVENTS_BATCH_PATH, api.analytics_batch),
     ]

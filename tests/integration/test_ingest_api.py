@@ -848,6 +848,16 @@ async def test_cors_preflight_allows_browsers(ingest: Ingest, route: str) -> Non
     assert response.headers["Access-Control-Allow-Origin"] == "*"
     assert "POST" in response.headers["Access-Control-Allow-Methods"]
     assert "Content-Type" in response.headers["Access-Control-Allow-Headers"]
+    # analytics.js retries carry X-Retry-Count: a preflight refusing it loses those events.
+    assert "X-Retry-Count" in response.headers["Access-Control-Allow-Headers"]
+
+
+async def test_analytics_js_batching_path_takes_a_batch(ingest: Ingest) -> None:
+    key = ingest.project.write_key
+    body = {"writeKey": key, "batch": [{"type": "track", "anonymousId": "a", "event": "E"}] * 2}
+    response = await ingest.post("/v1/b", body, headers={"X-Retry-Count": "1"})
+    assert response.status == 200, await response.text()
+    assert len(await ingest.raw_events()) == 2
 
 
 async def test_browser_requests_use_the_http_user_agent(ingest: Ingest) -> None:
