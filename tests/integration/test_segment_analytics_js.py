@@ -17,11 +17,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from nats.js import JetStreamContext
-from playwright.async_api import Browser, BrowserContext, Page, Request, async_playwright
+from playwright.async_api import Browser, BrowserContext, Page, Request
 
 from libs.common.schemas.events_v1 import EventV1
 from libs.common.subjects import Subjects
-from tests.support.browser import CHROMIUM_ARGS, ensure_chromium
+from tests.support.browser import VISITOR_AGENT, visitor_browser
 from tests.support.project import TestProject
 from tests.support.tracker import RunningIngest, start_ingest
 
@@ -29,11 +29,6 @@ pytestmark = pytest.mark.infra
 
 ANALYTICS_NEXT_BUNDLE = (
     Path(__file__).resolve().parents[1] / "support" / "analytics_js" / "analytics-next.iife.js"
-)
-# A desktop Chrome's agent: HeadlessChrome's own would be flagged as a bot.
-VISITOR_AGENT = (
-    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)"
-    " Chrome/156.0.0.0 Safari/537.36"
 )
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 
@@ -122,15 +117,8 @@ async def shop(
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    chromium = str(ensure_chromium())
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=chromium, args=[*CHROMIUM_ARGS, f"--user-agent={VISITOR_AGENT}"]
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    async with visitor_browser() as launched:
+        yield launched
 
 
 class OffMachineRequests:

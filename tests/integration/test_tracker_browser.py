@@ -14,12 +14,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from nats.js import JetStreamContext
-from playwright.async_api import Browser, BrowserContext, Page, Route, async_playwright
+from playwright.async_api import Browser, BrowserContext, Page, Route
 
 from libs.common.schemas.events_v1 import EventV1
 from libs.common.subjects import Subjects
 from services.ingest.cookieless import salts_bucket
-from tests.support.browser import CHROMIUM_ARGS, ensure_chromium
+from tests.support.browser import VISITOR_AGENT, ensure_chromium, visitor_browser
 from tests.support.project import TestProject
 from tests.support.query_app import get_json, query_client
 from tests.support.services import ServiceProcess, free_port, service_env
@@ -27,12 +27,6 @@ from tests.support.tracker import PARTITIONS, RunningIngest, start_ingest
 
 pytestmark = pytest.mark.infra
 
-# A desktop Chrome's agent: HeadlessChrome's own would be flagged as a bot, which is right for
-# crawlers but not what these tests model.
-VISITOR_AGENT = (
-    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)"
-    " Chrome/156.0.0.0 Safari/537.36"
-)
 # Calls made before t.js loads are queued by this stub (docs/tracker.md).
 QUEUE_STUB = (
     "window.strata=window.strata||[];['track','page','identify','reset','consent']"
@@ -137,16 +131,8 @@ def chromium_path() -> str:
 
 @pytest.fixture
 async def browser(chromium_path: str) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            # Browser-wide too: beacons sent while a page unloads use the browser's agent.
-            executable_path=chromium_path,
-            args=[*CHROMIUM_ARGS, f"--user-agent={VISITOR_AGENT}"],
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    async with visitor_browser() as launched:
+        yield launched
 
 
 @pytest.fixture

@@ -7,9 +7,12 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from playwright.async_api import Browser, async_playwright
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -21,6 +24,13 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-sync",
 ]
+
+# A desktop Chrome's agent: HeadlessChrome's own would be flagged as a bot, which is right for
+# crawlers but not what these tests model.
+VISITOR_AGENT = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)"
+    " Chrome/156.0.0.0 Safari/537.36"
+)
 
 
 def _progress(message: str) -> None:
@@ -55,3 +65,18 @@ def ensure_chromium() -> Path:
         pytest.fail("apt-get installed chromium but /usr/bin/chromium is missing", pytrace=False)
     _progress("chromium installed")
     return CHROMIUM
+
+
+@asynccontextmanager
+async def visitor_browser() -> AsyncIterator[Browser]:
+    """Headless Chromium with a visitor's agent set browser-wide (beacons sent while a page
+    unloads use the browser's agent, not a context's)."""
+    chromium = str(ensure_chromium())
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=chromium, args=[*CHROMIUM_ARGS, f"--user-agent={VISITOR_AGENT}"]
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
