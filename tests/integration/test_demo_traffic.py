@@ -72,7 +72,8 @@ async def test_demo_backfill_is_accepted_whole_and_published_once(
             with pytest.raises(
                 DemoError, match="refused the write key of project 'demo' \\(401\\)"
             ):
-                await send_backfill(iter_backfill(DemoPlan(days=1, projects=("demo",))), bad)
+                # Two days: a one-day plan just after midnight UTC holds no visits.
+                await send_backfill(iter_backfill(DemoPlan(days=2, projects=("demo",))), bad)
     finally:
         ingest.stop()
 
