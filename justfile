@@ -1,4 +1,4 @@
-# Strata's entry points. Run through ./just, which installs .venv on first use.
+# Strata's entry points. Run through ./just, which installs .venv from uv.lock on first use.
 
 set positional-arguments
 
@@ -7,33 +7,46 @@ default:
 
 # Run the whole stack in the foreground (embedded NATS + PostgreSQL unless NATS_URL/DATABASE_URL set)
 up *args:
-    strata up "$@"
+    @exec strata up "$@"
 
 # Stream demo traffic into a running stack (reads $STRATA_DATA_DIR/dev.json)
 demo *args:
-    strata demo "$@"
+    @exec strata demo "$@"
 
 # Apply database migrations to DATABASE_URL
 migrate:
-    strata migrate
+    @strata migrate
 
 # The whole test suite against real NATS JetStream and PostgreSQL (started on demand)
 test *args:
-    python -m pytest -q -p no:cacheprovider "$@"
+    @python -m pytest -q -p no:cacheprovider "$@"
+
+# The tests that need neither NATS nor PostgreSQL (seconds, for the inner loop)
+test-fast *args:
+    @python -m pytest -q -p no:cacheprovider -m "not infra" "$@"
 
 # Lint and format check
 lint:
     ruff check .
     ruff format --check .
 
-# Static types (strict on libs/common)
+# Static types (strict on every package of libs/, services/, strata_cli/ and strata_dev/)
 typecheck:
     mypy
 
+# What CI gates: lint, format, types, then the whole test suite
+ci: lint typecheck test
+
+# Re-lock after editing pyproject.toml; `just lock --upgrade` moves every pin to the newest
+# release (`--upgrade-package NAME`: one). Commit uv.lock + requirements-uv.txt on their own.
+lock *args:
+    uv lock "$@"
+    uv export --frozen --only-group uv --no-emit-project --no-header --format requirements-txt --quiet -o requirements-uv.txt
+
 # Benchmarks: prints figures and writes bench/results/latest.json
 bench *args:
-    python -c "import chdb" 2>/dev/null || python -m pip install -q -e '.[dev,bench]'
-    python -m bench "$@"
+    @uv sync --frozen --quiet --group bench
+    @python -m bench "$@"
 
 # Regenerate the JSON Schemas of the wire types (docs/schemas) from the msgspec Structs
 schemas:

@@ -272,7 +272,7 @@ def run_benchmark(
     profile_lines: int = 30,
 ) -> dict[str, Any]:
     """Generate the traffic, write it, return the figures (and print a profile if asked)."""
-    from libs.common.embedded import EmbeddedPostgres
+    from strata_dev.embedded import EmbeddedPostgres
 
     with tempfile.TemporaryDirectory(prefix="strata-bench-aggregator-") as tmp:
         server = None

@@ -343,7 +343,7 @@ def run_benchmark(events: int = 500_000, days: int = 35) -> dict[str, Any]:
         server = None
         url = os.environ.get("DATABASE_URL")
         if not url:
-            from libs.common.embedded import EmbeddedPostgres
+            from strata_dev.embedded import EmbeddedPostgres
 
             server = EmbeddedPostgres(work / "pg").start()
             url = server.url.rsplit("/", 1)[0] + "/strata_bench"

@@ -186,7 +186,7 @@ def run_benchmark(
     """Run the benchmark; returns the figures (events/s accepted, requests, errors, RSS)."""
     import psutil
 
-    from libs.common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+    from strata_dev.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
     with tempfile.TemporaryDirectory(prefix="strata-bench-ingest-") as tmp:
         servers: list[Any] = []

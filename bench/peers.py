@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from libs.common.embedded import EmbeddedPostgres
+from strata_dev.embedded import EmbeddedPostgres
 
 # One table shaped like Umami's website_event, with the indexes its queries use.
 PEER_TABLE = """

@@ -35,7 +35,7 @@ import asyncpg
 import psutil
 
 from bench.ingest_gateway import batch_template
-from libs.common.embedded import free_port
+from strata_dev.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 100
@@ -279,7 +279,7 @@ def run_benchmark(seconds: float = 30.0) -> dict[str, Any]:
             STRATA_LOG_LEVEL="warning",
         )
         up = subprocess.Popen(
-            [sys.executable, "-m", "libs.common.cli", "up"],
+            [sys.executable, "-m", "strata_cli", "up"],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,

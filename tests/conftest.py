@@ -15,10 +15,20 @@ import asyncpg
 import pytest
 
 from libs.common import db, keys
-from libs.common.embedded import EmbeddedNats, EmbeddedPostgres
 from libs.common.nats_io import connect, ensure_streams
 from libs.common.subjects import Subjects
+from strata_dev.embedded import EmbeddedNats, EmbeddedPostgres
 from tests.support.project import TestProject
+
+# Fixtures that start (or use) a real server: a test that needs one is an `infra` test, marked
+# here from its fixtures so `just test-fast` (-m "not infra") never waits for a server.
+_INFRA_FIXTURES = frozenset({"nats_url", "pg_url"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _INFRA_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.infra)
 
 
 def _with_db(url: str, name: str) -> str:

@@ -26,12 +26,13 @@ from typing import Any
 import psutil
 import pytest
 
-from libs.common.embedded import EmbeddedPostgres
+from strata_dev.embedded import EmbeddedPostgres
 from tests.support.services import free_port
 
 pytestmark = [pytest.mark.infra, pytest.mark.timeout(1200)]
 
 STRATA = str(Path(sys.executable).parent / "strata")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, log: Callable[[], str]) -> Any:
@@ -48,10 +49,13 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, log: Callable[
 class LocalStack:
     """One `strata up` subprocess and every process it is responsible for."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str], demo: bool) -> None:
+    def __init__(
+        self, data_dir: Path, env: dict[str, str], demo: bool, command: tuple[str, ...] = (STRATA,)
+    ) -> None:
         self.data_dir = data_dir
         self.env = env
         self.demo = demo
+        self.command = command
         self.log_path = data_dir.parent / f"up-{uuid.uuid4().hex[:6]}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.seen_pids: set[int] = set()
@@ -60,7 +64,7 @@ class LocalStack:
         (self.data_dir / "dev.json").unlink(missing_ok=True)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [STRATA, "up", *(["--demo"] if self.demo else [])],
+                [*self.command, "up", *(["--demo"] if self.demo else [])],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -109,6 +113,12 @@ class LocalStack:
     def sigterm(self, timeout: float = 120) -> int:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def ctrl_c(self, timeout: float = 120) -> int:
+        """What Ctrl-C in a terminal does: SIGINT to the whole foreground process group."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGINT)
         return self.proc.wait(timeout)
 
     def kill_everything(self) -> None:
@@ -221,7 +231,8 @@ def stack_env() -> Iterator[tuple[Path, dict[str, str]]]:
 def test_up_demo_restart_stop_and_up_again(stack_env: tuple[Path, dict[str, str]]) -> None:
     data_dir, env = stack_env
     first = LocalStack(data_dir, env, demo=True).start()
-    second = LocalStack(data_dir, env, demo=False)
+    # The second run as the README says it, through ./just, stopped with Ctrl-C.
+    second = LocalStack(data_dir, env, demo=False, command=(str(ROOT / "just"),))
     try:
         dev = first.dev_json()
         assert dev["project"] == "demo"
@@ -293,7 +304,11 @@ def test_up_demo_restart_stop_and_up_again(stack_env: tuple[Path, dict[str, str]
         assert again == dev
         wait_for("the same totals", lambda: totals(again) == before_stop, 180, second.log)
         second.remember_processes()
-        assert second.sigterm() == 0, second.log()[-6000:]
+        assert second.ctrl_c() == 0, second.log()[-6000:]
+        # What a newcomer reads: progress lines and service logs, nothing alarming.
+        for noise in ("Traceback", "Warning:", "error:", 'strata up "$@"', "terminated by"):
+            assert noise not in second.log(), second.log()[-6000:]
+        assert second.log().rstrip().endswith("strata: stopped")
     finally:
         first.kill_everything()
         second.kill_everything()

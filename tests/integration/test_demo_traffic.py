@@ -17,7 +17,9 @@ import pytest
 from nats.js import JetStreamContext
 
 from libs.common import keys
-from libs.common.demo import (
+from libs.common.schemas.events_v1 import raw_batch_decoder
+from libs.common.subjects import Subjects
+from strata_dev.demo import (
     DEMO_PROJECTS,
     DemoError,
     DemoPlan,
@@ -27,8 +29,6 @@ from libs.common.demo import (
     iter_backfill,
     send_backfill,
 )
-from libs.common.schemas.events_v1 import raw_batch_decoder
-from libs.common.subjects import Subjects
 from tests.support.services import ServiceProcess, free_port, service_env
 
 pytestmark = pytest.mark.infra

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import msgspec
 
-from libs.common.demo import DemoPlan, iter_backfill, iter_live, iter_messages, write_ndjson
+from strata_dev.demo import DemoPlan, iter_backfill, iter_live, iter_messages, write_ndjson
 
 END = datetime(2026, 3, 30, 15, 30, tzinfo=UTC)
 PLAN = DemoPlan(days=130, visitors_per_day=40, seed=11, end=END)

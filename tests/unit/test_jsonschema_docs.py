@@ -88,6 +88,25 @@ def test_generator_writes_the_same_files_and_removes_stale_ones(tmp_path: Path) 
         assert path.read_text() == (SCHEMA_DIR / path.name).read_text()
 
 
+class IndentedDocV1(msgspec.Struct):
+    """First line of the description,
+    continued on an indented line.
+
+        An indented example stays indented relative to the text.
+    """
+
+    field: int
+
+
+def test_descriptions_are_dedented_whatever_msgspec_does_with_docstrings() -> None:
+    # msgspec 0.22 copies __doc__ as written, 0.23 dedents it: the files must not move with it.
+    (document,) = wire_jsonschema.json_schemas([IndentedDocV1]).values()
+    assert document["$defs"]["IndentedDocV1"]["description"] == (
+        "First line of the description,\ncontinued on an indented line.\n\n"
+        "    An indented example stays indented relative to the text."
+    )
+
+
 def test_real_messages_validate_against_their_schemas() -> None:
     event = pageview()
     enriched = events_v1.EnrichedBatchV1(

@@ -10,6 +10,7 @@ every Struct defined in it, so a type added to a module is documented without to
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import pkgutil
 import re
@@ -52,6 +53,21 @@ def wire_structs(modules: list[ModuleType] | None = None) -> list[type[msgspec.S
     return found
 
 
+def _clean_descriptions(node: Any) -> Any:
+    """Docstring-derived descriptions with their indentation removed (`inspect.cleandoc`), so the
+    files do not depend on whether the msgspec release at hand dedents docstrings itself."""
+    if isinstance(node, dict):
+        return {
+            key: inspect.cleandoc(value)
+            if key == "description" and isinstance(value, str)
+            else _clean_descriptions(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list | tuple):
+        return type(node)(_clean_descriptions(item) for item in node)
+    return node
+
+
 def json_schemas(structs: list[type[msgspec.Struct]] | None = None) -> dict[str, dict[str, Any]]:
     """One JSON Schema document per Struct, keyed by file name (`EventV1.json`)."""
     documents: dict[str, dict[str, Any]] = {}
@@ -59,7 +75,9 @@ def json_schemas(structs: list[type[msgspec.Struct]] | None = None) -> dict[str,
         file_name = f"{struct.__name__}.json"
         if file_name in documents:
             raise ValueError(f"two wire types are named {struct.__name__}; names must be unique")
-        (root,), components = msgspec.json.schema_components([struct], ref_template=_REF_TEMPLATE)
+        (root,), components = _clean_descriptions(
+            msgspec.json.schema_components([struct], ref_template=_REF_TEMPLATE)
+        )
         documents[file_name] = {
             "$schema": JSON_SCHEMA_DIALECT,
             "$comment": (

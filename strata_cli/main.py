@@ -1,5 +1,7 @@
-"""`strata`: the command line. `up` runs the local stack; `migrate`, `keys`, `demo`, `dlq` and
-`tier` operate on a running one (DATABASE_URL / NATS_URL, or the local stack's dev.json).
+"""`strata`: the operator command line. `migrate`, `keys`, `project`, `dlq` and `tier` operate on
+a running deployment (DATABASE_URL / NATS_URL, or the local stack's dev.json). The development
+commands `up` and `demo` come from the `strata_dev` package when it is installed (a checkout
+with `./just`), never from a production image.
 
 User errors print one line (`strata: error: ...`) and exit non-zero, without a traceback.
 """
@@ -9,101 +11,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
-import signal
 import sys
 from collections.abc import Callable, Mapping
 from datetime import date
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 import msgspec
 
 from libs.common import db, keys, privacy_policy
-from libs.common.demo import (
-    DEMO_PROJECTS,
-    DemoError,
-    DemoPlan,
-    IngestClient,
-    IngestTarget,
-    SendStats,
-    iter_backfill,
-    send_backfill,
-    send_live,
-    write_ndjson,
-)
-from libs.common.embedded import EmbeddedError
 from libs.common.settings import SettingsError, StackSettings, from_env
-from libs.common.stack import (
-    StackError,
-    StackState,
-    dev_json_path,
-    load_dev_json,
-    load_state,
-    prepare_data_dir,
-    redact,
-    run_stack,
-    save_state,
-    say,
-)
 from libs.common.subjects import Subjects
-
-_PROJECT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-
-
-class CliError(RuntimeError):
-    """A user error: printed as one line, exit code 1."""
-
-
-Command = Callable[[argparse.Namespace, StackSettings, Mapping[str, str]], int]
-
-
-# --- where the running stack is ---------------------------------------------------------------
-
-
-def database_url(settings: StackSettings) -> str:
-    """DATABASE_URL, else the local stack's (from dev.json)."""
-    if settings.database_url:
-        return settings.database_url
-    path = dev_json_path(Path(settings.data_dir))
-    if path.exists():
-        return load_dev_json(Path(settings.data_dir))["database_url"]
-    raise CliError(
-        f"DATABASE_URL is not set and there is no local stack ({path}): "
-        "set DATABASE_URL or run `strata up`"
-    )
-
-
-def nats_url(settings: StackSettings) -> str:
-    """NATS_URL, else the local stack's (from dev.json)."""
-    if settings.nats_url:
-        return settings.nats_url
-    path = dev_json_path(Path(settings.data_dir))
-    if path.exists():
-        return load_dev_json(Path(settings.data_dir))["nats_url"]
-    raise CliError(
-        f"NATS_URL is not set and there is no local stack ({path}): set NATS_URL or run `strata up`"
-    )
-
-
-async def _connect_db(url: str) -> asyncpg.Connection:
-    try:
-        return await asyncpg.connect(url, timeout=10)
-    except asyncpg.InvalidCatalogNameError:
-        raise CliError(f"database in {redact(url)} does not exist: run `strata migrate`") from None
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        raise CliError(f"cannot connect to PostgreSQL at {redact(url)}: {exc}") from None
-
-
-# --- up -------------------------------------------------------------------------------------
-
-
-def cmd_up(args: argparse.Namespace, settings: StackSettings, env: Mapping[str, str]) -> int:
-    data_dir = prepare_data_dir(settings)
-    return asyncio.run(run_stack(settings, env, data_dir, demo=args.demo))
-
+from strata_cli.local_stack import StackError, redact
+from strata_cli.targets import (
+    CliError,
+    Command,
+    check_project_id,
+    connect_db,
+    database_url,
+    nats_url,
+)
 
 # --- migrate --------------------------------------------------------------------------------
 
@@ -118,7 +45,7 @@ def cmd_migrate(args: argparse.Namespace, settings: StackSettings, env: Mapping[
             pass  # not ours to create; it must exist
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             raise CliError(f"cannot connect to PostgreSQL at {redact(url)}: {exc}") from None
-        conn = await _connect_db(url)
+        conn = await connect_db(url)
         try:
             return await db.migrate(conn)
         except RuntimeError as exc:  # a migration edited after it was applied
@@ -138,14 +65,6 @@ def cmd_migrate(args: argparse.Namespace, settings: StackSettings, env: Mapping[
 # --- keys -----------------------------------------------------------------------------------
 
 
-def _check_project_id(project: str) -> None:
-    if not _PROJECT_ID.match(project):
-        raise CliError(
-            f"invalid project id {project!r}: use 1-63 lowercase letters, digits, '-' or '_', "
-            "starting with a letter or digit"
-        )
-
-
 def cmd_keys_create(
     args: argparse.Namespace, settings: StackSettings, env: Mapping[str, str]
 ) -> int:
@@ -156,11 +75,11 @@ def cmd_keys_create(
     if project is None and role != "admin":
         raise CliError(f"a {role} key belongs to a project: pass --project")
     if project is not None:
-        _check_project_id(project)
+        check_project_id(project)
     url = database_url(settings)
 
     async def run() -> tuple[keys.ApiKey, str]:
-        conn = await _connect_db(url)
+        conn = await connect_db(url)
         try:
             async with conn.transaction():
                 if project is not None:
@@ -185,7 +104,7 @@ def cmd_keys_list(args: argparse.Namespace, settings: StackSettings, env: Mappin
     url = database_url(settings)
 
     async def run() -> list[keys.ApiKey]:
-        conn = await _connect_db(url)
+        conn = await connect_db(url)
         try:
             return await keys.list_keys(conn, args.project)
         except asyncpg.UndefinedTableError:
@@ -216,7 +135,7 @@ def cmd_keys_revoke(
     url = database_url(settings)
 
     async def run() -> bool:
-        conn = await _connect_db(url)
+        conn = await connect_db(url)
         try:
             return await keys.revoke_key(conn, args.key_id)
         finally:
@@ -244,7 +163,7 @@ def cmd_project_set(
     args: argparse.Namespace, settings: StackSettings, env: Mapping[str, str]
 ) -> int:
     project: str = args.project
-    _check_project_id(project)
+    check_project_id(project)
     url = database_url(settings)
     try:
         # Check what was given before touching the database.
@@ -262,7 +181,7 @@ def cmd_project_set(
         raise CliError(str(exc)) from None
 
     async def run() -> privacy_policy.PrivacyPolicy:
-        conn = await _connect_db(url)
+        conn = await connect_db(url)
         try:
             async with conn.transaction():
                 if await conn.fetchval("SELECT 1 FROM projects WHERE id = $1", project) is None:
@@ -305,11 +224,11 @@ def cmd_project_show(
     args: argparse.Namespace, settings: StackSettings, env: Mapping[str, str]
 ) -> int:
     project: str = args.project
-    _check_project_id(project)
+    check_project_id(project)
     url = database_url(settings)
 
     async def run() -> privacy_policy.PrivacyPolicy:
-        conn = await _connect_db(url)
+        conn = await connect_db(url)
         try:
             if await conn.fetchval("SELECT 1 FROM projects WHERE id = $1", project) is None:
                 raise CliError(f"no project {project!r}")
@@ -324,100 +243,6 @@ def cmd_project_show(
         print(msgspec.json.encode(policy).decode())
     else:
         print(_describe_policy(project, policy))
-    return 0
-
-
-# --- demo -----------------------------------------------------------------------------------
-
-
-def _demo_projects(count: int) -> tuple[str, ...]:
-    if count < 1:
-        raise CliError("--projects must be at least 1")
-    extra = tuple(f"demo{i}" for i in range(len(DEMO_PROJECTS) + 1, count + 1))
-    return (DEMO_PROJECTS + extra)[:count]
-
-
-async def _demo_targets(
-    settings: StackSettings, projects: tuple[str, ...], ingest_url: str, state: StackState
-) -> dict[str, IngestTarget]:
-    """Write keys of the demo projects: kept from `strata up` in the data dir, or created in
-    the database (and added to `state`) for projects that have none yet."""
-    missing = [p for p in projects if not state.keys.get(p, {}).get("write")]
-    if missing:
-        conn = await _connect_db(database_url(settings))
-        try:
-            for project in missing:
-                await keys.ensure_project(conn, project)
-                _, secret = await keys.create_key(conn, project, "write", name="strata demo")
-                state.keys.setdefault(project, {})["write"] = secret
-        finally:
-            await conn.close()
-    return {p: IngestTarget(ingest_url, state.keys[p]["write"]) for p in projects}
-
-
-def cmd_demo(args: argparse.Namespace, settings: StackSettings, env: Mapping[str, str]) -> int:
-    projects = (args.project,) if args.write_key else _demo_projects(args.projects)
-    for project in projects:
-        _check_project_id(project)
-    if args.days < 1 or args.visitors < 0:
-        raise CliError("--days must be at least 1 and --visitors not negative")
-    plan = DemoPlan(
-        projects=projects, days=args.days, visitors_per_day=args.visitors, seed=args.seed
-    )
-    if args.output:
-        count = write_ndjson(plan, args.output, args.batch_size)
-        print(f"wrote {count:,} events of {', '.join(projects)} to {args.output}")
-        return 0
-
-    data_dir = Path(settings.data_dir)
-    ingest_url = args.ingest_url or load_dev_json(data_dir)["ingest_url"]
-    state = load_state(data_dir)
-    known_keys = msgspec.json.encode(state.keys)
-
-    async def send(client: IngestClient) -> None:
-        if args.backfill:
-            say(f"demo: sending {args.days} day(s) of {', '.join(projects)} to {ingest_url}")
-            await send_backfill(
-                iter_backfill(plan, args.batch_size),
-                client,
-                concurrency=args.concurrency,
-                progress=say,
-                total_days=args.days,
-            )
-        if args.live:
-            say(f"demo: live traffic, ~{args.live_rate:g} sessions/minute (Ctrl-C stops)")
-            await send_live(
-                client, projects, sessions_per_minute=args.live_rate, seed=args.seed, progress=say
-            )
-
-    async def run() -> SendStats:
-        if args.write_key:
-            targets = {args.project: IngestTarget(ingest_url, args.write_key)}
-        else:
-            targets = await _demo_targets(settings, projects, ingest_url, state)
-        stats = SendStats()
-        async with aiohttp.ClientSession() as http:
-            sending = asyncio.create_task(send(IngestClient(http, targets, stats)))
-            # Ctrl-C or SIGTERM end the demo where it is, with a summary rather than a
-            # traceback; events ingest already acknowledged stay accepted.
-            loop = asyncio.get_running_loop()
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, sending.cancel)
-            try:
-                await sending
-            except asyncio.CancelledError:
-                say(f"demo: stopped ({stats.accepted:,} events accepted)")
-        return stats
-
-    try:
-        stats = asyncio.run(run())
-    except DemoError as exc:
-        raise CliError(str(exc)) from None
-    finally:
-        if data_dir.is_dir() and msgspec.json.encode(state.keys) != known_keys:
-            save_state(data_dir, state)  # new keys: reused by the next `strata demo`
-    if stats.rejected:
-        raise CliError(f"{stats.rejected:,} events rejected; first: {stats.first_rejection}")
     return 0
 
 
@@ -516,11 +341,11 @@ def cmd_tier_export(
     if days and days[0] >= today:
         raise CliError(f"{days[0]} is not a closed UTC day yet (today is {today})")
     if args.project:
-        _check_project_id(args.project)
+        check_project_id(args.project)
     configure_logging("strata-cli", "console", "warning")
 
     async def run() -> int:
-        conn = await _connect_db(url)
+        conn = await connect_db(url)
         try:
             if args.project and not await conn.fetchval(
                 "SELECT 1 FROM projects WHERE id = $1", args.project
@@ -588,8 +413,8 @@ def _tiering_settings(settings: StackSettings, env: Mapping[str, str]) -> Any:
 
 async def _tier_pool(url: str, project: str | None) -> asyncpg.Pool:
     if project:
-        _check_project_id(project)
-        conn = await _connect_db(url)
+        check_project_id(project)
+        conn = await connect_db(url)
         try:
             if not await conn.fetchval("SELECT 1 FROM projects WHERE id = $1", project):
                 raise CliError(f"there is no project {project!r}")
@@ -731,8 +556,37 @@ def cmd_tier_restore(
 # --- parser -----------------------------------------------------------------------------------
 
 
-def build_parser(settings: StackSettings) -> argparse.ArgumentParser:
-    """The argument parser; defaults of `demo` come from the stack settings."""
+def _dev_tooling_missing(args: argparse.Namespace, settings: StackSettings, env: Any) -> int:
+    raise CliError(
+        f"`strata {args.command}` is development tooling (the strata_dev package and the dev "
+        "dependency group), which this installation does not have: run it from a checkout "
+        "with `./just up` / `./just demo`"
+    )
+
+
+def add_dev_commands(
+    commands: Any, common: argparse.ArgumentParser, settings: StackSettings
+) -> tuple[type[Exception], ...]:
+    """`up` and `demo` from strata_dev when installed, else stand-ins that say why they are
+    missing; returns the dev tooling's user-error types."""
+    try:
+        from strata_dev.commands import USER_ERRORS, add_commands
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("strata_dev"):
+            raise
+        for name in ("up", "demo"):
+            stand_in = commands.add_parser(name, help="(development tooling, not installed)")
+            stand_in.add_argument("rest", nargs=argparse.REMAINDER)
+            stand_in.set_defaults(handler=_dev_tooling_missing)
+        return ()
+    add_commands(commands, common, settings)
+    return USER_ERRORS
+
+
+def build_parser(
+    settings: StackSettings,
+) -> tuple[argparse.ArgumentParser, tuple[type[Exception], ...]]:
+    """The argument parser, and the user-error types of the commands it has."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--data-dir",
@@ -742,11 +596,7 @@ def build_parser(settings: StackSettings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="strata", description="Strata analytics command line")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = commands.add_parser(
-        "up", parents=[common], help="run the whole stack in the foreground (Ctrl-C stops it)"
-    )
-    up.add_argument("--demo", action="store_true", help="also stream demo traffic once ready")
-    up.set_defaults(handler=cmd_up)
+    dev_errors = add_dev_commands(commands, common, settings)
 
     migrate = commands.add_parser(
         "migrate", parents=[common], help="create the database if missing, apply migrations"
@@ -807,41 +657,6 @@ def build_parser(settings: StackSettings) -> argparse.ArgumentParser:
     project_show.add_argument("--json", action="store_true", help="JSON instead of text")
     project_show.set_defaults(handler=cmd_project_show)
 
-    demo = commands.add_parser(
-        "demo", parents=[common], help="stream realistic demo traffic to a running stack"
-    )
-    demo.add_argument("--projects", type=int, default=len(DEMO_PROJECTS), help="how many sites")
-    demo.add_argument("--days", type=int, default=settings.demo_days, help="days of history")
-    demo.add_argument(
-        "--visitors", type=int, default=settings.demo_visitors, help="daily visitors per project"
-    )
-    demo.add_argument("--seed", type=int, default=settings.demo_seed, help="same seed, same data")
-    demo.add_argument(
-        "--backfill",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="send the history first",
-    )
-    demo.add_argument(
-        "--live",
-        action=argparse.BooleanOptionalAction,
-        default=settings.demo_live,
-        help="then keep sending live traffic until Ctrl-C",
-    )
-    demo.add_argument(
-        "--live-rate",
-        type=float,
-        default=settings.demo_live_sessions_per_minute,
-        help="live sessions per minute, all projects together",
-    )
-    demo.add_argument("--concurrency", type=int, default=8, help="requests in flight")
-    demo.add_argument("--batch-size", type=int, default=100, help="events per request")
-    demo.add_argument("--output", help="write the history as NDJSON to this file, send nothing")
-    demo.add_argument("--ingest-url", help="default: ingest_url of the local stack's dev.json")
-    demo.add_argument("--write-key", help="send one project's traffic with this key")
-    demo.add_argument("--project", default="demo", help="the project of --write-key")
-    demo.set_defaults(handler=cmd_demo)
-
     dlq_commands = commands.add_parser("dlq", help="dead-letter queue").add_subparsers(
         dest="dlq_command", required=True, metavar="ACTION"
     )
@@ -893,7 +708,7 @@ def build_parser(settings: StackSettings) -> argparse.ArgumentParser:
     tier_restore.add_argument("--to", dest="to_day", required=True, help="YYYY-MM-DD")
     tier_restore.add_argument("--hours", type=int, help="how long restored copies stay readable")
     tier_restore.set_defaults(handler=cmd_tier_restore)
-    return parser
+    return parser, dev_errors
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -904,13 +719,15 @@ def main(argv: list[str] | None = None) -> None:
     except SettingsError as exc:
         print(f"strata: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    args = build_parser(settings).parse_args(argv)
+    parser, dev_errors = build_parser(settings)
+    args = parser.parse_args(argv)
     if getattr(args, "data_dir", None):
         settings = msgspec.structs.replace(settings, data_dir=args.data_dir)
     handler: Command = args.handler
+    user_errors: tuple[type[Exception], ...] = (CliError, StackError, *dev_errors)
     try:
         code = handler(args, settings, env)
-    except (CliError, StackError, EmbeddedError, DemoError) as exc:
+    except user_errors as exc:
         print(f"strata: error: {exc}", file=sys.stderr)
         code = 1
     except (asyncpg.PostgresError, OSError) as exc:  # the server said no: say what it said

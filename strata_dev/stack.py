@@ -31,7 +31,11 @@ import asyncpg
 import msgspec
 
 from libs.common import db, keys
-from libs.common.demo import (
+from libs.common.nats_io import connect, ensure_streams
+from libs.common.settings import StackSettings
+from libs.common.subjects import Subjects
+from strata_cli.local_stack import StackError, dev_json_path, redact, say
+from strata_dev.demo import (
     DEMO_PROJECTS,
     DemoError,
     DemoPlan,
@@ -42,23 +46,16 @@ from libs.common.demo import (
     send_backfill,
     send_live,
 )
-from libs.common.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres, free_port
-from libs.common.nats_io import connect, ensure_streams
-from libs.common.settings import StackSettings
-from libs.common.subjects import Subjects
+from strata_dev.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres, free_port
 
 SERVICES = ("ingest", "sessionizer", "aggregator", "tiering", "query")
 DEFAULT_PROJECT = "demo"
 ROLES = ("write", "read", "admin")
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # A child that stayed up this long is healthy again: its next crash restarts without delay.
 _STABLE_RUN_S = 60.0
 _FIRST_BACKOFF_S = 0.5
-
-
-class StackError(RuntimeError):
-    """The stack cannot start; the message says why and what to do."""
 
 
 class StackState(msgspec.Struct, kw_only=True):
@@ -72,20 +69,11 @@ class StackState(msgspec.Struct, kw_only=True):
     demo_backfilled_until: datetime | None = None
 
 
-def say(message: str) -> None:
-    """Progress for the person at the terminal (stderr, so stdout stays machine-readable)."""
-    print(f"strata: {message}", file=sys.stderr, flush=True)
-
-
 # --- data directory -------------------------------------------------------------------------
 
 
 def state_path(data_dir: Path) -> Path:
     return data_dir / "stack.json"
-
-
-def dev_json_path(data_dir: Path) -> Path:
-    return data_dir / "dev.json"
 
 
 def load_state(data_dir: Path) -> StackState:
@@ -110,18 +98,6 @@ def save_private_json(path: Path, data: bytes) -> None:
 
 def save_state(data_dir: Path, state: StackState) -> None:
     save_private_json(state_path(data_dir), msgspec.json.format(msgspec.json.encode(state)))
-
-
-def load_dev_json(data_dir: Path) -> dict[str, str]:
-    """The running stack's URLs and keys, as `strata up` wrote them."""
-    path = dev_json_path(data_dir)
-    try:
-        data = msgspec.json.decode(path.read_bytes(), type=dict[str, str])
-    except FileNotFoundError:
-        raise StackError(f"{path} not found: start the stack with `strata up` first") from None
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise StackError(f"{path} is not valid: {exc}") from None
-    return data
 
 
 class DataDirLock:
@@ -214,15 +190,6 @@ def stop_orphaned_nats(state: StackState, nats_dir: Path) -> None:
 
 def with_database(url: str, name: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
-def redact(url: str) -> str:
-    """A URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 # --- database: schema, projects, keys -------------------------------------------------------

@@ -1,0 +1,1 @@
+"""The `strata` operator command line (migrations, keys, projects, dead letters, tiers)."""
