@@ -17,9 +17,10 @@ demo *args:
 migrate:
     @strata migrate
 
-# The whole test suite against real NATS JetStream and PostgreSQL (started on demand)
+# The whole test suite against real NATS JetStream and PostgreSQL (started on demand), in three
+# worker processes (mostly waiting on servers, so more workers than cores); `-n 0` for one.
 test *args:
-    @python -m pytest -q -p no:cacheprovider "$@"
+    @python -m pytest -q -p no:cacheprovider -n 3 "$@"
 
 # The tests that need neither NATS nor PostgreSQL (seconds, for the inner loop)
 test-fast *args:
