@@ -257,8 +257,13 @@ async def require_signed_in(request: web.Request) -> SignedIn:
 
 
 async def get_me(request: web.Request) -> web.Response:
-    user = await require_signed_in(request)
-    response = json_response(await _me_body(request, user, user.csrf_token))
+    """The signed-in user, or `{"user": null}` (a 200: the app asks before anyone signed in)."""
+    user = await signed_in(request)
+    if user is None:
+        body: dict[str, Any] = {"user": None, "projects": [], "csrf_token": None}
+        response = json_response(body)
+    else:
+        response = json_response(await _me_body(request, user, user.csrf_token))
     response.headers["Cache-Control"] = "no-store"
     return response
 
