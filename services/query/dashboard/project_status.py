@@ -4,6 +4,8 @@ when it was received), and where the tracking snippet should point."""
 
 from __future__ import annotations
 
+from datetime import UTC
+
 from aiohttp import web
 
 from libs.common.users import VIEWER
@@ -16,29 +18,33 @@ async def get_project_status(request: web.Request) -> web.Response:
     access = await project_access(request, VIEWER)
     pool = request.app[DEPS].pool
     project_id = access.project_id
-    # Index probes on (project_id, ts) per day partition: cheap enough to run on every page.
+    # Rollups are kept forever and keyed by (project, granularity, bucket): their first and
+    # last daily buckets are index probes, whatever tier holds the events themselves.
+    days = await pool.fetchrow(
+        """SELECT min(bucket) AS first_day, max(bucket) AS last_day FROM rollups
+           WHERE project_id = $1 AND granularity = 'd'""",
+        project_id,
+    )
+    # The newest event itself, from the last two days' partitions only (pruned by ts).
     newest = await pool.fetchrow(
         """SELECT ts, received_at FROM events
-           WHERE project_id = $1 AND ts <= now() + interval '1 day'
+           WHERE project_id = $1 AND ts >= now() - interval '2 days'
+             AND ts <= now() + interval '1 day'
            ORDER BY ts DESC LIMIT 1""",
         project_id,
     )
-    oldest_hot = await pool.fetchval(
-        "SELECT ts FROM events WHERE project_id = $1 ORDER BY ts LIMIT 1", project_id
-    )
-    oldest_file_day = await pool.fetchval(
-        "SELECT min(day) FROM day_files WHERE project_id = $1 AND state = 'active'", project_id
-    )
     now = await pool.fetchval("SELECT now()")
-    days = [d for d in (oldest_file_day, oldest_hot and oldest_hot.date()) if d is not None]
     return json_response(
         {
             "project_id": project_id,
             "now": now,
-            "has_events": newest is not None or oldest_file_day is not None,
-            # The first event's day (UTC): the oldest day file's or the oldest hot row's.
-            "first_event_day": min(days).isoformat() if days else None,
-            "last_event_at": newest["ts"] if newest is not None else None,
+            "has_events": days["first_day"] is not None or newest is not None,
+            # The UTC day of the first event (of its daily rollup bucket).
+            "first_event_day": (
+                days["first_day"].astimezone(UTC).date().isoformat() if days["first_day"] else None
+            ),
+            # The newest event of the last two days, else the start of the last day with events.
+            "last_event_at": newest["ts"] if newest is not None else days["last_day"],
             "last_received_at": newest["received_at"] if newest is not None else None,
             "ingest_url": request.app[SETTINGS].public_ingest_url,
             "role": access.role,

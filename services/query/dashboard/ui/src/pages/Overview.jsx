@@ -97,7 +97,10 @@ export function Overview({ project }) {
   const vitals = useQuery(`perf${key}`, () => api("/api/v1/analytics/performance", { project, query: { ...common, limit: 10 } }));
   const annotations = useQuery(`ann${key}`, () => api("/api/v1/annotations", { project, query: { from: range.from, to: range.to, timezone: tz } }));
   const onFilter = (dimension, value) => addFilter(filters, dimension, value);
-  const ready = [current, previous, pages, sources, devices, countries, vitals].every((q) => q.data || q.error);
+  // Interactive: the key figures with their change, the chart and the tables a visitor sees
+  // first hold their data. Complete: the web vitals (raw percentiles, below the fold) too.
+  const ready = [current, previous, pages, sources, devices, countries].every((q) => q.data || q.error);
+  const complete = ready && (vitals.data || vitals.error);
   const [goalDraft, setGoalDraft] = useState("");
 
   const addAnnotation = async () => {
@@ -110,7 +113,7 @@ export function Overview({ project }) {
   };
 
   return (
-    <div class="overview" data-ready={ready ? "true" : "false"} data-testid="overview">
+    <div class="overview" data-ready={ready ? "true" : "false"} data-complete={complete ? "true" : "false"} data-testid="overview">
       <div class="toolbar">
         <h1>Overview</h1>
         <DateControls range={range} interval={interval} />
