@@ -24,11 +24,16 @@ from aiohttp.test_utils import TestClient
 from playwright.async_api import Browser, BrowserContext, Page
 
 from libs.common import keys, users
+from libs.common.day_files import DayFileCache
+from libs.common.object_store import ObjectStoreOptions, open_object_store
 from libs.common.subjects import Subjects
+from services.query.scan_engine import ScanEngine
+from services.tiering.tier_moves import archive_cold_parts
 from tests.support.analytics_dataset import generate_events, load
 from tests.support.browser import visitor_browser
 from tests.support.project import TestProject
 from tests.support.query_app import FAST_PASSWORD_HASHER, get_json, query_client
+from tests.support.tier_layouts import tier_layout
 
 pytestmark = pytest.mark.infra
 
@@ -375,3 +380,68 @@ async def test_a_viewer_cannot_reach_admin_actions_and_forged_requests_are_refus
         assert statuses == [403, 403, 403, 403, 403, 403]
     finally:
         await context.close()
+
+
+async def test_a_chart_over_archived_days_shows_the_restore_then_the_answer_in_place(
+    chromium: Browser,
+    pool: asyncpg.Pool,
+    nats_url: str,
+    subjects: Subjects,
+    project: TestProject,
+    tmp_path: Path,
+) -> None:
+    first_day = datetime(2025, 4, 1, tzinfo=UTC)  # past cold_days: its files go to Archive
+    events = generate_events("acme", first_day, 6, devices=40, seed=5)
+    async with tier_layout("all_exported", pool, events, tmp_path, move_cold=True) as layout:
+        run = await archive_cold_parts(pool, layout.store)
+        assert not run.failures and run.parts_archived > 0
+        store = open_object_store(
+            f"file://{tmp_path / 'objects-all_exported'}",
+            ObjectStoreOptions(file_restore_delay_s=3),
+        )
+        engine = ScanEngine(DayFileCache(tmp_path / "cache-restores", 256 * 1024 * 1024, store))
+        async with pool.acquire() as conn:
+            user = await users.create_user(
+                conn, "adam@example.com", PASSWORD, hasher=FAST_PASSWORD_HASHER
+            )
+            await users.set_role(conn, user.id, "acme", "admin")
+        try:
+            async with query_client(pool, nats_url, subjects, scan_engine=engine) as client:
+                base = str(client.make_url("")).rstrip("/")
+                context = await chromium.new_context()
+                try:
+                    watched = await open_page(context)
+                    page = watched.page
+                    await sign_in_by_keyboard(watched, base, "adam@example.com")
+                    await page.goto(f"{base}/p/acme/funnels?from=2025-04-01&to=2025-04-06")
+                    await page.evaluate("window.sameDocument = true")
+                    await page.get_by_role("button", name="Run funnel").click()
+                    progress = await page.wait_for_selector("[data-testid=restore-progress]")
+                    assert "Restoring archived days 2025-04-01" in (
+                        await progress.text_content() or ""
+                    )
+                    await page.wait_for_selector("[data-testid=funnel-result]", timeout=30_000)
+                    # The answer replaced the progress in the same document, no reload.
+                    assert await page.evaluate("window.sameDocument") is True
+                    assert await page.locator("[data-testid=restore-progress]").count() == 0
+                    expected = await client.post(
+                        "/api/v1/analytics/funnels",
+                        json={
+                            "from": "2025-04-01",
+                            "to": "2025-04-06",
+                            "timezone": "UTC",
+                            "steps": [{"event": "$pageview"}, {"event": "signup"}],
+                            "window": {"value": 7, "unit": "day"},
+                        },
+                        headers={"Authorization": f"Bearer {project.read_key}"},
+                    )
+                    answer = await expected.json()
+                    assert answer["steps"][0]["count"] > 0
+                    for step in answer["steps"]:
+                        shown = await page.text_content(f"[data-testid=funnel-step-{step['step']}]")
+                        assert int(shown or "-1") == step["count"]
+                finally:
+                    await context.close()
+        finally:
+            engine.close()
+            await store.close()

@@ -41,7 +41,7 @@ export function useQuery(key, load) {
           await new Promise((r) => setTimeout(r, 1000));
           if (mine !== generation.current) return;
           try {
-            job = await api(error.statusUrl);
+            job = await api(error.statusUrl, { project: job.project_id });
           } catch (pollError) {
             setState({ loading: false, data: null, error: pollError, restore: null });
             return;
