@@ -5,13 +5,42 @@ import { ErrorNote, QueryView } from "../components/Status.jsx";
 import { defaultInterval, resolveRange } from "../dates.js";
 import { can, useQuery, useSession } from "../hooks.js";
 import { InsightView, KINDS } from "../insights.jsx";
-import { Link, useLocation } from "../router.jsx";
+import { Link, navigate, useLocation } from "../router.jsx";
 
 export function DashboardList({ project }) {
+  const session = useSession();
   const list = useQuery(`dash${project}`, () => api("/api/v1/dashboards", { project }));
+  const [error, setError] = useState(null);
+  const create = async (e) => {
+    e.preventDefault();
+    const form = new FormData(e.currentTarget);
+    try {
+      const made = await api("/api/v1/dashboards", {
+        method: "POST",
+        project,
+        body: { name: form.get("name"), description: form.get("description") || "", definition: { tiles: [] } },
+      });
+      navigate(`/p/${project}/dashboards/${made.id}`);
+    } catch (err) {
+      setError(err);
+    }
+  };
   return (
     <section>
       <h1>Dashboards</h1>
+      {can(session.role, "analyst") && (
+        <form class="builder" onSubmit={create} aria-label="New dashboard">
+          <label>
+            New dashboard <input name="name" required />
+          </label>
+          <label>
+            Description <input name="description" />
+          </label>
+          <button type="submit">Create dashboard</button>
+          <span class="muted">Add insights to it from any builder's “Save insight”.</span>
+          {error && <ErrorNote error={error} />}
+        </form>
+      )}
       <QueryView query={list}>
         {(data) => (
           <ul class="cards">
@@ -78,7 +107,7 @@ function Shares({ project, dashboardId }) {
 }
 
 // A dashboard's tiles (its insights) for one range. `shared`: the logged-out view of a link.
-export function DashboardTiles({ dashboard, insights, project, range }) {
+export function DashboardTiles({ dashboard, insights, project, range, onRemove }) {
   const byId = new Map(insights.map((i) => [i.id, i]));
   return (
     <div class="tiles">
@@ -90,6 +119,11 @@ export function DashboardTiles({ dashboard, insights, project, range }) {
             <header>
               <h2>{insight.name}</h2>
               <span class="muted">{KINDS[insight.definition.kind] ? KINDS[insight.definition.kind].label : insight.definition.kind}</span>
+              {onRemove && (
+                <button type="button" class="link" onClick={() => onRemove(tile.insight_id)}>
+                  Remove<span class="sr-only"> {insight.name} from the dashboard</span>
+                </button>
+              )}
             </header>
             <InsightView insight={insight} range={range} project={project} />
           </section>
@@ -119,7 +153,28 @@ export function DashboardPage({ project, id }) {
               {data.dashboard.description} · version {data.dashboard.version}
             </p>
             <QueryView query={insights}>
-              {(list) => <DashboardTiles dashboard={data.dashboard} insights={list.insights} project={project} range={range} />}
+              {(list) => (
+                <DashboardTiles
+                  dashboard={data.dashboard}
+                  insights={list.insights}
+                  project={project}
+                  range={range}
+                  onRemove={
+                    can(session.role, "analyst")
+                      ? async (insightId) => {
+                          const d = data.dashboard;
+                          const tiles = d.definition.tiles.filter((t) => t.insight_id !== insightId);
+                          await api(`/api/v1/dashboards/${id}`, {
+                            method: "PUT",
+                            project,
+                            body: { name: d.name, description: d.description, definition: { tiles } },
+                          });
+                          dashboard.reload();
+                        }
+                      : null
+                  }
+                />
+              )}
             </QueryView>
             {can(session.role, "analyst") && <Shares project={project} dashboardId={id} />}
           </>
