@@ -61,6 +61,18 @@ k8s:
 tracker:
     sh services/ingest/tracker/build.sh
 
+# Rebuild the dashboard's single-page app (services/query/dashboard/ui/dist) from its sources
+dashboard:
+    sh services/query/dashboard/ui/build.sh
+
+# Take the screenshots of the main pages in docs/screenshots with the dashboard's browser tests
+screenshots:
+    STRATA_UPDATE_SCREENSHOTS=1 python -m pytest -q -p no:cacheprovider tests/integration/test_dashboard_browser.py
+
+# Refresh axe-core for the dashboard's accessibility test (tests/support/axe/axe.min.js)
+axe:
+    sh tests/support/axe/build.sh
+
 # Rebuild the bundle of Segment's analytics-next used by the compatibility test
 # (tests/support/analytics_js/analytics-next.iife.js)
 analytics-js:

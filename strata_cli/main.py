@@ -1,7 +1,7 @@
-"""`strata`: the operator command line. `migrate`, `keys`, `project`, `dlq` and `tier` operate on
-a running deployment (DATABASE_URL / NATS_URL, or the local stack's dev.json). The development
-commands `up` and `demo` come from the `strata_dev` package when it is installed (a checkout
-with `./just`), never from a production image.
+"""`strata`: the operator command line. `migrate`, `keys`, `users`, `project`, `dlq` and `tier`
+operate on a running deployment (DATABASE_URL / NATS_URL, or the local stack's dev.json). The
+development commands `up` and `demo` come from the `strata_dev` package when it is installed (a
+checkout with `./just`), never from a production image.
 
 User errors print one line (`strata: error: ...`) and exit non-zero, without a traceback.
 """
@@ -31,6 +31,7 @@ from strata_cli.targets import (
     database_url,
     nats_url,
 )
+from strata_cli.users import add_user_commands
 
 # --- migrate --------------------------------------------------------------------------------
 
@@ -620,6 +621,8 @@ def build_parser(
     revoke = key_commands.add_parser("revoke", parents=[common], help="revoke a key by id")
     revoke.add_argument("key_id", metavar="KEY_ID")
     revoke.set_defaults(handler=cmd_keys_revoke)
+
+    add_user_commands(commands, common)
 
     project_commands = commands.add_parser(
         "project", help="project settings (privacy controls)"

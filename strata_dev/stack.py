@@ -3,7 +3,8 @@
 Without NATS_URL / DATABASE_URL it starts its own NATS (JetStream) and PostgreSQL under the data
 directory, on loopback ports that stay the same from run to run when they are free. It applies
 migrations, makes sure a "demo" project with write/read/admin keys exists (their secrets are
-kept in the data directory, since the database holds only hashes), creates the streams, then
+kept in the data directory, since the database holds only hashes) and a dashboard admin
+(admin@strata.local, its password kept there too), creates the streams, then
 runs the five services as child processes, restarting any that dies. Once every service answers
 /readyz it writes `dev.json` (URLs and keys) and prints it. SIGINT/SIGTERM stop the children
 first (SIGTERM, then SIGKILL after a grace period), then PostgreSQL and NATS.
@@ -30,7 +31,7 @@ import aiohttp
 import asyncpg
 import msgspec
 
-from libs.common import db, keys
+from libs.common import db, keys, users
 from libs.common.nats_io import connect, ensure_streams
 from libs.common.settings import StackSettings
 from libs.common.subjects import Subjects
@@ -50,6 +51,7 @@ from strata_dev.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres, f
 
 SERVICES = ("ingest", "sessionizer", "aggregator", "tiering", "query")
 DEFAULT_PROJECT = "demo"
+DASHBOARD_EMAIL = "admin@strata.local"
 ROLES = ("write", "read", "admin")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,6 +68,7 @@ class StackState(msgspec.Struct, kw_only=True):
     postgres_port: int = 0
     health_ports: dict[str, int] = {}
     keys: dict[str, dict[str, str]] = {}  # project -> role -> secret
+    dashboard_password: str = ""  # the demo admin's (the database holds only its hash)
     demo_backfilled_until: datetime | None = None
 
 
@@ -224,6 +227,28 @@ async def ensure_project_keys(
                 continue
         _, secrets[role] = await keys.create_key(conn, project, role, name="strata up")
     return secrets
+
+
+async def ensure_dashboard_admin(
+    conn: asyncpg.Connection, projects: tuple[str, ...], known_password: str
+) -> str:
+    """The password of the local stack's dashboard admin (admin of `projects`): created on
+    the first start, kept while it still signs in, reset when the data dir lost it."""
+    user = await users.find_user(conn, DASHBOARD_EMAIL)
+    if user is None:
+        password = users.generate_password()
+        user = await users.create_user(conn, DASHBOARD_EMAIL, password, name="Strata admin")
+    else:
+        stored = await conn.fetchval("SELECT password_hash FROM users WHERE id = $1", user.id)
+        password = known_password
+        if not password or not await asyncio.to_thread(
+            users.verify_password, users.DEFAULT_HASHER, stored, password
+        ):
+            password = users.generate_password()
+            await users.set_password(conn, user.id, password)
+    for project in projects:
+        await users.set_role(conn, user.id, project, users.ADMIN)
+    return password
 
 
 # --- child services -----------------------------------------------------------------------
@@ -489,6 +514,9 @@ class Stack:
                     **known,
                     **await ensure_project_keys(conn, project, roles, known),
                 }
+            self.state.dashboard_password = await ensure_dashboard_admin(
+                conn, projects, self.state.dashboard_password
+            )
         finally:
             await conn.close()
         save_state(self.data_dir, self.state)
@@ -509,6 +537,8 @@ class Stack:
         # A developer's terminal: readable logs and loopback-only listeners unless asked.
         env.setdefault("STRATA_LOG_FORMAT", "console")
         env.setdefault("STRATA_HOST", "127.0.0.1")
+        # The setup page's tracking snippet points at this stack's ingest.
+        env.setdefault("STRATA_PUBLIC_INGEST_URL", f"http://127.0.0.1:{settings.ingest_port}")
         env.pop("STRATA_HEALTH_PORT", None)
         if health_port is not None:
             env["STRATA_HEALTH_PORT"] = str(health_port)
@@ -556,6 +586,9 @@ class Stack:
             "admin_key": project_keys["admin"],
             "database_url": self.database_url,
             "nats_url": self.nats_url,
+            "dashboard_url": f"http://127.0.0.1:{self.settings.query_port}/",
+            "dashboard_email": DASHBOARD_EMAIL,
+            "dashboard_password": self.state.dashboard_password,
         }
 
     # demo ----------------------------------------------------------------------------------
@@ -687,6 +720,10 @@ async def run_stack(
             encoded = msgspec.json.format(msgspec.json.encode(info), indent=2)
             save_private_json(dev_json_path(data_dir), encoded + b"\n")
             (output or _print)(encoded.decode())
+            say(
+                f"dashboard: {info['dashboard_url']} (sign in as {info['dashboard_email']}, "
+                f"password {info['dashboard_password']})"
+            )
             say(f"ready: wrote {dev_json_path(data_dir)}; Ctrl-C stops the stack")
             if demo:
                 stack.start_demo(info["ingest_url"])

@@ -150,6 +150,19 @@ class QuerySettings(CommonSettings, frozen=True, kw_only=True):
     price_hot_gb_month: float = 0.0425
     price_cold_gb_month: float = 0.0255
     price_archive_gb_month: float = 0.0026
+    # The dashboard (docs/dashboard.md): cookie sessions end after this long without a request,
+    # or this long after sign-in whatever happens; Secure cookies: auto (when the request came
+    # over TLS, directly or per X-Forwarded-Proto), always or never.
+    dashboard_session_idle_s: float = 12 * 3600.0
+    dashboard_session_max_s: float = 7 * 86400.0
+    dashboard_cookie_secure: str = "auto"
+    # Sign-in throttling: past this many failures within login_window_s, per e-mail or per
+    # client address, sign-in answers 429 until the oldest failure leaves the window.
+    login_max_failures_per_email: int = 5
+    login_max_failures_per_client: int = 20
+    login_window_s: float = 900.0
+    # The ingest URL the setup page puts in the tracking snippet (empty: a placeholder).
+    public_ingest_url: str = ""
 
 
 class TieringSettings(CommonSettings, frozen=True, kw_only=True):

@@ -13,6 +13,13 @@ from libs.common.observability import add_health_routes
 from libs.common.settings import QuerySettings
 from services.query.analyses.endpoints import add_analysis_routes
 from services.query.auth import READ_KEYS, ReadKeys
+from services.query.dashboard.accounts import setup_accounts
+from services.query.dashboard.assets import DashboardAssets, add_dashboard_routes
+from services.query.dashboard.csrf import csrf_guard
+from services.query.dashboard.project_admin import add_project_admin_routes
+from services.query.dashboard.project_status import add_project_status_routes
+from services.query.dashboard.saved_work import add_saved_work_routes
+from services.query.dashboard.sessions import SESSIONS, SessionStore
 from services.query.dependencies import DEPS, SETTINGS, ApiError, QueryDeps
 from services.query.event_scan import ArchivedDaysError
 from services.query.events_listing import get_events
@@ -93,15 +100,21 @@ def _middlewares(deps: QueryDeps) -> list[Callable[..., Awaitable[web.StreamResp
             log.exception("query_request_failed", path=request.path, query=request.query_string)
             return error_response(500, "internal error; see the query service log")
 
-    return [measured, json_errors]
+    return [measured, json_errors, csrf_guard]
 
 
-def build_app(settings: QuerySettings, deps: QueryDeps) -> web.Application:
-    """The query API over `deps` (a PostgreSQL pool and a NATS connection)."""
+def build_app(
+    settings: QuerySettings, deps: QueryDeps, assets: DashboardAssets | None = None
+) -> web.Application:
+    """The query API over `deps` (a PostgreSQL pool and a NATS connection), and the dashboard
+    (`assets`: the built single-page app, by default the packaged one)."""
     app = web.Application(middlewares=_middlewares(deps))
     app[SETTINGS] = settings
     app[DEPS] = deps
     app[READ_KEYS] = ReadKeys(deps.pool, settings.key_cache_ttl_s)
+    app[SESSIONS] = SessionStore(
+        deps.pool, settings.dashboard_session_idle_s, settings.dashboard_session_max_s
+    )
     hub = LiveActivityHub(deps.nc, deps.pool, deps.subjects)
     app[LIVE_HUB] = hub
     app[OPENAPI_BODY] = openapi_body()
@@ -120,6 +133,11 @@ def build_app(settings: QuerySettings, deps: QueryDeps) -> web.Application:
     add_analysis_routes(app)
     add_tier_routes(app)
     add_privacy_routes(app)
+    setup_accounts(app, deps.password_hasher)
+    add_project_admin_routes(app)
+    add_project_status_routes(app)
+    add_saved_work_routes(app)
+    add_dashboard_routes(app, assets)
 
     async def postgres_ready() -> None:
         await deps.pool.fetchval("SELECT 1")

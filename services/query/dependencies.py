@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 from aiohttp import web
+from argon2 import PasswordHasher
 from nats.aio.client import Client as NATS
 from prometheus_client import CollectorRegistry
 
@@ -26,6 +27,8 @@ class QueryDeps:
     # Event scans for the analyses (services/query/event_scan.py): DuckDB plus the day-file
     # cache. The default reads every day from PostgreSQL (no object store).
     scan_engine: ScanEngine = field(default_factory=ScanEngine)
+    # Dashboard passwords (argon2id; tests pass a cheap one, the hash records its parameters).
+    password_hasher: PasswordHasher = field(default_factory=PasswordHasher)
 
 
 class ApiError(Exception):

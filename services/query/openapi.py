@@ -86,6 +86,7 @@ class Endpoint:
     method: str = "get"
     request: type | None = None  # the JSON body's Struct (POST/PUT)
     ok_status: str = "200"  # 201 for a create, 204 (no body) for a delete
+    security: str = "bearer"  # or "dashboard": a session cookie (or a key), "none"
 
 
 _INT = {"type": "integer"}
@@ -521,6 +522,240 @@ PRIVACY_ENDPOINTS: tuple[Endpoint, ...] = (
 )
 ENDPOINTS = (*ENDPOINTS, *PRIVACY_ENDPOINTS)
 
+# The dashboard (docs/dashboard.md): sign-in, saved work, members and keys, and the app's pages.
+# Authenticated by the session cookie (with X-CSRF-Token on mutations) or a bearer key; the
+# role each needs is in its description.
+_PROJECT = Param("project", "The project (required with a session or an unbound admin key).")
+_OBJECT = None  # a JSON object described in docs/dashboard.md
+_JSON = "application/json"
+
+
+def _dashboard(
+    path: str,
+    summary: str,
+    description: str,
+    method: str = "get",
+    params: tuple[Param, ...] = (_PROJECT,),
+    ok_status: str = "200",
+    security: str = "dashboard",
+    content_type: str = _JSON,
+) -> Endpoint:
+    return Endpoint(
+        path,
+        summary,
+        description,
+        params,
+        _OBJECT,
+        content_type=content_type,
+        tag="dashboard",
+        method=method,
+        ok_status=ok_status,
+        authenticated=security != "none",
+        security=security,
+    )
+
+
+def _id(name: str) -> Param:
+    return Param(name, "Its id.", where="path")
+
+
+DASHBOARD_ENDPOINTS: list[Endpoint] = [
+    _dashboard(
+        "/api/v1/auth/login",
+        "Sign in",
+        "Body {email, password}. Sets the session cookie; answers the user, their projects "
+        "and roles and the CSRF token. 401 for a wrong pair, 429 (Retry-After) when throttled.",
+        "post",
+        (),
+        security="none",
+    ),
+    _dashboard("/api/v1/auth/logout", "Sign out", "Ends the session.", "post", (), "204"),
+    _dashboard(
+        "/api/v1/auth/me", "Who is signed in", "User, projects, roles, CSRF token.", params=()
+    ),
+    _dashboard(
+        "/api/v1/auth/password",
+        "Change one's password",
+        "Body {current_password, new_password}; ends every other session.",
+        "post",
+        (),
+    ),
+    _dashboard(
+        "/api/v1/auth/invites/{token}",
+        "An invitation",
+        "The e-mail, project and role an invitation is for.",
+        params=(_id("token"),),
+        security="none",
+    ),
+    _dashboard(
+        "/api/v1/auth/invites/accept",
+        "Accept an invitation",
+        "Body {token, password, name}: creates the account, makes it a member, signs it in.",
+        "post",
+        (),
+        "201",
+        security="none",
+    ),
+    _dashboard("/api/v1/project", "Project settings", "Name, time zone, storage days, privacy."),
+    _dashboard(
+        "/api/v1/project", "Change project settings", "Admin. Name, time zone, privacy.", "put"
+    ),
+    _dashboard(
+        "/api/v1/project/status",
+        "Data freshness",
+        "Whether events arrived (first event's day), the newest event and its receipt time.",
+    ),
+    _dashboard("/api/v1/members", "Members", "Admin. Members and open invitations."),
+    _dashboard(
+        "/api/v1/members",
+        "Add or invite a member",
+        "Admin. Body {email, role}: an existing user is added, a new one gets an invite link.",
+        "post",
+    ),
+    _dashboard(
+        "/api/v1/members/{user_id}",
+        "Change a member's role",
+        "Admin. Body {role}; the last admin cannot be demoted (409).",
+        "put",
+        (_PROJECT, _id("user_id")),
+    ),
+    _dashboard(
+        "/api/v1/members/{user_id}",
+        "Remove a member",
+        "Admin. The last admin cannot be removed (409).",
+        "delete",
+        (_PROJECT, _id("user_id")),
+        "204",
+    ),
+    _dashboard("/api/v1/keys", "API keys", "Admin. The project's keys, without secrets."),
+    _dashboard(
+        "/api/v1/keys",
+        "Create an API key",
+        "Admin. Body {role, name}; the secret once.",
+        "post",
+        ok_status="201",
+    ),
+    _dashboard(
+        "/api/v1/keys/{key_id}",
+        "Revoke an API key",
+        "Admin.",
+        "delete",
+        (_PROJECT, _id("key_id")),
+        "204",
+    ),
+]
+for _plural, _noun in (("insights", "insight"), ("dashboards", "dashboard")):
+    _item = (_PROJECT, _id(f"{_noun}_id"))
+    DASHBOARD_ENDPOINTS += [
+        _dashboard(
+            f"/api/v1/{_plural}", f"Saved {_plural}", f"The latest version of each {_noun}."
+        ),
+        _dashboard(
+            f"/api/v1/{_plural}",
+            f"Save an {_noun}" if _noun == "insight" else f"Save a {_noun}",
+            "Analyst. Body {id?, name, description, definition}: version 1.",
+            "post",
+            ok_status="201",
+        ),
+        _dashboard(
+            f"/api/v1/{_plural}/{{{_noun}_id}}", f"One {_noun}", "Latest and history.", params=_item
+        ),
+        _dashboard(
+            f"/api/v1/{_plural}/{{{_noun}_id}}",
+            f"Update a {_noun}",
+            "Analyst. The next version.",
+            "put",
+            _item,
+        ),
+        _dashboard(
+            f"/api/v1/{_plural}/{{{_noun}_id}}",
+            f"Delete a {_noun}",
+            "Analyst. Every version.",
+            "delete",
+            _item,
+            "204",
+        ),
+    ]
+DASHBOARD_ENDPOINTS += [
+    _dashboard(
+        "/api/v1/annotations",
+        "Annotations",
+        "Notes on the time charts, optionally within from/to.",
+        params=(_PROJECT, FROM, TO, TIMEZONE),
+    ),
+    _dashboard(
+        "/api/v1/annotations",
+        "Add an annotation",
+        "Analyst. Body {at, text}.",
+        "post",
+        ok_status="201",
+    ),
+    _dashboard(
+        "/api/v1/annotations/{annotation_id}",
+        "Delete an annotation",
+        "Analyst.",
+        "delete",
+        (_PROJECT, _id("annotation_id")),
+        "204",
+    ),
+    _dashboard(
+        "/api/v1/dashboards/{dashboard_id}/shares",
+        "Share links",
+        "Analyst. The live links.",
+        params=(_PROJECT, _id("dashboard_id")),
+    ),
+    _dashboard(
+        "/api/v1/dashboards/{dashboard_id}/shares",
+        "Share a dashboard",
+        "Analyst. A new read-only link (/share/<token>).",
+        "post",
+        (_PROJECT, _id("dashboard_id")),
+        "201",
+    ),
+    _dashboard(
+        "/api/v1/shares/{token}",
+        "Revoke a share link",
+        "Analyst.",
+        "delete",
+        (_PROJECT, _id("token")),
+        "204",
+    ),
+    _dashboard(
+        "/api/v1/shared/{token}",
+        "A shared dashboard",
+        "No sign-in: the dashboard and its insights. Their data is asked for with the "
+        "X-Strata-Share header, which allows exactly these insights' queries.",
+        params=(_id("token"),),
+        security="none",
+    ),
+]
+for _page in ("/", "/login", "/account", "/p/{tail}", "/share/{token}", "/invite/{token}"):
+    DASHBOARD_ENDPOINTS.append(
+        _dashboard(
+            _page,
+            "Dashboard page",
+            "The dashboard's single-page app (HTML).",
+            params=tuple(
+                Param(n, "Part of the page's address.", where="path")
+                for n in ("tail", "token")
+                if "{" + n + "}" in _page
+            ),
+            security="none",
+            content_type="text/html",
+        )
+    )
+DASHBOARD_ENDPOINTS.append(
+    _dashboard(
+        "/ui/{name}",
+        "Dashboard asset",
+        "A script or stylesheet of the app; `?v=<hash>` makes it cacheable for a year.",
+        params=(Param("name", "The file.", where="path"),),
+        security="none",
+        content_type="application/octet-stream",
+    )
+)
+ENDPOINTS = (*ENDPOINTS, *DASHBOARD_ENDPOINTS)
+
 _ERRORS = {
     "400": "A parameter is malformed or out of range; `param` names it.",
     "401": "Missing, unknown or revoked key.",
@@ -541,7 +776,8 @@ def build_document() -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for endpoint in ENDPOINTS:
         if endpoint.response is None:
-            ok_content: dict[str, Any] = {endpoint.content_type: {"schema": {"type": "string"}}}
+            shape = {"type": "object"} if endpoint.content_type == _JSON else {"type": "string"}
+            ok_content: dict[str, Any] = {endpoint.content_type: {"schema": shape}}
         else:
             ok_content = {endpoint.content_type: {"schema": ref_of[endpoint.response]}}
         ok: dict[str, Any] = {"description": "OK"}
@@ -561,10 +797,12 @@ def build_document() -> dict[str, Any]:
             "parameters": [p.spec() for p in endpoint.params],
             "responses": responses,
         }
-        if endpoint.authenticated:
-            operation["security"] = [{"bearer": []}]
-        else:
+        if not endpoint.authenticated:
             operation["security"] = []
+        elif endpoint.security == "dashboard":
+            operation["security"] = [{"session": []}, {"bearer": []}]
+        else:
+            operation["security"] = [{"bearer": []}]
         if endpoint.request is not None:
             operation["requestBody"] = {
                 "required": True,
@@ -589,7 +827,14 @@ def build_document() -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "A read (or admin) key: Authorization: Bearer sk_r_...",
-                }
+                },
+                "session": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "strata_session",
+                    "description": "A dashboard session (POST /api/v1/auth/login); mutations "
+                    "also send its CSRF token in X-CSRF-Token.",
+                },
             },
         },
         "paths": paths,

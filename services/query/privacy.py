@@ -1,11 +1,11 @@
-"""GDPR erasure and access over HTTP, admin keys only (docs/privacy.md, "Erasure and access
-(GDPR)"):
+"""GDPR erasure and access over HTTP, admin keys and admin users only (docs/privacy.md,
+"Erasure and access (GDPR)"):
 
 - POST /api/v1/privacy/erasure             erase a person (202 with the request's status)
 - GET  /api/v1/privacy/erasure/{id}        the request's state and progress
 - GET  /api/v1/privacy/users/{id}/export   every event of the person, all tiers, as NDJSON
 
-Every erasure and export is written to `privacy_audit_log` with the key that asked.
+Every erasure and export is written to `privacy_audit_log` with the key (or user) that asked.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import pyarrow.dataset as pads
 import structlog
 from aiohttp import web
 
-from libs.common import keys
 from libs.common.day_files import DayPart
 from libs.common.day_files.layout import EVENT_FILE_COLUMNS
 from libs.common.erasure import (
@@ -35,9 +34,10 @@ from libs.common.erasure import (
     resolve_person_ids,
 )
 from libs.common.object_store import ObjectArchived, ObjectNotFound
-from services.query.auth import READ_KEYS, bearer_secret
+from libs.common.users import ADMIN
+from services.query.auth import project_access
 from services.query.dependencies import DEPS, ApiError
-from services.query.params import ParamError, parse_bool, single
+from services.query.params import parse_bool
 from services.query.responses import json_encoder
 
 log = structlog.get_logger()
@@ -57,24 +57,11 @@ class ErasureBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     distinct_ids: list[str] = msgspec.field(default_factory=list)
 
 
-async def admin_project(request: web.Request) -> tuple[keys.ApiKey, str]:
-    """The admin key of this request and the project it acts on, or a 401/403/404 ApiError."""
-    key = await request.app[READ_KEYS].lookup(bearer_secret(request))
-    if key is None:
-        raise ApiError(401, "unknown or revoked key")
-    if key.role != "admin":
-        raise ApiError(403, f"a {key.role} key cannot erase or export persons; use an admin key")
-    asked = single(request.query, "project")
-    if key.project_id is not None:
-        if asked is not None and asked != key.project_id:
-            raise ApiError(403, f"this key belongs to another project than {asked!r}")
-        return key, key.project_id
-    if not asked:
-        raise ParamError("project", "required with a key that is not bound to a project")
-    exists = await request.app[DEPS].pool.fetchval("SELECT 1 FROM projects WHERE id = $1", asked)
-    if not exists:
-        raise ApiError(404, f"unknown project {asked!r}")
-    return key, asked
+async def admin_project(request: web.Request) -> tuple[str, str]:
+    """Who asks (the admin key's or admin user's id, for the audit log) and the project it
+    acts on, or a 401/403/404 ApiError."""
+    access = await project_access(request, ADMIN)
+    return access.actor, access.project_id
 
 
 def _check_id(value: str, what: str) -> str:
@@ -107,7 +94,7 @@ def _json(body: Any, status: int) -> web.Response:
 
 async def post_erasure(request: web.Request) -> web.Response:
     """Erase a person now from PostgreSQL and from every read; files are rewritten later."""
-    key, project_id = await admin_project(request)
+    actor, project_id = await admin_project(request)
     deps = request.app[DEPS]
     body = _parse_erasure(await request.read())
     async with deps.pool.acquire() as conn:
@@ -116,13 +103,13 @@ async def post_erasure(request: web.Request) -> web.Response:
             project_id=project_id,
             user_id=body.user_id,
             distinct_ids=sorted(set(body.distinct_ids)),
-            key_id=key.id,
+            key_id=actor,
         )
     # This process's caches drop what the transaction deleted at once (other query processes:
     # aliases within their refresh, scans through the erased-id filter immediately).
     deps.scan_engine.aliases.forget(project_id)
     deps.scan_engine.hot_rows.forget(project_id)
-    log.info("erasure_requested", project=project_id, request=status.id, key=key.id)
+    log.info("erasure_requested", project=project_id, request=status.id, key=actor)
     return _json(status, 202)
 
 
@@ -175,7 +162,7 @@ async def get_user_export(request: web.Request) -> web.StreamResponse:
     """Every event of the person (the id as user id or distinct id, aliases resolved) from day
     files and PostgreSQL as NDJSON, streamed in chunks: day files first (day order), then the
     hot rows (time order). Archived days not restored answer 409 unless allow_partial=true."""
-    key, project_id = await admin_project(request)
+    actor, project_id = await admin_project(request)
     person = _check_id(request.match_info["user_id"], "the user id")
     allow_partial = parse_bool(request.query, "allow_partial")
     deps = request.app[DEPS]
@@ -211,7 +198,7 @@ async def get_user_export(request: web.Request) -> web.StreamResponse:
     async def audit(outcome: str) -> None:
         await record_audit(
             deps.pool,
-            key_id=key.id,
+            key_id=actor,
             project_id=project_id,
             action="export",
             subject=erasure_subject(person, []),

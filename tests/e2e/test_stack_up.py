@@ -239,6 +239,19 @@ def test_up_demo_restart_stop_and_up_again(stack_env: tuple[Path, dict[str, str]
         assert dev["ingest_url"] == f"http://127.0.0.1:{env['STRATA_INGEST_PORT']}"
         assert dev["query_url"] == f"http://127.0.0.1:{env['STRATA_QUERY_PORT']}"
         assert {"write_key", "read_key", "admin_key", "database_url", "nats_url"} <= set(dev)
+        # The dashboard: its URL and the demo admin's login, printed and in dev.json, sign in.
+        assert dev["dashboard_url"] == f"http://127.0.0.1:{env['STRATA_QUERY_PORT']}/"
+        assert f"dashboard: {dev['dashboard_url']} (sign in as {dev['dashboard_email']}" in (
+            first.log()
+        )
+        login = {"email": dev["dashboard_email"], "password": dev["dashboard_password"]}
+        signed_in = http_json(
+            f"{dev['dashboard_url']}api/v1/auth/login",
+            {"Content-Type": "application/json"},
+            json.dumps(login).encode(),
+        )
+        assert signed_in is not None, first.log()[-3000:]
+        assert {(p["id"], p["role"]) for p in signed_in["projects"]} >= {("demo", "admin")}
 
         # Demo traffic shows in the metrics API, including months-old history.
         wait_for(

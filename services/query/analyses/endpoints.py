@@ -14,6 +14,7 @@ import msgspec
 import pyarrow as pa
 from aiohttp import web
 
+from libs.common.users import ANALYST
 from services.query.analyses import saved_definitions as saved
 from services.query.analyses.cohorts import (
     CohortBody,
@@ -102,7 +103,7 @@ from services.query.analyses.retention import (
     run_retention,
 )
 from services.query.analyses.scans import RequestScans, ScanLike, in_thread, scan_opener
-from services.query.auth import authorized_project
+from services.query.auth import authorized_project, project_access
 from services.query.dependencies import DEPS, ApiError
 from services.query.params import Filters, ParamError, TimeWindow, parse_int, single
 from services.query.responses import json_encoder
@@ -614,7 +615,8 @@ def _check_name(name: str) -> None:
 
 
 async def _save_cohort(request: web.Request, cohort_id: str | None) -> web.Response:
-    project_id = await authorized_project(request)
+    access = await project_access(request, ANALYST)
+    project_id = access.project_id
     body = decode_body(await request.read(), CohortBody)
     _check_name(body.name)
     if cohort_id is not None and body.id is not None and body.id != cohort_id:
@@ -640,11 +642,25 @@ async def _save_cohort(request: web.Request, cohort_id: str | None) -> web.Respo
         if cohort_id is None:
             new_id = saved.new_id(saved.COHORTS, body.id)
             version = await saved.create(
-                conn, saved.COHORTS, project_id, new_id, body.name, body.description, encoded
+                conn,
+                saved.COHORTS,
+                project_id,
+                new_id,
+                body.name,
+                body.description,
+                encoded,
+                access.user_id,
             )
         else:
             version = await saved.update(
-                conn, saved.COHORTS, project_id, cohort_id, body.name, body.description, encoded
+                conn,
+                saved.COHORTS,
+                project_id,
+                cohort_id,
+                body.name,
+                body.description,
+                encoded,
+                access.user_id,
             )
         if persons:
             await conn.copy_records_to_table(
@@ -687,7 +703,7 @@ async def get_cohort(request: web.Request) -> web.Response:
 
 async def delete_cohort(request: web.Request) -> web.Response:
     """Delete a cohort (every version; analyses naming it then answer 400)."""
-    project_id = await authorized_project(request)
+    project_id = (await project_access(request, ANALYST)).project_id
     await saved.delete(
         request.app[DEPS].pool, saved.COHORTS, project_id, request.match_info["cohort_id"]
     )
@@ -743,7 +759,8 @@ def _metric_record(version: saved.SavedVersion) -> SavedDefinition:
 
 
 async def _save_metric(request: web.Request, metric_id: str | None) -> web.Response:
-    project_id = await authorized_project(request)
+    access = await project_access(request, ANALYST)
+    project_id = access.project_id
     body = decode_body(await request.read(), MetricBody)
     _check_name(body.name)
     if metric_id is not None and body.id is not None and body.id != metric_id:
@@ -756,11 +773,25 @@ async def _save_metric(request: web.Request, metric_id: str | None) -> web.Respo
         if metric_id is None:
             new_id = saved.new_id(saved.METRICS, body.id)
             version = await saved.create(
-                conn, saved.METRICS, project_id, new_id, body.name, body.description, encoded
+                conn,
+                saved.METRICS,
+                project_id,
+                new_id,
+                body.name,
+                body.description,
+                encoded,
+                access.user_id,
             )
         else:
             version = await saved.update(
-                conn, saved.METRICS, project_id, metric_id, body.name, body.description, encoded
+                conn,
+                saved.METRICS,
+                project_id,
+                metric_id,
+                body.name,
+                body.description,
+                encoded,
+                access.user_id,
             )
     return json_response(_metric_record(version), status=201 if metric_id is None else 200)
 
@@ -796,7 +827,7 @@ async def get_metric_definition(request: web.Request) -> web.Response:
 
 async def delete_metric_definition(request: web.Request) -> web.Response:
     """Delete a custom metric (every version)."""
-    project_id = await authorized_project(request)
+    project_id = (await project_access(request, ANALYST)).project_id
     await saved.delete(
         request.app[DEPS].pool, saved.METRICS, project_id, request.match_info["metric_id"]
     )

@@ -1,6 +1,6 @@
-"""Versioned, per-project storage of saved analysis definitions (cohorts, custom metrics) in
-PostgreSQL (migration 0008): an update inserts the next version, reads return the latest, the
-history keeps every version, a delete hides them all."""
+"""Versioned, per-project storage of saved definitions (cohorts and custom metrics, migration
+0008; the dashboard's insights and dashboards, 0019) in PostgreSQL: an update inserts the next
+version, reads return the latest, the history keeps every version, a delete hides them all."""
 
 from __future__ import annotations
 
@@ -27,11 +27,13 @@ class SavedVersion:
     description: str
     definition: str
     created_at: datetime
+    created_by: str | None = None  # users.id of who saved this version (None: an API key)
 
 
 @dataclass(frozen=True)
 class DefinitionTable:
-    """Where one kind of definition lives: `analysis_cohorts` or `metric_definitions`."""
+    """Where one kind of definition lives: `analysis_cohorts`, `metric_definitions`,
+    `insights` or `dashboards`."""
 
     table: str
     id_column: str
@@ -41,6 +43,8 @@ class DefinitionTable:
 
 COHORTS = DefinitionTable("analysis_cohorts", "cohort_id", "cohort", "c")
 METRICS = DefinitionTable("metric_definitions", "metric_id", "metric definition", "m")
+INSIGHTS = DefinitionTable("insights", "insight_id", "insight", "i")
+DASHBOARDS = DefinitionTable("dashboards", "dashboard_id", "dashboard", "d")
 
 
 def new_id(kind: DefinitionTable, given: str | None) -> str:
@@ -60,12 +64,14 @@ def _version(row: asyncpg.Record, kind: DefinitionTable) -> SavedVersion:
         description=row["description"],
         definition=row["definition"],
         created_at=row["created_at"],
+        created_by=row["created_by"],
     )
 
 
 def _columns(kind: DefinitionTable) -> str:
     return (
-        f"{kind.id_column}, version, name, description, definition::text AS definition, created_at"
+        f"{kind.id_column}, version, name, description, definition::text AS definition, "
+        "created_at, created_by"
     )
 
 
@@ -77,12 +83,13 @@ async def create(
     name: str,
     description: str,
     definition: str,
+    created_by: str | None = None,
 ) -> SavedVersion:
     """Version 1 of a new definition; 409 when the id is taken (even by a deleted one)."""
     row = await conn.fetchrow(
         f"""INSERT INTO {kind.table} (project_id, {kind.id_column}, version, name, description,
-                                      definition)
-            VALUES ($1, $2, 1, $3, $4, $5::jsonb)
+                                      definition, created_by)
+            VALUES ($1, $2, 1, $3, $4, $5::jsonb, $6)
             ON CONFLICT DO NOTHING
             RETURNING {_columns(kind)}""",
         project_id,
@@ -90,6 +97,7 @@ async def create(
         name,
         description,
         definition,
+        created_by,
     )
     if row is None:
         raise ApiError(409, f"a {kind.noun} with id {item_id!r} exists already")
@@ -104,6 +112,7 @@ async def update(
     name: str,
     description: str,
     definition: str,
+    created_by: str | None = None,
 ) -> SavedVersion:
     """The next version; 404 for an unknown or deleted id. Concurrent updates serialize on the
     latest version's row lock, so each gets its own version number."""
@@ -119,8 +128,8 @@ async def update(
             raise ApiError(404, f"unknown {kind.noun} {item_id!r}")
         row = await conn.fetchrow(
             f"""INSERT INTO {kind.table} (project_id, {kind.id_column}, version, name,
-                                          description, definition)
-                VALUES ($1, $2, $3, $4, $5, $6::jsonb)
+                                          description, definition, created_by)
+                VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)
                 RETURNING {_columns(kind)}""",
             project_id,
             item_id,
@@ -128,6 +137,7 @@ async def update(
             name,
             description,
             definition,
+            created_by,
         )
     assert row is not None
     return _version(row, kind)
