@@ -259,10 +259,7 @@ class Aggregator:
     async def run(self) -> None:
         """Create/bind the durable consumer and consume until stopped."""
         await self.js.add_consumer(self.subjects.enriched_stream, self.consumer_config())
-        async with self.pool.acquire() as conn:
-            await ensure_partitions_ahead(
-                conn, self.settings.partitions_ahead_days, self.partitions
-            )
+        await self._partitions_ahead_at_start()
         subscriptions = [
             await self.js.pull_subscribe_bind(
                 durable=DURABLE,
@@ -281,6 +278,24 @@ class Aggregator:
             for sub in subscriptions:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
+
+    async def _partitions_ahead_at_start(self) -> None:
+        """Today's partitions before the first fetch; a lost connection (a PostgreSQL restart
+        or failover) is retried with backoff instead of ending the process."""
+        delay = 0.1
+        while True:
+            try:
+                async with self.pool.acquire() as conn:
+                    await ensure_partitions_ahead(
+                        conn, self.settings.partitions_ahead_days, self.partitions
+                    )
+                return
+            except Exception as exc:
+                if not is_transient(exc) or self._stopping.is_set():
+                    raise
+                self._log.warning("partitions ahead failed, retrying", error=repr(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _keep_partitions_ahead(self) -> None:
         while True:
