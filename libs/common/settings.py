@@ -74,6 +74,12 @@ class IngestSettings(CommonSettings, frozen=True, kw_only=True):
     publish_max_message_events: int = 500
     publish_max_message_bytes: int = 512 * 1024
     shutdown_timeout_s: float = 15.0  # SIGTERM: how long in-flight requests may take to finish
+    # Connection hygiene: a connection must complete a request's headers within
+    # http_idle_timeout_s of opening or of its previous answer, and its body within
+    # http_body_timeout_s; past max_connections the longest-idle connections are closed.
+    http_idle_timeout_s: float = 15.0
+    http_body_timeout_s: float = 30.0
+    max_connections: int = 10000
     # Enrichment from the client IP (docs/enrichment.md): a MaxMind-format City database, a file
     # of bot CIDRs, and the proxies (CIDRs) whose X-Forwarded-For is believed.
     geoip_db: str = ""
