@@ -25,12 +25,14 @@ from prometheus_client import CollectorRegistry
 from libs.common.observability import add_health_routes, hide_server_version
 from libs.common.schemas.events_v1 import EventV1
 from libs.common.settings import IngestSettings
+from libs.common.storable_text import NUL_PROBLEM, may_hold_nul, nul_path
 from libs.common.subjects import Subjects
 from services.ingest.analytics_api_payloads import (
     analytics_batch_decoder,
     analytics_event_decoder,
     raw_array_decoder,
 )
+from services.ingest.answers import Rejection, Skip
 from services.ingest.auth import (
     KeyStoreUnavailable,
     WriteKey,
@@ -54,6 +56,13 @@ from services.ingest.event_mapping import (
 from services.ingest.geo import GeoLocator
 from services.ingest.metrics import IngestMetrics
 from services.ingest.networks import NetworkSet, client_ip, load_network_file, parse_network_list
+from services.ingest.openapi import (
+    ANALYTICS_EVENTS_BATCH_PATH,
+    ANALYTICS_EVENTS_PATH,
+    SEGMENT_TYPES,
+    SHORT_PATHS,
+    add_openapi_route,
+)
 from services.ingest.publishing import PublishUnavailable, RawEventPublisher
 from services.ingest.rate_limits import WriteKeyRateLimiter, retry_after_header
 from services.ingest.request_body import (
@@ -72,30 +81,15 @@ from services.ingest.segment_payloads import (
 from services.ingest.tracker.script import add_tracker_routes
 from services.ingest.validation import (
     ISO_TIME_HINT,
-    NUL_PROBLEM,
     EventLimits,
     ItemRejected,
     check_event_size,
     check_no_nul,
     describe_validation_error,
-    may_hold_nul,
-    nul_path,
 )
 
 log = structlog.get_logger("strata.ingest")
 
-SEGMENT_TYPES = ("track", "page", "screen", "identify", "group", "alias")
-# analytics.js's short paths for the same calls.
-_SEGMENT_SHORT_PATHS = {
-    "t": "track",
-    "p": "page",
-    "s": "screen",
-    "i": "identify",
-    "g": "group",
-    "a": "alias",
-}
-ANALYTICS_EVENTS_PATH = "/api/v1/analytics/events"
-ANALYTICS_EVENTS_BATCH_PATH = "/api/v1/analytics/events/batch"
 
 _CORS = {
     "Access-Control-Allow-Origin": "*",
@@ -127,18 +121,6 @@ class IngestDeps:
     pool: asyncpg.Pool
     subjects: Subjects
     registry: CollectorRegistry
-
-
-class Rejection(msgspec.Struct, frozen=True):
-    index: int
-    messageId: Any
-    error: str
-
-
-class Skip(msgspec.Struct, frozen=True):
-    index: int
-    messageId: Any
-    reason: str
 
 
 class _Refused(Exception):
@@ -413,10 +395,10 @@ class IngestApi:
         if found is None:
             raise _Refused(_error(401, "invalid write key"))
         if found.key.role != "write" or found.key.project_id is None:
+            role = found.key.role
+            article = "an" if role[:1] in "aeiou" else "a"
             raise _Refused(
-                _error(
-                    403, f"a {found.key.role} key cannot send events; use the project's write key"
-                )
+                _error(403, f"{article} {role} key cannot send events; use the project's write key")
             )
         return found
 
@@ -480,7 +462,8 @@ def _message_id(raw: Any, analytics: bool) -> Any:
             found = message_id_decoder.decode(raw).messageId
     except (msgspec.DecodeError, RecursionError):
         return None
-    return found if isinstance(found, str | int) else None
+    # JSON true/false decode as int subclasses; they are no id.
+    return found if isinstance(found, str | int) and not isinstance(found, bool) else None
 
 
 def _too_large(size: int | None, limit: int) -> web.Response:
@@ -607,7 +590,7 @@ def build_app(
     ]
     for event_type in SEGMENT_TYPES:
         routes.append((f"/v1/{event_type}", api.segment_single(event_type)))
-    for short, event_type in _SEGMENT_SHORT_PATHS.items():
+    for short, event_type in SHORT_PATHS.items():
         routes.append((f"/v1/{short}", api.segment_single(event_type)))
     for path, handler in routes:
         app.router.add_post(path, handler)
@@ -628,6 +611,7 @@ def build_app(
     app.on_cleanup.append(close_geo)
 
     add_tracker_routes(app)
+    add_openapi_route(app)
 
     # Ingest has no background loop: it is alive while it answers HTTP.
     add_health_routes(

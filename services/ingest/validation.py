@@ -7,6 +7,8 @@ from typing import Any
 
 import msgspec
 
+from libs.common.storable_text import NUL_PROBLEM, may_hold_nul, nul_path
+
 
 class ItemRejected(Exception):
     """One event of a request is invalid; `reason` names the field and the problem."""
@@ -102,41 +104,9 @@ def _nested_keys(value: Any, depth: int, field: str, limits: EventLimits) -> int
     return keys
 
 
-# PostgreSQL's text and jsonb cannot hold U+0000. In JSON it can only arrive escaped, so a body
-# without this escape needs no walk at all.
-_NUL_ESCAPE = b"\\u0000"
-NUL_PROBLEM = "contains a NUL character (\\u0000), which cannot be stored; remove it"
-
-
-def may_hold_nul(raw: bytes | msgspec.Raw) -> bool:
-    """Cheap pre-check: False means the JSON text holds no NUL character."""
-    return _NUL_ESCAPE in (raw if isinstance(raw, bytes) else bytes(raw))
-
-
-def nul_path(value: Any, path: str = "") -> str | None:
-    """The path (`properties.k`, `batch context.page.path`...) of the first string or key
-    holding a NUL character in decoded JSON, or None."""
-    if type(value) is str:
-        return (path or "value") if "\x00" in value else None
-    if type(value) is dict:
-        for key, child in value.items():
-            where = f"{path}.{key}" if path else str(key)
-            if "\x00" in key:
-                return f"{where.replace(chr(0), '?')} (the key)"
-            found = nul_path(child, where)
-            if found is not None:
-                return found
-    elif type(value) is list:
-        for index, child in enumerate(value):
-            found = nul_path(child, f"{path}[{index}]")
-            if found is not None:
-                return found
-    return None
-
-
 def check_no_nul(raw: bytes | msgspec.Raw) -> None:
     """Reject an item whose JSON holds a NUL character anywhere (ItemRejected naming it)."""
-    if not may_hold_nul(raw):
+    if not may_hold_nul(raw if isinstance(raw, bytes) else bytes(raw)):
         return
     try:
         where = nul_path(msgspec.json.decode(raw))

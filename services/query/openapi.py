@@ -86,9 +86,14 @@ class Endpoint:
     method: str = "get"
     request: type | None = None  # the JSON body's Struct (POST/PUT)
     ok_status: str = "200"  # 201 for a create, 204 (no body) for a delete
+    conflict: str | None = None  # when the endpoint answers 409: why
 
 
 _INT = {"type": "integer"}
+# An ISO date or datetime (from/to everywhere).
+_INSTANT = {
+    "anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}]
+}
 _BOOL = {"type": "boolean"}
 
 PROJECT = Param(
@@ -98,11 +103,13 @@ FROM = Param(
     "from",
     "Range start: an ISO date (local midnight in `timezone`) or datetime (naive = in "
     "`timezone`). Default: 7 local days before `to`.",
+    _INSTANT,
 )
 TO = Param(
     "to",
     "Range end, exclusive for a datetime; a date includes that whole day. Default: the end "
     "of today in `timezone`.",
+    _INSTANT,
 )
 TIMEZONE = Param(
     "timezone", "IANA time zone buckets and dates are aligned in (default UTC).", {"type": "string"}
@@ -221,8 +228,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             Param("distinct_id", "Device id."),
             Param("user_id", "User id."),
             Param("session_id", "Session id."),
-            Param("from", "Earliest event time (inclusive); unbounded by default."),
-            Param("to", "Latest event time (exclusive; a date includes that day)."),
+            Param("from", "Earliest event time (inclusive); unbounded by default.", _INSTANT),
+            Param("to", "Latest event time (exclusive; a date includes that day).", _INSTANT),
             TIMEZONE,
             Param(
                 "property",
@@ -250,8 +257,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         (
             PROJECT,
             Param("user_id", "A user id or any device id linked to the person.", where="path"),
-            Param("from", "Earliest event time."),
-            Param("to", "Latest event time (exclusive)."),
+            Param("from", "Earliest event time.", _INSTANT),
+            Param("to", "Latest event time (exclusive).", _INSTANT),
             TIMEZONE,
             PAGE_LIMIT,
             CURSOR,
@@ -377,6 +384,7 @@ ANALYSIS_ENDPOINTS: tuple[Endpoint, ...] = (
         method="post",
         request=CohortBody,
         ok_status="201",
+        conflict="A cohort with this id exists already (deleted ones keep their id).",
     ),
     Endpoint(
         "/api/v1/analytics/cohorts/{cohort_id}",
@@ -427,6 +435,7 @@ ANALYSIS_ENDPOINTS: tuple[Endpoint, ...] = (
         method="post",
         request=MetricBody,
         ok_status="201",
+        conflict="A metric with this id exists already (deleted ones keep their id).",
     ),
     Endpoint(
         "/api/v1/analytics/metric-definitions/{metric_id}",
@@ -517,6 +526,8 @@ PRIVACY_ENDPOINTS: tuple[Endpoint, ...] = (
         None,
         content_type="application/x-ndjson",
         tag="privacy",
+        conflict="Archived days hold the person's events and are not restored (and "
+        "allow_partial is not set).",
     ),
 )
 ENDPOINTS = (*ENDPOINTS, *PRIVACY_ENDPOINTS)
@@ -541,7 +552,25 @@ def build_document() -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for endpoint in ENDPOINTS:
         if endpoint.response is None:
-            ok_content: dict[str, Any] = {endpoint.content_type: {"schema": {"type": "string"}}}
+            untyped = {"type": "object"} if endpoint.content_type == "application/json" else {}
+            ok_content: dict[str, Any] = {
+                endpoint.content_type: {"schema": untyped or {"type": "string"}}
+            }
+        elif endpoint.content_type == "text/event-stream":
+            # Each event of the stream: its `data` is the response Struct as JSON.
+            event = {
+                "type": "object",
+                "properties": {
+                    "event": {"type": "string"},
+                    "data": {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": ref_of[endpoint.response],
+                    },
+                },
+                "required": ["data"],
+            }
+            ok_content = {endpoint.content_type: {"schema": event}}
         else:
             ok_content = {endpoint.content_type: {"schema": ref_of[endpoint.response]}}
         ok: dict[str, Any] = {"description": "OK"}
@@ -549,7 +578,10 @@ def build_document() -> dict[str, Any]:
             ok["content"] = ok_content
         responses: dict[str, Any] = {endpoint.ok_status: ok}
         if endpoint.authenticated:
-            for status, text in _ERRORS.items():
+            errors = dict(_ERRORS)
+            if endpoint.conflict is not None:
+                errors["409"] = endpoint.conflict
+            for status, text in errors.items():
                 responses[status] = {
                     "description": text,
                     "content": {"application/json": {"schema": error_ref}},

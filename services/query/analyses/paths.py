@@ -57,6 +57,12 @@ def paths_spec(request: PathsRequest) -> PathsSpec:
         if not rule.regex:
             raise ParamError(f"cleaning_rules[{i}].regex", "must not be empty")
         check_regex(f"cleaning_rules[{i}].regex", rule.regex)
+        trailing = len(rule.replacement) - len(rule.replacement.rstrip("\\"))
+        if trailing % 2:
+            raise ParamError(
+                f"cleaning_rules[{i}].replacement",
+                "ends in a lone backslash (write \\\\ for a backslash; \\1 names a group)",
+            )
     for name in ("start_point", "end_point"):
         if getattr(request, name) == "":
             raise ParamError(name, "must not be empty")
