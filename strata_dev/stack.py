@@ -474,7 +474,9 @@ class Stack:
 
         nc = await connect(self.nats_url, "strata-up")
         try:
-            await ensure_streams(nc.jetstream(), Subjects(settings.nats_prefix))
+            await ensure_streams(
+                nc.jetstream(), Subjects(settings.nats_prefix), settings.stream_replicas
+            )
         finally:
             await nc.close()
 

@@ -45,6 +45,9 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
     nats_url: str = "nats://127.0.0.1:4222"
     nats_prefix: str = "strata"
     partitions: int = 8  # person partitions of the raw stream; fixed for a deployment
+    # Replicas of every JetStream stream: 1 on one server, 3 on a NATS cluster (R3). Only ever
+    # raised at start-up, never lowered.
+    stream_replicas: int = 1
     log_format: str = "json"  # json | console
     log_level: str = "info"
     otel_exporter: str = "none"  # none | console | otlp

@@ -310,8 +310,8 @@ class Aggregator:
                 msgs = await sub.fetch(
                     self.settings.fetch_batch, timeout=self.settings.fetch_timeout_s
                 )
-            except NatsTimeoutError:
-                continue
+            except (NatsTimeoutError, TimeoutError):
+                continue  # nothing to fetch (nats' or asyncio's timeout): idle, not failing
             except Exception as exc:  # NATS reconnecting: the client retries, so do we
                 self._log.warning("fetch failed", error=repr(exc))
                 await asyncio.sleep(0.5)

@@ -31,7 +31,7 @@ async def serve(settings: IngestSettings) -> None:
     """Run the gateway until SIGTERM or SIGINT, then shut down gracefully."""
     nc = await connect(settings.nats_url, "strata-ingest")
     subjects = Subjects(settings.nats_prefix)
-    await ensure_streams(nc.jetstream(), subjects)
+    await ensure_streams(nc.jetstream(), subjects, settings.stream_replicas)
     pool = await create_pool(settings.database_url, min_size=1, max_size=5)
     open_files, _ = raise_open_file_limit()
     connections = OpenConnections(effective_max_connections(settings.max_connections, open_files))

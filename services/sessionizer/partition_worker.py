@@ -56,6 +56,9 @@ DLQ_SERVICE = "sessionizer"
 DLQ_WINDOW = 200
 DLQ_MIN_COUNT = 20
 MAX_RESTART_BACKOFF_S = 30.0
+# A partition that ran this long before failing was healthy: it restarts without the backoff
+# its earlier failures built up (a NATS failover hours later waits 0.5 s, not 30 s).
+STABLE_RUN_S = 10.0
 
 
 class InvalidRawBatch(ValueError):
@@ -242,10 +245,13 @@ class PartitionWorker:
         """Consume until the service stops; transient failures restart from the checkpoint."""
         backoff = 0.5
         while not self._stopping.is_set():
+            started = time.monotonic()
             try:
                 await self._run_from_checkpoint()
                 backoff = 0.5
             except Exception as exc:
+                if time.monotonic() - started >= STABLE_RUN_S:
+                    backoff = 0.5
                 # Anything unexpected (NATS or PostgreSQL away, a publish not acked) is
                 # retried from the last checkpoint: replays are deterministic and deduplicated.
                 self._cancel_pending_publishes()
