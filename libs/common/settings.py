@@ -40,6 +40,13 @@ def from_env(cls: type[T], env: Mapping[str, str] | None = None) -> T:
         raise SettingsError(f"invalid configuration: {exc} (see docs/configuration.md)") from exc
 
 
+_CHOICES = {
+    "log_format": ("json", "console"),
+    "log_level": ("debug", "info", "warning", "error"),
+    "otel_exporter": ("none", "console", "otlp"),
+}
+
+
 class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/strata"
     nats_url: str = "nats://127.0.0.1:4222"
@@ -52,6 +59,13 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str = "info"
     otel_exporter: str = "none"  # none | console | otlp
     otel_endpoint: str = ""  # OTLP/HTTP endpoint when otel_exporter=otlp
+
+    def __post_init__(self) -> None:
+        # A typo in one of these would otherwise fall back silently (e.g. xml logs as JSON).
+        for field, allowed in _CHOICES.items():
+            value = getattr(self, field)
+            if (value.lower() if field == "log_level" else value) not in allowed:
+                raise ValueError(f"{env_name(field)}={value!r} is not one of {', '.join(allowed)}")
 
 
 class IngestSettings(CommonSettings, frozen=True, kw_only=True):
