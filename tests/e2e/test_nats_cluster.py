@@ -157,20 +157,20 @@ async def test_r3_streams_survive_leader_and_server_loss_storing_each_event_once
             load = Load(f"http://127.0.0.1:{ports['ingest']}", project.write_key)
             async with aiohttp.ClientSession() as http:
                 senders = [asyncio.create_task(load.sender(http, n)) for n in range(SENDERS)]
-                await load.run_for(1.5)
+                await load.run_for(1.0)
                 started_at = time.monotonic()
 
                 first = await stream_leader(admin, subjects.raw_stream)
                 cluster.node(first).kill9()
-                await load.run_for(3.0)
+                await load.run_for(2.5)
                 cluster.restart(first)
-                await load.run_for(3.0)
+                await load.run_for(2.5)
 
                 # Then another server: the raw stream's leader now, elected among the others.
                 second = await stream_leader(admin, subjects.raw_stream)
                 assert second != first
                 cluster.node(second).kill9()
-                await load.run_for(3.0)
+                await load.run_for(2.5)
                 load.stopping.set()
                 await asyncio.gather(*senders)
                 load_s = time.monotonic() - started_at
