@@ -285,6 +285,8 @@ def cmd_dlq_list(args: argparse.Namespace, settings: StackSettings, env: Mapping
         origin = letter.original_subject
         if letter.original_seq is not None:
             origin += f" #{letter.original_seq}"
+        if letter.event_id is not None:
+            origin += f" (event {letter.event_id} only)"
         print(
             f"seq {letter.seq}  {letter.service}  {letter.failed_at or '-'}  {origin}  "
             f"{letter.size} bytes  deliveries={letter.deliveries or '-'}\n    {letter.reason}"

@@ -205,6 +205,13 @@ class EmbeddedPostgres:
         _wait_port(self.port, 30)
         return self
 
+    def postmaster_pid(self) -> int | None:
+        """The running postmaster's pid from its pid file (None when there is none)."""
+        try:
+            return int((self.pgdata / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
     def stop(self) -> None:
         if (self.pgdata / "postmaster.pid").exists():
             subprocess.run(

@@ -4,10 +4,12 @@ Without NATS_URL / DATABASE_URL it starts its own NATS (JetStream) and PostgreSQ
 directory, on loopback ports that stay the same from run to run when they are free. It applies
 migrations, makes sure a "demo" project with write/read/admin keys exists (their secrets are
 kept in the data directory, since the database holds only hashes) and a dashboard admin
-(admin@strata.local, its password kept there too), creates the streams, then
-runs the five services as child processes, restarting any that dies. Once every service answers
-/readyz it writes `dev.json` (URLs and keys) and prints it. SIGINT/SIGTERM stop the children
-first (SIGTERM, then SIGKILL after a grace period), then PostgreSQL and NATS.
+(admin@strata.local, its password kept there too), creates the streams, then runs the five
+services as child processes, restarting any that dies. The embedded NATS and PostgreSQL are
+watched the same way: one that dies is restarted (same port, same store) with backoff, and the
+supervisor says so. Once every service answers /readyz it writes `dev.json` (URLs and keys) and
+prints it. SIGINT/SIGTERM stop the children first (SIGTERM, then SIGKILL after a grace period),
+then PostgreSQL and NATS.
 """
 
 from __future__ import annotations
@@ -254,6 +256,75 @@ async def ensure_dashboard_admin(
 # --- child services -----------------------------------------------------------------------
 
 
+def process_alive(pid: int) -> bool:
+    """A process with this pid runs (a zombie, dead but not yet reaped, does not count)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # The state follows the parenthesised command name, which may itself hold spaces.
+    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
+
+
+class ServerWatch:
+    """Keeps one embedded server running: polls `alive`, and when the server is gone calls
+    `restart` (in a thread) after a backoff of 0.5 s doubling to `backoff_max_s` (back to 0.5 s
+    once the server has run for a minute), announcing each step. `stop()` ends the watch after
+    any restart under way, so shutdown never races a restart."""
+
+    POLL_S = 0.2
+
+    def __init__(
+        self,
+        name: str,
+        alive: Callable[[], bool],
+        restart: Callable[[], str],
+        backoff_max_s: float,
+    ) -> None:
+        self.name = name
+        self.alive = alive
+        self.restart = restart  # returns where the server listens again, for the announcement
+        self.backoff_max_s = backoff_max_s
+        self.restarts = 0
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._watch(), name=f"watch-{self.name}")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep unless stopped meanwhile; False when stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        return not self._stopping.is_set()
+
+    async def _watch(self) -> None:
+        backoff = _FIRST_BACKOFF_S
+        running_since = time.monotonic()
+        while await self._pause(self.POLL_S):
+            if self.alive():
+                continue
+            if time.monotonic() - running_since >= _STABLE_RUN_S:
+                backoff = _FIRST_BACKOFF_S
+            self.restarts += 1
+            say(f"{self.name} died; restart #{self.restarts} in {backoff:.1f}s")
+            while await self._pause(backoff):
+                backoff = min(backoff * 2, self.backoff_max_s)
+                try:
+                    where = await asyncio.to_thread(self.restart)
+                except (EmbeddedError, OSError) as exc:
+                    say(f"{self.name} did not start: {exc}; next try in {backoff:.1f}s")
+                    continue
+                say(f"{self.name} is running again ({where}), restart #{self.restarts}")
+                running_since = time.monotonic()
+                break
+
+
 def _die_with_parent() -> None:
     """Runs in the child before exec: if the supervisor is killed outright, the kernel sends
     the child SIGTERM so no service outlives it (Linux only; elsewhere a no-op)."""
@@ -457,6 +528,7 @@ class Stack:
         self.nats: EmbeddedNats | None = None
         self.postgres: EmbeddedPostgres | None = None
         self.children: list[ChildService] = []
+        self.watches: list[ServerWatch] = []
         self.demo_task: asyncio.Task[None] | None = None
         self.nats_url = settings.nats_url
         self.database_url = settings.database_url
@@ -499,7 +571,9 @@ class Stack:
 
         nc = await connect(self.nats_url, "strata-up")
         try:
-            await ensure_streams(nc.jetstream(), Subjects(settings.nats_prefix))
+            await ensure_streams(
+                nc.jetstream(), Subjects(settings.nats_prefix), settings.stream_replicas
+            )
         finally:
             await nc.close()
 
@@ -575,6 +649,40 @@ class Stack:
         save_state(self.data_dir, self.state)
         say(f"started {', '.join(SERVICES)} (logs: {log_dir})")
 
+    def watch_servers(self) -> None:
+        """Restart the embedded NATS or PostgreSQL when it dies (servers given by URL are the
+        user's to run)."""
+        backoff_max_s = self.settings.restart_backoff_max_s
+        nats, postgres = self.nats, self.postgres
+        if nats is not None:
+
+            def nats_alive() -> bool:
+                return nats.proc is not None and nats.proc.poll() is None
+
+            def restart_nats() -> str:
+                nats.start()
+                assert nats.proc is not None
+                self.state.nats_pid = nats.proc.pid
+                save_state(self.data_dir, self.state)
+                return f"pid {nats.proc.pid}, {nats.url}"
+
+            self.watches.append(ServerWatch("NATS", nats_alive, restart_nats, backoff_max_s))
+        if postgres is not None:
+
+            def postgres_alive() -> bool:
+                pid = postgres.postmaster_pid()
+                return pid is not None and process_alive(pid)
+
+            def restart_postgres() -> str:
+                postgres.start()  # pg_ctl runs crash recovery and replaces a stale pid file
+                return f"pid {postgres.postmaster_pid()}, 127.0.0.1:{postgres.port}"
+
+            self.watches.append(
+                ServerWatch("PostgreSQL", postgres_alive, restart_postgres, backoff_max_s)
+            )
+        for watch in self.watches:
+            watch.start()
+
     def dev_info(self) -> dict[str, str]:
         project_keys = self.state.keys[DEFAULT_PROJECT]
         return {
@@ -642,6 +750,8 @@ class Stack:
 
     async def stop(self) -> None:
         """Children first (they flush and ack into PostgreSQL/NATS), then the servers."""
+        # No server restarts from here on (one under way completes first).
+        await asyncio.gather(*(watch.stop() for watch in self.watches))
         if self.demo_task is not None:
             self.demo_task.cancel()
             await asyncio.gather(self.demo_task, return_exceptions=True)
@@ -713,6 +823,7 @@ async def run_stack(
         await _until_stopped(stack.start_servers(), stop)
         if not stop.is_set():
             await stack.ensure_keys(DEMO_PROJECTS if demo else (DEFAULT_PROJECT,))
+            stack.watch_servers()
             stack.start_children()
             await wait_all_ready(stack.children, settings.ready_timeout_s, stop)
         if not stop.is_set():

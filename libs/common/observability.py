@@ -124,6 +124,19 @@ def add_health_routes(
     app.router.add_get("/metrics", metrics)
 
 
+SERVER_HEADER = "strata"
+
+
+def hide_server_version(app: web.Application) -> None:
+    """Answer with `Server: strata` instead of aiohttp's exact Python and aiohttp versions,
+    which only help someone matching known vulnerabilities."""
+
+    async def set_server(_: web.Request, response: web.StreamResponse) -> None:
+        response.headers["Server"] = SERVER_HEADER
+
+    app.on_response_prepare.append(set_server)
+
+
 async def start_health_server(
     host: str,
     port: int,
@@ -133,6 +146,7 @@ async def start_health_server(
 ) -> web.AppRunner:
     """A small HTTP server with only the health routes (for the consumer services)."""
     app = web.Application()
+    hide_server_version(app)
     add_health_routes(app, registry, liveness, ready_checks)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -40,15 +40,32 @@ def from_env(cls: type[T], env: Mapping[str, str] | None = None) -> T:
         raise SettingsError(f"invalid configuration: {exc} (see docs/configuration.md)") from exc
 
 
+_CHOICES = {
+    "log_format": ("json", "console"),
+    "log_level": ("debug", "info", "warning", "error"),
+    "otel_exporter": ("none", "console", "otlp"),
+}
+
+
 class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/strata"
     nats_url: str = "nats://127.0.0.1:4222"
     nats_prefix: str = "strata"
     partitions: int = 8  # person partitions of the raw stream; fixed for a deployment
+    # Replicas of every JetStream stream: 1 on one server, 3 on a NATS cluster (R3). Only ever
+    # raised at start-up, never lowered.
+    stream_replicas: int = 1
     log_format: str = "json"  # json | console
     log_level: str = "info"
     otel_exporter: str = "none"  # none | console | otlp
     otel_endpoint: str = ""  # OTLP/HTTP endpoint when otel_exporter=otlp
+
+    def __post_init__(self) -> None:
+        # A typo in one of these would otherwise fall back silently (e.g. xml logs as JSON).
+        for field, allowed in _CHOICES.items():
+            value = getattr(self, field)
+            if (value.lower() if field == "log_level" else value) not in allowed:
+                raise ValueError(f"{env_name(field)}={value!r} is not one of {', '.join(allowed)}")
 
 
 class IngestSettings(CommonSettings, frozen=True, kw_only=True):
@@ -74,6 +91,12 @@ class IngestSettings(CommonSettings, frozen=True, kw_only=True):
     publish_max_message_events: int = 500
     publish_max_message_bytes: int = 512 * 1024
     shutdown_timeout_s: float = 15.0  # SIGTERM: how long in-flight requests may take to finish
+    # Connection hygiene: a connection must complete a request's headers within
+    # http_idle_timeout_s of opening or of its previous answer, and its body within
+    # http_body_timeout_s; past max_connections the longest-idle connections are closed.
+    http_idle_timeout_s: float = 15.0
+    http_body_timeout_s: float = 30.0
+    max_connections: int = 10000
     # Enrichment from the client IP (docs/enrichment.md): a MaxMind-format City database, a file
     # of bot CIDRs, and the proxies (CIDRs) whose X-Forwarded-For is believed.
     geoip_db: str = ""

@@ -29,7 +29,7 @@ async def serve(settings: AggregatorSettings) -> None:
     nc = await connect(settings.nats_url, "strata-aggregator")
     pool = await create_pool(settings.database_url, min_size=1, max_size=settings.pool_size)
     try:
-        await ensure_streams(nc.jetstream(), subjects)
+        await ensure_streams(nc.jetstream(), subjects, settings.stream_replicas)
         registry = CollectorRegistry()
         # A write may legitimately take up to ack_wait; only a loop stuck longer is dead.
         liveness = Liveness(stall_s=max(60.0, 2 * settings.ack_wait_s))

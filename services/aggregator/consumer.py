@@ -5,7 +5,9 @@ Failures are sorted by type:
 - `PoisonMessage` (cannot be decoded or validated): dead-lettered at once, then `term()`ed.
 - a data fault (the database rejects the data: `asyncpg.DataError` and the like, or any error
   not known to be transient): the batch is retried message by message, and a message still
-  failing at JetStream's `max_redeliveries`-th delivery is dead-lettered.
+  failing at JetStream's `max_redeliveries`-th delivery has its events written in ever smaller
+  groups, so that only the events the database rejects are dead-lettered, each alone with its
+  reason, and the others are stored; then the message is acked.
 - a transient failure (connection lost, serialization failure, deadlock): every message is
   `nak`ed with a backoff delay and retried, never dead-lettered.
 Dead-lettering is capped by count and ratio over a time window: past the cap the consumer halts
@@ -49,6 +51,7 @@ DURABLE = "aggregator"
 PARTITIONS_REFRESH_S = 3600.0
 
 _decoder = msgspec.json.Decoder(EnrichedBatchV1)
+_encode_batch = msgspec.json.Encoder().encode
 _tracer = trace.get_tracer("strata.aggregator")
 
 
@@ -322,8 +325,8 @@ class Aggregator:
                 msgs = await sub.fetch(
                     self.settings.fetch_batch, timeout=self.settings.fetch_timeout_s
                 )
-            except NatsTimeoutError:
-                continue
+            except (NatsTimeoutError, TimeoutError):
+                continue  # nothing to fetch (nats' or asyncio's timeout): idle, not failing
             except Exception as exc:  # NATS reconnecting: the client retries, so do we
                 self._log.warning("fetch failed", error=repr(exc))
                 await asyncio.sleep(0.5)
@@ -420,11 +423,15 @@ class Aggregator:
         self.metrics.messages.labels("retried").inc(len(items))
 
     async def _failed(self, item: _Item, exc: BaseException) -> None:
-        """One message the database rejects: retry until its last allowed delivery, then DLQ."""
+        """One message the database rejects: retry until its last allowed delivery, then
+        dead-letter only the events that fail on their own."""
         deliveries = item.msg.metadata.num_delivered or 1
         reason = f"{type(exc).__name__}: {exc}"
         if deliveries >= self.settings.max_redeliveries:
-            await self._dead_letter(item.msg, f"{reason} (after {deliveries} deliveries)")
+            if len(item.batch.events) == 1:
+                await self._dead_letter(item.msg, f"{reason} (after {deliveries} deliveries)")
+            else:
+                await self._isolate_events(item, deliveries)
             return
         self._log.warning(
             "message failed, will retry",
@@ -435,17 +442,85 @@ class Aggregator:
         await item.msg.nak(delay=self._backoff(item.msg))
         self.metrics.messages.labels("retried").inc()
 
-    async def _dead_letter(self, msg: Msg, reason: str) -> None:
-        self.budget.spend()  # raises DeadLetterCapExceeded past the cap
-        await publish_dead_letter(self.js, self.subjects, SERVICE, msg, reason)
-        await msg.term()
-        self.metrics.dead_letters.inc()
-        self.metrics.messages.labels("dead_lettered").inc()
+    async def _isolate_events(self, item: _Item, deliveries: int) -> None:
+        """Write the message's events in halves, quarters, ... down to single events, so the
+        database's rejection is pinned on the events that cause it: those are dead-lettered,
+        each as a message of its own with its reason, the rest are stored, then the message is
+        acked. A transient failure meanwhile naks the whole message: the groups already
+        committed are no-ops when it comes back."""
+        rejected: list[tuple[EventV1, str]] = []
+        result = WriteResult(received=0, inserted=0, duplicates=0)
+        groups = [list(item.batch.events)]
+        while groups:
+            group = groups.pop()
+            try:
+                async with self.pool.acquire() as conn:
+                    written = await write_events(conn, group, self.partitions)
+            except Exception as exc:
+                if is_transient(exc):
+                    await self._retry_later([item], exc)
+                    return
+                if len(group) == 1:
+                    rejected.append((group[0], f"{type(exc).__name__}: {exc}"))
+                else:
+                    half = len(group) // 2
+                    groups += [group[half:], group[:half]]  # the first half is written first
+                continue
+            result = WriteResult(
+                received=result.received + written.received,
+                inserted=result.inserted + written.inserted,
+                duplicates=result.duplicates + written.duplicates,
+            )
+        batch = item.batch
+        for event, reason in rejected:
+            payload = _encode_batch(
+                EnrichedBatchV1(
+                    batch_id=f"{batch.batch_id}/{event.event_id}",
+                    project_id=batch.project_id,
+                    name=batch.name,
+                    events=[event],
+                )
+            )
+            await self._dead_letter(
+                item.msg,
+                f"event {event.event_id}: {reason} (after {deliveries} deliveries)",
+                payload=payload,
+                event_id=event.event_id,
+            )
+        # Ack only after every event is either committed or in the DLQ.
+        await item.msg.ack()
+        self.budget.record_handled()
+        self.metrics.messages.labels("acked").inc()
+        self.metrics.events_inserted.inc(result.inserted)
+        self.metrics.events_duplicate.inc(result.duplicates)
         self._log.warning(
-            "message dead-lettered",
+            "message stored without its rejected events",
+            batch_id=batch.batch_id,
+            events=len(batch.events),
+            rejected=[event.event_id for event, _ in rejected][:20],
+        )
+
+    async def _dead_letter(
+        self,
+        msg: Msg,
+        reason: str,
+        payload: bytes | None = None,
+        event_id: str | None = None,
+    ) -> None:
+        self.budget.spend()  # raises DeadLetterCapExceeded past the cap
+        await publish_dead_letter(
+            self.js, self.subjects, SERVICE, msg, reason, payload=payload, event_id=event_id
+        )
+        self.metrics.dead_letters.inc()
+        if event_id is None:
+            await msg.term()
+            self.metrics.messages.labels("dead_lettered").inc()
+        self._log.warning(
+            "event dead-lettered" if event_id else "message dead-lettered",
             subject=msg.subject,
             stream_seq=msg.metadata.sequence.stream,
             deliveries=msg.metadata.num_delivered,
+            event_id=event_id,
             reason=reason,
         )
 

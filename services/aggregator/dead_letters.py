@@ -4,7 +4,9 @@
 A dead letter carries the original payload and these headers (shared by every service):
 `Strata-DLQ-Reason`, `Strata-DLQ-Service`, `Strata-DLQ-Original-Subject`,
 `Strata-DLQ-Original-Seq`, and, from the aggregator, `Strata-DLQ-Original-Stream`,
-`Strata-DLQ-Deliveries` and `Strata-DLQ-Failed-At`.
+`Strata-DLQ-Deliveries` and `Strata-DLQ-Failed-At`. A dead letter of one event cut out of a
+message (the rest of which was stored) also has `Strata-DLQ-Event-Id`, and its payload is a
+message of that event alone.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ ORIGINAL_SEQ = "Strata-DLQ-Original-Seq"
 ORIGINAL_STREAM = "Strata-DLQ-Original-Stream"
 DELIVERIES = "Strata-DLQ-Deliveries"
 FAILED_AT = "Strata-DLQ-Failed-At"
+EVENT_ID = "Strata-DLQ-Event-Id"
 MAX_REASON_CHARS = 1000
 
 
@@ -39,6 +42,7 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     original_seq: int | None = None
     deliveries: int | None = None
     failed_at: str | None = None
+    event_id: str | None = None  # set when one event of a message was dead-lettered
     size: int  # payload bytes
 
 
@@ -54,14 +58,18 @@ async def publish_dead_letter(
     msg: Msg,
     reason: str,
     publish_timeout_s: float = 5.0,
+    payload: bytes | None = None,
+    event_id: str | None = None,
 ) -> None:
-    """Store `msg` in the DLQ with why it failed (the caller then `term()`s it)."""
+    """Store `msg` in the DLQ with why it failed (the caller then `term()`s it); with
+    `event_id`, store `payload` (that one event of `msg`) instead."""
     meta = msg.metadata
     stream = meta.stream
     stream_seq = meta.sequence.stream
+    msg_id = f"{service}:{stream}:{stream_seq}"
     headers = {
         # Deterministic id: a crash between this publish and term() does not dead-letter twice.
-        "Nats-Msg-Id": f"{service}:{stream}:{stream_seq}",
+        "Nats-Msg-Id": msg_id if event_id is None else f"{msg_id}:{event_id}",
         REASON: _header_value(reason),
         SERVICE: service,
         ORIGINAL_SUBJECT: msg.subject,
@@ -70,11 +78,14 @@ async def publish_dead_letter(
         DELIVERIES: str(meta.num_delivered),
         FAILED_AT: datetime.now(UTC).isoformat(),
     }
+    if event_id is not None:
+        headers[EVENT_ID] = _header_value(event_id)
     # Keep the original headers too (trace context), except JetStream's own.
     for key, value in (msg.headers or {}).items():
         if not key.startswith("Nats-") and key not in headers:
             headers[key] = value
-    await js.publish(subjects.dlq(service), msg.data, timeout=publish_timeout_s, headers=headers)
+    data = msg.data if payload is None else payload
+    await js.publish(subjects.dlq(service), data, timeout=publish_timeout_s, headers=headers)
 
 
 def _int_or_none(value: str | None) -> int | None:
@@ -94,6 +105,7 @@ def _dead_letter(seq: int, subject: str, headers: dict[str, str], data: bytes) -
         original_seq=_int_or_none(headers.get(ORIGINAL_SEQ)),
         deliveries=_int_or_none(headers.get(DELIVERIES)),
         failed_at=headers.get(FAILED_AT),
+        event_id=headers.get(EVENT_ID),
         size=len(data),
     )
 

@@ -18,6 +18,11 @@ from libs.common.observability import configure_logging, configure_tracing
 from libs.common.settings import IngestSettings, from_env
 from libs.common.subjects import Subjects
 from services.ingest.app import INGEST_API, IngestDeps, build_app
+from services.ingest.connections import (
+    OpenConnections,
+    effective_max_connections,
+    raise_open_file_limit,
+)
 
 log = structlog.get_logger("strata.ingest")
 
@@ -26,18 +31,34 @@ async def serve(settings: IngestSettings) -> None:
     """Run the gateway until SIGTERM or SIGINT, then shut down gracefully."""
     nc = await connect(settings.nats_url, "strata-ingest")
     subjects = Subjects(settings.nats_prefix)
-    await ensure_streams(nc.jetstream(), subjects)
+    await ensure_streams(nc.jetstream(), subjects, settings.stream_replicas)
     pool = await create_pool(settings.database_url, min_size=1, max_size=5)
-    app = build_app(settings, IngestDeps(nc, pool, subjects, CollectorRegistry()))
+    open_files, _ = raise_open_file_limit()
+    connections = OpenConnections(effective_max_connections(settings.max_connections, open_files))
+    app = build_app(settings, IngestDeps(nc, pool, subjects, CollectorRegistry()), connections)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout_s)
     await runner.setup()
-    await web.TCPSite(runner, settings.host, settings.ingest_port, backlog=2048).start()
+    assert runner.server is not None
+    loop = asyncio.get_running_loop()
+    # The listener is ours rather than a TCPSite's so that every accepted connection passes
+    # the bound first (OpenConnections).
+    listener = await loop.create_server(
+        connections.protocol_factory(runner.server),
+        settings.host,
+        settings.ingest_port,
+        backlog=2048,
+        reuse_address=True,
+    )
     log.info(
-        "ingest listening", host=settings.host, port=settings.ingest_port, prefix=subjects.prefix
+        "ingest listening",
+        host=settings.host,
+        port=settings.ingest_port,
+        prefix=subjects.prefix,
+        max_connections=connections.max_connections,
+        open_file_limit=open_files,
     )
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
@@ -46,8 +67,7 @@ async def serve(settings: IngestSettings) -> None:
     # Stop accepting connections, then let requests already begun finish (bodies still
     # arriving included): each answers only after JetStream acked, so nothing a client was
     # told is accepted is lost, and nothing half-received is dropped while there is time.
-    for site in list(runner.sites):
-        await site.stop()
+    listener.close()
     if not await app[INGEST_API].wait_idle(settings.shutdown_timeout_s):
         log.warning(
             "ingest stopping with requests still in flight", timeout_s=settings.shutdown_timeout_s

@@ -22,15 +22,17 @@ from nats.aio.client import Client as NATS
 from opentelemetry import propagate
 from prometheus_client import CollectorRegistry
 
-from libs.common.observability import add_health_routes
+from libs.common.observability import add_health_routes, hide_server_version
 from libs.common.schemas.events_v1 import EventV1
 from libs.common.settings import IngestSettings
+from libs.common.storable_text import NUL_PROBLEM, may_hold_nul, nul_path
 from libs.common.subjects import Subjects
 from services.ingest.analytics_api_payloads import (
     analytics_batch_decoder,
     analytics_event_decoder,
     raw_array_decoder,
 )
+from services.ingest.answers import Rejection, Skip
 from services.ingest.auth import (
     KeyStoreUnavailable,
     WriteKey,
@@ -38,6 +40,7 @@ from services.ingest.auth import (
     key_from_authorization,
 )
 from services.ingest.collection import CollectionRules, CookielessIdOf
+from services.ingest.connections import OpenConnections, http_handler_args
 from services.ingest.cookieless import (
     DailySalts,
     SaltsUnavailable,
@@ -53,8 +56,22 @@ from services.ingest.event_mapping import (
 from services.ingest.geo import GeoLocator
 from services.ingest.metrics import IngestMetrics
 from services.ingest.networks import NetworkSet, client_ip, load_network_file, parse_network_list
+from services.ingest.openapi import (
+    ANALYTICS_EVENTS_BATCH_PATH,
+    ANALYTICS_EVENTS_PATH,
+    SEGMENT_TYPES,
+    SHORT_PATHS,
+    add_openapi_route,
+)
 from services.ingest.publishing import PublishUnavailable, RawEventPublisher
 from services.ingest.rate_limits import WriteKeyRateLimiter, retry_after_header
+from services.ingest.request_body import (
+    BodyRefused,
+    ClientGone,
+    read_body,
+    split_array_items,
+    too_large_message,
+)
 from services.ingest.segment_payloads import (
     message_id_decoder,
     segment_batch_decoder,
@@ -67,23 +84,12 @@ from services.ingest.validation import (
     EventLimits,
     ItemRejected,
     check_event_size,
+    check_no_nul,
     describe_validation_error,
 )
 
 log = structlog.get_logger("strata.ingest")
 
-SEGMENT_TYPES = ("track", "page", "screen", "identify", "group", "alias")
-# analytics.js's short paths for the same calls.
-_SEGMENT_SHORT_PATHS = {
-    "t": "track",
-    "p": "page",
-    "s": "screen",
-    "i": "identify",
-    "g": "group",
-    "a": "alias",
-}
-ANALYTICS_EVENTS_PATH = "/api/v1/analytics/events"
-ANALYTICS_EVENTS_BATCH_PATH = "/api/v1/analytics/events/batch"
 
 _CORS = {
     "Access-Control-Allow-Origin": "*",
@@ -115,18 +121,6 @@ class IngestDeps:
     pool: asyncpg.Pool
     subjects: Subjects
     registry: CollectorRegistry
-
-
-class Rejection(msgspec.Struct, frozen=True):
-    index: int
-    messageId: Any
-    error: str
-
-
-class Skip(msgspec.Struct, frozen=True):
-    index: int
-    messageId: Any
-    reason: str
 
 
 class _Refused(Exception):
@@ -268,19 +262,12 @@ class IngestApi:
             header_secret = key_from_authorization(request.headers.get("Authorization"))
             write_key = await self._authenticate(header_secret) if header_secret else None
             try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                raise _Refused(_too_large(None, limit)) from None
-            if len(body) > limit:
-                raise _Refused(_too_large(len(body), limit))
+                body = await read_body(request, limit, self.settings.http_body_timeout_s)
+            except BodyRefused as refused:
+                raise _Refused(_error(refused.status, refused.message)) from None
             if not body:
                 raise _Refused(_error(400, "request body is empty: expected JSON"))
-            try:
-                body_secret, items, batch = read(body)
-            except msgspec.ValidationError as exc:
-                raise _Refused(_error(400, describe_validation_error(exc))) from None
-            except msgspec.DecodeError as exc:
-                raise _Refused(_error(400, f"malformed JSON: {exc}")) from None
+            body_secret, items, batch = _read_items(read, body)
             if write_key is None:
                 if not body_secret:
                     raise _Refused(_error(401, _MISSING_KEY))
@@ -290,6 +277,10 @@ class IngestApi:
             self._check_rate(write_key, len(items))
         except _Refused as refused:
             return refused.response
+        except ClientGone as gone:
+            # Nothing was accepted and nobody is waiting for an answer: not an error of ours.
+            log.info("client disconnected before its body arrived", reason=str(gone))
+            return _error(400, "connection closed before the body arrived")
 
         project_id = write_key.key.project_id or ""
         try:
@@ -404,10 +395,10 @@ class IngestApi:
         if found is None:
             raise _Refused(_error(401, "invalid write key"))
         if found.key.role != "write" or found.key.project_id is None:
+            role = found.key.role
+            article = "an" if role[:1] in "aeiou" else "a"
             raise _Refused(
-                _error(
-                    403, f"a {found.key.role} key cannot send events; use the project's write key"
-                )
+                _error(403, f"{article} {role} key cannot send events; use the project's write key")
             )
         return found
 
@@ -438,6 +429,7 @@ class IngestApi:
         for index, raw in enumerate(items):
             try:
                 check_event_size(len(raw), limits)
+                check_no_nul(raw)
                 if analytics:
                     events.append(analytics_api_event(analytics_event_decoder.decode(raw), info))
                 else:
@@ -457,6 +449,8 @@ class IngestApi:
                 if single:
                     raise _Refused(_error(400, f"malformed JSON: {exc}")) from None
                 rejected.append(Rejection(index, None, f"malformed JSON: {exc}"))
+            except RecursionError:
+                rejected.append(Rejection(index, None, _TOO_DEEP))
         return events, rejected, skipped
 
 
@@ -466,14 +460,39 @@ def _message_id(raw: Any, analytics: bool) -> Any:
             found = msgspec.json.decode(raw, type=dict[str, Any]).get("eventId")
         else:
             found = message_id_decoder.decode(raw).messageId
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
-    return found if isinstance(found, str | int) else None
+    # JSON true/false decode as int subclasses; they are no id.
+    return found if isinstance(found, str | int) and not isinstance(found, bool) else None
 
 
 def _too_large(size: int | None, limit: int) -> web.Response:
-    told = f"request body is {size} bytes" if size is not None else "request body is too large"
-    return _error(413, f"{told}; the limit is {limit} bytes ({limit // 1024} KB)")
+    return _error(413, too_large_message(size, limit))
+
+
+_TOO_DEEP = "JSON nested too deeply to read (properties may nest at most a few levels)"
+
+
+def _read_items(read: ItemsReader, body: bytes) -> tuple[str | None, list[Any], dict[str, Any]]:
+    """The body's write key, raw items and batch fields; a body nested too deeply for the
+    decoder has its items cut out by a flat scan, so only the deep items are rejected."""
+    try:
+        return read(body)
+    except msgspec.ValidationError as exc:
+        raise _Refused(_error(400, describe_validation_error(exc))) from None
+    except msgspec.DecodeError as exc:
+        raise _Refused(_error(400, f"malformed JSON: {exc}")) from None
+    except RecursionError:
+        pass
+    split = split_array_items(body, _items_key(read, body))
+    if split is None:
+        raise _Refused(_error(400, _TOO_DEEP))
+    envelope, items = split
+    try:
+        secret, _, batch = read(envelope)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        raise _Refused(_error(400, _TOO_DEEP)) from None
+    return secret, items, batch
 
 
 # -- body readers: (write key in the body, items, batch-level fields) ------------------------
@@ -493,6 +512,11 @@ def _segment_batch(body: bytes) -> tuple[str | None, list[Any], dict[str, Any]]:
     batch = segment_batch_decoder.decode(body)
     if batch.batch is None:
         raise _Refused(_error(400, "batch is required: an array of events"))
+    if batch.context is not None and may_hold_nul(body):
+        where = nul_path(msgspec.to_builtins(batch.context))
+        if where is not None:
+            # The batch's context is merged into every event: none of them could be stored.
+            raise _Refused(_error(400, f"context.{where}: {NUL_PROBLEM}"))
     extra: dict[str, Any] = {}
     if batch.sentAt is not None:
         extra["sent_at"] = batch.sentAt
@@ -514,14 +538,47 @@ def _analytics_batch(body: bytes) -> tuple[str | None, list[Any], dict[str, Any]
     return batch.writeKey, batch.events, {}
 
 
+def _items_key(read: ItemsReader, body: bytes) -> str | None:
+    """Where a batch body keeps its items (None: the body is the array itself); a single
+    event's body has no items to save, so it is rejected whole."""
+    if read is _segment_batch:
+        return "batch"
+    if read is _analytics_batch:
+        return None if body.lstrip()[:1] == b"[" else "events"
+    raise _Refused(_error(400, _TOO_DEEP))
+
+
 # -- the application --------------------------------------------------------------------------
+
+
+@web.middleware
+async def _json_http_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """aiohttp's own 404/405 answers in the API's JSON error shape (405 keeps `Allow`)."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return _error(exc.status, f"{exc.reason}: {request.method} {request.path}", allow)
+
 
 INGEST_API = web.AppKey("ingest_api", IngestApi)
 
 
-def build_app(settings: IngestSettings, deps: IngestDeps) -> web.Application:
-    """The ingest aiohttp application (routes, health endpoints, metrics)."""
-    app = web.Application(client_max_size=settings.max_request_bytes)
+def build_app(
+    settings: IngestSettings, deps: IngestDeps, connections: OpenConnections | None = None
+) -> web.Application:
+    """The ingest aiohttp application (routes, health endpoints, metrics). `connections`,
+    when given, learns which connections are busy with a request (see OpenConnections)."""
+    app = web.Application(
+        client_max_size=settings.max_request_bytes,
+        middlewares=[_json_http_errors] + ([connections.middleware] if connections else []),
+        handler_args=http_handler_args(settings),
+    )
+    hide_server_version(app)
     api = IngestApi(settings, deps)
     app[INGEST_API] = api
     routes: list[tuple[str, Callable[[web.Request], Awaitable[web.Response]]]] = [
@@ -533,7 +590,7 @@ def build_app(settings: IngestSettings, deps: IngestDeps) -> web.Application:
     ]
     for event_type in SEGMENT_TYPES:
         routes.append((f"/v1/{event_type}", api.segment_single(event_type)))
-    for short, event_type in _SEGMENT_SHORT_PATHS.items():
+    for short, event_type in SHORT_PATHS.items():
         routes.append((f"/v1/{short}", api.segment_single(event_type)))
     for path, handler in routes:
         app.router.add_post(path, handler)
@@ -554,6 +611,7 @@ def build_app(settings: IngestSettings, deps: IngestDeps) -> web.Application:
     app.on_cleanup.append(close_geo)
 
     add_tracker_routes(app)
+    add_openapi_route(app)
 
     # Ingest has no background loop: it is alive while it answers HTTP.
     add_health_routes(

@@ -19,7 +19,11 @@ def to_utc(moment: datetime) -> datetime:
         return moment.replace(tzinfo=UTC)
     if moment.utcoffset() == timedelta(0):
         return moment if moment.tzinfo is UTC else moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        # 0001-01-01T00:00:00+14:00 or 9999-12-31T23:59:59-12:00: no UTC date exists.
+        raise ItemRejected(f"{moment.isoformat()} is outside the calendar in UTC") from None
 
 
 def event_time(
@@ -39,7 +43,15 @@ def event_time(
     if sent_at is not None:
         origin = original_timestamp if original_timestamp is not None else timestamp
         if origin is not None:
-            return received_at - (to_utc(sent_at) - to_utc(origin))
+            try:
+                return received_at - (to_utc(sent_at) - to_utc(origin))
+            except OverflowError:
+                # e.g. sentAt 9999-01-01 with a timestamp of today: no calendar date results.
+                raise ItemRejected(
+                    f"sentAt: {sent_at.isoformat()} is so far from the event's time"
+                    f" ({origin.isoformat()}) that the corrected time is out of range;"
+                    " send the device clock's sentAt"
+                ) from None
     given = timestamp if timestamp is not None else original_timestamp
     if given is not None:
         return to_utc(given)

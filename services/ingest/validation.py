@@ -7,6 +7,8 @@ from typing import Any
 
 import msgspec
 
+from libs.common.storable_text import NUL_PROBLEM, may_hold_nul, nul_path
+
 
 class ItemRejected(Exception):
     """One event of a request is invalid; `reason` names the field and the problem."""
@@ -100,3 +102,15 @@ def _nested_keys(value: Any, depth: int, field: str, limits: EventLimits) -> int
         if type(child) is dict or type(child) is list:
             keys += _nested_keys(child, depth + 1, field, limits)
     return keys
+
+
+def check_no_nul(raw: bytes | msgspec.Raw) -> None:
+    """Reject an item whose JSON holds a NUL character anywhere (ItemRejected naming it)."""
+    if not may_hold_nul(raw if isinstance(raw, bytes) else bytes(raw)):
+        return
+    try:
+        where = nul_path(msgspec.json.decode(raw))
+    except (msgspec.DecodeError, RecursionError):
+        return  # the item's own decoding reports what is wrong with it
+    if where is not None:
+        raise ItemRejected(f"{where}: {NUL_PROBLEM}")

@@ -83,7 +83,7 @@ async def serve(settings: QuerySettings) -> None:
         return
     nc = await connect(settings.nats_url, "strata-query")
     subjects = Subjects(settings.nats_prefix)
-    await ensure_streams(nc.jetstream(), subjects)
+    await ensure_streams(nc.jetstream(), subjects, settings.stream_replicas)
     store = _object_store(settings)
     scan_engine = _scan_engine(settings, store)
     app = build_app(

@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
+import msgspec
 import structlog
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
-from libs.common.observability import add_health_routes
+from libs.common.observability import add_health_routes, hide_server_version
 from libs.common.settings import QuerySettings
+from libs.common.storable_text import NUL_PROBLEM, may_hold_nul, nul_path
 from services.query.analyses.endpoints import add_analysis_routes
 from services.query.auth import READ_KEYS, ReadKeys
 from services.query.dashboard.accounts import setup_accounts
@@ -94,13 +96,36 @@ def _middlewares(deps: QueryDeps) -> list[Callable[..., Awaitable[web.StreamResp
             return await restore_required(request, exc)
         except web.HTTPException as exc:
             if exc.status >= 400:
-                return error_response(exc.status, exc.reason)
+                response = error_response(exc.status, exc.reason)
+                if "Allow" in exc.headers:  # a 405 says which methods the path takes
+                    response.headers["Allow"] = exc.headers["Allow"]
+                return response
             raise
         except Exception:
             log.exception("query_request_failed", path=request.path, query=request.query_string)
             return error_response(500, "internal error; see the query service log")
 
-    return [measured, json_errors, csrf_guard]
+    @web.middleware
+    async def storable_text_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """NUL characters cannot be stored or compared in PostgreSQL text: a 400 naming the
+        parameter, path or body field, before any handler sees them."""
+        if "\x00" in request.path:
+            raise ApiError(400, f"the path {NUL_PROBLEM.replace('(', 'in it (', 1)}")
+        for name, value in request.query.items():
+            if "\x00" in name or "\x00" in value:
+                raise ParamError(name.replace("\x00", "?"), NUL_PROBLEM)
+        if request.body_exists:
+            body = await request.read()  # kept by aiohttp for the handler's own read
+            if may_hold_nul(body):
+                try:
+                    where = nul_path(msgspec.json.decode(body))
+                except (msgspec.DecodeError, RecursionError):
+                    where = None  # not JSON: the handler's own parsing says so
+                if where is not None:
+                    raise ParamError(where, NUL_PROBLEM)
+        return await handler(request)
+
+    return [measured, json_errors, csrf_guard, storable_text_only]
 
 
 def build_app(
@@ -109,6 +134,7 @@ def build_app(
     """The query API over `deps` (a PostgreSQL pool and a NATS connection), and the dashboard
     (`assets`: the built single-page app, by default the packaged one)."""
     app = web.Application(middlewares=_middlewares(deps))
+    hide_server_version(app)
     app[SETTINGS] = settings
     app[DEPS] = deps
     app[READ_KEYS] = ReadKeys(deps.pool, settings.key_cache_ttl_s)

@@ -87,9 +87,14 @@ class Endpoint:
     request: type | None = None  # the JSON body's Struct (POST/PUT)
     ok_status: str = "200"  # 201 for a create, 204 (no body) for a delete
     security: str = "bearer"  # or "dashboard": a session cookie (or a key), "none"
+    conflict: str | None = None  # when the endpoint answers 409: why
 
 
 _INT = {"type": "integer"}
+# An ISO date or datetime (from/to everywhere).
+_INSTANT = {
+    "anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}]
+}
 _BOOL = {"type": "boolean"}
 
 PROJECT = Param(
@@ -99,11 +104,13 @@ FROM = Param(
     "from",
     "Range start: an ISO date (local midnight in `timezone`) or datetime (naive = in "
     "`timezone`). Default: 7 local days before `to`.",
+    _INSTANT,
 )
 TO = Param(
     "to",
     "Range end, exclusive for a datetime; a date includes that whole day. Default: the end "
     "of today in `timezone`.",
+    _INSTANT,
 )
 TIMEZONE = Param(
     "timezone", "IANA time zone buckets and dates are aligned in (default UTC).", {"type": "string"}
@@ -222,8 +229,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             Param("distinct_id", "Device id."),
             Param("user_id", "User id."),
             Param("session_id", "Session id."),
-            Param("from", "Earliest event time (inclusive); unbounded by default."),
-            Param("to", "Latest event time (exclusive; a date includes that day)."),
+            Param("from", "Earliest event time (inclusive); unbounded by default.", _INSTANT),
+            Param("to", "Latest event time (exclusive; a date includes that day).", _INSTANT),
             TIMEZONE,
             Param(
                 "property",
@@ -251,8 +258,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         (
             PROJECT,
             Param("user_id", "A user id or any device id linked to the person.", where="path"),
-            Param("from", "Earliest event time."),
-            Param("to", "Latest event time (exclusive)."),
+            Param("from", "Earliest event time.", _INSTANT),
+            Param("to", "Latest event time (exclusive).", _INSTANT),
             TIMEZONE,
             PAGE_LIMIT,
             CURSOR,
@@ -378,6 +385,7 @@ ANALYSIS_ENDPOINTS: tuple[Endpoint, ...] = (
         method="post",
         request=CohortBody,
         ok_status="201",
+        conflict="A cohort with this id exists already (deleted ones keep their id).",
     ),
     Endpoint(
         "/api/v1/analytics/cohorts/{cohort_id}",
@@ -428,6 +436,7 @@ ANALYSIS_ENDPOINTS: tuple[Endpoint, ...] = (
         method="post",
         request=MetricBody,
         ok_status="201",
+        conflict="A metric with this id exists already (deleted ones keep their id).",
     ),
     Endpoint(
         "/api/v1/analytics/metric-definitions/{metric_id}",
@@ -518,6 +527,8 @@ PRIVACY_ENDPOINTS: tuple[Endpoint, ...] = (
         None,
         content_type="application/x-ndjson",
         tag="privacy",
+        conflict="Archived days hold the person's events and are not restored (and "
+        "allow_partial is not set).",
     ),
 )
 ENDPOINTS = (*ENDPOINTS, *PRIVACY_ENDPOINTS)
@@ -778,6 +789,21 @@ def build_document() -> dict[str, Any]:
         if endpoint.response is None:
             shape = {"type": "object"} if endpoint.content_type == _JSON else {"type": "string"}
             ok_content: dict[str, Any] = {endpoint.content_type: {"schema": shape}}
+        elif endpoint.content_type == "text/event-stream":
+            # Each event of the stream: its `data` is the response Struct as JSON.
+            event = {
+                "type": "object",
+                "properties": {
+                    "event": {"type": "string"},
+                    "data": {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": ref_of[endpoint.response],
+                    },
+                },
+                "required": ["data"],
+            }
+            ok_content = {endpoint.content_type: {"schema": event}}
         else:
             ok_content = {endpoint.content_type: {"schema": ref_of[endpoint.response]}}
         ok: dict[str, Any] = {"description": "OK"}
@@ -785,7 +811,10 @@ def build_document() -> dict[str, Any]:
             ok["content"] = ok_content
         responses: dict[str, Any] = {endpoint.ok_status: ok}
         if endpoint.authenticated:
-            for status, text in _ERRORS.items():
+            errors = dict(_ERRORS)
+            if endpoint.conflict is not None:
+                errors["409"] = endpoint.conflict
+            for status, text in errors.items():
                 responses[status] = {
                     "description": text,
                     "content": {"application/json": {"schema": error_ref}},

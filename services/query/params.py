@@ -18,6 +18,9 @@ EVENT_NAME_DIMENSION = "event"
 DIMENSIONS: tuple[str, ...] = (*EVENT_DIMENSIONS, EVENT_NAME_DIMENSION)
 
 DEFAULT_RANGE_DAYS = 7
+# Dates a range may name: no event is older than the Unix epoch, and far-future dates leave no
+# room for the day and week arithmetic of buckets (9999-12-31 + 1 day is no date).
+EARLIEST_YEAR, LATEST_YEAR = 1970, 9998
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -101,6 +104,7 @@ def parse_instant(name: str, raw: str, tz: ZoneInfo, *, end_of_day: bool) -> dat
             day = date.fromisoformat(raw)
         except ValueError:
             raise ParamError(name, f"{raw!r} is not a valid date") from None
+        _check_year(name, raw, day.year)
         # A date `to` includes that whole day: the range ends at the next local midnight.
         return local_midnight(day + timedelta(days=1) if end_of_day else day, tz)
     try:
@@ -109,9 +113,15 @@ def parse_instant(name: str, raw: str, tz: ZoneInfo, *, end_of_day: bool) -> dat
         raise ParamError(
             name, f"{raw!r} is not an ISO date (2024-05-01) or datetime (2024-05-01T10:00:00Z)"
         ) from None
+    _check_year(name, raw, ts.year)
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=tz)
     return ts.astimezone(UTC)
+
+
+def _check_year(name: str, raw: str, year: int) -> None:
+    if not EARLIEST_YEAR <= year <= LATEST_YEAR:
+        raise ParamError(name, f"{raw!r} is outside {EARLIEST_YEAR}-01-01 .. {LATEST_YEAR}-12-31")
 
 
 def parse_window(
@@ -139,7 +149,8 @@ def parse_window(
 
 
 def parse_interval(query: MultiMapping[str], default: str = "day") -> str:
-    raw = single(query, "interval") or default
+    raw = single(query, "interval")
+    raw = default if raw is None else raw
     if raw not in INTERVALS:
         raise ParamError("interval", f"must be one of {', '.join(INTERVALS)}, not {raw!r}")
     return raw
@@ -180,7 +191,7 @@ def parse_bool(query: MultiMapping[str], name: str, default: bool = False) -> bo
 
 def parse_int(query: MultiMapping[str], name: str, default: int, lo: int, hi: int) -> int:
     raw = single(query, name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     try:
         value = int(raw)

@@ -60,6 +60,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         micros, event_id = _cursor_json.decode(raw)
-    except (binascii.Error, ValueError, msgspec.DecodeError):
+        # A forged position off the calendar, or an id text cannot hold, is no cursor of ours.
+        position = _EPOCH + timedelta(microseconds=micros)
+        if "\x00" in event_id:
+            raise ValueError("NUL in the event id")
+    except (binascii.Error, ValueError, OverflowError, TypeError, msgspec.DecodeError):
         raise ParamError("cursor", "not a cursor returned by this endpoint") from None
-    return _EPOCH + timedelta(microseconds=micros), event_id
+    return position, event_id

@@ -5,6 +5,11 @@ The chain per raw message: decode -> validate -> sessionize (pure) -> publish (a
 before the next checkpoint). Per checkpoint: await publish acks -> UPSERT (seq, state) -> ack the
 raw stream up to seq. A crash anywhere replays from the last checkpoint; since sessionizing is
 deterministic, the replay republishes the same message ids and JetStream drops them.
+
+A data fault costs only the events that cause it: a message with undecodable events has its
+other events sessionized, and an event the sessionizing step fails on (found by replaying the
+message from the checkpoint and trying each of its events alone) is set aside. Either goes to
+the DLQ alone, as a raw message of that one event with its reason, replayable after a fix.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -26,14 +32,19 @@ from nats.js.errors import NotFoundError
 from opentelemetry import propagate, trace
 
 from libs.common.observability import inject_trace_headers
-from libs.common.schemas.events_v1 import RawBatchV1, raw_batch_decoder
+from libs.common.schemas.events_v1 import EventV1, RawBatchV1, raw_batch_decoder
 from libs.common.settings import SessionizerSettings
 from libs.common.subjects import Subjects
 from services.sessionizer.checkpoints import encode_state, load_checkpoint, save_checkpoint
 from services.sessionizer.enriched_messages import build_messages
 from services.sessionizer.metrics import SessionizerMetrics
 from services.sessionizer.project_rules import ProjectRules
-from services.sessionizer.session_window import PartitionSessions, sessionize_batch
+from services.sessionizer.session_window import (
+    PartitionSessions,
+    SessionizedBatch,
+    SessionRules,
+    sessionize_batch,
+)
 
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer("strata.sessionizer")
@@ -45,6 +56,9 @@ DLQ_SERVICE = "sessionizer"
 DLQ_WINDOW = 200
 DLQ_MIN_COUNT = 20
 MAX_RESTART_BACKOFF_S = 30.0
+# A partition that ran this long before failing was healthy: it restarts without the backoff
+# its earlier failures built up (a NATS failover hours later waits 0.5 s, not 30 s).
+STABLE_RUN_S = 10.0
 
 
 class InvalidRawBatch(ValueError):
@@ -59,6 +73,39 @@ class DeadLetterCapExceeded(RuntimeError):
     """Too many poison messages in a row: stop rather than empty the stream into the DLQ."""
 
 
+class SessionizeFailed(RuntimeError):
+    """The sessionizing step raised on a message: it is replayed from the checkpoint with its
+    events tried one by one."""
+
+
+class _RawEnvelope(msgspec.Struct, frozen=True, kw_only=True):
+    """A raw message with its events left undecoded, to tell the bad ones from the good."""
+
+    v: int = 1
+    batch_id: str
+    partition: int
+    events: list[msgspec.Raw]
+
+
+_envelope_decoder = msgspec.json.Decoder(_RawEnvelope)
+_event_decoder = msgspec.json.Decoder(EventV1)
+_encode = msgspec.json.Encoder().encode
+
+
+class RejectedEvent(msgspec.Struct, frozen=True):
+    """One event of a raw message set aside, as the DLQ will hold it."""
+
+    index: int  # position in its raw message
+    event_id: str | None
+    payload: bytes  # a raw message of this event alone
+    reason: str
+
+
+def _check_event(event: EventV1) -> None:
+    if event.ts.tzinfo is None or event.received_at.tzinfo is None:
+        raise InvalidRawBatch(f"event {event.event_id}: timestamps must carry a time zone")
+
+
 def decode_raw_batch(data: bytes) -> RawBatchV1:
     """Decode and validate one raw message, or raise InvalidRawBatch saying why."""
     try:
@@ -66,9 +113,85 @@ def decode_raw_batch(data: bytes) -> RawBatchV1:
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise InvalidRawBatch(f"undecodable raw batch: {exc}") from exc
     for event in batch.events:
-        if event.ts.tzinfo is None or event.received_at.tzinfo is None:
-            raise InvalidRawBatch(f"event {event.event_id}: timestamps must carry a time zone")
+        _check_event(event)
     return batch
+
+
+def _alone(envelope: _RawEnvelope, index: int, raw: msgspec.Raw) -> bytes:
+    return _encode(
+        _RawEnvelope(
+            batch_id=f"{envelope.batch_id}/{index}", partition=envelope.partition, events=[raw]
+        )
+    )
+
+
+def decode_raw_events(data: bytes) -> tuple[RawBatchV1, list[RejectedEvent]]:
+    """The message with its valid events, and the events set aside for the DLQ; raises
+    InvalidRawBatch when the message itself (not one of its events) is unreadable."""
+    try:
+        return decode_raw_batch(data), []
+    except InvalidRawBatch as whole:
+        try:
+            envelope = _envelope_decoder.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise whole from None
+        good: list[EventV1] = []
+        rejected: list[RejectedEvent] = []
+        for index, raw in enumerate(envelope.events):
+            try:
+                event = _event_decoder.decode(raw)
+                _check_event(event)
+            except (msgspec.DecodeError, msgspec.ValidationError, InvalidRawBatch) as exc:
+                event_id = _event_id(raw)
+                reason = f"event {event_id or f'#{index}'}: {exc}"
+                rejected.append(
+                    RejectedEvent(index, event_id, _alone(envelope, index, raw), reason)
+                )
+            else:
+                good.append(event)
+        if not rejected:
+            raise whole from None
+        batch = RawBatchV1(batch_id=envelope.batch_id, partition=envelope.partition, events=good)
+        return batch, rejected
+
+
+class _EventIdOnly(msgspec.Struct):
+    event_id: Any = None
+
+
+_event_id_decoder = msgspec.json.Decoder(_EventIdOnly)
+
+
+def _event_id(raw: msgspec.Raw | bytes) -> str | None:
+    try:
+        found = _event_id_decoder.decode(raw).event_id
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return found if isinstance(found, str) else None
+
+
+def sessionize_each(
+    state: PartitionSessions,
+    batch: RawBatchV1,
+    seq: int,
+    rules: Callable[[str], SessionRules],
+) -> tuple[SessionizedBatch, list[RejectedEvent]]:
+    """`sessionize_batch` for a message it failed on: each event is first tried alone on an
+    empty state, those that fail are set aside, and the others are sessionized together."""
+    good: list[EventV1] = []
+    rejected: list[RejectedEvent] = []
+    for index, event in enumerate(batch.events):
+        try:
+            sessionize_batch(PartitionSessions(), [event], seq, rules)
+        except Exception as exc:  # a data fault of this event: what it is, the DLQ says
+            alone = RawBatchV1(
+                batch_id=f"{batch.batch_id}/{index}", partition=batch.partition, events=[event]
+            )
+            reason = f"event {event.event_id}: sessionizing failed: {type(exc).__name__}: {exc}"
+            rejected.append(RejectedEvent(index, event.event_id, _encode(alone), reason))
+        else:
+            good.append(event)
+    return sessionize_batch(state, good, seq, rules), rejected
 
 
 class PartitionWorker:
@@ -101,6 +224,8 @@ class PartitionWorker:
         self._log = log.bind(partition=partition)
         # Kept across restarts from the checkpoint, so a halted partition stays halted.
         self._dlq_outcomes: deque[bool] = deque(maxlen=DLQ_WINDOW)
+        # Raw sequences whose sessionizing failed: replayed with their events tried alone.
+        self._sessionize_each: set[int] = set()
         self._reset(0, PartitionSessions())
 
     def _reset(self, checkpoint_seq: int, state: PartitionSessions) -> None:
@@ -120,10 +245,13 @@ class PartitionWorker:
         """Consume until the service stops; transient failures restart from the checkpoint."""
         backoff = 0.5
         while not self._stopping.is_set():
+            started = time.monotonic()
             try:
                 await self._run_from_checkpoint()
                 backoff = 0.5
             except Exception as exc:
+                if time.monotonic() - started >= STABLE_RUN_S:
+                    backoff = 0.5
                 # Anything unexpected (NATS or PostgreSQL away, a publish not acked) is
                 # retried from the last checkpoint: replays are deterministic and deduplicated.
                 self._cancel_pending_publishes()
@@ -230,15 +358,31 @@ class PartitionWorker:
         if seq <= self.processed_seq:
             return  # redelivered before our checkpoint acked it; already published
         try:
-            batch = decode_raw_batch(msg.data)
+            batch, rejected = decode_raw_events(msg.data)
         except InvalidRawBatch as exc:
             await self._dead_letter(msg, seq, str(exc))
             self._advance(msg, seq)
             return
-        self._dlq_outcomes.append(False)
 
         await self._rules.ensure_known({event.project_id for event in batch.events})
-        sessionized = sessionize_batch(self.state, batch.events, seq, self._rules)
+        if seq in self._sessionize_each:
+            sessionized, failed = sessionize_each(self.state, batch, seq, self._rules)
+            rejected += failed
+        else:
+            try:
+                sessionized = sessionize_batch(self.state, batch.events, seq, self._rules)
+            except Exception as exc:
+                # The state may be half-updated: go back to the checkpoint, and this time
+                # try the message's events one by one.
+                self._sessionize_each.add(seq)
+                raise SessionizeFailed(
+                    f"raw message {seq} failed to sessionize ({type(exc).__name__}: {exc});"
+                    " replaying it event by event"
+                ) from exc
+        for event in rejected:
+            await self._dead_letter(msg, seq, event.reason, event)
+        if not rejected:
+            self._dlq_outcomes.append(False)
         messages = build_messages(self._subjects, seq, sessionized, self._nc.max_payload)
 
         # Carry the ingest request's trace through; our span (when tracing is on) becomes
@@ -277,28 +421,41 @@ class PartitionWorker:
         self._last_msg = msg
         self._messages_since_checkpoint += 1
 
-    async def _dead_letter(self, msg: Msg, seq: int, reason: str) -> None:
+    async def _dead_letter(
+        self, msg: Msg, seq: int, reason: str, event: RejectedEvent | None = None
+    ) -> None:
+        """The message (or, given `event`, that one event of it) to the DLQ with `reason`."""
         self._note_dead_letter()
+        msg_id = f"{DLQ_SERVICE}:{self._subjects.raw_stream}:{seq}"
+        headers = {
+            # Deterministic id: a replay from the checkpoint does not dead-letter it twice.
+            "Nats-Msg-Id": msg_id if event is None else f"{msg_id}:{event.index}",
+            # NATS headers are single-line.
+            "Strata-DLQ-Reason": " ".join(reason.split())[:1000] or "-",
+            "Strata-DLQ-Service": DLQ_SERVICE,
+            "Strata-DLQ-Original-Subject": msg.subject,
+            "Strata-DLQ-Original-Stream": self._subjects.raw_stream,
+            "Strata-DLQ-Original-Seq": str(seq),
+            "Strata-DLQ-Deliveries": str(msg.metadata.num_delivered),
+            "Strata-DLQ-Failed-At": datetime.now(UTC).isoformat(),
+        }
+        if event is not None:
+            headers["Strata-DLQ-Event-Id"] = (
+                " ".join((event.event_id or f"#{event.index}").split())[:1000] or "-"
+            )
         await self._js.publish(
             self._subjects.dlq(DLQ_SERVICE),
-            msg.data,
+            msg.data if event is None else event.payload,
             timeout=self._settings.publish_timeout_s,
-            # The DLQ headers every service shares (`strata dlq list|replay` reads them).
-            headers={
-                # Deterministic id: a replay from the checkpoint does not dead-letter it twice.
-                "Nats-Msg-Id": f"{DLQ_SERVICE}:{self._subjects.raw_stream}:{seq}",
-                # NATS headers are single-line.
-                "Strata-DLQ-Reason": " ".join(reason.split())[:1000] or "-",
-                "Strata-DLQ-Service": DLQ_SERVICE,
-                "Strata-DLQ-Original-Subject": msg.subject,
-                "Strata-DLQ-Original-Stream": self._subjects.raw_stream,
-                "Strata-DLQ-Original-Seq": str(seq),
-                "Strata-DLQ-Deliveries": str(msg.metadata.num_delivered),
-                "Strata-DLQ-Failed-At": datetime.now(UTC).isoformat(),
-            },
+            headers=headers,
         )
         self._metrics.dead_lettered.inc()
-        self._log.warning("raw message dead-lettered", seq=seq, reason=reason)
+        if event is None:
+            self._log.warning("raw message dead-lettered", seq=seq, reason=reason)
+        else:
+            self._log.warning(
+                "raw event dead-lettered", seq=seq, event_id=event.event_id, reason=reason
+            )
 
     def _note_dead_letter(self) -> None:
         self._dlq_outcomes.append(True)

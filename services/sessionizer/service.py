@@ -90,7 +90,7 @@ class SessionizerService:
 
     async def run(self) -> None:
         js = self._nc.jetstream(publish_async_max_pending=4 * self.settings.max_pending_publishes)
-        await ensure_streams(js, self.subjects)
+        await ensure_streams(js, self.subjects, self.settings.stream_replicas)
         rules = ProjectRules(self._pool, self.settings.project_refresh_s)
         await rules.refresh()
 

@@ -344,11 +344,11 @@ async def test_missing_or_unknown_key_is_401_and_nothing_is_published(
 
 
 async def test_read_and_admin_keys_are_403(ingest: Ingest) -> None:
-    for key, role in ((ingest.project.read_key, "read"), (ingest.project.admin_key, "admin")):
+    for key, role in ((ingest.project.read_key, "a read"), (ingest.project.admin_key, "an admin")):
         response = await ingest.post("/v1/track", valid_body("/v1/track"), key)
         assert response.status == 403
         assert (await response.json())["error"] == (
-            f"a {role} key cannot send events; use the project's write key"
+            f"{role} key cannot send events; use the project's write key"
         )
     assert await ingest.message_count() == 0
 

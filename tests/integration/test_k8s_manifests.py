@@ -332,6 +332,44 @@ def test_nats_url_reaches_a_jetstream_server(manifests: list[Manifest]) -> None:
     assert persisted, "the JetStream store must live on the PersistentVolumeClaim"
 
 
+def test_nats_is_a_three_server_cluster_with_r3_streams(manifests: list[Manifest]) -> None:
+    [nats] = [
+        s for s in of_kind(manifests, "StatefulSet") if s["metadata"]["name"] == "strata-nats"
+    ]
+    servers = nats["spec"]["replicas"]
+    assert servers == 3
+    container = pod_spec(nats)["containers"][0]
+    config_map = next(
+        v["configMap"]["name"] for v in pod_spec(nats)["volumes"] if v["name"] == "config"
+    )
+    config = named(manifests, "ConfigMap", config_map)["data"]["nats.conf"]
+    cluster = re.search(r"^cluster\s*\{(?P<body>.*?)^\}", config, re.MULTILINE | re.DOTALL)
+    assert cluster is not None, "nats.conf needs a cluster block"
+    listen = re.search(r"listen:\s*\S+:(\d+)", cluster.group("body"))
+    assert listen is not None
+    route_port = int(listen.group(1))
+    # Every server is routed to by its stable name under the headless Service, on a port the
+    # container and that Service expose.
+    headless = named(manifests, "Service", nats["spec"]["serviceName"])
+    routes = set(re.findall(r"nats://([\w.-]+):(\d+)", cluster.group("body")))
+    assert routes == {
+        (f"strata-nats-{i}.{headless['metadata']['name']}", str(route_port)) for i in range(servers)
+    }
+    assert route_port in {p["containerPort"] for p in container["ports"]}
+    assert route_port in {p["port"] for p in headless["spec"]["ports"]}
+    # The services replicate every stream on all three servers; a drain takes one at a time.
+    _, ingest = service_workload(manifests, "ingest")
+    assert container_env(manifests, ingest)["STRATA_STREAM_REPLICAS"] == str(servers)
+    [budget] = [
+        b
+        for b in of_kind(manifests, "PodDisruptionBudget")
+        if selects(
+            b["spec"]["selector"]["matchLabels"], nats["spec"]["template"]["metadata"]["labels"]
+        )
+    ]
+    assert budget["spec"]["maxUnavailable"] == 1
+
+
 def test_migration_job_runs_the_strata_cli_against_the_database(
     manifests: list[Manifest],
 ) -> None:

@@ -4,6 +4,7 @@ so tests can kill -9 them mid-stream."""
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -37,7 +38,15 @@ class ServiceProcess:
         self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> ServiceProcess:
+    def start(self, open_file_limit: int | None = None) -> ServiceProcess:
+        """Start the service; `open_file_limit` starts it with that soft RLIMIT_NOFILE (as a
+        shell with the common `ulimit -n 1024` would)."""
+
+        def limit_open_files() -> None:
+            if open_file_limit is not None:
+                _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (open_file_limit, hard))
+
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", f"services.{self.name}"],
@@ -45,6 +54,7 @@ class ServiceProcess:
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=limit_open_files,
         )
         log.close()
         return self

@@ -6,9 +6,17 @@ from __future__ import annotations
 import asyncpg
 import msgspec
 import pytest
+from nats.errors import TimeoutError as NatsTimeoutError
+from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 
+from libs.common.observability import Liveness
 from libs.common.schemas.events_v1 import EnrichedBatchV1
+from libs.common.settings import AggregatorSettings
+from libs.common.subjects import Subjects
 from services.aggregator.consumer import (
+    Aggregator,
+    AggregatorMetrics,
     DeadLetterBudget,
     DeadLetterCapExceeded,
     PoisonMessage,
@@ -97,3 +105,40 @@ def test_fetched_messages_are_written_in_runs_of_bounded_size() -> None:
     # In delivery order, every message once, none split; an oversized one alone.
     assert runs == [[3, 4], [2], [9], [1, 1]]
     assert [len(run) for run in transactions(msgs, max_bytes=100)] == [6]  # type: ignore[arg-type]
+
+
+class _IdleSubscription:
+    """A pull subscription on an empty stream, as nats-py reports it: fetches time out (with
+    its own TimeoutError, or asyncio's on a long poll)."""
+
+    def __init__(self, aggregator: Aggregator, timeouts: list[BaseException]) -> None:
+        self.aggregator = aggregator
+        self.timeouts = timeouts
+
+    async def fetch(self, batch: int, timeout: float) -> list[object]:  # noqa: ASYNC109
+        if not self.timeouts:
+            self.aggregator.stop()
+            return []
+        raise self.timeouts.pop(0)
+
+
+class _Connection:
+    is_connected = True
+
+    def jetstream(self) -> object:
+        return object()
+
+
+async def test_an_idle_stream_is_not_logged_as_a_failure() -> None:
+    aggregator = Aggregator(
+        _Connection(),  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        Subjects("t"),
+        AggregatorSettings(),
+        AggregatorMetrics(CollectorRegistry()),
+        Liveness(),
+    )
+    idle = _IdleSubscription(aggregator, [NatsTimeoutError(), TimeoutError(), TimeoutError()])
+    with capture_logs() as logs:
+        await aggregator._consume(idle)  # type: ignore[arg-type]
+    assert logs == []

@@ -130,3 +130,18 @@ def test_documented_defaults_parse_as_the_settings_read_them() -> None:
     for section, rows in sections.items():
         env = {name: row.default for name, row in rows.items() if row.default != "(empty)"}
         assert settings.from_env(structs[section], env) == settings.from_env(structs[section], {})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("STRATA_LOG_FORMAT", "xml"),
+        ("STRATA_LOG_LEVEL", "loud"),
+        ("STRATA_OTEL_EXPORTER", "zipkin"),
+    ],
+)
+def test_a_value_outside_a_settings_choices_stops_the_service(variable: str, value: str) -> None:
+    for cls in settings_structs():
+        with pytest.raises(settings.SettingsError, match=f"{variable}='{value}' is not one of"):
+            settings.from_env(cls, {variable: value})
+    assert settings.from_env(settings.IngestSettings, {"STRATA_LOG_LEVEL": "WARNING"})

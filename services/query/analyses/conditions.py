@@ -123,6 +123,20 @@ def check_regex(field: str, pattern: str) -> None:
         raise ParamError(field, f"invalid regular expression {pattern!r}: {exc}") from None
 
 
+def check_replacement(field: str, pattern: str, replacement: str) -> None:
+    """400 for a regexp_replace replacement RE2 refuses with `pattern`: a lone trailing
+    backslash, or a group (`\\2`) the pattern does not have."""
+    try:
+        duckdb.execute("SELECT regexp_replace('', $1, $2)", [pattern, replacement]).fetchall()
+    except duckdb.Error as exc:
+        problem = str(exc).split("regexp_replace: ", 1)[-1]
+        raise ParamError(
+            field,
+            f"invalid replacement {replacement!r}: {problem} (\\1 names a group, \\\\ writes a"
+            " backslash)",
+        ) from None
+
+
 def condition_sql(field: str, cond: Condition, params: SqlParams) -> str:
     """A boolean SQL expression (never NULL) for one condition; `field` names it in errors."""
     if cond.operator not in OPERATORS:

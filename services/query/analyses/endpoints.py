@@ -460,7 +460,13 @@ async def _experiment_spec(
         if not share > 0:
             raise ParamError("traffic_split", f"the share of {name!r} must be positive")
     for field in ("experiment_property", "variant_property"):
-        property_ref(f"exposure.{field}", getattr(body.exposure, field))
+        ref = property_ref(f"exposure.{field}", getattr(body.exposure, field))
+        if ref.source == "person":
+            # Read from the exposure event itself; person traits are not joined here.
+            raise ParamError(
+                f"exposure.{field}",
+                "must be an event column or property of the exposure event, not a person trait",
+            )
     spec = ExperimentSpec(
         experiment=body.experiment,
         control=body.control,

@@ -18,7 +18,7 @@ import duckdb
 
 from libs.common.rollup_keys import NONE_VALUE
 from libs.common.schemas.events_v1 import PAGEVIEW
-from services.query.analyses.conditions import EventScope, check_regex
+from services.query.analyses.conditions import EventScope, check_regex, check_replacement
 from services.query.analyses.requests import CleaningRule, PathsRequest, check_range
 from services.query.metric_query import SqlParams
 from services.query.params import ParamError
@@ -57,6 +57,7 @@ def paths_spec(request: PathsRequest) -> PathsSpec:
         if not rule.regex:
             raise ParamError(f"cleaning_rules[{i}].regex", "must not be empty")
         check_regex(f"cleaning_rules[{i}].regex", rule.regex)
+        check_replacement(f"cleaning_rules[{i}].replacement", rule.regex, rule.replacement)
     for name in ("start_point", "end_point"):
         if getattr(request, name) == "":
             raise ParamError(name, "must not be empty")
