@@ -31,6 +31,9 @@ from services.query.analyses.responses import (
     SavedDefinition,
 )
 from services.query.buckets import INTERVALS
+from services.query.dashboard.accounts import AcceptInviteBody, LoginBody, PasswordBody
+from services.query.dashboard.project_admin import KeyBody, MemberBody, ProjectBody, RoleBody
+from services.query.dashboard.saved_work import AnnotationBody, DashboardBody, InsightBody
 from services.query.metric_query import SHARE_METRICS, STANDARD_METRICS
 from services.query.params import DIMENSIONS
 from services.query.performance import PERFORMANCE_PROPERTIES
@@ -88,6 +91,7 @@ class Endpoint:
     ok_status: str = "200"  # 201 for a create, 204 (no body) for a delete
     security: str = "bearer"  # or "dashboard": a session cookie (or a key), "none"
     conflict: str | None = None  # when the endpoint answers 409: why
+    errors: tuple[tuple[str, str], ...] = ()  # other statuses it answers, and why
 
 
 _INT = {"type": "integer"}
@@ -550,6 +554,9 @@ def _dashboard(
     ok_status: str = "200",
     security: str = "dashboard",
     content_type: str = _JSON,
+    request: type | None = None,
+    errors: tuple[tuple[str, str], ...] = (),
+    conflict: str | None = None,
 ) -> Endpoint:
     return Endpoint(
         path,
@@ -563,6 +570,9 @@ def _dashboard(
         ok_status=ok_status,
         authenticated=security != "none",
         security=security,
+        request=request,
+        errors=errors,
+        conflict=conflict,
     )
 
 
@@ -579,6 +589,12 @@ DASHBOARD_ENDPOINTS: list[Endpoint] = [
         "post",
         (),
         security="none",
+        request=LoginBody,
+        errors=(
+            ("401", "Wrong e-mail or password."),
+            ("403", "A cross-site sign-in."),
+            ("429", "Too many failed sign-ins; Retry-After says when to try again."),
+        ),
     ),
     _dashboard("/api/v1/auth/logout", "Sign out", "Ends the session.", "post", (), "204"),
     _dashboard(
@@ -590,6 +606,7 @@ DASHBOARD_ENDPOINTS: list[Endpoint] = [
         "Body {current_password, new_password}; ends every other session.",
         "post",
         (),
+        request=PasswordBody,
     ),
     _dashboard(
         "/api/v1/auth/invites/{token}",
@@ -597,6 +614,7 @@ DASHBOARD_ENDPOINTS: list[Endpoint] = [
         "The e-mail, project and role an invitation is for.",
         params=(_id("token"),),
         security="none",
+        errors=(("404", "The invitation was used, has expired or does not exist."),),
     ),
     _dashboard(
         "/api/v1/auth/invites/accept",
@@ -606,10 +624,20 @@ DASHBOARD_ENDPOINTS: list[Endpoint] = [
         (),
         "201",
         security="none",
+        request=AcceptInviteBody,
+        errors=(
+            ("403", "A cross-site request."),
+            ("404", "The invitation was used, has expired or does not exist."),
+        ),
+        conflict="An account with the invitation's e-mail exists: sign in instead.",
     ),
     _dashboard("/api/v1/project", "Project settings", "Name, time zone, storage days, privacy."),
     _dashboard(
-        "/api/v1/project", "Change project settings", "Admin. Name, time zone, privacy.", "put"
+        "/api/v1/project",
+        "Change project settings",
+        "Admin. Name, time zone, privacy.",
+        "put",
+        request=ProjectBody,
     ),
     _dashboard(
         "/api/v1/project/status",
@@ -622,6 +650,7 @@ DASHBOARD_ENDPOINTS: list[Endpoint] = [
         "Add or invite a member",
         "Admin. Body {email, role}: an existing user is added, a new one gets an invite link.",
         "post",
+        request=MemberBody,
     ),
     _dashboard(
         "/api/v1/members/{user_id}",
@@ -629,6 +658,8 @@ DASHBOARD_ENDPOINTS: list[Endpoint] = [
         "Admin. Body {role}; the last admin cannot be demoted (409).",
         "put",
         (_PROJECT, _id("user_id")),
+        request=RoleBody,
+        conflict="The last admin cannot be demoted.",
     ),
     _dashboard(
         "/api/v1/members/{user_id}",
@@ -637,6 +668,7 @@ DASHBOARD_ENDPOINTS: list[Endpoint] = [
         "delete",
         (_PROJECT, _id("user_id")),
         "204",
+        conflict="The last admin cannot be removed.",
     ),
     _dashboard("/api/v1/keys", "API keys", "Admin. The project's keys, without secrets."),
     _dashboard(
@@ -645,6 +677,7 @@ DASHBOARD_ENDPOINTS: list[Endpoint] = [
         "Admin. Body {role, name}; the secret once.",
         "post",
         ok_status="201",
+        request=KeyBody,
     ),
     _dashboard(
         "/api/v1/keys/{key_id}",
@@ -655,6 +688,7 @@ DASHBOARD_ENDPOINTS: list[Endpoint] = [
         "204",
     ),
 ]
+_SAVED_BODIES: dict[str, type] = {"insight": InsightBody, "dashboard": DashboardBody}
 for _plural, _noun in (("insights", "insight"), ("dashboards", "dashboard")):
     _item = (_PROJECT, _id(f"{_noun}_id"))
     DASHBOARD_ENDPOINTS += [
@@ -667,6 +701,7 @@ for _plural, _noun in (("insights", "insight"), ("dashboards", "dashboard")):
             "Analyst. Body {id?, name, description, definition}: version 1.",
             "post",
             ok_status="201",
+            request=_SAVED_BODIES[_noun],
         ),
         _dashboard(
             f"/api/v1/{_plural}/{{{_noun}_id}}", f"One {_noun}", "Latest and history.", params=_item
@@ -677,6 +712,7 @@ for _plural, _noun in (("insights", "insight"), ("dashboards", "dashboard")):
             "Analyst. The next version.",
             "put",
             _item,
+            request=_SAVED_BODIES[_noun],
         ),
         _dashboard(
             f"/api/v1/{_plural}/{{{_noun}_id}}",
@@ -700,6 +736,7 @@ DASHBOARD_ENDPOINTS += [
         "Analyst. Body {at, text}.",
         "post",
         ok_status="201",
+        request=AnnotationBody,
     ),
     _dashboard(
         "/api/v1/annotations/{annotation_id}",
@@ -738,6 +775,7 @@ DASHBOARD_ENDPOINTS += [
         "X-Strata-Share header, which allows exactly these insights' queries.",
         params=(_id("token"),),
         security="none",
+        errors=(("404", "The share link was revoked or does not exist."),),
     ),
 ]
 for _page in ("/", "/login", "/account", "/p/{tail}", "/share/{token}", "/invite/{token}"):
@@ -763,6 +801,7 @@ DASHBOARD_ENDPOINTS.append(
         params=(Param("name", "The file.", where="path"),),
         security="none",
         content_type="application/octet-stream",
+        errors=(("404", "No such asset."),),
     )
 )
 ENDPOINTS = (*ENDPOINTS, *DASHBOARD_ENDPOINTS)
@@ -810,15 +849,19 @@ def build_document() -> dict[str, Any]:
         if endpoint.ok_status != "204":
             ok["content"] = ok_content
         responses: dict[str, Any] = {endpoint.ok_status: ok}
-        if endpoint.authenticated:
-            errors = dict(_ERRORS)
-            if endpoint.conflict is not None:
-                errors["409"] = endpoint.conflict
-            for status, text in errors.items():
-                responses[status] = {
-                    "description": text,
-                    "content": {"application/json": {"schema": error_ref}},
-                }
+        errors = dict(_ERRORS) if endpoint.authenticated else {}
+        if endpoint.request is not None:
+            errors["400"] = "The body is not valid JSON of the documented shape; it says why."
+            errors["413"] = "The body is too large."
+            errors["415"] = "The body is not sent as Content-Type: application/json."
+        if endpoint.conflict is not None:
+            errors["409"] = endpoint.conflict
+        errors.update(endpoint.errors)
+        for status, text in sorted(errors.items()):
+            responses[status] = {
+                "description": text,
+                "content": {"application/json": {"schema": error_ref}},
+            }
         operation: dict[str, Any] = {
             "summary": endpoint.summary,
             "description": endpoint.description,
