@@ -240,6 +240,47 @@ async def test_retention_and_paths_over_http(
         assert (status, answer["param"]) == (400, "cleaning_rules[0].regex")
 
 
+async def test_analyses_from_decades_back_read_only_the_days_that_hold_data(
+    pool: asyncpg.Pool, nats_url: str, subjects: Subjects, shop: TestProject
+) -> None:
+    """First-time retention scans all history, and any analysis may start in 1900: the scan
+    reads the days that hold rows, not one statement term per calendar day."""
+    async with query_client(pool, nats_url, subjects) as client:
+        body = {
+            "from": "2025-05-05",
+            "to": "2025-05-06",
+            "start_event": {"event": "signup"},
+            "return_event": {"event": "signup"},
+            "intervals": 2,
+            "mode": "first_time",
+        }
+        status, answer = await post_json(client, f"{API}/retention", shop.read_key, body)
+        assert status == 200, answer
+        # u1 and u2 first signed up on day 5; u2's day-6 signup is not a first one.
+        assert [(r["period_start"][:10], r["counts"]) for r in answer["matrix"]] == [
+            ("2025-05-05", [2, 1, 0]),
+            ("2025-05-06", [0, 0, 0]),
+        ]
+        status, answer = await post_json(
+            client, f"{API}/funnels", shop.read_key, {**FUNNEL, "from": "1900-01-01"}
+        )
+        assert status == 200, answer
+        assert [s["count"] for s in answer["steps"]] == [3, 2, 1]
+        paths = {"from": "1990-01-01", "to": "2025-05-11", "start_point": "/pricing/"}
+        status, answer = await post_json(client, f"{API}/paths", shop.read_key, paths)
+        assert status == 200, answer
+        # Trailing slashes are ignored in start and end points as in the path labels.
+        assert [(n["id"], n["count"]) for n in answer["nodes"]] == [("1_/pricing", 1)]
+        status, answer = await post_json(
+            client,
+            f"{API}/paths",
+            shop.read_key,
+            {**paths, "start_point": "/", "end_point": "/pricing/"},
+        )
+        assert status == 200, answer
+        assert {(e["source"], e["target"]) for e in answer["edges"]} == {("1_/", "2_/pricing")}
+
+
 async def test_cohort_crud_and_versions(
     pool: asyncpg.Pool, nats_url: str, subjects: Subjects, shop: TestProject
 ) -> None:

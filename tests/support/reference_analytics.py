@@ -384,6 +384,13 @@ def _strip(path: str) -> str:
     return stripped or "/"
 
 
+def _page_label(path: str, rules: Sequence[tuple[str, str]]) -> str:
+    label = _strip(path)
+    for pattern, replacement in rules:
+        label = re.sub(pattern, replacement, label)
+    return _strip(label) if rules else label
+
+
 def ref_paths(
     events: Sequence[Ev],
     *,
@@ -397,6 +404,11 @@ def ref_paths(
     rules: Sequence[tuple[str, str]] = (),
 ) -> tuple[dict[tuple[int, str], tuple[int, int]], dict[tuple[int, str, str], int], int]:
     """({(step, node): (paths, drop-offs)}, {(step, source, target): paths}, sessions)."""
+    # A page path given as a start or end point is normalised like the labels.
+    if start_point is not None and start_point.startswith("/"):
+        start_point = _page_label(start_point, rules)
+    if end_point is not None and end_point.startswith("/"):
+        end_point = _page_label(end_point, rules)
     sessions: dict[str, list[Ev]] = defaultdict(list)
     for ev in events:
         if ev.is_bot or ev.session_id is None or ev.non_interactive:
@@ -417,14 +429,7 @@ def ref_paths(
         labels: list[str] = []
         for ev in evs:
             if ev.name == "$pageview":
-                if not ev.path:
-                    label = NONE
-                else:
-                    label = _strip(ev.path)
-                    for pattern, replacement in rules:
-                        label = re.sub(pattern, replacement, label)
-                    if rules:
-                        label = _strip(label)
+                label = _page_label(ev.path, rules) if ev.path else NONE
             else:
                 label = ev.name
             if not labels or labels[-1] != label:

@@ -193,7 +193,7 @@ PATHS = [
     PathsRequest(
         event_types=["pageview", "custom"],
         cleaning_rules=[CleaningRule(r"^/user/\d+$", "/user/:id"), CleaningRule("^/docs", "/d")],
-        start_point="/pricing",
+        start_point="/pricing/",
         steps=6,
     ),
     PathsRequest(event_types=["pageview", "custom"], end_point="signup", steps=3),

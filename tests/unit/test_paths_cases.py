@@ -71,6 +71,13 @@ def test_start_point_cuts_everything_before_its_first_match() -> None:
     assert result.sessions == 1
 
 
+def test_start_and_end_points_are_normalised_like_the_labels() -> None:
+    events = session("p", "s1", at(0), "/", "/user/12/", "/pricing", "/signup")
+    rules = [CleaningRule(r"^/user/\d+$", "/user/:id")]
+    result = paths(events, start_point="/user/7/", end_point="/pricing/", cleaning_rules=rules)
+    assert edges(result) == {"1_/user/:id -> 2_/pricing": 1}
+
+
 def test_end_point_keeps_the_steps_leading_to_it() -> None:
     events = session("p", "s1", at(0), "/", "/docs", "/pricing", "signup", "/docs")
     events += session("q", "s2", at(10), "/", "signup")

@@ -100,14 +100,27 @@ def _strip_slashes(sql: str) -> str:
     return f"coalesce(nullif(rtrim({sql}, '/'), ''), '/')"
 
 
-def _label_sql(spec: PathsSpec, params: SqlParams) -> str:
-    path = _strip_slashes("e.path")
+def _cleaned_sql(spec: PathsSpec, params: SqlParams, sql: str) -> str:
+    """A page path as its label: trailing slashes ignored, then the cleaning rules."""
+    path = _strip_slashes(sql)
     for rule in spec.cleaning_rules:
         path = (
             f"regexp_replace({path}, {params.add(rule.regex)}, {params.add(rule.replacement)}, 'g')"
         )
     if spec.cleaning_rules:
         path = _strip_slashes(path)
+    return path
+
+
+def _point_sql(spec: PathsSpec, params: SqlParams, point: str) -> str:
+    """A start or end point as a label: a page path (`/...`) normalised like the labels,
+    so `/pricing/` finds `/pricing`; an event name as given."""
+    value = params.add(point)
+    return _cleaned_sql(spec, params, value) if point.startswith("/") else value
+
+
+def _label_sql(spec: PathsSpec, params: SqlParams) -> str:
+    path = _cleaned_sql(spec, params, "e.path")
     page_label = f"CASE WHEN coalesce(e.path, '') = '' THEN '{NONE_VALUE}' ELSE {path} END"
     pageview = params.add(PAGEVIEW)
     return f"CASE WHEN e.name = {pageview} THEN {page_label} ELSE e.name END"
@@ -141,9 +154,9 @@ def run_paths(
     steps = spec.steps
     start_idx = "1"
     if spec.start_point is not None:
-        start_idx = f"min(idx) FILTER (WHERE label = {params.add(spec.start_point)})"
+        start_idx = f"min(idx) FILTER (WHERE label = {_point_sql(spec, params, spec.start_point)})"
     end_idx = "NULL::BIGINT"  # (no end point: never read)
-    end_point = params.add(spec.end_point) if spec.end_point is not None else None
+    end_point = _point_sql(spec, params, spec.end_point) if spec.end_point is not None else None
     if end_point is not None:
         # The first end point at or after the start point (a window over the session).
         end_idx = (
