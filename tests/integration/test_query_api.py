@@ -226,6 +226,47 @@ BAD_PARAMS: list[tuple[str, dict[str, str] | list[tuple[str, str]], str, str]] =
 ]
 
 
+async def test_a_visitor_who_logs_in_on_one_device_is_one_visitor(
+    pool: asyncpg.Pool, nats_url: str, subjects: Subjects, project: TestProject
+) -> None:
+    """Visitors count devices: anonymous pageviews, then identified ones on the same device,
+    are one visitor from rollups and raw rows alike; a server-side call with only a user id
+    counts under that id."""
+    t = DAY + timedelta(hours=9)
+    async with pool.acquire() as conn:
+        await write_events(
+            conn,
+            [
+                event("v-1", t, path="/"),
+                event("v-2", t + timedelta(minutes=1), path="/signup"),
+                event("v-3", t + timedelta(minutes=2), name=IDENTIFY, user_id="u-1"),
+                event("v-4", t + timedelta(minutes=3), path="/app", user_id="u-1"),
+                event("v-5", t + timedelta(minutes=4), path="/signup", user_id="u-1"),
+                event(
+                    "v-6",
+                    t + timedelta(minutes=5),
+                    name="invoice_paid",
+                    distinct_id="u-1",
+                    user_id="u-1",
+                    anonymous=False,
+                    session_id="s-2",
+                ),
+            ],
+        )
+    async with query_client(pool, nats_url, subjects) as client:
+        for source in ("rollups", "events"):
+            params = {"from": "2025-05-05", "to": "2025-05-05", "source": source}
+            status, body = await get_json(
+                client, f"{API}/metrics", project.read_key, {**params, "metrics": "visitors"}
+            )
+            assert status == 200 and body["source"] == source, body
+            assert body["totals"]["visitors"] == 2  # the device, and the server-side user id
+            status, body = await get_json(client, f"{API}/pages", project.read_key, params)
+            assert status == 200, body
+            signup = next(p for p in body["pages"] if p["page"] == "/signup")
+            assert (signup["pageviews"], signup["visitors"]) == (2, 1)
+
+
 async def test_each_bad_parameter_gets_a_400_naming_it(
     pool: asyncpg.Pool, nats_url: str, subjects: Subjects, project: TestProject
 ) -> None:

@@ -253,7 +253,7 @@ def expected_metrics(
         out: dict[str, Any] = {}
         for m in metrics:
             if m == "visitors":
-                out[m] = len({e["user_id"] or e["distinct_id"] for e in evs})
+                out[m] = len({e["distinct_id"] for e in evs})  # visitors are devices
             elif m == "pageviews":
                 out[m] = sum(1 for e in evs if e["name"] == PAGEVIEW)
             elif m == "events":
