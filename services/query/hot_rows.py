@@ -161,7 +161,7 @@ class HotRows:
                 f" FROM events e WHERE e.project_id = {project} AND e.ts >= {literal(start)}"
                 f" AND e.ts < {literal(end)} AND e.inserted_xid < {literal(entry.watermark)}"
             )
-        changed = []
+        changed: list[date] = []
         for chunk in _chunks(checks):
             rows = await conn.fetch(" UNION ALL ".join(chunk))
             changed.extend(r["day"] for r in rows if r["cached"] != r["now"])
