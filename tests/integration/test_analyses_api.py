@@ -118,7 +118,7 @@ async def test_funnel_over_http(
         assert [s["count"] for s in body["steps"]] == [3, 2, 1]
         assert [s["drop_off"] for s in body["steps"]] == [0, 1, 1]
         assert body["steps"][1]["median_time_from_previous_s"] == 300.0
-        assert body["steps"][2]["conversion_from_first"] == pytest.approx(1 / 3)
+        assert body["steps"][2]["conversion_from_first"] == 0.333  # rounded to 0.1 point
         assert [t["tier"] for t in body["tiers"]] == ["hot"] and body["tiers"][0]["rows"] > 0
         assert body["window"] == {"value": 14, "unit": "day", "seconds": 14 * 86400}
 
@@ -150,7 +150,8 @@ async def test_funnel_over_http(
         ({**FUNNEL, "steps": [{"event": "a"}]}, "steps", "2 to 20 steps"),
         ({**FUNNEL, "steps": [{"event": 3}, {"event": "b"}]}, "steps[0].event", "Expected `str`"),
         ({**FUNNEL, "colour": "red"}, "colour", "unknown field"),
-        ({**FUNNEL, "from": "yesterday"}, "from", "not an ISO date"),
+        ({**FUNNEL, "from": "the day before"}, "from", "not an ISO date"),
+        ({**FUNNEL, "date_range": "7d"}, "date_range", "not both"),
         ({**FUNNEL, "timezone": "Mars/Olympus"}, "timezone", "unknown IANA time zone"),
         ({**FUNNEL, "filters": ["planet:mars"]}, "filters", "unknown dimension"),
         ({**FUNNEL, "cohorts": ["nope"]}, "cohorts[0]", "unknown cohort"),
@@ -570,6 +571,12 @@ async def test_experiment_over_http(
         skewed = {**body, "traffic_split": {"control": 0.9, "treatment": 0.1}}
         status, answer = await post_json(client, url, key, skewed)
         assert answer["srm"]["mismatch"] is True
+
+        # An experiment nobody was exposed to is not "0 conversions": 404 with a hint.
+        status, answer = await post_json(client, url, key, {**body, "experiment": "new-chekout"})
+        assert status == 404, answer
+        assert "no exposures of experiment 'new-chekout'" in answer["error"]
+        assert "'$experiment_exposure' events" in answer["error"]
 
         for bad, field in (
             ({**body, "goal": {}}, "goal"),

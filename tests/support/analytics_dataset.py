@@ -223,7 +223,12 @@ def expected_metrics(
         )
     ]
 
+    first_label = start.astimezone(tz).replace(tzinfo=None)
+
     def cells_of(bucket: datetime | None, values: Iterable[str | None]) -> set[Cell]:
+        # A first bucket that began before `from` is labelled `from`.
+        if bucket is not None:
+            bucket = max(bucket, first_label)
         out: set[Cell] = {(None, None), (bucket, None)}
         for v in values:
             out |= {(bucket, v), (None, v)}

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from services.query.analyses.scans import TierUsage
-from services.query.responses import MissingRange
+from services.query.responses import Freshness, MissingRange
 
 
 class AnalysisHeader(msgspec.Struct, kw_only=True):
@@ -22,6 +22,7 @@ class AnalysisHeader(msgspec.Struct, kw_only=True):
     cohorts: list[CohortRef]
     # Archived days left out (allow_partial=true only): the answer covers the other days.
     missing: list[MissingRange] = []
+    freshness: Freshness | None = None
 
 
 class CohortRef(msgspec.Struct, kw_only=True):
