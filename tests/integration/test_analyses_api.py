@@ -118,6 +118,15 @@ async def test_funnel_over_http(
         assert [s["count"] for s in body["steps"]] == [3, 2, 1]
         assert [s["drop_off"] for s in body["steps"]] == [0, 1, 1]
         assert body["steps"][1]["median_time_from_previous_s"] == 300.0
+        # u1 took 10 minutes from the home page to the purchase: one bin, one person.
+        assert body["time_to_convert"] == {
+            "from_step": 1,
+            "to_step": 3,
+            "persons": 1,
+            "avg_s": 600.0,
+            "median_s": 600.0,
+            "bins": [{"from_s": 600.0, "to_s": 601.0, "persons": 1}],
+        }
         assert body["steps"][2]["conversion_from_first"] == 0.333  # rounded to 0.1 point
         assert [t["tier"] for t in body["tiers"]] == ["hot"] and body["tiers"][0]["rows"] > 0
         assert body["window"] == {"value": 14, "unit": "day", "seconds": 14 * 86400}

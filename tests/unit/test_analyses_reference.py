@@ -187,6 +187,38 @@ def test_retention_matches_the_reference(
     assert any(size for _, size, _ in expected)
 
 
+@pytest.mark.parametrize("timezone", ["UTC", "Asia/Kolkata", "Europe/Berlin"])
+def test_hourly_retention_of_any_event_matches_the_reference(
+    dataset: tuple[list[Ev], duckdb.DuckDBPyConnection], timezone: str
+) -> None:
+    events, con = dataset
+    tz = ZoneInfo(timezone)
+    start_event, return_event = EventMatch("$any"), EventMatch("$any")
+    options = dict(period="hour", intervals=6, mode="recurring", cumulative=False)
+    spec = retention_spec(
+        RetentionRequest(start_event=start_event, return_event=return_event, **options)
+    )
+    start, end = START + timedelta(days=3, minutes=20), START + timedelta(days=4)
+    plan = retention_plan(spec, TimeWindow(start, end, tz))
+    now = end + timedelta(hours=3)
+    scope = EventScope(datetime(1970, 1, 1, tzinfo=UTC), plan.scan_end)
+    result = run_retention(con, spec, plan, scope, now)
+    expected = ref_retention(
+        events,
+        start_event,
+        return_event,
+        start=start,
+        end=end,
+        tz=tz,
+        now=now,
+        week_start="monday",
+        **options,
+    )
+    assert [(r.start, r.size, r.counts) for r in result.rows] == expected
+    assert sum(size for _, size, _ in expected) > 5
+    assert any(counts[-1] is None for _, _, counts in expected)  # later hours not begun
+
+
 PATHS = [
     PathsRequest(),
     PathsRequest(event_types=["pageview", "custom"], steps=4),
@@ -198,6 +230,8 @@ PATHS = [
     ),
     PathsRequest(event_types=["pageview", "custom"], end_point="signup", steps=3),
     PathsRequest(event_types=["custom"], start_point="search", end_point="purchase", steps=3),
+    PathsRequest(event_types=["pageview", "custom"], steps=6, per="person"),
+    PathsRequest(per="person", start_point="/pricing", steps=4),
 ]
 
 
@@ -222,9 +256,10 @@ def test_paths_match_the_reference(
         start_point=spec.start_point,
         end_point=spec.end_point,
         rules=[(r.regex, r.replacement) for r in spec.cleaning_rules],
+        per=spec.per,
     )
     assert sessions > 0
-    assert result.sessions == sessions
+    assert result.paths == sessions
     assert not result.edges_truncated
     assert {(e.step, e.source, e.target): e.value for e in result.edges} == edges
     shown = {(n.step, n.name): (n.count, n.drop_offs) for n in result.nodes}

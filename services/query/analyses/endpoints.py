@@ -46,6 +46,7 @@ from services.query.analyses.funnels import (
     FunnelCounts,
     FunnelQuery,
     FunnelSpec,
+    TimeToConvert,
     check_persons_page,
     decode_cursor,
     encode_cursor,
@@ -76,6 +77,7 @@ from services.query.analyses.responses import (
     CohortPersons,
     CohortRecord,
     CohortRef,
+    ConversionTimeBin,
     ExperimentGoalEcho,
     ExperimentResponse,
     FunnelBreakdown,
@@ -93,6 +95,7 @@ from services.query.analyses.responses import (
     RetentionResponse,
     SavedDefinition,
     SrmResult,
+    TimeToConvertResult,
     VariantResult,
 )
 from services.query.analyses.retention import (
@@ -267,7 +270,13 @@ async def post_funnels(request: web.Request) -> web.Response:
         con = scan.con
         result = await in_thread(
             lambda: run_funnel(
-                con, spec, scope, epoch_us(window.start), epoch_us(window.end), body.persons
+                con,
+                spec,
+                scope,
+                epoch_us(window.start),
+                epoch_us(window.end),
+                body.persons,
+                body.time_to_convert,
             )
         )
         breakdown = None
@@ -297,8 +306,25 @@ async def post_funnels(request: web.Request) -> web.Response:
             steps=step_results(spec, result.total),
             breakdown=breakdown,
             persons=persons,
+            time_to_convert=_time_to_convert(result.time_to_convert),
         )
     return json_response(response)
+
+
+def _time_to_convert(histogram: TimeToConvert | None) -> TimeToConvertResult | None:
+    if histogram is None:
+        return None
+    return TimeToConvertResult(
+        from_step=histogram.from_step,
+        to_step=histogram.to_step,
+        persons=histogram.persons,
+        avg_s=_seconds(histogram.avg_s),
+        median_s=_seconds(histogram.median_s),
+        bins=[
+            ConversionTimeBin(from_s=b.from_s, to_s=b.to_s, persons=b.persons)
+            for b in histogram.bins
+        ],
+    )
 
 
 async def funnel_person_ids(
@@ -402,7 +428,9 @@ async def post_paths(request: web.Request) -> web.Response:
             event_types=list(spec.event_types),
             start_point=spec.start_point,
             end_point=spec.end_point,
-            sessions=result.sessions,
+            per=spec.per,
+            paths=result.paths,
+            sessions=result.paths if spec.per == "session" else None,
             persons=result.persons,
             nodes=[
                 PathNodeResult(

@@ -19,11 +19,17 @@ import duckdb
 from libs.common.rollup_keys import NONE_VALUE
 from libs.common.schemas.events_v1 import PAGEVIEW
 from services.query.analyses.conditions import EventScope, check_regex
-from services.query.analyses.requests import CleaningRule, PathsRequest, check_range
+from services.query.analyses.requests import (
+    CleaningRule,
+    PathsRequest,
+    check_choice,
+    check_range,
+)
 from services.query.metric_query import SqlParams
 from services.query.params import ParamError
 
 EVENT_TYPES = ("pageview", "custom")
+PER = ("session", "person")
 MIN_STEPS, MAX_STEPS = 2, 20
 MAX_EDGES = 1000
 MAX_RULES = 50
@@ -37,6 +43,7 @@ class PathsSpec:
     end_point: str | None = None
     cleaning_rules: tuple[CleaningRule, ...] = ()
     edge_limit: int = 50
+    per: str = "session"
 
 
 def paths_spec(request: PathsRequest) -> PathsSpec:
@@ -67,6 +74,7 @@ def paths_spec(request: PathsRequest) -> PathsSpec:
         end_point=request.end_point,
         cleaning_rules=tuple(request.cleaning_rules),
         edge_limit=request.edge_limit,
+        per=check_choice("per", request.per, PER),
     )
 
 
@@ -88,7 +96,7 @@ class PathEdge:
 
 @dataclass(frozen=True)
 class PathsResult:
-    sessions: int
+    paths: int  # sessions, or persons with `per=person`
     persons: int
     nodes: list[PathNode]
     edges: list[PathEdge]
@@ -145,10 +153,16 @@ def run_paths(
     session_max: timedelta,
 ) -> PathsResult:
     """Paths of sessions whose first path event is in [start, end), on a connection holding
-    `events_scan` over [start - session_max, end + session_max)."""
+    `events_scan` over [start - session_max, end + session_max); with `per=person`, each
+    person's path events in [start, end) across their sessions."""
     params = SqlParams()
     label = _label_sql(spec, params)
-    where = scope.where(params, start=start - session_max)
+    if spec.per == "person":
+        where = scope.where(params, start=start) + f" AND e.ts < {params.add(end)}"
+        key = "e.person_id"
+    else:
+        where = scope.where(params, start=start - session_max) + " AND e.session_id IS NOT NULL"
+        key = "e.session_id"
     kinds = _type_sql(spec, params)
     lo, hi = params.add(start), params.add(end)
     steps = spec.steps
@@ -174,9 +188,9 @@ def run_paths(
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE path_nodes AS
         WITH ev AS (
-            SELECT e.session_id AS sid, e.person_id AS pid, e.ts, e.event_id, {label} AS label
+            SELECT {key} AS sid, e.person_id AS pid, e.ts, e.event_id, {label} AS label
             FROM events_scan e
-            WHERE {where} AND e.session_id IS NOT NULL AND NOT e.non_interactive AND {kinds}
+            WHERE {where} AND NOT e.non_interactive AND {kinds}
         ), started AS (
             SELECT * FROM ev WHERE sid IN (
                 SELECT sid FROM ev GROUP BY sid HAVING min(ts) >= {lo} AND min(ts) < {hi})
@@ -202,7 +216,7 @@ def run_paths(
         ) WHERE idx >= lo AND idx <= hi""",
         params.values,
     )
-    sessions, persons = con.execute(
+    paths, persons = con.execute(
         "SELECT count(DISTINCT sid), count(DISTINCT pid) FROM path_nodes"
     ).fetchone() or (0, 0)
     edges_all = con.execute(
@@ -229,7 +243,7 @@ def run_paths(
         if (s, name) in shown
     ]
     return PathsResult(
-        sessions=int(sessions),
+        paths=int(paths),
         persons=int(persons),
         nodes=nodes,
         edges=edges,

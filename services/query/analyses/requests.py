@@ -81,6 +81,16 @@ class PersonsPage(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     cursor: str | None = None
 
 
+class TimeToConvertSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """The distribution of the time from `from_step` to `to_step` (default: first to last)
+    over the persons who reached `to_step`, in `bins` equal bins (default: about the square
+    root of those persons, at most 60)."""
+
+    from_step: int = 1
+    to_step: int | None = None
+    bins: int | None = None
+
+
 class FunnelRequest(AnalysisRequest, kw_only=True):
     steps: list[FunnelStep]
     order: str = "ordered"
@@ -89,6 +99,7 @@ class FunnelRequest(AnalysisRequest, kw_only=True):
     breakdown: str | None = None
     breakdown_limit: int = 25
     persons: PersonsPage | None = None
+    time_to_convert: TimeToConvertSpec = TimeToConvertSpec()
 
 
 class RetentionRequest(AnalysisRequest, kw_only=True):
@@ -113,6 +124,9 @@ class PathsRequest(AnalysisRequest, kw_only=True):
     end_point: str | None = None
     cleaning_rules: list[CleaningRule] = []
     edge_limit: int = 50
+    # A path per session (default) or per person (their path events of the range, across
+    # sessions).
+    per: str = "session"
 
 
 T = TypeVar("T")
