@@ -199,10 +199,13 @@ class PartitionSessions(msgspec.Struct, kw_only=True):
         self.event_clock_us = max(self.event_clock_us, min(t, received))
         self.received_clock_us = max(self.received_clock_us, received)
 
+        server_side = is_server_side(event)
         people = self.persons.get(event.project_id)
+        person = people.get(event.distinct_id) if people is not None else None
+        if person is None and server_side:
+            return None, False  # no visit of this device to join: nothing to remember
         if people is None:
             people = self.persons[event.project_id] = {}
-        person = people.get(event.distinct_id)
         if person is None:
             person = people[event.distinct_id] = PersonSessions([], t, received)
         person.last_event_us = max(person.last_event_us, t)
@@ -213,7 +216,7 @@ class PartitionSessions(msgspec.Struct, kw_only=True):
         )
         session = _joinable_session(person.sessions, t, campaign, rules)
         is_new = session is None
-        if session is None and is_server_side(event):
+        if session is None and server_side:
             return None, False  # a backend call never starts a visit
         if session is None:
             session = SessionWindow(
