@@ -434,7 +434,6 @@ class Stack:
         self.nats: EmbeddedNats | None = None
         self.postgres: EmbeddedPostgres | None = None
         self.children: list[ChildService] = []
-        self.projects: tuple[str, ...] = (DEFAULT_PROJECT,)
         self.demo_task: asyncio.Task[None] | None = None
         self.nats_url = settings.nats_url
         self.database_url = settings.database_url
@@ -483,7 +482,6 @@ class Stack:
 
     async def ensure_keys(self, projects: tuple[str, ...]) -> None:
         """Keys for the default project (all roles) and write keys for the demo's others."""
-        self.projects = projects
         conn = await asyncpg.connect(self.database_url)
         try:
             for project in projects:
@@ -559,7 +557,8 @@ class Stack:
             "read_key": project_keys["read"],
             # Admin of every project: add ?project=<one of projects> to each request.
             "admin_key": project_keys["admin"],
-            "projects": ",".join(self.projects),
+            # Every project this data directory's stack has keys for (the demo's, once run).
+            "projects": ",".join(self.state.keys),
             "database_url": self.database_url,
             "nats_url": self.nats_url,
         }
