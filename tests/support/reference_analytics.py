@@ -169,6 +169,8 @@ class RefFunnel:
     total: list[tuple[int, float | None, float | None]]
     breakdown: dict[str, list[tuple[int, float | None, float | None]]]
     reached: dict[str, int]  # person -> furthest step of the best attempt
+    # person -> seconds from the first to the last step, for those who reached the last
+    conversion_s: dict[str, float]
 
 
 def _step_stats(best: dict[str, tuple[int, list[int], str]], n: int) -> list[Any]:
@@ -306,6 +308,11 @@ def ref_funnel(
         total=_step_stats(best, n),
         breakdown={v: _step_stats(members, n) for v, members in by_value.items()},
         reached={p: chosen[0] for p, chosen in best.items()},
+        conversion_s={
+            p: (chosen[1][n - 1] - chosen[1][0]) / 1e6
+            for p, chosen in best.items()
+            if chosen[0] == n
+        },
     )
 
 

@@ -4,6 +4,8 @@ breakdowns), retention matrices and paths."""
 
 from __future__ import annotations
 
+import math
+import statistics
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -140,6 +142,23 @@ def test_funnels_match_the_reference(
     for step in range(1, spec.n + 1):
         ids, _ = query.person_ids(con, PersonsPage(step=step), everyone=True)
         assert ids == sorted(p for p, r in expected.reached.items() if r >= step)
+    # Time to convert, first to last step: equal whole-second bins from the shortest time.
+    histogram = query.time_to_convert(con, 1, spec.n, None)
+    seconds = sorted(expected.conversion_s.values())
+    assert histogram.persons == len(seconds)
+    if seconds:
+        assert histogram.avg_s == pytest.approx(statistics.fmean(seconds))
+        assert histogram.median_s == pytest.approx(statistics.median(seconds))
+        lo, span = math.floor(seconds[0]), math.floor(seconds[-1]) + 1 - math.floor(seconds[0])
+        count = min(60, math.ceil(math.sqrt(len(seconds))))
+        width = max(1, math.ceil(span / count))
+        count = min(count, math.ceil(span / width))
+        counted = [0] * count
+        for s in seconds:
+            counted[min(int((s - lo) // width), count - 1)] += 1
+        assert [(b.from_s, b.persons) for b in histogram.bins] == [
+            (lo + i * width, c) for i, c in enumerate(counted)
+        ]
     if spec.breakdown is not None:
         assert not truncated
         assert {value: [s.count for s in counts.steps] for value, counts in breakdown} == {
