@@ -278,6 +278,14 @@ def test_up_demo_restart_stop_and_up_again(stack_env: tuple[Path, dict[str, str]
         )
         assert {v["variant"] for v in experiment["variants"]} == {"control", "treatment"}
         assert all(v["exposures"] > 0 for v in experiment["variants"]), experiment
+        # As a web-analytics user reads the sources: the site is never its own referrer, and
+        # every visit has a channel (navigation inside the site carries the visit's source).
+        referrers = http_json(
+            f"{analytics}/sources?project=demo&period=30d&by=referrer_domain", admin
+        )
+        assert not [r for r in referrers["results"] if "strata-demo.example" in r["value"]]
+        channels = http_json(f"{analytics}/sources?project=demo&period=30d&by=channel", admin)
+        assert "(none)" not in {r["value"] for r in channels["results"]}, channels
 
         # kill -9 a service: the supervisor restarts it and it becomes ready again.
         health_ports = json.loads((data_dir / "stack.json").read_text())["health_ports"]
