@@ -51,6 +51,7 @@ from services.query.relative_periods import (
 from services.query.responses import (
     TIERS_HOT,
     Breakdown,
+    BreakdownComparison,
     BreakdownRow,
     Comparison,
     FilterEcho,
@@ -214,11 +215,12 @@ def parse_compare(query: MultiMapping[str]) -> str | None:
 
 async def _comparison(
     request: web.Request, query: MetricQuery, compare: str, totals: MetricValues
-) -> tuple[Comparison, list[date]]:
-    """The metrics over the range `compare` names, and each total's change from it."""
+) -> tuple[Comparison, Cells, list[date]]:
+    """The metrics over the range `compare` names, each total's change from it, and its cells
+    (per breakdown value too)."""
     window = query.window
     start, end = comparison_range(compare, window.start, window.end, window.tz)
-    before = replace(query, window=TimeWindow(start, end, window.tz), breakdown=None)
+    before = replace(query, window=TimeWindow(start, end, window.tz))
     result = await answer(request, before)
     _, custom_missing = await fill_custom_metrics(request, before, result.buckets, result.cells)
     previous = values_of(query.metrics, result.cells.get((ALL, ALL)))
@@ -228,9 +230,15 @@ async def _comparison(
         to=end.astimezone(window.tz),
         totals=previous,
         series=_series(before, result, ALL),
-        change={m: change_percent(totals[m], previous[m]) for m in query.metrics},
+        change=changes(query.metrics, totals, previous),
     )
-    return comparison, [*result.missing_days, *custom_missing]
+    return comparison, result.cells, [*result.missing_days, *custom_missing]
+
+
+def changes(
+    metrics: tuple[str, ...], current: MetricValues, previous: MetricValues
+) -> dict[str, float | None]:
+    return {m: change_percent(current[m], previous[m]) for m in metrics}
 
 
 async def get_metrics(request: web.Request) -> web.Response:
@@ -246,27 +254,27 @@ async def get_metrics(request: web.Request) -> web.Response:
     scanned, custom_missing = await fill_custom_metrics(
         request, query, result.buckets, result.cells
     )
-    breakdown = None
-    if query.breakdown is not None:
-        keys, truncated = ranked_keys(result.cells, query.metrics[0], query.limit)
-        breakdown = Breakdown(
-            dimension=query.breakdown,
-            results=[
-                BreakdownRow(
-                    value=key,
-                    totals=values_of(query.metrics, result.cells.get((ALL, key))),
-                    series=_series(query, result, key),
-                )
-                for key in keys
-            ],
-            truncated=truncated,
-        )
     assert query.interval is not None
     totals = values_of(query.metrics, result.cells.get((ALL, ALL)))
     comparison: Comparison | None = None
+    compared: Cells | None = None
     compared_missing: list[date] = []
     if compare is not None:
-        comparison, compared_missing = await _comparison(request, query, compare, totals)
+        comparison, compared, compared_missing = await _comparison(request, query, compare, totals)
+    breakdown = None
+    if query.breakdown is not None:
+        keys, truncated = ranked_keys(result.cells, query.metrics[0], query.limit)
+        rows = []
+        for key in keys:
+            row_totals = values_of(query.metrics, result.cells.get((ALL, key)))
+            row = BreakdownRow(value=key, totals=row_totals, series=_series(query, result, key))
+            if compared is not None:
+                previous = values_of(query.metrics, compared.get((ALL, key)))
+                row.comparison = BreakdownComparison(
+                    totals=previous, change=changes(query.metrics, row_totals, previous)
+                )
+            rows.append(row)
+        breakdown = Breakdown(dimension=query.breakdown, results=rows, truncated=truncated)
     body = MetricsResponse(
         source=result.source,
         tiers=sorted({*TIERS_HOT, *scanned, *(t.tier for t in result.tier_reads if t.rows)}),

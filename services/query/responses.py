@@ -34,10 +34,18 @@ class SeriesPoint(msgspec.Struct, kw_only=True):
     values: MetricValues
 
 
+class BreakdownComparison(msgspec.Struct, kw_only=True):
+    """A breakdown value's totals over the compared range and each one's change, in percent."""
+
+    totals: MetricValues
+    change: dict[str, float | None]
+
+
 class BreakdownRow(msgspec.Struct, kw_only=True):
     value: str
     totals: MetricValues
     series: list[SeriesPoint]
+    comparison: BreakdownComparison | None = None  # with compare=
 
 
 class Breakdown(msgspec.Struct, kw_only=True):

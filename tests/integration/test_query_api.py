@@ -327,6 +327,16 @@ async def test_comparison_freshness_and_week_labels(
             "bounce_rate": None,  # from 0: no percentage
         }
         assert body["freshness"]["newest_event"] == "2025-05-06T09:02:00Z"
+        # Broken down, each value is compared with the same value's totals before.
+        status, body = await get_json(
+            client,
+            f"{API}/metrics",
+            project.read_key,
+            {**params, "metrics": "pageviews", "breakdown": "page"},
+        )
+        assert status == 200, body
+        [row] = body["breakdown"]["results"]
+        assert row["comparison"] == {"totals": {"pageviews": 2}, "change": {"pageviews": 50.0}}
         assert body["freshness"]["newest_event_age_s"] > 0
 
         # Wednesday 7 May: the first week began on Monday 5 May, before the range.
