@@ -263,6 +263,8 @@ def test_up_demo_restart_stop_and_up_again(stack_env: tuple[Path, dict[str, str]
         for project in ("demo", "shop", "docs"):
             answer = http_json(f"{analytics}/metrics?project={project}&period=30d", admin)
             assert answer["totals"]["pageviews"] > 0, (project, answer)
+            # A visitor is a device: never more visitors than visits.
+            assert answer["totals"]["visitors"] <= answer["totals"]["sessions"], answer
         vitals = http_json(f"{analytics}/performance?project=shop&period=30d", admin)
         assert vitals["overall"]["lcp"]["samples"] > 0, vitals
         experiment = http_json(
