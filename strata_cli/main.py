@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from libs.common import db, keys, privacy_policy
+from libs.common import db, keys, own_domains, privacy_policy
 from libs.common.settings import SettingsError, StackSettings, from_env
 from libs.common.subjects import Subjects
 from strata_cli.local_stack import StackError, redact
@@ -151,6 +151,10 @@ def cmd_keys_revoke(
 # --- project privacy controls ------------------------------------------------------------------
 
 
+def _describe_domains(project: str, domains: tuple[str, ...]) -> str:
+    return f"project {project}: own domains {','.join(domains) or 'none'}"
+
+
 def _describe_policy(project: str, policy: privacy_policy.PrivacyPolicy) -> str:
     regexes = " ".join(repr(r) for r in policy.scrub_regexes) or "none"
     return (
@@ -178,10 +182,15 @@ def cmd_project_set(
                 scrub_regexes=tuple(args.scrub_regex or ()),
             )
         )
-    except privacy_policy.PolicyError as exc:
+        domains = (
+            own_domains.parse_own_domains(args.own_domains)
+            if args.own_domains is not None
+            else None
+        )
+    except (privacy_policy.PolicyError, own_domains.DomainError) as exc:
         raise CliError(str(exc)) from None
 
-    async def run() -> privacy_policy.PrivacyPolicy:
+    async def run() -> tuple[privacy_policy.PrivacyPolicy, tuple[str, ...]]:
         conn = await connect_db(url)
         try:
             async with conn.transaction():
@@ -207,13 +216,17 @@ def cmd_project_set(
                     await privacy_policy.save_policy(conn, project, updated)
                 except privacy_policy.PolicyError as exc:
                     raise CliError(str(exc)) from None
-                return updated
+                if domains is not None:
+                    await own_domains.save_own_domains(conn, project, domains)
+                return updated, await own_domains.load_own_domains(conn, project)
         except asyncpg.UndefinedColumnError:
             raise CliError("the database schema is out of date: run `strata migrate`") from None
         finally:
             await conn.close()
 
-    print(_describe_policy(project, asyncio.run(run())))
+    policy, domains_now = asyncio.run(run())
+    print(_describe_policy(project, policy))
+    print(_describe_domains(project, domains_now))
     print(
         "ingest applies it within its key cache TTL (STRATA_KEY_CACHE_TTL_S, 30 s by default)",
         file=sys.stderr,
@@ -228,22 +241,27 @@ def cmd_project_show(
     check_project_id(project)
     url = database_url(settings)
 
-    async def run() -> privacy_policy.PrivacyPolicy:
+    async def run() -> tuple[privacy_policy.PrivacyPolicy, tuple[str, ...]]:
         conn = await connect_db(url)
         try:
             if await conn.fetchval("SELECT 1 FROM projects WHERE id = $1", project) is None:
                 raise CliError(f"no project {project!r}")
-            return await privacy_policy.load_policy(conn, project)
+            return (
+                await privacy_policy.load_policy(conn, project),
+                await own_domains.load_own_domains(conn, project),
+            )
         except asyncpg.UndefinedColumnError:
             raise CliError("the database schema is out of date: run `strata migrate`") from None
         finally:
             await conn.close()
 
-    policy = asyncio.run(run())
+    policy, domains = asyncio.run(run())
     if args.json:
-        print(msgspec.json.encode(policy).decode())
+        shown = {**msgspec.to_builtins(policy), "own_domains": list(domains)}
+        print(msgspec.json.encode(shown).decode())
     else:
         print(_describe_policy(project, policy))
+        print(_describe_domains(project, domains))
     return 0
 
 
@@ -627,12 +645,13 @@ def build_parser(
     add_user_commands(commands, common)
 
     project_commands = commands.add_parser(
-        "project", help="project settings (privacy controls)"
+        "project", help="project settings (privacy controls, own domains)"
     ).add_subparsers(dest="project_command", required=True, metavar="ACTION")
     project_set = project_commands.add_parser(
         "set",
         parents=[common],
-        help="set privacy controls (docs/privacy.md); options not given keep their value",
+        help="set privacy controls (docs/privacy.md) and own domains (docs/enrichment.md);"
+        " options not given keep their value",
     )
     project_set.add_argument("project", metavar="PROJECT")
     project_set.add_argument(
@@ -653,6 +672,11 @@ def build_parser(
     )
     project_set.add_argument(
         "--no-scrub-regex", action="store_true", help="remove the current custom regexes first"
+    )
+    project_set.add_argument(
+        "--own-domains",
+        help="the project's own sites, comma-separated (e.g. example.com,example.org; or none):"
+        " referrers on them or their subdomains are internal navigation (docs/enrichment.md)",
     )
     project_set.set_defaults(handler=cmd_project_set)
     project_show = project_commands.add_parser(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import bisect
+import hashlib
 import heapq
 import itertools
 import random
@@ -32,6 +33,10 @@ import aiohttp
 import msgspec
 
 DEMO_PROJECTS = ("demo", "shop", "docs")
+# The A/B test every demo visit is exposed to (the treatment converts a little better at
+# checkout): POST /api/v1/analytics/experiments/analyze with "experiment": "new-checkout".
+DEMO_EXPERIMENT = "new-checkout"
+DEMO_EXPERIMENT_VARIANTS = ("control", "treatment")
 DAY_MS = 86_400_000
 
 Message = dict[str, Any]
@@ -605,6 +610,35 @@ class _SessionWriter:
         message["traits"] = traits
         return message
 
+    def _experiment_variant(self, visitor: _Visitor) -> str:
+        """The visitor's variant of the demo's A/B test: fixed per visitor (a hash of the id)."""
+        digest = hashlib.blake2b(visitor.anonymous_id.encode(), digest_size=2).digest()
+        return DEMO_EXPERIMENT_VARIANTS[digest[0] % len(DEMO_EXPERIMENT_VARIANTS)]
+
+    def _web_vitals(self, visitor: _Visitor, ms: int, context: Message, path: str) -> Message:
+        """Core Web Vitals of a page load, as a RUM snippet reports them: milliseconds, CLS
+        unitless; slow devices and heavy pages load slower (log-normal tails)."""
+        rng = self.rng
+        mobile = "Mobile" in str(visitor.context.get("userAgent", ""))
+        slow = 1.6 if mobile else 1.0
+        ttfb = rng.lognormvariate(5.0, 0.5) * slow
+        fcp = ttfb + rng.lognormvariate(6.6, 0.45) * slow
+        return self._track(
+            visitor,
+            ms,
+            context,
+            "$web_vitals",
+            {
+                "path": path,
+                "ttfb": round(ttfb),
+                "fcp": round(fcp),
+                "lcp": round(fcp + rng.lognormvariate(6.0, 0.7) * slow),
+                "inp": round(rng.lognormvariate(4.6, 0.6) * slow),
+                "cls": round(rng.lognormvariate(-3.2, 1.0), 4),
+                "nonInteraction": 1,
+            },
+        )
+
     def session(self, start_ms: int, week: int) -> list[Message]:
         """One visit: a landing page, a walk through the site, the events done on the way."""
         rng = self.rng
@@ -632,7 +666,24 @@ class _SessionWriter:
             )
             messages.append(message)
             previous_url = message["properties"]["url"]
-            ms = self._page_actions(visitor, message["context"], messages, ms, page, path)
+            if step == 0:
+                # Every visit sees the running A/B test once per landing.
+                messages.append(
+                    self._track(
+                        visitor,
+                        ms + 50,
+                        message["context"],
+                        "$experiment_exposure",
+                        {
+                            "experiment": DEMO_EXPERIMENT,
+                            "variant": self._experiment_variant(visitor),
+                            "nonInteraction": 1,
+                        },
+                    )
+                )
+            if rng.random() < 0.6:
+                messages.append(self._web_vitals(visitor, ms + 800, message["context"], path))
+            ms = self._page_actions(visitor, message["context"], messages, ms + 800, page, path)
             page = site.moves[page].pick(rng)
             if not page:
                 break
@@ -702,7 +753,9 @@ class _SessionWriter:
                     {"sku": sku, "price": _PRICES[sku], "quantity": 1, "currency": "USD"},
                 )
             )
-        elif page == "/checkout" and rng.random() < 0.7:
+        elif page == "/checkout" and rng.random() < (
+            0.8 if self._experiment_variant(visitor) == "treatment" else 0.7
+        ):
             ms += rng.randrange(5000, 30000)
             out.append(self._track(visitor, ms, context, "checkout_started", {"currency": "USD"}))
         elif page == "/checkout/complete":

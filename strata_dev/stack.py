@@ -217,17 +217,19 @@ async def ensure_project_keys(
     conn: asyncpg.Connection, project: str, roles: tuple[str, ...], known: Mapping[str, str]
 ) -> dict[str, str]:
     """Secrets of live keys of `project` for each role: the known ones when still valid (a
-    second `up` keeps its keys), new ones otherwise."""
+    second `up` keeps its keys), new ones otherwise. The admin key is bound to no project, so
+    it reads every project of the stack (with `?project=`)."""
     await keys.ensure_project(conn, project)
     secrets: dict[str, str] = {}
     for role in roles:
+        owner = None if role == "admin" else project
         secret = known.get(role)
         if secret:
             found = await keys.lookup_key(conn, secret)
-            if found is not None and found.project_id == project and found.role == role:
+            if found is not None and found.project_id == owner and found.role == role:
                 secrets[role] = secret
                 continue
-        _, secrets[role] = await keys.create_key(conn, project, role, name="strata up")
+        _, secrets[role] = await keys.create_key(conn, owner, role, name="strata up")
     return secrets
 
 
@@ -691,7 +693,10 @@ class Stack:
             "project": DEFAULT_PROJECT,
             "write_key": project_keys["write"],
             "read_key": project_keys["read"],
+            # Admin of every project: add ?project=<one of projects> to each request.
             "admin_key": project_keys["admin"],
+            # Every project this data directory's stack has keys for (the demo's, once run).
+            "projects": ",".join(self.state.keys),
             "database_url": self.database_url,
             "nats_url": self.nats_url,
             "dashboard_url": f"http://127.0.0.1:{self.settings.query_port}/",

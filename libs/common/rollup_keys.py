@@ -42,6 +42,11 @@ SESSION_DIMENSIONS: dict[str, str] = {
 
 NONE_VALUE = "(none)"  # a missing dimension value is its own bucket, never dropped
 
+# What a visitor is counted as, wherever visitors are counted (rollup sketches, raw metrics,
+# erasure's recomputation, the live stream): the event's device key, its anonymous id or, when
+# it has none, its user id. Web analytics counts devices; the analyses merge persons instead.
+VISITOR_COLUMN = "distinct_id"
+
 
 def bucket_start(ts: datetime, granularity: str) -> datetime:
     """The UTC start of the hour/day/week containing `ts`."""

@@ -102,6 +102,9 @@ class IngestSettings(CommonSettings, frozen=True, kw_only=True):
     geoip_db: str = ""
     bot_ip_ranges: str = ""
     trusted_proxies: str = ""
+    # A referrer-spam host list (Matomo's referrer-spam-list spammers.txt format): events whose
+    # referrer is on it (or a subdomain of one on it) are flagged as bots.
+    referrer_spam_list: str = ""
 
 
 class SessionizerSettings(CommonSettings, frozen=True, kw_only=True):

@@ -298,7 +298,7 @@ def event_rollup_tallies(events: Iterable[EventV1]) -> dict[RollupKey, _Tally]:
     buckets = _Buckets()
     by_head: dict[tuple[str, datetime, str, bool], list[dict[str | None, _Tally]]] = {}
     for ev in events:
-        person = ev.user_id or ev.distinct_id
+        person = ev.distinct_id  # VISITOR_COLUMN: the device, as web analytics counts visitors
         head = (ev.project_id, buckets.hour(ev.ts), ev.name, ev.is_bot)
         dims = by_head.get(head)
         if dims is None:
@@ -422,19 +422,16 @@ async def _apply_event_rollups(conn: asyncpg.Connection, tallies: dict[RollupKey
 # A session row is a function of its events (docs/storage.md, "Sessions"): merged here in SQL
 # from the batch's new events and the stored row, whose old and new contributions to
 # session_rollups are moved in the same statement.
-SESSION_ATTRIBUTES = (  # taken from the session's earliest event
+SOURCE_ATTRIBUTES = (  # taken from the session's earliest event that carries a channel
     "referrer",
     "referrer_domain",
     "channel",
     "utm_source",
     "utm_medium",
     "utm_campaign",
-    "browser",
-    "os",
-    "device_type",
-    "country",
-    "is_bot",
 )
+DEVICE_ATTRIBUTES = ("browser", "os", "device_type", "country", "is_bot")  # earliest event
+SESSION_ATTRIBUTES = (*SOURCE_ATTRIBUTES, *DEVICE_ATTRIBUTES)
 SESSION_COLUMNS = (
     "project_id",
     "session_id",
@@ -450,6 +447,14 @@ SESSION_COLUMNS = (
     "exit_path",
     "exit_ts",
     *SESSION_ATTRIBUTES,
+    # The ids (and times) of the events the ordered values came from: the tie-breaks of a merge.
+    "start_event_id",
+    "entry_event_id",
+    "exit_event_id",
+    "user_ts",
+    "user_event_id",
+    "source_ts",
+    "source_event_id",
 )
 _SESSION_EVENT_ROW = (
     "project_id",
@@ -482,10 +487,44 @@ _CONTRIBUTION = tuple(
 _COUNTERS = ("start_ts", "end_ts", "interactive_events", "pageviews", "events")
 # What places a session's contribution: its start hour (from start_ts) and these.
 _KEY_ATTRIBUTES = tuple(c for c in _CONTRIBUTION if c not in _COUNTERS)
-# Ties on equal timestamps are broken by event id in code-point order, as a recomputation in
-# Python sorts them.
+# Ties on equal timestamps are broken by event id in code-point order (COLLATE "C"), as a
+# recomputation in Python sorts them; every comparison of a merge uses this order, so merging
+# batches in any order gives the row a recomputation from all the events gives.
 _EVENT_ORDER = 'ts, event_id COLLATE "C"'
-_NEW_OR_EARLIER = "o.session_id IS NULL OR f.ts < o.start_ts"
+
+
+def _before(ts: str, event_id: str, other_ts: str, other_id: str) -> str:
+    """SQL: the event (ts, event_id) comes before (other_ts, other_id) in event order."""
+    return f'({ts}, {event_id} COLLATE "C") < ({other_ts}, {other_id} COLLATE "C")'
+
+
+# The batch's first event of a session precedes the stored row's (or there is no row).
+_NEW_FIRST = "o.session_id IS NULL OR " + _before(
+    "f.ts", "f.event_id", "o.start_ts", "coalesce(o.start_event_id, '')"
+)
+# The stored row's source: rows from before the tie keys count theirs as of their start.
+_STORED_SOURCE_TS = "coalesce(o.source_ts, o.start_ts)"
+_STORED_SOURCE_ID = "coalesce(o.source_event_id, '')"
+_NEW_SOURCE = (
+    "src.session_id IS NOT NULL AND (o.channel IS NULL OR "
+    + _before("src.ts", "src.event_id", _STORED_SOURCE_TS, _STORED_SOURCE_ID)
+    + ")"
+)
+_NEW_USER = (
+    "u.session_id IS NOT NULL AND (coalesce(o.user_id, '') = '' OR (o.user_ts IS NOT NULL AND "
+    + _before("u.ts", "u.event_id", "o.user_ts", "coalesce(o.user_event_id, '')")
+    + "))"
+)
+_NEW_ENTRY = (
+    "fp.session_id IS NOT NULL AND (o.entry_ts IS NULL OR "
+    + _before("fp.ts", "fp.event_id", "o.entry_ts", "coalesce(o.entry_event_id, '')")
+    + ")"
+)
+_NEW_EXIT = (
+    "lp.session_id IS NOT NULL AND (o.exit_ts IS NULL OR "
+    + _before("o.exit_ts", "coalesce(o.exit_event_id, '')", "lp.ts", "lp.event_id")
+    + ")"
+)
 # Each session counts once per dimension: in the total, and under its value of each dimension.
 _SESSION_DIMENSION_VALUES = "unnest(ARRAY[{}], ARRAY[{}]) AS d(dim, value)".format(
     ", ".join(f"'{dim}'" for dim in (TOTAL, *SESSION_DIMENSIONS)),
@@ -494,8 +533,52 @@ _SESSION_DIMENSION_VALUES = "unnest(ARRAY[{}], ARRAY[{}]) AS d(dim, value)".form
         + [f"coalesce(nullif(c.{col}, ''), '{NONE_VALUE}')" for col in SESSION_DIMENSIONS.values()]
     ),
 )
-_TAKEN_FROM_FIRST = ", ".join(
-    f"CASE WHEN {_NEW_OR_EARLIER} THEN f.{a} ELSE o.{a} END AS {a}" for a in SESSION_ATTRIBUTES
+
+
+def _taken(condition: str, alias: str, pairs: tuple[tuple[str, str], ...]) -> str:
+    """`column` from `alias` when `condition` holds, else the stored row's, for each pair of
+    (source column, row column)."""
+    return ", ".join(
+        f"CASE WHEN {condition} THEN {alias}.{src} ELSE o.{dst} END AS {dst}" for src, dst in pairs
+    )
+
+
+def _first_of(name: str, where: str, order: str = _EVENT_ORDER) -> str:
+    """A CTE: per session, the batch's first event (in `order`) among those matching `where`."""
+    return (
+        f"{name} AS (SELECT DISTINCT ON (project_id, session_id) * FROM ev WHERE {where}"
+        f" ORDER BY project_id, session_id, {order})"
+    )
+
+
+_TAKEN = ",\n        ".join(
+    (
+        _taken(
+            _NEW_USER,
+            "u",
+            (("user_id", "user_id"), ("ts", "user_ts"), ("event_id", "user_event_id")),
+        ),
+        _taken(
+            _NEW_ENTRY,
+            "fp",
+            (("path", "entry_path"), ("ts", "entry_ts"), ("event_id", "entry_event_id")),
+        ),
+        _taken(
+            _NEW_EXIT,
+            "lp",
+            (("path", "exit_path"), ("ts", "exit_ts"), ("event_id", "exit_event_id")),
+        ),
+        _taken(
+            _NEW_SOURCE,
+            "src",
+            (
+                *((a, a) for a in SOURCE_ATTRIBUTES),
+                ("ts", "source_ts"),
+                ("event_id", "source_event_id"),
+            ),
+        ),
+        _taken(_NEW_FIRST, "f", tuple((a, a) for a in DEVICE_ATTRIBUTES)),
+    )
 )
 # A replaced row that stays in the same buckets (the usual case: only its counters grew) nets
 # its -old/+new into one row of differences, so fewer rows are expanded into dimensions.
@@ -506,51 +589,36 @@ _STAYS = " AND ".join(
 _APPLY_SESSIONS = f"""
 WITH ev AS (
     SELECT * FROM {_json_rows_sql(_SESSION_EVENT_ROW, _SESSION_EVENT_TYPES)} j
-), batch AS (  -- one sort of the events serves every ordered aggregate
-    SELECT project_id, session_id, events, interactive_events, pageviews, end_ts, first_user,
-        entry_ts, pageview_paths[1] AS entry_path,
-        exit_ts, pageview_paths[cardinality(pageview_paths)] AS exit_path
-    FROM (
-        SELECT project_id, session_id,
-            count(*)::int AS events,
-            (count(*) FILTER (WHERE NOT non_interactive))::int AS interactive_events,
-            (count(*) FILTER (WHERE name = $2))::int AS pageviews,
-            max(ts) AS end_ts,
-            (array_agg(user_id ORDER BY {_EVENT_ORDER}) FILTER (WHERE user_id <> ''))[1]
-                AS first_user,
-            min(ts) FILTER (WHERE name = $2) AS entry_ts,
-            max(ts) FILTER (WHERE name = $2) AS exit_ts,
-            array_agg(path ORDER BY {_EVENT_ORDER}) FILTER (WHERE name = $2) AS pageview_paths
-        FROM ev GROUP BY project_id, session_id
-    ) a
-), first AS (
-    SELECT DISTINCT ON (project_id, session_id) *
-    FROM ev ORDER BY project_id, session_id, {_EVENT_ORDER}
-), merged AS (
+), batch AS (
+    SELECT project_id, session_id,
+        count(*)::int AS events,
+        (count(*) FILTER (WHERE NOT non_interactive))::int AS interactive_events,
+        (count(*) FILTER (WHERE name = $2))::int AS pageviews,
+        max(ts) AS end_ts
+    FROM ev GROUP BY project_id, session_id
+), {_first_of("first", "true")},
+{_first_of("first_user", "user_id <> ''")},
+{_first_of("first_source", "channel <> ''")},
+{_first_of("first_page", "name = $2")},
+{_first_of("last_page", "name = $2", 'ts DESC, event_id COLLATE "C" DESC')},
+merged AS (
     SELECT b.project_id, b.session_id,
-        CASE WHEN {_NEW_OR_EARLIER} THEN f.distinct_id ELSE o.distinct_id END AS distinct_id,
-        CASE WHEN o.session_id IS NULL THEN b.first_user
-             WHEN f.ts < o.start_ts
-                 THEN coalesce(nullif(f.user_id, ''), nullif(o.user_id, ''), b.first_user)
-             ELSE coalesce(nullif(o.user_id, ''), b.first_user) END AS user_id,
+        CASE WHEN {_NEW_FIRST} THEN f.distinct_id ELSE o.distinct_id END AS distinct_id,
         least(o.start_ts, f.ts) AS start_ts,
+        CASE WHEN {_NEW_FIRST} THEN f.event_id ELSE o.start_event_id END AS start_event_id,
         greatest(o.end_ts, b.end_ts) AS end_ts,
         coalesce(o.events, 0) + b.events AS events,
         coalesce(o.interactive_events, 0) + b.interactive_events AS interactive_events,
         coalesce(o.pageviews, 0) + b.pageviews AS pageviews,
-        CASE WHEN b.entry_ts < o.entry_ts OR o.entry_ts IS NULL THEN b.entry_path
-             ELSE o.entry_path END AS entry_path,
-        CASE WHEN b.entry_ts < o.entry_ts OR o.entry_ts IS NULL THEN b.entry_ts
-             ELSE o.entry_ts END AS entry_ts,
-        CASE WHEN b.exit_ts >= o.exit_ts OR o.exit_ts IS NULL THEN b.exit_path
-             ELSE o.exit_path END AS exit_path,
-        CASE WHEN b.exit_ts >= o.exit_ts OR o.exit_ts IS NULL THEN b.exit_ts
-             ELSE o.exit_ts END AS exit_ts,
-        {_TAKEN_FROM_FIRST},
+        {_TAKEN},
         o.session_id IS NOT NULL AS replaces,
         {", ".join(f"o.{c} AS old_{c}" for c in _CONTRIBUTION)}
     FROM batch b
     JOIN first f USING (project_id, session_id)
+    LEFT JOIN first_user u USING (project_id, session_id)
+    LEFT JOIN first_source src USING (project_id, session_id)
+    LEFT JOIN first_page fp USING (project_id, session_id)
+    LEFT JOIN last_page lp USING (project_id, session_id)
     -- One primary-key probe per session (a subquery with FOR UPDATE is never flattened into a
     -- hash join that would scan every session), locking the stored row.
     LEFT JOIN LATERAL (

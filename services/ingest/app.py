@@ -65,6 +65,7 @@ from services.ingest.openapi import (
 )
 from services.ingest.publishing import PublishUnavailable, RawEventPublisher
 from services.ingest.rate_limits import WriteKeyRateLimiter, retry_after_header
+from services.ingest.referrer_spam import load_referrer_spam_list
 from services.ingest.request_body import (
     BodyRefused,
     ClientGone,
@@ -184,6 +185,11 @@ class IngestApi:
             load_network_file(settings.bot_ip_ranges) if settings.bot_ip_ranges else None
         )
         self.trusted_proxies = NetworkSet(parse_network_list(settings.trusted_proxies))
+        self.referrer_spam = (
+            load_referrer_spam_list(settings.referrer_spam_list)
+            if settings.referrer_spam_list
+            else None
+        )
         self.consent_salts = DailySalts(deps.nc.jetstream(), deps.subjects)
         self._request_counters: dict[tuple[str, int], Any] = {}
         self._active_requests = 0
@@ -351,7 +357,13 @@ class IngestApi:
     ) -> CollectionRules:
         """Geo, bot ranges and the project's privacy policy for one request's events."""
         privacy = write_key.privacy
-        rules = CollectionRules(privacy, self.geo, self.bot_networks)
+        rules = CollectionRules(
+            privacy,
+            self.geo,
+            self.bot_networks,
+            own_domains=write_key.own_domains,
+            referrer_spam=self.referrer_spam,
+        )
         if rules.needs_cookieless_ids:
             try:
                 salt = await self.consent_salts.salt_for(received_at.date())

@@ -36,6 +36,8 @@ class WriteKey(NamedTuple):
     rate_limit_per_s: float | None  # the project's override of the default rate limit
     # The project's privacy controls, cached with the key: a change applies within the TTL.
     privacy: ProjectPrivacy = _DEFAULT_PRIVACY
+    # The project's own sites: referrers on them are internal navigation (docs/enrichment.md).
+    own_domains: tuple[str, ...] = ()
 
 
 def key_from_authorization(header: str | None) -> str | None:
@@ -118,14 +120,19 @@ class WriteKeyCache:
                     return WriteKey(key, None)
                 row = await conn.fetchrow(
                     "SELECT rate_limit_per_s, ip_policy, consent_policy, scrub_rules,"
-                    " scrub_regexes FROM projects WHERE id = $1",
+                    " scrub_regexes, own_domains FROM projects WHERE id = $1",
                     key.project_id,
                 )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             raise KeyStoreUnavailable(str(exc) or type(exc).__name__) from exc
         if row is None:
             return WriteKey(key, None)
-        return WriteKey(key, row["rate_limit_per_s"], ProjectPrivacy(policy_of(row)))
+        return WriteKey(
+            key,
+            row["rate_limit_per_s"],
+            ProjectPrivacy(policy_of(row)),
+            tuple(row["own_domains"] or ()),
+        )
 
     def _remember(self, secret: str, found: WriteKey | None, now: float) -> None:
         if len(self._entries) >= self._max_entries:

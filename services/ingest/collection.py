@@ -12,10 +12,12 @@ import msgspec
 
 from libs.common.privacy_policy import CONSENT_COOKIELESS
 from libs.common.schemas.events_v1 import ALIAS, IDENTIFY, EventV1
+from services.ingest.enrichment import CLICK_ID_PROPERTY, SOURCE_PROPERTIES, same_site
 from services.ingest.event_mapping import ItemSkipped
 from services.ingest.geo import GeoLocator
 from services.ingest.networks import NetworkSet
 from services.ingest.privacy import ProjectPrivacy, cookieless_event, published_ip
+from services.ingest.referrer_spam import ReferrerSpamList
 
 # (client IP, user agent) -> today's cookieless visitor id of this project.
 CookielessIdOf = Callable[[str | None, str | None], str]
@@ -31,7 +33,14 @@ class ConsentWithheld(ItemSkipped):
 class CollectionRules:
     """Geo and bot ranges (the service's) with one project's privacy policy."""
 
-    __slots__ = ("bot_networks", "cookieless_id", "geo", "privacy")
+    __slots__ = (
+        "bot_networks",
+        "cookieless_id",
+        "geo",
+        "own_domains",
+        "privacy",
+        "referrer_spam",
+    )
 
     def __init__(
         self,
@@ -39,11 +48,16 @@ class CollectionRules:
         geo: GeoLocator | None = None,
         bot_networks: NetworkSet | None = None,
         cookieless_id: CookielessIdOf | None = None,
+        *,
+        own_domains: tuple[str, ...] = (),
+        referrer_spam: ReferrerSpamList | None = None,
     ) -> None:
         self.privacy = privacy
         self.geo = geo
         self.bot_networks = bot_networks if bot_networks else None
         self.cookieless_id = cookieless_id
+        self.own_domains = own_domains
+        self.referrer_spam = referrer_spam if referrer_spam else None
 
     @property
     def needs_cookieless_ids(self) -> bool:
@@ -57,6 +71,8 @@ class CollectionRules:
         if not consented:
             event = self._without_consent(event, ip, user_agent)
         changes: dict[str, Any] = {}
+        if event.referrer_domain is not None:
+            self._referrer_rules(event, changes)
         if ip is not None:
             if self.geo is not None and event.country is None:
                 place = self.geo.locate(ip)
@@ -79,6 +95,24 @@ class CollectionRules:
         if changes:
             event = msgspec.structs.replace(event, **changes)
         return self.privacy.scrubber.event(event)
+
+    def _referrer_rules(self, event: EventV1, changes: dict[str, Any]) -> None:
+        """Referrer spam is bot traffic; a referrer on one of the project's own domains is
+        navigation inside its sites: no referrer domain, and no channel unless tagged."""
+        referrer = event.referrer_domain
+        assert referrer is not None
+        if self.referrer_spam is not None and referrer in self.referrer_spam:
+            changes["is_bot"] = True
+        if any(same_site(referrer, domain) for domain in self.own_domains):
+            changes["referrer_domain"] = None
+            tagged = event.utm_source or event.utm_medium or event.utm_campaign
+            if not tagged and CLICK_ID_PROPERTY not in event.properties:
+                changes["channel"] = None
+            if any(name in event.properties for name in SOURCE_PROPERTIES):
+                kept = {k: v for k, v in event.properties.items() if k not in SOURCE_PROPERTIES}
+                if CLICK_ID_PROPERTY in event.properties:
+                    kept[CLICK_ID_PROPERTY] = event.properties[CLICK_ID_PROPERTY]
+                changes["properties"] = kept
 
     def _without_consent(self, event: EventV1, ip: str | None, user_agent: str | None) -> EventV1:
         if self.privacy.consent_policy != CONSENT_COOKIELESS or self.cookieless_id is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 from services.ingest.segment_payloads import SegmentContext
 from services.ingest.traffic_sources import (
@@ -30,22 +31,42 @@ class Attribution(NamedTuple):
     utm_content: str | None
     search_engine: str | None = None  # the referrer's search engine (Google, Bing, ...)
     social_network: str | None = None  # the referrer's or source's network (Facebook, ...)
+    click_id: str | None = None  # the name of the page URL's ad click id (gclid, fbclid, ...)
 
 
 NO_ATTRIBUTION = Attribution(None, None, None, None, None, None, None)
 
-# Properties that carry the referrer's search engine and social network (EventV1 has no
-# columns for them; `$`-names never collide with a sender's own properties).
+# Properties that carry the referrer's search engine and social network and the click id's
+# name (EventV1 has no columns for them; `$`-names never collide with a sender's properties).
 SEARCH_ENGINE_PROPERTY = "$search_engine"
 SOCIAL_NETWORK_PROPERTY = "$social_network"
+CLICK_ID_PROPERTY = "$click_id"
+SOURCE_PROPERTIES = (SEARCH_ENGINE_PROPERTY, SOCIAL_NETWORK_PROPERTY, CLICK_ID_PROPERTY)
 
 
 def add_source_properties(properties: dict[str, Any], source: Attribution) -> None:
-    """Record the search engine and social network of an attributed event in its properties."""
+    """Record the search engine, social network and click id of an attributed event in its
+    properties."""
     if source.search_engine is not None:
         properties.setdefault(SEARCH_ENGINE_PROPERTY, source.search_engine)
     if source.social_network is not None:
         properties.setdefault(SOCIAL_NETWORK_PROPERTY, source.social_network)
+    if source.click_id is not None:
+        properties.setdefault(CLICK_ID_PROPERTY, source.click_id)
+
+
+def has_source_properties(source: Attribution) -> bool:
+    return (
+        source.search_engine is not None
+        or source.social_network is not None
+        or source.click_id is not None
+    )
+
+
+def same_site(a: str, b: str) -> bool:
+    """Whether two hosts (lower case, without `www.`) are one site: equal, or one a subdomain
+    of the other (`shop.example.com` and `example.com`)."""
+    return a == b or a.endswith("." + b) or b.endswith("." + a)
 
 
 @lru_cache(maxsize=32768)
@@ -60,8 +81,9 @@ def attribute(
     `campaign` is (source, medium, name, term, content) from the SDK's `context.campaign`;
     without it the tags are read from the page URL's query (or `context.page.search`).
     The channel is None when the event carries no acquisition signal: no page, referrer or
-    tag (a server-side call), or a referrer on the page's own site with no tags (navigation
-    inside the site says nothing about how the visitor arrived).
+    tag (a server-side call), or a referrer on the page's own site (the page's host or a
+    subdomain relation of it) with no tags: navigation inside the site says nothing about how
+    the visitor arrived, so such a referrer is not kept as the referrer domain either.
     """
     page = parse_page_url(url) if url else None
     ref_domain = referrer_domain(referrer) if referrer else None
@@ -84,7 +106,12 @@ def attribute(
     else:
         source = medium = name = term = content = click_id = None
     tagged = bool(source or medium or name or click_id)
-    internal = ref_domain is not None and page is not None and ref_domain == page.host
+    internal = (
+        ref_domain is not None
+        and page is not None
+        and page.host is not None
+        and same_site(ref_domain, page.host)
+    )
     if tagged:
         channel: str | None = classify_channel(
             None if internal else ref_domain, source, medium, click_id
@@ -95,9 +122,28 @@ def attribute(
         channel = classify_channel(ref_domain, None, None, None)
     engine = network = None
     if ref_domain is not None and not internal:
-        engine = search_engine(ref_domain)
-        network = social_network(ref_domain)
-    return Attribution(ref_domain, channel, source, medium, name, term, content, engine, network)
+        path = _referrer_path(referrer)
+        engine = search_engine(ref_domain, path)
+        network = social_network(ref_domain, path)
+    return Attribution(
+        None if internal else ref_domain,
+        channel,
+        source,
+        medium,
+        name,
+        term,
+        content,
+        engine,
+        network,
+        click_id,
+    )
+
+
+def _referrer_path(referrer: str | None) -> str:
+    try:
+        return urlsplit(referrer).path if referrer else ""
+    except ValueError:
+        return ""
 
 
 _MOBILE_APP_OS = {"ios": "iOS", "ipados": "iOS", "android": "Android"}

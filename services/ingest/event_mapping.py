@@ -26,6 +26,7 @@ from services.ingest.enrichment import (
     add_source_properties,
     attribute,
     device_of,
+    has_source_properties,
     is_non_interactive,
 )
 from services.ingest.networks import valid_ip
@@ -240,7 +241,7 @@ def segment_event(message: SegmentMessage, event_type: str | None, request: Requ
             if campaign is None
             else (campaign.source, campaign.medium, campaign.name, campaign.term, campaign.content),
         )
-        if source.search_engine is not None or source.social_network is not None:
+        if has_source_properties(source):
             add_source_properties(properties, source)
     location = context.location if context is not None else None
 
@@ -392,7 +393,7 @@ def analytics_api_event(event: AnalyticsEvent, request: RequestInfo) -> EventV1:
         if page_or_url or referrer
         else (NO_ATTRIBUTION)
     )
-    if source.search_engine is not None or source.social_network is not None:
+    if has_source_properties(source):
         add_source_properties(properties, source)
     mapped = EventV1(
         event_id=event_id,

@@ -21,6 +21,9 @@ Google Analytics' default channel grouping, simplified (docs/enrichment.md has t
    organic_social;
 7. any other referrer or UTM tag -> referral; nothing at all -> direct.
 
+Search engines, social networks and webmail are those of Snowplow's referer-parser data set
+(services/ingest/referrer_database.py), never a hand-written table.
+
 Every function here is cached per distinct input: referrers, URLs and tag combinations repeat,
 so the per-event cost is a dictionary lookup.
 """
@@ -30,6 +33,17 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import NamedTuple
 from urllib.parse import parse_qsl, urlsplit
+
+from services.ingest.referrer_database import (
+    EMAIL as EMAIL_SITE,
+)
+from services.ingest.referrer_database import (
+    SEARCH,
+    SOCIAL,
+    ReferrerSite,
+    default_database,
+    normalized_source,
+)
 
 DIRECT = "direct"
 ORGANIC_SEARCH = "organic_search"
@@ -59,113 +73,9 @@ PAID_SOCIAL_CLICK_IDS = frozenset({"ttclid", "twclid", "li_fat_id", "sccid", "ep
 SOCIAL_CLICK_IDS = frozenset({"fbclid", "igshid"})
 CLICK_IDS = PAID_SEARCH_CLICK_IDS | DISPLAY_CLICK_IDS | PAID_SOCIAL_CLICK_IDS | SOCIAL_CLICK_IDS
 
-# Search engines: a brand label anywhere in the host (google.co.uk, www.bing.com,
-# com.google.android.googlequicksearchbox matches "google") -> the engine's name.
-SEARCH_ENGINES = {
-    "google": "Google",
-    "bing": "Bing",
-    "yahoo": "Yahoo",
-    "duckduckgo": "DuckDuckGo",
-    "baidu": "Baidu",
-    "yandex": "Yandex",
-    "ecosia": "Ecosia",
-    "startpage": "Startpage",
-    "qwant": "Qwant",
-    "naver": "Naver",
-    "seznam": "Seznam",
-    "sogou": "Sogou",
-    "aol": "AOL",
-    "mojeek": "Mojeek",
-    "kagi": "Kagi",
-    "dogpile": "Dogpile",
-    "yippy": "Yippy",
-}
-# Search hosts whose labels name no brand above.
-SEARCH_ENGINE_HOSTS = {
-    "search.brave.com": "Brave Search",
-    "so.com": "360 Search",
-    "perplexity.ai": "Perplexity",
-}
-_SEARCH_BRANDS = frozenset(SEARCH_ENGINES)
-# First labels of hosts under a search brand that are not search (Google Docs, ...).
-_NOT_SEARCH_FIRST_LABELS = frozenset(
-    {
-        "mail",
-        "docs",
-        "drive",
-        "calendar",
-        "accounts",
-        "sites",
-        "groups",
-        "play",
-        "support",
-        "developers",
-        "cloud",
-        "ads",
-        "analytics",
-        "meet",
-        "photos",
-        "translate",
-    }
-)
-# Social networks: a brand label anywhere in the host (l.facebook.com, de.linkedin.com) ->
-# the network's name.
-SOCIAL_NETWORKS = {
-    "facebook": "Facebook",
-    "instagram": "Instagram",
-    "twitter": "Twitter",
-    "linkedin": "LinkedIn",
-    "reddit": "Reddit",
-    "pinterest": "Pinterest",
-    "youtube": "YouTube",
-    "tiktok": "TikTok",
-    "snapchat": "Snapchat",
-    "threads": "Threads",
-    "mastodon": "Mastodon",
-    "bluesky": "Bluesky",
-    "whatsapp": "WhatsApp",
-    "telegram": "Telegram",
-    "discord": "Discord",
-    "quora": "Quora",
-    "tumblr": "Tumblr",
-    "weibo": "Weibo",
-    "messenger": "Messenger",
-    "vkontakte": "VK",
-}
-# Short or unbranded hosts of social networks (a host or any subdomain of it).
-SOCIAL_NETWORK_HOSTS = {
-    "t.co": "Twitter",
-    "x.com": "Twitter",
-    "fb.com": "Facebook",
-    "fb.me": "Facebook",
-    "lnkd.in": "LinkedIn",
-    "redd.it": "Reddit",
-    "youtu.be": "YouTube",
-    "bsky.app": "Bluesky",
-    "t.me": "Telegram",
-    "wa.me": "WhatsApp",
-    "vk.com": "VK",
-    "news.ycombinator.com": "Hacker News",
-    "pin.it": "Pinterest",
-}
-_SOCIAL_BRANDS = frozenset(SOCIAL_NETWORKS)
+# Short `utm_source` names of social networks (Google Analytics' convention); the networks'
+# own names and domains come from the referrer data set.
 _SOCIAL_SOURCES = frozenset({"fb", "ig", "x", "vk", "yt", "li", "hn", "meta"})
-_EMAIL_HOSTS = frozenset(
-    {
-        "mail.google.com",
-        "com.google.android.gm",
-        "outlook.live.com",
-        "outlook.office.com",
-        "outlook.office365.com",
-        "mail.yahoo.com",
-        "mail.aol.com",
-        "mail.proton.me",
-        "mail.zoho.com",
-        "mail.yandex.ru",
-        "mail.ru",
-        "com.microsoft.office.outlook",
-    }
-)
 _SOCIAL_MEDIUMS = frozenset(
     {
         "social",
@@ -251,31 +161,21 @@ def referrer_domain(referrer: str) -> str | None:
 
 
 @lru_cache(maxsize=16384)
-def search_engine(host: str) -> str | None:
-    """The search engine a referrer host belongs to (docs/enrichment.md), or None."""
-    if host in SEARCH_ENGINE_HOSTS:
-        return SEARCH_ENGINE_HOSTS[host]
-    labels = host.split(".")
-    if labels[0] in _NOT_SEARCH_FIRST_LABELS:
-        return None
-    for label in labels[:-1]:
-        if label in _SEARCH_BRANDS:
-            return SEARCH_ENGINES[label]
-    return None
+def referrer_site(host: str, path: str = "") -> ReferrerSite | None:
+    """The site of the data set a referrer host (and path) belongs to, or None."""
+    return default_database().lookup(host, path)
 
 
-@lru_cache(maxsize=16384)
-def social_network(host: str) -> str | None:
-    """The social network a referrer host belongs to (docs/enrichment.md), or None."""
-    if host in SOCIAL_NETWORK_HOSTS:
-        return SOCIAL_NETWORK_HOSTS[host]
-    for short, name in SOCIAL_NETWORK_HOSTS.items():
-        if host.endswith("." + short):
-            return name
-    for label in host.split(".")[:-1]:
-        if label in _SOCIAL_BRANDS:
-            return SOCIAL_NETWORKS[label]
-    return None
+def search_engine(host: str, path: str = "") -> str | None:
+    """The search engine a referrer belongs to (docs/enrichment.md), or None."""
+    site = referrer_site(host, path)
+    return site.name if site is not None and site.category == SEARCH else None
+
+
+def social_network(host: str, path: str = "") -> str | None:
+    """The social network a referrer belongs to (docs/enrichment.md), or None."""
+    site = referrer_site(host, path)
+    return site.name if site is not None and site.category == SOCIAL else None
 
 
 def _is_search_host(host: str) -> bool:
@@ -287,18 +187,35 @@ def _is_social_host(host: str) -> bool:
 
 
 def _is_email_host(host: str) -> bool:
-    return host in _EMAIL_HOSTS or host.startswith(("webmail.", "mail."))
-
-
-def _is_search_source(source: str) -> bool:
-    return any(brand in source for brand in _SEARCH_BRANDS if len(brand) > 3) or source in (
-        "aol",
-        "duck",
+    site = referrer_site(host)
+    return (site is not None and site.category == EMAIL_SITE) or host.startswith(
+        ("webmail.", "mail.")
     )
 
 
+def _source_names(source: str) -> tuple[str, ...]:
+    """A `utm_source` as the names it may stand for: `Google`, `google.com` -> `google`."""
+    names = [normalized_source(source)]
+    if "." in source:
+        labels = source.strip().lower().removeprefix("www.").split(".")
+        names.append(
+            normalized_source(
+                labels[-3] if labels[-2] in ("co", "com") and len(labels) > 2 else labels[-2]
+            )
+        )
+    return tuple(names)
+
+
+def _is_search_source(source: str) -> bool:
+    database = default_database()
+    return any(name in database.search_sources for name in _source_names(source))
+
+
 def _is_social_source(source: str) -> bool:
-    return source in _SOCIAL_SOURCES or any(brand in source for brand in _SOCIAL_BRANDS)
+    database = default_database()
+    return source in _SOCIAL_SOURCES or any(
+        name in database.social_sources for name in _source_names(source)
+    )
 
 
 def _is_paid_medium(medium: str) -> bool:

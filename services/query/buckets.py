@@ -19,7 +19,9 @@ _WEEK = timedelta(days=7)
 @dataclass(frozen=True)
 class OutputBuckets:
     """`labels[i]` names the bucket covering `[bounds[i], bounds[i + 1])`; the first and last
-    are clipped to the requested range, so `bounds[0]` is `from` and `bounds[-1]` is `to`."""
+    are clipped to the requested range, so `bounds[0]` is `from` and `bounds[-1]` is `to`, and
+    a first bucket that starts before `from` is labelled `from` (never a day outside the
+    range)."""
 
     labels: list[datetime]
     bounds: list[datetime]
@@ -86,7 +88,7 @@ def output_buckets(
     current = _floor_local(start, interval, tz)
     while current < end:
         following = _next_local(current, interval, tz)
-        labels.append(current)
+        labels.append(max(current, start))
         bounds.append(min(following, end))
         current = following
     return OutputBuckets(labels, bounds)

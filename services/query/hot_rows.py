@@ -8,6 +8,11 @@ next scan reads only rows at or past the cached watermark. Rows are never update
 be deleted (erasure): each scan counts the day's rows below the watermark, an exact check since
 no new row can get an xid below it, and reloads the day when the count differs. A busy day then
 costs a count and a few new rows instead of copying every row again (43k rows: ~130 ms).
+
+A scan's cost follows the days that hold rows, never the calendar: only days whose `events`
+partition exists are read or cached (a range from 1970 reads the few partitions there are),
+consecutive uncached days are read as one range, and the statements are cut into pieces of
+at most `_BRANCHES_PER_STATEMENT` terms (PostgreSQL parses a long UNION ALL recursively).
 """
 
 from __future__ import annotations
@@ -31,6 +36,13 @@ from libs.common.day_files.postgres_rows import (
 )
 
 _MAX_CHUNKS = 16
+_BRANCHES_PER_STATEMENT = 200
+# The UTC days whose partition of `events` exists (partitions are named events_YYYYMMDD).
+_PARTITION_DAYS = """
+SELECT to_date(substr(c.relname, 8), 'YYYYMMDD') AS day
+FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'events'::regclass AND c.relname ~ '^events_[0-9]{8}$'
+"""
 # Late rows are read per request (there are few); the view filters bots, instants and ranges.
 LateRange = tuple[datetime, datetime, int]  # [lo, hi) with inserted_xid >= the third
 
@@ -78,39 +90,58 @@ class HotRows:
         if not days and not late:
             return HotRead(self.empty(), 0)
         project = literal(ProjectId(project_id))
-        cached = {d: self._days.get((project_id, d)) for d in days}
         async with pool.acquire() as conn:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 # The first statement fixes the snapshot every read below uses.
                 xmin: int = await conn.fetchval(
                     "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
                 )
+                if days:
+                    # Only days with a partition can hold rows; a partition created after
+                    # this point holds no row this snapshot sees.
+                    stored = {r["day"] for r in await conn.fetch(_PARTITION_DAYS)}
+                    days = [d for d in days if d in stored]
+                cached = {d: self._days.get((project_id, d)) for d in days}
                 changed = await self._changed_days(conn, project, cached)
                 for day in changed:
                     cached[day] = None
                 branches = []
+                for lo, hi in _runs([d for d in days if cached[d] is None]):
+                    branches.append(
+                        f"e.project_id = {project} AND e.ts >= {literal(lo)}"
+                        f" AND e.ts < {literal(hi)}"
+                    )
                 for day in days:
                     entry = cached[day]
+                    if entry is None:
+                        continue
                     start, end = day_bounds(day)
-                    where = (
+                    branches.append(
                         f"e.project_id = {project} AND e.ts >= {literal(start)}"
                         f" AND e.ts < {literal(end)}"
+                        f" AND e.inserted_xid >= {literal(entry.watermark)}"
                     )
-                    if entry is not None:
-                        where += f" AND e.inserted_xid >= {literal(entry.watermark)}"
-                    branches.append(where)
                 for lo, hi, min_xid in late:
                     branches.append(
                         f"e.project_id = {project} AND e.ts >= {literal(lo)}"
                         f" AND e.ts < {literal(hi)} AND e.inserted_xid >= {literal(min_xid)}"
                     )
                 columns = (*self.columns, "inserted_xid")
-                query = " UNION ALL ".join(event_query(columns, where) for where in branches)
-                copied = await fetch_rows(conn, query, columns)
+                pieces = [
+                    await fetch_rows(
+                        conn,
+                        " UNION ALL ".join(event_query(columns, where) for where in chunk),
+                        columns,
+                    )
+                    for chunk in _chunks(branches)
+                ]
+                copied = pa.concat_tables(pieces) if pieces else event_schema(columns).empty_table()
         self.rows_copied += copied.num_rows
         self.reloads += len(changed)
         tables = self._remember(project_id, days, cached, copied, xmin)
         late_tables = [self._late_rows(copied, late, days)] if late else []
+        if not tables and not late_tables:
+            return HotRead(self.empty(), copied.num_rows)
         return HotRead(
             pa.concat_tables([*tables, *late_tables]).select(list(self.columns)),
             copied.num_rows,
@@ -130,10 +161,11 @@ class HotRows:
                 f" FROM events e WHERE e.project_id = {project} AND e.ts >= {literal(start)}"
                 f" AND e.ts < {literal(end)} AND e.inserted_xid < {literal(entry.watermark)}"
             )
-        if not checks:
-            return []
-        rows = await conn.fetch(" UNION ALL ".join(checks))
-        return [r["day"] for r in rows if r["cached"] != r["now"]]
+        changed: list[date] = []
+        for chunk in _chunks(checks):
+            rows = await conn.fetch(" UNION ALL ".join(chunk))
+            changed.extend(r["day"] for r in rows if r["cached"] != r["now"])
+        return changed
 
     def _remember(
         self,
@@ -183,3 +215,22 @@ class HotRows:
         while total > self.max_rows and self._days:
             _, dropped = self._days.popitem(last=False)
             total -= dropped.rows.num_rows
+
+
+def _runs(days: Sequence[date]) -> list[tuple[datetime, datetime]]:
+    """Consecutive days as [start, end) instant ranges, one per run."""
+    runs: list[tuple[datetime, datetime]] = []
+    for day in sorted(days):
+        start, end = day_bounds(day)
+        if runs and runs[-1][1] == start:
+            runs[-1] = (runs[-1][0], end)
+        else:
+            runs.append((start, end))
+    return runs
+
+
+def _chunks(items: Sequence[str]) -> list[Sequence[str]]:
+    return [
+        items[i : i + _BRANCHES_PER_STATEMENT]
+        for i in range(0, len(items), _BRANCHES_PER_STATEMENT)
+    ]

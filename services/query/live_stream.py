@@ -19,6 +19,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from libs.common.rollup_keys import VISITOR_COLUMN
 from libs.common.schemas.events_v1 import EventV1, enriched_batch_decoder
 from libs.common.subjects import Subjects
 from services.query.auth import authorized_project
@@ -55,7 +56,7 @@ class ProjectActivity:
 
     def record_events(self, events: Iterable[EventV1]) -> None:
         for ev in events:
-            self.record(ev.person_key, ev.is_bot, ev.ts.timestamp())
+            self.record(ev.distinct_id, ev.is_bot, ev.ts.timestamp())  # VISITOR_COLUMN
 
     def snapshot(self, now: float, include_bots: bool) -> tuple[int, int]:
         """(active visitors, events per minute) at `now`, dropping what has aged out."""
@@ -76,8 +77,8 @@ class ProjectActivity:
         return len(persons), events
 
 
-_SEED_PERSONS = """
-SELECT coalesce(user_id, distinct_id) AS person, is_bot,
+_SEED_PERSONS = f"""
+SELECT {VISITOR_COLUMN} AS person, is_bot,
        extract(epoch FROM max(ts))::float8 AS last_ts
 FROM events WHERE project_id = $1 AND ts >= $2 GROUP BY 1, 2
 """

@@ -193,6 +193,25 @@ def metric_value(metric: str, counters: Counters) -> int | float | None:
     raise ValueError(f"unknown metric {metric!r}")
 
 
+# How answers round derived values (counts are exact integers): shares to 0.1 percentage
+# point, seconds to a tenth, views per session to two decimals.
+_DECIMALS = {
+    "bounce_rate": 3,
+    "bot_share": 3,
+    "cookieless_share": 3,
+    "avg_session_duration": 1,
+    "views_per_session": 2,
+}
+
+
+def rounded_value(metric: str, value: int | float | None) -> int | float | None:
+    """`value` of `metric` as answers show it."""
+    decimals = _DECIMALS.get(metric)
+    if decimals is None or value is None or isinstance(value, int):
+        return value
+    return round(value, decimals)
+
+
 class SqlParams:
     """Positional SQL parameters, numbered as they are added."""
 

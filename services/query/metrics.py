@@ -5,7 +5,7 @@ events and sessions."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 
 from aiohttp import web
@@ -15,6 +15,7 @@ from services.query.analyses.metrics_endpoint import fill_custom_metrics, resolv
 from services.query.auth import authorized_project
 from services.query.buckets import OutputBuckets, count_buckets, output_buckets, rollup_pieces
 from services.query.dependencies import DEPS, SETTINGS
+from services.query.freshness import freshness
 from services.query.metric_query import (
     ALL,
     Cells,
@@ -22,12 +23,16 @@ from services.query.metric_query import (
     MetricQuery,
     metric_value,
     parse_metric_names,
+    rounded_value,
 )
 from services.query.metrics_from_events import read_events
 from services.query.metrics_from_rollups import can_answer, read_rollups
 from services.query.params import (
+    DEFAULT_RANGE_DAYS,
     DIMENSIONS,
     ParamError,
+    TimeWindow,
+    mentions_all,
     parse_bool,
     parse_dimension,
     parse_filters,
@@ -37,10 +42,18 @@ from services.query.params import (
     reject_unknown,
     single,
 )
+from services.query.relative_periods import (
+    COMPARISONS,
+    change_percent,
+    comparison_range,
+    first_event_at,
+)
 from services.query.responses import (
     TIERS_HOT,
     Breakdown,
+    BreakdownComparison,
     BreakdownRow,
+    Comparison,
     FilterEcho,
     MetricsResponse,
     MetricValues,
@@ -69,6 +82,8 @@ METRICS_PARAMS = {
     "source",
     "cohort",
     "allow_partial",
+    "period",
+    "compare",
 }
 
 
@@ -128,7 +143,17 @@ def parse_source(query: MultiMapping[str]) -> str:
 
 def values_of(metrics: tuple[str, ...], counters: Counters | None) -> MetricValues:
     counters = counters or Counters()
-    return {m: metric_value(m, counters) for m in metrics}
+    return {m: rounded_value(m, metric_value(m, counters)) for m in metrics}
+
+
+async def request_window(
+    request: web.Request, project_id: str, default_days: int | None = DEFAULT_RANGE_DAYS
+) -> TimeWindow:
+    """The request's `period` or `from`/`to` (`all` starts at the project's first event)."""
+    history = None
+    if mentions_all(request.query):
+        history = await first_event_at(request.app[DEPS].pool, project_id)
+    return parse_window(request.query, now_utc(), default_days, history)
 
 
 def ranked_keys(cells: Cells, sort_metric: str, limit: int) -> tuple[list[str], bool]:
@@ -143,13 +168,13 @@ def ranked_keys(cells: Cells, sort_metric: str, limit: int) -> tuple[list[str], 
     return keys[:limit], len(keys) > limit
 
 
-def parse_metric_query(request: web.Request, project_id: str) -> MetricQuery:
+def parse_metric_query(request: web.Request, project_id: str, window: TimeWindow) -> MetricQuery:
     query = request.query
     reject_unknown(query, METRICS_PARAMS)
     raw_breakdown = single(query, "breakdown")
     return MetricQuery(
         project_id=project_id,
-        window=parse_window(query, now_utc()),
+        window=window,
         interval=parse_interval(query),
         metrics=parse_metric_names(single(query, "metrics")),
         filters=parse_filters(query),
@@ -179,32 +204,77 @@ def _series(query: MetricQuery, result: MetricsAnswer, key: str | None) -> list[
     ]
 
 
+def parse_compare(query: MultiMapping[str]) -> str | None:
+    raw = single(query, "compare")
+    if raw is None or raw == "":
+        return None
+    if raw not in COMPARISONS:
+        raise ParamError("compare", f"must be one of {', '.join(COMPARISONS)}, not {raw!r}")
+    return raw
+
+
+async def _comparison(
+    request: web.Request, query: MetricQuery, compare: str, totals: MetricValues
+) -> tuple[Comparison, Cells, list[date]]:
+    """The metrics over the range `compare` names, each total's change from it, and its cells
+    (per breakdown value too)."""
+    window = query.window
+    start, end = comparison_range(compare, window.start, window.end, window.tz)
+    before = replace(query, window=TimeWindow(start, end, window.tz))
+    result = await answer(request, before)
+    _, custom_missing = await fill_custom_metrics(request, before, result.buckets, result.cells)
+    previous = values_of(query.metrics, result.cells.get((ALL, ALL)))
+    comparison = Comparison(
+        compare=compare,
+        from_=start.astimezone(window.tz),
+        to=end.astimezone(window.tz),
+        totals=previous,
+        series=_series(before, result, ALL),
+        change=changes(query.metrics, totals, previous),
+    )
+    return comparison, result.cells, [*result.missing_days, *custom_missing]
+
+
+def changes(
+    metrics: tuple[str, ...], current: MetricValues, previous: MetricValues
+) -> dict[str, float | None]:
+    return {m: change_percent(current[m], previous[m]) for m in metrics}
+
+
 async def get_metrics(request: web.Request) -> web.Response:
     """The KPIs of the authorized project (see docs/api-query.md)."""
     project_id = await authorized_project(request)
+    reject_unknown(request.query, METRICS_PARAMS)
+    compare = parse_compare(request.query)
+    window = await request_window(request, project_id)
     query, cohort_missing = await resolve_cohort_filter(
-        request, parse_metric_query(request, project_id)
+        request, parse_metric_query(request, project_id, window)
     )
     result = await answer(request, query)
     scanned, custom_missing = await fill_custom_metrics(
         request, query, result.buckets, result.cells
     )
+    assert query.interval is not None
+    totals = values_of(query.metrics, result.cells.get((ALL, ALL)))
+    comparison: Comparison | None = None
+    compared: Cells | None = None
+    compared_missing: list[date] = []
+    if compare is not None:
+        comparison, compared, compared_missing = await _comparison(request, query, compare, totals)
     breakdown = None
     if query.breakdown is not None:
         keys, truncated = ranked_keys(result.cells, query.metrics[0], query.limit)
-        breakdown = Breakdown(
-            dimension=query.breakdown,
-            results=[
-                BreakdownRow(
-                    value=key,
-                    totals=values_of(query.metrics, result.cells.get((ALL, key))),
-                    series=_series(query, result, key),
+        rows = []
+        for key in keys:
+            row_totals = values_of(query.metrics, result.cells.get((ALL, key)))
+            row = BreakdownRow(value=key, totals=row_totals, series=_series(query, result, key))
+            if compared is not None:
+                previous = values_of(query.metrics, compared.get((ALL, key)))
+                row.comparison = BreakdownComparison(
+                    totals=previous, change=changes(query.metrics, row_totals, previous)
                 )
-                for key in keys
-            ],
-            truncated=truncated,
-        )
-    assert query.interval is not None
+            rows.append(row)
+        breakdown = Breakdown(dimension=query.breakdown, results=rows, truncated=truncated)
     body = MetricsResponse(
         source=result.source,
         tiers=sorted({*TIERS_HOT, *scanned, *(t.tier for t in result.tier_reads if t.rows)}),
@@ -216,9 +286,13 @@ async def get_metrics(request: web.Request) -> web.Response:
         metrics=list(query.metrics),
         filters=filter_echo(query),
         include_bots=query.include_bots,
-        totals=values_of(query.metrics, result.cells.get((ALL, ALL))),
+        totals=totals,
         series=_series(query, result, ALL),
         breakdown=breakdown,
-        missing=missing_ranges([*cohort_missing, *result.missing_days, *custom_missing]),
+        missing=missing_ranges(
+            [*cohort_missing, *result.missing_days, *custom_missing, *compared_missing]
+        ),
+        comparison=comparison,
+        freshness=await freshness(request.app[DEPS], project_id, now_utc()),
     )
     return web.Response(body=json_encoder.encode(body), content_type="application/json")

@@ -15,7 +15,12 @@ from datetime import date, datetime, timedelta
 
 import asyncpg
 
-from libs.common.rollup_keys import EVENT_DIMENSIONS, NONE_VALUE, SESSION_DIMENSIONS
+from libs.common.rollup_keys import (
+    EVENT_DIMENSIONS,
+    NONE_VALUE,
+    SESSION_DIMENSIONS,
+    VISITOR_COLUMN,
+)
 from libs.common.schemas.events_v1 import PAGEVIEW
 from services.query.buckets import OutputBuckets
 from services.query.cold_rows import moved_days, read_cold_rows
@@ -24,9 +29,9 @@ from services.query.metric_query import ALL, Cells, Counters, MetricQuery, SqlPa
 from services.query.params import EVENT_NAME_DIMENSION
 from services.query.responses import TierScan
 
-# The person a visitor is counted as: the same key the rollups' sketches use, so both
-# sources count the same visitors.
-PERSON_SQL = "coalesce(e.user_id, e.distinct_id)"
+# What a visitor is counted as: the device (distinct id: the anonymous id, else the user id),
+# the same key the rollups' sketches use, so both sources count the same visitors.
+PERSON_SQL = f"e.{VISITOR_COLUMN}"
 # The aggregator's bounce: fewer than two interactive events.
 BOUNCE_SQL = "s.interactive_events < 2"
 

@@ -38,6 +38,7 @@ from services.query.metric_query import SHARE_METRICS, STANDARD_METRICS
 from services.query.params import DIMENSIONS
 from services.query.performance import PERFORMANCE_PROPERTIES
 from services.query.privacy import ErasureBody
+from services.query.relative_periods import COMPARISONS, NAMED_PERIODS
 from services.query.reports import DEVICE_DIMENSIONS, SOURCE_DIMENSIONS
 from services.query.responses import (
     DimensionReport,
@@ -95,26 +96,33 @@ class Endpoint:
 
 
 _INT = {"type": "integer"}
-# An ISO date or datetime (from/to everywhere).
-_INSTANT = {
-    "anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}]
-}
 _BOOL = {"type": "boolean"}
 
 PROJECT = Param(
     "project", "Project id; required with an admin key that is not bound to one project."
 )
+_RELATIVE = ", ".join(NAMED_PERIODS) + ", <n>d or <n>mo"
 FROM = Param(
     "from",
-    "Range start: an ISO date (local midnight in `timezone`) or datetime (naive = in "
-    "`timezone`). Default: 7 local days before `to`.",
-    _INSTANT,
+    "Range start: an ISO date (local midnight in `timezone`), a datetime (naive = in "
+    f"`timezone`) or a relative period ({_RELATIVE}: its start). Default: 7 local days before "
+    "`to`.",
 )
 TO = Param(
     "to",
-    "Range end, exclusive for a datetime; a date includes that whole day. Default: the end "
-    "of today in `timezone`.",
-    _INSTANT,
+    "Range end, exclusive for a datetime; a date includes that whole day; a relative period "
+    "means its end. Default: the end of today in `timezone`.",
+)
+PERIOD = Param(
+    "period",
+    f"A relative period as the whole range instead of from/to: {_RELATIVE} (whole local days "
+    "of `timezone`; `all` from the project's first event).",
+)
+COMPARE = Param(
+    "compare",
+    "Also answer the metrics over the previous period or the same dates a year earlier "
+    "(`comparison`, with each total's change in percent).",
+    {"enum": list(COMPARISONS)},
 )
 TIMEZONE = Param(
     "timezone", "IANA time zone buckets and dates are aligned in (default UTC).", {"type": "string"}
@@ -139,7 +147,7 @@ SOURCE = Param(
     "rollups cannot answer.",
     {"enum": ["auto", "rollups", "events"]},
 )
-RANGE_PARAMS = (PROJECT, FROM, TO, TIMEZONE, FILTER, INCLUDE_BOTS, LIMIT_VALUES)
+RANGE_PARAMS = (PROJECT, FROM, TO, PERIOD, TIMEZONE, FILTER, INCLUDE_BOTS, LIMIT_VALUES)
 REPORT_PARAMS = (*RANGE_PARAMS, SOURCE)
 
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -161,6 +169,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             ),
             FROM,
             TO,
+            PERIOD,
             TIMEZONE,
             INTERVAL,
             FILTER,
@@ -175,6 +184,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                 "answering 202 with a restore job.",
                 _BOOL,
             ),
+            COMPARE,
         ),
         MetricsResponse,
     ),
@@ -233,8 +243,14 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             Param("distinct_id", "Device id."),
             Param("user_id", "User id."),
             Param("session_id", "Session id."),
-            Param("from", "Earliest event time (inclusive); unbounded by default.", _INSTANT),
-            Param("to", "Latest event time (exclusive; a date includes that day).", _INSTANT),
+            Param(
+                "from",
+                "Earliest event time (inclusive; a relative period's start); unbounded by default.",
+            ),
+            Param(
+                "to",
+                "Latest event time (exclusive; a date includes that day, a relative period's end).",
+            ),
             TIMEZONE,
             Param(
                 "property",
@@ -262,8 +278,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         (
             PROJECT,
             Param("user_id", "A user id or any device id linked to the person.", where="path"),
-            Param("from", "Earliest event time.", _INSTANT),
-            Param("to", "Latest event time (exclusive).", _INSTANT),
+            Param("from", "Earliest event time (a date, datetime or relative period)."),
+            Param("to", "Latest event time (exclusive; a relative period's end)."),
             TIMEZONE,
             PAGE_LIMIT,
             CURSOR,

@@ -12,6 +12,7 @@ from multidict import MultiMapping
 
 from libs.common.rollup_keys import EVENT_DIMENSIONS
 from services.query.buckets import INTERVALS, local_midnight
+from services.query.relative_periods import ALL, NAMED_PERIODS, is_relative, period_range
 
 # Dimensions a filter or breakdown may name: the rollup dimensions plus the event name.
 EVENT_NAME_DIMENSION = "event"
@@ -98,7 +99,19 @@ def parse_timezone(query: MultiMapping[str]) -> ZoneInfo:
         ) from None
 
 
-def parse_instant(name: str, raw: str, tz: ZoneInfo, *, end_of_day: bool) -> datetime:
+def parse_instant(
+    name: str,
+    raw: str,
+    tz: ZoneInfo,
+    *,
+    end_of_day: bool,
+    now: datetime | None = None,
+    history_start: datetime | None = None,
+) -> datetime:
+    """A date, a datetime or a relative period (its start, or its end when `end_of_day`)."""
+    if is_relative(raw):
+        start, end = period_range(raw, now or datetime.now(UTC), tz, history_start)
+        return end if end_of_day else start
     if _DATE_ONLY.match(raw):
         try:
             day = date.fromisoformat(raw)
@@ -111,7 +124,9 @@ def parse_instant(name: str, raw: str, tz: ZoneInfo, *, end_of_day: bool) -> dat
         ts = datetime.fromisoformat(raw)
     except ValueError:
         raise ParamError(
-            name, f"{raw!r} is not an ISO date (2024-05-01) or datetime (2024-05-01T10:00:00Z)"
+            name,
+            f"{raw!r} is not an ISO date (2024-05-01), datetime (2024-05-01T10:00:00Z) or "
+            f"relative period ({', '.join(NAMED_PERIODS)}, <n>d, <n>mo)",
         ) from None
     _check_year(name, raw, ts.year)
     if ts.tzinfo is None:
@@ -124,19 +139,41 @@ def _check_year(name: str, raw: str, year: int) -> None:
         raise ParamError(name, f"{raw!r} is outside {EARLIEST_YEAR}-01-01 .. {LATEST_YEAR}-12-31")
 
 
+def mentions_all(query: MultiMapping[str]) -> bool:
+    """Whether the request's range starts at the project's first event (`all`)."""
+    return ALL in (single(query, "period"), single(query, "from"), single(query, "to"))
+
+
 def parse_window(
-    query: MultiMapping[str], now: datetime, default_days: int | None = DEFAULT_RANGE_DAYS
+    query: MultiMapping[str],
+    now: datetime,
+    default_days: int | None = DEFAULT_RANGE_DAYS,
+    history_start: datetime | None = None,
 ) -> TimeWindow:
-    """`from`/`to`/`timezone`. Defaults: the last `default_days` local days including today."""
+    """`period` or `from`/`to`, and `timezone`. Defaults: the last `default_days` local days
+    including today. `history_start`: the project's first event, for `all`."""
     tz = parse_timezone(query)
+    raw_period = single(query, "period")
     raw_from, raw_to = single(query, "from"), single(query, "to")
+    if raw_period:
+        if raw_from or raw_to:
+            raise ParamError("period", "give period or from/to, not both")
+        if not is_relative(raw_period):
+            raise ParamError(
+                "period",
+                f"must be one of {', '.join(NAMED_PERIODS)}, <n>d or <n>mo, not {raw_period!r}",
+            )
+        start, end = period_range(raw_period, now, tz, history_start)
+        return TimeWindow(start, end, tz)
     end = (
-        parse_instant("to", raw_to, tz, end_of_day=True)
+        parse_instant("to", raw_to, tz, end_of_day=True, now=now, history_start=history_start)
         if raw_to
         else local_midnight(now.astimezone(tz).date() + timedelta(days=1), tz)
     )
     if raw_from:
-        start = parse_instant("from", raw_from, tz, end_of_day=False)
+        start = parse_instant(
+            "from", raw_from, tz, end_of_day=False, now=now, history_start=history_start
+        )
     elif default_days is None:
         start = datetime(1970, 1, 1, tzinfo=UTC)
     else:

@@ -11,7 +11,8 @@ from aiohttp import web
 from libs.common.rollup_keys import EVENT_DIMENSIONS
 from services.query.auth import authorized_project
 from services.query.dependencies import DEPS
-from services.query.metrics import MAX_BREAKDOWN_LIMIT, SOURCE_EVENTS, now_utc
+from services.query.freshness import freshness
+from services.query.metrics import MAX_BREAKDOWN_LIMIT, SOURCE_EVENTS, now_utc, request_window
 from services.query.metrics_from_events import dimension_sql
 from services.query.params import (
     EVENT_NAME_DIMENSION,
@@ -19,7 +20,6 @@ from services.query.params import (
     parse_bool,
     parse_filters,
     parse_int,
-    parse_window,
     reject_unknown,
     single,
 )
@@ -40,6 +40,7 @@ PERFORMANCE_PARAMS = {
     "project",
     "from",
     "to",
+    "period",
     "timezone",
     "filter",
     "include_bots",
@@ -67,7 +68,16 @@ def _parse_properties(raw: str | None) -> list[str]:
 
 def _percentiles(row: Any) -> Percentiles:
     p50, p75, p90, p99 = row["percentiles"]
-    return Percentiles(samples=row["samples"], avg=row["avg"], p50=p50, p75=p75, p90=p90, p99=p99)
+    # Milliseconds to a tenth; CLS (a unitless score around 0.1) to four decimals.
+    digits = 4 if row["prop"] == "cls" else 1
+    return Percentiles(
+        samples=row["samples"],
+        avg=round(row["avg"], digits),
+        p50=round(p50, digits),
+        p75=round(p75, digits),
+        p90=round(p90, digits),
+        p99=round(p99, digits),
+    )
 
 
 async def get_performance(request: web.Request) -> web.Response:
@@ -76,7 +86,7 @@ async def get_performance(request: web.Request) -> web.Response:
     project_id = await authorized_project(request)
     query = request.query
     reject_unknown(query, PERFORMANCE_PARAMS)
-    window = parse_window(query, now_utc())
+    window = await request_window(request, project_id)
     filters = parse_filters(query)
     include_bots = parse_bool(query, "include_bots")
     limit = parse_int(query, "limit", 100, 1, MAX_BREAKDOWN_LIMIT)
@@ -131,5 +141,6 @@ async def get_performance(request: web.Request) -> web.Response:
         properties=properties,
         overall=overall,
         pages=[PagePerformance(page=p, metrics=pages[p]) for p in ranked[:limit]],
+        freshness=await freshness(request.app[DEPS], project_id, now_utc()),
     )
     return web.Response(body=json_encoder.encode(body), content_type="application/json")

@@ -12,7 +12,8 @@ from libs.common.rollup_keys import EVENT_DIMENSIONS
 from libs.common.schemas.events_v1 import PAGEVIEW
 from services.query.auth import authorized_project
 from services.query.dependencies import DEPS
-from services.query.metric_query import ALL, Counters, MetricQuery, metric_value
+from services.query.freshness import freshness
+from services.query.metric_query import ALL, Counters, MetricQuery, metric_value, rounded_value
 from services.query.metrics import (
     MAX_BREAKDOWN_LIMIT,
     answer,
@@ -20,6 +21,7 @@ from services.query.metrics import (
     now_utc,
     parse_source,
     ranked_keys,
+    request_window,
 )
 from services.query.metrics_from_events import dimension_sql
 from services.query.params import (
@@ -28,7 +30,6 @@ from services.query.params import (
     parse_bool,
     parse_filters,
     parse_int,
-    parse_window,
     reject_unknown,
     single,
 )
@@ -41,20 +42,30 @@ from services.query.responses import (
     json_encoder,
 )
 
-REPORT_PARAMS = {"project", "from", "to", "timezone", "filter", "include_bots", "limit", "source"}
+REPORT_PARAMS = {
+    "project",
+    "from",
+    "to",
+    "period",
+    "timezone",
+    "filter",
+    "include_bots",
+    "limit",
+    "source",
+}
 SOURCE_DIMENSIONS = ("channel", "referrer_domain", "utm_source", "utm_medium", "utm_campaign")
 DEVICE_DIMENSIONS = ("device_type", "browser", "os")
 _DIMENSION_METRICS = ("visitors", "pageviews", "sessions", "bounce_rate", "avg_session_duration")
 _PAGE_METRICS = ("pageviews", "visitors", "sessions", "bounce_rate")
 
 
-def _report_query(
+async def _report_query(
     request: web.Request, project_id: str, breakdown: str, metrics: tuple[str, ...]
 ) -> MetricQuery:
     query = request.query
     return MetricQuery(
         project_id=project_id,
-        window=parse_window(query, now_utc()),
+        window=await request_window(request, project_id),
         interval=None,
         metrics=metrics,
         filters=parse_filters(query),
@@ -65,8 +76,11 @@ def _report_query(
     )
 
 
-def _header(query: MetricQuery, source: str, truncated: bool) -> dict[str, Any]:
+async def _header(
+    request: web.Request, query: MetricQuery, source: str, truncated: bool
+) -> dict[str, Any]:
     return {
+        "freshness": await freshness(request.app[DEPS], query.project_id, now_utc()),
         "source": source,
         "tiers": TIERS_HOT,
         "from_": query.window.start.astimezone(query.window.tz),
@@ -84,8 +98,12 @@ def _int(metric: str, counters: Counters) -> int:
 
 
 def _ratio(metric: str, counters: Counters) -> float | None:
-    value = metric_value(metric, counters)
+    value = rounded_value(metric, metric_value(metric, counters))
     return None if value is None else float(value)
+
+
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 async def _time_on_page(
@@ -135,7 +153,7 @@ async def get_pages(request: web.Request) -> web.Response:
     """Top pages by pageviews: visitors, entries, bounce rate of entries, time on page."""
     project_id = await authorized_project(request)
     reject_unknown(request.query, REPORT_PARAMS)
-    query = _report_query(request, project_id, "page", _PAGE_METRICS)
+    query = await _report_query(request, project_id, "page", _PAGE_METRICS)
     result = await answer(request, query)
     keys, truncated = ranked_keys(result.cells, "pageviews", query.limit)
     seconds = await _time_on_page(request.app[DEPS].pool, query, keys)
@@ -149,10 +167,10 @@ async def get_pages(request: web.Request) -> web.Response:
                 visitors=_int("visitors", counters),
                 entries=_int("sessions", counters),
                 bounce_rate=_ratio("bounce_rate", counters),
-                avg_time_on_page_s=seconds.get(key),
+                avg_time_on_page_s=_seconds(seconds.get(key)),
             )
         )
-    body = PagesResponse(**_header(query, result.source, truncated), pages=rows)
+    body = PagesResponse(**await _header(request, query, result.source, truncated), pages=rows)
     return web.Response(body=json_encoder.encode(body), content_type="application/json")
 
 
@@ -163,7 +181,7 @@ def _dimension_handler(allowed: tuple[str, ...], default: str):  # type: ignore[
         dimension = single(request.query, "by") or default
         if dimension not in allowed:
             raise ParamError("by", f"must be one of {', '.join(allowed)}, not {dimension!r}")
-        query = _report_query(request, project_id, dimension, _DIMENSION_METRICS)
+        query = await _report_query(request, project_id, dimension, _DIMENSION_METRICS)
         result = await answer(request, query)
         keys, truncated = ranked_keys(result.cells, "visitors", query.limit)
         rows = [
@@ -178,7 +196,9 @@ def _dimension_handler(allowed: tuple[str, ...], default: str):  # type: ignore[
             for key in keys
         ]
         body = DimensionReport(
-            **_header(query, result.source, truncated), dimension=dimension, results=rows
+            **await _header(request, query, result.source, truncated),
+            dimension=dimension,
+            results=rows,
         )
         return web.Response(body=json_encoder.encode(body), content_type="application/json")
 

@@ -34,16 +34,49 @@ class SeriesPoint(msgspec.Struct, kw_only=True):
     values: MetricValues
 
 
+class BreakdownComparison(msgspec.Struct, kw_only=True):
+    """A breakdown value's totals over the compared range and each one's change, in percent."""
+
+    totals: MetricValues
+    change: dict[str, float | None]
+
+
 class BreakdownRow(msgspec.Struct, kw_only=True):
     value: str
     totals: MetricValues
     series: list[SeriesPoint]
+    comparison: BreakdownComparison | None = None  # with compare=
 
 
 class Breakdown(msgspec.Struct, kw_only=True):
     dimension: str
     results: list[BreakdownRow]
     truncated: bool  # more values existed than `limit`
+
+
+class Freshness(msgspec.Struct, kw_only=True):
+    """How fresh an answer is (services/query/freshness.py)."""
+
+    # Time of the newest event stored for the project (null before the first one).
+    newest_event: datetime | None
+    # Seconds from it to when the answer was computed.
+    newest_event_age_s: float | None
+    # Enriched batches (of every project) the aggregator has not written yet: above 0, events
+    # already sent are still on their way into answers. Null when NATS could not say.
+    pending_batches: int | None
+
+
+class Comparison(msgspec.Struct, kw_only=True):
+    """The same metrics over the range compared with (`compare=`)."""
+
+    compare: str  # previous_period | previous_year
+    from_: datetime = msgspec.field(name="from")
+    to: datetime
+    totals: MetricValues
+    series: list[SeriesPoint]
+    # Per metric: the change of the range's total from the compared range's, in percent (one
+    # decimal); null when the compared value is 0 or null.
+    change: dict[str, float | None]
 
 
 class MetricsResponse(msgspec.Struct, kw_only=True):
@@ -63,6 +96,8 @@ class MetricsResponse(msgspec.Struct, kw_only=True):
     tier_reads: list[TierScan] = msgspec.field(default_factory=list)
     # Archived days left out (allow_partial=true only): the answer covers the other days.
     missing: list[MissingRange] = msgspec.field(default_factory=list)
+    comparison: Comparison | None = None
+    freshness: Freshness | None = None
 
 
 class ReportHeader(msgspec.Struct, kw_only=True):
@@ -74,6 +109,7 @@ class ReportHeader(msgspec.Struct, kw_only=True):
     filters: list[FilterEcho]
     include_bots: bool
     truncated: bool
+    freshness: Freshness | None = None
 
 
 class PageRow(msgspec.Struct, kw_only=True):

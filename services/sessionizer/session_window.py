@@ -16,7 +16,12 @@ dedup window then drops). The rules are documented for users in docs/sessions.md
   [start - timeout, end + timeout] contains it (ties go to the earlier session); sessions are
   never merged, since their ids are already published;
 - a session's id is fixed when it is created: a hash of project, distinct id and the id of the
-  event that created it.
+  event that created it;
+- every event carries its session's traffic source (referrer, channel, UTM tags, click id):
+  the source of the session's earliest event that says how the visit arrived, `direct` when
+  its first page view says nothing (internal navigation after a timeout);
+- a server-side event (no page, no device) never starts a session: it joins an open one of
+  its device or stays without a session.
 """
 
 from __future__ import annotations
@@ -62,6 +67,83 @@ class SessionRules(msgspec.Struct, frozen=True, kw_only=True):
 DEFAULT_RULES = SessionRules()
 
 
+# Event properties that belong to the traffic source (set by ingest's enrichment).
+SOURCE_PROPERTIES = ("$search_engine", "$social_network", "$click_id")
+DIRECT = "direct"
+
+
+class TrafficSource(msgspec.Struct, array_like=True, frozen=True):
+    """How a session's visit arrived, stamped on each of its events."""
+
+    referrer: str | None = None
+    referrer_domain: str | None = None
+    channel: str | None = None
+    utm_source: str | None = None
+    utm_medium: str | None = None
+    utm_campaign: str | None = None
+    utm_term: str | None = None
+    utm_content: str | None = None
+    search_engine: str | None = None
+    social_network: str | None = None
+    click_id: str | None = None
+
+    @classmethod
+    def of(cls, event: EventV1) -> TrafficSource:
+        properties = event.properties
+        return cls(
+            referrer=event.referrer,
+            referrer_domain=event.referrer_domain,
+            channel=event.channel,
+            utm_source=event.utm_source,
+            utm_medium=event.utm_medium,
+            utm_campaign=event.utm_campaign,
+            utm_term=event.utm_term,
+            utm_content=event.utm_content,
+            search_engine=properties.get("$search_engine"),
+            social_network=properties.get("$social_network"),
+            click_id=properties.get("$click_id"),
+        )
+
+    def stamped(self, event: EventV1) -> EventV1:
+        """`event` carrying this source (itself when it already does)."""
+        if TrafficSource.of(event) == self:
+            return event
+        properties = {k: v for k, v in event.properties.items() if k not in SOURCE_PROPERTIES}
+        for key, value in zip(
+            SOURCE_PROPERTIES, (self.search_engine, self.social_network, self.click_id), strict=True
+        ):
+            if value is not None:
+                properties[key] = value
+        return msgspec.structs.replace(
+            event,
+            referrer=self.referrer,
+            referrer_domain=self.referrer_domain,
+            channel=self.channel,
+            utm_source=self.utm_source,
+            utm_medium=self.utm_medium,
+            utm_campaign=self.utm_campaign,
+            utm_term=self.utm_term,
+            utm_content=self.utm_content,
+            properties=properties,
+        )
+
+
+DIRECT_SOURCE = TrafficSource(channel=DIRECT)
+
+
+def is_server_side(event: EventV1) -> bool:
+    """An event from a backend: not a page or screen view, no page, nothing about a device (a
+    server SDK's call; browsers and apps send their page or device with every call)."""
+    return (
+        event.type not in ("page", "screen")
+        and event.url is None
+        and event.path is None
+        and event.browser is None
+        and event.os is None
+        and event.device_type is None
+    )
+
+
 class SessionWindow(msgspec.Struct, array_like=True):
     """One session of a person as far as the sessionizer has seen it. Times are microseconds
     since the Unix epoch (integers, so boundaries such as exactly 30:00 compare exactly)."""
@@ -79,6 +161,10 @@ class SessionWindow(msgspec.Struct, array_like=True):
     channel: str | None = None
     referrer_domain: str | None = None
     source_us: int = 0  # time of the event `channel`/`referrer_domain` came from
+    # The session's traffic source stamped on its events (None until an event brings one),
+    # and the (time, event id) of the event it came from.
+    source: TrafficSource | None = None
+    source_event_id: str = ""
 
 
 class PersonSessions(msgspec.Struct, array_like=True):
@@ -103,17 +189,23 @@ class PartitionSessions(msgspec.Struct, kw_only=True):
     def person_count(self) -> int:
         return sum(len(people) for people in self.persons.values())
 
-    def assign(self, event: EventV1, rules: SessionRules, seq: int) -> tuple[SessionWindow, bool]:
-        """Place `event` in a session of its person; returns the session and whether it is new."""
+    def assign(
+        self, event: EventV1, rules: SessionRules, seq: int
+    ) -> tuple[SessionWindow | None, bool]:
+        """Place `event` in a session of its person; returns the session (None for a
+        server-side event with no open session to join) and whether it is new."""
         t = to_us(event.ts)
         received = to_us(event.received_at)
         self.event_clock_us = max(self.event_clock_us, min(t, received))
         self.received_clock_us = max(self.received_clock_us, received)
 
+        server_side = is_server_side(event)
         people = self.persons.get(event.project_id)
+        person = people.get(event.distinct_id) if people is not None else None
+        if person is None and server_side:
+            return None, False  # no visit of this device to join: nothing to remember
         if people is None:
             people = self.persons[event.project_id] = {}
-        person = people.get(event.distinct_id)
         if person is None:
             person = people[event.distinct_id] = PersonSessions([], t, received)
         person.last_event_us = max(person.last_event_us, t)
@@ -124,6 +216,8 @@ class PartitionSessions(msgspec.Struct, kw_only=True):
         )
         session = _joinable_session(person.sessions, t, campaign, rules)
         is_new = session is None
+        if session is None and server_side:
+            return None, False  # a backend call never starts a visit
         if session is None:
             session = SessionWindow(
                 session_id=session_id_for(event.project_id, event.distinct_id, event.event_id),
@@ -206,10 +300,15 @@ def sessionize_batch(
     started = 0
     for event in ordered:
         window, is_new = state.assign(event, rules_for(event.project_id), seq)
+        if window is None:
+            out.append(event)  # stored without a session
+            continue
         started += is_new
         key = (event.project_id, window.session_id)
         if key not in touched:
             touched[key] = TouchedSession(event.project_id, event.distinct_id, window)
+        if window.source is not None:
+            event = window.source.stamped(event)
         out.append(msgspec.structs.replace(event, session_id=window.session_id))
     state.messages_since_prune += 1
     pruned = state.prune(rules_for) if state.prune_due() else 0
@@ -332,7 +431,6 @@ def _joinable_session(
 
 def _extend(session: SessionWindow, event: EventV1, t: int, campaign: str | None, seq: int) -> None:
     """Account `event` (at `t`) in `session`."""
-    first = session.events == 0
     session.start_us = min(session.start_us, t)
     session.end_us = max(session.end_us, t)
     session.events += 1
@@ -345,13 +443,22 @@ def _extend(session: SessionWindow, event: EventV1, t: int, campaign: str | None
         session.user_id = event.user_id
     if event.path is not None and (session.entry_path is None or t < session.entry_us):
         session.entry_path, session.entry_us = event.path, t
-    if (event.channel is not None or event.referrer_domain is not None) and (
-        first
-        or (session.channel is None and session.referrer_domain is None)
-        or t < session.source_us
-    ):
-        session.channel, session.referrer_domain, session.source_us = (
-            event.channel,
-            event.referrer_domain,
-            t,
-        )
+    _take_source(session, event, t)
+
+
+def _take_source(session: SessionWindow, event: EventV1, t: int) -> None:
+    """The session's source: that of its earliest event carrying a channel (by time, then event
+    id, as the aggregator orders a session's events); `direct` when a page view comes first
+    without one (navigation inside the site after a timeout, or an own-domain referrer)."""
+    if event.channel:
+        key = (t, event.event_id)
+        if session.source is None or key < (session.source_us, session.source_event_id):
+            session.source = TrafficSource.of(event)
+            session.source_us, session.source_event_id = key
+    elif session.source is None and (event.url is not None or event.path is not None):
+        session.source = DIRECT_SOURCE
+        # Any event that does say how the visit arrived still takes over.
+        session.source_us, session.source_event_id = t, "\uffff"
+    if session.source is not None:
+        session.channel = session.source.channel
+        session.referrer_domain = session.source.referrer_domain

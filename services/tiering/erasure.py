@@ -58,6 +58,7 @@ from libs.common.rollup_keys import (
     HOUR,
     NONE_VALUE,
     TOTAL,
+    VISITOR_COLUMN,
     WEEK,
     bucket_start,
 )
@@ -251,7 +252,7 @@ def _event_rollups(
         lambda: [0, set()]
     )
     for r in rows:
-        person = r["user_id"] or r["distinct_id"]
+        person = r[VISITOR_COLUMN]
         ts = r["ts"]
         buckets = [(g, bucket_start(ts, g)) for g in (HOUR, DAY, WEEK)]
         dims = [(TOTAL, TOTAL)] + [

@@ -349,6 +349,39 @@ def test_up_demo_restart_stop_and_up_again(stack_env: tuple[Path, dict[str, str]
         settled = stable_totals(dev, first.log, 300)
         assert totals(dev, since_days=124, until_days=100)["pageviews"] > 0
 
+        # The admin key reads every demo project; each endpoint has something to show.
+        admin = {"Authorization": f"Bearer {dev['admin_key']}"}
+        analytics = f"{dev['query_url']}/api/v1/analytics"
+        assert dev["projects"] == "demo,shop,docs"
+        for project in ("demo", "shop", "docs"):
+            answer = http_json(f"{analytics}/metrics?project={project}&period=30d", admin)
+            assert answer["totals"]["pageviews"] > 0, (project, answer)
+            # A visitor is a device: never more visitors than visits.
+            assert answer["totals"]["visitors"] <= answer["totals"]["sessions"], answer
+        vitals = http_json(f"{analytics}/performance?project=shop&period=30d", admin)
+        assert vitals["overall"]["lcp"]["samples"] > 0, vitals
+        experiment = http_json(
+            f"{analytics}/experiments/analyze?project=shop",
+            {**admin, "Content-Type": "application/json"},
+            json.dumps(
+                {
+                    "date_range": "30d",
+                    "experiment": "new-checkout",
+                    "goal": {"funnel": {"steps": [{"event": "$pageview"}, {"event": "purchase"}]}},
+                }
+            ).encode(),
+        )
+        assert {v["variant"] for v in experiment["variants"]} == {"control", "treatment"}
+        assert all(v["exposures"] > 0 for v in experiment["variants"]), experiment
+        # As a web-analytics user reads the sources: the site is never its own referrer, and
+        # every visit has a channel (navigation inside the site carries the visit's source).
+        referrers = http_json(
+            f"{analytics}/sources?project=demo&period=30d&by=referrer_domain", admin
+        )
+        assert not [r for r in referrers["results"] if "strata-demo.example" in r["value"]]
+        channels = http_json(f"{analytics}/sources?project=demo&period=30d&by=channel", admin)
+        assert "(none)" not in {r["value"] for r in channels["results"]}, channels
+
         # kill -9 a service: the supervisor restarts it and it becomes ready again.
         health_ports = json.loads((data_dir / "stack.json").read_text())["health_ports"]
         [victim] = first.children("aggregator")

@@ -118,7 +118,16 @@ async def test_funnel_over_http(
         assert [s["count"] for s in body["steps"]] == [3, 2, 1]
         assert [s["drop_off"] for s in body["steps"]] == [0, 1, 1]
         assert body["steps"][1]["median_time_from_previous_s"] == 300.0
-        assert body["steps"][2]["conversion_from_first"] == pytest.approx(1 / 3)
+        # u1 took 10 minutes from the home page to the purchase: one bin, one person.
+        assert body["time_to_convert"] == {
+            "from_step": 1,
+            "to_step": 3,
+            "persons": 1,
+            "avg_s": 600.0,
+            "median_s": 600.0,
+            "bins": [{"from_s": 600.0, "to_s": 601.0, "persons": 1}],
+        }
+        assert body["steps"][2]["conversion_from_first"] == 0.333  # rounded to 0.1 point
         assert [t["tier"] for t in body["tiers"]] == ["hot"] and body["tiers"][0]["rows"] > 0
         assert body["window"] == {"value": 14, "unit": "day", "seconds": 14 * 86400}
 
@@ -150,7 +159,8 @@ async def test_funnel_over_http(
         ({**FUNNEL, "steps": [{"event": "a"}]}, "steps", "2 to 20 steps"),
         ({**FUNNEL, "steps": [{"event": 3}, {"event": "b"}]}, "steps[0].event", "Expected `str`"),
         ({**FUNNEL, "colour": "red"}, "colour", "unknown field"),
-        ({**FUNNEL, "from": "yesterday"}, "from", "not an ISO date"),
+        ({**FUNNEL, "from": "the day before"}, "from", "not an ISO date"),
+        ({**FUNNEL, "date_range": "7d"}, "date_range", "not both"),
         ({**FUNNEL, "timezone": "Mars/Olympus"}, "timezone", "unknown IANA time zone"),
         ({**FUNNEL, "filters": ["planet:mars"]}, "filters", "unknown dimension"),
         ({**FUNNEL, "cohorts": ["nope"]}, "cohorts[0]", "unknown cohort"),
@@ -238,6 +248,47 @@ async def test_retention_and_paths_over_http(
             {**body, "cleaning_rules": [{"regex": "(", "replacement": ""}]},
         )
         assert (status, answer["param"]) == (400, "cleaning_rules[0].regex")
+
+
+async def test_analyses_from_decades_back_read_only_the_days_that_hold_data(
+    pool: asyncpg.Pool, nats_url: str, subjects: Subjects, shop: TestProject
+) -> None:
+    """First-time retention scans all history, and any analysis may start in 1900: the scan
+    reads the days that hold rows, not one statement term per calendar day."""
+    async with query_client(pool, nats_url, subjects) as client:
+        body = {
+            "from": "2025-05-05",
+            "to": "2025-05-06",
+            "start_event": {"event": "signup"},
+            "return_event": {"event": "signup"},
+            "intervals": 2,
+            "mode": "first_time",
+        }
+        status, answer = await post_json(client, f"{API}/retention", shop.read_key, body)
+        assert status == 200, answer
+        # u1 and u2 first signed up on day 5; u2's day-6 signup is not a first one.
+        assert [(r["period_start"][:10], r["counts"]) for r in answer["matrix"]] == [
+            ("2025-05-05", [2, 1, 0]),
+            ("2025-05-06", [0, 0, 0]),
+        ]
+        status, answer = await post_json(
+            client, f"{API}/funnels", shop.read_key, {**FUNNEL, "from": "1900-01-01"}
+        )
+        assert status == 200, answer
+        assert [s["count"] for s in answer["steps"]] == [3, 2, 1]
+        paths = {"from": "1990-01-01", "to": "2025-05-11", "start_point": "/pricing/"}
+        status, answer = await post_json(client, f"{API}/paths", shop.read_key, paths)
+        assert status == 200, answer
+        # Trailing slashes are ignored in start and end points as in the path labels.
+        assert [(n["id"], n["count"]) for n in answer["nodes"]] == [("1_/pricing", 1)]
+        status, answer = await post_json(
+            client,
+            f"{API}/paths",
+            shop.read_key,
+            {**paths, "start_point": "/", "end_point": "/pricing/"},
+        )
+        assert status == 200, answer
+        assert {(e["source"], e["target"]) for e in answer["edges"]} == {("1_/", "2_/pricing")}
 
 
 async def test_cohort_crud_and_versions(
@@ -529,6 +580,12 @@ async def test_experiment_over_http(
         skewed = {**body, "traffic_split": {"control": 0.9, "treatment": 0.1}}
         status, answer = await post_json(client, url, key, skewed)
         assert answer["srm"]["mismatch"] is True
+
+        # An experiment nobody was exposed to is not "0 conversions": 404 with a hint.
+        status, answer = await post_json(client, url, key, {**body, "experiment": "new-chekout"})
+        assert status == 404, answer
+        assert "no exposures of experiment 'new-chekout'" in answer["error"]
+        assert "'$experiment_exposure' events" in answer["error"]
 
         for bad, field in (
             ({**body, "goal": {}}, "goal"),

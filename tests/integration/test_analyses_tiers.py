@@ -119,8 +119,8 @@ async def test_analyses_answer_the_same_in_every_tier_layout(
     assert [s["count"] for s in funnel["steps"]] == [c for c, _, _ in expected.total]
     assert expected.total[2][0] > 0
     for got, (_, median, mean) in zip(funnel["steps"], expected.total, strict=True):
-        assert got["median_time_from_previous_s"] == pytest.approx(median)
-        assert got["avg_time_from_previous_s"] == pytest.approx(mean)
+        assert got["median_time_from_previous_s"] == (None if median is None else round(median, 1))
+        assert got["avg_time_from_previous_s"] == (None if mean is None else round(mean, 1))
     assert {
         v["value"]: [s["count"] for s in v["steps"]] for v in funnel["breakdown"]["values"]
     } == {value: [c for c, _, _ in stats] for value, stats in expected.breakdown.items()}

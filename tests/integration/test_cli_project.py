@@ -33,7 +33,7 @@ async def test_set_and_show_privacy_controls(
     assert result.code == 0, result
     assert result.stdout.strip() == (
         "project acme: ip policy truncate, consent policy cookieless, scrub email,card,phone, "
-        "scrub regexes 'ACME-\\\\d{6}'"
+        "scrub regexes 'ACME-\\\\d{6}'\nproject acme: own domains none"
     )
     assert await policy(pool, project.id) == PrivacyPolicy(
         ip_policy="truncate",
@@ -56,9 +56,18 @@ async def test_set_and_show_privacy_controls(
     )
     cleared = await strata(
         "project", "set", project.id, "--scrub", "none", "--no-scrub-regex",
+        "--own-domains", "Example.com, www.shop.example.org,example.com",
         database_url=database_url, data_dir=tmp_path,
     )  # fmt: skip
     assert cleared.code == 0, cleared
+    assert cleared.stdout.splitlines()[-1] == (
+        "project acme: own domains example.com,shop.example.org"
+    )
+    bad = await strata(
+        "project", "set", project.id, "--own-domains", "https://example.com/",
+        database_url=database_url, data_dir=tmp_path,
+    )  # fmt: skip
+    assert bad.code != 0 and "is not a host name" in bad.stderr
 
     shown = await strata(
         "project", "show", project.id, "--json", database_url=database_url, data_dir=tmp_path
@@ -69,6 +78,7 @@ async def test_set_and_show_privacy_controls(
         "consent_policy": "cookieless",
         "scrub_rules": [],
         "scrub_regexes": [],
+        "own_domains": ["example.com", "shop.example.org"],
     }
 
 

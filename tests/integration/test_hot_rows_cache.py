@@ -99,3 +99,20 @@ async def test_rows_of_transactions_running_during_a_scan_are_not_lost_or_double
     ids = await scanned_ids(deps)
     assert ids == await pg_ids(pool) and len(ids) == len(set(ids)) == 28
     assert await scanned_ids(deps) == ids
+
+
+async def test_a_scan_from_1970_reads_and_caches_only_days_with_a_partition(
+    pool: asyncpg.Pool,
+) -> None:
+    engine = ScanEngine()
+    deps = ScanDeps(pool, engine)
+    await write(pool, events(30, "a") + events(20, "b", day_offset=1))
+    partitions = await pool.fetchval(
+        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'events'::regclass"
+    )
+    since_1970 = (datetime(1970, 1, 1, tzinfo=UTC), DAY + timedelta(days=2))
+    for _ in range(2):  # the second scan checks every cached day against PostgreSQL
+        async with await open_scan(deps, "acme", *since_1970, include_bots=True) as scan:
+            assert await scan.query("SELECT count(*) FROM events_scan") == [(50,)]
+    assert engine.hot_rows.rows_copied == 50
+    assert len(engine.hot_rows._days) <= partitions < 100

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -163,6 +164,42 @@ async def ingest(make_ingest: MakeIngest) -> Ingest:
 
 
 # -- happy paths and mapping ------------------------------------------------------------------
+
+
+async def test_own_domains_are_navigation_and_listed_referrer_spam_is_bot_traffic(
+    make_ingest: MakeIngest, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    spam = tmp_path / "spammers.txt"
+    spam.write_text("# Matomo's format\nbest-seo-offer.example\nfree-traffic.test\n")
+    await pool.execute("UPDATE projects SET own_domains = '{docs.acme.test}' WHERE id = 'acme'")
+    ingest = await make_ingest(referrer_spam_list=str(spam))
+
+    def page(message_id: str, referrer: str) -> dict[str, Any]:
+        return {
+            "type": "page",
+            "anonymousId": "anon-1",
+            "messageId": message_id,
+            "context": {"page": {"url": "https://shop.example/pricing", "referrer": referrer}},
+        }
+
+    body = {
+        "batch": [
+            page("own", "https://api.docs.acme.test/guide"),  # a subdomain of an own domain
+            page("sub", "https://blog.shop.example/post"),  # the page's own site
+            page("spam", "https://www.best-seo-offer.example/"),
+            page("other", "https://news.example/story"),
+        ]
+    }
+    response = await ingest.post("/v1/batch", body, ingest.project.write_key)
+    assert response.status == 200, await response.text()
+    events = {e.event_id: e for e in await ingest.raw_events()}
+    for internal in ("own", "sub"):
+        assert (events[internal].referrer_domain, events[internal].channel) == (None, None)
+        assert not events[internal].is_bot
+    assert events["spam"].is_bot
+    other = events["other"]
+    assert (other.referrer_domain, other.channel) == ("news.example", "referral")
+    assert not other.is_bot
 
 
 async def test_track_is_acknowledged_only_once_on_the_stream_with_enrichment(

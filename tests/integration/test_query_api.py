@@ -15,6 +15,9 @@ from libs.common import keys
 from libs.common.schemas.events_v1 import IDENTIFY, PAGEVIEW, EnrichedBatchV1, EventV1
 from libs.common.subjects import Subjects
 from services.aggregator.writer import write_events
+from services.query.metrics import METRICS_PARAMS
+from services.query.performance import PERFORMANCE_PARAMS
+from services.query.reports import REPORT_PARAMS
 from tests.support.project import TestProject
 from tests.support.query_app import get_json, query_client
 
@@ -137,7 +140,22 @@ BAD_PARAMS: list[tuple[str, dict[str, str] | list[tuple[str, str]], str, str]] =
         "metrics",
         {"from": "last tuesday"},
         "from",
-        "'last tuesday' is not an ISO date (2024-05-01) or datetime (2024-05-01T10:00:00Z)",
+        "'last tuesday' is not an ISO date (2024-05-01), datetime (2024-05-01T10:00:00Z) or "
+        "relative period (today, yesterday, 7d, 30d, month, last_month, 12mo, all, <n>d, <n>mo)",
+    ),
+    (
+        "metrics",
+        {"period": "fortnight"},
+        "period",
+        "must be one of today, yesterday, 7d, 30d, month, last_month, 12mo, all, <n>d or <n>mo,"
+        " not 'fortnight'",
+    ),
+    ("pages", {"period": "7d", "from": "2025-05-01"}, "period", "give period or from/to, not both"),
+    (
+        "metrics",
+        {"compare": "last_week"},
+        "compare",
+        "must be one of previous_period, previous_year, not 'last_week'",
     ),
     ("metrics", {"to": "2025-02-30"}, "to", "'2025-02-30' is not a valid date"),
     (
@@ -201,8 +219,9 @@ BAD_PARAMS: list[tuple[str, dict[str, str] | list[tuple[str, str]], str, str]] =
         "metrics",
         {"filters": "country:DE"},
         "filters",
-        "unknown parameter (this endpoint takes allow_partial, breakdown, cohort, filter, from,"
-        " include_bots, interval, limit, metrics, project, source, timezone, to)",
+        "unknown parameter (this endpoint takes allow_partial, breakdown, cohort, compare,"
+        " filter, from, include_bots, interval, limit, metrics, period, project, source,"
+        " timezone, to)",
     ),
     (
         "sources",
@@ -224,6 +243,118 @@ BAD_PARAMS: list[tuple[str, dict[str, str] | list[tuple[str, str]], str, str]] =
     ("events", {"property": "plan"}, "property", "'plan' is not key:value (e.g. plan:pro)"),
     ("users/anon-1/journey", {"limit": "-5"}, "limit", "must be between 1 and 1000, not -5"),
 ]
+
+
+async def test_a_visitor_who_logs_in_on_one_device_is_one_visitor(
+    pool: asyncpg.Pool, nats_url: str, subjects: Subjects, project: TestProject
+) -> None:
+    """Visitors count devices: anonymous pageviews, then identified ones on the same device,
+    are one visitor from rollups and raw rows alike; a server-side call with only a user id
+    counts under that id."""
+    t = DAY + timedelta(hours=9)
+    async with pool.acquire() as conn:
+        await write_events(
+            conn,
+            [
+                event("v-1", t, path="/"),
+                event("v-2", t + timedelta(minutes=1), path="/signup"),
+                event("v-3", t + timedelta(minutes=2), name=IDENTIFY, user_id="u-1"),
+                event("v-4", t + timedelta(minutes=3), path="/app", user_id="u-1"),
+                event("v-5", t + timedelta(minutes=4), path="/signup", user_id="u-1"),
+                event(
+                    "v-6",
+                    t + timedelta(minutes=5),
+                    name="invoice_paid",
+                    distinct_id="u-1",
+                    user_id="u-1",
+                    anonymous=False,
+                    session_id="s-2",
+                ),
+            ],
+        )
+    async with query_client(pool, nats_url, subjects) as client:
+        for source in ("rollups", "events"):
+            params = {"from": "2025-05-05", "to": "2025-05-05", "source": source}
+            status, body = await get_json(
+                client, f"{API}/metrics", project.read_key, {**params, "metrics": "visitors"}
+            )
+            assert status == 200 and body["source"] == source, body
+            assert body["totals"]["visitors"] == 2  # the device, and the server-side user id
+            status, body = await get_json(client, f"{API}/pages", project.read_key, params)
+            assert status == 200, body
+            signup = next(p for p in body["pages"] if p["page"] == "/signup")
+            assert (signup["pageviews"], signup["visitors"]) == (2, 1)
+
+
+async def test_comparison_freshness_and_week_labels(
+    pool: asyncpg.Pool, nats_url: str, subjects: Subjects, project: TestProject
+) -> None:
+    """compare=previous_period answers the days before with each total's change; freshness
+    names the newest stored event; a week that began before `from` is labelled `from`."""
+    t = DAY + timedelta(hours=9)  # Monday 5 May
+    day_one = [event(f"a-{i}", t + timedelta(minutes=i), session_id="s-a") for i in range(2)]
+    day_two = [
+        event(f"b-{i}", t + timedelta(days=1, minutes=i), distinct_id=f"d-{i}", session_id=f"s{i}")
+        for i in range(3)
+    ]
+    async with pool.acquire() as conn:
+        await write_events(conn, day_one + day_two)
+    async with query_client(pool, nats_url, subjects) as client:
+        params = {
+            "from": "2025-05-06",
+            "to": "2025-05-06",
+            "metrics": "visitors,pageviews,sessions,bounce_rate",
+            "compare": "previous_period",
+        }
+        status, body = await get_json(client, f"{API}/metrics", project.read_key, params)
+        assert status == 200, body
+        assert body["totals"] == {"visitors": 3, "pageviews": 3, "sessions": 3, "bounce_rate": 1.0}
+        comparison = body["comparison"]
+        assert (comparison["from"], comparison["to"]) == (
+            "2025-05-05T00:00:00Z",
+            "2025-05-06T00:00:00Z",
+        )
+        assert comparison["totals"] == {
+            "visitors": 1,
+            "pageviews": 2,
+            "sessions": 1,
+            "bounce_rate": 0.0,
+        }
+        assert comparison["change"] == {
+            "visitors": 200.0,
+            "pageviews": 50.0,
+            "sessions": 200.0,
+            "bounce_rate": None,  # from 0: no percentage
+        }
+        assert body["freshness"]["newest_event"] == "2025-05-06T09:02:00Z"
+        # Broken down, each value is compared with the same value's totals before.
+        status, body = await get_json(
+            client,
+            f"{API}/metrics",
+            project.read_key,
+            {**params, "metrics": "pageviews", "breakdown": "page"},
+        )
+        assert status == 200, body
+        [row] = body["breakdown"]["results"]
+        assert row["comparison"] == {"totals": {"pageviews": 2}, "change": {"pageviews": 50.0}}
+        assert body["freshness"]["newest_event_age_s"] > 0
+
+        # Wednesday 7 May: the first week began on Monday 5 May, before the range.
+        params = {"from": "2025-05-07", "to": "2025-05-20", "interval": "week"}
+        status, body = await get_json(client, f"{API}/metrics", project.read_key, params)
+        assert status == 200, body
+        assert [p["bucket"] for p in body["series"]] == [
+            "2025-05-07T00:00:00Z",
+            "2025-05-12T00:00:00Z",
+            "2025-05-19T00:00:00Z",
+        ]
+        # A relative period covers today; `all` starts on the day of the first event.
+        status, body = await get_json(
+            client, f"{API}/pages", project.read_key, {"period": "all", "limit": "5"}
+        )
+        assert status == 200, body
+        assert body["from"] == "2025-05-05T00:00:00Z" and body["freshness"] is not None
+        assert sum(p["pageviews"] for p in body["pages"]) == 5
 
 
 async def test_each_bad_parameter_gets_a_400_naming_it(
@@ -514,22 +645,15 @@ async def test_openapi_describes_every_route_and_ops_endpoints_answer(
                 if path.startswith(API):
                     assert "project" in {p["name"] for p in operation["parameters"]}, path
                     assert operation["responses"]["400"]
-        metric_params = {p["name"] for p in doc["paths"][f"{API}/metrics"]["get"]["parameters"]}
-        assert metric_params == {
-            "project",
-            "metrics",
-            "from",
-            "to",
-            "timezone",
-            "interval",
-            "filter",
-            "breakdown",
-            "include_bots",
-            "limit",
-            "source",
-            "cohort",
-            "allow_partial",
-        }
+        # The parameters documented are exactly those each endpoint accepts.
+        for path, accepted in (
+            ("metrics", METRICS_PARAMS),
+            ("pages", REPORT_PARAMS),
+            ("sources", REPORT_PARAMS | {"by"}),
+            ("performance", PERFORMANCE_PARAMS),
+        ):
+            documented = {p["name"] for p in doc["paths"][f"{API}/{path}"]["get"]["parameters"]}
+            assert documented == accepted, path
         assert "MetricsResponse" in schemas and "from" in schemas["MetricsResponse"]["properties"]
 
         assert await get_json(client, "/healthz", None) == (200, {"status": "ok"})

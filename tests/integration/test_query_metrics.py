@@ -36,6 +36,10 @@ ALL_METRICS = [
 ]
 
 
+# How answers round ratios and averages (docs/api-query.md, "Rounding").
+DECIMALS = {"bounce_rate": 3, "avg_session_duration": 1, "views_per_session": 2}
+
+
 def visitors_close(got: int, want: int) -> bool:
     """HLL (lg_k 12, ~1.6% standard error) within three standard errors, or one visitor."""
     return abs(got - want) <= max(1, math.ceil(0.05 * want))
@@ -57,7 +61,8 @@ def assert_values(
         elif metric == "visitors" and source == "rollups":
             assert visitors_close(value, expected), f"{where} visitors: {value} vs {expected}"
         elif isinstance(expected, float):
-            assert value == pytest.approx(expected, rel=1e-9), f"{where} {metric}: {value}"
+            want_value = round(expected, DECIMALS[metric]) if metric in DECIMALS else expected
+            assert value == pytest.approx(want_value, rel=1e-9), f"{where} {metric}: {value}"
         else:
             assert value == expected, f"{where} {metric}: {value} != {expected}"
 
@@ -290,7 +295,7 @@ async def test_reports_match_recomputation(
             assert page["pageviews"] == cell["pageviews"]
             assert visitors_close(page["visitors"], cell["visitors"])
             assert page["entries"] == cell["sessions"]
-            assert page["bounce_rate"] == pytest.approx(cell["bounce_rate"])
+            assert page["bounce_rate"] == pytest.approx(round(cell["bounce_rate"], 3))
         # Time on page: from each pageview to the next pageview of its session.
         durations: dict[str, list[float]] = {}
         by_session: dict[str, list[dict[str, Any]]] = {}
@@ -307,7 +312,9 @@ async def test_reports_match_recomputation(
         for page in pages:
             seconds = durations.get(page["page"])
             if seconds:
-                assert page["avg_time_on_page_s"] == pytest.approx(sum(seconds) / len(seconds))
+                assert page["avg_time_on_page_s"] == pytest.approx(
+                    round(sum(seconds) / len(seconds), 1)
+                )
             else:
                 assert page["avg_time_on_page_s"] is None
 
@@ -339,7 +346,8 @@ async def test_reports_match_recomputation(
                 for metric in ("pageviews", "sessions"):
                     assert row[metric] == cell[metric], (by, row)
                 for metric in ("bounce_rate", "avg_session_duration"):
-                    assert row[metric] == pytest.approx(cell[metric]), (by, row)
+                    expected_value = round(cell[metric], DECIMALS[metric])
+                    assert row[metric] == pytest.approx(expected_value), (by, row)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -383,9 +391,10 @@ async def test_performance_percentiles_match_recomputation(
         for prop, stats in page_row["metrics"].items():
             values = samples[(page_row["page"], prop)]
             assert stats["samples"] == len(values)
-            assert stats["avg"] == pytest.approx(sum(values) / len(values))
+            digits = 4 if prop == "cls" else 1  # milliseconds to a tenth, CLS to 4 decimals
+            assert stats["avg"] == pytest.approx(round(sum(values) / len(values), digits))
             for q, name in ((0.5, "p50"), (0.75, "p75"), (0.9, "p90"), (0.99, "p99")):
-                assert stats[name] == pytest.approx(_percentile(values, q)), (
+                assert stats[name] == pytest.approx(round(_percentile(values, q), digits)), (
                     page_row["page"],
                     prop,
                 )

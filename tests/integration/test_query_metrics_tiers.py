@@ -68,6 +68,7 @@ async def answers(client: Any, key: str) -> tuple[dict[str, Any], dict[str, set[
         assert body["source"] == "events"
         tiers[name] = {t["tier"] for t in body.pop("tier_reads") if t["rows"]}
         body.pop("tiers")
+        body.pop("freshness")  # the newest event's age moves on between answers
         bodies[name] = body
     return bodies, tiers
 

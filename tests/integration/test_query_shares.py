@@ -81,7 +81,8 @@ def assert_shares(got: dict[str, Any], want: dict[str, float | None] | None, whe
         if expected is None:
             assert got[metric] is None, f"{where} {metric}"
         else:
-            assert got[metric] == pytest.approx(expected, rel=1e-12), f"{where} {metric}"
+            # Shares are answered to three decimals (docs/api-query.md, "Rounding").
+            assert got[metric] == pytest.approx(round(expected, 3), rel=1e-12), f"{where} {metric}"
 
 
 @pytest.mark.parametrize("include_bots", [False, True])

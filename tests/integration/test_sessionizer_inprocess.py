@@ -82,7 +82,7 @@ async def test_every_event_is_enriched_once_with_its_session(
         ev("a1", 0, "anna"),
         ev("b1", 0, "ben"),
         ev("a2", 10, "anna", name="signup"),
-        ev("c1", 5, "cleo", non_interactive=True, name="heartbeat"),
+        ev("c1", 5, "cleo", non_interactive=True, name="heartbeat", url="https://acme.test/"),
         ev("k1", 0, "kim", "brisk"),
     ]
     second_request = [

@@ -43,7 +43,7 @@ SHOP_PAGE = """<!doctype html>
 <button id="signup" data-analytics="Signup Click" data-analytics-plan="pro"
   data-analytics-billing-cycle="yearly">Sign up</button>
 <form id="newsletter" action="/subscribe"><input name="topic" value="news">
-  <button id="join" type="submit">Join</button></form>
+  <button id="join" class="primary btn w-1/2" type="submit">Join</button></form>
 <a id="partner" href="{partner}/landing.html">Our partner</a>
 <div style="height:4000px"></div>
 <script>
@@ -301,6 +301,10 @@ async def test_after_consent_the_visitor_keeps_one_anonymous_id(
     [click] = _named(events, "$click")
     assert (click.properties["tag"], click.properties["text"]) == ("button", "Join")
     assert click.properties["id"] == "join"
+    # The element chain selectors match on: root first, classes sorted, odd ones left out.
+    assert (
+        click.properties["$elements"] == "html > body > form#newsletter > button#join.btn.primary"
+    )
 
     # Withdrawing consent clears everything the tracker stored.
     await page.evaluate("strata.consent({analytics: false})")

@@ -223,7 +223,12 @@ def expected_metrics(
         )
     ]
 
+    first_label = start.astimezone(tz).replace(tzinfo=None)
+
     def cells_of(bucket: datetime | None, values: Iterable[str | None]) -> set[Cell]:
+        # A first bucket that began before `from` is labelled `from`.
+        if bucket is not None:
+            bucket = max(bucket, first_label)
         out: set[Cell] = {(None, None), (bucket, None)}
         for v in values:
             out |= {(bucket, v), (None, v)}
@@ -253,7 +258,7 @@ def expected_metrics(
         out: dict[str, Any] = {}
         for m in metrics:
             if m == "visitors":
-                out[m] = len({e["user_id"] or e["distinct_id"] for e in evs})
+                out[m] = len({e["distinct_id"] for e in evs})  # visitors are devices
             elif m == "pageviews":
                 out[m] = sum(1 for e in evs if e["name"] == PAGEVIEW)
             elif m == "events":

@@ -40,7 +40,7 @@ def expected_event_rollups(rows: list[asyncpg.Record]) -> dict[tuple[Any, ...], 
     counts: dict[tuple[Any, ...], int] = defaultdict(int)
     persons: dict[tuple[Any, ...], set[str]] = defaultdict(set)
     for r in rows:
-        person = r["user_id"] or r["distinct_id"]
+        person = r["distinct_id"]  # visitors are devices
         dims = [("", "")] + [(d, _value(r[col])) for d, col in EVENT_DIMENSIONS.items()]
         for g, bucket in _buckets(r["ts"]):
             for name in {r["name"], "*"}:
@@ -67,6 +67,7 @@ async def stored_event_rollups(conn: asyncpg.Connection) -> dict[tuple[Any, ...]
 
 SESSION_FIELDS = (
     "distinct_id",
+    "user_id",
     "start_ts",
     "end_ts",
     "events",
@@ -88,6 +89,15 @@ SESSION_FIELDS = (
     "country",
     "is_bot",
 )
+SOURCE_FIELDS = (
+    "referrer",
+    "referrer_domain",
+    "channel",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+)
+DEVICE_FIELDS = ("browser", "os", "device_type", "country", "is_bot")
 
 
 def expected_sessions(rows: list[asyncpg.Record]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -100,8 +110,13 @@ def expected_sessions(rows: list[asyncpg.Record]) -> dict[tuple[str, str], dict[
         evs.sort(key=lambda r: (r["ts"], r["event_id"]))
         first = evs[0]
         pages = [r for r in evs if r["name"] == PAGEVIEW]
+        users = [r["user_id"] for r in evs if r["user_id"]]
+        # The source comes from the first event that says how the visit arrived (a channel);
+        # the device from the first event.
+        sourced = [r for r in evs if r["channel"]]
         session: dict[str, Any] = {
             "distinct_id": first["distinct_id"],
+            "user_id": users[0] if users else None,
             "start_ts": first["ts"],
             "end_ts": evs[-1]["ts"],
             "events": len(evs),
@@ -112,7 +127,9 @@ def expected_sessions(rows: list[asyncpg.Record]) -> dict[tuple[str, str], dict[
             "exit_path": pages[-1]["path"] if pages else None,
             "exit_ts": pages[-1]["ts"] if pages else None,
         }
-        for attr in SESSION_FIELDS[10:]:
+        for attr in SOURCE_FIELDS:
+            session[attr] = sourced[0][attr] if sourced else None
+        for attr in DEVICE_FIELDS:
             session[attr] = first[attr]
         result[key] = session
     return result

@@ -11,7 +11,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -76,9 +76,40 @@ def _equals(text: str | None, value: Any) -> bool:
     return bool(text == value)
 
 
+def selector_holds(selector: str, chain: str) -> bool:
+    """The selector rule written plainly: compound parts matched right to left up the chain."""
+    tokens = selector.replace(">", " > ").split()
+    elements = chain.split(" > ")
+
+    def part_holds(part: str, element: str) -> bool:
+        name = element.split("#")[0].split(".")[0]
+        element_id = element.split("#")[1].split(".")[0] if "#" in element else None
+        classes = set(element.split(".")[1:])
+        tag = re.match(r"[A-Za-z*][A-Za-z0-9-]*", part)
+        if tag and tag.group() not in ("*", name):
+            return False
+        ids = re.findall(r"#([A-Za-z0-9_-]+)", part)
+        wanted = set(re.findall(r"\.([A-Za-z0-9_-]+)", part))
+        return (not ids or ids[0] == element_id) and wanted <= classes
+
+    def holds_from(t: int, e: int) -> bool:  # tokens[:t+1] against elements[:e+1], t at e
+        if not part_holds(tokens[t], elements[e]):
+            return False
+        if t == 0:
+            return True
+        if tokens[t - 1] == ">":
+            return e > 0 and holds_from(t - 2, e - 1)
+        return any(holds_from(t - 1, up) for up in range(e))
+
+    return holds_from(len(tokens) - 1, len(elements) - 1)
+
+
 def condition_holds(ev: Ev, cond: Any, traits: dict[str, dict[str, Any]]) -> bool:
-    text = property_text(ev, cond.property, traits)
+    name = "$elements" if cond.property == "element" else cond.property
+    text = property_text(ev, name, traits)
     op, value = cond.operator, cond.value
+    if op == "selector":
+        return text is not None and selector_holds(value, text)
     if op == "is_set":
         return text is not None
     if op == "is_not_set":
@@ -108,7 +139,9 @@ def condition_holds(ev: Ev, cond: Any, traits: dict[str, dict[str, Any]]) -> boo
 
 
 def matches(ev: Ev, match: Any, traits: dict[str, dict[str, Any]]) -> bool:
-    return ev.name == match.event and all(condition_holds(ev, c, traits) for c in match.conditions)
+    # "$any" is every action: any event but the identity bookkeeping calls.
+    named = ev.name not in NON_ACTIONS if match.event == "$any" else ev.name == match.event
+    return named and all(condition_holds(ev, c, traits) for c in match.conditions)
 
 
 def same_step(a: Any, b: Any) -> bool:
@@ -136,6 +169,8 @@ class RefFunnel:
     total: list[tuple[int, float | None, float | None]]
     breakdown: dict[str, list[tuple[int, float | None, float | None]]]
     reached: dict[str, int]  # person -> furthest step of the best attempt
+    # person -> seconds from the first to the last step, for those who reached the last
+    conversion_s: dict[str, float]
 
 
 def _step_stats(best: dict[str, tuple[int, list[int], str]], n: int) -> list[Any]:
@@ -273,6 +308,11 @@ def ref_funnel(
         total=_step_stats(best, n),
         breakdown={v: _step_stats(members, n) for v, members in by_value.items()},
         reached={p: chosen[0] for p, chosen in best.items()},
+        conversion_s={
+            p: (chosen[1][n - 1] - chosen[1][0]) / 1e6
+            for p, chosen in best.items()
+            if chosen[0] == n
+        },
     )
 
 
@@ -320,19 +360,31 @@ def ref_retention(
     end: datetime,
     tz: ZoneInfo,
     now: datetime,
-) -> list[tuple[date, int, list[int | None]]]:
-    """(cohort period's first local date, size, counts per offset 0..intervals)."""
-    first = _period_start(start.astimezone(tz).date(), period, week_start)
-    last = _period_start(
-        (end - timedelta(microseconds=1)).astimezone(tz).date(), period, week_start
-    )
-    days = [first]
-    while days[-1] < last:
-        days.append(_period_after(days[-1], period))
-    n_cohorts = len(days)
-    for _ in range(intervals + 1):
-        days.append(_period_after(days[-1], period))
-    bounds = [datetime.combine(d, time(0), tzinfo=tz) for d in days]
+) -> list[tuple[Any, int, list[int | None]]]:
+    """(cohort period's first local date, or its UTC start for hours, size, counts per offset
+    0..intervals)."""
+    days: list[Any]
+    if period == "hour":
+        # Hours are absolute: from the local hour holding `start`, one hour after another.
+        hour = start.astimezone(tz).replace(minute=0, second=0, microsecond=0).astimezone(UTC)
+        days = [hour]
+        while days[-1] + timedelta(hours=1) < end:
+            days.append(days[-1] + timedelta(hours=1))
+        n_cohorts = len(days)
+        days += [days[-1] + timedelta(hours=k) for k in range(1, intervals + 2)]
+        bounds = list(days)
+    else:
+        first = _period_start(start.astimezone(tz).date(), period, week_start)
+        last = _period_start(
+            (end - timedelta(microseconds=1)).astimezone(tz).date(), period, week_start
+        )
+        days = [first]
+        while days[-1] < last:
+            days.append(_period_after(days[-1], period))
+        n_cohorts = len(days)
+        for _ in range(intervals + 1):
+            days.append(_period_after(days[-1], period))
+        bounds = [datetime.combine(d, time(0), tzinfo=tz) for d in days]
 
     def index(ts: datetime) -> int | None:
         i = bisect.bisect_right(bounds, ts) - 1
@@ -384,6 +436,13 @@ def _strip(path: str) -> str:
     return stripped or "/"
 
 
+def _page_label(path: str, rules: Sequence[tuple[str, str]]) -> str:
+    label = _strip(path)
+    for pattern, replacement in rules:
+        label = re.sub(pattern, replacement, label)
+    return _strip(label) if rules else label
+
+
 def ref_paths(
     events: Sequence[Ev],
     *,
@@ -395,18 +454,31 @@ def ref_paths(
     start_point: str | None = None,
     end_point: str | None = None,
     rules: Sequence[tuple[str, str]] = (),
+    per: str = "session",
 ) -> tuple[dict[tuple[int, str], tuple[int, int]], dict[tuple[int, str, str], int], int]:
-    """({(step, node): (paths, drop-offs)}, {(step, source, target): paths}, sessions)."""
+    """({(step, node): (paths, drop-offs)}, {(step, source, target): paths}, paths): a path
+    per session, or with `per="person"` per person over their events of [start, end)."""
+    # A page path given as a start or end point is normalised like the labels.
+    if start_point is not None and start_point.startswith("/"):
+        start_point = _page_label(start_point, rules)
+    if end_point is not None and end_point.startswith("/"):
+        end_point = _page_label(end_point, rules)
     sessions: dict[str, list[Ev]] = defaultdict(list)
     for ev in events:
-        if ev.is_bot or ev.session_id is None or ev.non_interactive:
+        if ev.is_bot or ev.non_interactive:
             continue
-        if not start - session_max <= ev.ts < end + session_max:
-            continue
+        if per == "person":
+            if not start <= ev.ts < end:
+                continue
+            key = ev.person
+        else:
+            if ev.session_id is None or not start - session_max <= ev.ts < end + session_max:
+                continue
+            key = ev.session_id
         is_page = ev.name == "$pageview"
         is_custom = not ev.name.startswith("$")
         if (is_page and "pageview" in event_types) or (is_custom and "custom" in event_types):
-            sessions[ev.session_id].append(ev)
+            sessions[key].append(ev)
     nodes: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])
     edges: dict[tuple[int, str, str], int] = defaultdict(int)
     counted = 0
@@ -417,14 +489,7 @@ def ref_paths(
         labels: list[str] = []
         for ev in evs:
             if ev.name == "$pageview":
-                if not ev.path:
-                    label = NONE
-                else:
-                    label = _strip(ev.path)
-                    for pattern, replacement in rules:
-                        label = re.sub(pattern, replacement, label)
-                    if rules:
-                        label = _strip(label)
+                label = _page_label(ev.path, rules) if ev.path else NONE
             else:
                 label = ev.name
             if not labels or labels[-1] != label:

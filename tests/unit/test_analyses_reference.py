@@ -4,6 +4,8 @@ breakdowns), retention matrices and paths."""
 
 from __future__ import annotations
 
+import math
+import statistics
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -140,6 +142,23 @@ def test_funnels_match_the_reference(
     for step in range(1, spec.n + 1):
         ids, _ = query.person_ids(con, PersonsPage(step=step), everyone=True)
         assert ids == sorted(p for p, r in expected.reached.items() if r >= step)
+    # Time to convert, first to last step: equal whole-second bins from the shortest time.
+    histogram = query.time_to_convert(con, 1, spec.n, None)
+    seconds = sorted(expected.conversion_s.values())
+    assert histogram.persons == len(seconds)
+    if seconds:
+        assert histogram.avg_s == pytest.approx(statistics.fmean(seconds))
+        assert histogram.median_s == pytest.approx(statistics.median(seconds))
+        lo, span = math.floor(seconds[0]), math.floor(seconds[-1]) + 1 - math.floor(seconds[0])
+        count = min(60, math.ceil(math.sqrt(len(seconds))))
+        width = max(1, math.ceil(span / count))
+        count = min(count, math.ceil(span / width))
+        counted = [0] * count
+        for s in seconds:
+            counted[min(int((s - lo) // width), count - 1)] += 1
+        assert [(b.from_s, b.persons) for b in histogram.bins] == [
+            (lo + i * width, c) for i, c in enumerate(counted)
+        ]
     if spec.breakdown is not None:
         assert not truncated
         assert {value: [s.count for s in counts.steps] for value, counts in breakdown} == {
@@ -187,17 +206,51 @@ def test_retention_matches_the_reference(
     assert any(size for _, size, _ in expected)
 
 
+@pytest.mark.parametrize("timezone", ["UTC", "Asia/Kolkata", "Europe/Berlin"])
+def test_hourly_retention_of_any_event_matches_the_reference(
+    dataset: tuple[list[Ev], duckdb.DuckDBPyConnection], timezone: str
+) -> None:
+    events, con = dataset
+    tz = ZoneInfo(timezone)
+    start_event, return_event = EventMatch("$any"), EventMatch("$any")
+    options = dict(period="hour", intervals=6, mode="recurring", cumulative=False)
+    spec = retention_spec(
+        RetentionRequest(start_event=start_event, return_event=return_event, **options)
+    )
+    start, end = START + timedelta(days=3, minutes=20), START + timedelta(days=4)
+    plan = retention_plan(spec, TimeWindow(start, end, tz))
+    now = end + timedelta(hours=3)
+    scope = EventScope(datetime(1970, 1, 1, tzinfo=UTC), plan.scan_end)
+    result = run_retention(con, spec, plan, scope, now)
+    expected = ref_retention(
+        events,
+        start_event,
+        return_event,
+        start=start,
+        end=end,
+        tz=tz,
+        now=now,
+        week_start="monday",
+        **options,
+    )
+    assert [(r.start, r.size, r.counts) for r in result.rows] == expected
+    assert sum(size for _, size, _ in expected) > 5
+    assert any(counts[-1] is None for _, _, counts in expected)  # later hours not begun
+
+
 PATHS = [
     PathsRequest(),
     PathsRequest(event_types=["pageview", "custom"], steps=4),
     PathsRequest(
         event_types=["pageview", "custom"],
         cleaning_rules=[CleaningRule(r"^/user/\d+$", "/user/:id"), CleaningRule("^/docs", "/d")],
-        start_point="/pricing",
+        start_point="/pricing/",
         steps=6,
     ),
     PathsRequest(event_types=["pageview", "custom"], end_point="signup", steps=3),
     PathsRequest(event_types=["custom"], start_point="search", end_point="purchase", steps=3),
+    PathsRequest(event_types=["pageview", "custom"], steps=6, per="person"),
+    PathsRequest(per="person", start_point="/pricing", steps=4),
 ]
 
 
@@ -222,9 +275,10 @@ def test_paths_match_the_reference(
         start_point=spec.start_point,
         end_point=spec.end_point,
         rules=[(r.regex, r.replacement) for r in spec.cleaning_rules],
+        per=spec.per,
     )
     assert sessions > 0
-    assert result.sessions == sessions
+    assert result.paths == sessions
     assert not result.edges_truncated
     assert {(e.step, e.source, e.target): e.value for e in result.edges} == edges
     shown = {(n.step, n.name): (n.count, n.drop_offs) for n in result.nodes}

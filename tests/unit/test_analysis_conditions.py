@@ -12,6 +12,7 @@ from services.query.analyses.requests import Condition
 from services.query.metric_query import SqlParams
 from services.query.params import ParamError
 from tests.support.analysis_events import Ev, at, numbered, scan_connection
+from tests.support.reference_analytics import selector_holds
 
 EVENTS = numbered(
     [
@@ -106,3 +107,49 @@ def test_hostile_property_names_are_rejected_or_bound() -> None:
     params = SqlParams()
     sql: Any = conditions_sql("c", [Condition("a b'c", "eq", "x")], params)
     assert "a b'c" not in sql and '$."a b\'c"' in params.values
+
+
+CHAIN = "html > body > main#app > form#signup.card > div.row > button#buy.btn.primary"
+
+
+@pytest.mark.parametrize(
+    ("selector", "holds"),
+    [
+        ("button", True),
+        ("button#buy", True),
+        ("button.primary", True),
+        (".btn.primary", True),  # classes in any order
+        ("button.primary.secondary", False),
+        ("form button", True),  # descendant at any depth
+        ("form > button", False),  # not a direct child
+        ("form > div > button.btn", True),
+        ("#signup.card .row > #buy", True),
+        ("main#app form.card button", True),
+        ("form", False),  # the clicked element is the button
+        ("a.btn", False),
+        ("*#buy", True),
+        ("but", False),  # a tag matches whole
+    ],
+)
+def test_selector_matches_the_clicked_elements_chain(selector: str, holds: bool) -> None:
+    clicks = numbered(
+        [
+            Ev("clicker", "$click", at(0), properties={"tag": "button", "$elements": CHAIN}),
+            Ev("other", "$click", at(1), properties={"tag": "a", "$elements": "body > a.btn"}),
+        ]
+    )
+    con = scan_connection(clicks)
+    params = SqlParams()
+    where = conditions_sql("c", [Condition("element", "selector", selector)], params)
+    found = con.execute(f"SELECT e.person_id FROM events_scan e WHERE {where}", params.values)
+    assert ("clicker" in [r[0] for r in found.fetchall()]) == holds
+    assert selector_holds(selector, CHAIN) == holds
+
+
+@pytest.mark.parametrize("selector", ["", "button[type=submit]", "a:hover", "form >> a", "> a"])
+def test_unsupported_selectors_are_a_400(selector: str) -> None:
+    with pytest.raises(ParamError) as raised:
+        conditions_sql(
+            "steps[0].conditions", [Condition("element", "selector", selector)], SqlParams()
+        )
+    assert raised.value.param.startswith("steps[0].conditions[0]")

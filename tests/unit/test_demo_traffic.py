@@ -59,6 +59,19 @@ def test_traffic_has_the_things_analytics_users_look_at() -> None:
     purchases = [m for _, m in messages if m.get("event") == "purchase"]
     assert all(m["properties"]["revenue"] > 0 for m in purchases)
 
+    # Web vitals for the performance report, and an A/B test's exposures for experiments.
+    vitals = [m["properties"] for _, m in messages if m.get("event") == "$web_vitals"]
+    assert vitals and all(
+        v["lcp"] >= v["fcp"] >= v["ttfb"] > 0 and 0 <= v["cls"] < 5 for v in vitals
+    )
+    exposures = [m for _, m in messages if m.get("event") == "$experiment_exposure"]
+    variants: dict[str, set[str]] = {}
+    for m in exposures:
+        assert m["properties"]["experiment"] == "new-checkout"
+        variants.setdefault(m["anonymousId"], set()).add(m["properties"]["variant"])
+    assert all(len(v) == 1 for v in variants.values())  # a visitor keeps their variant
+    assert {v for vs in variants.values() for v in vs} == {"control", "treatment"}
+
     # Non-interactive events are flagged the way analytics.js users flag them.
     assert all(
         m["properties"]["nonInteraction"] == 1

@@ -18,6 +18,7 @@ from services.query.analyses.requests import (
     FunnelRequest,
     FunnelStep,
     PersonsPage,
+    TimeToConvertSpec,
     WindowSpec,
     parse_body_filters,
 )
@@ -362,10 +363,55 @@ def test_step_results_rates_and_drop_offs() -> None:
     steps = step_results(spec, result.total)
     assert [s.count for s in steps] == [4, 3, 2]
     assert [s.conversion_from_first for s in steps] == [1.0, 0.75, 0.5]
-    assert [s.conversion_from_previous for s in steps] == [1.0, 0.75, 2 / 3]
+    # Shares are answered to 0.1 percentage point.
+    assert [s.conversion_from_previous for s in steps] == [1.0, 0.75, 0.667]
     assert [s.drop_off for s in steps] == [0, 1, 1]
-    assert [s.drop_off_rate for s in steps] == [0.0, 0.25, 1 / 3]
+    assert [s.drop_off_rate for s in steps] == [0.0, 0.25, 0.333]
     assert [s.avg_time_from_previous_s for s in steps] == [None, 60.0, 60.0]
+
+
+def test_time_to_convert_is_a_histogram_of_whole_second_bins() -> None:
+    # A to C in 60 s, 120 s, 600 s and 630 s; p4 never reaches C.
+    events = []
+    for person, seconds in (("p0", 60), ("p1", 120), ("p2", 600), ("p3", 630)):
+        events += [
+            ev(person, "A", at(0)),
+            ev(person, "B", at(0, seconds=30)),
+            ev(person, "C", at(0, seconds=seconds)),
+        ]
+    events += [ev("p4", "A", at(0)), ev("p4", "B", at(1))]
+    con = scan_connection(numbered(events))
+    spec = funnel_spec(FunnelRequest(steps=[A, B, C]))
+    scope = EventScope(FROM, TO + timedelta(days=14))
+
+    def histogram(**wanted: Any) -> Any:
+        result = run_funnel(
+            con, spec, scope, epoch_us(FROM), epoch_us(TO), None, TimeToConvertSpec(**wanted)
+        )
+        return result.time_to_convert
+
+    found = histogram()  # first to last step, about sqrt(4) = 2 bins
+    assert (found.persons, found.avg_s, found.median_s) == (4, 352.5, 360.0)
+    assert [(b.from_s, b.to_s, b.persons) for b in found.bins] == [
+        (60.0, 346.0, 2),
+        (346.0, 632.0, 2),
+    ]
+    found = histogram(bins=3)
+    assert [b.persons for b in found.bins] == [2, 0, 2] and found.bins[-1].to_s > 630
+    found = histogram(from_step=1, to_step=2)  # A to B: everyone who reached B, 30 or 60 s
+    assert (found.persons, found.bins[0].from_s) == (5, 30.0)
+    assert sum(b.persons for b in found.bins) == 5
+
+
+def test_any_event_is_every_action_but_identity_calls() -> None:
+    events = [
+        ev("p", "$pageview", at(0)),
+        ev("p", "B", at(1)),
+        ev("q", "$identify", at(0)),  # bookkeeping: not an action
+        ev("q", "B", at(1)),
+    ]
+    case = Case(events, [FunnelStep("$any"), B], [2, 1])
+    assert counts_of(case)[0] == [2, 1]  # q's B is q's first action; nothing follows it
 
 
 def test_persons_at_a_step_are_paged_by_id() -> None:

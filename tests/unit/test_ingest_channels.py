@@ -1,5 +1,5 @@
 """Channel rules added for display, affiliate and social click ids, and the search engine and
-social network names of referrers (docs/enrichment.md has the same tables)."""
+social network names of referrers as the maintained referrer data set gives them."""
 
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ from services.ingest.user_agents import parse_user_agent
         (None, "newsletter", "affiliate", None, "email"),  # e-mail is decided first
         ("outlook.live.com", None, None, None, "email"),
         ("search.brave.com", None, None, None, "organic_search"),
-        ("perplexity.ai", None, None, None, "organic_search"),
+        ("www.ecosia.org", None, None, None, "organic_search"),
+        ("unknown-engine.example", None, None, None, "referral"),
         ("m.youtube.com", None, None, None, "organic_social"),
         (None, None, "referral", None, "referral"),
     ],
@@ -63,11 +64,11 @@ def test_channel_rules(
         ("google.co.uk", "Google"),
         ("com.google.android.googlequicksearchbox", "Google"),
         ("bing.com", "Bing"),
-        ("search.yahoo.co.jp", "Yahoo"),
+        ("search.yahoo.co.jp", "Yahoo!"),
         ("duckduckgo.com", "DuckDuckGo"),
         ("yandex.ru", "Yandex"),
-        ("search.brave.com", "Brave Search"),
-        ("docs.google.com", None),
+        ("search.brave.com", "Brave"),
+        ("maps.google.com", None),  # Google, but not search
         ("mail.google.com", None),
         ("example.com", None),
     ],
@@ -82,11 +83,11 @@ def test_search_engine_names(host: str, engine: str | None) -> None:
         ("l.facebook.com", "Facebook"),
         ("m.facebook.com", "Facebook"),
         ("t.co", "Twitter"),
-        ("x.com", "Twitter"),
+        ("mobile.twitter.com", "Twitter"),
         ("lnkd.in", "LinkedIn"),
         ("linkedin.com", "LinkedIn"),
         ("old.reddit.com", "Reddit"),
-        ("youtu.be", "YouTube"),
+        ("youtu.be", "Youtube"),
         ("news.ycombinator.com", "Hacker News"),
         ("instagram.com", "Instagram"),
         ("example.com", None),
@@ -94,6 +95,22 @@ def test_search_engine_names(host: str, engine: str | None) -> None:
 )
 def test_social_network_names(host: str, network: str | None) -> None:
     assert social_network(host) == network
+
+
+def test_a_referrer_path_picks_the_data_sets_entry() -> None:
+    # The data set keys some sites by host and path; the longest match wins, and a host
+    # without an entry of its own is looked up without its leftmost labels.
+    assert search_engine("www.google.co.uk") == "Google"
+    assert search_engine("images.google.com", "/imgres") is not None
+    assert social_network("l.facebook.com", "/l.php") == "Facebook"
+
+
+def test_utm_sources_name_search_engines_and_networks_of_the_data_set() -> None:
+    assert classify_channel(None, "Google", None, None) == "organic_search"
+    assert classify_channel(None, "duckduckgo.com", None, None) == "organic_search"
+    assert classify_channel(None, "Yahoo", None, None) == "organic_search"
+    assert classify_channel(None, "LinkedIn", None, None) == "organic_social"
+    assert classify_channel(None, "google", "cpc", None) == "paid_search"  # Google+ is not Google
 
 
 def test_attribution_names_the_referrers_engine_and_network() -> None:

@@ -123,7 +123,7 @@ def test_page_url_parts_and_utm_tags() -> None:
         ("bing.com", None, None, None, "organic_search"),
         ("duckduckgo.com", None, None, None, "organic_search"),
         ("com.google.android.googlequicksearchbox", None, None, None, "organic_search"),
-        ("docs.google.com", None, None, None, "referral"),
+        ("drive.google.com", None, None, None, "referral"),  # a known non-search Google page
         ("mail.google.com", None, None, None, "email"),
         ("com.google.android.gm", None, None, None, "email"),
         ("l.facebook.com", None, None, None, "organic_social"),
@@ -180,7 +180,13 @@ def test_attribution_reads_tags_from_context_page_search() -> None:
 
 def test_navigation_inside_the_site_carries_no_channel() -> None:
     internal = attribute("https://shop.example/b", None, "https://www.shop.example/a", None)
-    assert (internal.referrer_domain, internal.channel) == ("shop.example", None)
+    assert (internal.referrer_domain, internal.channel) == (None, None)  # not a referrer
+    # A subdomain of the site, or the site from a subdomain, is the site too.
+    for page, referrer in (
+        ("https://shop.example/b", "https://blog.shop.example/post"),
+        ("https://app.shop.example/", "https://shop.example/pricing"),
+    ):
+        assert attribute(page, None, referrer, None)[:2] == (None, None)
     # ...unless the link was tagged.
     tagged = attribute(
         "https://shop.example/b?utm_source=banner", None, "https://shop.example/a", None

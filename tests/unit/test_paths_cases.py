@@ -52,7 +52,7 @@ def test_nodes_are_step_indexed_and_edges_count_occurrences_not_persons() -> Non
     result = paths(events)
     assert edges(result) == {"1_/ -> 2_/pricing": 2, "2_/pricing -> 3_/signup": 1}
     assert nodes(result) == {"1_/": (2, 0), "2_/pricing": (2, 1), "3_/signup": (1, 1)}
-    assert (result.sessions, result.persons) == (2, 1)
+    assert (result.paths, result.persons) == (2, 1)
 
 
 def test_cleaning_rules_trailing_slashes_and_repeats() -> None:
@@ -68,7 +68,31 @@ def test_start_point_cuts_everything_before_its_first_match() -> None:
     events += session("q", "s2", at(10), "/", "/docs")  # never reaches the start point
     result = paths(events, start_point="/pricing", steps=3)
     assert edges(result) == {"1_/pricing -> 2_/signup": 1, "2_/signup -> 3_/pricing": 1}
-    assert result.sessions == 1
+    assert result.paths == 1
+
+
+def test_start_and_end_points_are_normalised_like_the_labels() -> None:
+    events = session("p", "s1", at(0), "/", "/user/12/", "/pricing", "/signup")
+    rules = [CleaningRule(r"^/user/\d+$", "/user/:id")]
+    result = paths(events, start_point="/user/7/", end_point="/pricing/", cleaning_rules=rules)
+    assert edges(result) == {"1_/user/:id -> 2_/pricing": 1}
+
+
+def test_per_person_a_path_runs_across_the_persons_sessions() -> None:
+    # p's two sessions: / -> /pricing, then /pricing -> /signup (a repeat across sessions
+    # collapses too); q has one.
+    events = session("p", "s1", at(0), "/", "/pricing") + session(
+        "p", "s2", at(120), "/pricing", "/signup"
+    )
+    events += session("q", "s3", at(10), "/", "/docs")
+    result = paths(events, per="person")
+    assert edges(result) == {
+        "1_/ -> 2_/pricing": 1,
+        "2_/pricing -> 3_/signup": 1,
+        "1_/ -> 2_/docs": 1,
+    }
+    assert (result.paths, result.persons) == (2, 2)
+    assert nodes(result)["3_/signup"] == (1, 1)
 
 
 def test_end_point_keeps_the_steps_leading_to_it() -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from libs.common.rollup_keys import DAY, HOUR, WEEK, bucket_start
 from services.query.buckets import RollupPiece, output_buckets, rollup_pieces
 
@@ -48,7 +51,9 @@ def test_first_and_last_buckets_are_clipped_to_the_range() -> None:
     start = datetime(2025, 3, 5, 10, tzinfo=UTC)
     end = datetime(2025, 3, 20, 6, tzinfo=UTC)
     buckets = output_buckets(start, end, "week", UTC_ZONE)
-    assert buckets.labels[0] == datetime(2025, 3, 3, tzinfo=UTC)  # Monday of the first week
+    # The first week began on Monday 3 March, before the range: it is labelled with `from`.
+    assert buckets.labels[0] == start
+    assert buckets.labels[1] == datetime(2025, 3, 10, tzinfo=UTC)
     assert buckets.bounds[0] == start and buckets.bounds[-1] == end
     assert len(buckets) == 3
 
@@ -87,3 +92,23 @@ def test_half_hour_zones_and_partial_hours_cannot_use_rollups() -> None:
     assert rollup_pieces(output_buckets(start, end, "day", kolkata)) is None
     partial = datetime(2025, 3, 1, 10, 30, tzinfo=UTC)
     assert rollup_pieces(output_buckets(partial, end, "day", UTC_ZONE)) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    start=st.datetimes(datetime(2020, 1, 1), datetime(2030, 1, 1), timezones=st.just(UTC)),
+    hours=st.integers(1, 24 * 120),
+    interval=st.sampled_from(["hour", "day", "week", "month"]),
+    zone=st.sampled_from(["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"]),
+)
+def test_every_bucket_label_lies_in_the_range_and_bounds_tile_it(
+    start: datetime, hours: int, interval: str, zone: str
+) -> None:
+    end = start + timedelta(hours=hours)
+    if interval == "hour" and hours > 24 * 20:
+        end = start + timedelta(hours=24 * 20)
+    buckets = output_buckets(start, end, interval, ZoneInfo(zone))
+    assert buckets.bounds[0] == start and buckets.bounds[-1] == end
+    assert all(a < b for a, b in zip(buckets.bounds, buckets.bounds[1:], strict=False))
+    assert all(start <= label < end for label in buckets.labels)
+    assert buckets.labels == sorted(set(buckets.labels))

@@ -229,7 +229,7 @@ def test_average_is_weighted_by_cohort_size_over_begun_periods() -> None:
 @pytest.mark.parametrize(
     ("options", "field"),
     [
-        ({"period": "hour"}, "period"),
+        ({"period": "quarter"}, "period"),
         ({"intervals": 0}, "intervals"),
         ({"week_start": "friday"}, "week_start"),
         ({"mode": "sometimes"}, "mode"),

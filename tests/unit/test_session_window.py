@@ -183,7 +183,7 @@ CASES = [
         "campaign split: a direct start takes the first campaign that arrives",
         CAMPAIGN,
         [
-            ev("a", 0 * M, name="$identify"),
+            ev("a", 0 * M, name="$identify", url=SITE),  # browsers send the page along
             ev("b", 1 * M, url=SITE, utm_source="google"),
             ev("c", 2 * M, url=SITE, utm_source="bing"),
         ],
@@ -241,10 +241,10 @@ CASES = [
         UTC_RULES,
         [
             ev("a", 0 * M),
-            ev("h1", 25 * M, name="heartbeat", non_interactive=True),
-            ev("h2", 50 * M, name="heartbeat", non_interactive=True),
+            ev("h1", 25 * M, name="heartbeat", non_interactive=True, url=SITE),
+            ev("h2", 50 * M, name="heartbeat", non_interactive=True, url=SITE),
             ev("b", 70 * M),
-            ev("h3", 101 * M, name="heartbeat", non_interactive=True),  # 31 min idle: new
+            ev("h3", 101 * M, name="heartbeat", non_interactive=True, url=SITE),  # 31 min: new
         ],
         [["a", "h1", "h2", "b"], ["h3"]],
     ),
@@ -500,3 +500,87 @@ def test_an_ordinal_beyond_the_replicas_is_a_configuration_error() -> None:
     settings = SessionizerSettings(replicas=2, ordinal=2)
     with pytest.raises(SettingsError, match="below STRATA_REPLICAS=2"):
         owned_partitions(settings)
+
+
+def stamped(events: list[EventV1], rules: SessionRules = UTC_RULES) -> dict[str, EventV1]:
+    """event id -> the event as published, each event arriving as its own raw message."""
+    state = PartitionSessions()
+    out: dict[str, EventV1] = {}
+    for seq, event in enumerate(events, start=1):
+        for published in sessionize_batch(state, [event], seq, lambda _: rules).events:
+            out[published.event_id] = published
+    return out
+
+
+GOOGLE = {
+    "referrer": "https://www.google.com/",
+    "referrer_domain": "google.com",
+    "channel": "organic_search",
+    "properties": {"$search_engine": "Google"},
+}
+
+
+def test_every_event_of_a_session_carries_its_source() -> None:
+    events = stamped(
+        [
+            ev("a", 0 * M, url=SITE, **GOOGLE),
+            ev("b", 1 * M, url=SITE + "p2", referrer=SITE),  # navigation inside the site
+            ev("c", 2 * M, name="signup", url=SITE + "p2", properties={"plan": "pro"}),
+            ev("d", 3 * M, url=SITE, channel="referral", referrer_domain="news.example"),
+        ]
+    )
+    for event_id in "abcd":
+        event = events[event_id]
+        assert (event.channel, event.referrer_domain, event.referrer) == (
+            "organic_search",
+            "google.com",
+            "https://www.google.com/",
+        ), event_id
+        assert event.properties.get("$search_engine") == "Google"
+    assert events["c"].properties["plan"] == "pro"  # the event's own properties stay
+
+
+def test_a_session_whose_first_page_view_brings_no_source_is_direct() -> None:
+    # 40 minutes idle, then navigation inside the site: a new session, from no source.
+    events = stamped(
+        [
+            ev("a", 0 * M, url=SITE, **GOOGLE),
+            ev("b", 40 * M, url=SITE + "p2", referrer=SITE),
+            ev("c", 41 * M, url=SITE + "p3", referrer=SITE + "p2"),
+        ]
+    )
+    assert events["b"].session_id != events["a"].session_id
+    assert [(events[i].channel, events[i].referrer_domain) for i in "bc"] == [
+        ("direct", None),
+        ("direct", None),
+    ]
+
+
+def test_a_late_earlier_event_with_a_source_becomes_the_sessions_source() -> None:
+    events = stamped(
+        [
+            ev("b", 2 * M, url=SITE + "p2", referrer=SITE),
+            ev("a", 1 * M, url=SITE, **GOOGLE),  # arrives late, happened first
+            ev("c", 3 * M, url=SITE + "p3", referrer=SITE),
+        ]
+    )
+    assert events["b"].channel == "direct"  # published before the source was known
+    assert (events["a"].channel, events["c"].channel) == ("organic_search", "organic_search")
+
+
+def test_server_side_events_join_an_open_session_and_never_start_one() -> None:
+    server = {"name": "invoice_paid", "person": "u1"}
+    events = stamped(
+        [
+            ev("s1", 0 * M, **server),  # no visit of u1's device is open: no session
+            ev("p", 10 * M, person="u1", url=SITE, **GOOGLE),
+            ev("s2", 15 * M, **server),  # joins the open visit, and carries its source
+            ev("s3", 60 * M, **server),  # 45 minutes after the visit: none again
+        ]
+    )
+    assert events["s1"].session_id is None and events["s3"].session_id is None
+    assert events["s2"].session_id == events["p"].session_id
+    assert events["s2"].channel == "organic_search"
+    # A mobile app's event has a device: it starts a session as a visit would.
+    app = stamped([ev("m", 0 * M, name="opened", os="iOS", device_type="mobile")])
+    assert app["m"].session_id is not None

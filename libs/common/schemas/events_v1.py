@@ -71,7 +71,8 @@ class EventV1(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
     @property
     def person_key(self) -> str:
-        """The identity used for unique counts at write time: the user id once known."""
+        """The user id once known, else the device key. Not what visitor counts use: they
+        count devices (`distinct_id`); analyses resolve persons through aliases."""
         return self.user_id or self.distinct_id
 
 

@@ -174,6 +174,18 @@
     return found;
   };
   const text = el => (el.innerText || el.value || '').trim().slice(0, 100);
+  // The clicked element and its ancestors, root first: "body > form#signup > button.btn.primary"
+  // (classes sorted; ids and classes outside [A-Za-z0-9_-] left out), for selector matching.
+  const plain = /^[A-Za-z0-9_-]+$/;
+  const chain = el => {
+    const out = [];
+    for (; el && el.tagName && out.length < 8; el = el.parentElement) {
+      const classes = [...el.classList].filter(c => plain.test(c)).sort().slice(0, 8);
+      out.unshift(el.tagName.toLowerCase() + (plain.test(el.id) ? '#' + el.id : '') +
+        classes.map(c => '.' + c).join(''));
+    }
+    return out.join(' > ');
+  };
   on(d, 'click', e => {
     const target = e.target.closest ? e.target : e.target.parentElement;
     if (!target) return;
@@ -184,7 +196,8 @@
       track('$outbound_click', { url: link.href, text: text(link) });
     } else if (autocapture && !tagged) {
       const el = target.closest('a,button,input[type=submit],[role=button]');
-      if (el) track('$click', { tag: el.tagName.toLowerCase(), text: text(el), id: el.id, href: el.href });
+      if (el) track('$click', { tag: el.tagName.toLowerCase(), text: text(el), id: el.id, href: el.href,
+        $elements: chain(el) });
     }
   }, true);
   on(d, 'submit', e => {

@@ -15,6 +15,7 @@ from datetime import datetime
 import duckdb
 
 from libs.common.rollup_keys import EVENT_DIMENSIONS, NONE_VALUE
+from libs.common.schemas.events_v1 import ALIAS, GROUP, IDENTIFY
 from services.query.analyses.requests import Condition, EventMatch, PropertyValue
 from services.query.metric_query import SqlParams
 from services.query.params import EVENT_NAME_DIMENSION, Filters, ParamError
@@ -40,12 +41,27 @@ EVENT_COLUMNS = (
 )
 PERSON_PREFIX = "person."
 PROPERTIES_PREFIX = "properties."
+# The clicked element and its ancestors as the tracker records a `$click` (its `$elements`
+# property: "body > form#signup > button.btn.primary", root first, classes sorted).
+ELEMENT_PROPERTY = "element"
+ELEMENTS_KEY = "$elements"
+# An event match that any action satisfies: every event but the identity bookkeeping calls.
+ANY_EVENT = "$any"
+# Identity calls are bookkeeping, not actions (they never break a strict funnel either).
+NON_ACTION_EVENTS = (IDENTIFY, ALIAS, GROUP)
 
 EQUALITY_OPERATORS = ("eq", "neq")
 TEXT_OPERATORS = ("contains", "not_contains", "regex", "not_regex")
 NUMERIC_OPERATORS = ("gt", "gte", "lt", "lte")
 PRESENCE_OPERATORS = ("is_set", "is_not_set")
-OPERATORS = (*EQUALITY_OPERATORS, *TEXT_OPERATORS, *NUMERIC_OPERATORS, *PRESENCE_OPERATORS)
+SELECTOR_OPERATOR = "selector"
+OPERATORS = (
+    *EQUALITY_OPERATORS,
+    *TEXT_OPERATORS,
+    *NUMERIC_OPERATORS,
+    *PRESENCE_OPERATORS,
+    SELECTOR_OPERATOR,
+)
 _NUMERIC_SQL = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 _KEY = re.compile(r'^[^"\\\x00-\x1f]+$')
 
@@ -67,6 +83,8 @@ def property_ref(field: str, raw: str) -> PropertyRef:
     """Resolve a property name; a ParamError names `field` when it is malformed."""
     if raw in EVENT_COLUMNS:
         return PropertyRef("column", (raw,))
+    if raw == ELEMENT_PROPERTY:
+        return PropertyRef("event", (ELEMENTS_KEY,))
     if raw.startswith(PERSON_PREFIX):
         ref = PropertyRef("person", tuple(raw[len(PERSON_PREFIX) :].split(".")))
     elif raw.startswith(PROPERTIES_PREFIX):
@@ -137,6 +155,60 @@ def check_replacement(field: str, pattern: str, replacement: str) -> None:
         ) from None
 
 
+_NAME = "[A-Za-z0-9_-]+"
+_COMPOUND_PART = re.compile(r"([#.])([A-Za-z0-9_-]+)")
+_TAG = re.compile(r"^(\*|[A-Za-z][A-Za-z0-9-]*)")
+
+
+def _compound_regex(field: str, compound: str) -> str:
+    """RE2 for one element token matching a compound selector `tag#id.class...`."""
+    tag_match = _TAG.match(compound)
+    tag = tag_match.group(1) if tag_match else None
+    rest = compound[tag_match.end() :] if tag_match else compound
+    ids: list[str] = []
+    classes: list[str] = []
+    position = 0
+    for part in _COMPOUND_PART.finditer(rest):
+        if part.start() != position:
+            break
+        (ids if part.group(1) == "#" else classes).append(part.group(2))
+        position = part.end()
+    if position != len(rest) or len(ids) > 1 or not (tag or ids or classes):
+        raise ParamError(
+            f"{field}.value",
+            f"{compound!r} is not a supported selector part: tag, #id and .class"
+            " (e.g. button#buy.primary), joined by spaces or >",
+        )
+    sql = tag.lower() if tag and tag != "*" else "[a-z0-9-]+"
+    sql += f"#{ids[0]}" if ids else f"(?:#{_NAME})?"
+    sql += f"(?:\\.{_NAME})*"
+    for name in sorted(classes):  # the tracker records classes sorted
+        sql += f"\\.{name}(?:\\.{_NAME})*"
+    return sql
+
+
+def selector_regex(field: str, selector: str) -> str:
+    """A CSS-like selector (compound parts `tag#id.class`, descendant ` ` and child `>`
+    combinators) as an RE2 over an element chain; the last part is the clicked element."""
+    tokens = selector.replace(">", " > ").split()
+    if not tokens or tokens[0] == ">" or tokens[-1] == ">":
+        raise ParamError(f"{field}.value", f"{selector!r} is not a selector (e.g. form button.buy)")
+    regex = "^(?:.* > )?"
+    child = False
+    first = True
+    for token in tokens:
+        if token == ">":
+            if child:
+                raise ParamError(f"{field}.value", f"{selector!r} has two > in a row")
+            child = True
+            continue
+        if not first:
+            regex += " > " if child else " > (?:.* > )?"
+        regex += _compound_regex(field, token)
+        child, first = False, False
+    return regex + "$"
+
+
 def condition_sql(field: str, cond: Condition, params: SqlParams) -> str:
     """A boolean SQL expression (never NULL) for one condition; `field` names it in errors."""
     if cond.operator not in OPERATORS:
@@ -149,6 +221,14 @@ def condition_sql(field: str, cond: Condition, params: SqlParams) -> str:
     op = cond.operator
     if op in PRESENCE_OPERATORS:
         return f"({text} IS {'NOT ' if op == 'is_set' else ''}NULL)"
+    if op == SELECTOR_OPERATOR:
+        if cond.property != ELEMENT_PROPERTY or not isinstance(cond.value, str):
+            raise ParamError(
+                f"{field}.operator",
+                "selector matches the clicked element: property element, value a selector",
+            )
+        regex = selector_regex(field, cond.value)
+        return f"coalesce(regexp_matches({text}, {params.add(regex)}), false)"
     values = _values(field, cond)
     if op in EQUALITY_OPERATORS:
         matches = " OR ".join(_scalar_sql(text, v, params) for v in values)
@@ -188,7 +268,11 @@ def event_match_sql(field: str, match: EventMatch, params: SqlParams) -> str:
     """`e` is this event with these conditions."""
     if not match.event:
         raise ParamError(f"{field}.event", "must name an event")
-    name = f"e.name = {params.add(match.event)}"
+    if match.event == ANY_EVENT:
+        names = ", ".join(params.add(n) for n in NON_ACTION_EVENTS)
+        name = f"e.name NOT IN ({names})"
+    else:
+        name = f"e.name = {params.add(match.event)}"
     if not match.conditions:
         return name
     return f"({name} AND {conditions_sql(f'{field}.conditions', match.conditions, params)})"

@@ -47,6 +47,7 @@ from services.query.analyses.funnels import (
     FunnelCounts,
     FunnelQuery,
     FunnelSpec,
+    TimeToConvert,
     check_persons_page,
     decode_cursor,
     encode_cursor,
@@ -67,6 +68,7 @@ from services.query.analyses.requests import (
     PathsRequest,
     RetentionRequest,
     decode_body,
+    mentions_all,
     parse_body_filters,
     parse_range,
 )
@@ -76,6 +78,7 @@ from services.query.analyses.responses import (
     CohortPersons,
     CohortRecord,
     CohortRef,
+    ConversionTimeBin,
     ExperimentGoalEcho,
     ExperimentResponse,
     FunnelBreakdown,
@@ -93,6 +96,7 @@ from services.query.analyses.responses import (
     RetentionResponse,
     SavedDefinition,
     SrmResult,
+    TimeToConvertResult,
     VariantResult,
 )
 from services.query.analyses.retention import (
@@ -104,8 +108,10 @@ from services.query.analyses.retention import (
 )
 from services.query.analyses.scans import RequestScans, ScanLike, in_thread, scan_opener
 from services.query.auth import authorized_project, project_access
-from services.query.dependencies import DEPS, ApiError
+from services.query.dependencies import DEPS, ApiError, QueryDeps
+from services.query.freshness import freshness
 from services.query.params import Filters, ParamError, TimeWindow, parse_int, single
+from services.query.relative_periods import first_event_at
 from services.query.responses import json_encoder
 
 API = "/api/v1/analytics"
@@ -137,7 +143,7 @@ class Analysis:
     filters: Filters
     request: AnalysisRequest
     scans: RequestScans
-    pool: asyncpg.Pool
+    deps: QueryDeps
     now: datetime
     cohort_members: list[tuple[saved.SavedVersion, pa.Table]]
 
@@ -156,9 +162,14 @@ class Analysis:
             cohort_tables=tuple(tables),
         )
 
-    def header(self) -> dict[str, Any]:
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self.deps.pool
+
+    async def header(self) -> dict[str, Any]:
         tz = self.window.tz
         return {
+            "freshness": await freshness(self.deps, self.project_id, self.now),
             "tiers": self.scans.tiers(),
             "from_": self.window.start.astimezone(tz),
             "to": self.window.end.astimezone(tz),
@@ -175,9 +186,10 @@ class Analysis:
 
 async def _begin(request: web.Request, body: AnalysisRequest, project_id: str) -> Analysis:
     now = now_utc()
-    window = parse_range(body, now)
-    filters = parse_body_filters(body)
     deps = request.app[DEPS]
+    history = await first_event_at(deps.pool, project_id) if mentions_all(body) else None
+    window = parse_range(body, now, history)
+    filters = parse_body_filters(body)
     scans = RequestScans(
         scan_opener(request.app),
         deps,
@@ -185,7 +197,7 @@ async def _begin(request: web.Request, body: AnalysisRequest, project_id: str) -
         body.include_bots,
         allow_partial=body.allow_partial,
     )
-    analysis = Analysis(project_id, window, filters, body, scans, deps.pool, now, [])
+    analysis = Analysis(project_id, window, filters, body, scans, deps, now, [])
     try:
         analysis.cohort_members = await cohort_tables(scans, deps.pool, body.cohorts, now)
     except BaseException:
@@ -199,7 +211,12 @@ async def _begin(request: web.Request, body: AnalysisRequest, project_id: str) -
 
 
 def _rate(part: int, whole: int) -> float | None:
-    return part / whole if whole else None
+    """A share to 0.1 percentage point (three decimals), as every analysis rounds them."""
+    return round(part / whole, 3) if whole else None
+
+
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 def step_results(spec: FunnelSpec, counts: FunnelCounts) -> list[FunnelStepResult]:
@@ -220,8 +237,8 @@ def step_results(spec: FunnelSpec, counts: FunnelCounts) -> list[FunnelStepResul
                 conversion_from_previous=_rate(stats.count, previous),
                 drop_off=previous - stats.count,
                 drop_off_rate=_rate(previous - stats.count, previous) if k else 0.0,
-                median_time_from_previous_s=stats.median_s,
-                avg_time_from_previous_s=stats.avg_s,
+                median_time_from_previous_s=_seconds(stats.median_s),
+                avg_time_from_previous_s=_seconds(stats.avg_s),
             )
         )
     return out
@@ -254,7 +271,13 @@ async def post_funnels(request: web.Request) -> web.Response:
         con = scan.con
         result = await in_thread(
             lambda: run_funnel(
-                con, spec, scope, epoch_us(window.start), epoch_us(window.end), body.persons
+                con,
+                spec,
+                scope,
+                epoch_us(window.start),
+                epoch_us(window.end),
+                body.persons,
+                body.time_to_convert,
             )
         )
         breakdown = None
@@ -278,14 +301,31 @@ async def post_funnels(request: web.Request) -> web.Response:
             )
         unit = body.window.unit
         response = FunnelResponse(
-            **analysis.header(),
+            **await analysis.header(),
             order=spec.order,
             window=FunnelWindow(value=body.window.value, unit=unit, seconds=spec.window_s),
             steps=step_results(spec, result.total),
             breakdown=breakdown,
             persons=persons,
+            time_to_convert=_time_to_convert(result.time_to_convert),
         )
     return json_response(response)
+
+
+def _time_to_convert(histogram: TimeToConvert | None) -> TimeToConvertResult | None:
+    if histogram is None:
+        return None
+    return TimeToConvertResult(
+        from_step=histogram.from_step,
+        to_step=histogram.to_step,
+        persons=histogram.persons,
+        avg_s=_seconds(histogram.avg_s),
+        median_s=_seconds(histogram.median_s),
+        bins=[
+            ConversionTimeBin(from_s=b.from_s, to_s=b.to_s, persons=b.persons)
+            for b in histogram.bins
+        ],
+    )
 
 
 async def funnel_person_ids(
@@ -337,7 +377,7 @@ async def post_retention(request: web.Request) -> web.Response:
         result = await in_thread(lambda: run_retention(con, spec, plan, scope, now))
         tz = analysis.window.tz
         response = RetentionResponse(
-            **analysis.header(),
+            **await analysis.header(),
             period=spec.period,
             intervals=spec.intervals,
             week_start=spec.week_start,
@@ -348,14 +388,14 @@ async def post_retention(request: web.Request) -> web.Response:
                     period_start=row.start.astimezone(tz),
                     size=row.size,
                     counts=row.counts,
-                    percentages=[
-                        None if c is None else (c / row.size if row.size else None)
-                        for c in row.counts
-                    ],
+                    percentages=[None if c is None else _rate(c, row.size) for c in row.counts],
                 )
                 for row in result.rows
             ],
-            average_percentages=average_percentages(result, spec.intervals),
+            average_percentages=[
+                None if p is None else round(p, 3)
+                for p in average_percentages(result, spec.intervals)
+            ],
         )
     return json_response(response)
 
@@ -384,12 +424,14 @@ async def post_paths(request: web.Request) -> web.Response:
             lambda: run_paths(con, spec, scope, window.start, window.end, session_max)
         )
         response = PathsResponse(
-            **analysis.header(),
+            **await analysis.header(),
             steps=spec.steps,
             event_types=list(spec.event_types),
             start_point=spec.start_point,
             end_point=spec.end_point,
-            sessions=result.sessions,
+            per=spec.per,
+            paths=result.paths,
+            sessions=result.paths if spec.per == "session" else None,
             persons=result.persons,
             nodes=[
                 PathNodeResult(
@@ -558,6 +600,18 @@ async def post_experiment(request: web.Request) -> web.Response:
         data = await in_thread(
             lambda: experiment_data(con, spec, scope, epoch_us(window.start), epoch_us(window.end))
         )
+        if not any(d.exposures for d in data):
+            exposure = spec.exposure
+            raise ApiError(
+                404,
+                f"no exposures of experiment {spec.experiment!r} between "
+                f"{window.start.astimezone(window.tz).isoformat()} and "
+                f"{window.end.astimezone(window.tz).isoformat()}: exposures are "
+                f"{exposure.event!r} events whose property {exposure.experiment_property!r} is "
+                f"{spec.experiment!r} and {exposure.variant_property!r} names the variant "
+                "(send them when a person sees a variant, or set `exposure` to the event and "
+                "properties you send)",
+            )
         results = variant_results(spec, data)
         names = [r.variant for r in results]
         shares = spec.traffic_split or {v: 1.0 for v in names}
@@ -565,7 +619,7 @@ async def post_experiment(request: web.Request) -> web.Response:
         observed = {r.variant: r.exposures for r in results}
         srm = srm_check(observed, {v: shares.get(v, 0.0) / total_share for v in names})
         response = ExperimentResponse(
-            **analysis.header(),
+            **await analysis.header(),
             experiment=spec.experiment,
             control=spec.control,
             goal=ExperimentGoalEcho(

@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 import msgspec
 
-from libs.common.schemas.events_v1 import ALIAS, GROUP, IDENTIFY
 from services.query.analyses.conditions import (
+    ANY_EVENT,
+    NON_ACTION_EVENTS,
     EventScope,
     breakdown_sql,
     event_match_sql,
@@ -38,6 +40,7 @@ from services.query.analyses.requests import (
     FunnelRequest,
     FunnelStep,
     PersonsPage,
+    TimeToConvertSpec,
     check_choice,
     check_range,
 )
@@ -57,8 +60,6 @@ MAX_WINDOW_S = 366 * 86_400
 PERSON_STATUSES = ("converted", "dropped")
 MIN_STEPS, MAX_STEPS = 2, 20
 MAX_PERSONS_PAGE = 10_000
-# Identity calls are bookkeeping, not actions: they never break a strict funnel.
-NON_ACTION_EVENTS = (IDENTIFY, ALIAS, GROUP)
 _US = 1_000_000
 
 
@@ -121,6 +122,8 @@ def funnel_spec(request: FunnelRequest) -> FunnelSpec:
     if exclusions and order == "unordered":
         raise ParamError("exclusions", "exclusions need an ordered or strict funnel")
     check_range("breakdown_limit", request.breakdown_limit, 1, 1000)
+    conversion = request.time_to_convert
+    check_time_to_convert(conversion.from_step, conversion.to_step, conversion.bins, n)
     return FunnelSpec(
         steps=tuple(request.steps),
         order=order,
@@ -169,12 +172,51 @@ class FunnelCounts:
 
 
 @dataclass(frozen=True)
+class ConversionBin:
+    from_s: float  # inclusive
+    to_s: float  # exclusive, except the last bin's
+    persons: int
+
+
+@dataclass(frozen=True)
+class TimeToConvert:
+    """How long the persons who reached `to_step` took from `from_step` (their best attempt)."""
+
+    from_step: int
+    to_step: int
+    persons: int
+    avg_s: float | None
+    median_s: float | None
+    bins: list[ConversionBin]
+
+
+MAX_TIME_BINS = 90
+AUTO_TIME_BINS = 60
+
+
+def check_time_to_convert(from_step: int, to_step: int | None, bins: int | None, n: int) -> None:
+    check_range("time_to_convert.from_step", from_step, 1, n - 1)
+    if to_step is not None:
+        check_range("time_to_convert.to_step", to_step, from_step + 1, n)
+    if bins is not None:
+        check_range("time_to_convert.bins", bins, 1, MAX_TIME_BINS)
+
+
+@dataclass(frozen=True)
 class FunnelResult:
     total: FunnelCounts
     breakdown: list[tuple[str, FunnelCounts]]  # ranked by step-1 persons, at most the limit
     breakdown_truncated: bool
     persons: list[str] | None = None
     next_cursor: str | None = None
+    time_to_convert: TimeToConvert | None = None
+
+
+def _names_sql(params: SqlParams, events: set[str]) -> str:
+    """Rows that may match one of `events` (a cheap filter before the conditions)."""
+    if ANY_EVENT in events:
+        return "e.name NOT IN (" + ", ".join(params.add(n) for n in NON_ACTION_EVENTS) + ")"
+    return "e.name IN (" + ", ".join(params.add(n) for n in sorted(events)) + ")"
 
 
 class FunnelQuery:
@@ -219,8 +261,7 @@ class FunnelQuery:
             names = ", ".join(params.add(name) for name in NON_ACTION_EVENTS)
             where += f" AND NOT e.non_interactive AND e.name NOT IN ({names})"
         else:
-            names = ", ".join(params.add(name) for name in sorted({s.event for s in spec.steps}))
-            where += f" AND e.name IN ({names})"
+            where += " AND " + _names_sql(params, {s.event for s in spec.steps})
         persons_join = "LEFT JOIN persons pt ON pt.person_id = e.person_id" if joins_persons else ""
         rank = (
             "CASE "
@@ -249,15 +290,13 @@ class FunnelQuery:
             match = event_match_sql(f"exclusions[{i}]", x.match, params)
             masks.append(f"(CASE WHEN {match} THEN {1 << i} ELSE 0 END)")
             joins_persons |= needs_persons(x.match.conditions)
-        names = ", ".join(
-            params.add(n) for n in sorted({x.match.event for x in self.spec.exclusions})
-        )
+        names = _names_sql(params, {x.match.event for x in self.spec.exclusions})
         persons_join = "LEFT JOIN persons pt ON pt.person_id = e.person_id" if joins_persons else ""
         return f"""
             SELECT pid, t, xmask FROM (
                 SELECT e.person_id AS pid, epoch_us(e.ts) AS t, {" | ".join(masks)} AS xmask
                 FROM events_scan e {persons_join}
-                WHERE {self.scope.where(params)} AND e.name IN ({names})
+                WHERE {self.scope.where(params)} AND {names}
             ) WHERE xmask <> 0"""
 
     # -- attempts -------------------------------------------------------------------------
@@ -490,6 +529,47 @@ class FunnelQuery:
             breakdown = [(r[0], self._counts_of(r)) for r in rows[: self.spec.breakdown_limit]]
         return total, breakdown, truncated
 
+    def time_to_convert(
+        self, con: duckdb.DuckDBPyConnection, from_step: int, to_step: int, bins: int | None
+    ) -> TimeToConvert:
+        """The histogram of (t_to - t_from) over persons who reached `to_step`: equal bins of
+        whole seconds from the shortest time, the last bin holding the longest."""
+        seconds = f"(t{to_step} - t{from_step}) / 1e6"
+        where = f"reached >= {to_step}"
+        row = con.execute(
+            f"SELECT count(*), avg({seconds}), median({seconds}), min({seconds}), max({seconds})"
+            f" FROM {self.persons} WHERE {where}"
+        ).fetchone()
+        assert row is not None
+        persons, avg_s, median_s, shortest, longest = row
+        if not persons:
+            return TimeToConvert(from_step, to_step, 0, None, None, [])
+        count = bins or min(AUTO_TIME_BINS, max(1, math.ceil(math.sqrt(persons))))
+        lo = math.floor(shortest)
+        width = max(1, math.ceil((math.floor(longest) + 1 - lo) / count))
+        count = min(count, max(1, math.ceil((math.floor(longest) + 1 - lo) / width)))
+        counted = dict(
+            con.execute(
+                f"SELECT least(CAST(floor(({seconds} - {lo}) / {width}) AS BIGINT), {count - 1})"
+                f" AS b, count(*) FROM {self.persons} WHERE {where} GROUP BY b"
+            ).fetchall()
+        )
+        return TimeToConvert(
+            from_step=from_step,
+            to_step=to_step,
+            persons=int(persons),
+            avg_s=float(avg_s),
+            median_s=float(median_s),
+            bins=[
+                ConversionBin(
+                    from_s=float(lo + i * width),
+                    to_s=float(lo + (i + 1) * width),
+                    persons=int(counted.get(i, 0)),
+                )
+                for i in range(count)
+            ],
+        )
+
     def person_ids(
         self, con: duckdb.DuckDBPyConnection, page: PersonsPage | None, *, everyone: bool = False
     ) -> tuple[list[str], str | None]:
@@ -524,14 +604,20 @@ def run_funnel(
     start_us: int,
     end_us: int,
     page: PersonsPage | None = None,
+    conversion: TimeToConvertSpec | None = None,
 ) -> FunnelResult:
-    """The funnel's counts (and a page of persons) on a connection holding `events_scan`;
-    attempts start in [start_us, end_us), rows come from `scope`."""
+    """The funnel's counts, time-to-convert histogram (and a page of persons) on a
+    connection holding `events_scan`; attempts start in [start_us, end_us), rows come from
+    `scope`."""
     query = FunnelQuery(spec, scope)
     query.prepare(con, start_us, end_us)
     total, breakdown, truncated = query.counts(con)
+    conversion = conversion or TimeToConvertSpec()
+    histogram = query.time_to_convert(
+        con, conversion.from_step, conversion.to_step or spec.n, conversion.bins
+    )
     persons, cursor = (None, None)
     if page is not None:
         persons, cursor = query.person_ids(con, page)
     con.execute(f"DROP TABLE IF EXISTS {query.persons}")
-    return FunnelResult(total, breakdown, truncated, persons, cursor)
+    return FunnelResult(total, breakdown, truncated, persons, cursor, histogram)

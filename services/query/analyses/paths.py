@@ -19,11 +19,17 @@ import duckdb
 from libs.common.rollup_keys import NONE_VALUE
 from libs.common.schemas.events_v1 import PAGEVIEW
 from services.query.analyses.conditions import EventScope, check_regex, check_replacement
-from services.query.analyses.requests import CleaningRule, PathsRequest, check_range
+from services.query.analyses.requests import (
+    CleaningRule,
+    PathsRequest,
+    check_choice,
+    check_range,
+)
 from services.query.metric_query import SqlParams
 from services.query.params import ParamError
 
 EVENT_TYPES = ("pageview", "custom")
+PER = ("session", "person")
 MIN_STEPS, MAX_STEPS = 2, 20
 MAX_EDGES = 1000
 MAX_RULES = 50
@@ -37,6 +43,7 @@ class PathsSpec:
     end_point: str | None = None
     cleaning_rules: tuple[CleaningRule, ...] = ()
     edge_limit: int = 50
+    per: str = "session"
 
 
 def paths_spec(request: PathsRequest) -> PathsSpec:
@@ -68,6 +75,7 @@ def paths_spec(request: PathsRequest) -> PathsSpec:
         end_point=request.end_point,
         cleaning_rules=tuple(request.cleaning_rules),
         edge_limit=request.edge_limit,
+        per=check_choice("per", request.per, PER),
     )
 
 
@@ -89,7 +97,7 @@ class PathEdge:
 
 @dataclass(frozen=True)
 class PathsResult:
-    sessions: int
+    paths: int  # sessions, or persons with `per=person`
     persons: int
     nodes: list[PathNode]
     edges: list[PathEdge]
@@ -101,14 +109,27 @@ def _strip_slashes(sql: str) -> str:
     return f"coalesce(nullif(rtrim({sql}, '/'), ''), '/')"
 
 
-def _label_sql(spec: PathsSpec, params: SqlParams) -> str:
-    path = _strip_slashes("e.path")
+def _cleaned_sql(spec: PathsSpec, params: SqlParams, sql: str) -> str:
+    """A page path as its label: trailing slashes ignored, then the cleaning rules."""
+    path = _strip_slashes(sql)
     for rule in spec.cleaning_rules:
         path = (
             f"regexp_replace({path}, {params.add(rule.regex)}, {params.add(rule.replacement)}, 'g')"
         )
     if spec.cleaning_rules:
         path = _strip_slashes(path)
+    return path
+
+
+def _point_sql(spec: PathsSpec, params: SqlParams, point: str) -> str:
+    """A start or end point as a label: a page path (`/...`) normalised like the labels,
+    so `/pricing/` finds `/pricing`; an event name as given."""
+    value = params.add(point)
+    return _cleaned_sql(spec, params, value) if point.startswith("/") else value
+
+
+def _label_sql(spec: PathsSpec, params: SqlParams) -> str:
+    path = _cleaned_sql(spec, params, "e.path")
     page_label = f"CASE WHEN coalesce(e.path, '') = '' THEN '{NONE_VALUE}' ELSE {path} END"
     pageview = params.add(PAGEVIEW)
     return f"CASE WHEN e.name = {pageview} THEN {page_label} ELSE e.name END"
@@ -133,18 +154,24 @@ def run_paths(
     session_max: timedelta,
 ) -> PathsResult:
     """Paths of sessions whose first path event is in [start, end), on a connection holding
-    `events_scan` over [start - session_max, end + session_max)."""
+    `events_scan` over [start - session_max, end + session_max); with `per=person`, each
+    person's path events in [start, end) across their sessions."""
     params = SqlParams()
     label = _label_sql(spec, params)
-    where = scope.where(params, start=start - session_max)
+    if spec.per == "person":
+        where = scope.where(params, start=start) + f" AND e.ts < {params.add(end)}"
+        key = "e.person_id"
+    else:
+        where = scope.where(params, start=start - session_max) + " AND e.session_id IS NOT NULL"
+        key = "e.session_id"
     kinds = _type_sql(spec, params)
     lo, hi = params.add(start), params.add(end)
     steps = spec.steps
     start_idx = "1"
     if spec.start_point is not None:
-        start_idx = f"min(idx) FILTER (WHERE label = {params.add(spec.start_point)})"
+        start_idx = f"min(idx) FILTER (WHERE label = {_point_sql(spec, params, spec.start_point)})"
     end_idx = "NULL::BIGINT"  # (no end point: never read)
-    end_point = params.add(spec.end_point) if spec.end_point is not None else None
+    end_point = _point_sql(spec, params, spec.end_point) if spec.end_point is not None else None
     if end_point is not None:
         # The first end point at or after the start point (a window over the session).
         end_idx = (
@@ -162,9 +189,9 @@ def run_paths(
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE path_nodes AS
         WITH ev AS (
-            SELECT e.session_id AS sid, e.person_id AS pid, e.ts, e.event_id, {label} AS label
+            SELECT {key} AS sid, e.person_id AS pid, e.ts, e.event_id, {label} AS label
             FROM events_scan e
-            WHERE {where} AND e.session_id IS NOT NULL AND NOT e.non_interactive AND {kinds}
+            WHERE {where} AND NOT e.non_interactive AND {kinds}
         ), started AS (
             SELECT * FROM ev WHERE sid IN (
                 SELECT sid FROM ev GROUP BY sid HAVING min(ts) >= {lo} AND min(ts) < {hi})
@@ -190,7 +217,7 @@ def run_paths(
         ) WHERE idx >= lo AND idx <= hi""",
         params.values,
     )
-    sessions, persons = con.execute(
+    paths, persons = con.execute(
         "SELECT count(DISTINCT sid), count(DISTINCT pid) FROM path_nodes"
     ).fetchone() or (0, 0)
     edges_all = con.execute(
@@ -217,7 +244,7 @@ def run_paths(
         if (s, name) in shown
     ]
     return PathsResult(
-        sessions=int(sessions),
+        paths=int(paths),
         persons=int(persons),
         nodes=nodes,
         edges=edges,

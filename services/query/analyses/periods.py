@@ -1,14 +1,16 @@
-"""Calendar periods (day, week, month) aligned in a time zone, as UTC instants: a local day is
-23 or 25 hours across a daylight-saving change, a month is a calendar month."""
+"""Calendar periods (hour, day, week, month) aligned in a time zone, as UTC instants: a local
+day is 23 or 25 hours across a daylight-saving change, a month is a calendar month, an hour is
+an absolute hour starting on a local hour (XX:30 UTC in Asia/Kolkata)."""
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from services.query.buckets import local_midnight
 
-PERIODS = ("day", "week", "month")
+PERIODS = ("hour", "day", "week", "month")
+_HOUR = timedelta(hours=1)
 WEEK_STARTS = {"monday": 0, "sunday": 6}  # date.weekday() of the first day of a week
 
 
@@ -35,6 +37,14 @@ def period_starts(
 ) -> list[datetime]:
     """UTC starts of the periods from the one containing `start` through the one containing
     `last`, then `extra` more periods, then the end of the final one (so len = periods + 1)."""
+    if period == "hour":
+        # Absolute hours, as the metrics' hourly buckets: a repeated or skipped local hour at a
+        # daylight-saving change stays one hour.
+        hour = start.astimezone(tz).replace(minute=0, second=0, microsecond=0).astimezone(UTC)
+        hours = [hour]
+        while hours[-1] + _HOUR <= last:
+            hours.append(hours[-1] + _HOUR)
+        return hours + [hours[-1] + _HOUR * k for k in range(1, extra + 2)]
     day = period_floor(start.astimezone(tz).date(), period, week_start)
     last_day = period_floor(last.astimezone(tz).date(), period, week_start)
     days = [day]
@@ -48,5 +58,5 @@ def period_starts(
 def count_periods(start: datetime, last: datetime, period: str) -> int:
     """An upper bound of the periods between two instants, cheap to check before building."""
     days = (last - start).total_seconds() / 86_400
-    per = {"day": 1.0, "week": 7.0, "month": 28.0}[period]
+    per = {"hour": 1 / 24, "day": 1.0, "week": 7.0, "month": 28.0}[period]
     return int(days / per) + 2

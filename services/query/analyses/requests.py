@@ -11,6 +11,7 @@ import msgspec
 from multidict import MultiDict
 
 from services.query.params import Filters, ParamError, TimeWindow, parse_filters, parse_window
+from services.query.relative_periods import ALL
 
 PropertyValue = str | int | float | bool
 
@@ -40,6 +41,10 @@ class AnalysisRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     from_: str | None = msgspec.field(name="from", default=None)
     to: str | None = None
+    # A relative period (today, yesterday, 7d, 30d, month, last_month, 12mo, all) instead of
+    # from/to, as the query string's `period` (a body's `period` is retention's period length);
+    # from and to accept them too.
+    date_range: str | None = None
     timezone: str | None = None
     filters: list[str] = []
     include_bots: bool = False
@@ -76,6 +81,16 @@ class PersonsPage(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     cursor: str | None = None
 
 
+class TimeToConvertSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """The distribution of the time from `from_step` to `to_step` (default: first to last)
+    over the persons who reached `to_step`, in `bins` equal bins (default: about the square
+    root of those persons, at most 60)."""
+
+    from_step: int = 1
+    to_step: int | None = None
+    bins: int | None = None
+
+
 class FunnelRequest(AnalysisRequest, kw_only=True):
     steps: list[FunnelStep]
     order: str = "ordered"
@@ -84,6 +99,7 @@ class FunnelRequest(AnalysisRequest, kw_only=True):
     breakdown: str | None = None
     breakdown_limit: int = 25
     persons: PersonsPage | None = None
+    time_to_convert: TimeToConvertSpec = TimeToConvertSpec()
 
 
 class RetentionRequest(AnalysisRequest, kw_only=True):
@@ -108,6 +124,9 @@ class PathsRequest(AnalysisRequest, kw_only=True):
     end_point: str | None = None
     cleaning_rules: list[CleaningRule] = []
     edge_limit: int = 50
+    # A path per session (default) or per person (their path events of the range, across
+    # sessions).
+    per: str = "session"
 
 
 T = TypeVar("T")
@@ -143,15 +162,32 @@ def decode_body(body: bytes, request_type: type[T]) -> T:
         raise ParamError("body", f"not valid JSON: {exc}") from None
 
 
-def parse_range(request: AnalysisRequest, now: datetime) -> TimeWindow:
-    """`from`/`to`/`timezone` with the metrics endpoint's rules; default: the last 30 days."""
+def mentions_all(request: AnalysisRequest) -> bool:
+    """Whether the range starts at the project's first event (`all`)."""
+    return ALL in (request.date_range, request.from_, request.to)
+
+
+def parse_range(
+    request: AnalysisRequest, now: datetime, history_start: datetime | None = None
+) -> TimeWindow:
+    """`period` or `from`/`to`, and `timezone`, with the metrics endpoint's rules; default:
+    the last 30 days. `history_start`: the project's first event, for `all`."""
     query: MultiDict[str] = MultiDict()
-    for name, value in (("from", request.from_), ("to", request.to)):
+    for name, value in (
+        ("from", request.from_),
+        ("to", request.to),
+        ("period", request.date_range),
+    ):
         if value is not None:
             query[name] = value
     if request.timezone is not None:
         query["timezone"] = request.timezone
-    return parse_window(query, now, DEFAULT_ANALYSIS_DAYS)
+    try:
+        return parse_window(query, now, DEFAULT_ANALYSIS_DAYS, history_start)
+    except ParamError as exc:
+        if exc.param == "period":
+            raise ParamError("date_range", exc.problem.replace("period", "date_range")) from None
+        raise
 
 
 def parse_body_filters(request: AnalysisRequest) -> Filters:

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from services.query.analyses.scans import TierUsage
-from services.query.responses import MissingRange
+from services.query.responses import Freshness, MissingRange
 
 
 class AnalysisHeader(msgspec.Struct, kw_only=True):
@@ -22,6 +22,7 @@ class AnalysisHeader(msgspec.Struct, kw_only=True):
     cohorts: list[CohortRef]
     # Archived days left out (allow_partial=true only): the answer covers the other days.
     missing: list[MissingRange] = []
+    freshness: Freshness | None = None
 
 
 class CohortRef(msgspec.Struct, kw_only=True):
@@ -70,12 +71,31 @@ class FunnelWindow(msgspec.Struct, kw_only=True):
     seconds: int
 
 
+class ConversionTimeBin(msgspec.Struct, kw_only=True):
+    from_s: float  # inclusive
+    to_s: float  # exclusive (the last bin also holds its upper edge's persons)
+    persons: int
+
+
+class TimeToConvertResult(msgspec.Struct, kw_only=True):
+    """How long converting took: from `from_step` to `to_step`, over the persons who reached
+    `to_step` (at their best attempt), as equal bins of whole seconds."""
+
+    from_step: int
+    to_step: int
+    persons: int
+    avg_s: float | None
+    median_s: float | None
+    bins: list[ConversionTimeBin]
+
+
 class FunnelResponse(AnalysisHeader, kw_only=True):
     order: str
     window: FunnelWindow
     steps: list[FunnelStepResult]
     breakdown: FunnelBreakdown | None = None
     persons: FunnelPersons | None = None
+    time_to_convert: TimeToConvertResult | None = None
 
 
 class RetentionCohort(msgspec.Struct, kw_only=True):
@@ -114,7 +134,9 @@ class PathsResponse(AnalysisHeader, kw_only=True):
     event_types: list[str]
     start_point: str | None
     end_point: str | None
-    sessions: int
+    per: str  # session | person: what one path is
+    paths: int  # paths counted: sessions, or persons with per=person
+    sessions: int | None  # the sessions counted (null with per=person)
     persons: int
     nodes: list[PathNodeResult]
     edges: list[PathEdgeResult]

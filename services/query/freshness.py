@@ -1,0 +1,42 @@
+"""How fresh an answer is: the newest event stored for the project and what the aggregator has
+not written yet, so zeros right after a start-up read as "still arriving", not "nothing"."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+from services.query.dependencies import QueryDeps
+from services.query.responses import Freshness
+
+# The aggregator's durable consumer on the enriched stream (services/aggregator/consumer.py;
+# a test checks the two names agree).
+AGGREGATOR_CONSUMER = "aggregator"
+_CONSUMER_INFO_TIMEOUT_S = 0.5
+
+_NEWEST_EVENT = """
+SELECT greatest(
+    (SELECT max(ts) FROM events WHERE project_id = $1),
+    (SELECT max(max_ts) FROM day_files WHERE project_id = $1 AND state = 'active'))
+"""
+
+
+async def _pending_batches(deps: QueryDeps) -> int | None:
+    try:
+        info = await deps.nc.jetstream().consumer_info(
+            deps.subjects.enriched_stream,
+            AGGREGATOR_CONSUMER,
+            timeout=_CONSUMER_INFO_TIMEOUT_S,
+        )
+    except Exception:
+        return None
+    return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
+
+async def freshness(deps: QueryDeps, project_id: str, now: datetime) -> Freshness:
+    """The project's newest stored event and the aggregator's backlog at `now`."""
+    newest, pending = await asyncio.gather(
+        deps.pool.fetchval(_NEWEST_EVENT, project_id), _pending_batches(deps)
+    )
+    age = None if newest is None else round(max(0.0, (now - newest).total_seconds()), 1)
+    return Freshness(newest_event=newest, newest_event_age_s=age, pending_batches=pending)
