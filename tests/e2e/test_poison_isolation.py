@@ -94,6 +94,8 @@ def request_items(request: int) -> tuple[list[dict[str, Any]], set[str], set[str
             "userId": person,
             "messageId": message_id,
             "properties": {"n": n},
+            # Sent from a page, so every event belongs to a visit (server-side events need not).
+            "context": {"page": {"path": f"/step/{n}"}},
         }
         if n == 4:
             item["properties"]["note"] = "a\u0000b"  # rejected at ingest

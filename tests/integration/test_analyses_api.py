@@ -253,7 +253,8 @@ async def test_retention_and_paths_over_http(
 async def test_analyses_from_decades_back_read_only_the_days_that_hold_data(
     pool: asyncpg.Pool, nats_url: str, subjects: Subjects, shop: TestProject
 ) -> None:
-    """First-time retention scans all history, and any analysis may start in 1900: the scan
+    """First-time retention scans all history, and any analysis may start in 1970 (the earliest
+    date the API accepts): the scan
     reads the days that hold rows, not one statement term per calendar day."""
     async with query_client(pool, nats_url, subjects) as client:
         body = {
@@ -272,7 +273,7 @@ async def test_analyses_from_decades_back_read_only_the_days_that_hold_data(
             ("2025-05-06", [0, 0, 0]),
         ]
         status, answer = await post_json(
-            client, f"{API}/funnels", shop.read_key, {**FUNNEL, "from": "1900-01-01"}
+            client, f"{API}/funnels", shop.read_key, {**FUNNEL, "from": "1970-01-01"}
         )
         assert status == 200, answer
         assert [s["count"] for s in answer["steps"]] == [3, 2, 1]
