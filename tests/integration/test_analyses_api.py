@@ -254,8 +254,8 @@ async def test_analyses_from_decades_back_read_only_the_days_that_hold_data(
     pool: asyncpg.Pool, nats_url: str, subjects: Subjects, shop: TestProject
 ) -> None:
     """First-time retention scans all history, and any analysis may start in 1970 (the earliest
-    date the API accepts): the scan
-    reads the days that hold rows, not one statement term per calendar day."""
+    date the API accepts): the scan reads the days that hold rows, not one statement term per
+    calendar day."""
     async with query_client(pool, nats_url, subjects) as client:
         body = {
             "from": "2025-05-05",
