@@ -26,6 +26,11 @@ test *args:
 test-fast *args:
     @python -m pytest -q -p no:cacheprovider -m "not infra" "$@"
 
+# Rewrite the generated-SQL snapshots (tests/snapshots) from the code; review `git diff` after
+snapshots:
+    rm -f tests/snapshots/*.sql
+    STRATA_UPDATE_SNAPSHOTS=1 python -m pytest -q -p no:cacheprovider -m sql_snapshot
+
 # Lint and format check
 lint:
     ruff check .

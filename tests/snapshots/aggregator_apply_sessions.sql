@@ -1,0 +1,107 @@
+WITH ev AS (
+    SELECT * FROM (SELECT (j.e->>0)::text AS project_id, (j.e->>1)::text AS session_id, (j.e->>2)::text AS event_id, (j.e->>3)::timestamptz AS ts, (j.e->>4)::text AS name, (j.e->>5)::text AS path, (j.e->>6)::text AS distinct_id, (j.e->>7)::text AS user_id, (j.e->>8)::boolean AS non_interactive, (j.e->>9)::text AS referrer, (j.e->>10)::text AS referrer_domain, (j.e->>11)::text AS channel, (j.e->>12)::text AS utm_source, (j.e->>13)::text AS utm_medium, (j.e->>14)::text AS utm_campaign, (j.e->>15)::text AS browser, (j.e->>16)::text AS os, (j.e->>17)::text AS device_type, (j.e->>18)::text AS country, (j.e->>19)::boolean AS is_bot, j.ordinality FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS j(e, ordinality)) j
+), batch AS (
+    SELECT project_id, session_id,
+        count(*)::int AS events,
+        (count(*) FILTER (WHERE NOT non_interactive))::int AS interactive_events,
+        (count(*) FILTER (WHERE name = $2))::int AS pageviews,
+        max(ts) AS end_ts
+    FROM ev GROUP BY project_id, session_id
+), first AS (SELECT DISTINCT ON (project_id, session_id) * FROM ev WHERE true ORDER BY project_id, session_id, ts, event_id COLLATE "C"),
+first_user AS (SELECT DISTINCT ON (project_id, session_id) * FROM ev WHERE user_id <> '' ORDER BY project_id, session_id, ts, event_id COLLATE "C"),
+first_source AS (SELECT DISTINCT ON (project_id, session_id) * FROM ev WHERE channel <> '' ORDER BY project_id, session_id, ts, event_id COLLATE "C"),
+first_page AS (SELECT DISTINCT ON (project_id, session_id) * FROM ev WHERE name = $2 ORDER BY project_id, session_id, ts, event_id COLLATE "C"),
+last_page AS (SELECT DISTINCT ON (project_id, session_id) * FROM ev WHERE name = $2 ORDER BY project_id, session_id, ts DESC, event_id COLLATE "C" DESC),
+merged AS (
+    SELECT b.project_id, b.session_id,
+        CASE WHEN o.session_id IS NULL OR (f.ts, f.event_id COLLATE "C") < (o.start_ts, coalesce(o.start_event_id, '') COLLATE "C") THEN f.distinct_id ELSE o.distinct_id END AS distinct_id,
+        least(o.start_ts, f.ts) AS start_ts,
+        CASE WHEN o.session_id IS NULL OR (f.ts, f.event_id COLLATE "C") < (o.start_ts, coalesce(o.start_event_id, '') COLLATE "C") THEN f.event_id ELSE o.start_event_id END AS start_event_id,
+        greatest(o.end_ts, b.end_ts) AS end_ts,
+        coalesce(o.events, 0) + b.events AS events,
+        coalesce(o.interactive_events, 0) + b.interactive_events AS interactive_events,
+        coalesce(o.pageviews, 0) + b.pageviews AS pageviews,
+        CASE WHEN u.session_id IS NOT NULL AND (coalesce(o.user_id, '') = '' OR (o.user_ts IS NOT NULL AND (u.ts, u.event_id COLLATE "C") < (o.user_ts, coalesce(o.user_event_id, '') COLLATE "C"))) THEN u.user_id ELSE o.user_id END AS user_id, CASE WHEN u.session_id IS NOT NULL AND (coalesce(o.user_id, '') = '' OR (o.user_ts IS NOT NULL AND (u.ts, u.event_id COLLATE "C") < (o.user_ts, coalesce(o.user_event_id, '') COLLATE "C"))) THEN u.ts ELSE o.user_ts END AS user_ts, CASE WHEN u.session_id IS NOT NULL AND (coalesce(o.user_id, '') = '' OR (o.user_ts IS NOT NULL AND (u.ts, u.event_id COLLATE "C") < (o.user_ts, coalesce(o.user_event_id, '') COLLATE "C"))) THEN u.event_id ELSE o.user_event_id END AS user_event_id,
+        CASE WHEN fp.session_id IS NOT NULL AND (o.entry_ts IS NULL OR (fp.ts, fp.event_id COLLATE "C") < (o.entry_ts, coalesce(o.entry_event_id, '') COLLATE "C")) THEN fp.path ELSE o.entry_path END AS entry_path, CASE WHEN fp.session_id IS NOT NULL AND (o.entry_ts IS NULL OR (fp.ts, fp.event_id COLLATE "C") < (o.entry_ts, coalesce(o.entry_event_id, '') COLLATE "C")) THEN fp.ts ELSE o.entry_ts END AS entry_ts, CASE WHEN fp.session_id IS NOT NULL AND (o.entry_ts IS NULL OR (fp.ts, fp.event_id COLLATE "C") < (o.entry_ts, coalesce(o.entry_event_id, '') COLLATE "C")) THEN fp.event_id ELSE o.entry_event_id END AS entry_event_id,
+        CASE WHEN lp.session_id IS NOT NULL AND (o.exit_ts IS NULL OR (o.exit_ts, coalesce(o.exit_event_id, '') COLLATE "C") < (lp.ts, lp.event_id COLLATE "C")) THEN lp.path ELSE o.exit_path END AS exit_path, CASE WHEN lp.session_id IS NOT NULL AND (o.exit_ts IS NULL OR (o.exit_ts, coalesce(o.exit_event_id, '') COLLATE "C") < (lp.ts, lp.event_id COLLATE "C")) THEN lp.ts ELSE o.exit_ts END AS exit_ts, CASE WHEN lp.session_id IS NOT NULL AND (o.exit_ts IS NULL OR (o.exit_ts, coalesce(o.exit_event_id, '') COLLATE "C") < (lp.ts, lp.event_id COLLATE "C")) THEN lp.event_id ELSE o.exit_event_id END AS exit_event_id,
+        CASE WHEN src.session_id IS NOT NULL AND (o.channel IS NULL OR (src.ts, src.event_id COLLATE "C") < (coalesce(o.source_ts, o.start_ts), coalesce(o.source_event_id, '') COLLATE "C")) THEN src.referrer ELSE o.referrer END AS referrer, CASE WHEN src.session_id IS NOT NULL AND (o.channel IS NULL OR (src.ts, src.event_id COLLATE "C") < (coalesce(o.source_ts, o.start_ts), coalesce(o.source_event_id, '') COLLATE "C")) THEN src.referrer_domain ELSE o.referrer_domain END AS referrer_domain, CASE WHEN src.session_id IS NOT NULL AND (o.channel IS NULL OR (src.ts, src.event_id COLLATE "C") < (coalesce(o.source_ts, o.start_ts), coalesce(o.source_event_id, '') COLLATE "C")) THEN src.channel ELSE o.channel END AS channel, CASE WHEN src.session_id IS NOT NULL AND (o.channel IS NULL OR (src.ts, src.event_id COLLATE "C") < (coalesce(o.source_ts, o.start_ts), coalesce(o.source_event_id, '') COLLATE "C")) THEN src.utm_source ELSE o.utm_source END AS utm_source, CASE WHEN src.session_id IS NOT NULL AND (o.channel IS NULL OR (src.ts, src.event_id COLLATE "C") < (coalesce(o.source_ts, o.start_ts), coalesce(o.source_event_id, '') COLLATE "C")) THEN src.utm_medium ELSE o.utm_medium END AS utm_medium, CASE WHEN src.session_id IS NOT NULL AND (o.channel IS NULL OR (src.ts, src.event_id COLLATE "C") < (coalesce(o.source_ts, o.start_ts), coalesce(o.source_event_id, '') COLLATE "C")) THEN src.utm_campaign ELSE o.utm_campaign END AS utm_campaign, CASE WHEN src.session_id IS NOT NULL AND (o.channel IS NULL OR (src.ts, src.event_id COLLATE "C") < (coalesce(o.source_ts, o.start_ts), coalesce(o.source_event_id, '') COLLATE "C")) THEN src.ts ELSE o.source_ts END AS source_ts, CASE WHEN src.session_id IS NOT NULL AND (o.channel IS NULL OR (src.ts, src.event_id COLLATE "C") < (coalesce(o.source_ts, o.start_ts), coalesce(o.source_event_id, '') COLLATE "C")) THEN src.event_id ELSE o.source_event_id END AS source_event_id,
+        CASE WHEN o.session_id IS NULL OR (f.ts, f.event_id COLLATE "C") < (o.start_ts, coalesce(o.start_event_id, '') COLLATE "C") THEN f.browser ELSE o.browser END AS browser, CASE WHEN o.session_id IS NULL OR (f.ts, f.event_id COLLATE "C") < (o.start_ts, coalesce(o.start_event_id, '') COLLATE "C") THEN f.os ELSE o.os END AS os, CASE WHEN o.session_id IS NULL OR (f.ts, f.event_id COLLATE "C") < (o.start_ts, coalesce(o.start_event_id, '') COLLATE "C") THEN f.device_type ELSE o.device_type END AS device_type, CASE WHEN o.session_id IS NULL OR (f.ts, f.event_id COLLATE "C") < (o.start_ts, coalesce(o.start_event_id, '') COLLATE "C") THEN f.country ELSE o.country END AS country, CASE WHEN o.session_id IS NULL OR (f.ts, f.event_id COLLATE "C") < (o.start_ts, coalesce(o.start_event_id, '') COLLATE "C") THEN f.is_bot ELSE o.is_bot END AS is_bot,
+        o.session_id IS NOT NULL AS replaces,
+        o.start_ts AS old_start_ts, o.end_ts AS old_end_ts, o.is_bot AS old_is_bot, o.interactive_events AS old_interactive_events, o.pageviews AS old_pageviews, o.events AS old_events, o.entry_path AS old_entry_path, o.referrer_domain AS old_referrer_domain, o.channel AS old_channel, o.utm_source AS old_utm_source, o.utm_medium AS old_utm_medium, o.utm_campaign AS old_utm_campaign, o.browser AS old_browser, o.os AS old_os, o.device_type AS old_device_type, o.country AS old_country
+    FROM batch b
+    JOIN first f USING (project_id, session_id)
+    LEFT JOIN first_user u USING (project_id, session_id)
+    LEFT JOIN first_source src USING (project_id, session_id)
+    LEFT JOIN first_page fp USING (project_id, session_id)
+    LEFT JOIN last_page lp USING (project_id, session_id)
+    -- One primary-key probe per session (a subquery with FOR UPDATE is never flattened into a
+    -- hash join that would scan every session), locking the stored row.
+    LEFT JOIN LATERAL (
+        SELECT * FROM sessions s
+        WHERE s.project_id = b.project_id AND s.session_id = b.session_id
+        FOR UPDATE
+    ) o ON true
+), upserted AS (
+    INSERT INTO sessions AS s (project_id, session_id, distinct_id, user_id, start_ts, end_ts, events, interactive_events, pageviews, entry_path, entry_ts, exit_path, exit_ts, referrer, referrer_domain, channel, utm_source, utm_medium, utm_campaign, browser, os, device_type, country, is_bot, start_event_id, entry_event_id, exit_event_id, user_ts, user_event_id, source_ts, source_event_id)
+    SELECT project_id, session_id, distinct_id, user_id, start_ts, end_ts, events, interactive_events, pageviews, entry_path, entry_ts, exit_path, exit_ts, referrer, referrer_domain, channel, utm_source, utm_medium, utm_campaign, browser, os, device_type, country, is_bot, start_event_id, entry_event_id, exit_event_id, user_ts, user_event_id, source_ts, source_event_id FROM merged ORDER BY project_id, session_id
+    ON CONFLICT (project_id, session_id) DO UPDATE SET
+        distinct_id = excluded.distinct_id, user_id = excluded.user_id, start_ts = excluded.start_ts, end_ts = excluded.end_ts, events = excluded.events, interactive_events = excluded.interactive_events, pageviews = excluded.pageviews, entry_path = excluded.entry_path, entry_ts = excluded.entry_ts, exit_path = excluded.exit_path, exit_ts = excluded.exit_ts, referrer = excluded.referrer, referrer_domain = excluded.referrer_domain, channel = excluded.channel, utm_source = excluded.utm_source, utm_medium = excluded.utm_medium, utm_campaign = excluded.utm_campaign, browser = excluded.browser, os = excluded.os, device_type = excluded.device_type, country = excluded.country, is_bot = excluded.is_bot, start_event_id = excluded.start_event_id, entry_event_id = excluded.entry_event_id, exit_event_id = excluded.exit_event_id, user_ts = excluded.user_ts, user_event_id = excluded.user_event_id, source_ts = excluded.source_ts, source_event_id = excluded.source_event_id
+    RETURNING xmax = 0 AS created
+), counted AS (  -- what each session's new row and the row it replaces count
+    SELECT project_id, replaces,
+        start_ts, end_ts, is_bot, interactive_events, pageviews, events, entry_path, referrer_domain, channel, utm_source, utm_medium, utm_campaign, browser, os, device_type, country, old_start_ts, old_end_ts, old_is_bot, old_interactive_events, old_pageviews, old_events, old_entry_path, old_referrer_domain, old_channel, old_utm_source, old_utm_medium, old_utm_campaign, old_browser, old_os, old_device_type, old_country,
+        date_trunc('hour', start_ts, 'UTC') AS hour,
+        date_trunc('hour', old_start_ts, 'UTC') AS old_hour,
+        (interactive_events < 2)::int AS bounces,
+        (old_interactive_events < 2)::int AS old_bounces,
+        extract(epoch FROM end_ts - start_ts)::float8 AS duration_s,
+        extract(epoch FROM old_end_ts - old_start_ts)::float8 AS old_duration_s
+    FROM merged
+), contribution AS (  -- each session's new row counts +1, the row it replaces -1
+    SELECT project_id, hour, is_bot, entry_path, referrer_domain, channel, utm_source, utm_medium, utm_campaign, browser, os, device_type, country,
+        CASE WHEN stays THEN 0 ELSE 1 END AS sessions,
+        bounces - CASE WHEN stays THEN old_bounces ELSE 0 END AS bounces,
+        duration_s - CASE WHEN stays THEN old_duration_s ELSE 0 END AS duration_s,
+        pageviews - CASE WHEN stays THEN old_pageviews ELSE 0 END AS pageviews,
+        events - CASE WHEN stays THEN old_events ELSE 0 END AS events
+    FROM (SELECT *, replaces AND hour = old_hour AND is_bot IS NOT DISTINCT FROM old_is_bot AND entry_path IS NOT DISTINCT FROM old_entry_path AND referrer_domain IS NOT DISTINCT FROM old_referrer_domain AND channel IS NOT DISTINCT FROM old_channel AND utm_source IS NOT DISTINCT FROM old_utm_source AND utm_medium IS NOT DISTINCT FROM old_utm_medium AND utm_campaign IS NOT DISTINCT FROM old_utm_campaign AND browser IS NOT DISTINCT FROM old_browser AND os IS NOT DISTINCT FROM old_os AND device_type IS NOT DISTINCT FROM old_device_type AND country IS NOT DISTINCT FROM old_country AS stays FROM counted) c
+    UNION ALL
+    SELECT project_id, old_hour, old_is_bot, old_entry_path, old_referrer_domain, old_channel, old_utm_source, old_utm_medium, old_utm_campaign, old_browser, old_os, old_device_type, old_country,
+        -1, -old_bounces, -old_duration_s, -old_pageviews, -old_events
+    FROM counted WHERE replaces AND NOT (replaces AND hour = old_hour AND is_bot IS NOT DISTINCT FROM old_is_bot AND entry_path IS NOT DISTINCT FROM old_entry_path AND referrer_domain IS NOT DISTINCT FROM old_referrer_domain AND channel IS NOT DISTINCT FROM old_channel AND utm_source IS NOT DISTINCT FROM old_utm_source AND utm_medium IS NOT DISTINCT FROM old_utm_medium AND utm_campaign IS NOT DISTINCT FROM old_utm_campaign AND browser IS NOT DISTINCT FROM old_browser AND os IS NOT DISTINCT FROM old_os AND device_type IS NOT DISTINCT FROM old_device_type AND country IS NOT DISTINCT FROM old_country)
+), hourly AS (  -- by start hour first: days and weeks are then summed from far fewer rows
+    SELECT c.project_id, c.hour, c.is_bot AS bot, d.dim, d.value,
+        sum(c.sessions) AS sessions, sum(c.bounces) AS bounces,
+        sum(c.duration_s) AS duration_s, sum(c.pageviews) AS pageviews, sum(c.events) AS events
+    FROM contribution c CROSS JOIN LATERAL unnest(ARRAY['', 'page', 'referrer_domain', 'channel', 'utm_source', 'utm_medium', 'utm_campaign', 'browser', 'os', 'device_type', 'country'], ARRAY['', coalesce(nullif(c.entry_path, ''), '(none)'), coalesce(nullif(c.referrer_domain, ''), '(none)'), coalesce(nullif(c.channel, ''), '(none)'), coalesce(nullif(c.utm_source, ''), '(none)'), coalesce(nullif(c.utm_medium, ''), '(none)'), coalesce(nullif(c.utm_campaign, ''), '(none)'), coalesce(nullif(c.browser, ''), '(none)'), coalesce(nullif(c.os, ''), '(none)'), coalesce(nullif(c.device_type, ''), '(none)'), coalesce(nullif(c.country, ''), '(none)')]) AS d(dim, value)
+    GROUP BY 1, 2, 3, 4, 5
+), deltas AS (
+    SELECT c.project_id, g.g,
+        CASE g.g WHEN 'h' THEN c.hour ELSE date_trunc(g.unit, c.hour, 'UTC') END AS bucket,
+        c.dim, c.value, c.bot,
+        sum(c.sessions) AS sessions, sum(c.bounces) AS bounces,
+        sum(c.duration_s) AS duration_s, sum(c.pageviews) AS pageviews,
+        sum(c.events) AS events
+    FROM hourly c
+    CROSS JOIN (VALUES ('h', 'hour'), ('d', 'day'), ('w', 'week')) AS g(g, unit)
+    GROUP BY 1, 2, 3, 4, 5, 6
+), rolled AS (
+    INSERT INTO session_rollups AS r (project_id, granularity, bucket, dim, value, bot,
+                                      sessions, bounces, duration_s, pageviews, events)
+    SELECT project_id, g::"char", bucket, dim, value, bot,
+        sessions, bounces, duration_s, pageviews, events
+    FROM deltas
+    WHERE sessions <> 0 OR bounces <> 0 OR duration_s <> 0 OR pageviews <> 0 OR events <> 0
+    ORDER BY project_id, g, bucket, dim, value, bot
+    ON CONFLICT (project_id, granularity, bucket, dim, value, bot) DO UPDATE SET
+        sessions = r.sessions + excluded.sessions,
+        bounces = r.bounces + excluded.bounces,
+        duration_s = r.duration_s + excluded.duration_s,
+        pageviews = r.pageviews + excluded.pageviews,
+        events = r.events + excluded.events
+    RETURNING project_id, granularity::text AS g, bucket, dim, value, bot, sessions
+)
+SELECT (SELECT count(*) FROM merged WHERE NOT replaces) AS expected_new,
+    (SELECT count(*) FROM upserted WHERE created) AS created,
+    (SELECT jsonb_agg(jsonb_build_array(project_id, g, bucket, dim, value, bot))
+     FROM rolled WHERE sessions = 0) AS emptied

@@ -1,0 +1,24 @@
+"""The SQL the aggregator runs on every batch, kept as snapshots so a change to it is reviewed as
+SQL (tests/snapshots; `./just snapshots` rewrites them)."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.aggregator import writer
+from tests.support.sql_snapshots import assert_sql_snapshot
+
+pytestmark = pytest.mark.sql_snapshot
+
+
+@pytest.mark.parametrize(
+    ("name", "sql"),
+    [
+        ("aggregator_insert_new_events", writer._INSERT_NEW_EVENTS),
+        ("aggregator_read_rollups", writer._READ_ROLLUPS),
+        ("aggregator_upsert_rollups", writer._UPSERT_ROLLUPS),
+        ("aggregator_apply_sessions", writer._APPLY_SESSIONS),
+    ],
+)
+def test_aggregator_statements_match_their_snapshots(name: str, sql: str) -> None:
+    assert_sql_snapshot(name, sql)
