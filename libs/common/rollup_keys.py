@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-# Rollup granularities: hour, day, ISO week (Monday, UTC).
+# Rollup granularities: hour and day (UTC). Hourly rows hold totals only; daily rows hold
+# totals and every dimension. Weeks, months and years are merged from days when read. WEEK
+# remains a bucket unit (ISO week, Monday) for callers that group days by week.
 HOUR, DAY, WEEK = "h", "d", "w"
-GRANULARITIES = (HOUR, DAY, WEEK)
+GRANULARITIES = (HOUR, DAY)
 
 ALL_EVENTS = "*"  # the `name` of the rollup row over every event name
 TOTAL = ""  # the `dim` (and `value`) of the row without a breakdown
@@ -39,6 +41,11 @@ SESSION_DIMENSIONS: dict[str, str] = {
     "device_type": "device_type",
     "country": "country",
 }
+
+# Session rollups also count sessions by their exit page (the page they ended on), a
+# dimension of sessions only: events have no exit page.
+EXIT_PAGE = "exit_page"
+SESSION_ROLLUP_DIMENSIONS: dict[str, str] = {**SESSION_DIMENSIONS, EXIT_PAGE: "exit_path"}
 
 NONE_VALUE = "(none)"  # a missing dimension value is its own bucket, never dropped
 
