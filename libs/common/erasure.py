@@ -108,17 +108,18 @@ DELETE FROM session_rollups r USING {_DAYS}
 WHERE r.project_id = $1 AND r.bucket >= b.day AND r.bucket < b.day + interval '1 day'
 """
 # The sessions of the days, counted by the aggregator's own rules.
-_SESSION_CONTRIBUTIONS = f"""(
-    SELECT s.project_id, date_trunc('hour', s.start_ts, 'UTC') AS hour,
-        {", ".join(f"s.{c}" for c in SESSION_KEY_COLUMNS)}, {session_counters_sql("s")}
-    FROM {_DAYS}
-    JOIN sessions s ON s.project_id = $1
-        AND s.start_ts >= b.day AND s.start_ts < b.day + interval '1 day'
-)"""
 _INSERT_SESSION_ROLLUPS = f"""
 INSERT INTO session_rollups (project_id, granularity, bucket, dim, value, bot,
                              {", ".join(SESSION_ROLLUP_COUNTERS)})
-{session_rollup_rows_sql(_SESSION_CONTRIBUTIONS)}
+WITH contributions AS (
+    SELECT s.project_id, date_trunc('hour', s.start_ts, 'UTC') AS hour,
+        {", ".join(f"s.{c}" for c in SESSION_KEY_COLUMNS)},
+        {session_counters_sql("s")}
+    FROM {_DAYS}
+    JOIN sessions s ON s.project_id = $1
+        AND s.start_ts >= b.day AND s.start_ts < b.day + interval '1 day'
+)
+{session_rollup_rows_sql("contributions")}
 """
 
 

@@ -10,6 +10,10 @@ from datetime import UTC, datetime, timedelta
 # remains a bucket unit (ISO week, Monday) for callers that group days by week.
 HOUR, DAY, WEEK = "h", "d", "w"
 GRANULARITIES = (HOUR, DAY)
+# The rollups' coverage, which the metrics planner plans against: the granularities whose
+# rows hold totals, and those whose rows also hold one row per dimension value.
+TOTAL_GRANULARITIES = (HOUR, DAY)
+DIMENSION_GRANULARITIES = (DAY,)
 
 ALL_EVENTS = "*"  # the `name` of the rollup row over every event name
 TOTAL = ""  # the `dim` (and `value`) of the row without a breakdown

@@ -191,14 +191,16 @@ def session_counters_sql(session: str) -> str:
     )
 
 
-_SESSION_DIMENSION_VALUES = "unnest(ARRAY[{}], ARRAY[{}]) AS d(dim, value)".format(
-    ", ".join(f"'{dim}'" for dim in SESSION_ROLLUP_DIMENSIONS),
-    ", ".join(
-        f"coalesce(nullif(c.{col}, ''), '{NONE_VALUE}')"
-        for col in SESSION_ROLLUP_DIMENSIONS.values()
-    ),
+_SESSION_DIMENSION_VALUES = (
+    "unnest(\n    ARRAY[{}],\n    ARRAY[\n        {}\n    ]\n) AS d(dim, value)".format(
+        ", ".join(f"'{dim}'" for dim in SESSION_ROLLUP_DIMENSIONS),
+        ",\n        ".join(
+            f"coalesce(nullif(c.{col}, ''), '{NONE_VALUE}')"
+            for col in SESSION_ROLLUP_DIMENSIONS.values()
+        ),
+    )
 )
-_SUMS = ", ".join(f"sum(c.{counter}) AS {counter}" for counter in SESSION_ROLLUP_COUNTERS)
+_SUMS = ",\n    ".join(f"sum(c.{counter}) AS {counter}" for counter in SESSION_ROLLUP_COUNTERS)
 
 
 def session_rollup_rows_sql(contributions: str) -> str:
@@ -207,16 +209,19 @@ def session_rollup_rows_sql(contributions: str) -> str:
     project_id, hour (the session's start hour, UTC), SESSION_KEY_COLUMNS and signed counters.
     Its hour's total, its day's total and its day's row of each dimension's value."""
     return f"""SELECT c.project_id, '{HOUR}'::"char" AS granularity, c.hour AS bucket,
-    '{TOTAL}' AS dim, '{TOTAL}' AS value, c.is_bot AS bot, {_SUMS}
+    '{TOTAL}' AS dim, '{TOTAL}' AS value, c.is_bot AS bot,
+    {_SUMS}
 FROM {contributions} c
 GROUP BY c.project_id, c.hour, c.is_bot
 UNION ALL
 SELECT c.project_id, '{DAY}'::"char", date_trunc('day', c.hour, 'UTC'),
-    '{TOTAL}', '{TOTAL}', c.is_bot, {_SUMS}
+    '{TOTAL}', '{TOTAL}', c.is_bot,
+    {_SUMS}
 FROM {contributions} c
 GROUP BY c.project_id, date_trunc('day', c.hour, 'UTC'), c.is_bot
 UNION ALL
 SELECT c.project_id, '{DAY}'::"char", date_trunc('day', c.hour, 'UTC'),
-    d.dim, d.value, c.is_bot, {_SUMS}
+    d.dim, d.value, c.is_bot,
+    {_SUMS}
 FROM {contributions} c CROSS JOIN LATERAL {_SESSION_DIMENSION_VALUES}
 GROUP BY c.project_id, date_trunc('day', c.hour, 'UTC'), d.dim, d.value, c.is_bot"""

@@ -463,7 +463,7 @@ _TAKEN = ",\n        ".join(
 )
 # A replaced row that stays in the same buckets (the usual case: only its counters grew) nets
 # its -old/+new into one row of differences, so fewer rows are expanded into dimensions.
-_STAYS = " AND ".join(
+_STAYS = "\n        AND ".join(
     ["replaces", "hour = old_hour"]
     + [f"{c} IS NOT DISTINCT FROM old_{c}" for c in _CONTRIBUTION if c not in _COUNTERS]
 )

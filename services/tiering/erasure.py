@@ -311,7 +311,7 @@ async def recompute_week_rollups(
             ' events, visitors) SELECT p, g::"char", b, n, d, v, bot, e, s FROM unnest('
             "$1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],"
             " $7::bool[], $8::bigint[], $9::bytea[]) AS u(p, g, b, n, d, v, bot, e, s)",
-            *(list(column) for column in zip(*keys, strict=True)),
+            *([k[i] for k in keys] for i in range(7)),
             [tallies[k].events for k in keys],
             [sketches.sketch_of(sorted(tallies[k].persons)) for k in keys],
         )

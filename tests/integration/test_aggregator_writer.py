@@ -184,7 +184,7 @@ async def test_late_event_moves_the_session_to_its_new_start(pool: asyncpg.Pool)
         )
         assert tuple(bounce) == (1, 1)
 
-        # Sunday 23:55, the day (and week) before: the session now starts there, from a Google search.
+        # Sunday 23:55, the day before: the session now starts there, from a Google search.
         late = make_event(
             event_id="e-0",
             ts=monday - timedelta(minutes=10),
