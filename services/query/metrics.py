@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime
 from aiohttp import web
 from multidict import MultiMapping
 
+from libs.common.rollup_keys import EXIT_PAGE
 from services.query.analyses.metrics_endpoint import fill_custom_metrics, resolve_cohort_filter
 from services.query.auth import authorized_project
 from services.query.buckets import OutputBuckets, count_buckets, output_buckets
@@ -18,6 +19,7 @@ from services.query.dependencies import DEPS, SETTINGS
 from services.query.freshness import freshness
 from services.query.metric_query import (
     ALL,
+    SESSION_METRICS,
     SOURCE_CHOICES,
     SOURCE_EVENTS,
     SOURCE_ROLLUPS,
@@ -33,7 +35,7 @@ from services.query.metrics_from_events import read_events
 from services.query.metrics_from_rollups import read_rollups
 from services.query.params import (
     DEFAULT_RANGE_DAYS,
-    DIMENSIONS,
+    METRICS_DIMENSIONS,
     ParamError,
     TimeWindow,
     mentions_all,
@@ -163,13 +165,13 @@ def parse_metric_query(request: web.Request, project_id: str, window: TimeWindow
     query = request.query
     reject_unknown(query, METRICS_PARAMS)
     raw_breakdown = single(query, "breakdown")
-    return MetricQuery(
+    metric_query = MetricQuery(
         project_id=project_id,
         window=window,
         interval=parse_interval(query),
         metrics=parse_metric_names(single(query, "metrics")),
-        filters=parse_filters(query),
-        breakdown=parse_dimension("breakdown", raw_breakdown, DIMENSIONS)
+        filters=parse_filters(query, METRICS_DIMENSIONS),
+        breakdown=parse_dimension("breakdown", raw_breakdown, METRICS_DIMENSIONS)
         if raw_breakdown
         else None,
         include_bots=parse_bool(query, "include_bots"),
@@ -178,6 +180,15 @@ def parse_metric_query(request: web.Request, project_id: str, window: TimeWindow
         cohorts=tuple(query.getall("cohort", [])),
         allow_partial=parse_bool(query, "allow_partial"),
     )
+    if EXIT_PAGE in metric_query.attribute_dimensions:
+        others = [m for m in metric_query.metrics if m not in SESSION_METRICS]
+        if others:
+            raise ParamError(
+                "breakdown" if metric_query.breakdown == EXIT_PAGE else "filter",
+                f"{EXIT_PAGE} is a dimension of sessions: ask for session metrics only "
+                f"({', '.join(SESSION_METRICS)}), not {', '.join(others)}",
+            )
+    return metric_query
 
 
 def filter_echo(query: MetricQuery) -> list[FilterEcho]:
