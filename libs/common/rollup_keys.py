@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from libs.common.schemas.events_v1 import PAGEVIEW
+
 # Rollup granularities: hour and day (UTC). Hourly rows hold totals only; daily rows hold
 # totals and every dimension. Weeks, months and years are merged from days when read. WEEK
 # remains a bucket unit (ISO week, Monday) for callers that group days by week.
@@ -16,6 +18,10 @@ TOTAL_GRANULARITIES = (HOUR, DAY)
 DIMENSION_GRANULARITIES = (DAY,)
 
 ALL_EVENTS = "*"  # the `name` of the rollup row over every event name
+# The names whose daily rows also hold dimensions: all events and pageviews (what visitors,
+# pageviews and events by page, source or device read). Other names have totals only; their
+# breakdowns are answered from the events.
+DIMENSION_NAMES = (ALL_EVENTS, PAGEVIEW)
 TOTAL = ""  # the `dim` (and `value`) of the row without a breakdown
 
 # API dimension name -> event attribute. `page` is the event's path.

@@ -3,8 +3,9 @@ there (docs/storage.md, "Rollups"). One implementation, called by the aggregator
 write and by every recompute (erasure's event and session rollups), so a recompute can never
 rewrite history with different numbers.
 
-Shape: hourly rows hold totals only (per event name, bot or not); daily rows hold totals and
-one row per dimension value. Weeks, months and years are merged from days when read.
+Shape: hourly rows hold totals only (per event name, bot or not); daily rows hold totals and,
+for all events and for pageviews (DIMENSION_NAMES), one row per dimension value. Weeks, months
+and years are merged from days when read.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from libs.common.rollup_keys import (
     ALL_EVENTS,
     DAY,
+    DIMENSION_NAMES,
     EVENT_DIMENSIONS,
     HOUR,
     NONE_VALUE,
@@ -56,6 +58,7 @@ EVENT_ROLLUP_INPUT = (
     *EVENT_DIMENSIONS.values(),
 )
 _DIMENSIONS = tuple(EVENT_DIMENSIONS)
+_DIMENSION_NAMES = frozenset(DIMENSION_NAMES)
 event_rollup_input = operator.attrgetter(*EVENT_ROLLUP_INPUT)  # of an EventV1
 
 
@@ -124,36 +127,32 @@ def event_rollup_tallies(rows: Iterable[Sequence[Any]]) -> dict[RollupKey, Tally
     holds an event's `EVENT_ROLLUP_INPUT` values, in that order.
 
     An event counts under its own name and under ALL_EVENTS (once, when literally named "*"):
-    into its hour's total, its day's total and its day's row of each dimension's value (a
-    missing value is NONE_VALUE).
+    into its hour's total and its day's total; and, under the names of DIMENSION_NAMES, into
+    its day's row of each dimension's value (a missing value is NONE_VALUE).
     """
-    # Tally per (project, hour, name, bot) for totals and per (project, day, name, bot) for
-    # dimensions, then roll names up into ALL_EVENTS and hours into days; a person set shared
-    # by every key it is the whole of is built into a sketch once by the writer.
+    # Tally totals per (project, hour, name, bot) and dimensions per (project, day, name, bot)
+    # for the names that have them, then roll names up into ALL_EVENTS and hours into days; a
+    # person set shared by every key it is the whole of is built into a sketch once by the
+    # writer.
     buckets = _Buckets()
     hourly: dict[tuple[str, datetime, str, bool], Tally] = {}
     daily: dict[tuple[str, datetime, str, bool], list[dict[Any, Tally]]] = {}
     for project_id, ts, name, bot, person, *values in rows:
         hour = buckets.hour(ts)
         _count(hourly, (project_id, hour, name, bot), person)
-        head = (project_id, buckets.day(hour), name, bot)
-        dims = daily.get(head)
-        if dims is None:
-            dims = daily[head] = [{} for _ in _DIMENSIONS]
-        for tallies, value in zip(dims, values, strict=True):
-            _count(tallies, value, person)
+        day = buckets.day(hour)
+        for dimension_name in (ALL_EVENTS, name) if name in _DIMENSION_NAMES else (ALL_EVENTS,):
+            head = (project_id, day, dimension_name, bot)
+            dims = daily.get(head)
+            if dims is None:
+                dims = daily[head] = [{} for _ in _DIMENSIONS]
+            for tallies, value in zip(dims, values, strict=True):
+                _count(tallies, value, person)
+            if dimension_name == name:
+                break  # an event literally named "*" counts once, as all events
     for (project_id, hour, name, bot), tally in list(hourly.items()):
         if name != ALL_EVENTS:
             _merge_into(hourly, (project_id, hour, ALL_EVENTS, bot), tally)
-    for (project_id, day, name, bot), dims in list(daily.items()):
-        if name == ALL_EVENTS:
-            continue
-        all_dims = daily.get((project_id, day, ALL_EVENTS, bot))
-        if all_dims is None:
-            all_dims = daily[(project_id, day, ALL_EVENTS, bot)] = [{} for _ in _DIMENSIONS]
-        for tallies, all_tallies in zip(dims, all_dims, strict=True):
-            for value, tally in tallies.items():
-                _merge_into(all_tallies, value, tally)
     result: dict[RollupKey, Tally] = {}
     for (project_id, hour, name, bot), tally in hourly.items():
         result[(project_id, HOUR, hour, name, TOTAL, TOTAL, bot)] = tally

@@ -9,7 +9,7 @@ from typing import Any
 from datasketches import hll_sketch, hll_union
 
 from libs.common import sketches
-from libs.common.rollup_keys import DIMENSION_GRANULARITIES, TOTAL_GRANULARITIES
+from libs.common.rollup_keys import DIMENSION_GRANULARITIES, DIMENSION_NAMES, TOTAL_GRANULARITIES
 from services.query.buckets import OutputBuckets, RollupPiece, rollup_pieces
 from services.query.params import EVENT_NAME_DIMENSION, Filters, ParamError, TimeWindow
 
@@ -107,7 +107,8 @@ class MetricPlan:
 
 def plan_metrics(query: MetricQuery, buckets: OutputBuckets) -> MetricPlan:
     """Rollups when they hold exactly what `query` asks for over every output bucket (the
-    rollups' coverage: hourly totals, daily totals and dimensions), raw events otherwise."""
+    rollups' coverage: hourly totals per event name; daily totals per event name, and
+    dimensions for all events and pageviews), raw events otherwise."""
     if query.source == SOURCE_EVENTS:
         return MetricPlan(SOURCE_EVENTS)
     reason = _rollups_cannot_answer(query)
@@ -137,7 +138,20 @@ def _rollups_cannot_answer(query: MetricQuery) -> str | None:
         query.wants_session_counters and query.by_event_name
     ):
         return "they hold one dimension per row and sessions have no event name"
+    if query.attribute_dimensions and not _names_with_dimensions(query):
+        return "they hold dimensions for all events and pageviews only, not per event name"
     return None
+
+
+def _names_with_dimensions(query: MetricQuery) -> bool:
+    """Whether every event name `query` reads by dimension has dimension rows."""
+    names = set(query.event_names)
+    if query.breakdown == EVENT_NAME_DIMENSION:
+        return False
+    filtered = query.filters.values(EVENT_NAME_DIMENSION)
+    if filtered is not None:
+        names |= set(filtered)
+    return names <= set(DIMENSION_NAMES)
 
 
 def parse_metric_names(raw: str | None) -> tuple[str, ...]:

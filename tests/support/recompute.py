@@ -25,9 +25,10 @@ def _buckets(ts: datetime) -> list[tuple[str, datetime]]:
     return [("h", hour), ("d", day)]
 
 
-def _keyed(granularity: str, dims: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Hourly rows are totals only; daily rows have every dimension too."""
-    return dims[:1] if granularity == "h" else dims
+def _keyed(granularity: str, dims: list[tuple[str, str]], name: str = "*") -> list[tuple[str, str]]:
+    """Hourly rows are totals only; daily rows have every dimension too, for all events and
+    pageviews (other event names: totals only)."""
+    return dims[:1] if granularity == "h" or name not in ("*", PAGEVIEW) else dims
 
 
 def _value(v: Any) -> str:
@@ -48,7 +49,7 @@ def expected_event_rollups(rows: list[asyncpg.Record]) -> dict[tuple[Any, ...], 
         dims = [("", "")] + [(d, _value(r[col])) for d, col in EVENT_DIMENSIONS.items()]
         for g, bucket in _buckets(r["ts"]):
             for name in {r["name"], "*"}:
-                for dim, value in _keyed(g, dims):
+                for dim, value in _keyed(g, dims, name):
                     key = (r["project_id"], g, bucket, name, dim, value, r["is_bot"])
                     counts[key] += 1
                     persons[key].add(person)

@@ -116,10 +116,26 @@ def test_dimensions_off_utc_midnights_are_read_from_events(query: MetricQuery) -
     assert plan.reason is not None and "UTC midnight" in plan.reason
 
 
+def test_pageviews_by_dimension_read_the_pageview_rows() -> None:
+    query = _query(metrics=("pageviews", "event:$pageview"), breakdown="page")
+    assert _plan(query).source == SOURCE_ROLLUPS
+    filtered = _query(metrics=("visitors",), breakdown="page", filters={"event": ("$pageview",)})
+    assert _plan(filtered).source == SOURCE_ROLLUPS
+
+
 @pytest.mark.parametrize(
     ("query", "reason"),
     [
         (_query(metrics=("bot_share",)), "computed from raw events"),
+        (_query(metrics=("event:signup",), breakdown="channel"), "not per event name"),
+        (
+            _query(metrics=("visitors",), filters={"event": ("signup",), "country": ("DE",)}),
+            "not per event name",
+        ),
+        (
+            _query(metrics=("events",), breakdown="event", filters={"country": ("DE",)}),
+            "not per event name",
+        ),
         (_query(filters={"page": ("/",), "country": ("DE",)}), "one dimension per row"),
         (_query(breakdown="event", metrics=("sessions",)), "sessions have no event name"),
         (replace(_query(), cohort_persons=("p1",)), "cohort"),

@@ -1,9 +1,11 @@
 -- Rollups shaped for their readers (docs/storage.md, "Rollups"): hourly rows hold totals only,
--- daily rows hold totals and dimensions, and weeks are merged from days when read. Every event
--- touched ~66 rollup keys before (ten dimensions at hour, day and week), so rollups outgrew the
--- events they summarise; hourly breakdowns and weekly rows are now answered from days and
--- events. Daily rows already hold everything the dropped rows did at day level.
-DELETE FROM rollups WHERE granularity = 'w' OR (granularity = 'h' AND dim <> '');
+-- daily rows hold totals and, for all events ('*') and pageviews, dimensions; weeks are merged
+-- from days when read. Every event touched ~66 rollup keys before (ten dimensions at hour, day
+-- and week, under its own name and '*'), so rollups outgrew the events they summarise; hourly
+-- breakdowns, weekly rows and other names' breakdowns are now answered from days and events.
+-- Daily rows already hold everything the dropped rows did at day level.
+DELETE FROM rollups
+WHERE granularity = 'w' OR (dim <> '' AND (granularity = 'h' OR name NOT IN ('*', '$pageview')));
 DELETE FROM session_rollups WHERE granularity = 'w' OR (granularity = 'h' AND dim <> '');
 
 -- Sessions are also counted by their exit page: the daily rows of the sessions stored so far
