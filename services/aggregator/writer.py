@@ -395,22 +395,22 @@ _NEW_FIRST = "o.session_id IS NULL OR " + _before(
 _STORED_SOURCE_TS = "coalesce(o.source_ts, o.start_ts)"
 _STORED_SOURCE_ID = "coalesce(o.source_event_id, '')"
 _NEW_SOURCE = (
-    "src.session_id IS NOT NULL AND (o.channel IS NULL OR "
+    "src.matched AND (o.channel IS NULL OR "
     + _before("src.ts", "src.event_id", _STORED_SOURCE_TS, _STORED_SOURCE_ID)
     + ")"
 )
 _NEW_USER = (
-    "u.session_id IS NOT NULL AND (coalesce(o.user_id, '') = '' OR (o.user_ts IS NOT NULL AND "
+    "u.matched AND (coalesce(o.user_id, '') = '' OR (o.user_ts IS NOT NULL AND "
     + _before("u.ts", "u.event_id", "o.user_ts", "coalesce(o.user_event_id, '')")
     + "))"
 )
 _NEW_ENTRY = (
-    "fp.session_id IS NOT NULL AND (o.entry_ts IS NULL OR "
+    "fp.matched AND (o.entry_ts IS NULL OR "
     + _before("fp.ts", "fp.event_id", "o.entry_ts", "coalesce(o.entry_event_id, '')")
     + ")"
 )
 _NEW_EXIT = (
-    "lp.session_id IS NOT NULL AND (o.exit_ts IS NULL OR "
+    "lp.matched AND (o.exit_ts IS NULL OR "
     + _before("o.exit_ts", "coalesce(o.exit_event_id, '')", "lp.ts", "lp.event_id")
     + ")"
 )
@@ -425,10 +425,17 @@ def _taken(condition: str, alias: str, pairs: tuple[tuple[str, str], ...]) -> st
 
 
 def _first_of(name: str, where: str, order: str = _EVENT_ORDER) -> str:
-    """A CTE: per session, the batch's first event (in `order`) among those matching `where`."""
+    """A CTE: per session of the batch, its first event (in `order`) among those matching
+    `where`, with `matched` false when none does (then it is just some event of the session).
+
+    One row per session whatever `where` says: PostgreSQL cannot estimate the rows of the
+    batch's JSON, and a CTE it believed filtered down to one row was joined by nested loop,
+    its sort run again for every session (two thirds of this statement on a backfill batch).
+    """
     return (
-        f"{name} AS (SELECT DISTINCT ON (project_id, session_id) * FROM ev WHERE {where}"
-        f" ORDER BY project_id, session_id, {order})"
+        f"{name} AS (SELECT DISTINCT ON (project_id, session_id) *,"
+        f" coalesce({where}, false) AS matched FROM ev"
+        f" ORDER BY project_id, session_id, matched DESC, {order})"
     )
 
 
