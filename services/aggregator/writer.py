@@ -35,6 +35,7 @@ from datasketches import hll_sketch
 
 from libs.common import sketches
 from libs.common.db import lock_derived_tables
+from libs.common.model.columns import STORED_EVENT_COLUMNS, event_pg_types
 from libs.common.rollup_keys import (
     ALL_EVENTS,
     DAY,
@@ -141,42 +142,9 @@ async def ensure_partitions_ahead(
 # ---------------------------------------------------------------------------------------------
 # Events and dedup
 
-EVENT_COLUMNS = (
-    "project_id",
-    "ts",
-    "event_id",
-    "name",
-    "type",
-    "distinct_id",
-    "user_id",
-    "anonymous_id",
-    "session_id",
-    "path",
-    "url",
-    "title",
-    "referrer",
-    "referrer_domain",
-    "channel",
-    "utm_source",
-    "utm_medium",
-    "utm_campaign",
-    "utm_term",
-    "utm_content",
-    "browser",
-    "browser_version",
-    "os",
-    "os_version",
-    "device_type",
-    "country",
-    "region",
-    "city",
-    "locale",
-    "is_bot",
-    "non_interactive",
-    "received_at",
-)
-_EVENT_TYPES = {"ts": "timestamptz", "received_at": "timestamptz", "is_bot": "boolean"}
-_EVENT_TYPES["non_interactive"] = "boolean"
+# Every stored column (libs/common/model) but properties, which travels as jsonb beside them.
+EVENT_COLUMNS = tuple(c for c in STORED_EVENT_COLUMNS if c != "properties")
+_EVENT_TYPES = {c: t for c, t in event_pg_types(EVENT_COLUMNS).items() if t != "text"}
 _json = msgspec.json.Encoder()
 
 
