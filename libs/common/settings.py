@@ -122,6 +122,11 @@ class SessionizerSettings(CommonSettings, frozen=True, kw_only=True):
     checkpoint_max_messages: int = 5000
     max_pending_publishes: int = 2000  # enriched/session publishes awaiting their acks
     publish_timeout_s: float = 10.0
+    # The dead-letter cap, as the aggregator's (libs/common/dead_letters.py), per partition.
+    dlq_max_ratio: float = 0.5
+    dlq_max_count: int = 1000
+    dlq_window_s: float = 300.0
+    dlq_ratio_min_messages: int = 100
 
 
 class AggregatorSettings(CommonSettings, frozen=True, kw_only=True):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -34,11 +33,11 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from libs.common.dead_letters import DeadLetterCapExceeded, DlqLimit, DlqPolicy
 from libs.common.observability import Liveness, extract_trace_context
 from libs.common.schemas.events_v1 import SCHEMA_VERSION, EnrichedBatchV1, EventV1
 from libs.common.settings import AggregatorSettings
 from libs.common.subjects import Subjects
-from services.aggregator.dead_letters import publish_dead_letter
 from services.aggregator.writer import (
     EventPartitions,
     WriteResult,
@@ -57,10 +56,6 @@ _tracer = trace.get_tracer("strata.aggregator")
 
 class PoisonMessage(Exception):
     """A message that can never be processed as it is: it goes to the DLQ, not back."""
-
-
-class DeadLetterCapExceeded(Exception):
-    """Dead-lettering one more message would pass the cap: halt rather than drain."""
 
 
 # Failures of the environment, not of the data: retrying later succeeds.
@@ -100,49 +95,6 @@ def decode_batch(data: bytes) -> EnrichedBatchV1:
         if event.ts.tzinfo is None or event.received_at.tzinfo is None:
             raise PoisonMessage(f"event {event.event_id}: timestamps must carry a time zone")
     return batch
-
-
-class DeadLetterBudget:
-    """Dead letters allowed over a sliding time window: at most `max_count`, and at most
-    `max_ratio` of the messages handled once the window holds `min_messages`."""
-
-    def __init__(
-        self, window_s: float, max_count: int, max_ratio: float, min_messages: int
-    ) -> None:
-        self.window_s = window_s
-        self.max_count = max_count
-        self.max_ratio = max_ratio
-        self.min_messages = min_messages
-        self._seconds: deque[list[int]] = deque()  # [second, handled, dead] per second
-
-    def _bucket(self) -> list[int]:
-        now = int(time.monotonic())
-        while self._seconds and self._seconds[0][0] <= now - self.window_s:
-            self._seconds.popleft()
-        if not self._seconds or self._seconds[-1][0] != now:
-            self._seconds.append([now, 0, 0])
-        return self._seconds[-1]
-
-    def record_handled(self, count: int = 1) -> None:
-        self._bucket()[1] += count
-
-    def spend(self) -> None:
-        """Account one dead letter, or raise DeadLetterCapExceeded if it would pass the cap."""
-        bucket = self._bucket()
-        handled = sum(b[1] for b in self._seconds) + 1
-        dead = sum(b[2] for b in self._seconds) + 1
-        if dead > self.max_count:
-            raise DeadLetterCapExceeded(
-                f"{dead} dead letters within {self.window_s:g}s would pass"
-                f" dlq_max_count={self.max_count}"
-            )
-        if handled >= self.min_messages and dead / handled > self.max_ratio:
-            raise DeadLetterCapExceeded(
-                f"{dead} of the last {handled} messages would be dead-lettered, past"
-                f" dlq_max_ratio={self.max_ratio:g}"
-            )
-        bucket[1] += 1
-        bucket[2] += 1
 
 
 class AggregatorMetrics:
@@ -222,12 +174,7 @@ class Aggregator:
         self.metrics = metrics
         self.liveness = liveness
         self.partitions = EventPartitions()
-        self.budget = DeadLetterBudget(
-            settings.dlq_window_s,
-            settings.dlq_max_count,
-            settings.dlq_max_ratio,
-            settings.dlq_ratio_min_messages,
-        )
+        self.dlq = DlqPolicy(self.js, subjects, SERVICE, DlqLimit.from_settings(settings))
         self.halted_reason: str | None = None
         self._stopping = asyncio.Event()
         self._log = structlog.get_logger().bind(consumer=DURABLE)
@@ -399,7 +346,7 @@ class Aggregator:
         # Ack only after COMMIT: a crash before this line redelivers, and the rewrite is a no-op.
         for item in items:
             await item.msg.ack()
-        self.budget.record_handled(len(items))
+        self.dlq.record_handled(len(items))
         self.metrics.messages.labels("acked").inc(len(items))
         self.metrics.events_inserted.inc(result.inserted)
         self.metrics.events_duplicate.inc(result.duplicates)
@@ -489,7 +436,7 @@ class Aggregator:
             )
         # Ack only after every event is either committed or in the DLQ.
         await item.msg.ack()
-        self.budget.record_handled()
+        self.dlq.record_handled()
         self.metrics.messages.labels("acked").inc()
         self.metrics.events_inserted.inc(result.inserted)
         self.metrics.events_duplicate.inc(result.duplicates)
@@ -507,10 +454,8 @@ class Aggregator:
         payload: bytes | None = None,
         event_id: str | None = None,
     ) -> None:
-        self.budget.spend()  # raises DeadLetterCapExceeded past the cap
-        await publish_dead_letter(
-            self.js, self.subjects, SERVICE, msg, reason, payload=payload, event_id=event_id
-        )
+        # Raises DeadLetterCapExceeded past the cap.
+        await self.dlq.dead_letter(msg, reason, payload=payload, event_id=event_id)
         self.metrics.dead_letters.inc()
         if event_id is None:
             await msg.term()

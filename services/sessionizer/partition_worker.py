@@ -18,7 +18,6 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -31,6 +30,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.errors import NotFoundError
 from opentelemetry import propagate, trace
 
+from libs.common.dead_letters import DlqLimit, DlqPolicy
 from libs.common.observability import inject_trace_headers
 from libs.common.schemas.events_v1 import EventV1, RawBatchV1, raw_batch_decoder
 from libs.common.settings import SessionizerSettings
@@ -51,10 +51,6 @@ tracer = trace.get_tracer("strata.sessionizer")
 
 _TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 DLQ_SERVICE = "sessionizer"
-# Dead-lettering stops (the partition halts and retries) when more than half of the last
-# DLQ_WINDOW raw messages were undecodable: a bad ingest deploy must not drain into the DLQ.
-DLQ_WINDOW = 200
-DLQ_MIN_COUNT = 20
 MAX_RESTART_BACKOFF_S = 30.0
 # A partition that ran this long before failing was healthy: it restarts without the backoff
 # its earlier failures built up (a NATS failover hours later waits 0.5 s, not 30 s).
@@ -67,10 +63,6 @@ class InvalidRawBatch(ValueError):
 
 class PublishFailed(RuntimeError):
     """JetStream did not acknowledge an enriched or session-update publish in time."""
-
-
-class DeadLetterCapExceeded(RuntimeError):
-    """Too many poison messages in a row: stop rather than empty the stream into the DLQ."""
 
 
 class SessionizeFailed(RuntimeError):
@@ -222,8 +214,12 @@ class PartitionWorker:
         self._stopping = stopping
         self._label = str(partition)
         self._log = log.bind(partition=partition)
-        # Kept across restarts from the checkpoint, so a halted partition stays halted.
-        self._dlq_outcomes: deque[bool] = deque(maxlen=DLQ_WINDOW)
+        # The shared dead-letter policy and cap (DeadLetterCapExceeded halts the partition,
+        # which retries later). Kept across restarts from the checkpoint, so the cap counts
+        # the dead letters of a replay too and a halted partition stays halted.
+        self._dlq = DlqPolicy(
+            js, subjects, DLQ_SERVICE, DlqLimit.from_settings(settings), settings.publish_timeout_s
+        )
         # Raw sequences whose sessionizing failed: replayed with their events tried alone.
         self._sessionize_each: set[int] = set()
         self._reset(0, PartitionSessions())
@@ -382,7 +378,7 @@ class PartitionWorker:
         for event in rejected:
             await self._dead_letter(msg, seq, event.reason, event)
         if not rejected:
-            self._dlq_outcomes.append(False)
+            self._dlq.record_handled()
         messages = build_messages(self._subjects, seq, sessionized, self._nc.max_payload)
 
         # Carry the ingest request's trace through; our span (when tracing is on) becomes
@@ -425,45 +421,22 @@ class PartitionWorker:
         self, msg: Msg, seq: int, reason: str, event: RejectedEvent | None = None
     ) -> None:
         """The message (or, given `event`, that one event of it) to the DLQ with `reason`."""
-        self._note_dead_letter()
-        msg_id = f"{DLQ_SERVICE}:{self._subjects.raw_stream}:{seq}"
-        headers = {
-            # Deterministic id: a replay from the checkpoint does not dead-letter it twice.
-            "Nats-Msg-Id": msg_id if event is None else f"{msg_id}:{event.index}",
-            # NATS headers are single-line.
-            "Strata-DLQ-Reason": " ".join(reason.split())[:1000] or "-",
-            "Strata-DLQ-Service": DLQ_SERVICE,
-            "Strata-DLQ-Original-Subject": msg.subject,
-            "Strata-DLQ-Original-Stream": self._subjects.raw_stream,
-            "Strata-DLQ-Original-Seq": str(seq),
-            "Strata-DLQ-Deliveries": str(msg.metadata.num_delivered),
-            "Strata-DLQ-Failed-At": datetime.now(UTC).isoformat(),
-        }
-        if event is not None:
-            headers["Strata-DLQ-Event-Id"] = (
-                " ".join((event.event_id or f"#{event.index}").split())[:1000] or "-"
+        if event is None:
+            await self._dlq.dead_letter(msg, reason)
+        else:
+            await self._dlq.dead_letter(
+                msg,
+                reason,
+                payload=event.payload,
+                event_id=event.event_id or f"#{event.index}",
+                part=str(event.index),
             )
-        await self._js.publish(
-            self._subjects.dlq(DLQ_SERVICE),
-            msg.data if event is None else event.payload,
-            timeout=self._settings.publish_timeout_s,
-            headers=headers,
-        )
         self._metrics.dead_lettered.inc()
         if event is None:
             self._log.warning("raw message dead-lettered", seq=seq, reason=reason)
         else:
             self._log.warning(
                 "raw event dead-lettered", seq=seq, event_id=event.event_id, reason=reason
-            )
-
-    def _note_dead_letter(self) -> None:
-        self._dlq_outcomes.append(True)
-        count = sum(self._dlq_outcomes)
-        if count >= DLQ_MIN_COUNT and count * 2 > len(self._dlq_outcomes):
-            raise DeadLetterCapExceeded(
-                f"{count} of the last {len(self._dlq_outcomes)} raw messages were poison;"
-                " halting this partition instead of dead-lettering the stream"
             )
 
     async def _await_publish_acks(self) -> None:
