@@ -34,16 +34,12 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from libs.common.dead_letters import DeadLetterCapExceeded, DlqLimit, DlqPolicy
+from libs.common.event_partitions import EventPartitions, ensure_partitions_ahead
 from libs.common.observability import Liveness, extract_trace_context
 from libs.common.schemas.events_v1 import SCHEMA_VERSION, EnrichedBatchV1, EventV1
 from libs.common.settings import AggregatorSettings
 from libs.common.subjects import Subjects
-from services.aggregator.writer import (
-    EventPartitions,
-    WriteResult,
-    ensure_partitions_ahead,
-    write_events,
-)
+from services.aggregator.writer import WriteResult, write_events
 
 SERVICE = "aggregator"
 DURABLE = "aggregator"
