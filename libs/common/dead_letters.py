@@ -25,6 +25,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from libs.common.errors import StrataError
 from libs.common.subjects import Subjects
 
 
@@ -46,8 +47,10 @@ _JETSTREAM_PREFIX = "Nats-"  # JetStream's own (message id, expected sequence, .
 MAX_REASON_CHARS = 1000
 
 
-class DeadLetterCapExceeded(Exception):
+class DeadLetterCapExceeded(StrataError):
     """Dead-lettering one more message would pass the cap: stop rather than drain."""
+
+    code = "dead_letter_cap_exceeded"
 
 
 class DlqSettings(Protocol):

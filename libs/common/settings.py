@@ -13,13 +13,17 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from libs.common.errors import StrataError
+
 _UNPREFIXED = {"database_url": "DATABASE_URL", "nats_url": "NATS_URL"}
 
 T = TypeVar("T", bound=msgspec.Struct)
 
 
-class SettingsError(ValueError):
+class SettingsError(StrataError, ValueError):
     """A configuration variable is missing or malformed."""
+
+    code = "invalid_settings"
 
 
 def env_name(field: str) -> str:

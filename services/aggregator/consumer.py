@@ -34,6 +34,7 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from libs.common.dead_letters import DeadLetterCapExceeded, DlqLimit, DlqPolicy
+from libs.common.errors import StrataError
 from libs.common.event_partitions import EventPartitions, ensure_partitions_ahead
 from libs.common.observability import Liveness, extract_trace_context
 from libs.common.schemas.events_v1 import SCHEMA_VERSION, EnrichedBatchV1, EventV1
@@ -50,8 +51,10 @@ _encode_batch = msgspec.json.Encoder().encode
 _tracer = trace.get_tracer("strata.aggregator")
 
 
-class PoisonMessage(Exception):
+class PoisonMessage(StrataError):
     """A message that can never be processed as it is: it goes to the DLQ, not back."""
+
+    code = "poison_message"
 
 
 # Failures of the environment, not of the data: retrying later succeeds.

@@ -35,6 +35,7 @@ from datasketches import hll_sketch
 
 from libs.common import sketches
 from libs.common.db import lock_derived_tables
+from libs.common.errors import StrataError
 from libs.common.event_partitions import EventPartitions, ensure_partitions
 from libs.common.model.columns import STORED_EVENT_COLUMNS, event_pg_types
 from libs.common.rollup_keys import (
@@ -59,9 +60,11 @@ class WriteResult(msgspec.Struct, frozen=True):
     duplicates: int
 
 
-class ConcurrentWriteConflict(asyncpg.exceptions.SerializationError):  # type: ignore[misc]
+class ConcurrentWriteConflict(asyncpg.exceptions.SerializationError, StrataError):  # type: ignore[misc]
     """A row this batch was about to create appeared meanwhile (a writer outside the locking
     protocol): the transaction is rolled back and the batch is retried, never half-merged."""
+
+    code = "concurrent_write_conflict"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ from nats.aio.client import Client as NATS
 from opentelemetry import propagate
 from prometheus_client import CollectorRegistry
 
+from libs.common.errors import StrataError
+from libs.common.http_errors import client_answer
 from libs.common.observability import add_health_routes, hide_server_version
 from libs.common.schemas.events_v1 import EventV1
 from libs.common.settings import IngestSettings
@@ -124,8 +126,10 @@ class IngestDeps:
     registry: CollectorRegistry
 
 
-class _Refused(Exception):
+class _Refused(StrataError):
     """Ends a request early with this response."""
+
+    code = "request_refused"
 
     def __init__(self, response: web.Response) -> None:
         super().__init__(response.status)
@@ -242,8 +246,12 @@ class IngestApi:
             response = await handling
             status = response.status
             return response
-        except Exception:
-            log.exception("ingest request failed", route=route)
+        except Exception as exc:
+            answer = client_answer(exc)  # an error meant for the client keeps its status
+            if answer is not None:
+                status = answer[0]
+                return _error(*answer)
+            log.exception("ingest_request_failed", route=route)
             return _error(500, "internal error; the events were not accepted, retry later")
         finally:
             self._active_requests -= 1
@@ -571,10 +579,12 @@ async def _json_http_errors(
     try:
         return await handler(request)
     except web.HTTPException as exc:
-        if exc.status < 400:
+        answer = client_answer(exc)
+        if answer is None:
             raise
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return _error(exc.status, f"{exc.reason}: {request.method} {request.path}", allow)
+        status, message = answer
+        return _error(status, f"{message}: {request.method} {request.path}", allow)
 
 
 INGEST_API = web.AppKey("ingest_api", IngestApi)

@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
+from libs.common.http_errors import client_answer
 from libs.common.observability import add_health_routes, hide_server_version
 from libs.common.settings import QuerySettings
 from libs.common.storable_text import NUL_PROBLEM, may_hold_nul, nul_path
@@ -87,21 +88,19 @@ def _middlewares(deps: QueryDeps) -> list[Callable[..., Awaitable[web.StreamResp
     async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
-        except ParamError as exc:
-            return error_response(400, str(exc), exc.param)
-        except ApiError as exc:
-            return error_response(exc.status, exc.message)
         except ArchivedDaysError as exc:
             # The range needs archived day files: 202 with the restore job started for them.
             return await restore_required(request, exc)
-        except web.HTTPException as exc:
-            if exc.status >= 400:
-                response = error_response(exc.status, exc.reason)
-                if "Allow" in exc.headers:  # a 405 says which methods the path takes
-                    response.headers["Allow"] = exc.headers["Allow"]
+        except Exception as exc:
+            answer = client_answer(exc)
+            if answer is not None:
+                param = exc.param if isinstance(exc, ParamError) else None
+                response = error_response(*answer, param)
+                if isinstance(exc, web.HTTPException) and "Allow" in exc.headers:
+                    response.headers["Allow"] = exc.headers["Allow"]  # a 405's methods
                 return response
-            raise
-        except Exception:
+            if isinstance(exc, web.HTTPException):
+                raise  # not an error: a redirect
             log.exception("query_request_failed", path=request.path, query=request.query_string)
             return error_response(500, "internal error; see the query service log")
 

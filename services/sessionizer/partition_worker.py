@@ -31,6 +31,7 @@ from nats.js.errors import NotFoundError
 from opentelemetry import propagate, trace
 
 from libs.common.dead_letters import DlqLimit, DlqPolicy
+from libs.common.errors import StrataError
 from libs.common.observability import inject_trace_headers
 from libs.common.schemas.events_v1 import EventV1, RawBatchV1, raw_batch_decoder
 from libs.common.settings import SessionizerSettings
@@ -57,17 +58,23 @@ MAX_RESTART_BACKOFF_S = 30.0
 STABLE_RUN_S = 10.0
 
 
-class InvalidRawBatch(ValueError):
+class InvalidRawBatch(StrataError, ValueError):
     """A raw message that can never be sessionized (poison): it goes to the DLQ."""
 
+    code = "invalid_raw_batch"
 
-class PublishFailed(RuntimeError):
+
+class PublishFailed(StrataError, RuntimeError):
     """JetStream did not acknowledge an enriched or session-update publish in time."""
 
+    code = "publish_failed"
 
-class SessionizeFailed(RuntimeError):
+
+class SessionizeFailed(StrataError, RuntimeError):
     """The sessionizing step raised on a message: it is replayed from the checkpoint with its
     events tried one by one."""
+
+    code = "sessionize_failed"
 
 
 class _RawEnvelope(msgspec.Struct, frozen=True, kw_only=True):

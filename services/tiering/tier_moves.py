@@ -26,6 +26,7 @@ import structlog
 from libs.common.day_files import catalog
 from libs.common.day_files.export import _day_lock
 from libs.common.day_files.layout import day_bounds
+from libs.common.errors import StrataError
 from libs.common.event_partitions import drop_partition_if_empty
 from libs.common.object_store import ObjectNotFound, ObjectStore, ObjectStoreError
 
@@ -36,8 +37,10 @@ MoveStepHook = Callable[[str], Awaitable[None]]
 TIER_JOBS = ("export", "cold", "archive", "retention", "restores")
 
 
-class ColdMoveError(RuntimeError):
+class ColdMoveError(StrataError, RuntimeError):
     """A day's files do not match their catalog rows; its PostgreSQL rows were kept."""
+
+    code = "cold_move_failed"
 
 
 @dataclass
