@@ -15,6 +15,8 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 import structlog
 
+from libs.common.observability import error_text
+
 log = structlog.get_logger(__name__)
 
 # One creator of partitions at a time: creating a partition takes ACCESS EXCLUSIVE on `events`.
@@ -122,7 +124,7 @@ async def drop_partition_if_empty(conn: asyncpg.Connection, day: date) -> bool:
                 return False
             await conn.execute(f'DROP TABLE "{name}"')
     except (asyncpg.LockNotAvailableError, asyncpg.UndefinedTableError) as exc:
-        log.info("partition_drop_deferred", partition=name, reason=str(exc))
+        log.info("partition_drop_deferred", partition=name, error=error_text(exc))
         return False
     log.info("partition_dropped", partition=name)
     return True

@@ -31,15 +31,15 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from libs.common.dead_letters import DeadLetterCapExceeded, DlqLimit, DlqPolicy
 from libs.common.errors import StrataError
 from libs.common.event_partitions import EventPartitions, ensure_partitions_ahead
-from libs.common.observability import Liveness, extract_trace_context
+from libs.common.observability import Liveness, error_text, extract_trace_context
 from libs.common.schemas.events_v1 import SCHEMA_VERSION, EnrichedBatchV1, EventV1
 from libs.common.settings import AggregatorSettings
 from libs.common.subjects import Subjects
+from services.aggregator.metrics import AggregatorMetrics
 from services.aggregator.writer import WriteResult, write_events
 
 SERVICE = "aggregator"
@@ -94,41 +94,6 @@ def decode_batch(data: bytes) -> EnrichedBatchV1:
         if event.ts.tzinfo is None or event.received_at.tzinfo is None:
             raise PoisonMessage(f"event {event.event_id}: timestamps must carry a time zone")
     return batch
-
-
-class AggregatorMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.events_inserted = Counter(
-            "strata_aggregator_events_inserted_total", "Events newly stored", registry=registry
-        )
-        self.events_duplicate = Counter(
-            "strata_aggregator_events_duplicate_total",
-            "Events received again and skipped (already stored)",
-            registry=registry,
-        )
-        self.messages = Counter(
-            "strata_aggregator_messages_total",
-            "Enriched messages by outcome",
-            ["outcome"],
-            registry=registry,
-        )
-        self.dead_letters = Counter(
-            "strata_aggregator_dead_letters_total", "Messages sent to the DLQ", registry=registry
-        )
-        self.batch_seconds = Histogram(
-            "strata_aggregator_batch_seconds",
-            "Time to write and ack one fetched batch",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-            registry=registry,
-        )
-        self.pending = Gauge(
-            "strata_aggregator_consumer_pending",
-            "Messages in the stream not yet delivered to the aggregator consumer",
-            registry=registry,
-        )
-        self.halted = Gauge(
-            "strata_aggregator_halted", "1 when halted by the DLQ cap", registry=registry
-        )
 
 
 @dataclass
@@ -242,7 +207,7 @@ class Aggregator:
             except Exception as exc:
                 if not is_transient(exc) or self._stopping.is_set():
                     raise
-                self._log.warning("partitions ahead failed, retrying", error=repr(exc))
+                self._log.warning("partitions_ahead_failed_retrying", error=error_text(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -257,7 +222,7 @@ class Aggregator:
                         conn, self.settings.partitions_ahead_days, self.partitions
                     )
             except Exception as exc:  # retried next hour; writes create their days anyway
-                self._log.warning("partitions ahead failed", error=repr(exc))
+                self._log.warning("partitions_ahead_failed", error=error_text(exc))
 
     async def _consume(self, sub: JetStreamContext.PullSubscription) -> None:
         while not self._stopping.is_set():
@@ -274,7 +239,7 @@ class Aggregator:
             except (NatsTimeoutError, TimeoutError):
                 continue  # nothing to fetch (nats' or asyncio's timeout): idle, not failing
             except Exception as exc:  # NATS reconnecting: the client retries, so do we
-                self._log.warning("fetch failed", error=repr(exc))
+                self._log.warning("fetch_failed", error=error_text(exc))
                 await asyncio.sleep(0.5)
                 continue
             if not msgs:  # a pull answered only by a status message
@@ -283,7 +248,7 @@ class Aggregator:
             try:
                 await self.handle(msgs)
             except Exception as exc:  # e.g. NATS lost mid-ack: unacked messages redeliver
-                self._log.error("batch handling failed", error=repr(exc), exc_info=True)
+                self._log.error("batch_handling_failed", error=error_text(exc), exc_info=True)
                 await asyncio.sleep(0.5)
                 continue
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
@@ -337,7 +302,7 @@ class Aggregator:
                 return
             # A data fault somewhere in the batch: find it by writing the messages one by one.
             self._log.warning(
-                "batch failed, isolating its messages", messages=len(items), error=repr(exc)
+                "batch_failed_isolating_messages", messages=len(items), error=error_text(exc)
             )
             for item in items:
                 await self._write_and_ack([item])
@@ -350,7 +315,7 @@ class Aggregator:
         self.metrics.events_inserted.inc(result.inserted)
         self.metrics.events_duplicate.inc(result.duplicates)
         self._log.debug(
-            "batch stored",
+            "batch_stored",
             batch_ids=[item.batch.batch_id for item in items][:20],
             inserted=result.inserted,
             duplicates=result.duplicates,
@@ -363,7 +328,7 @@ class Aggregator:
     async def _retry_later(self, items: Sequence[_Item], exc: BaseException) -> None:
         if isinstance(exc, asyncpg.exceptions.CheckViolationError):
             self.partitions.forget()
-        self._log.warning("transient failure, retrying", messages=len(items), error=repr(exc))
+        self._log.warning("transient_failure_retrying", messages=len(items), error=error_text(exc))
         for item in items:
             await item.msg.nak(delay=self._backoff(item.msg))
         self.metrics.messages.labels("retried").inc(len(items))
@@ -380,7 +345,7 @@ class Aggregator:
                 await self._isolate_events(item, deliveries)
             return
         self._log.warning(
-            "message failed, will retry",
+            "message_failed_will_retry",
             batch_id=item.batch.batch_id,
             deliveries=deliveries,
             error=reason,
@@ -440,7 +405,7 @@ class Aggregator:
         self.metrics.events_inserted.inc(result.inserted)
         self.metrics.events_duplicate.inc(result.duplicates)
         self._log.warning(
-            "message stored without its rejected events",
+            "message_stored_without_rejected_events",
             batch_id=batch.batch_id,
             events=len(batch.events),
             rejected=[event.event_id for event, _ in rejected][:20],
@@ -459,23 +424,25 @@ class Aggregator:
         if event_id is None:
             await msg.term()
             self.metrics.messages.labels("dead_lettered").inc()
-        self._log.warning(
-            "event dead-lettered" if event_id else "message dead-lettered",
-            subject=msg.subject,
-            stream_seq=msg.metadata.sequence.stream,
-            deliveries=msg.metadata.num_delivered,
-            event_id=event_id,
-            reason=reason,
-        )
+        where = {
+            "subject": msg.subject,
+            "stream_seq": msg.metadata.sequence.stream,
+            "deliveries": msg.metadata.num_delivered,
+        }
+        if event_id is None:
+            self._log.warning("message_dead_lettered", **where, error=reason)
+        else:
+            self._log.warning("event_dead_lettered", **where, event_id=event_id, error=reason)
 
     def _halt(self, reason: str) -> None:
         if self.halted_reason is None:
             self.halted_reason = reason
             self.metrics.halted.set(1)
             self._log.error(
-                "consumer halted: dead-letter cap reached; fix the cause, then restart"
+                "consumer_halted",
+                error=reason,
+                hint="dead-letter cap reached; fix the cause, then restart"
                 " (and `strata dlq list` / `strata dlq replay`)",
-                reason=reason,
             )
 
     @contextlib.contextmanager

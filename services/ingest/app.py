@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from libs.common.errors import StrataError
 from libs.common.http_errors import client_answer
-from libs.common.observability import add_health_routes, hide_server_version
+from libs.common.observability import add_health_routes, error_text, hide_server_version
 from libs.common.schemas.events_v1 import EventV1
 from libs.common.settings import IngestSettings
 from libs.common.storable_text import NUL_PROBLEM, may_hold_nul, nul_path
@@ -293,7 +293,7 @@ class IngestApi:
             return refused.response
         except ClientGone as gone:
             # Nothing was accepted and nobody is waiting for an answer: not an error of ours.
-            log.info("client disconnected before its body arrived", reason=str(gone))
+            log.info("client_disconnected_before_body", error=error_text(gone))
             return _error(400, "connection closed before the body arrived")
 
         project_id = write_key.key.project_id or ""
@@ -347,7 +347,10 @@ class IngestApi:
             await self.publisher.publish(info.project_id, events, trace_context)
         except PublishUnavailable as exc:
             log.warning(
-                "publish failed", project_id=info.project_id, events=len(events), reason=str(exc)
+                "publish_failed",
+                project_id=info.project_id,
+                events=len(events),
+                error=error_text(exc),
             )
             return _error(
                 503,
@@ -376,7 +379,7 @@ class IngestApi:
             try:
                 salt = await self.consent_salts.salt_for(received_at.date())
             except SaltsUnavailable as exc:
-                log.warning("cookieless salt unavailable", reason=str(exc))
+                log.warning("cookieless_salt_unavailable", error=error_text(exc))
                 raise _Refused(
                     _error(503, f"events not accepted: {exc}; retry later", {"Retry-After": "2"})
                 ) from exc
@@ -396,7 +399,7 @@ class IngestApi:
         try:
             salt = await self.consent_salts.salt_for(datetime.now(UTC).date())
         except SaltsUnavailable as exc:
-            log.warning("cookieless salt unavailable", reason=str(exc))
+            log.warning("cookieless_salt_unavailable", error=error_text(exc))
             raise _Refused(
                 _error(503, f"events not accepted: {exc}; retry later", {"Retry-After": "2"})
             ) from exc
@@ -406,7 +409,7 @@ class IngestApi:
         try:
             found = await self.keys.resolve(secret)
         except KeyStoreUnavailable as exc:
-            log.warning("key lookup failed", reason=str(exc))
+            log.warning("key_lookup_failed", error=error_text(exc))
             raise _Refused(
                 _error(
                     503, "cannot check the write key right now; retry later", {"Retry-After": "2"}

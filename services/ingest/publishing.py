@@ -407,5 +407,5 @@ def _unavailable(exc: BaseException) -> PublishUnavailable:
         return PublishUnavailable("JetStream did not acknowledge in time")
     if isinstance(exc, nats.errors.Error | OSError):
         return PublishUnavailable(f"NATS error: {exc}")
-    log.error("publish failed unexpectedly", exc_info=exc)
+    log.error("publish_failed_unexpectedly", exc_info=exc)
     return PublishUnavailable(f"publish failed: {exc!r}")

@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Callable
 import msgspec
 import structlog
 from aiohttp import web
-from prometheus_client import Counter, Histogram
 
 from libs.common.http_errors import client_answer
 from libs.common.observability import add_health_routes, hide_server_version
@@ -35,6 +34,7 @@ from services.query.performance import get_performance
 from services.query.privacy import add_privacy_routes
 from services.query.reports import get_devices, get_pages, get_sources
 from services.query.responses import ErrorResponse, json_encoder
+from services.query.service_metrics import QueryMetrics
 from services.query.sessions import get_session
 from services.query.tiers_api import add_tier_routes, restore_required
 
@@ -54,19 +54,8 @@ def _route_name(request: web.Request) -> str:
 
 
 def _middlewares(deps: QueryDeps) -> list[Callable[..., Awaitable[web.StreamResponse]]]:
-    requests = Counter(
-        "strata_query_requests",
-        "Query API requests by route and status",
-        ["route", "status"],
-        registry=deps.registry,
-    )
-    latency = Histogram(
-        "strata_query_request_seconds",
-        "Query API request latency by route",
-        ["route"],
-        registry=deps.registry,
-        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-    )
+    metrics = QueryMetrics(deps.registry)
+    requests, latency = metrics.requests, metrics.request_seconds
 
     @web.middleware
     async def measured(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -260,7 +260,7 @@ class PartitionWorker:
                 self._cancel_pending_publishes()
                 self._metrics.restarts.labels(self._label).inc()
                 self._log.error(
-                    "partition failed; restarting from its checkpoint",
+                    "partition_failed",
                     error=str(exc) or type(exc).__name__,
                     error_type=type(exc).__name__,
                     retry_in_s=backoff,
@@ -278,7 +278,7 @@ class PartitionWorker:
         start_seq = await self._start_sequence(checkpoint.stream_seq)
         sub = await self._subscribe(start_seq)
         self._log.info(
-            "partition started",
+            "partition_started",
             checkpoint_seq=checkpoint.stream_seq,
             start_seq=start_seq,
             persons=self.state.person_count(),
@@ -303,7 +303,7 @@ class PartitionWorker:
                     time.monotonic() - self._checkpointed_at
                 )
             await self.checkpoint()
-            self._log.info("partition stopped", checkpoint_seq=self.checkpoint_seq)
+            self._log.info("partition_stopped", checkpoint_seq=self.checkpoint_seq)
         finally:
             try:
                 await sub.unsubscribe()
@@ -318,7 +318,7 @@ class PartitionWorker:
         info = await self._js.stream_info(self._subjects.raw_stream)
         if info.state.last_seq < checkpoint_seq:
             self._log.warning(
-                "raw stream is behind the checkpoint (recreated?); consuming it from the start",
+                "raw_stream_behind_checkpoint",
                 checkpoint_seq=checkpoint_seq,
                 stream_last_seq=info.state.last_seq,
             )
@@ -411,7 +411,7 @@ class PartitionWorker:
         if sessionized.persons_pruned:
             self._metrics.persons_pruned.inc(sessionized.persons_pruned)
         self._log.debug(
-            "raw batch sessionized",
+            "raw_batch_sessionized",
             batch_id=batch.batch_id,
             seq=seq,
             events=len(sessionized.events),
@@ -440,10 +440,10 @@ class PartitionWorker:
             )
         self._metrics.dead_lettered.inc()
         if event is None:
-            self._log.warning("raw message dead-lettered", seq=seq, reason=reason)
+            self._log.warning("raw_message_dead_lettered", seq=seq, error=reason)
         else:
             self._log.warning(
-                "raw event dead-lettered", seq=seq, event_id=event.event_id, reason=reason
+                "raw_event_dead_lettered", seq=seq, event_id=event.event_id, error=reason
             )
 
     async def _await_publish_acks(self) -> None:
@@ -491,4 +491,4 @@ class PartitionWorker:
                 await self._last_msg.ack()
             except Exception as exc:
                 # Harmless: the checkpoint is the resume point; the next ack covers this one.
-                self._log.warning("raw ack failed after checkpoint", error=str(exc))
+                self._log.warning("raw_ack_failed", error=str(exc))

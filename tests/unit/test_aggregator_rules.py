@@ -16,12 +16,12 @@ from libs.common.settings import AggregatorSettings
 from libs.common.subjects import Subjects
 from services.aggregator.consumer import (
     Aggregator,
-    AggregatorMetrics,
     PoisonMessage,
     decode_batch,
     is_transient,
     transactions,
 )
+from services.aggregator.metrics import AggregatorMetrics
 from tests.support.recompute import make_event
 
 
