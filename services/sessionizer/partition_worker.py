@@ -221,9 +221,10 @@ class PartitionWorker:
         self._stopping = stopping
         self._label = str(partition)
         self._log = log.bind(partition=partition)
-        # The shared dead-letter policy and cap (DeadLetterCapExceeded halts the partition,
-        # which retries later). Kept across restarts from the checkpoint, so the cap counts
-        # the dead letters of a replay too and a halted partition stays halted.
+        # The shared dead-letter policy and cap (DeadLetterCapExceeded fails the partition,
+        # which restarts with backoff). Kept across restarts from the checkpoint, so a restart
+        # does not reset the cap's window: the partition stays stopped at the poison message
+        # until the window's dead letters age out.
         self._dlq = DlqPolicy(
             js, subjects, DLQ_SERVICE, DlqLimit.from_settings(settings), settings.publish_timeout_s
         )
