@@ -1,4 +1,4 @@
-"""Storage tiering benchmark (issue 4) on the analyses bench dataset (bench/analyses.py's
+"""Storage tiering benchmark on the analyses bench dataset (bench/analyses.py's
 generator: default 5,000,000 events over 120 days, 200,000 persons), the days ending yesterday,
 loaded into a real PostgreSQL `events` table and moved by the tiering service's own jobs to a
 `file://` object store. Figures only:
@@ -441,7 +441,7 @@ def run_benchmark(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Storage tiering benchmark (issue 4)")
+    parser = argparse.ArgumentParser(description="Storage tiering benchmark")
     parser.add_argument("--events", type=int, default=5_000_000)
     parser.add_argument("--persons", type=int, default=200_000)
     parser.add_argument("--days", type=int, default=120)

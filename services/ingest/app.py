@@ -22,7 +22,9 @@ from nats.aio.client import Client as NATS
 from opentelemetry import propagate
 from prometheus_client import CollectorRegistry
 
-from libs.common.observability import add_health_routes, hide_server_version
+from libs.common.errors import StrataError
+from libs.common.http_errors import client_answer
+from libs.common.observability import add_health_routes, error_text, hide_server_version
 from libs.common.schemas.events_v1 import EventV1
 from libs.common.settings import IngestSettings
 from libs.common.storable_text import NUL_PROBLEM, may_hold_nul, nul_path
@@ -124,8 +126,10 @@ class IngestDeps:
     registry: CollectorRegistry
 
 
-class _Refused(Exception):
+class _Refused(StrataError):
     """Ends a request early with this response."""
+
+    code = "request_refused"
 
     def __init__(self, response: web.Response) -> None:
         super().__init__(response.status)
@@ -242,8 +246,12 @@ class IngestApi:
             response = await handling
             status = response.status
             return response
-        except Exception:
-            log.exception("ingest request failed", route=route)
+        except Exception as exc:
+            answer = client_answer(exc)  # an error meant for the client keeps its status
+            if answer is not None:
+                status = answer[0]
+                return _error(*answer)
+            log.exception("ingest_request_failed", route=route)
             return _error(500, "internal error; the events were not accepted, retry later")
         finally:
             self._active_requests -= 1
@@ -285,7 +293,7 @@ class IngestApi:
             return refused.response
         except ClientGone as gone:
             # Nothing was accepted and nobody is waiting for an answer: not an error of ours.
-            log.info("client disconnected before its body arrived", reason=str(gone))
+            log.info("client_disconnected_before_body", error=error_text(gone))
             return _error(400, "connection closed before the body arrived")
 
         project_id = write_key.key.project_id or ""
@@ -339,7 +347,10 @@ class IngestApi:
             await self.publisher.publish(info.project_id, events, trace_context)
         except PublishUnavailable as exc:
             log.warning(
-                "publish failed", project_id=info.project_id, events=len(events), reason=str(exc)
+                "publish_failed",
+                project_id=info.project_id,
+                events=len(events),
+                error=error_text(exc),
             )
             return _error(
                 503,
@@ -368,7 +379,7 @@ class IngestApi:
             try:
                 salt = await self.consent_salts.salt_for(received_at.date())
             except SaltsUnavailable as exc:
-                log.warning("cookieless salt unavailable", reason=str(exc))
+                log.warning("cookieless_salt_unavailable", error=error_text(exc))
                 raise _Refused(
                     _error(503, f"events not accepted: {exc}; retry later", {"Retry-After": "2"})
                 ) from exc
@@ -388,7 +399,7 @@ class IngestApi:
         try:
             salt = await self.consent_salts.salt_for(datetime.now(UTC).date())
         except SaltsUnavailable as exc:
-            log.warning("cookieless salt unavailable", reason=str(exc))
+            log.warning("cookieless_salt_unavailable", error=error_text(exc))
             raise _Refused(
                 _error(503, f"events not accepted: {exc}; retry later", {"Retry-After": "2"})
             ) from exc
@@ -398,7 +409,7 @@ class IngestApi:
         try:
             found = await self.keys.resolve(secret)
         except KeyStoreUnavailable as exc:
-            log.warning("key lookup failed", reason=str(exc))
+            log.warning("key_lookup_failed", error=error_text(exc))
             raise _Refused(
                 _error(
                     503, "cannot check the write key right now; retry later", {"Retry-After": "2"}
@@ -571,10 +582,12 @@ async def _json_http_errors(
     try:
         return await handler(request)
     except web.HTTPException as exc:
-        if exc.status < 400:
+        answer = client_answer(exc)
+        if answer is None:
             raise
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return _error(exc.status, f"{exc.reason}: {request.method} {request.path}", allow)
+        status, message = answer
+        return _error(status, f"{message}: {request.method} {request.path}", allow)
 
 
 INGEST_API = web.AppKey("ingest_api", IngestApi)

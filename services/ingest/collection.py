@@ -29,6 +29,8 @@ class ConsentWithheld(ItemSkipped):
     """The event must not be recorded: no analytics consent, and the project drops such events
     (or the event is an identify/alias, which has no meaning without persistent ids)."""
 
+    code = "consent_withheld"
+
 
 class CollectionRules:
     """Geo and bot ranges (the service's) with one project's privacy policy."""

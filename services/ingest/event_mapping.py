@@ -11,6 +11,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from libs.common.errors import StrataError
 from libs.common.schemas.events_v1 import (
     ALIAS,
     EVENT_TYPES,
@@ -56,8 +57,10 @@ _RESERVED_NAMES = {
 _TYPES_TEXT = ", ".join(EVENT_TYPES)
 
 
-class ItemSkipped(Exception):
+class ItemSkipped(StrataError):
     """A valid event that must not be recorded (the user withheld analytics consent)."""
+
+    code = "item_skipped"
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

@@ -12,9 +12,13 @@ from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
+from libs.common.errors import StrataError
 
-class NetworkListError(ValueError):
+
+class NetworkListError(StrataError, ValueError):
     """A network list entry that is not a CIDR or an address (the message names it)."""
+
+    code = "invalid_network_list"
 
 
 class NetworkSet:

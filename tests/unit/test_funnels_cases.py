@@ -1,4 +1,4 @@
-"""Funnels, rule by rule (issue 3 and docs/analytics.md), on small hand-built event sets whose
+"""Funnels, rule by rule (docs/analytics.md), on small hand-built event sets whose
 expected numbers are worked out in each case."""
 
 from __future__ import annotations
