@@ -66,7 +66,7 @@ def validate(
     return _segment(message, route_type or message.type, request)
 
 
-def new_event_id() -> str:
+def _new_event_id() -> str:
     """An id for an event sent without messageId (such events cannot be deduplicated)."""
     return str(uuid.uuid4())
 
@@ -94,7 +94,7 @@ def _segment(message: SegmentMessage, event_type: str | None, request: RequestIn
     if event_type not in _RESERVED_NAMES and event_type != "track":
         raise ItemRejected(f"type: {event_type!r} is not one of {_TYPES_TEXT}")
 
-    event_id = _bounded_id(message.messageId, "messageId", limits) or new_event_id()
+    event_id = _bounded_id(message.messageId, "messageId", limits) or _new_event_id()
     user_id = _bounded_id(message.userId, "userId", limits)
     anonymous_id = _bounded_id(message.anonymousId, "anonymousId", limits)
     previous_id = group_id = None
@@ -254,7 +254,7 @@ def _analytics_api(event: AnalyticsEvent, request: RequestInfo) -> Draft:
     event_type, name = _ANALYTICS_API_TYPES.get(event.eventType or "", ("track", ""))
     if event_type == "track":
         name = check_event_name(event.eventType, "eventType", limits)
-    event_id = _bounded_id(event.eventId, "eventId", limits) or new_event_id()
+    event_id = _bounded_id(event.eventId, "eventId", limits) or _new_event_id()
     user_id = _bounded_id(event.userId, "userId", limits)
     anonymous_id = _bounded_id(event.anonymousId, "anonymousId", limits)
     distinct_id = anonymous_id or user_id
