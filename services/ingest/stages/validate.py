@@ -72,7 +72,9 @@ def _new_event_id() -> str:
 
 
 def _bounded_id(value: str | int | None, field: str, limits: EventLimits) -> str | None:
-    # Fast path: the usual id is a short non-blank string.
+    # Fast paths: an absent id, or the usual short non-blank string.
+    if value is None:
+        return None
     if type(value) is str and 0 < len(value) <= limits.max_name_chars and not value[0].isspace():
         return value
     text = identifier(value)
