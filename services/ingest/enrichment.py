@@ -179,7 +179,12 @@ def is_non_interactive(properties: dict[str, Any], context: SegmentContext | Non
     """Events that keep a session alive without ending its bounce (scroll depth, heartbeats):
     `properties.$non_interactive`, or Google Analytics' `nonInteraction` / `non_interaction`
     in the properties or the context."""
-    if properties:
+    # Most events carry none of the flags: three key tests rule them out without a call.
+    if properties and (
+        "$non_interactive" in properties
+        or "nonInteraction" in properties
+        or "non_interaction" in properties
+    ):
         get = properties.get
         if (
             _truthy_flag(get("$non_interactive"))
