@@ -82,7 +82,10 @@ def load_network_file(path: str) -> NetworkSet:
     return NetworkSet(parse_network_list(text))
 
 
+@lru_cache(maxsize=65536)
 def _address(text: str) -> str | None:
+    """`text` (an address, maybe with a port) as a normalised address, or None; cached per
+    text, since every request parses its peer's address and most peers send many."""
     text = text.strip()
     if text.startswith("[") and "]" in text:  # "[2001:db8::1]:443"
         text = text[1 : text.index("]")]
