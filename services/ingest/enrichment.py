@@ -5,11 +5,11 @@ interactivity (docs/enrichment.md). Geo and bot ranges from the client IP are in
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from services.ingest.segment_payloads import SegmentContext
+from services.ingest.text_cache import text_cache
 from services.ingest.traffic_sources import (
     classify_channel,
     parse_page_url,
@@ -69,7 +69,7 @@ def same_site(a: str, b: str) -> bool:
     return a == b or a.endswith("." + b) or b.endswith("." + a)
 
 
-@lru_cache(maxsize=32768)
+@text_cache(maxsize=32768)
 def attribute(
     url: str | None,
     search: str | None,
