@@ -7,14 +7,12 @@ published messages), over realistic 100-event browser batches (bench/ingest_gate
 
 Times are this process's CPU time (best of `--rounds`), so other load on the machine moves them
 less than it moves wall time. The end-to-end figure (HTTP, JetStream acks) of one ingest
-process is `--only ingest` (bench/ingest_gateway.py). The stages run with the garbage collector
-tuned as the ingest process tunes it; the whole path is also timed with CPython's defaults.
+process is `--only ingest` (bench/ingest_gateway.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import time
 from datetime import UTC, datetime
@@ -23,7 +21,6 @@ from typing import Any
 from bench.ingest_gateway import batch_template
 from libs.common.privacy_policy import PrivacyPolicy
 from libs.common.storable_text import may_hold_nul
-from services.ingest.__main__ import tune_garbage_collector
 from services.ingest.collection import CollectionRules
 from services.ingest.privacy import ProjectPrivacy
 from services.ingest.publishing import encode_events, split_by_partition
@@ -128,29 +125,18 @@ def _whole_path(bodies: list[bytes], rounds: int) -> float:
 
 def run_benchmark(batches: int = 200, rounds: int = 5, people_per_batch: int = 1) -> dict[str, Any]:
     bodies = _bodies(batches, people_per_batch)
-    _whole_path(bodies, 1)  # warm the caches first, so both gc settings find them full
-    gc_default = _whole_path(bodies, rounds)
-    thresholds = gc.get_threshold()
-    tune_garbage_collector()
-    try:
-        stages = _stage_times(bodies, rounds)
-        whole = _whole_path(bodies, rounds)
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*thresholds)
+    _whole_path(bodies, 1)  # warm the caches first
+    stages = _stage_times(bodies, rounds)
+    whole = _whole_path(bodies, rounds)
     result = {
         "events": batches * 100,
         "stage_us_per_event": stages,
         "stages_total_us_per_event": round(sum(stages.values()), 3),
         "path_events_per_s": whole,
-        "path_events_per_s_default_gc": gc_default,
     }
     for name, value in stages.items():
         print(f"  {name:15} {value:7.3f} µs/event", flush=True)
-    print(
-        f"  whole path: {whole:,} events/s ({gc_default:,} with the default gc settings)",
-        flush=True,
-    )
+    print(f"  whole path: {whole:,} events/s", flush=True)
     return result
 
 

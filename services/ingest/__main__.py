@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import signal
 
 import structlog
@@ -27,21 +26,6 @@ from services.ingest.connections import (
 
 log = structlog.get_logger("strata.ingest")
 
-# Allocations between collections of the youngest generation (CPython's default is 700). One
-# 100-event request allocates thousands of short-lived containers (decoded properties, drafts,
-# events): at the default the collector runs several times per request and walks the same
-# young objects each time. Older generations keep their defaults.
-YOUNG_GC_THRESHOLD = 50_000
-
-
-def tune_garbage_collector() -> None:
-    """Move everything alive after start-up (modules, settings, caches' owners, the app) out of
-    the collector's reach (`gc.freeze`), and collect the youngest generation less often."""
-    gc.collect()
-    gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(YOUNG_GC_THRESHOLD, middle, old)
-
 
 async def serve(settings: IngestSettings) -> None:
     """Run the gateway until SIGTERM or SIGINT, then shut down gracefully."""
@@ -55,7 +39,6 @@ async def serve(settings: IngestSettings) -> None:
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout_s)
     await runner.setup()
     assert runner.server is not None
-    tune_garbage_collector()
     loop = asyncio.get_running_loop()
     # The listener is ours rather than a TCPSite's so that every accepted connection passes
     # the bound first (OpenConnections).
