@@ -1,7 +1,8 @@
 """`just bench`: run every benchmark, print the figures, and write them to
 bench/results/latest.json (and a timestamped copy). Figures only: nothing here passes or fails.
 
-    python -m bench [--only ingest,aggregator,pipeline,day_files,analyses,tiers,dashboard,recovery]
+    python -m bench [--only ingest,ingest_stages,aggregator,pipeline,day_files,analyses,tiers,
+                            dashboard,recovery]
                     [--seconds 20] [--scale 1.0]
 
 --scale multiplies the analyses/tiers dataset (5,000,000 events, 200,000 persons; always 120
@@ -26,6 +27,7 @@ from bench import (
     dashboard,
     day_files,
     ingest_gateway,
+    ingest_stages,
     pipeline,
     recovery,
     tiers,
@@ -74,7 +76,9 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Strata benchmarks")
     parser.add_argument(
-        "--only", default="ingest,aggregator,pipeline,day_files,analyses,tiers,dashboard,recovery"
+        "--only",
+        default="ingest,ingest_stages,aggregator,pipeline,day_files,analyses,tiers,dashboard,"
+        "recovery",
     )
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument(
@@ -103,6 +107,9 @@ def main() -> None:
         results["ingest"]["ingest_events_per_s"] = results["ingest"][
             "browser_like_1_person_per_batch"
         ]["ingest_events_per_s"]
+    if "ingest_stages" in selected:
+        print("== ingest stages: CPU per event of the event path, one process, no I/O", flush=True)
+        results["ingest_stages"] = ingest_stages.run_benchmark()
     if "aggregator" in selected:
         print("== aggregator: write_events alone, 4,000-event batches, 2 writers", flush=True)
         results["aggregator"] = {

@@ -2,8 +2,9 @@
 events API, in front of validation, enrichment and publishing to JetStream.
 
 Order of checks for a request: body size (Content-Length, then bytes read) -> write key ->
-JSON -> rate limit -> per-event validation -> publish -> answer. A request is answered 2xx
-only after JetStream acknowledged every accepted event.
+JSON -> rate limit -> each event through the event path (services/ingest/stages: decode ->
+validate -> event time -> enrich -> policy -> EventV1) -> publish -> answer. A request is
+answered 2xx only after JetStream acknowledged every accepted event.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from libs.common.storable_text import NUL_PROBLEM, may_hold_nul, nul_path
 from libs.common.subjects import Subjects
 from services.ingest.analytics_api_payloads import (
     analytics_batch_decoder,
-    analytics_event_decoder,
     raw_array_decoder,
 )
 from services.ingest.answers import Rejection, Skip
@@ -48,12 +48,6 @@ from services.ingest.cookieless import (
     SaltsUnavailable,
     cookieless_id,
     sent_by_tracker,
-)
-from services.ingest.event_mapping import (
-    ItemSkipped,
-    RequestInfo,
-    analytics_api_event,
-    segment_event,
 )
 from services.ingest.geo import GeoLocator
 from services.ingest.metrics import IngestMetrics
@@ -78,16 +72,15 @@ from services.ingest.request_body import (
 from services.ingest.segment_payloads import (
     message_id_decoder,
     segment_batch_decoder,
-    segment_message_decoder,
     write_key_decoder,
 )
+from services.ingest.stages.draft import ItemSkipped, RequestInfo
+from services.ingest.stages.path import item_event
 from services.ingest.tracker.script import add_tracker_routes
 from services.ingest.validation import (
     ISO_TIME_HINT,
     EventLimits,
     ItemRejected,
-    check_event_size,
-    check_no_nul,
     describe_validation_error,
 )
 
@@ -320,7 +313,7 @@ class IngestApi:
                 info.cookieless_id = await self._tracker_visitor_id(
                     project_id, info.client_ip, request.headers.get("User-Agent")
                 )
-            events, rejected, skipped = self._events(items, kind, info)
+            events, rejected, skipped = self._events(items, kind, info, body)
         except _Refused as refused:
             return refused.response
         self.metrics.rejected.inc(len(rejected))
@@ -440,24 +433,21 @@ class IngestApi:
             )
 
     def _events(
-        self, items: list[Any], kind: str | None, info: RequestInfo
+        self, items: list[Any], kind: str | None, info: RequestInfo, body: bytes
     ) -> tuple[list[EventV1], list[Rejection], list[Skip]]:
-        """Validate and enrich every item; a bad item is listed, never published."""
+        """Run every item through the event path (services/ingest/stages); a bad item is
+        listed, never published."""
         events: list[EventV1] = []
         rejected: list[Rejection] = []
         skipped: list[Skip] = []
         analytics = kind == "analytics"
-        limits = self.limits
         single = len(items) == 1
+        # One scan of the body instead of one per item: most bodies hold no NUL escape at all.
+        nul_possible = may_hold_nul(body)
+        append = events.append
         for index, raw in enumerate(items):
             try:
-                check_event_size(len(raw), limits)
-                check_no_nul(raw)
-                if analytics:
-                    events.append(analytics_api_event(analytics_event_decoder.decode(raw), info))
-                else:
-                    message = segment_message_decoder.decode(raw)
-                    events.append(segment_event(message, kind or message.type, info))
+                append(item_event(raw, kind, info, nul_possible))
             except ItemRejected as exc:
                 rejected.append(Rejection(index, _message_id(raw, analytics), exc.reason))
             except ItemSkipped as exc:
