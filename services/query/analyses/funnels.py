@@ -353,7 +353,9 @@ class FunnelQuery:
         finally:
             con.unregister(f"{self.persons}_arrow")
 
-    def _counts_sql(self, where: str = "TRUE") -> str:
+    def _counts_sql(self, by_breakdown: bool) -> str:
+        """Persons per step and the times from the step before: in total, or per breakdown
+        value (ranked by step-1 persons)."""
         cols = []
         for k in range(self.spec.n):
             cols.append(f"count(*) FILTER (WHERE reached >= {k + 1}) AS c{k + 1}")
@@ -361,7 +363,11 @@ class FunnelQuery:
                 gap = f"(t{k + 1} - t{k}) / 1e6"
                 cols.append(f"median({gap}) FILTER (WHERE reached >= {k + 1}) AS m{k + 1}")
                 cols.append(f"avg({gap}) FILTER (WHERE reached >= {k + 1}) AS a{k + 1}")
-        return f"SELECT bd, {', '.join(cols)} FROM {self.persons} WHERE {where}"
+        if by_breakdown:
+            return (
+                f"SELECT bd, {', '.join(cols)} FROM {self.persons} GROUP BY bd ORDER BY c1 DESC, bd"
+            )
+        return f"SELECT NULL AS bd, {', '.join(cols)} FROM {self.persons}"
 
     def _counts_of(self, row: tuple[Any, ...]) -> FunnelCounts:
         stats = [StepStats(int(row[1]), None, None)]
@@ -373,14 +379,13 @@ class FunnelQuery:
 
     def counts(self, con: duckdb.DuckDBPyConnection) -> tuple[FunnelCounts, list[Any], bool]:
         """Total counts, per-breakdown-value counts (top values) and whether values were cut."""
-        total_sql = self._counts_sql().replace("SELECT bd,", "SELECT NULL AS bd,", 1)
-        total_row = con.execute(total_sql).fetchone()
+        total_row = con.execute(self._counts_sql(by_breakdown=False)).fetchone()
         assert total_row is not None
         total = self._counts_of(total_row)
         breakdown: list[tuple[str, FunnelCounts]] = []
         truncated = False
         if self.spec.breakdown is not None:
-            rows = con.execute(self._counts_sql() + " GROUP BY bd ORDER BY c1 DESC, bd").fetchall()
+            rows = con.execute(self._counts_sql(by_breakdown=True)).fetchall()
             truncated = len(rows) > self.spec.breakdown_limit
             breakdown = [(r[0], self._counts_of(r)) for r in rows[: self.spec.breakdown_limit]]
         return total, breakdown, truncated
