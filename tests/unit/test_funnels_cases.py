@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from services.query.analyses.conditions import EventScope
-from services.query.analyses.endpoints import epoch_us, step_results
+from services.query.analyses.funnel_runner import step_results
 from services.query.analyses.funnels import FunnelQuery, funnel_spec, run_funnel
 from services.query.analyses.requests import (
     Condition,
@@ -22,6 +22,7 @@ from services.query.analyses.requests import (
     WindowSpec,
     parse_body_filters,
 )
+from services.query.analyses.runner import epoch_us
 from services.query.params import ParamError
 from tests.support.analysis_events import Ev, at, numbered, scan_connection
 
