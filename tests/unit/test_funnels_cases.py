@@ -56,6 +56,10 @@ def pv(person: str, path: str, ts: datetime, event_id: str = "") -> Ev:
 
 
 CASES: dict[str, Case] = {
+    # Nobody's events are steps: every order counts nobody (and no attempt starts).
+    "no step events (ordered)": Case([ev("p", "X", at(0))], [A, B], [0, 0]),
+    "no step events (strict)": Case([ev("p", "X", at(0))], [A, B], [0, 0], order="strict"),
+    "no step events (unordered)": Case([ev("p", "X", at(0))], [A, B], [0, 0], order="unordered"),
     "in order": Case(
         [ev("p", "A", at(0)), ev("p", "B", at(1)), ev("p", "C", at(2))],
         [A, B, C],

@@ -48,9 +48,10 @@ class EventStream:
         if n > 1:
             new_group[1:] |= self.t[1:] != self.t[:-1]
         starts = np.flatnonzero(new_group)
-        ends = np.append(starts[1:], n) - 1
-        self.group_start: Ints = np.repeat(starts, np.diff(np.append(starts, n)))
-        self.group_end: Ints = np.repeat(ends, np.diff(np.append(starts, n)))
+        lengths = np.diff(np.append(starts, n))
+        ends = starts + lengths - 1
+        self.group_start: Ints = np.repeat(starts, lengths)
+        self.group_end: Ints = np.repeat(ends, lengths)
         self._positions: dict[tuple[str, int], Ints] = {}
 
     def _with(self, column: str, bit: int) -> Ints:
