@@ -477,6 +477,7 @@ def test_filters_and_bots_restrict_the_events() -> None:
             "exclusions[0].to_step",
         ),
         (dict(steps=[A, B], order="unordered", exclusions=[FunnelExclusion("X")]), "exclusions"),
+        (dict(steps=[A, B], exclusions=[FunnelExclusion("X")] * 21), "exclusions"),
         (
             dict(
                 steps=[A, FunnelStep("B", [Condition("path", "like", "x")])],

@@ -69,6 +69,7 @@ WINDOW_UNITS: dict[str, int] = {
 MAX_WINDOW_S = 366 * 86_400
 PERSON_STATUSES = ("converted", "dropped")
 MIN_STEPS, MAX_STEPS = 2, 20
+MAX_EXCLUSIONS = 20
 MAX_PERSONS_PAGE = 10_000
 _US = 1_000_000
 
@@ -123,6 +124,9 @@ def funnel_spec(request: FunnelRequest) -> FunnelSpec:
     if request.window.value < 1 or window_s > MAX_WINDOW_S:
         raise ParamError("window.value", "the window must be from 1 second to 366 days")
     n = len(request.steps)
+    if len(request.exclusions) > MAX_EXCLUSIONS:
+        # Each exclusion is one bit of a 64-bit mask per event.
+        raise ParamError("exclusions", f"at most {MAX_EXCLUSIONS} exclusions")
     exclusions = []
     for i, x in enumerate(request.exclusions):
         to_step = n if x.to_step is None else x.to_step
