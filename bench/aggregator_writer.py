@@ -182,7 +182,7 @@ def live_traffic(
 
 async def _prepare(database_url: str) -> None:
     from libs.common import db
-    from services.aggregator.writer import ensure_partitions_ahead
+    from libs.common.event_partitions import ensure_partitions_ahead
 
     await db.ensure_database(database_url)
     conn = await asyncpg.connect(database_url)
@@ -213,7 +213,8 @@ class WriteRun(NamedTuple):
 
 async def _write_all(database_url: str, batches: list[list[EventV1]], writers: int) -> WriteRun:
     """Write every batch with `writers` concurrent connections."""
-    from services.aggregator.writer import EventPartitions, write_events
+    from libs.common.event_partitions import EventPartitions
+    from services.aggregator.writer import write_events
 
     queue: Iterator[list[EventV1]] = iter(batches)
     partitions = EventPartitions()

@@ -1,4 +1,4 @@
-"""Analyses engine benchmark (issue 3): funnels, retention and paths on a bench-size dataset
+"""Analyses engine benchmark: funnels, retention and paths on a bench-size dataset
 (default 5,000,000 events over 120 days, 200,000 persons) laid out as the day files the data
 plane writes (one zstd Parquet part per UTC day, sorted by device then time), read through the
 same `events_scan` view the query service builds (services/query/event_scan.py), warm, median
@@ -342,7 +342,7 @@ def _peer_figures(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Analyses engine benchmark (issue 3)")
+    parser = argparse.ArgumentParser(description="Analyses engine benchmark")
     parser.add_argument("--events", type=int, default=5_000_000)
     parser.add_argument("--persons", type=int, default=200_000)
     parser.add_argument("--days", type=int, default=120)

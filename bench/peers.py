@@ -1,4 +1,4 @@
-"""The peers of issue 3's benchmark, on the same day files as bench/analyses.py: the
+"""The peers of the analyses benchmark, on the same day files as bench/analyses.py: the
 straightforward PostgreSQL SQL a Postgres-backed tool runs (Umami's shape: a self-join per funnel
 step within the window, GROUP BY for retention, numbered events per visit for journeys) over the
 same events loaded into PostgreSQL, and ClickHouse in-process (chdb: `windowFunnel`,

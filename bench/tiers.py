@@ -1,4 +1,4 @@
-"""Storage tiering benchmark (issue 4) on the analyses bench dataset (bench/analyses.py's
+"""Storage tiering benchmark on the analyses bench dataset (bench/analyses.py's
 generator: default 5,000,000 events over 120 days, 200,000 persons), the days ending yesterday,
 loaded into a real PostgreSQL `events` table and moved by the tiering service's own jobs to a
 `file://` object store. Figures only:
@@ -8,7 +8,9 @@ loaded into a real PostgreSQL `events` table and moved by the tiering service's 
 - cold-move throughput: rows/s of export + verify (export_pending_days) + drop from PostgreSQL
   (move_cold_days), for the 30 oldest days and then for the remaining 90;
 - a 5-step funnel over all 120 days through `open_scan` as the query service runs it: 90 days hot
-  and 30 cold; everything cold from a warm local cache; everything cold from a cold cache;
+  and 30 cold; everything cold from a warm local cache; everything cold from a cold cache; each
+  as a ratio to ClickHouse (chdb's `windowFunnel`, when the `bench` group is installed) over the
+  same day files;
 - metrics (visitors, pageviews, events) over a year from rollups, daily buckets, as the metrics
   endpoint reads them (the event rollups are rebuilt from the loaded rows first);
 - GDPR erasure of one person of median activity while 90 days are hot and 30 cold (no Archive
@@ -33,6 +35,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -41,9 +44,15 @@ import asyncpg
 import numpy as np
 import pyarrow.csv as pa_csv
 
+from bench import peers
 from bench.analyses import _day_table
 from libs.common import db
-from libs.common.day_files import DayExportSettings, DayFileCache, export_pending_days
+from libs.common.day_files import (
+    DayExportSettings,
+    DayFileCache,
+    active_parts,
+    export_pending_days,
+)
 from libs.common.day_files.layout import EVENT_FILE_SCHEMA
 from libs.common.erasure import request_erasure
 from libs.common.object_store import ObjectStore, open_object_store
@@ -197,6 +206,34 @@ async def funnel_once(
         "tiers": {t.tier: t.rows for t in scan.tiers},
         "persons_per_step": [s.count for s in result.total.steps],
     }
+
+
+async def clickhouse_funnel_ms(
+    pool: asyncpg.Pool, cache: DayFileCache, start: datetime, end: datetime, runs: int
+) -> float | None:
+    """The same funnel on ClickHouse's engine (chdb, the `bench` dependency group) over the
+    day files Strata reads (the catalog's active parts), warm median; None without chdb."""
+    try:
+        clickhouse = peers.ClickHousePeer()
+    except ImportError:
+        return None
+    last_day = (end - timedelta(microseconds=1)).date()
+    parts = await active_parts(pool, PROJECT, start.date(), last_day)
+    cached = await cache.acquire(parts)
+    # One folder of dt=<day>-<n>.parquet names, as the peers' SQL lists its files.
+    folder = Path(tempfile.mkdtemp(prefix="strata-bench-clickhouse-"))
+    try:
+        files = []
+        for n, (part, path) in enumerate(zip(parts, cached, strict=True)):
+            files.append(folder / f"dt={part.day.isoformat()}-{n}.parquet")
+            files[-1].symlink_to(path)
+        sql = peers.clickhouse_funnel_sql(files, start, end, timedelta(days=14))
+        warm: float = peers.timed(partial(clickhouse.query, sql), runs)["warm_median_ms"]
+        return warm
+    finally:
+        cache.release(parts)
+        clickhouse.close()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _median(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -401,6 +438,14 @@ async def run(
             engine.close()
         funnels["all_cold_cold_cache"] = _median(cold_cache)
         print(f"   funnel all cold, cold cache {funnels['all_cold_cold_cache']}", flush=True)
+        clickhouse_cache = DayFileCache(cache_dir, 8 * 1024**3, store)
+        clickhouse_ms = await clickhouse_funnel_ms(pool, clickhouse_cache, start, end, runs)
+        for layout in funnels.values():
+            layout["strata_to_clickhouse_all_cold_ratio"] = peers.ratio(
+                layout["total_median_ms"], clickhouse_ms
+            )
+        funnels["clickhouse_all_cold_warm_median_ms"] = clickhouse_ms
+        print(f"   funnel on ClickHouse (chdb) over the same day files {clickhouse_ms} ms")
         figures["funnel_5_steps_120d"] = funnels
 
     finally:
@@ -441,7 +486,7 @@ def run_benchmark(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Storage tiering benchmark (issue 4)")
+    parser = argparse.ArgumentParser(description="Storage tiering benchmark")
     parser.add_argument("--events", type=int, default=5_000_000)
     parser.add_argument("--persons", type=int, default=200_000)
     parser.add_argument("--days", type=int, default=120)

@@ -9,9 +9,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
+from libs.common.errors import StrataError
 
-class StackError(RuntimeError):
+
+class StackError(StrataError, RuntimeError):
     """The local stack is missing or cannot start; the message says why and what to do."""
+
+    code = "stack_failed"
 
 
 def say(message: str) -> None:

@@ -290,7 +290,7 @@ def _dlq_call(settings: StackSettings, action: Callable[[Any, Subjects], Any]) -
 
 
 def cmd_dlq_list(args: argparse.Namespace, settings: StackSettings, env: Mapping[str, str]) -> int:
-    from services.aggregator.dead_letters import list_dead_letters
+    from libs.common.dead_letters import list_dead_letters
 
     letters = _dlq_call(settings, lambda js, subjects: list_dead_letters(js, subjects, args.limit))
     if args.json:
@@ -315,7 +315,7 @@ def cmd_dlq_list(args: argparse.Namespace, settings: StackSettings, env: Mapping
 def cmd_dlq_replay(
     args: argparse.Namespace, settings: StackSettings, env: Mapping[str, str]
 ) -> int:
-    from services.aggregator.dead_letters import replay_dead_letters
+    from libs.common.dead_letters import replay_dead_letters
 
     if not args.all and not args.seq:
         raise CliError("say which dead letters to replay: --seq N (repeatable) or --all")

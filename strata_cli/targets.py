@@ -10,14 +10,17 @@ from pathlib import Path
 
 import asyncpg
 
+from libs.common.errors import StrataError
 from libs.common.settings import StackSettings
 from strata_cli.local_stack import dev_json_path, load_dev_json, redact
 
 _PROJECT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
-class CliError(RuntimeError):
+class CliError(StrataError, RuntimeError):
     """A user error: printed as one line, exit code 1."""
+
+    code = "cli_failed"
 
 
 Command = Callable[[argparse.Namespace, StackSettings, Mapping[str, str]], int]

@@ -32,6 +32,8 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from libs.common.errors import StrataError
+
 DEMO_PROJECTS = ("demo", "shop", "docs")
 # The A/B test every demo visit is exposed to (the treatment converts a little better at
 # checkout): POST /api/v1/analytics/experiments/analyze with "experiment": "new-checkout".
@@ -42,8 +44,10 @@ DAY_MS = 86_400_000
 Message = dict[str, Any]
 
 
-class DemoError(RuntimeError):
+class DemoError(StrataError, RuntimeError):
     """Demo traffic could not be delivered (bad key, ingest unreachable, ...)."""
+
+    code = "demo_failed"
 
 
 class DemoPlan(msgspec.Struct, frozen=True, kw_only=True):

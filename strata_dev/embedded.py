@@ -18,11 +18,15 @@ import sys
 import time
 from pathlib import Path
 
+from libs.common.errors import StrataError
+
 _PG_SYSTEM_USER = "strata_pg"
 
 
-class EmbeddedError(RuntimeError):
+class EmbeddedError(StrataError, RuntimeError):
     """An embedded server could not be started."""
+
+    code = "embedded_server_failed"
 
 
 def free_port() -> int:

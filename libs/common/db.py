@@ -47,6 +47,11 @@ def migration_files() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
+def migration_checksum(sql: str) -> str:
+    """What `schema_migrations` records of an applied migration (and `sha256sum` prints)."""
+    return hashlib.sha256(sql.encode()).hexdigest()
+
+
 async def migrate(conn: asyncpg.Connection) -> list[str]:
     """Apply pending migrations, each in its own transaction; returns the names applied."""
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
@@ -64,7 +69,7 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
         }
         done: list[str] = []
         for version, name, sql in migration_files():
-            checksum = hashlib.sha256(sql.encode()).hexdigest()
+            checksum = migration_checksum(sql)
             if version in applied:
                 if applied[version] != checksum:
                     raise RuntimeError(

@@ -21,6 +21,12 @@ from opentelemetry.sdk.trace.export import (
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 
+def error_text(exc: BaseException) -> str:
+    """An exception as a log's `error=` field: its type and message."""
+    message = str(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
 def configure_logging(service: str, log_format: str = "json", level: str = "info") -> None:
     """JSON lines in production, key=value for a developer's terminal."""
     renderer: structlog.types.Processor

@@ -8,14 +8,18 @@ import re
 
 import asyncpg
 
+from libs.common.errors import StrataError
+
 MAX_OWN_DOMAINS = 50
 _HOST = re.compile(
     r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 )
 
 
-class DomainError(ValueError):
+class DomainError(StrataError, ValueError):
     """A domain that cannot be one of a project's own (the message names it)."""
+
+    code = "invalid_own_domain"
 
 
 def parse_own_domains(text: str) -> tuple[str, ...]:

@@ -12,6 +12,8 @@ import re
 import asyncpg
 import msgspec
 
+from libs.common.errors import StrataError
+
 IP_DROP = "drop"
 IP_TRUNCATE = "truncate"
 IP_KEEP = "keep"
@@ -32,8 +34,10 @@ MAX_SCRUB_REGEXES = 20
 MAX_SCRUB_REGEX_CHARS = 500
 
 
-class PolicyError(ValueError):
+class PolicyError(StrataError, ValueError):
     """A privacy setting that cannot be applied (the message names it)."""
+
+    code = "invalid_privacy_policy"
 
 
 class PrivacyPolicy(msgspec.Struct, frozen=True, kw_only=True):

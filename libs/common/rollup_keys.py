@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from libs.common.model.columns import EVENT_DIMENSION_COLUMNS, SESSION_DIMENSION_COLUMNS
 from libs.common.schemas.events_v1 import PAGEVIEW
 
 # Rollup granularities: hour and day (UTC). Hourly rows hold totals only; daily rows hold
@@ -24,33 +25,10 @@ ALL_EVENTS = "*"  # the `name` of the rollup row over every event name
 DIMENSION_NAMES = (ALL_EVENTS, PAGEVIEW)
 TOTAL = ""  # the `dim` (and `value`) of the row without a breakdown
 
-# API dimension name -> event attribute. `page` is the event's path.
-EVENT_DIMENSIONS: dict[str, str] = {
-    "page": "path",
-    "referrer_domain": "referrer_domain",
-    "channel": "channel",
-    "utm_source": "utm_source",
-    "utm_medium": "utm_medium",
-    "utm_campaign": "utm_campaign",
-    "browser": "browser",
-    "os": "os",
-    "device_type": "device_type",
-    "country": "country",
-}
-
-# API dimension name -> session attribute (a session's page is its entry page).
-SESSION_DIMENSIONS: dict[str, str] = {
-    "page": "entry_path",
-    "referrer_domain": "referrer_domain",
-    "channel": "channel",
-    "utm_source": "utm_source",
-    "utm_medium": "utm_medium",
-    "utm_campaign": "utm_campaign",
-    "browser": "browser",
-    "os": "os",
-    "device_type": "device_type",
-    "country": "country",
-}
+# API dimension name -> event column (`page` is the event's path), and -> session column (a
+# session's page is its entry page), as libs/common/model declares them.
+EVENT_DIMENSIONS: dict[str, str] = EVENT_DIMENSION_COLUMNS
+SESSION_DIMENSIONS: dict[str, str] = SESSION_DIMENSION_COLUMNS
 
 # Session rollups also count sessions by their exit page (the page they ended on), a
 # dimension of sessions only: events have no exit page.

@@ -13,13 +13,17 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from libs.common.errors import StrataError
+
 _UNPREFIXED = {"database_url": "DATABASE_URL", "nats_url": "NATS_URL"}
 
 T = TypeVar("T", bound=msgspec.Struct)
 
 
-class SettingsError(ValueError):
+class SettingsError(StrataError, ValueError):
     """A configuration variable is missing or malformed."""
+
+    code = "invalid_settings"
 
 
 def env_name(field: str) -> str:
@@ -122,6 +126,11 @@ class SessionizerSettings(CommonSettings, frozen=True, kw_only=True):
     checkpoint_max_messages: int = 5000
     max_pending_publishes: int = 2000  # enriched/session publishes awaiting their acks
     publish_timeout_s: float = 10.0
+    # The dead-letter cap, as the aggregator's (libs/common/dead_letters.py), per partition.
+    dlq_max_ratio: float = 0.5
+    dlq_max_count: int = 1000
+    dlq_window_s: float = 300.0
+    dlq_ratio_min_messages: int = 100
 
 
 class AggregatorSettings(CommonSettings, frozen=True, kw_only=True):

@@ -11,9 +11,28 @@ NUL_PROBLEM = "contains a NUL character (\\u0000), which cannot be stored; remov
 _NUL_ESCAPE = b"\\u0000"
 
 
+# Escapes walked one by one before the pre-check falls back to one substring search.
+_ESCAPES_WALKED = 32
+
+
 def may_hold_nul(raw: bytes) -> bool:
-    """Cheap pre-check of JSON text: False means it holds no NUL character."""
-    return _NUL_ESCAPE in raw or b"\x00" in raw
+    """Cheap pre-check of JSON text: False means it holds no NUL character.
+
+    Most JSON holds few or no escapes, so each backslash is found with memchr and only the
+    escape it starts is looked at (the character after an escaped backslash is text, not an
+    escape): far cheaper than searching the whole text for the six bytes of the NUL escape,
+    whose last byte is as common as a zero digit. Text with many escapes gets that search."""
+    if b"\x00" in raw:
+        return True
+    find = raw.find
+    at = find(b"\\")
+    for _ in range(_ESCAPES_WALKED):
+        if at < 0:
+            return False
+        if raw.startswith(b"u0000", at + 1):
+            return True
+        at = find(b"\\", at + 2)
+    return at >= 0 and find(_NUL_ESCAPE, at) >= 0
 
 
 def nul_path(value: Any, path: str = "") -> str | None:

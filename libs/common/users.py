@@ -13,6 +13,8 @@ import msgspec
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from libs.common.errors import StrataError
+
 VIEWER, ANALYST, ADMIN = "viewer", "analyst", "admin"
 ROLES = (VIEWER, ANALYST, ADMIN)
 _RANK = {VIEWER: 1, ANALYST: 2, ADMIN: 3}
@@ -25,8 +27,10 @@ _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
 DEFAULT_HASHER = PasswordHasher()
 
 
-class UserError(ValueError):
+class UserError(StrataError, ValueError):
     """A user-facing problem with an account operation (bad e-mail, short password, ...)."""
+
+    code = "invalid_user"
 
 
 class User(msgspec.Struct, frozen=True, kw_only=True):

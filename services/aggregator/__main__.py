@@ -20,7 +20,8 @@ from libs.common.observability import (
 )
 from libs.common.settings import AggregatorSettings, from_env
 from libs.common.subjects import Subjects
-from services.aggregator.consumer import Aggregator, AggregatorMetrics
+from services.aggregator.consumer import Aggregator
+from services.aggregator.metrics import AggregatorMetrics
 
 
 async def serve(settings: AggregatorSettings) -> None:
@@ -41,12 +42,12 @@ async def serve(settings: AggregatorSettings) -> None:
         health = await start_health_server(
             "0.0.0.0", settings.health_port, registry, liveness, checks
         )
-        log.info("aggregator started", prefix=settings.nats_prefix, port=settings.health_port)
+        log.info("aggregator_started", prefix=settings.nats_prefix, port=settings.health_port)
         try:
             await aggregator.run()
         finally:
             await health.cleanup()
-        log.info("aggregator stopped")
+        log.info("aggregator_stopped")
     finally:
         # In-flight batches have committed and acked by now; drain flushes the acks.
         await nc.drain()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -32,19 +31,16 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from libs.common.observability import Liveness, extract_trace_context
+from libs.common.dead_letters import DeadLetterCapExceeded, DlqLimit, DlqPolicy
+from libs.common.errors import StrataError
+from libs.common.event_partitions import EventPartitions, ensure_partitions_ahead
+from libs.common.observability import Liveness, error_text, extract_trace_context
 from libs.common.schemas.events_v1 import SCHEMA_VERSION, EnrichedBatchV1, EventV1
 from libs.common.settings import AggregatorSettings
 from libs.common.subjects import Subjects
-from services.aggregator.dead_letters import publish_dead_letter
-from services.aggregator.writer import (
-    EventPartitions,
-    WriteResult,
-    ensure_partitions_ahead,
-    write_events,
-)
+from services.aggregator.metrics import AggregatorMetrics
+from services.aggregator.writer import WriteResult, write_events
 
 SERVICE = "aggregator"
 DURABLE = "aggregator"
@@ -55,12 +51,10 @@ _encode_batch = msgspec.json.Encoder().encode
 _tracer = trace.get_tracer("strata.aggregator")
 
 
-class PoisonMessage(Exception):
+class PoisonMessage(StrataError):
     """A message that can never be processed as it is: it goes to the DLQ, not back."""
 
-
-class DeadLetterCapExceeded(Exception):
-    """Dead-lettering one more message would pass the cap: halt rather than drain."""
+    code = "poison_message"
 
 
 # Failures of the environment, not of the data: retrying later succeeds.
@@ -100,84 +94,6 @@ def decode_batch(data: bytes) -> EnrichedBatchV1:
         if event.ts.tzinfo is None or event.received_at.tzinfo is None:
             raise PoisonMessage(f"event {event.event_id}: timestamps must carry a time zone")
     return batch
-
-
-class DeadLetterBudget:
-    """Dead letters allowed over a sliding time window: at most `max_count`, and at most
-    `max_ratio` of the messages handled once the window holds `min_messages`."""
-
-    def __init__(
-        self, window_s: float, max_count: int, max_ratio: float, min_messages: int
-    ) -> None:
-        self.window_s = window_s
-        self.max_count = max_count
-        self.max_ratio = max_ratio
-        self.min_messages = min_messages
-        self._seconds: deque[list[int]] = deque()  # [second, handled, dead] per second
-
-    def _bucket(self) -> list[int]:
-        now = int(time.monotonic())
-        while self._seconds and self._seconds[0][0] <= now - self.window_s:
-            self._seconds.popleft()
-        if not self._seconds or self._seconds[-1][0] != now:
-            self._seconds.append([now, 0, 0])
-        return self._seconds[-1]
-
-    def record_handled(self, count: int = 1) -> None:
-        self._bucket()[1] += count
-
-    def spend(self) -> None:
-        """Account one dead letter, or raise DeadLetterCapExceeded if it would pass the cap."""
-        bucket = self._bucket()
-        handled = sum(b[1] for b in self._seconds) + 1
-        dead = sum(b[2] for b in self._seconds) + 1
-        if dead > self.max_count:
-            raise DeadLetterCapExceeded(
-                f"{dead} dead letters within {self.window_s:g}s would pass"
-                f" dlq_max_count={self.max_count}"
-            )
-        if handled >= self.min_messages and dead / handled > self.max_ratio:
-            raise DeadLetterCapExceeded(
-                f"{dead} of the last {handled} messages would be dead-lettered, past"
-                f" dlq_max_ratio={self.max_ratio:g}"
-            )
-        bucket[1] += 1
-        bucket[2] += 1
-
-
-class AggregatorMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.events_inserted = Counter(
-            "strata_aggregator_events_inserted_total", "Events newly stored", registry=registry
-        )
-        self.events_duplicate = Counter(
-            "strata_aggregator_events_duplicate_total",
-            "Events received again and skipped (already stored)",
-            registry=registry,
-        )
-        self.messages = Counter(
-            "strata_aggregator_messages_total",
-            "Enriched messages by outcome",
-            ["outcome"],
-            registry=registry,
-        )
-        self.dead_letters = Counter(
-            "strata_aggregator_dead_letters_total", "Messages sent to the DLQ", registry=registry
-        )
-        self.batch_seconds = Histogram(
-            "strata_aggregator_batch_seconds",
-            "Time to write and ack one fetched batch",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-            registry=registry,
-        )
-        self.pending = Gauge(
-            "strata_aggregator_consumer_pending",
-            "Messages in the stream not yet delivered to the aggregator consumer",
-            registry=registry,
-        )
-        self.halted = Gauge(
-            "strata_aggregator_halted", "1 when halted by the DLQ cap", registry=registry
-        )
 
 
 @dataclass
@@ -222,12 +138,7 @@ class Aggregator:
         self.metrics = metrics
         self.liveness = liveness
         self.partitions = EventPartitions()
-        self.budget = DeadLetterBudget(
-            settings.dlq_window_s,
-            settings.dlq_max_count,
-            settings.dlq_max_ratio,
-            settings.dlq_ratio_min_messages,
-        )
+        self.dlq = DlqPolicy(self.js, subjects, SERVICE, DlqLimit.from_settings(settings))
         self.halted_reason: str | None = None
         self._stopping = asyncio.Event()
         self._log = structlog.get_logger().bind(consumer=DURABLE)
@@ -296,7 +207,7 @@ class Aggregator:
             except Exception as exc:
                 if not is_transient(exc) or self._stopping.is_set():
                     raise
-                self._log.warning("partitions ahead failed, retrying", error=repr(exc))
+                self._log.warning("partitions_ahead_failed_retrying", error=error_text(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -311,7 +222,7 @@ class Aggregator:
                         conn, self.settings.partitions_ahead_days, self.partitions
                     )
             except Exception as exc:  # retried next hour; writes create their days anyway
-                self._log.warning("partitions ahead failed", error=repr(exc))
+                self._log.warning("partitions_ahead_failed", error=error_text(exc))
 
     async def _consume(self, sub: JetStreamContext.PullSubscription) -> None:
         while not self._stopping.is_set():
@@ -328,7 +239,7 @@ class Aggregator:
             except (NatsTimeoutError, TimeoutError):
                 continue  # nothing to fetch (nats' or asyncio's timeout): idle, not failing
             except Exception as exc:  # NATS reconnecting: the client retries, so do we
-                self._log.warning("fetch failed", error=repr(exc))
+                self._log.warning("fetch_failed", error=error_text(exc))
                 await asyncio.sleep(0.5)
                 continue
             if not msgs:  # a pull answered only by a status message
@@ -337,7 +248,7 @@ class Aggregator:
             try:
                 await self.handle(msgs)
             except Exception as exc:  # e.g. NATS lost mid-ack: unacked messages redeliver
-                self._log.error("batch handling failed", error=repr(exc), exc_info=True)
+                self._log.error("batch_handling_failed", error=error_text(exc), exc_info=True)
                 await asyncio.sleep(0.5)
                 continue
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
@@ -391,7 +302,7 @@ class Aggregator:
                 return
             # A data fault somewhere in the batch: find it by writing the messages one by one.
             self._log.warning(
-                "batch failed, isolating its messages", messages=len(items), error=repr(exc)
+                "batch_failed_isolating_messages", messages=len(items), error=error_text(exc)
             )
             for item in items:
                 await self._write_and_ack([item])
@@ -399,12 +310,12 @@ class Aggregator:
         # Ack only after COMMIT: a crash before this line redelivers, and the rewrite is a no-op.
         for item in items:
             await item.msg.ack()
-        self.budget.record_handled(len(items))
+        self.dlq.record_handled(len(items))
         self.metrics.messages.labels("acked").inc(len(items))
         self.metrics.events_inserted.inc(result.inserted)
         self.metrics.events_duplicate.inc(result.duplicates)
         self._log.debug(
-            "batch stored",
+            "batch_stored",
             batch_ids=[item.batch.batch_id for item in items][:20],
             inserted=result.inserted,
             duplicates=result.duplicates,
@@ -417,7 +328,7 @@ class Aggregator:
     async def _retry_later(self, items: Sequence[_Item], exc: BaseException) -> None:
         if isinstance(exc, asyncpg.exceptions.CheckViolationError):
             self.partitions.forget()
-        self._log.warning("transient failure, retrying", messages=len(items), error=repr(exc))
+        self._log.warning("transient_failure_retrying", messages=len(items), error=error_text(exc))
         for item in items:
             await item.msg.nak(delay=self._backoff(item.msg))
         self.metrics.messages.labels("retried").inc(len(items))
@@ -434,7 +345,7 @@ class Aggregator:
                 await self._isolate_events(item, deliveries)
             return
         self._log.warning(
-            "message failed, will retry",
+            "message_failed_will_retry",
             batch_id=item.batch.batch_id,
             deliveries=deliveries,
             error=reason,
@@ -489,12 +400,12 @@ class Aggregator:
             )
         # Ack only after every event is either committed or in the DLQ.
         await item.msg.ack()
-        self.budget.record_handled()
+        self.dlq.record_handled()
         self.metrics.messages.labels("acked").inc()
         self.metrics.events_inserted.inc(result.inserted)
         self.metrics.events_duplicate.inc(result.duplicates)
         self._log.warning(
-            "message stored without its rejected events",
+            "message_stored_without_rejected_events",
             batch_id=batch.batch_id,
             events=len(batch.events),
             rejected=[event.event_id for event, _ in rejected][:20],
@@ -507,31 +418,31 @@ class Aggregator:
         payload: bytes | None = None,
         event_id: str | None = None,
     ) -> None:
-        self.budget.spend()  # raises DeadLetterCapExceeded past the cap
-        await publish_dead_letter(
-            self.js, self.subjects, SERVICE, msg, reason, payload=payload, event_id=event_id
-        )
+        # Raises DeadLetterCapExceeded past the cap.
+        await self.dlq.dead_letter(msg, reason, payload=payload, event_id=event_id)
         self.metrics.dead_letters.inc()
         if event_id is None:
             await msg.term()
             self.metrics.messages.labels("dead_lettered").inc()
-        self._log.warning(
-            "event dead-lettered" if event_id else "message dead-lettered",
-            subject=msg.subject,
-            stream_seq=msg.metadata.sequence.stream,
-            deliveries=msg.metadata.num_delivered,
-            event_id=event_id,
-            reason=reason,
-        )
+        where = {
+            "subject": msg.subject,
+            "stream_seq": msg.metadata.sequence.stream,
+            "deliveries": msg.metadata.num_delivered,
+        }
+        if event_id is None:
+            self._log.warning("message_dead_lettered", **where, error=reason)
+        else:
+            self._log.warning("event_dead_lettered", **where, event_id=event_id, error=reason)
 
     def _halt(self, reason: str) -> None:
         if self.halted_reason is None:
             self.halted_reason = reason
             self.metrics.halted.set(1)
             self._log.error(
-                "consumer halted: dead-letter cap reached; fix the cause, then restart"
+                "consumer_halted",
+                error=reason,
+                hint="dead-letter cap reached; fix the cause, then restart"
                 " (and `strata dlq list` / `strata dlq replay`)",
-                reason=reason,
             )
 
     @contextlib.contextmanager

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterable, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -35,6 +35,9 @@ from datasketches import hll_sketch
 
 from libs.common import sketches
 from libs.common.db import lock_derived_tables
+from libs.common.errors import StrataError
+from libs.common.event_partitions import EventPartitions, ensure_partitions
+from libs.common.model.columns import STORED_EVENT_COLUMNS, event_pg_types
 from libs.common.rollup_rules import (
     SESSION_KEY_COLUMNS,
     SESSION_ROLLUP_COUNTERS,
@@ -57,126 +60,19 @@ class WriteResult(msgspec.Struct, frozen=True):
     duplicates: int
 
 
-class ConcurrentWriteConflict(asyncpg.exceptions.SerializationError):  # type: ignore[misc]
+class ConcurrentWriteConflict(asyncpg.exceptions.SerializationError, StrataError):  # type: ignore[misc]
     """A row this batch was about to create appeared meanwhile (a writer outside the locking
     protocol): the transaction is rolled back and the batch is retried, never half-merged."""
 
-
-# ---------------------------------------------------------------------------------------------
-# Day partitions
-
-# One creator of partitions at a time: creating a partition takes ACCESS EXCLUSIVE on `events`.
-_PARTITION_LOCK = 0x5354524150  # "STRAP"
-# Tiering drops old days' partitions, so only days this recent are remembered as existing; an
-# older (backfilled) day is checked on every write, which costs one cheap query.
-_REMEMBER_DAYS = 1
-
-
-class EventPartitions:
-    """The day partitions of `events` known to exist in one database (a per-process cache)."""
-
-    def __init__(self) -> None:
-        self._known: set[date] = set()
-
-    def unknown(self, days: Iterable[date]) -> list[date]:
-        return sorted(d for d in days if d not in self._known)
-
-    def remember(self, days: Iterable[date], today: date) -> None:
-        horizon = today - timedelta(days=_REMEMBER_DAYS)
-        self._known.update(d for d in days if d >= horizon)
-
-    def forget(self) -> None:
-        """Drop the cache (after the database said a partition is missing)."""
-        self._known.clear()
-
-
-async def ensure_partitions(
-    conn: asyncpg.Connection,
-    days: Iterable[date],
-    partitions: EventPartitions | None = None,
-) -> None:
-    """Create the `events` partitions of `days` that do not exist yet.
-
-    Outside a transaction the creation commits at once, so the cache may remember it; inside the
-    caller's transaction it could still roll back, so nothing is remembered.
-    """
-    known = partitions or EventPartitions()
-    wanted = known.unknown(days)
-    if not wanted:
-        return
-    remember = not conn.is_in_transaction()
-    missing = await conn.fetch(
-        "SELECT d FROM unnest($1::date[]) AS d"
-        " WHERE to_regclass('events_' || to_char(d, 'YYYYMMDD')) IS NULL",
-        wanted,
-    )
-    for attempt in range(3) if missing else ():
-        try:
-            async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", _PARTITION_LOCK)
-                await conn.execute(
-                    "SELECT ensure_event_partitions(d, 1) FROM unnest($1::date[]) AS d",
-                    [r["d"] for r in missing],
-                )
-            break
-        except (asyncpg.DuplicateTableError, asyncpg.UniqueViolationError):
-            # Another creator outside the advisory lock (tiering's maintenance) won the race;
-            # the next attempt sees its partition and skips it.
-            if attempt == 2:
-                raise
-    if remember:
-        known.remember(wanted, datetime.now(UTC).date())
-
-
-async def ensure_partitions_ahead(
-    conn: asyncpg.Connection, days_ahead: int, partitions: EventPartitions | None = None
-) -> None:
-    """Create today's and the next `days_ahead` days' partitions, so live writes never wait."""
-    today = datetime.now(UTC).date()
-    await ensure_partitions(
-        conn, [today + timedelta(days=i) for i in range(-1, days_ahead + 1)], partitions
-    )
+    code = "concurrent_write_conflict"
 
 
 # ---------------------------------------------------------------------------------------------
 # Events and dedup
 
-EVENT_COLUMNS = (
-    "project_id",
-    "ts",
-    "event_id",
-    "name",
-    "type",
-    "distinct_id",
-    "user_id",
-    "anonymous_id",
-    "session_id",
-    "path",
-    "url",
-    "title",
-    "referrer",
-    "referrer_domain",
-    "channel",
-    "utm_source",
-    "utm_medium",
-    "utm_campaign",
-    "utm_term",
-    "utm_content",
-    "browser",
-    "browser_version",
-    "os",
-    "os_version",
-    "device_type",
-    "country",
-    "region",
-    "city",
-    "locale",
-    "is_bot",
-    "non_interactive",
-    "received_at",
-)
-_EVENT_TYPES = {"ts": "timestamptz", "received_at": "timestamptz", "is_bot": "boolean"}
-_EVENT_TYPES["non_interactive"] = "boolean"
+# Every stored column (libs/common/model) but properties, which travels as jsonb beside them.
+EVENT_COLUMNS = tuple(c for c in STORED_EVENT_COLUMNS if c != "properties")
+_EVENT_TYPES = {c: t for c, t in event_pg_types(EVENT_COLUMNS).items() if t != "text"}
 _json = msgspec.json.Encoder()
 
 

@@ -50,7 +50,7 @@ async def serve(settings: IngestSettings) -> None:
         reuse_address=True,
     )
     log.info(
-        "ingest listening",
+        "ingest_listening",
         host=settings.host,
         port=settings.ingest_port,
         prefix=subjects.prefix,
@@ -63,19 +63,19 @@ async def serve(settings: IngestSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
 
-    log.info("ingest stopping: finishing in-flight requests")
+    log.info("ingest_stopping")
     # Stop accepting connections, then let requests already begun finish (bodies still
     # arriving included): each answers only after JetStream acked, so nothing a client was
     # told is accepted is lost, and nothing half-received is dropped while there is time.
     listener.close()
     if not await app[INGEST_API].wait_idle(settings.shutdown_timeout_s):
         log.warning(
-            "ingest stopping with requests still in flight", timeout_s=settings.shutdown_timeout_s
+            "ingest_stopping_with_requests_in_flight", timeout_s=settings.shutdown_timeout_s
         )
     await runner.cleanup()
     await nc.drain()
     await pool.close()
-    log.info("ingest stopped")
+    log.info("ingest_stopped")
 
 
 def main() -> None:

@@ -2,8 +2,9 @@
 events API, in front of validation, enrichment and publishing to JetStream.
 
 Order of checks for a request: body size (Content-Length, then bytes read) -> write key ->
-JSON -> rate limit -> per-event validation -> publish -> answer. A request is answered 2xx
-only after JetStream acknowledged every accepted event.
+JSON -> rate limit -> each event through the event path (services/ingest/stages: decode ->
+validate -> event time -> enrich -> policy -> EventV1) -> publish -> answer. A request is
+answered 2xx only after JetStream acknowledged every accepted event.
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ from nats.aio.client import Client as NATS
 from opentelemetry import propagate
 from prometheus_client import CollectorRegistry
 
-from libs.common.observability import add_health_routes, hide_server_version
+from libs.common.errors import StrataError
+from libs.common.http_errors import client_answer
+from libs.common.observability import add_health_routes, error_text, hide_server_version
 from libs.common.schemas.events_v1 import EventV1
 from libs.common.settings import IngestSettings
 from libs.common.storable_text import NUL_PROBLEM, may_hold_nul, nul_path
 from libs.common.subjects import Subjects
 from services.ingest.analytics_api_payloads import (
     analytics_batch_decoder,
-    analytics_event_decoder,
     raw_array_decoder,
 )
 from services.ingest.answers import Rejection, Skip
@@ -46,12 +48,6 @@ from services.ingest.cookieless import (
     SaltsUnavailable,
     cookieless_id,
     sent_by_tracker,
-)
-from services.ingest.event_mapping import (
-    ItemSkipped,
-    RequestInfo,
-    analytics_api_event,
-    segment_event,
 )
 from services.ingest.geo import GeoLocator
 from services.ingest.metrics import IngestMetrics
@@ -76,16 +72,15 @@ from services.ingest.request_body import (
 from services.ingest.segment_payloads import (
     message_id_decoder,
     segment_batch_decoder,
-    segment_message_decoder,
     write_key_decoder,
 )
+from services.ingest.stages.draft import ItemSkipped, RequestInfo
+from services.ingest.stages.path import item_event
 from services.ingest.tracker.script import add_tracker_routes
 from services.ingest.validation import (
     ISO_TIME_HINT,
     EventLimits,
     ItemRejected,
-    check_event_size,
-    check_no_nul,
     describe_validation_error,
 )
 
@@ -124,8 +119,10 @@ class IngestDeps:
     registry: CollectorRegistry
 
 
-class _Refused(Exception):
+class _Refused(StrataError):
     """Ends a request early with this response."""
+
+    code = "request_refused"
 
     def __init__(self, response: web.Response) -> None:
         super().__init__(response.status)
@@ -242,8 +239,12 @@ class IngestApi:
             response = await handling
             status = response.status
             return response
-        except Exception:
-            log.exception("ingest request failed", route=route)
+        except Exception as exc:
+            answer = client_answer(exc)  # an error meant for the client keeps its status
+            if answer is not None:
+                status = answer[0]
+                return _error(*answer)
+            log.exception("ingest_request_failed", route=route)
             return _error(500, "internal error; the events were not accepted, retry later")
         finally:
             self._active_requests -= 1
@@ -285,7 +286,7 @@ class IngestApi:
             return refused.response
         except ClientGone as gone:
             # Nothing was accepted and nobody is waiting for an answer: not an error of ours.
-            log.info("client disconnected before its body arrived", reason=str(gone))
+            log.info("client_disconnected_before_body", error=error_text(gone))
             return _error(400, "connection closed before the body arrived")
 
         project_id = write_key.key.project_id or ""
@@ -312,7 +313,7 @@ class IngestApi:
                 info.cookieless_id = await self._tracker_visitor_id(
                     project_id, info.client_ip, request.headers.get("User-Agent")
                 )
-            events, rejected, skipped = self._events(items, kind, info)
+            events, rejected, skipped = self._events(items, kind, info, body)
         except _Refused as refused:
             return refused.response
         self.metrics.rejected.inc(len(rejected))
@@ -339,7 +340,10 @@ class IngestApi:
             await self.publisher.publish(info.project_id, events, trace_context)
         except PublishUnavailable as exc:
             log.warning(
-                "publish failed", project_id=info.project_id, events=len(events), reason=str(exc)
+                "publish_failed",
+                project_id=info.project_id,
+                events=len(events),
+                error=error_text(exc),
             )
             return _error(
                 503,
@@ -368,7 +372,7 @@ class IngestApi:
             try:
                 salt = await self.consent_salts.salt_for(received_at.date())
             except SaltsUnavailable as exc:
-                log.warning("cookieless salt unavailable", reason=str(exc))
+                log.warning("cookieless_salt_unavailable", error=error_text(exc))
                 raise _Refused(
                     _error(503, f"events not accepted: {exc}; retry later", {"Retry-After": "2"})
                 ) from exc
@@ -388,7 +392,7 @@ class IngestApi:
         try:
             salt = await self.consent_salts.salt_for(datetime.now(UTC).date())
         except SaltsUnavailable as exc:
-            log.warning("cookieless salt unavailable", reason=str(exc))
+            log.warning("cookieless_salt_unavailable", error=error_text(exc))
             raise _Refused(
                 _error(503, f"events not accepted: {exc}; retry later", {"Retry-After": "2"})
             ) from exc
@@ -398,7 +402,7 @@ class IngestApi:
         try:
             found = await self.keys.resolve(secret)
         except KeyStoreUnavailable as exc:
-            log.warning("key lookup failed", reason=str(exc))
+            log.warning("key_lookup_failed", error=error_text(exc))
             raise _Refused(
                 _error(
                     503, "cannot check the write key right now; retry later", {"Retry-After": "2"}
@@ -429,24 +433,21 @@ class IngestApi:
             )
 
     def _events(
-        self, items: list[Any], kind: str | None, info: RequestInfo
+        self, items: list[Any], kind: str | None, info: RequestInfo, body: bytes
     ) -> tuple[list[EventV1], list[Rejection], list[Skip]]:
-        """Validate and enrich every item; a bad item is listed, never published."""
+        """Run every item through the event path (services/ingest/stages); a bad item is
+        listed, never published."""
         events: list[EventV1] = []
         rejected: list[Rejection] = []
         skipped: list[Skip] = []
         analytics = kind == "analytics"
-        limits = self.limits
         single = len(items) == 1
+        # One scan of the body instead of one per item: most bodies hold no NUL escape at all.
+        nul_possible = may_hold_nul(body)
+        append = events.append
         for index, raw in enumerate(items):
             try:
-                check_event_size(len(raw), limits)
-                check_no_nul(raw)
-                if analytics:
-                    events.append(analytics_api_event(analytics_event_decoder.decode(raw), info))
-                else:
-                    message = segment_message_decoder.decode(raw)
-                    events.append(segment_event(message, kind or message.type, info))
+                append(item_event(raw, kind, info, nul_possible))
             except ItemRejected as exc:
                 rejected.append(Rejection(index, _message_id(raw, analytics), exc.reason))
             except ItemSkipped as exc:
@@ -571,10 +572,12 @@ async def _json_http_errors(
     try:
         return await handler(request)
     except web.HTTPException as exc:
-        if exc.status < 400:
+        answer = client_answer(exc)
+        if answer is None:
             raise
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return _error(exc.status, f"{exc.reason}: {request.method} {request.path}", allow)
+        status, message = answer
+        return _error(status, f"{message}: {request.method} {request.path}", allow)
 
 
 INGEST_API = web.AppKey("ingest_api", IngestApi)

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import asyncpg
 
+from libs.common.errors import StrataError
 from libs.common.keys import ApiKey, lookup_key
 from libs.common.privacy_policy import DEFAULT_POLICY, policy_of
 from services.ingest.privacy import ProjectPrivacy
@@ -24,8 +25,11 @@ from services.ingest.privacy import ProjectPrivacy
 _NEGATIVE_TTL_CAP_S = 2.0
 
 
-class KeyStoreUnavailable(Exception):
+class KeyStoreUnavailable(StrataError):
     """PostgreSQL could not be asked about a key (the request should be retried later)."""
+
+    code = "key_store_unavailable"
+    http_status = 503
 
 
 _DEFAULT_PRIVACY = ProjectPrivacy(DEFAULT_POLICY)

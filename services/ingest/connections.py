@@ -49,7 +49,7 @@ def raise_open_file_limit() -> tuple[int, int]:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
             soft = wanted
         except (ValueError, OSError) as exc:
-            log.warning("cannot raise the open-file limit", soft=soft, hard=hard, error=str(exc))
+            log.warning("open_file_limit_not_raised", soft=soft, hard=hard, error=str(exc))
     return soft, hard
 
 

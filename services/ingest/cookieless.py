@@ -20,6 +20,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from libs.common.errors import StrataError
 from libs.common.subjects import Subjects, subject_token
 from services.ingest.segment_payloads import SegmentContext
 
@@ -30,8 +31,11 @@ SALT_MAX_AGE_S = 25 * 3600.0
 _SALT_BYTES = 32
 
 
-class SaltsUnavailable(Exception):
+class SaltsUnavailable(StrataError):
     """The salt store (JetStream) could not be reached; the request should be retried."""
+
+    code = "salts_unavailable"
+    http_status = 503
 
 
 def salts_bucket(subjects: Subjects) -> str:

@@ -5,11 +5,11 @@ interactivity (docs/enrichment.md). Geo and bot ranges from the client IP are in
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from services.ingest.segment_payloads import SegmentContext
+from services.ingest.text_cache import text_cache
 from services.ingest.traffic_sources import (
     classify_channel,
     parse_page_url,
@@ -69,7 +69,7 @@ def same_site(a: str, b: str) -> bool:
     return a == b or a.endswith("." + b) or b.endswith("." + a)
 
 
-@lru_cache(maxsize=32768)
+@text_cache(maxsize=32768)
 def attribute(
     url: str | None,
     search: str | None,
@@ -179,7 +179,12 @@ def is_non_interactive(properties: dict[str, Any], context: SegmentContext | Non
     """Events that keep a session alive without ending its bounce (scroll depth, heartbeats):
     `properties.$non_interactive`, or Google Analytics' `nonInteraction` / `non_interaction`
     in the properties or the context."""
-    if properties:
+    # Most events carry none of the flags: three key tests rule them out without a call.
+    if properties and (
+        "$non_interactive" in properties
+        or "nonInteraction" in properties
+        or "non_interaction" in properties
+    ):
         get = properties.get
         if (
             _truthy_flag(get("$non_interactive"))

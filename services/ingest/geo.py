@@ -12,9 +12,13 @@ from typing import Any, NamedTuple
 
 import maxminddb
 
+from libs.common.errors import StrataError
 
-class GeoDatabaseError(RuntimeError):
+
+class GeoDatabaseError(StrataError, RuntimeError):
     """The configured database cannot be opened."""
+
+    code = "invalid_geo_database"
 
 
 class Place(NamedTuple):

@@ -12,9 +12,13 @@ from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
+from libs.common.errors import StrataError
 
-class NetworkListError(ValueError):
+
+class NetworkListError(StrataError, ValueError):
     """A network list entry that is not a CIDR or an address (the message names it)."""
+
+    code = "invalid_network_list"
 
 
 class NetworkSet:
@@ -82,7 +86,20 @@ def load_network_file(path: str) -> NetworkSet:
     return NetworkSet(parse_network_list(text))
 
 
+# Longer than any address with a port ("[v6 with embedded v4]:port"): such text is parsed
+# without being cached, so a sender's long header values cannot fill the cache's memory.
+_CACHED_ADDRESS_CHARS = 64
+
+
 def _address(text: str) -> str | None:
+    """`text` (an address, maybe with a port) as a normalised address, or None; cached per
+    text, since every request parses its peer's address and most peers send many."""
+    if len(text) <= _CACHED_ADDRESS_CHARS:
+        return _short_address(text)
+    return _parse_address(text)
+
+
+def _parse_address(text: str) -> str | None:
     text = text.strip()
     if text.startswith("[") and "]" in text:  # "[2001:db8::1]:443"
         text = text[1 : text.index("]")]
@@ -92,6 +109,9 @@ def _address(text: str) -> str | None:
         return str(ipaddress.ip_address(text))
     except ValueError:
         return None
+
+
+_short_address = lru_cache(maxsize=65536)(_parse_address)
 
 
 def client_ip(remote: str | None, forwarded_for: str | None, trusted: NetworkSet) -> str | None:

@@ -66,6 +66,22 @@ def _phone_or_keep(match: re.Match[str]) -> str:
     return REDACTED if 7 <= digits <= 15 else match.group(0)
 
 
+# The event fields the scrubbing rules apply to (JSON values or text).
+SCRUBBED_FIELDS = (
+    "properties",
+    "traits",
+    "url",
+    "path",
+    "title",
+    "referrer",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_term",
+    "utm_content",
+)
+
+
 class Scrubber:
     """Redacts the project's rules' matches in strings and, recursively, in JSON values."""
 
@@ -89,9 +105,6 @@ class Scrubber:
             value = step(value)
         return value
 
-    def optional_text(self, value: str | None) -> str | None:
-        return None if value is None else self.text(value)
-
     def value(self, value: Any) -> Any:
         """A JSON value with its strings scrubbed (keys are names, not data, and are kept)."""
         if isinstance(value, str):
@@ -106,21 +119,12 @@ class Scrubber:
         """The event with properties, traits, URL, path, title, referrer and UTM tags scrubbed."""
         if not self.active:
             return event
-        text = self.optional_text
-        return msgspec.structs.replace(
-            event,
-            properties=self.value(event.properties) if event.properties else event.properties,
-            traits=self.value(event.traits) if event.traits else event.traits,
-            url=text(event.url),
-            path=text(event.path),
-            title=text(event.title),
-            referrer=text(event.referrer),
-            utm_source=text(event.utm_source),
-            utm_medium=text(event.utm_medium),
-            utm_campaign=text(event.utm_campaign),
-            utm_term=text(event.utm_term),
-            utm_content=text(event.utm_content),
-        )
+        changes: dict[str, Any] = {}
+        for field in SCRUBBED_FIELDS:
+            value = getattr(event, field)
+            if value is not None and (type(value) is not dict or value):
+                changes[field] = self.value(value)
+        return msgspec.structs.replace(event, **changes)
 
 
 @lru_cache(maxsize=65536)
@@ -160,17 +164,21 @@ class ProjectPrivacy:
         self.scrubber = Scrubber(policy.scrub_rules, policy.scrub_regexes)
 
 
+def cookieless_fields(properties: dict[str, Any], cookieless_id: str) -> dict[str, Any]:
+    """The fields that make an event cookieless: no anonymous or user id, no traits; the
+    device key is the daily-salted `cookieless_id`; the properties (a copy) are marked."""
+    marked = dict(properties)
+    marked[COOKIELESS_PROPERTY] = True
+    return {
+        "distinct_id": cookieless_id,
+        "anonymous_id": None,
+        "user_id": None,
+        "previous_id": None,
+        "traits": {},
+        "properties": marked,
+    }
+
+
 def cookieless_event(event: EventV1, cookieless_id: str) -> EventV1:
-    """The event without anything that identifies a person across days: no anonymous or user
-    id, no traits; the device key is the daily-salted `cookieless_id`."""
-    properties = dict(event.properties)
-    properties[COOKIELESS_PROPERTY] = True
-    return msgspec.structs.replace(
-        event,
-        distinct_id=cookieless_id,
-        anonymous_id=None,
-        user_id=None,
-        previous_id=None,
-        traits={},
-        properties=properties,
-    )
+    """The event without anything that identifies a person across days (`cookieless_fields`)."""
+    return msgspec.structs.replace(event, **cookieless_fields(event.properties, cookieless_id))

@@ -32,6 +32,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from prometheus_client import Histogram
 
+from libs.common.errors import StrataError
 from libs.common.observability import inject_trace_headers
 from libs.common.schemas.events_v1 import EventV1, RawBatchV1, raw_batch_encoder
 from libs.common.subjects import Subjects, partition_of
@@ -69,14 +70,19 @@ def tracing_enabled() -> bool:
     return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
-class PublishUnavailable(Exception):
+class PublishUnavailable(StrataError):
     """JetStream did not acknowledge (NATS down, no stream, timeout): answer 503."""
+
+    code = "publish_unavailable"
+    http_status = 503
 
     retry_after_s = 2.0
 
 
 class PublishOverloaded(PublishUnavailable):
     """Too many requests are already waiting on JetStream: answer 503 rather than queue."""
+
+    code = "publish_overloaded"
 
     retry_after_s = 1.0
 
@@ -401,5 +407,5 @@ def _unavailable(exc: BaseException) -> PublishUnavailable:
         return PublishUnavailable("JetStream did not acknowledge in time")
     if isinstance(exc, nats.errors.Error | OSError):
         return PublishUnavailable(f"NATS error: {exc}")
-    log.error("publish failed unexpectedly", exc_info=exc)
+    log.error("publish_failed_unexpectedly", exc_info=exc)
     return PublishUnavailable(f"publish failed: {exc!r}")

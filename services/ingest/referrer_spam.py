@@ -6,9 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from libs.common.errors import StrataError
 
-class ReferrerSpamListError(ValueError):
+
+class ReferrerSpamListError(StrataError, ValueError):
     """The list cannot be read or holds something that is not a host name."""
+
+    code = "invalid_referrer_spam_list"
 
 
 class ReferrerSpamList:

@@ -13,21 +13,27 @@ import zlib
 
 from aiohttp import web
 
+from libs.common.errors import StrataError
+
 SUPPORTED_ENCODINGS = "gzip, deflate or identity"
 _GZIP = ("gzip", "x-gzip")
 
 
-class BodyRefused(Exception):
+class BodyRefused(StrataError):
     """The body cannot be read: answered with `status` and `message`."""
+
+    code = "body_refused"
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
-        self.status = status
+        self.status = self.http_status = status
         self.message = message
 
 
-class ClientGone(Exception):
+class ClientGone(StrataError):
     """The client closed the connection before its body arrived; nobody awaits an answer."""
+
+    code = "client_gone"
 
 
 def too_large_message(size: int | None, limit: int) -> str:

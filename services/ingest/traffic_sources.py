@@ -30,7 +30,6 @@ so the per-event cost is a dictionary lookup.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
@@ -44,6 +43,7 @@ from services.ingest.referrer_database import (
     default_database,
     normalized_source,
 )
+from services.ingest.text_cache import text_cache
 
 DIRECT = "direct"
 ORGANIC_SEARCH = "organic_search"
@@ -115,7 +115,7 @@ def _bare_host(host: str | None) -> str | None:
     return host[4:] if host.startswith("www.") else host
 
 
-@lru_cache(maxsize=16384)
+@text_cache(maxsize=16384)
 def parse_page_url(url: str) -> PageUrl:
     """Host, path, UTM tags and ad click id of a page URL (or of a bare `?query`)."""
     try:
@@ -128,7 +128,7 @@ def parse_page_url(url: str) -> PageUrl:
     return PageUrl(host, path, *tags)
 
 
-@lru_cache(maxsize=16384)
+@text_cache(maxsize=16384)
 def query_tags(
     query: str,
 ) -> tuple[str | None, str | None, str | None, str | None, str | None, str | None]:
@@ -151,7 +151,7 @@ def query_tags(
     )
 
 
-@lru_cache(maxsize=16384)
+@text_cache(maxsize=16384)
 def referrer_domain(referrer: str) -> str | None:
     """The referrer's host without "www." (`android-app://` referrers give the app id)."""
     try:
@@ -160,7 +160,7 @@ def referrer_domain(referrer: str) -> str | None:
         return None
 
 
-@lru_cache(maxsize=16384)
+@text_cache(maxsize=16384)
 def referrer_site(host: str, path: str = "") -> ReferrerSite | None:
     """The site of the data set a referrer host (and path) belongs to, or None."""
     return default_database().lookup(host, path)
@@ -222,7 +222,7 @@ def _is_paid_medium(medium: str) -> bool:
     return medium in _PAID_MEDIUMS or medium.startswith("paid") or "cp" in medium
 
 
-@lru_cache(maxsize=16384)
+@text_cache(maxsize=16384)
 def classify_channel(
     referrer_host: str | None,
     utm_source: str | None,

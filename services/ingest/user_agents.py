@@ -10,11 +10,12 @@ user agent: real traffic repeats a few thousand agents, so nearly every event is
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from typing import NamedTuple
 
 from crawleruseragents import is_crawler
 from ua_parser import parse
+
+from services.ingest.text_cache import text_cache
 
 # Automated clients uap-core does not call "Spider": headless and test browsers, uptime
 # probes, link unfurlers and plain HTTP libraries. Matched once per distinct user agent.
@@ -82,7 +83,7 @@ def _version(major: str | None, minor: str | None) -> str | None:
     return f"{major}.{minor}" if minor is not None else major
 
 
-@lru_cache(maxsize=16384)
+@text_cache(maxsize=16384)
 def parse_user_agent(user_agent: str) -> UserAgentInfo:
     """Browser, OS and device type of a user agent string, and whether it is a bot."""
     if not user_agent:

@@ -7,11 +7,14 @@ from typing import Any
 
 import msgspec
 
+from libs.common.errors import StrataError
 from libs.common.storable_text import NUL_PROBLEM, may_hold_nul, nul_path
 
 
-class ItemRejected(Exception):
+class ItemRejected(StrataError):
     """One event of a request is invalid; `reason` names the field and the problem."""
+
+    code = "item_rejected"
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 import msgspec
 import structlog
 from aiohttp import web
-from prometheus_client import Counter, Histogram
 
+from libs.common.http_errors import client_answer
 from libs.common.observability import add_health_routes, hide_server_version
 from libs.common.settings import QuerySettings
 from libs.common.storable_text import NUL_PROBLEM, may_hold_nul, nul_path
@@ -34,6 +34,7 @@ from services.query.performance import get_performance
 from services.query.privacy import add_privacy_routes
 from services.query.reports import get_devices, get_pages, get_sources
 from services.query.responses import ErrorResponse, json_encoder
+from services.query.service_metrics import QueryMetrics
 from services.query.sessions import get_session
 from services.query.tiers_api import add_tier_routes, restore_required
 
@@ -53,19 +54,8 @@ def _route_name(request: web.Request) -> str:
 
 
 def _middlewares(deps: QueryDeps) -> list[Callable[..., Awaitable[web.StreamResponse]]]:
-    requests = Counter(
-        "strata_query_requests",
-        "Query API requests by route and status",
-        ["route", "status"],
-        registry=deps.registry,
-    )
-    latency = Histogram(
-        "strata_query_request_seconds",
-        "Query API request latency by route",
-        ["route"],
-        registry=deps.registry,
-        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-    )
+    metrics = QueryMetrics(deps.registry)
+    requests, latency = metrics.requests, metrics.request_seconds
 
     @web.middleware
     async def measured(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -87,21 +77,19 @@ def _middlewares(deps: QueryDeps) -> list[Callable[..., Awaitable[web.StreamResp
     async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
-        except ParamError as exc:
-            return error_response(400, str(exc), exc.param)
-        except ApiError as exc:
-            return error_response(exc.status, exc.message)
         except ArchivedDaysError as exc:
             # The range needs archived day files: 202 with the restore job started for them.
             return await restore_required(request, exc)
-        except web.HTTPException as exc:
-            if exc.status >= 400:
-                response = error_response(exc.status, exc.reason)
-                if "Allow" in exc.headers:  # a 405 says which methods the path takes
-                    response.headers["Allow"] = exc.headers["Allow"]
+        except Exception as exc:
+            answer = client_answer(exc)
+            if answer is not None:
+                param = exc.param if isinstance(exc, ParamError) else None
+                response = error_response(*answer, param)
+                if isinstance(exc, web.HTTPException) and "Allow" in exc.headers:
+                    response.headers["Allow"] = exc.headers["Allow"]  # a 405's methods
                 return response
-            raise
-        except Exception:
+            if isinstance(exc, web.HTTPException):
+                raise  # not an error: a redirect
             log.exception("query_request_failed", path=request.path, query=request.query_string)
             return error_response(500, "internal error; see the query service log")
 

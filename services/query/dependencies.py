@@ -11,6 +11,7 @@ from argon2 import PasswordHasher
 from nats.aio.client import Client as NATS
 from prometheus_client import CollectorRegistry
 
+from libs.common.errors import StrataError
 from libs.common.settings import QuerySettings
 from libs.common.subjects import Subjects
 from services.query.scan_engine import ScanEngine
@@ -31,12 +32,14 @@ class QueryDeps:
     password_hasher: PasswordHasher = field(default_factory=PasswordHasher)
 
 
-class ApiError(Exception):
+class ApiError(StrataError):
     """An error answered as JSON `{"error": message}` with `status` (401, 403, 404, ...)."""
+
+    code = "api_error"
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
-        self.status = status
+        self.status = self.http_status = status
         self.message = message
 
 

@@ -35,6 +35,7 @@ from libs.common.day_files.postgres_rows import (
     ProjectId,
     literal,
 )
+from libs.common.errors import StrataError
 from libs.common.object_store import ObjectArchived, ObjectNotFound
 from services.query.hot_rows import HotRead, LateRange
 from services.query.scan_engine import SCAN_COLUMNS, STORED_COLUMNS, ScanEngine
@@ -57,8 +58,10 @@ class TierRead(msgspec.Struct, frozen=True):
     ms: float
 
 
-class ArchivedDaysError(Exception):
+class ArchivedDaysError(StrataError):
     """Some days of the range are held only by Archive-tier files that are not restored."""
+
+    code = "days_archived"
 
     def __init__(self, days: Sequence[date], parts: Sequence[DayPart]) -> None:
         shown = ", ".join(d.isoformat() for d in days[:10])

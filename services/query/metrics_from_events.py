@@ -15,6 +15,7 @@ from datetime import date, datetime, timedelta
 
 import asyncpg
 
+from libs.common.model.columns import event_pg_types
 from libs.common.rollup_keys import (
     EVENT_DIMENSIONS,
     NONE_VALUE,
@@ -37,18 +38,20 @@ BOUNCE_SQL = "s.interactive_events < 2"
 
 # The event columns the metric SQL reads, and their types in the temporary table holding the
 # moved days' rows.
-METRIC_EVENT_COLUMNS: dict[str, str] = {
-    "project_id": "text",
-    "ts": "timestamptz",
-    "event_id": "text",
-    "name": "text",
-    "distinct_id": "text",
-    "user_id": "text",
-    "session_id": "text",
-    "is_bot": "boolean",
-    "properties": "jsonb",
-    **{column: "text" for column in EVENT_DIMENSIONS.values()},
-}
+METRIC_EVENT_COLUMNS: dict[str, str] = event_pg_types(
+    [
+        "project_id",
+        "ts",
+        "event_id",
+        "name",
+        "distinct_id",
+        "user_id",
+        "session_id",
+        "is_bot",
+        "properties",
+        *EVENT_DIMENSIONS.values(),
+    ]
+)
 COLD_EVENTS_TABLE = "metrics_cold_events"
 
 

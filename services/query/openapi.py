@@ -344,7 +344,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
 )
 
-# Issue 3's analyses (docs/analytics.md): JSON bodies in, JSON out. A request needing archived
+# The analyses (docs/analytics.md): JSON bodies in, JSON out. A request needing archived
 # days not restored answers 202 with a restore job, unless its body has allow_partial=true:
 # then the answer covers the readable days and `missing` lists the others.
 _COHORT_ID = Param("cohort_id", "Cohort id.", where="path")

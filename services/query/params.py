@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from multidict import MultiMapping
 
+from libs.common.errors import StrataError
 from libs.common.rollup_keys import EVENT_DIMENSIONS, EXIT_PAGE
 from services.query.buckets import INTERVALS, local_midnight
 from services.query.relative_periods import ALL, NAMED_PERIODS, is_relative, period_range
@@ -28,8 +29,11 @@ EARLIEST_YEAR, LATEST_YEAR = 1970, 9998
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
-class ParamError(ValueError):
+class ParamError(StrataError, ValueError):
     """A request parameter is missing, malformed or out of range."""
+
+    code = "invalid_parameter"
+    http_status = 400
 
     def __init__(self, param: str, problem: str) -> None:
         super().__init__(f"{param}: {problem}")

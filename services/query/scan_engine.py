@@ -7,37 +7,16 @@ from __future__ import annotations
 import duckdb
 
 from libs.common.day_files import DayFileCache
+from libs.common.model.columns import SCANNED_EVENT_COLUMNS
 from services.query.erased_persons import ErasedIds
 from services.query.hot_rows import HotRows
 from services.query.person_aliases import AliasCache
 
-# The view's columns, in order (person_id is computed; the others are stored columns).
-SCAN_COLUMNS = (
-    "project_id",
-    "ts",
-    "event_id",
-    "name",
-    "person_id",
-    "distinct_id",
-    "user_id",
-    "session_id",
-    "path",
-    "url",
-    "title",
-    "referrer_domain",
-    "channel",
-    "utm_source",
-    "utm_medium",
-    "utm_campaign",
-    "browser",
-    "os",
-    "device_type",
-    "country",
-    "is_bot",
-    "non_interactive",
-    "properties",
-)
-STORED_COLUMNS = tuple(c for c in SCAN_COLUMNS if c != "person_id")
+# The view's columns, in order: the stored columns libs/common/model marks scanned, with the
+# computed person_id after the event's name.
+STORED_COLUMNS = SCANNED_EVENT_COLUMNS
+_BEFORE_PERSON = STORED_COLUMNS.index("name") + 1
+SCAN_COLUMNS = (*STORED_COLUMNS[:_BEFORE_PERSON], "person_id", *STORED_COLUMNS[_BEFORE_PERSON:])
 
 
 class ScanEngine:

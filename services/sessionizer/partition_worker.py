@@ -18,7 +18,6 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -31,6 +30,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.errors import NotFoundError
 from opentelemetry import propagate, trace
 
+from libs.common.dead_letters import DlqLimit, DlqPolicy
+from libs.common.errors import StrataError
 from libs.common.observability import inject_trace_headers
 from libs.common.schemas.events_v1 import EventV1, RawBatchV1, raw_batch_decoder
 from libs.common.settings import SessionizerSettings
@@ -51,31 +52,29 @@ tracer = trace.get_tracer("strata.sessionizer")
 
 _TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 DLQ_SERVICE = "sessionizer"
-# Dead-lettering stops (the partition halts and retries) when more than half of the last
-# DLQ_WINDOW raw messages were undecodable: a bad ingest deploy must not drain into the DLQ.
-DLQ_WINDOW = 200
-DLQ_MIN_COUNT = 20
 MAX_RESTART_BACKOFF_S = 30.0
 # A partition that ran this long before failing was healthy: it restarts without the backoff
 # its earlier failures built up (a NATS failover hours later waits 0.5 s, not 30 s).
 STABLE_RUN_S = 10.0
 
 
-class InvalidRawBatch(ValueError):
+class InvalidRawBatch(StrataError, ValueError):
     """A raw message that can never be sessionized (poison): it goes to the DLQ."""
 
+    code = "invalid_raw_batch"
 
-class PublishFailed(RuntimeError):
+
+class PublishFailed(StrataError, RuntimeError):
     """JetStream did not acknowledge an enriched or session-update publish in time."""
 
-
-class DeadLetterCapExceeded(RuntimeError):
-    """Too many poison messages in a row: stop rather than empty the stream into the DLQ."""
+    code = "publish_failed"
 
 
-class SessionizeFailed(RuntimeError):
+class SessionizeFailed(StrataError, RuntimeError):
     """The sessionizing step raised on a message: it is replayed from the checkpoint with its
     events tried one by one."""
+
+    code = "sessionize_failed"
 
 
 class _RawEnvelope(msgspec.Struct, frozen=True, kw_only=True):
@@ -222,8 +221,13 @@ class PartitionWorker:
         self._stopping = stopping
         self._label = str(partition)
         self._log = log.bind(partition=partition)
-        # Kept across restarts from the checkpoint, so a halted partition stays halted.
-        self._dlq_outcomes: deque[bool] = deque(maxlen=DLQ_WINDOW)
+        # The shared dead-letter policy and cap (DeadLetterCapExceeded fails the partition,
+        # which restarts with backoff). Kept across restarts from the checkpoint, so a restart
+        # does not reset the cap's window: the partition stays stopped at the poison message
+        # until the window's dead letters age out.
+        self._dlq = DlqPolicy(
+            js, subjects, DLQ_SERVICE, DlqLimit.from_settings(settings), settings.publish_timeout_s
+        )
         # Raw sequences whose sessionizing failed: replayed with their events tried alone.
         self._sessionize_each: set[int] = set()
         self._reset(0, PartitionSessions())
@@ -257,7 +261,7 @@ class PartitionWorker:
                 self._cancel_pending_publishes()
                 self._metrics.restarts.labels(self._label).inc()
                 self._log.error(
-                    "partition failed; restarting from its checkpoint",
+                    "partition_failed",
                     error=str(exc) or type(exc).__name__,
                     error_type=type(exc).__name__,
                     retry_in_s=backoff,
@@ -275,7 +279,7 @@ class PartitionWorker:
         start_seq = await self._start_sequence(checkpoint.stream_seq)
         sub = await self._subscribe(start_seq)
         self._log.info(
-            "partition started",
+            "partition_started",
             checkpoint_seq=checkpoint.stream_seq,
             start_seq=start_seq,
             persons=self.state.person_count(),
@@ -300,7 +304,7 @@ class PartitionWorker:
                     time.monotonic() - self._checkpointed_at
                 )
             await self.checkpoint()
-            self._log.info("partition stopped", checkpoint_seq=self.checkpoint_seq)
+            self._log.info("partition_stopped", checkpoint_seq=self.checkpoint_seq)
         finally:
             try:
                 await sub.unsubscribe()
@@ -315,7 +319,7 @@ class PartitionWorker:
         info = await self._js.stream_info(self._subjects.raw_stream)
         if info.state.last_seq < checkpoint_seq:
             self._log.warning(
-                "raw stream is behind the checkpoint (recreated?); consuming it from the start",
+                "raw_stream_behind_checkpoint",
                 checkpoint_seq=checkpoint_seq,
                 stream_last_seq=info.state.last_seq,
             )
@@ -382,7 +386,7 @@ class PartitionWorker:
         for event in rejected:
             await self._dead_letter(msg, seq, event.reason, event)
         if not rejected:
-            self._dlq_outcomes.append(False)
+            self._dlq.record_handled()
         messages = build_messages(self._subjects, seq, sessionized, self._nc.max_payload)
 
         # Carry the ingest request's trace through; our span (when tracing is on) becomes
@@ -408,7 +412,7 @@ class PartitionWorker:
         if sessionized.persons_pruned:
             self._metrics.persons_pruned.inc(sessionized.persons_pruned)
         self._log.debug(
-            "raw batch sessionized",
+            "raw_batch_sessionized",
             batch_id=batch.batch_id,
             seq=seq,
             events=len(sessionized.events),
@@ -425,45 +429,22 @@ class PartitionWorker:
         self, msg: Msg, seq: int, reason: str, event: RejectedEvent | None = None
     ) -> None:
         """The message (or, given `event`, that one event of it) to the DLQ with `reason`."""
-        self._note_dead_letter()
-        msg_id = f"{DLQ_SERVICE}:{self._subjects.raw_stream}:{seq}"
-        headers = {
-            # Deterministic id: a replay from the checkpoint does not dead-letter it twice.
-            "Nats-Msg-Id": msg_id if event is None else f"{msg_id}:{event.index}",
-            # NATS headers are single-line.
-            "Strata-DLQ-Reason": " ".join(reason.split())[:1000] or "-",
-            "Strata-DLQ-Service": DLQ_SERVICE,
-            "Strata-DLQ-Original-Subject": msg.subject,
-            "Strata-DLQ-Original-Stream": self._subjects.raw_stream,
-            "Strata-DLQ-Original-Seq": str(seq),
-            "Strata-DLQ-Deliveries": str(msg.metadata.num_delivered),
-            "Strata-DLQ-Failed-At": datetime.now(UTC).isoformat(),
-        }
-        if event is not None:
-            headers["Strata-DLQ-Event-Id"] = (
-                " ".join((event.event_id or f"#{event.index}").split())[:1000] or "-"
+        if event is None:
+            await self._dlq.dead_letter(msg, reason)
+        else:
+            await self._dlq.dead_letter(
+                msg,
+                reason,
+                payload=event.payload,
+                event_id=event.event_id or f"#{event.index}",
+                part=str(event.index),
             )
-        await self._js.publish(
-            self._subjects.dlq(DLQ_SERVICE),
-            msg.data if event is None else event.payload,
-            timeout=self._settings.publish_timeout_s,
-            headers=headers,
-        )
         self._metrics.dead_lettered.inc()
         if event is None:
-            self._log.warning("raw message dead-lettered", seq=seq, reason=reason)
+            self._log.warning("raw_message_dead_lettered", seq=seq, error=reason)
         else:
             self._log.warning(
-                "raw event dead-lettered", seq=seq, event_id=event.event_id, reason=reason
-            )
-
-    def _note_dead_letter(self) -> None:
-        self._dlq_outcomes.append(True)
-        count = sum(self._dlq_outcomes)
-        if count >= DLQ_MIN_COUNT and count * 2 > len(self._dlq_outcomes):
-            raise DeadLetterCapExceeded(
-                f"{count} of the last {len(self._dlq_outcomes)} raw messages were poison;"
-                " halting this partition instead of dead-lettering the stream"
+                "raw_event_dead_lettered", seq=seq, event_id=event.event_id, error=reason
             )
 
     async def _await_publish_acks(self) -> None:
@@ -511,4 +492,4 @@ class PartitionWorker:
                 await self._last_msg.ack()
             except Exception as exc:
                 # Harmless: the checkpoint is the resume point; the next ack covers this one.
-                self._log.warning("raw ack failed after checkpoint", error=str(exc))
+                self._log.warning("raw_ack_failed", error=str(exc))

@@ -25,7 +25,7 @@ def _rules_from_row(row: asyncpg.Record) -> SessionRules:
         zoneinfo.ZoneInfo(timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         # A typo in a project's time zone must not stop every other project's sessions.
-        log.warning("unknown project time zone; using UTC", project_id=row["id"], tz=timezone)
+        log.warning("unknown_project_time_zone", project_id=row["id"], tz=timezone)
         timezone = "UTC"
     return SessionRules(
         timeout_s=max(1, row["session_timeout_s"]),

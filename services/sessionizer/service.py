@@ -124,7 +124,7 @@ class SessionizerService:
             for partition in self.partitions
         ]
         log.info(
-            "sessionizer started",
+            "sessionizer_started",
             partitions=self.partitions,
             ordinal=instance_ordinal(self.settings),
             replicas=self.settings.replicas,
@@ -133,4 +133,4 @@ class SessionizerService:
             await asyncio.gather(*(worker.run() for worker in workers))
         finally:
             await health.cleanup()
-        log.info("sessionizer stopped")
+        log.info("sessionizer_stopped")

@@ -17,10 +17,16 @@ from libs.common.db import create_pool
 from libs.common.object_store import object_store_from_settings
 from libs.common.observability import configure_logging, configure_tracing, start_health_server
 from libs.common.settings import TieringSettings, from_env
-from services.tiering.day_export import DayExportJob, DayExportMetrics, day_export_settings
-from services.tiering.erasure import ErasureJob, ErasureMetrics
-from services.tiering.service import TieringMetrics, TieringSchedule
-from services.tiering.tier_jobs import TierJobMetrics, TierJobs, parse_tier_jobs
+from services.tiering.day_export import DayExportJob, day_export_settings
+from services.tiering.erasure import ErasureJob
+from services.tiering.metrics import (
+    DayExportMetrics,
+    ErasureMetrics,
+    TieringMetrics,
+    TierJobMetrics,
+)
+from services.tiering.service import TieringSchedule
+from services.tiering.tier_jobs import TierJobs, parse_tier_jobs
 
 log = structlog.get_logger("tiering")
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import asyncpg
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from libs.common.day_files import DayExport, DayExportSettings, ExportRun, export_pending_days
 from libs.common.object_store import ObjectStore
 from libs.common.settings import TieringSettings
+from services.tiering.metrics import DayExportMetrics
 
 log = structlog.get_logger("tiering")
 
@@ -29,45 +29,6 @@ def day_export_settings(settings: TieringSettings) -> DayExportSettings:
         max_late_parts=settings.day_file_max_late_parts,
         superseded_grace_s=settings.day_file_superseded_grace_s,
     )
-
-
-class DayExportMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.parts = Counter(
-            "strata_tiering_day_parts_exported",
-            "Day-file parts activated, by kind (export, late, merge)",
-            ["kind"],
-            registry=registry,
-        )
-        self.rows = Counter(
-            "strata_tiering_day_rows_exported", "Event rows written to day files", registry=registry
-        )
-        self.bytes = Counter(
-            "strata_tiering_day_bytes_exported",
-            "Bytes of day-file parts written to the object store",
-            registry=registry,
-        )
-        self.failures = Counter(
-            "strata_tiering_day_export_failures",
-            "Days whose export failed (verification, object store, database)",
-            registry=registry,
-        )
-        self.objects_deleted = Counter(
-            "strata_tiering_day_objects_deleted",
-            "Orphan and superseded day-file objects deleted",
-            registry=registry,
-        )
-        self.seconds = Histogram(
-            "strata_tiering_day_export_seconds",
-            "Time to export one day (snapshot, write, upload, verify, activate)",
-            registry=registry,
-            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
-        )
-        self.last_success = Gauge(
-            "strata_tiering_day_export_last_success_timestamp_seconds",
-            "Unix time of the last day-export pass without failures",
-            registry=registry,
-        )
 
 
 class DayExportJob:

@@ -31,7 +31,6 @@ import asyncpg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from libs.common import sketches
 from libs.common.day_files import (
@@ -52,6 +51,7 @@ from libs.common.object_store import ObjectStore, ObjectStoreError
 from libs.common.object_store.base import DEFAULT_RESTORE_HOURS
 from libs.common.rollup_keys import WEEK, bucket_start
 from libs.common.rollup_rules import EVENT_ROLLUP_INPUT, event_rollup_tallies
+from services.tiering.metrics import ErasureMetrics
 
 log = structlog.get_logger("tiering")
 
@@ -435,33 +435,6 @@ async def process_erasures(
                 message,
             )
     return run
-
-
-class ErasureMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.completed = Counter(
-            "strata_tiering_erasures_completed", "Erasure requests completed", registry=registry
-        )
-        self.parts_rewritten = Counter(
-            "strata_tiering_erasure_parts_rewritten",
-            "Day files rewritten without an erased person's rows",
-            registry=registry,
-        )
-        self.bytes_rewritten = Counter(
-            "strata_tiering_erasure_bytes_rewritten",
-            "Bytes of day files written by erasure rewrites",
-            registry=registry,
-        )
-        self.failures = Counter(
-            "strata_tiering_erasure_failures",
-            "Erasure passes that failed on a request (retried next pass)",
-            registry=registry,
-        )
-        self.open = Gauge(
-            "strata_tiering_erasures_open",
-            "Erasure requests not completed after the last pass",
-            registry=registry,
-        )
 
 
 class ErasureJob:

@@ -8,6 +8,8 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 import msgspec
 
+from libs.common.event_partitions import ensure_partitions_ahead
+
 
 class MaintenanceReport(msgspec.Struct, frozen=True):
     """What one maintenance pass did."""
@@ -15,25 +17,6 @@ class MaintenanceReport(msgspec.Struct, frozen=True):
     partitions_from: date
     partitions_days: int
     event_ids_pruned: int
-
-
-async def ensure_partitions_ahead(
-    conn: asyncpg.Connection | asyncpg.Pool, today: date, days_ahead: int
-) -> None:
-    """Create the day partitions of `events` for `today` and the `days_ahead` days after it."""
-    # Today is included: a fresh database (or one whose maintenance was down for a while)
-    # must still accept today's events.
-    for attempt in range(3):
-        try:
-            await conn.execute(
-                "SELECT ensure_event_partitions($1::date, $2)", today, days_ahead + 1
-            )
-            return
-        except asyncpg.DuplicateTableError:
-            # The aggregator created the same partition at the same moment (CREATE TABLE IF
-            # NOT EXISTS is not race-free); the function is idempotent, so run it again.
-            if attempt == 2:
-                raise
 
 
 async def prune_event_ids(
@@ -60,6 +43,9 @@ async def run_maintenance(
     """One maintenance pass: partitions ahead, then dedup pruning."""
     now = now or datetime.now(UTC)
     today = now.astimezone(UTC).date()
-    await ensure_partitions_ahead(pool, today, partitions_ahead_days)
+    async with pool.acquire() as conn:
+        # Today is included: a fresh database (or one whose maintenance was down for a while)
+        # must still accept today's events.
+        await ensure_partitions_ahead(conn, partitions_ahead_days, today=today, behind=0)
     pruned = await prune_event_ids(pool, now, timedelta(days=dedup_horizon_days))
     return MaintenanceReport(today, partitions_ahead_days + 1, pruned)

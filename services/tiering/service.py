@@ -9,13 +9,13 @@ import time
 
 import asyncpg
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from libs.common.object_store import ObjectStoreError
 from libs.common.observability import Liveness
 from services.tiering.day_export import DayExportJob
 from services.tiering.erasure import ErasureJob
 from services.tiering.maintenance import run_maintenance
+from services.tiering.metrics import TieringMetrics
 from services.tiering.tier_jobs import TierJobs
 
 log = structlog.get_logger("tiering")
@@ -24,26 +24,6 @@ log = structlog.get_logger("tiering")
 # when the schedule is hours long.
 _TICK_S = 10.0
 _RETRY_FIRST_S = 5.0
-
-
-class TieringMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.runs = Counter(
-            "strata_tiering_maintenance_runs",
-            "Maintenance passes by result",
-            ["result"],
-            registry=registry,
-        )
-        self.pruned = Counter(
-            "strata_tiering_event_ids_pruned",
-            "event_ids rows deleted past the dedup horizon",
-            registry=registry,
-        )
-        self.last_success = Gauge(
-            "strata_tiering_last_success_timestamp_seconds",
-            "Unix time of the last successful maintenance pass",
-            registry=registry,
-        )
 
 
 class TieringSchedule:

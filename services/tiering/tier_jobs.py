@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 
 import asyncpg
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from libs.common.day_files.restores import advance_restores
 from libs.common.object_store import ObjectStore
+from services.tiering.metrics import TierJobMetrics
 from services.tiering.tier_moves import (
     TIER_JOBS,
     TierRun,
@@ -39,44 +39,6 @@ def parse_tier_jobs(text: str) -> list[str]:
     if unknown:
         raise ValueError(f"unknown tier job(s) {', '.join(unknown)}; jobs: {', '.join(TIER_JOBS)}")
     return [job for job in TIER_JOBS if job in names]
-
-
-class TierJobMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.rows_moved = Counter(
-            "strata_tiering_rows_moved_cold",
-            "Event rows removed from PostgreSQL because day files hold them",
-            registry=registry,
-        )
-        self.partitions_dropped = Counter(
-            "strata_tiering_partitions_dropped",
-            "Empty `events` day partitions dropped",
-            registry=registry,
-        )
-        self.parts_archived = Counter(
-            "strata_tiering_parts_archived",
-            "Day files moved to the Archive tier",
-            registry=registry,
-        )
-        self.parts_deleted = Counter(
-            "strata_tiering_parts_deleted_retention",
-            "Day files deleted past retention_days",
-            registry=registry,
-        )
-        self.restores_completed = Counter(
-            "strata_tiering_restores_completed", "Restore jobs completed", registry=registry
-        )
-        self.failures = Counter(
-            "strata_tiering_tier_job_failures",
-            "Days or files a tier job failed on (retried next pass)",
-            ["job"],
-            registry=registry,
-        )
-        self.last_success = Gauge(
-            "strata_tiering_tier_jobs_last_success_timestamp_seconds",
-            "Unix time of the last tier-jobs pass without failures",
-            registry=registry,
-        )
 
 
 class TierJobs:

@@ -26,20 +26,21 @@ import structlog
 from libs.common.day_files import catalog
 from libs.common.day_files.export import _day_lock
 from libs.common.day_files.layout import day_bounds
+from libs.common.errors import StrataError
+from libs.common.event_partitions import drop_partition_if_empty
 from libs.common.object_store import ObjectNotFound, ObjectStore, ObjectStoreError
 
 log = structlog.get_logger("tier_moves")
 
-# Dropping a partition locks `events` for a moment: wait at most this long for ingestion's
-# writes, else leave the (already empty) partition for the next run.
-_DROP_LOCK_TIMEOUT = "2s"
 
 MoveStepHook = Callable[[str], Awaitable[None]]
 TIER_JOBS = ("export", "cold", "archive", "retention", "restores")
 
 
-class ColdMoveError(RuntimeError):
+class ColdMoveError(StrataError, RuntimeError):
     """A day's files do not match their catalog rows; its PostgreSQL rows were kept."""
+
+    code = "cold_move_failed"
 
 
 @dataclass
@@ -98,32 +99,6 @@ def age_cutoff(now: datetime, days: int) -> date:
 
 # ---------------------------------------------------------------------------------------------
 # Cold
-
-
-def partition_name(day: date) -> str:
-    """The `events` partition of a UTC day (see ensure_event_partitions in 0001_init.sql)."""
-    return "events_" + day.strftime("%Y%m%d")
-
-
-async def drop_partition_if_empty(conn: asyncpg.Connection, day: date) -> bool:
-    """Drop the day's `events` partition when no project has a row in it. Under the lock no
-    insert can slip in between the check and the drop; a late event afterwards recreates the
-    partition (the aggregator creates missing partitions)."""
-    name = partition_name(day)
-    if await conn.fetchval("SELECT to_regclass($1)", name) is None:
-        return False
-    try:
-        async with conn.transaction():
-            await conn.execute(f"SET LOCAL lock_timeout = '{_DROP_LOCK_TIMEOUT}'")
-            await conn.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
-            if await conn.fetchval(f'SELECT EXISTS (SELECT 1 FROM "{name}")'):
-                return False
-            await conn.execute(f'DROP TABLE "{name}"')
-    except (asyncpg.LockNotAvailableError, asyncpg.UndefinedTableError) as exc:
-        log.info("partition_drop_deferred", partition=name, reason=str(exc))
-        return False
-    log.info("partition_dropped", partition=name)
-    return True
 
 
 async def _check_objects(store: ObjectStore, parts: Sequence[catalog.DayPart]) -> None:

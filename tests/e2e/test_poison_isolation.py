@@ -18,9 +18,9 @@ import msgspec
 import pytest
 from nats.js import JetStreamContext
 
+from libs.common.dead_letters import list_dead_letters, replay_dead_letters
 from libs.common.schemas.events_v1 import EnrichedBatchV1
 from libs.common.subjects import Subjects
-from services.aggregator.dead_letters import list_dead_letters, replay_dead_letters
 from tests.support.project import TestProject
 from tests.support.recompute import assert_aggregates_match_events
 from tests.support.services import ServiceProcess, free_port, service_env

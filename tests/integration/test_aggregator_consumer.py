@@ -18,10 +18,9 @@ import msgspec
 import pytest
 from nats.js import JetStreamContext
 
+from libs.common.dead_letters import DlqHeader, list_dead_letters, replay_dead_letters
 from libs.common.schemas.events_v1 import EnrichedBatchV1, EventV1
 from libs.common.subjects import Subjects
-from services.aggregator import dead_letters
-from services.aggregator.dead_letters import list_dead_letters, replay_dead_letters
 from services.aggregator.writer import write_events
 from tests.support.recompute import assert_aggregates_match_events, chunks, generate_events
 from tests.support.services import ServiceProcess, free_port, service_env
@@ -29,6 +28,7 @@ from tests.support.services import ServiceProcess, free_port, service_env
 pytestmark = pytest.mark.infra
 
 _encode = msgspec.json.Encoder().encode
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 def enriched_messages(events: list[EventV1], size: int) -> list[tuple[str, bytes, str]]:
@@ -204,11 +204,16 @@ async def test_poison_messages_go_to_the_dlq_with_their_reason(
         EnrichedBatchV1(batch_id="nul", project_id="acme", name="click", events=[bad_event])
     )
     await publish(js, subjects, good[:2])
+    # The sessionizer carries the ingest request's trace; its dead letter keeps it.
+    await js.publish(
+        subjects.enriched("acme", "click"),
+        b"{not json",
+        headers={"Nats-Msg-Id": "garbage", "traceparent": TRACEPARENT},
+    )
     await publish(
         js,
         subjects,
         [
-            ("acme.click", b"{not json", "garbage"),
             ("acme.click", b'{"batch_id": "x", "project_id": "acme"}', "invalid"),
             ("acme.click", bad_batch, "nul"),
         ],
@@ -235,6 +240,7 @@ async def test_poison_messages_go_to_the_dlq_with_their_reason(
     assert all(d.service == "aggregator" for d in letters)
     stored = await js.get_msg(subjects.dlq_stream, seq=garbage.seq)
     assert stored.data == b"{not json"
+    assert (stored.headers or {})["traceparent"] == TRACEPARENT
     assert await pool.fetchval("SELECT count(*) FROM events WHERE event_id = 'e-nul'") == 0
     assert aggregator.readyz()[0] == 200
     assert aggregator.process.stop() == 0
@@ -297,9 +303,9 @@ async def test_replay_republishes_dead_letters(
         subjects.dlq("aggregator"),
         payload,
         headers={
-            dead_letters.REASON: "UndefinedTableError: relation missing (after 5 deliveries)",
-            dead_letters.SERVICE: "aggregator",
-            dead_letters.ORIGINAL_SUBJECT: subjects.enriched("acme", name),
+            DlqHeader.REASON: "UndefinedTableError: relation missing (after 5 deliveries)",
+            DlqHeader.SERVICE: "aggregator",
+            DlqHeader.ORIGINAL_SUBJECT: subjects.enriched("acme", name),
         },
     )
     await publish(js, subjects, [("acme.click", b"garbage", "g")])

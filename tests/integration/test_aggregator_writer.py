@@ -13,9 +13,10 @@ import msgspec
 import pytest
 
 from libs.common import sketches
+from libs.common.event_partitions import EventPartitions
 from libs.common.schemas.events_v1 import ALIAS, IDENTIFY
 from services.aggregator.consumer import is_transient
-from services.aggregator.writer import ConcurrentWriteConflict, EventPartitions, write_events
+from services.aggregator.writer import ConcurrentWriteConflict, write_events
 from tests.support.recompute import (
     assert_aggregates_match_events,
     chunks,

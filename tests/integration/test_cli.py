@@ -16,8 +16,8 @@ import pytest
 from nats.js import JetStreamContext
 
 from libs.common import keys
+from libs.common.dead_letters import DlqHeader
 from libs.common.subjects import Subjects
-from services.aggregator import dead_letters
 
 pytestmark = pytest.mark.infra
 
@@ -204,11 +204,11 @@ async def test_dlq_list_and_replay_put_a_dead_letter_back_on_its_subject(
         subjects.dlq("aggregator"),
         b'{"poison": true}',
         headers={
-            dead_letters.REASON: "events[0].ts: expected a datetime",
-            dead_letters.SERVICE: "aggregator",
-            dead_letters.ORIGINAL_SUBJECT: original,
-            dead_letters.ORIGINAL_SEQ: "42",
-            dead_letters.DELIVERIES: "5",
+            DlqHeader.REASON: "events[0].ts: expected a datetime",
+            DlqHeader.SERVICE: "aggregator",
+            DlqHeader.ORIGINAL_SUBJECT: original,
+            DlqHeader.ORIGINAL_SEQ: "42",
+            DlqHeader.DELIVERIES: "5",
         },
     )
     env = {"NATS_URL": nats_url, "STRATA_NATS_PREFIX": subjects.prefix}

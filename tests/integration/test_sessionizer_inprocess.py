@@ -30,6 +30,8 @@ from tests.support.sessionizer_streams import (
     wait_for_enriched,
 )
 
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
 pytestmark = pytest.mark.infra
 
 PARTITIONS = 4
@@ -175,7 +177,9 @@ async def test_a_poison_raw_message_goes_to_the_dlq_and_the_partition_moves_on(
     partition = partition_of(person, PARTITIONS)
     async with running_sessionizer(nats_url, database_url, pool, subjects):
         bad = await js.publish(
-            subjects.raw(partition), b'{"batch_id": 7}', headers={"Nats-Msg-Id": "bad-1"}
+            subjects.raw(partition),
+            b'{"batch_id": 7}',
+            headers={"Nats-Msg-Id": "bad-1", "traceparent": TRACEPARENT},
         )
         await publish_raw(js, subjects, [make_event("d1", now, person, now)], PARTITIONS)
         events = await wait_for_enriched(js, subjects, {"d1"})
@@ -187,6 +191,33 @@ async def test_a_poison_raw_message_goes_to_the_dlq_and_the_partition_moves_on(
         assert dead[0].headers["Strata-DLQ-Original-Subject"] == subjects.raw(partition)
         assert dead[0].headers["Strata-DLQ-Original-Stream"] == subjects.raw_stream
         assert "undecodable raw batch" in dead[0].headers["Strata-DLQ-Reason"]
+        # The ingest request's trace still leads to its dead letter.
+        assert dead[0].headers["traceparent"] == TRACEPARENT
+
+
+async def test_the_dead_letter_cap_halts_the_partition_instead_of_draining_it(
+    nats_url: str,
+    database_url: str,
+    pool: asyncpg.Pool,
+    js: JetStreamContext,
+    subjects: Subjects,
+    project: TestProject,
+) -> None:
+    now = datetime.now(UTC)
+    person = "dora"
+    partition = partition_of(person, PARTITIONS)
+    # The aggregator's cap, from the same settings: two dead letters, and the third halts.
+    async with running_sessionizer(nats_url, database_url, pool, subjects, dlq_max_count=2):
+        for i in range(3):
+            await js.publish(
+                subjects.raw(partition), b'{"batch_id": 7}', headers={"Nats-Msg-Id": f"bad-{i}"}
+            )
+        await publish_raw(js, subjects, [make_event("d1", now, person, now)], PARTITIONS)
+        await asyncio.sleep(2.0)  # the partition retries; the third stays in the stream
+        dead = await read_subject(js, subjects.dlq_stream, subjects.dlq("sessionizer"))
+        assert len(dead) == 2
+        enriched = await read_subject(js, subjects.enriched_stream, subjects.enriched_all)
+        assert enriched == []
 
 
 async def _checkpointed(pool: asyncpg.Pool, subjects: Subjects, raw_seqs: list[int]) -> bool:

@@ -12,9 +12,9 @@ import msgspec
 import pytest
 from nats.js import JetStreamContext
 
+from libs.common.dead_letters import list_dead_letters, replay_dead_letters
 from libs.common.schemas.events_v1 import RawBatchV1
 from libs.common.subjects import Subjects, partition_of
-from services.aggregator.dead_letters import list_dead_letters, replay_dead_letters
 from tests.integration.test_sessionizer_inprocess import PARTITIONS, running_sessionizer
 from tests.support.project import TestProject
 from tests.support.sessionizer_streams import make_event, read_subject, wait_for_enriched

@@ -72,7 +72,7 @@ async def test_graceful_restart_keeps_the_session_open(
         await wait_for_enriched(js, subjects, {"s1"})
     finally:
         assert proc.stop() == 0, proc.log()
-    assert "partition failed" not in proc.log_path.read_text()
+    assert "partition_failed" not in proc.log_path.read_text()
     # SIGTERM checkpointed what it had processed.
     assert (await checkpoints(pool, subjects))[partition_of("sam", 2)] == first_seq
 
@@ -84,7 +84,7 @@ async def test_graceful_restart_keeps_the_session_open(
         events = await wait_for_enriched(js, subjects, {"s1", "s2"})
     finally:
         assert proc.stop() == 0, proc.log()
-    assert "partition failed" not in proc.log_path.read_text()
+    assert "partition_failed" not in proc.log_path.read_text()
     assert sorted(e.event_id for e in events) == ["s1", "s2"]
     assert {e.session_id for e in events} == {session_id_for("acme", "sam", "s1")}
 
@@ -161,7 +161,7 @@ async def test_kill9_between_checkpoints_loses_nothing_and_splits_nothing(
     finally:
         assert proc.stop() == 0, proc.log()
 
-    assert "partition failed" not in proc.log_path.read_text()
+    assert "partition_failed" not in proc.log_path.read_text()
     events = await enriched_events(js, subjects)
     counts = Counter(e.event_id for e in events)
     assert set(counts) == set(expected), "nothing lost, nothing invented"

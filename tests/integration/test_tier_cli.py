@@ -13,9 +13,10 @@ from prometheus_client import CollectorRegistry
 
 from libs.common.day_files import DayExportSettings
 from libs.common.object_store import open_object_store
-from services.tiering.day_export import DayExportJob, DayExportMetrics
-from services.tiering.service import TieringMetrics, TieringSchedule
-from services.tiering.tier_jobs import TierJobMetrics, TierJobs, parse_tier_jobs
+from services.tiering.day_export import DayExportJob
+from services.tiering.metrics import DayExportMetrics, TieringMetrics, TierJobMetrics
+from services.tiering.service import TieringSchedule
+from services.tiering.tier_jobs import TierJobs, parse_tier_jobs
 from tests.integration.test_tier_export import load, strata
 
 pytestmark = pytest.mark.infra

@@ -19,8 +19,9 @@ from prometheus_client import CollectorRegistry
 from libs.common import keys
 from libs.common.day_files import DayExportSettings, project_prefix
 from libs.common.object_store import open_object_store
-from services.tiering.day_export import DayExportJob, DayExportMetrics
-from services.tiering.service import TieringMetrics, TieringSchedule
+from services.tiering.day_export import DayExportJob
+from services.tiering.metrics import DayExportMetrics, TieringMetrics
+from services.tiering.service import TieringSchedule
 from tests.support.analytics_dataset import generate_events
 from tests.support.services import ServiceProcess, free_port, service_env
 from tests.support.tier_layouts import write

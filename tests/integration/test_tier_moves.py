@@ -17,6 +17,7 @@ import pytest
 from libs.common.day_files import DayExportSettings, DayFileCache, export_pending_days
 from libs.common.day_files.restores import advance_restores, request_restore
 from libs.common.day_files.tier_summary import TierPrices, tier_summary
+from libs.common.event_partitions import partition_name
 from libs.common.object_store.file_store import FileObjectStore
 from services.query.event_scan import ArchivedDaysError, open_scan
 from services.query.scan_engine import ScanEngine
@@ -24,7 +25,6 @@ from services.tiering.tier_moves import (
     apply_retention,
     archive_cold_parts,
     move_cold_days,
-    partition_name,
 )
 from tests.integration.test_day_files_export import DAY, day_events
 from tests.support.project import TestProject

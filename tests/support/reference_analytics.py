@@ -1,5 +1,5 @@
 """A plain-Python reference of the analyses, written from the semantics in docs/analytics.md
-(and issue 3) independently of the SQL engines: per person (or session), loops over sorted
+independently of the SQL engines: per person (or session), loops over sorted
 events, one attempt at a time. Slow and obvious on purpose; the engines must agree with it."""
 
 from __future__ import annotations

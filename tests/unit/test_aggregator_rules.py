@@ -1,5 +1,5 @@
 """The aggregator's failure rules without infrastructure: what is poison, what is transient,
-and when the dead-letter cap halts the consumer."""
+and how fetched messages are cut into transactions (the dead-letter cap: test_dead_letters.py)."""
 
 from __future__ import annotations
 
@@ -16,14 +16,12 @@ from libs.common.settings import AggregatorSettings
 from libs.common.subjects import Subjects
 from services.aggregator.consumer import (
     Aggregator,
-    AggregatorMetrics,
-    DeadLetterBudget,
-    DeadLetterCapExceeded,
     PoisonMessage,
     decode_batch,
     is_transient,
     transactions,
 )
+from services.aggregator.metrics import AggregatorMetrics
 from tests.support.recompute import make_event
 
 
@@ -71,28 +69,6 @@ def test_transient_versus_data_faults() -> None:
     assert not is_transient(asyncpg.exceptions.UntranslatableCharacterError("\\u0000"))
     assert not is_transient(asyncpg.exceptions.CheckViolationError("some other check"))
     assert not is_transient(ValueError("bug"))
-
-
-def test_count_cap() -> None:
-    budget = DeadLetterBudget(window_s=60, max_count=2, max_ratio=1.0, min_messages=1)
-    budget.spend()
-    budget.spend()
-    with pytest.raises(DeadLetterCapExceeded, match="dlq_max_count=2"):
-        budget.spend()
-
-
-def test_ratio_cap_waits_for_enough_messages() -> None:
-    budget = DeadLetterBudget(window_s=60, max_count=100, max_ratio=0.5, min_messages=10)
-    budget.spend()  # 1 of 1, but too few messages to judge a ratio
-    budget.record_handled(7)
-    budget.spend()  # 2 of 9
-    budget.spend()  # 3 of 10: 0.3
-    budget.spend()  # 4 of 11
-    budget.spend()  # 5 of 12
-    budget.spend()  # 6 of 13
-    budget.spend()  # 7 of 14: 0.5, not past it
-    with pytest.raises(DeadLetterCapExceeded, match=r"8 of the last 15 .* dlq_max_ratio=0.5"):
-        budget.spend()
 
 
 def test_fetched_messages_are_written_in_runs_of_bounded_size() -> None:

@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 from services.query.analyses.conditions import EventScope
-from services.query.analyses.endpoints import epoch_us, variant_results
+from services.query.analyses.experiment_runner import variant_results
 from services.query.analyses.experiments import (
     ExperimentSpec,
     ExposureSpec,
@@ -26,6 +26,7 @@ from services.query.analyses.experiments import (
 from services.query.analyses.funnels import funnel_spec
 from services.query.analyses.metric_definitions import MetricDefinition
 from services.query.analyses.requests import FunnelRequest, FunnelStep
+from services.query.analyses.runner import epoch_us
 from tests.support.analysis_events import Ev, at, numbered, scan_connection
 
 

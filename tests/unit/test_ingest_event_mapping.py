@@ -11,14 +11,10 @@ import pytest
 from libs.common.schemas.events_v1 import EventV1
 from libs.common.subjects import partition_of
 from services.ingest.analytics_api_payloads import analytics_event_decoder
-from services.ingest.event_mapping import (
-    ItemSkipped,
-    RequestInfo,
-    analytics_api_event,
-    segment_event,
-)
 from services.ingest.publishing import message_id, split_by_partition
 from services.ingest.segment_payloads import SegmentContext, SegmentPage, segment_message_decoder
+from services.ingest.stages.draft import ItemSkipped, RequestInfo
+from services.ingest.stages.path import event_of
 from services.ingest.validation import (
     EventLimits,
     ItemRejected,
@@ -34,7 +30,7 @@ REQUEST = RequestInfo(project_id="acme", received_at=RECEIVED, limits=LIMITS)
 def segment(payload: dict[str, Any], event_type: str | None = None, **request: Any) -> EventV1:
     message = segment_message_decoder.decode(msgspec.json.encode(payload))
     info = RequestInfo(project_id="acme", received_at=RECEIVED, limits=LIMITS, **request)
-    return segment_event(message, event_type or message.type, info)
+    return event_of(message, event_type, info)
 
 
 def rejection(payload: dict[str, Any], event_type: str | None = None) -> str:
@@ -224,9 +220,7 @@ def test_future_events_are_rejected_after_correction() -> None:
 
 
 def analytics(payload: dict[str, Any]) -> EventV1:
-    return analytics_api_event(
-        analytics_event_decoder.decode(msgspec.json.encode(payload)), REQUEST
-    )
+    return event_of(analytics_event_decoder.decode(msgspec.json.encode(payload)), None, REQUEST)
 
 
 def test_analytics_api_events() -> None:

@@ -151,6 +151,12 @@ def test_non_interactive_events_are_not_steps() -> None:
     assert edges(paths(events, event_types=["pageview", "custom"])) == {"1_/ -> 2_/a": 1}
 
 
+def test_no_path_events_give_no_paths() -> None:
+    events = [Ev("p", "scroll", at(0), session_id="s1", non_interactive=True)]
+    result = paths(events, event_types=["pageview", "custom"])
+    assert (result.paths, result.persons, result.nodes, result.edges) == (0, 0, [], [])
+
+
 @pytest.mark.parametrize(
     ("request_body", "field"),
     [

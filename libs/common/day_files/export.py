@@ -59,6 +59,7 @@ from libs.common.day_files.postgres_rows import (
     iter_csv_rows,
     literal,
 )
+from libs.common.errors import StrataError
 from libs.common.object_store import ObjectStore, ObjectStoreError
 
 log = structlog.get_logger("day_files")
@@ -85,18 +86,24 @@ class DayExportSettings(msgspec.Struct, frozen=True, kw_only=True):
     superseded_grace_s: float = 3600.0
 
 
-class DayFileVerificationError(Exception):
+class DayFileVerificationError(StrataError):
     """A part read back from the object store differs from what was written; it was deleted
     and nothing was activated."""
 
+    code = "day_file_verification_failed"
 
-class XidCounterBehindError(RuntimeError):
+
+class XidCounterBehindError(StrataError, RuntimeError):
     """The database's transaction counter is below a part's watermark: the database was
     restored from a logical dump into a new cluster, and new rows would look exported."""
 
+    code = "xid_counter_behind"
 
-class DayNotClosedError(ValueError):
+
+class DayNotClosedError(StrataError, ValueError):
     """Only whole UTC days in the past can be exported."""
+
+    code = "day_not_closed"
 
 
 class DayExport(msgspec.Struct, frozen=True, kw_only=True):

@@ -8,69 +8,19 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import pyarrow as pa
 
+from libs.common.model.columns import TIMESTAMP as TIMESTAMP  # re-exported: the files' timestamps
+from libs.common.model.columns import day_file_schema
+
 # The layout version is part of every object name: a breaking change to the file schema is a
 # new prefix (events/v2/...) with both read during a migration.
 FORMAT_PREFIX = "events/v1"
 FORMAT_VERSION = "strata.events.v1"
 
-TIMESTAMP = pa.timestamp("us", tz="UTC")
-
-# Column -> Arrow type, in file order. Everything `events` holds except inserted_xid (which
-# transaction wrote a row is hot-store bookkeeping; the catalog keeps each part's xid range).
-EVENT_FILE_COLUMNS: dict[str, pa.DataType] = {
-    "project_id": pa.string(),
-    "ts": TIMESTAMP,
-    "event_id": pa.string(),
-    "name": pa.string(),
-    "type": pa.string(),
-    "distinct_id": pa.string(),
-    "user_id": pa.string(),
-    "anonymous_id": pa.string(),
-    "session_id": pa.string(),
-    "path": pa.string(),
-    "url": pa.string(),
-    "title": pa.string(),
-    "referrer": pa.string(),
-    "referrer_domain": pa.string(),
-    "channel": pa.string(),
-    "utm_source": pa.string(),
-    "utm_medium": pa.string(),
-    "utm_campaign": pa.string(),
-    "utm_term": pa.string(),
-    "utm_content": pa.string(),
-    "browser": pa.string(),
-    "browser_version": pa.string(),
-    "os": pa.string(),
-    "os_version": pa.string(),
-    "device_type": pa.string(),
-    "country": pa.string(),
-    "region": pa.string(),
-    "city": pa.string(),
-    "locale": pa.string(),
-    "is_bot": pa.bool_(),
-    "non_interactive": pa.bool_(),
-    "properties": pa.string(),  # the jsonb as JSON text
-    "received_at": TIMESTAMP,
-}
-NOT_NULL_COLUMNS = frozenset(
-    {
-        "project_id",
-        "ts",
-        "event_id",
-        "name",
-        "type",
-        "distinct_id",
-        "is_bot",
-        "non_interactive",
-        "received_at",
-    }
-)
-EVENT_FILE_SCHEMA = pa.schema(
-    [
-        pa.field(name, kind, nullable=name not in NOT_NULL_COLUMNS)
-        for name, kind in EVENT_FILE_COLUMNS.items()
-    ]
-)
+# Column -> Arrow type, in file order: every column of `events` but the hot store's bookkeeping
+# (inserted_xid: the catalog keeps each part's xid range), as libs/common/model declares them.
+EVENT_FILE_SCHEMA = day_file_schema()
+EVENT_FILE_COLUMNS: dict[str, pa.DataType] = {f.name: f.type for f in EVENT_FILE_SCHEMA}
+NOT_NULL_COLUMNS = frozenset(f.name for f in EVENT_FILE_SCHEMA if not f.nullable)
 # Rows are sorted by device then time, so one person's events sit together (funnels, paths and
 # retention group by person) and their repeated dimensions compress into long runs.
 SORT_KEYS = (("distinct_id", "ascending"), ("ts", "ascending"), ("event_id", "ascending"))

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from libs.common.day_files.layout import EVENT_FILE_SCHEMA, SORT_KEYS, day_bounds
+from libs.common.errors import StrataError
 
 _HASH_CHUNK = 1024 * 1024
 
@@ -31,8 +32,10 @@ class PartContents(msgspec.Struct, frozen=True, kw_only=True):
     md5: str = ""
 
 
-class PartVerificationError(Exception):
+class PartVerificationError(StrataError):
     """A part read back does not hold what was written (or cannot be read at all)."""
+
+    code = "part_verification_failed"
 
 
 def ids_checksum(event_ids: pa.Array | pa.ChunkedArray) -> str:

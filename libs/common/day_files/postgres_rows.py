@@ -17,10 +17,11 @@ import asyncpg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from libs.common.day_files.layout import EVENT_FILE_COLUMNS, TIMESTAMP
+from libs.common.day_files.layout import TIMESTAMP
+from libs.common.model.columns import EVENT_COLUMNS
 
 # What can be read from `events`: the day-file columns, and which transaction inserted the row.
-QUERYABLE_COLUMNS: dict[str, pa.DataType] = {**EVENT_FILE_COLUMNS, "inserted_xid": pa.int64()}
+QUERYABLE_COLUMNS: dict[str, pa.DataType] = {c.name: c.arrow_type for c in EVENT_COLUMNS}
 
 _PROJECT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _COLUMN = re.compile(r"^[a-z_][a-z0-9_]*$")

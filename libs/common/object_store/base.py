@@ -17,6 +17,8 @@ from typing import Literal, get_args
 
 import msgspec
 
+from libs.common.errors import StrataError
+
 StorageTier = Literal["Standard", "InfrequentAccess", "Archive"]
 ArchivalState = Literal["Archived", "Restoring", "Restored"]
 STORAGE_TIERS: tuple[str, ...] = get_args(StorageTier)
@@ -36,17 +38,21 @@ _METADATA_VALUE = re.compile(r"^[\x20-\x7e]{0,1024}$")
 RESERVED_METADATA_PREFIX = "strata-"
 
 
-class ObjectStoreError(Exception):
+class ObjectStoreError(StrataError):
     """An object-store call failed (after the adapter's own retries)."""
+
+    code = "object_store_failed"
 
     def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
         super().__init__(message)
         self.status = status
-        self.code = code
+        self.service_code = code  # the store's own error code (OCI's, e.g. NotRestored)
 
 
 class ObjectNotFound(ObjectStoreError):
     """No object has this name."""
+
+    code = "object_not_found"
 
     def __init__(self, name: str) -> None:
         super().__init__(f"object not found: {name}", status=404, code="ObjectNotFound")
@@ -55,6 +61,8 @@ class ObjectNotFound(ObjectStoreError):
 
 class ObjectArchived(ObjectStoreError):
     """The object is in the Archive tier and not (yet) restored: restore it, then read it."""
+
+    code = "object_archived"
 
     def __init__(self, name: str, archival_state: str) -> None:
         detail = "a restore is in progress" if archival_state == "Restoring" else "restore it first"
@@ -69,6 +77,8 @@ class ObjectArchived(ObjectStoreError):
 
 class ObjectChecksumMismatch(ObjectStoreError):
     """The bytes do not have the MD5 the caller (or the stored object) says they have."""
+
+    code = "object_checksum_mismatch"
 
     def __init__(self, name: str, expected_md5: str, actual_md5: str) -> None:
         super().__init__(

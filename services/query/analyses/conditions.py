@@ -14,6 +14,7 @@ from datetime import datetime
 
 import duckdb
 
+from libs.common.model.columns import FILTERABLE_EVENT_COLUMNS
 from libs.common.rollup_keys import EVENT_DIMENSIONS, NONE_VALUE
 from libs.common.schemas.events_v1 import ALIAS, GROUP, IDENTIFY
 from services.query.analyses.requests import Condition, EventMatch, PropertyValue
@@ -21,24 +22,7 @@ from services.query.metric_query import SqlParams
 from services.query.params import EVENT_NAME_DIMENSION, Filters, ParamError
 
 # Columns of `events_scan` a condition or breakdown may name directly.
-EVENT_COLUMNS = (
-    "name",
-    "path",
-    "url",
-    "title",
-    "referrer_domain",
-    "channel",
-    "utm_source",
-    "utm_medium",
-    "utm_campaign",
-    "browser",
-    "os",
-    "device_type",
-    "country",
-    "session_id",
-    "distinct_id",
-    "user_id",
-)
+EVENT_COLUMNS = FILTERABLE_EVENT_COLUMNS
 PERSON_PREFIX = "person."
 PROPERTIES_PREFIX = "properties."
 # The clicked element and its ancestors as the tracker records a `$click` (its `$elements`

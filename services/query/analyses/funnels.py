@@ -1,5 +1,6 @@
-"""Funnels over `events_scan`, in DuckDB SQL: one set-based pass per step (ASOF joins over the
-persons' step events), never a Python loop over events.
+"""Funnels over `events_scan`: DuckDB reads and sorts the funnel's events once, and each order's
+strategy (funnel_orders.py) finds every attempt's steps in vectorised passes over that sorted
+stream, never a Python loop over events.
 
 Semantics (docs/analytics.md, "Funnels"):
 - A person's events are taken in the order (ts, first step the event satisfies, event_id): at
@@ -26,6 +27,9 @@ from typing import Any
 
 import duckdb
 import msgspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from services.query.analyses.conditions import (
     ANY_EVENT,
@@ -34,6 +38,12 @@ from services.query.analyses.conditions import (
     breakdown_sql,
     event_match_sql,
     needs_persons,
+)
+from services.query.analyses.funnel_orders import (
+    ORDER_STRATEGIES,
+    EventStream,
+    FunnelShape,
+    best_attempts,
 )
 from services.query.analyses.requests import (
     EventMatch,
@@ -59,6 +69,7 @@ WINDOW_UNITS: dict[str, int] = {
 MAX_WINDOW_S = 366 * 86_400
 PERSON_STATUSES = ("converted", "dropped")
 MIN_STEPS, MAX_STEPS = 2, 20
+MAX_EXCLUSIONS = 20
 MAX_PERSONS_PAGE = 10_000
 _US = 1_000_000
 
@@ -113,6 +124,9 @@ def funnel_spec(request: FunnelRequest) -> FunnelSpec:
     if request.window.value < 1 or window_s > MAX_WINDOW_S:
         raise ParamError("window.value", "the window must be from 1 second to 366 days")
     n = len(request.steps)
+    if len(request.exclusions) > MAX_EXCLUSIONS:
+        # Each exclusion is one bit of a 64-bit mask per event.
+        raise ParamError("exclusions", f"at most {MAX_EXCLUSIONS} exclusions")
     exclusions = []
     for i, x in enumerate(request.exclusions):
         to_step = n if x.to_step is None else x.to_step
@@ -226,230 +240,90 @@ class FunnelQuery:
     def __init__(self, spec: FunnelSpec, scope: EventScope, prefix: str = "funnel") -> None:
         self.spec = spec
         self.scope = scope
-        self.seq = f"{prefix}_seq"
-        self.excl = f"{prefix}_excl"
         self.persons = f"{prefix}_persons"
-        self.attempts = f"{prefix}_attempts"
-        self.chains = f"{prefix}_chains"
         self.window_us = spec.window_s * _US
         steps = spec.steps
         # Whether step k (0-based) repeats step k-1 exactly (ordered/strict), or the latest
         # identical earlier step (unordered): it then needs a strictly later timestamp.
         self.repeats_previous = [k > 0 and identical(steps[k], steps[k - 1]) for k in range(spec.n)]
-        self.needs_group_end = any(self.repeats_previous) or (
-            spec.order == "unordered"
-            and any(identical(steps[j], steps[k]) for k in range(spec.n) for j in range(k))
-        )
 
     # -- events ---------------------------------------------------------------------------
 
-    def _step_events_sql(self, params: SqlParams) -> str:
+    def stream_sql(self, params: SqlParams, floor_table: str | None = None) -> str:
+        """The funnel's events sorted by (person, ts, first step satisfied, event id), with
+        their step and exclusion bit masks: the one sort the attempts need."""
         spec = self.spec
-        masks = []
         joins_persons = False
+        masks = []
         for k, step in enumerate(spec.steps):
             match = event_match_sql(f"steps[{k}]", step, params)
             masks.append(f"(CASE WHEN {match} THEN {1 << k} ELSE 0 END)")
             joins_persons |= needs_persons(step.conditions)
+        xmasks = []
+        for i, x in enumerate(spec.exclusions):
+            match = event_match_sql(f"exclusions[{i}]", x.match, params)
+            xmasks.append(f"(CASE WHEN {match} THEN {1 << i} ELSE 0 END)")
+            joins_persons |= needs_persons(x.match.conditions)
         bd = "NULL::VARCHAR"
         if spec.breakdown is not None:
             bd, bd_persons = breakdown_sql("breakdown", spec.breakdown, params)
             joins_persons |= bd_persons
         where = self.scope.where(params)
+        excluded_names = {x.match.event for x in spec.exclusions}
         if spec.order == "strict":
             # The strict sequence: every interactive action of the person.
             names = ", ".join(params.add(name) for name in NON_ACTION_EVENTS)
-            where += f" AND NOT e.non_interactive AND e.name NOT IN ({names})"
+            in_sequence = f"(NOT e.non_interactive AND e.name NOT IN ({names}))"
+            mask = f"CASE WHEN {in_sequence} THEN {' | '.join(masks)} ELSE 0 END"
+            rows = in_sequence
+            if excluded_names:
+                rows = f"({in_sequence} OR {_names_sql(params, excluded_names)})"
+            keep = "in_sequence OR xmask <> 0"
         else:
-            where += " AND " + _names_sql(params, {s.event for s in spec.steps})
-        persons_join = "LEFT JOIN persons pt ON pt.person_id = e.person_id" if joins_persons else ""
+            in_sequence = "true"
+            mask = " | ".join(masks)
+            rows = _names_sql(params, {s.event for s in spec.steps} | excluded_names)
+            keep = "mask <> 0 OR xmask <> 0"
+        joins = "LEFT JOIN persons pt ON pt.person_id = e.person_id" if joins_persons else ""
+        floor = "NULL::BIGINT"
+        if floor_table is not None:
+            joins += f" LEFT JOIN {floor_table} f ON f.pid = e.person_id"
+            floor = "f.t_floor"
         rank = (
             "CASE "
             + " ".join(f"WHEN mask & {1 << k} <> 0 THEN {k + 1}" for k in range(spec.n))
             + f" ELSE {spec.n + 1} END"
         )
-        keep = "" if spec.order == "strict" else "WHERE mask <> 0"
-        ranked = f"""
-            SELECT pid, t, mask, bd,
-                   row_number() OVER (PARTITION BY pid ORDER BY t, {rank}, eid) AS pos
-            FROM (
+        return f"""
+            SELECT pid, t, mask, xmask, in_sequence, bd, floor FROM (
                 SELECT e.person_id AS pid, epoch_us(e.ts) AS t, e.event_id AS eid,
-                       {" | ".join(masks)} AS mask, {bd} AS bd
-                FROM events_scan e {persons_join}
-                WHERE {where}
-            ) {keep}"""
-        if not self.needs_group_end:
-            return ranked
-        return f"""
-            SELECT *, max(pos) OVER (PARTITION BY pid, t) AS gend FROM ({ranked})"""
+                       {mask} AS mask, {" | ".join(xmasks) or "0"} AS xmask,
+                       {in_sequence} AS in_sequence, {bd} AS bd, {floor} AS floor
+                FROM events_scan e {joins}
+                WHERE {where} AND {rows}
+            ) WHERE {keep}
+            ORDER BY pid, t, {rank}, eid"""
 
-    def _exclusion_events_sql(self, params: SqlParams) -> str:
-        masks = []
-        joins_persons = False
-        for i, x in enumerate(self.spec.exclusions):
-            match = event_match_sql(f"exclusions[{i}]", x.match, params)
-            masks.append(f"(CASE WHEN {match} THEN {1 << i} ELSE 0 END)")
-            joins_persons |= needs_persons(x.match.conditions)
-        names = _names_sql(params, {x.match.event for x in self.spec.exclusions})
-        persons_join = "LEFT JOIN persons pt ON pt.person_id = e.person_id" if joins_persons else ""
-        return f"""
-            SELECT pid, t, xmask FROM (
-                SELECT e.person_id AS pid, epoch_us(e.ts) AS t, {" | ".join(masks)} AS xmask
-                FROM events_scan e {persons_join}
-                WHERE {self.scope.where(params)} AND {names}
-            ) WHERE xmask <> 0"""
-
-    # -- attempts -------------------------------------------------------------------------
-
-    def _candidates(self, k: int) -> str:
-        gend = ", gend" if self.needs_group_end else ""
-        return f"(SELECT pid, pos, t{gend} FROM {self.seq} WHERE mask & {1 << k} <> 0)"
-
-    def _attempt_rows_ordered(
-        self, start_us: int, end_us: int, floor_table: str | None
-    ) -> tuple[list[str], str]:
-        """(statements to run first, SQL of one row per attempt with reached, excluded,
-        attempt_order, t1..tn (NULL past the furthest step) and bd)."""
+    def shape(self) -> FunnelShape:
         spec = self.spec
-        gend = ", s.gend AS g1" if self.needs_group_end else ""
-        floor = ""
-        if floor_table is not None:
-            floor = f"JOIN {floor_table} f ON f.pid = s.pid AND s.t >= f.t_floor"
-        base = f"""
-            SELECT s.pid, s.pos AS p1, s.t AS t1, s.t + {self.window_us} AS dl, s.bd{gend}
-            FROM {self.seq} s {floor}
-            WHERE s.mask & 1 <> 0 AND s.t >= {start_us} AND s.t < {end_us}"""
-        before: list[str] = []
-        if spec.order == "strict":
-            sql = self._chain_strict(base)
-        else:
-            before, sql = self._chain_ordered(base)
-        reached = " + ".join(f"(t{k + 1} IS NOT NULL)::INTEGER" for k in range(spec.n))
-        excluded = "false"
-        for i, x in enumerate(spec.exclusions):
-            ti, tj = f"a.t{x.from_step}", f"a.t{x.to_step}"
-            sql = f"""
-                SELECT a.*, coalesce(x.t IS NOT NULL AND CASE WHEN {tj} IS NOT NULL
-                           THEN x.t < {tj} ELSE x.t <= a.dl END, false) AS x{i}
-                FROM ({sql}) a
-                ASOF LEFT JOIN (SELECT pid, t FROM {self.excl} WHERE xmask & {1 << i} <> 0) x
-                ON a.pid = x.pid AND x.t > {ti}"""
-        if spec.exclusions:
-            excluded = " OR ".join(f"x{i}" for i in range(len(spec.exclusions)))
-        times = ", ".join(f"t{k + 1}" for k in range(spec.n))
-        return (
-            before,
-            f"""
-            SELECT pid, {reached} AS reached, {excluded} AS excluded, p1 AS attempt_order,
-                   {times}, bd
-            FROM ({sql})""",
-        )
-
-    def _chain_strict(self, sql: str) -> str:
-        """Step k is the very next event of the sequence (position + 1), if it satisfies it."""
-        for k in range(1, self.spec.n):
-            prev, cur = k, k + 1  # 1-based columns of the previous and this step
-            ok = f"c.mask & {1 << k} <> 0 AND c.t <= a.dl"
-            if self.repeats_previous[k]:
-                ok += f" AND c.t > a.t{prev}"
-            sql = f"""
-                SELECT a.*, CASE WHEN {ok} THEN c.pos END AS p{cur},
-                       CASE WHEN {ok} THEN c.t END AS t{cur}
-                FROM ({sql}) a
-                LEFT JOIN {self.seq} c ON c.pid = a.pid AND c.pos = a.p{prev} + 1"""
-        return sql
-
-    def _chain_ordered(self, base: str) -> tuple[list[str], str]:
-        """Step k is the first later event satisfying it. Attempts whose step 2 is the same
-        event share the rest of their (deadline-free) chain, so steps 3..n are found once per
-        such group, cut at the group's latest deadline, and each attempt then keeps the steps
-        inside its own window: fewer rows through the ASOF joins, the same answer."""
-        spec = self.spec
-        gend = self.needs_group_end
-        bound = "a.g1 + 1" if self.repeats_previous[1] else "a.p1 + 1"
-        attempts = f"""
-            CREATE OR REPLACE TEMP TABLE {self.attempts} AS
-            SELECT a.*, c.pos AS c2p, c.t AS c2t{", c.gend AS c2g" if gend else ""}
-            FROM ({base}) a ASOF LEFT JOIN {self._candidates(1)} c
-            ON a.pid = c.pid AND c.pos >= {bound}"""
-        chains = f"""
-            SELECT pid, c2p AS p2, min(c2t) AS t2{", min(c2g) AS g2" if gend else ""},
-                   max(dl) AS gdl
-            FROM {self.attempts} WHERE c2t <= dl GROUP BY pid, c2p"""
-        for k in range(2, spec.n):
-            prev, cur = k, k + 1
-            step_bound = f"g.g{prev} + 1" if self.repeats_previous[k] else f"g.p{prev} + 1"
-            gend_out = f", CASE WHEN c.t <= g.gdl THEN c.gend END AS g{cur}" if gend else ""
-            chains = f"""
-                SELECT g.*, CASE WHEN c.t <= g.gdl THEN c.pos END AS p{cur},
-                       CASE WHEN c.t <= g.gdl THEN c.t END AS t{cur}{gend_out}
-                FROM ({chains}) g ASOF LEFT JOIN {self._candidates(k)} c
-                ON g.pid = c.pid AND c.pos >= {step_bound}"""
-        build_chains = f"CREATE OR REPLACE TEMP TABLE {self.chains} AS {chains}"
-        later = "".join(
-            f", CASE WHEN g.t{k + 1} <= a.dl THEN g.t{k + 1} END AS t{k + 1}"
-            for k in range(2, spec.n)
-        )
-        sql = f"""
-            SELECT a.pid, a.p1, a.t1, a.dl, a.bd,
-                   CASE WHEN a.c2t <= a.dl THEN a.c2t END AS t2{later}
-            FROM {self.attempts} a LEFT JOIN {self.chains} g ON g.pid = a.pid AND g.p2 = a.c2p"""
-        return [attempts, build_chains], sql
-
-    def _attempt_rows_unordered(self, start_us: int, end_us: int, floor_table: str | None) -> str:
-        """Attempts start at any step event; each step takes the first event at or after the
-        attempt's timestamp not credited to an earlier step (identical steps: strictly later
-        than the latest credited one), credited if inside the window."""
-        spec = self.spec
-        floor = ""
-        if floor_table is not None:
-            floor = f"JOIN {floor_table} f ON f.pid = s.pid AND s.t >= f.t_floor"
-        sql = f"""
-            SELECT s.pid, s.t AS t0, min(s.pos) AS g0, s.t + {self.window_us} AS dl,
-                   arg_min(s.bd, s.pos) AS bd
-            FROM {self.seq} s {floor}
-            WHERE s.t >= {start_us} AND s.t < {end_us}
-            GROUP BY s.pid, s.t"""
         steps = spec.steps
-        for k in range(spec.n):
-            cur = k + 1
-            same_def = [j for j in range(k) if identical(steps[j], steps[k])]
-            same_name = [
-                j for j in range(k) if steps[j].event == steps[k].event and j not in same_def
-            ]
-            bound = "a.g0"
-            for j in same_def:  # the latest credited identical step wins (checked last)
-                bound = f"CASE WHEN a.q{j + 1} IS NOT NULL THEN a.e{j + 1} + 1 ELSE {bound} END"
-            gend = ", c.gend AS c_gend" if self.needs_group_end else ""
-            sql = f"""
-                SELECT a.*, c.pos AS c_pos, c.t AS c_t{gend}
-                FROM ({sql}) a ASOF LEFT JOIN {self._candidates(k)} c
-                ON a.pid = c.pid AND c.pos >= {bound}"""
-            for _ in same_name:
-                # Skip an event already credited to an earlier step of the same event name.
-                taken = " OR ".join(f"a.c_pos = a.q{j + 1}" for j in same_name)
-                gend_cols = ", c.gend AS c_gend" if self.needs_group_end else ""
-                excluded_cols = "c_pos, c_t, c_gend" if self.needs_group_end else "c_pos, c_t"
-                sql = f"""
-                    SELECT a.* EXCLUDE ({excluded_cols}), c.pos AS c_pos, c.t AS c_t{gend_cols}
-                    FROM ({sql}) a ASOF LEFT JOIN {self._candidates(k)} c
-                    ON a.pid = c.pid
-                    AND c.pos >= a.c_pos + CASE WHEN coalesce({taken}, false) THEN 1 ELSE 0 END"""
-            credited = "a.c_t <= a.dl"
-            gend_out = ""
-            if self.needs_group_end:
-                gend_out = f", CASE WHEN {credited} THEN a.c_gend END AS e{cur}"
-            dropped = "c_pos, c_t, c_gend" if self.needs_group_end else "c_pos, c_t"
-            sql = f"""
-                SELECT a.* EXCLUDE ({dropped}), CASE WHEN {credited} THEN a.c_pos END AS q{cur},
-                       CASE WHEN {credited} THEN a.c_t END AS u{cur}{gend_out}
-                FROM ({sql}) a"""
-        done = ", ".join(f"u{k + 1}" for k in range(spec.n))
-        completions = f"list_sort(list_filter([{done}], lambda v: v IS NOT NULL))"
-        times = ", ".join(f"c[{k + 1}] AS t{k + 1}" for k in range(spec.n))
-        return f"""
-            SELECT pid, len(c) AS reached, false AS excluded, g0 AS attempt_order, {times}, bd
-            FROM (SELECT *, {completions} AS c FROM ({sql}))"""
+        return FunnelShape(
+            n=spec.n,
+            window_us=self.window_us,
+            repeats_previous=tuple(self.repeats_previous),
+            identical_before=tuple(
+                tuple(j for j in range(k) if identical(steps[j], steps[k])) for k in range(spec.n)
+            ),
+            same_name_before=tuple(
+                tuple(
+                    j
+                    for j in range(k)
+                    if steps[j].event == steps[k].event and not identical(steps[j], steps[k])
+                )
+                for k in range(spec.n)
+            ),
+            exclusions=tuple((i, x.from_step, x.to_step) for i, x in enumerate(spec.exclusions)),
+        )
 
     # -- running --------------------------------------------------------------------------
 
@@ -464,40 +338,28 @@ class FunnelQuery:
         an attempt starting in [start_us, end_us) (and at or after their `floor_table.t_floor`
         when given), at their best attempt."""
         params = SqlParams()
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE {self.seq} AS {self._step_events_sql(params)}",
-            params.values,
-        )
-        if self.spec.exclusions:
-            params = SqlParams()
+        sql = self.stream_sql(params, floor_table)
+        table: pa.Table = con.execute(sql, params.values).to_arrow_table()
+        stream = EventStream(table)
+        starts = (stream.t >= start_us) & (stream.t < end_us)
+        if floor_table is not None:
+            floor = table["floor"]
+            at_floor = pc.fill_null(pc.greater_equal(table["t"], floor), False)
+            starts &= np.asarray(at_floor.to_numpy(zero_copy_only=False), dtype=bool)
+        shape = self.shape()
+        attempts = ORDER_STRATEGIES[self.spec.order].attempts(stream, shape, starts)
+        persons = best_attempts(stream, shape, attempts)
+        con.register(f"{self.persons}_arrow", persons)
+        try:
             con.execute(
-                f"CREATE OR REPLACE TEMP TABLE {self.excl} AS {self._exclusion_events_sql(params)}",
-                params.values,
+                f"CREATE OR REPLACE TEMP TABLE {self.persons} AS SELECT * FROM {self.persons}_arrow"
             )
-        before: list[str] = []
-        if self.spec.order == "unordered":
-            attempts = self._attempt_rows_unordered(start_us, end_us, floor_table)
-        else:
-            before, attempts = self._attempt_rows_ordered(start_us, end_us, floor_table)
-        for statement in before:
-            con.execute(statement)
-        fields = ", ".join(f"'t{k + 1}': t{k + 1}" for k in range(self.spec.n))
-        # The best attempt: furthest first, then earliest. One integer key (reached <= 20,
-        # positions < 2^40) compares faster than a row of two.
-        best_cols = ", ".join(f"b.t{k + 1} AS t{k + 1}" for k in range(self.spec.n))
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE {self.persons} AS
-            SELECT pid, b.reached AS reached, {best_cols}, b.bd AS bd FROM (
-                SELECT pid, bool_or(excluded) AS excluded,
-                       arg_min({{'reached': reached, {fields}, 'bd': bd}},
-                               (20 - reached) * 1099511627776 + attempt_order) AS b
-                FROM ({attempts}) GROUP BY pid
-            ) WHERE NOT excluded"""
-        )
-        for table in (self.seq, self.excl, self.attempts, self.chains):
-            con.execute(f"DROP TABLE IF EXISTS {table}")
+        finally:
+            con.unregister(f"{self.persons}_arrow")
 
-    def _counts_sql(self, where: str = "TRUE") -> str:
+    def _counts_sql(self, by_breakdown: bool) -> str:
+        """Persons per step and the times from the step before: in total, or per breakdown
+        value (ranked by step-1 persons)."""
         cols = []
         for k in range(self.spec.n):
             cols.append(f"count(*) FILTER (WHERE reached >= {k + 1}) AS c{k + 1}")
@@ -505,7 +367,11 @@ class FunnelQuery:
                 gap = f"(t{k + 1} - t{k}) / 1e6"
                 cols.append(f"median({gap}) FILTER (WHERE reached >= {k + 1}) AS m{k + 1}")
                 cols.append(f"avg({gap}) FILTER (WHERE reached >= {k + 1}) AS a{k + 1}")
-        return f"SELECT bd, {', '.join(cols)} FROM {self.persons} WHERE {where}"
+        if by_breakdown:
+            return (
+                f"SELECT bd, {', '.join(cols)} FROM {self.persons} GROUP BY bd ORDER BY c1 DESC, bd"
+            )
+        return f"SELECT NULL AS bd, {', '.join(cols)} FROM {self.persons}"
 
     def _counts_of(self, row: tuple[Any, ...]) -> FunnelCounts:
         stats = [StepStats(int(row[1]), None, None)]
@@ -517,14 +383,13 @@ class FunnelQuery:
 
     def counts(self, con: duckdb.DuckDBPyConnection) -> tuple[FunnelCounts, list[Any], bool]:
         """Total counts, per-breakdown-value counts (top values) and whether values were cut."""
-        total_sql = self._counts_sql().replace("SELECT bd,", "SELECT NULL AS bd,", 1)
-        total_row = con.execute(total_sql).fetchone()
+        total_row = con.execute(self._counts_sql(by_breakdown=False)).fetchone()
         assert total_row is not None
         total = self._counts_of(total_row)
         breakdown: list[tuple[str, FunnelCounts]] = []
         truncated = False
         if self.spec.breakdown is not None:
-            rows = con.execute(self._counts_sql() + " GROUP BY bd ORDER BY c1 DESC, bd").fetchall()
+            rows = con.execute(self._counts_sql(by_breakdown=True)).fetchall()
             truncated = len(rows) > self.spec.breakdown_limit
             breakdown = [(r[0], self._counts_of(r)) for r in rows[: self.spec.breakdown_limit]]
         return total, breakdown, truncated

@@ -1,4 +1,6 @@
-"""Paths (user journeys within sessions) over `events_scan`, in DuckDB SQL.
+"""Paths (user journeys within sessions) over `events_scan`: DuckDB reads the path events sorted
+by (session, ts, event id) once, and one vectorised NumPy pass collapses repeats, cuts each
+session's path and counts nodes and edges.
 
 Semantics (docs/analytics.md, "Paths"): a session's path is its pageviews (cleaned path) and/or
 custom events (name), in time order, interactive events only, consecutive repeats of one node
@@ -12,9 +14,14 @@ a node's drop-offs are the paths that ended there because the session did."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import duckdb
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from libs.common.rollup_keys import NONE_VALUE
 from libs.common.schemas.events_v1 import PAGEVIEW
@@ -33,6 +40,7 @@ PER = ("session", "person")
 MIN_STEPS, MAX_STEPS = 2, 20
 MAX_EDGES = 1000
 MAX_RULES = 50
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -165,76 +173,157 @@ def run_paths(
         where = scope.where(params, start=start - session_max) + " AND e.session_id IS NOT NULL"
         key = "e.session_id"
     kinds = _type_sql(spec, params)
-    lo, hi = params.add(start), params.add(end)
-    steps = spec.steps
-    start_idx = "1"
-    if spec.start_point is not None:
-        start_idx = f"min(idx) FILTER (WHERE label = {_point_sql(spec, params, spec.start_point)})"
-    end_idx = "NULL::BIGINT"  # (no end point: never read)
-    end_point = _point_sql(spec, params, spec.end_point) if spec.end_point is not None else None
-    if end_point is not None:
-        # The first end point at or after the start point (a window over the session).
-        end_idx = (
-            f"min(idx) FILTER (WHERE label = {end_point} AND idx >= s) OVER (PARTITION BY n.sid)"
-        )
-    # The kept index range [lo, hi] of each session's deduplicated path.
-    if spec.end_point is None:
-        lo_sql, hi_sql, present = "s", f"least(total, s + {steps - 1})", "s IS NOT NULL"
-    elif spec.start_point is None:
-        lo_sql, hi_sql, present = f"greatest(1, en - {steps - 1})", "en", "en IS NOT NULL"
-    else:
-        lo_sql, hi_sql = "s", f"least(en, s + {steps - 1})"
-        present = "s IS NOT NULL AND en IS NOT NULL"
-    ends_sql = "idx = total" if spec.end_point is None else "false"
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE path_nodes AS
-        WITH ev AS (
-            SELECT {key} AS sid, e.person_id AS pid, e.ts, e.event_id, {label} AS label
+    table: pa.Table = con.execute(
+        f"""SELECT {key} AS sid, e.person_id AS pid, epoch_us(e.ts) AS t, {label} AS label
             FROM events_scan e
             WHERE {where} AND NOT e.non_interactive AND {kinds}
-        ), started AS (
-            SELECT * FROM ev WHERE sid IN (
-                SELECT sid FROM ev GROUP BY sid HAVING min(ts) >= {lo} AND min(ts) < {hi})
-        ), deduped AS (
-            SELECT sid, pid, ts, event_id, label FROM (
-                SELECT *, lag(label) OVER (PARTITION BY sid ORDER BY ts, event_id) AS prev
-                FROM started
-            ) WHERE prev IS DISTINCT FROM label
-        ), numbered AS (
-            SELECT sid, pid, label,
-                   row_number() OVER (PARTITION BY sid ORDER BY ts, event_id) AS idx,
-                   count(*) OVER (PARTITION BY sid) AS total
-            FROM deduped
-        ), starts AS (
-            SELECT sid, {start_idx} AS s FROM numbered GROUP BY sid
-        ), cut AS (
-            SELECT n.*, st.s, {end_idx} AS en
-            FROM numbered n JOIN starts st USING (sid)
-        )
-        SELECT sid, pid, label, idx - lo + 1 AS step, {ends_sql} AS ended
-        FROM (
-            SELECT *, {lo_sql} AS lo, {hi_sql} AS hi FROM cut WHERE {present}
-        ) WHERE idx >= lo AND idx <= hi""",
+            ORDER BY sid, e.ts, e.event_id""",
         params.values,
+    ).to_arrow_table()
+    # The start and end points as labels, cleaned by the same rules as the nodes.
+    points = SqlParams()
+    named = [
+        _point_sql(spec, points, point) if point is not None else "NULL::VARCHAR"
+        for point in (spec.start_point, spec.end_point)
+    ]
+    row = con.execute(f"SELECT {', '.join(named)}", points.values).fetchone()
+    start_label, end_label = row if row is not None else (None, None)
+    kept = session_paths(
+        table, spec, _epoch_us(start), _epoch_us(end), start_label=start_label, end_label=end_label
     )
-    paths, persons = con.execute(
-        "SELECT count(DISTINCT sid), count(DISTINCT pid) FROM path_nodes"
-    ).fetchone() or (0, 0)
-    edges_all = con.execute(
-        """SELECT step, label, next_label, count(*) AS value FROM (
-               SELECT step, label, lead(label) OVER (PARTITION BY sid ORDER BY step) AS next_label
-               FROM path_nodes)
-           WHERE next_label IS NOT NULL
-           GROUP BY step, label, next_label
-           ORDER BY value DESC, step, label, next_label"""
-    ).fetchall()
-    node_rows = con.execute(
-        """SELECT step, label, count(*), count(*) FILTER (WHERE ended)
-           FROM path_nodes GROUP BY step, label ORDER BY step, count(*) DESC, label"""
-    ).fetchall()
-    con.execute("DROP TABLE path_nodes")
-    kept = edges_all[: spec.edge_limit]
-    edges = [PathEdge(step=s, source=a, target=b, value=v) for s, a, b, v in kept]
+    return _summary(kept, spec)
+
+
+def _epoch_us(ts: datetime) -> int:
+    return (ts - EPOCH) // timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class KeptNodes:
+    """The nodes of every counted path, in path order: session, person, label (codes into
+    `labels`), step (1-based) and whether the path ended there because the session did."""
+
+    session: npt.NDArray[np.int64]
+    person: npt.NDArray[np.int64]
+    label: npt.NDArray[np.int64]
+    step: npt.NDArray[np.int64]
+    ended: npt.NDArray[np.bool_]
+    labels: list[str]
+
+
+def _codes(column: pa.ChunkedArray) -> tuple[npt.NDArray[np.int64], list[Any]]:
+    encoded = pc.dictionary_encode(column).combine_chunks()
+    codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+    return codes, encoded.dictionary.to_pylist()
+
+
+def _first_hit(
+    hits: npt.NDArray[np.bool_], run: npt.NDArray[np.int64], idx: npt.NDArray[np.int64], runs: int
+) -> npt.NDArray[np.int64]:
+    """Per run, the smallest `idx` where `hits` holds, else 0 (rows come in run, idx order)."""
+    first = np.zeros(runs, dtype=np.int64)
+    rows = np.flatnonzero(hits)
+    owners, at = np.unique(run[rows], return_index=True)
+    first[owners] = idx[rows[at]]
+    return first
+
+
+def session_paths(
+    table: pa.Table,
+    spec: PathsSpec,
+    start_us: int,
+    end_us: int,
+    *,
+    start_label: str | None,
+    end_label: str | None,
+) -> KeptNodes:
+    """One pass over path events sorted by (session, ts, event id): keep the sessions whose
+    first event is in [start_us, end_us), collapse repeats, cut at the start and end points
+    and to `spec.steps` nodes."""
+    n = table.num_rows
+    person, _ = _codes(table["pid"])
+    label, labels = _codes(table["label"])
+    t = np.asarray(table["t"].to_numpy(), dtype=np.int64)
+    new_run = np.ones(n, dtype=bool)
+    if n > 1:
+        # Sessions arrive sorted: a run starts where the key changes.
+        sid = table["sid"]
+        changed = pc.fill_null(pc.not_equal(sid.slice(1), sid.slice(0, n - 1)), True)
+        new_run[1:] = np.asarray(changed.to_numpy(zero_copy_only=False), dtype=bool)
+    run_starts = np.flatnonzero(new_run)
+    run_of = np.cumsum(new_run, dtype=np.int64) - 1
+    started = (t[run_starts] >= start_us) & (t[run_starts] < end_us)
+    # Consecutive repeats of one node collapse into the first.
+    keep = started[run_of] if n else np.zeros(0, dtype=bool)
+    repeat = np.zeros(n, dtype=bool)
+    repeat[1:] = ~new_run[1:] & (label[1:] == label[:-1])
+    keep &= ~repeat
+    rows = np.flatnonzero(keep)
+    run, label, person = run_of[rows], label[rows], person[rows]
+    first_row = np.ones(rows.size, dtype=bool)
+    first_row[1:] = run[1:] != run[:-1]
+    firsts = np.flatnonzero(first_row)
+    idx = (
+        np.arange(rows.size, dtype=np.int64)
+        - np.repeat(firsts, np.diff(np.append(firsts, rows.size)))
+        + 1
+    )
+    runs = int(run_of[-1]) + 1 if n else 0
+    total = np.zeros(runs, dtype=np.int64)
+    np.maximum.at(total, run, idx)
+    code = {name: i for i, name in enumerate(labels)}
+    steps = spec.steps
+    if spec.start_point is None:
+        s = np.where(total > 0, 1, 0)
+    else:
+        s = _first_hit(label == code.get(start_label, -1), run, idx, runs)
+    if spec.end_point is not None:
+        # The first end point at or after the start point.
+        hit = (label == code.get(end_label, -1)) & (idx >= np.maximum(s, 1)[run])
+        en = _first_hit(hit, run, idx, runs)
+    if spec.end_point is None:
+        lo, hi, present = s, np.minimum(total, s + steps - 1), s > 0
+    elif spec.start_point is None:
+        lo, hi, present = np.maximum(1, en - steps + 1), en, en > 0
+    else:
+        lo, hi, present = s, np.minimum(en, s + steps - 1), (s > 0) & (en > 0)
+    inside = present[run] & (idx >= lo[run]) & (idx <= hi[run])
+    ended = (idx == total[run]) if spec.end_point is None else np.zeros(idx.size, dtype=bool)
+    return KeptNodes(
+        session=run[inside],
+        person=person[inside],
+        label=label[inside],
+        step=(idx - lo[run] + 1)[inside],
+        ended=ended[inside],
+        labels=[str(v) for v in labels],
+    )
+
+
+def _summary(kept: KeptNodes, spec: PathsSpec) -> PathsResult:
+    """Counts of paths, persons, nodes and edges (ranked) from the kept nodes."""
+    width = len(kept.labels) + 1
+    names = kept.labels
+    same = np.zeros(kept.session.size, dtype=bool)
+    same[:-1] = kept.session[1:] == kept.session[:-1]
+    sources = np.flatnonzero(same)
+    edge_key = (kept.step[sources] * width + kept.label[sources]) * width + kept.label[sources + 1]
+    keys, values = np.unique(edge_key, return_counts=True)
+    edges_all = [
+        (int(k // width // width), names[int(k // width % width)], names[int(k % width)], int(v))
+        for k, v in zip(keys, values, strict=True)
+    ]
+    edges_all.sort(key=lambda e: (-e[3], e[0], e[1], e[2]))
+    node_key = kept.step * width + kept.label
+    node_keys, counts = np.unique(node_key, return_counts=True)
+    ended_keys, ended_counts = np.unique(node_key[kept.ended], return_counts=True)
+    ended_of = dict(zip(ended_keys.tolist(), ended_counts.tolist(), strict=True))
+    node_rows = [
+        (int(k // width), names[int(k % width)], int(c), int(ended_of.get(int(k), 0)))
+        for k, c in zip(node_keys, counts, strict=True)
+    ]
+    node_rows.sort(key=lambda r: (r[0], -r[2], r[1]))
+    kept_edges = edges_all[: spec.edge_limit]
+    edges = [PathEdge(step=s, source=a, target=b, value=v) for s, a, b, v in kept_edges]
     shown = {(e.step, e.source) for e in edges} | {(e.step + 1, e.target) for e in edges}
     entries = [(s, name) for s, name, _, _ in node_rows if s == 1][: spec.edge_limit]
     shown |= set(entries)
@@ -244,8 +333,8 @@ def run_paths(
         if (s, name) in shown
     ]
     return PathsResult(
-        paths=int(paths),
-        persons=int(persons),
+        paths=int(np.unique(kept.session).size),
+        persons=int(np.unique(kept.person).size),
         nodes=nodes,
         edges=edges,
         edges_truncated=len(edges_all) > spec.edge_limit,

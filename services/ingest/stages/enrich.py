@@ -1,0 +1,88 @@
+"""Stage 4, enrich: what ingest adds to an event from its context and the client address:
+device (user agent, or a mobile SDK's os/device), acquisition (referrer, search engine, social
+network, UTM tags, click ids, channel), interactivity, geo and bot ranges (docs/enrichment.md).
+The rules are in `services.ingest.enrichment`; what repeats across events (user agents, page
+URLs, referrers, sources, addresses) is looked up in bounded LRU caches there and in `geo` and
+`networks`."""
+
+from __future__ import annotations
+
+from services.ingest.enrichment import (
+    NO_ATTRIBUTION,
+    add_source_properties,
+    attribute,
+    device_of,
+    has_source_properties,
+    is_non_interactive,
+)
+from services.ingest.stages.draft import Draft, RequestInfo
+from services.ingest.user_agents import UNKNOWN_AGENT, parse_user_agent
+
+
+def enrich(draft: Draft, request: RequestInfo) -> None:
+    """Fill in the draft's device, source, interactivity, geo and bot columns."""
+    properties = draft.properties
+    context = draft.context
+    url, path, referrer, search = draft.url, draft.path, draft.referrer, draft.search
+    if draft.events_api:
+        info = draft.device_info
+        user_agent = info.userAgent if info is not None else None
+        device = parse_user_agent(user_agent) if user_agent else UNKNOWN_AGENT
+        draft.browser = device.browser or (info.browser if info is not None else None)
+        draft.os = device.os or (info.operatingSystem if info is not None else None)
+        draft.device_type = device.device_type or (info.deviceType if info is not None else None)
+        page_or_url = url or path
+        source = (
+            attribute(page_or_url, None, referrer, None)
+            if page_or_url or referrer
+            else NO_ATTRIBUTION
+        )
+    else:
+        device = device_of(context, request.fallback_user_agent)
+        draft.browser, draft.os, draft.device_type = device.browser, device.os, device.device_type
+        campaign = context.campaign if context is not None else None
+        if url is None and path is None and referrer is None and campaign is None and not search:
+            source = NO_ATTRIBUTION
+        else:
+            source = attribute(
+                url or path,
+                search,
+                referrer,
+                None
+                if campaign is None
+                else (
+                    campaign.source,
+                    campaign.medium,
+                    campaign.name,
+                    campaign.term,
+                    campaign.content,
+                ),
+            )
+    draft.browser_version, draft.os_version = device.browser_version, device.os_version
+    draft.is_bot = device.is_bot
+    if source is not NO_ATTRIBUTION:
+        (
+            draft.referrer_domain,
+            draft.channel,
+            draft.utm_source,
+            draft.utm_medium,
+            draft.utm_campaign,
+            draft.utm_term,
+            draft.utm_content,
+        ) = source[:7]
+        if has_source_properties(source):
+            add_source_properties(properties, source)
+    draft.non_interactive = is_non_interactive(properties, context)
+
+    address = draft.address
+    collection = request.collection
+    if address is None or collection is None:
+        return
+    geo = collection.geo
+    if geo is not None and draft.country is None:
+        place = geo.locate(address)
+        if place.country is not None:
+            draft.country, draft.region, draft.city = place
+    bot_networks = collection.bot_networks
+    if not draft.is_bot and bot_networks is not None and bot_networks.contains(address):
+        draft.is_bot = True

@@ -1,0 +1,101 @@
+"""The one owner of `events` day partitions (libs/common/event_partitions.py): the aggregator's
+and tiering's creators serialize on one advisory lock, concurrent creators of the same days all
+succeed with each partition created once, and an empty day's partition is dropped while one
+holding rows is kept."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, date, datetime
+
+import asyncpg
+import pytest
+
+from libs.common.event_partitions import (
+    PARTITION_LOCK,
+    EventPartitions,
+    drop_partition_if_empty,
+    ensure_partitions,
+    ensure_partitions_ahead,
+    partition_name,
+)
+from services.tiering.maintenance import run_maintenance
+
+pytestmark = pytest.mark.infra
+
+TODAY = date(2026, 3, 30)
+
+
+async def _exists(pool: asyncpg.Pool, day: date) -> bool:
+    return await pool.fetchval("SELECT to_regclass($1)", partition_name(day)) is not None
+
+
+async def test_tiering_maintenance_creates_partitions_under_the_shared_lock(
+    pool: asyncpg.Pool,
+) -> None:
+    async with pool.acquire() as holder:
+        await holder.execute("SELECT pg_advisory_lock($1)", PARTITION_LOCK)
+        now = datetime(2026, 3, 30, 12, tzinfo=UTC)
+        task = asyncio.create_task(
+            run_maintenance(pool, partitions_ahead_days=2, dedup_horizon_days=30, now=now)
+        )
+        await asyncio.sleep(0.5)
+        assert not task.done() and not await _exists(pool, TODAY)
+        await holder.execute("SELECT pg_advisory_unlock($1)", PARTITION_LOCK)
+    await asyncio.wait_for(task, 10)
+    assert await _exists(pool, TODAY)
+
+
+async def test_the_aggregators_creation_waits_for_the_same_lock(pool: asyncpg.Pool) -> None:
+    async def create() -> None:
+        async with pool.acquire() as conn:
+            await ensure_partitions(conn, [TODAY])
+
+    async with pool.acquire() as holder:
+        await holder.execute("SELECT pg_advisory_lock($1)", PARTITION_LOCK)
+        task = asyncio.create_task(create())
+        await asyncio.sleep(0.5)
+        assert not task.done()
+        await holder.execute("SELECT pg_advisory_unlock($1)", PARTITION_LOCK)
+    await asyncio.wait_for(task, 10)
+    assert await _exists(pool, TODAY)
+
+
+async def test_concurrent_creators_of_the_same_days_all_succeed(pool: asyncpg.Pool) -> None:
+    async def aggregator() -> None:
+        async with pool.acquire() as conn:
+            await ensure_partitions_ahead(conn, 3, EventPartitions(), today=TODAY)
+
+    async def tiering() -> None:
+        now = datetime(2026, 3, 30, 12, tzinfo=UTC)
+        await run_maintenance(pool, partitions_ahead_days=3, dedup_horizon_days=30, now=now)
+
+    await asyncio.gather(*(f() for _ in range(3) for f in (aggregator, tiering)))
+    names = await pool.fetch(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = 'events'::regclass ORDER BY 1"
+    )
+    # The aggregator also keeps yesterday's partition, for events arriving around midnight.
+    assert [r["relname"] for r in names] == [
+        "events_20260329",
+        "events_20260330",
+        "events_20260331",
+        "events_20260401",
+        "events_20260402",
+    ]
+
+
+async def test_only_an_empty_partition_is_dropped(pool: asyncpg.Pool) -> None:
+    empty, used = date(2026, 3, 1), date(2026, 3, 2)
+    async with pool.acquire() as conn:
+        await ensure_partitions(conn, [empty, used])
+        await conn.execute("INSERT INTO projects (id, name) VALUES ('p1', 'P1')")
+        await conn.execute(
+            "INSERT INTO events (project_id, ts, event_id, name, type, distinct_id, received_at)"
+            " VALUES ('p1', '2026-03-02 12:00+00', 'e1', 'signup', 'track', 'd1', now())"
+        )
+        assert await drop_partition_if_empty(conn, empty)
+        assert not await drop_partition_if_empty(conn, used)
+        assert not await drop_partition_if_empty(conn, empty)  # already gone
+    assert not await _exists(pool, empty)
+    assert await _exists(pool, used)
