@@ -1,8 +1,8 @@
 """`just bench`: run every benchmark, print the figures, and write them to
 bench/results/latest.json (and a timestamped copy). Figures only: nothing here passes or fails.
 
-    python -m bench [--only ingest,ingest_stages,aggregator,pipeline,day_files,analyses,tiers,
-                            dashboard,recovery]
+    python -m bench [--only ingest,ingest_stages,aggregator,pipeline,demo,day_files,analyses,
+                            tiers,dashboard,recovery]
                     [--seconds 20] [--scale 1.0]
 
 --scale multiplies the analyses/tiers dataset (5,000,000 events, 200,000 persons; always 120
@@ -26,6 +26,7 @@ from bench import (
     analyses,
     dashboard,
     day_files,
+    demo_footprint,
     ingest_gateway,
     ingest_stages,
     pipeline,
@@ -40,6 +41,10 @@ TARGETS = {
     "ingest.ingest_events_per_s": ">= 200000",
     "pipeline.pipeline_saturation.stored_events_per_s": ">= 50000",
     "pipeline.pipeline_half_load.freshness_p95_s": "< 2",
+    "demo.rollup_rows_per_stored_event": "<= 1",
+    "demo.pg_bytes_per_stored_event": "<= 600",
+    "demo.data_dir_mb": "<= 250",
+    "demo.backfill_drain_seconds_after_done": "<= 20",
     "analyses.funnel_5_steps_30d.warm_median_ms": "<= 150",
     "analyses.funnel_5_steps_120d.warm_median_ms": "<= 300",
     "analyses.retention_daily_30d.warm_median_ms": "<= 400",
@@ -77,8 +82,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Strata benchmarks")
     parser.add_argument(
         "--only",
-        default="ingest,ingest_stages,aggregator,pipeline,day_files,analyses,tiers,dashboard,"
-        "recovery",
+        default="ingest,ingest_stages,aggregator,pipeline,demo,day_files,analyses,tiers,"
+        "dashboard,recovery",
     )
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument(
@@ -121,6 +126,9 @@ def main() -> None:
     if "pipeline" in selected:
         print("== pipeline: strata up + load on this machine", flush=True)
         results["pipeline"] = pipeline.run_benchmark(args.seconds)
+    if "demo" in selected:
+        print("== demo: strata up --demo, 130 days x 3 projects: drain and footprint", flush=True)
+        results["demo"] = demo_footprint.run_benchmark()
     if "day_files" in selected:
         print("== day files: export, Parquet layout, open_scan over 30 days", flush=True)
         results["day_files"] = day_files.run_benchmark()

@@ -253,13 +253,27 @@ async def _write_all(database_url: str, batches: list[list[EventV1]], writers: i
     return WriteRun(inserted, duplicates, elapsed, latencies, python_cpu, postgres_cpu)
 
 
-async def _table_sizes(database_url: str) -> dict[str, int]:
+_TABLES = ("events", "event_ids", "rollups", "sessions", "session_rollups", "persons")
+# Bytes of a table with its indexes and TOAST, a partitioned one's partitions included.
+_TABLE_BYTES = """
+SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c
+WHERE c.oid = $1::regclass
+   OR c.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = $1::regclass)
+"""
+
+
+async def table_sizes(conn: asyncpg.Connection) -> tuple[dict[str, int], dict[str, int]]:
+    """Rows and bytes (with indexes and TOAST) of the tables a write fills."""
+    rows = {t: int(await conn.fetchval(f"SELECT count(*) FROM {t}")) for t in _TABLES}
+    sizes = {t: int(await conn.fetchval(_TABLE_BYTES, t)) for t in _TABLES}
+    return rows, sizes
+
+
+async def _table_sizes(database_url: str) -> tuple[dict[str, int], dict[str, int]]:
     conn = await asyncpg.connect(database_url)
     try:
-        return {
-            table: int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
-            for table in ("events", "rollups", "sessions", "session_rollups", "persons")
-        }
+        await conn.execute("VACUUM ANALYZE")  # dead versions of updated rows are not storage
+        return await table_sizes(conn)
     finally:
         await conn.close()
 
@@ -300,7 +314,7 @@ def run_benchmark(
                 stats.sort_stats("tottime").print_stats(profile_lines)
                 stats.sort_stats("cumulative").print_stats(profile_lines)
                 print(text.getvalue())
-            sizes = asyncio.run(_table_sizes(database_url))
+            rows, sizes = asyncio.run(_table_sizes(database_url))
         finally:
             if server is not None:
                 server.stop()
@@ -324,7 +338,13 @@ def run_benchmark(
         "batch_p95_ms": round(1000 * latencies[int(len(latencies) * 0.95)], 1),
         "generate_seconds": round(generated, 1),
         "profiled": profile,
-        "rows": sizes,
+        "rows": rows,
+        "bytes": sizes,
+        # Write amplification: derived rows and bytes per stored event.
+        "rollup_rows_per_event": round(
+            (rows["rollups"] + rows["session_rollups"]) / max(1, rows["events"]), 2
+        ),
+        "pg_bytes_per_event": round(sum(sizes.values()) / max(1, rows["events"])),
     }
 
 

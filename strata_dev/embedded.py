@@ -142,6 +142,23 @@ def _open_path_for(user: str, path: Path) -> None:
     os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
+# Server settings of the embedded cluster (docs/storage.md, "Write-ahead log"): durable commits,
+# and a WAL sized for a laptop. The default max_wal_size (1 GB) let pg_wal grow to ~1 GB during
+# the demo's backfill; 128 MB bounds it (checkpoints come sooner under a burst), compressed
+# full-page images (pglz, the one method this build has) shrink what each checkpoint causes,
+# and a longer timeout spares an idle stack the full-page images of frequent checkpoints.
+POSTGRES_SETTINGS: dict[str, str] = {
+    "fsync": "on",
+    "synchronous_commit": "on",
+    "max_connections": "200",
+    "shared_buffers": "256MB",
+    "max_wal_size": "128MB",
+    "min_wal_size": "32MB",
+    "wal_compression": "pglz",
+    "checkpoint_timeout": "15min",
+}
+
+
 class EmbeddedPostgres:
     """A PostgreSQL cluster under `data_dir`, listening on 127.0.0.1:`port`, trust auth."""
 
@@ -195,8 +212,7 @@ class EmbeddedPostgres:
                     str(self.data_dir / "postgres.log"),
                     "-o",
                     f"-h 127.0.0.1 -p {self.port} -k {self.pgdata} "
-                    "-c fsync=on -c max_connections=200 -c shared_buffers=256MB "
-                    "-c synchronous_commit=on",
+                    + " ".join(f"-c {name}={value}" for name, value in POSTGRES_SETTINGS.items()),
                     "start",
                 ]
             )

@@ -2,7 +2,7 @@
 
 `request_erasure` runs in the API's transaction: it resolves a person's ids through
 person_aliases, deletes their events, sessions, aliases and traits from PostgreSQL, recomputes
-the session rollups of the hours those sessions started in, and records the request and the ids
+the session rollups of the days those sessions started in, and records the request and the ids
 event scans must hide until the tiering service has rewritten the day files that hold them
 (services/tiering/erasure.py). Every erasure and export is written to `privacy_audit_log`.
 """
@@ -10,15 +10,21 @@ event scans must hide until the tiering service has rewritten the day files that
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 
 import asyncpg
 import msgspec
 
 from libs.common import db
-from libs.common.rollup_keys import DAY, HOUR, NONE_VALUE, SESSION_DIMENSIONS, TOTAL, WEEK
+from libs.common.rollup_keys import DAY
 from libs.common.rollup_keys import bucket_start as rollup_bucket_start
+from libs.common.rollup_rules import (
+    SESSION_KEY_COLUMNS,
+    SESSION_ROLLUP_COUNTERS,
+    session_counters_sql,
+    session_rollup_rows_sql,
+)
 
 MAX_IDS = 1000  # ids one request may name (a person has a handful of devices)
 
@@ -91,55 +97,42 @@ async def resolve_person_ids(
     return sorted(ids)
 
 
-def _session_buckets(starts: Iterable[datetime]) -> list[tuple[str, datetime, datetime]]:
-    """(granularity, bucket, bucket end) of every hour, day and week the starts fall in."""
-    buckets: set[tuple[str, datetime, datetime]] = set()
-    for ts in starts:
-        hour = rollup_bucket_start(ts, HOUR)
-        day = rollup_bucket_start(ts, DAY)
-        week = rollup_bucket_start(ts, WEEK)
-        buckets.add((HOUR, hour, hour + timedelta(hours=1)))
-        buckets.add((DAY, day, day + timedelta(days=1)))
-        buckets.add((WEEK, week, week + timedelta(days=7)))
-    return sorted(buckets)
+def _session_days(starts: Iterable[datetime]) -> list[datetime]:
+    """The UTC days the starts fall in (a day's rows hold every hour of it)."""
+    return sorted({rollup_bucket_start(ts, DAY) for ts in starts})
 
 
-_SESSION_DIMENSION_VALUES = "unnest(ARRAY[{}], ARRAY[{}]) AS d(dim, value)".format(
-    ", ".join(f"'{dim}'" for dim in (TOTAL, *SESSION_DIMENSIONS)),
-    ", ".join(
-        [f"'{TOTAL}'"]
-        + [f"coalesce(nullif(s.{col}, ''), '{NONE_VALUE}')" for col in SESSION_DIMENSIONS.values()]
-    ),
-)
-_BUCKETS = "unnest($2::text[], $3::timestamptz[], $4::timestamptz[]) AS b(g, lo, hi)"
+_DAYS = "unnest($2::timestamptz[]) AS b(day)"
 _DELETE_SESSION_ROLLUPS = f"""
-DELETE FROM session_rollups r USING {_BUCKETS}
-WHERE r.project_id = $1 AND r.granularity = b.g::"char" AND r.bucket = b.lo
+DELETE FROM session_rollups r USING {_DAYS}
+WHERE r.project_id = $1 AND r.bucket >= b.day AND r.bucket < b.day + interval '1 day'
 """
+# The sessions of the days, counted by the aggregator's own rules.
 _INSERT_SESSION_ROLLUPS = f"""
 INSERT INTO session_rollups (project_id, granularity, bucket, dim, value, bot,
-                             sessions, bounces, duration_s, pageviews, events)
-SELECT $1, b.g::"char", b.lo, d.dim, d.value, s.is_bot,
-    count(*), sum((s.interactive_events < 2)::int),
-    sum(extract(epoch FROM s.end_ts - s.start_ts)::float8), sum(s.pageviews), sum(s.events)
-FROM {_BUCKETS}
-JOIN sessions s ON s.project_id = $1 AND s.start_ts >= b.lo AND s.start_ts < b.hi
-CROSS JOIN LATERAL {_SESSION_DIMENSION_VALUES}
-GROUP BY b.g, b.lo, d.dim, d.value, s.is_bot
+                             {", ".join(SESSION_ROLLUP_COUNTERS)})
+WITH contributions AS (
+    SELECT s.project_id, date_trunc('hour', s.start_ts, 'UTC') AS hour,
+        {", ".join(f"s.{c}" for c in SESSION_KEY_COLUMNS)},
+        {session_counters_sql("s")}
+    FROM {_DAYS}
+    JOIN sessions s ON s.project_id = $1
+        AND s.start_ts >= b.day AND s.start_ts < b.day + interval '1 day'
+)
+{session_rollup_rows_sql("contributions")}
 """
 
 
 async def recompute_session_rollups(
     conn: asyncpg.Connection, project_id: str, starts: Iterable[datetime]
 ) -> None:
-    """Rebuild the session rollups of every hour/day/week bucket holding one of `starts` from
-    the sessions table (call under `lock_derived_tables`, in a transaction)."""
-    buckets = _session_buckets(starts)
-    if not buckets:
+    """Rebuild the session rollups (hour and day rows) of every UTC day holding one of
+    `starts` from the sessions table (call under `lock_derived_tables`, in a transaction)."""
+    days = _session_days(starts)
+    if not days:
         return
-    args = ([b[0] for b in buckets], [b[1] for b in buckets], [b[2] for b in buckets])
-    await conn.execute(_DELETE_SESSION_ROLLUPS, project_id, *args)
-    await conn.execute(_INSERT_SESSION_ROLLUPS, project_id, *args)
+    await conn.execute(_DELETE_SESSION_ROLLUPS, project_id, days)
+    await conn.execute(_INSERT_SESSION_ROLLUPS, project_id, days)
 
 
 async def record_audit(
@@ -186,7 +179,7 @@ async def request_erasure(
     key_id: str,
 ) -> ErasureStatus:
     """Erase a person from PostgreSQL and record the request, in one transaction: their events,
-    sessions (and the session rollups of the hours those started in), aliases and traits go at
+    sessions (and the session rollups of the days those started in), aliases and traits go at
     once, and event scans hide their rows in day files until the tiering service rewrites them.
     """
     async with conn.transaction():

@@ -6,18 +6,34 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from libs.common.model.columns import EVENT_DIMENSION_COLUMNS, SESSION_DIMENSION_COLUMNS
+from libs.common.schemas.events_v1 import PAGEVIEW
 
-# Rollup granularities: hour, day, ISO week (Monday, UTC).
+# Rollup granularities: hour and day (UTC). Hourly rows hold totals only; daily rows hold
+# totals and every dimension. Weeks, months and years are merged from days when read. WEEK
+# remains a bucket unit (ISO week, Monday) for callers that group days by week.
 HOUR, DAY, WEEK = "h", "d", "w"
-GRANULARITIES = (HOUR, DAY, WEEK)
+GRANULARITIES = (HOUR, DAY)
+# The rollups' coverage, which the metrics planner plans against: the granularities whose
+# rows hold totals, and those whose rows also hold one row per dimension value.
+TOTAL_GRANULARITIES = (HOUR, DAY)
+DIMENSION_GRANULARITIES = (DAY,)
 
 ALL_EVENTS = "*"  # the `name` of the rollup row over every event name
+# The names whose daily rows also hold dimensions: all events and pageviews (what visitors,
+# pageviews and events by page, source or device read). Other names have totals only; their
+# breakdowns are answered from the events.
+DIMENSION_NAMES = (ALL_EVENTS, PAGEVIEW)
 TOTAL = ""  # the `dim` (and `value`) of the row without a breakdown
 
 # API dimension name -> event column (`page` is the event's path), and -> session column (a
 # session's page is its entry page), as libs/common/model declares them.
 EVENT_DIMENSIONS: dict[str, str] = EVENT_DIMENSION_COLUMNS
 SESSION_DIMENSIONS: dict[str, str] = SESSION_DIMENSION_COLUMNS
+
+# Session rollups also count sessions by their exit page (the page they ended on), a
+# dimension of sessions only: events have no exit page.
+EXIT_PAGE = "exit_page"
+SESSION_ROLLUP_DIMENSIONS: dict[str, str] = {**SESSION_DIMENSIONS, EXIT_PAGE: "exit_path"}
 
 NONE_VALUE = "(none)"  # a missing dimension value is its own bucket, never dropped
 

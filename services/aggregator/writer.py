@@ -38,16 +38,16 @@ from libs.common.db import lock_derived_tables
 from libs.common.errors import StrataError
 from libs.common.event_partitions import EventPartitions, ensure_partitions
 from libs.common.model.columns import STORED_EVENT_COLUMNS, event_pg_types
-from libs.common.rollup_keys import (
-    ALL_EVENTS,
-    DAY,
-    EVENT_DIMENSIONS,
-    HOUR,
-    NONE_VALUE,
-    SESSION_DIMENSIONS,
-    TOTAL,
-    WEEK,
-    bucket_start,
+from libs.common.rollup_rules import (
+    SESSION_KEY_COLUMNS,
+    SESSION_ROLLUP_COUNTERS,
+    RollupKey,
+    Tally,
+    bounce_sql,
+    duration_sql,
+    event_rollup_input,
+    event_rollup_tallies,
+    session_rollup_rows_sql,
 )
 from libs.common.schemas.events_v1 import ALIAS, IDENTIFY, PAGEVIEW, EventV1
 
@@ -134,114 +134,8 @@ async def _insert_new_events(conn: asyncpg.Connection, events: Sequence[EventV1]
 # ---------------------------------------------------------------------------------------------
 # Event rollups
 
-# (project_id, granularity, bucket, name, dim, value, bot)
-RollupKey = tuple[str, str, datetime, str, str, str, bool]
-_EVENT_DIM_NAMES = (TOTAL, *EVENT_DIMENSIONS)
-_event_dim_values = operator.attrgetter(*EVENT_DIMENSIONS.values())
 
-
-class _Tally:
-    """Events counted into one rollup key by this batch, and the persons behind them. A set may
-    be shared by several keys (an hour's persons are its day's when the batch has one hour);
-    it is copied before the first change of a shared one."""
-
-    __slots__ = ("events", "owned", "persons")
-
-    def __init__(self, events: int, persons: set[str], owned: bool) -> None:
-        self.events = events
-        self.persons = persons
-        self.owned = owned
-
-    def add(self, events: int, persons: set[str]) -> None:
-        self.events += events
-        if persons is self.persons:
-            return
-        if not self.owned:
-            self.persons = set(self.persons)
-            self.owned = True
-        self.persons |= persons
-
-
-class _Buckets:
-    """Hour, day and week starts of event times (cached: a batch spans few hours)."""
-
-    def __init__(self) -> None:
-        self._hours: dict[float, datetime] = {}
-        self._coarser: dict[datetime, tuple[datetime, datetime]] = {}
-
-    def hour(self, ts: datetime) -> datetime:
-        hour_number = ts.timestamp() // 3600
-        hour = self._hours.get(hour_number)
-        if hour is None:
-            hour = self._hours[hour_number] = bucket_start(ts, HOUR)
-        return hour
-
-    def day_and_week(self, hour: datetime) -> tuple[datetime, datetime]:
-        coarser = self._coarser.get(hour)
-        if coarser is None:
-            coarser = self._coarser[hour] = (bucket_start(hour, DAY), bucket_start(hour, WEEK))
-        return coarser
-
-
-def event_rollup_tallies(events: Iterable[EventV1]) -> dict[RollupKey, _Tally]:
-    """Every rollup key the events count into, with their event counts and persons."""
-    # Tally at the finest level first (hour x own name x dimension value), then roll those up
-    # into the all-events name and into days and weeks: far fewer operations than expanding
-    # every event 66 times, and a person set is shared by every key it is the whole of (so
-    # built into a sketch once). Per (project, hour, name, bot): the total's tally and one
-    # {raw value: tally} per dimension, so the per-event work is a lookup by value; None and ""
-    # both become NONE_VALUE at the end.
-    buckets = _Buckets()
-    by_head: dict[tuple[str, datetime, str, bool], list[dict[str | None, _Tally]]] = {}
-    for ev in events:
-        person = ev.distinct_id  # VISITOR_COLUMN: the device, as web analytics counts visitors
-        head = (ev.project_id, buckets.hour(ev.ts), ev.name, ev.is_bot)
-        dims = by_head.get(head)
-        if dims is None:
-            dims = by_head[head] = [{} for _ in _EVENT_DIM_NAMES]
-        total = dims[0].get(TOTAL)
-        if total is None:
-            dims[0][TOTAL] = _Tally(1, {person}, True)
-        else:
-            total.events += 1
-            total.persons.add(person)
-        for tallies, value in zip(dims[1:], _event_dim_values(ev), strict=True):
-            tally = tallies.get(value)
-            if tally is None:
-                tallies[value] = _Tally(1, {person}, True)
-            else:
-                tally.events += 1
-                tally.persons.add(person)
-    for (project_id, hour, name, bot), dims in list(by_head.items()):
-        if name == ALL_EVENTS:
-            continue  # an event literally named "*" is counted once, as all events
-        all_dims = by_head.get((project_id, hour, ALL_EVENTS, bot))
-        if all_dims is None:
-            all_dims = by_head[(project_id, hour, ALL_EVENTS, bot)] = [{} for _ in dims]
-        for tallies, all_tallies in zip(dims, all_dims, strict=True):
-            for value, tally in tallies.items():
-                target = all_tallies.get(value)
-                if target is None:
-                    all_tallies[value] = _Tally(tally.events, tally.persons, False)
-                else:
-                    target.add(tally.events, tally.persons)
-    result: dict[RollupKey, _Tally] = {}
-    for (project_id, hour, name, bot), dims in by_head.items():
-        day, week = buckets.day_and_week(hour)
-        for dim, tallies in zip(_EVENT_DIM_NAMES, dims, strict=True):
-            for raw, tally in tallies.items():
-                value = TOTAL if dim == TOTAL else raw or NONE_VALUE
-                for granularity, bucket in ((HOUR, hour), (DAY, day), (WEEK, week)):
-                    key = (project_id, granularity, bucket, name, dim, value, bot)
-                    target = result.get(key)
-                    if target is None:
-                        result[key] = _Tally(tally.events, tally.persons, False)
-                    else:
-                        target.add(tally.events, tally.persons)
-    return result
-
-
-def _batch_sketches(tallies: Iterable[_Tally]) -> dict[int, hll_sketch]:
+def _batch_sketches(tallies: Iterable[Tally]) -> dict[int, hll_sketch]:
     """One sketch per distinct person set (by identity) among the tallies."""
     built: dict[int, hll_sketch] = {}
     for tally in tallies:
@@ -280,7 +174,7 @@ SELECT count(*) FILTER (WHERE created) FROM upserted
 """
 
 
-async def _apply_event_rollups(conn: asyncpg.Connection, tallies: dict[RollupKey, _Tally]) -> None:
+async def _apply_event_rollups(conn: asyncpg.Connection, tallies: dict[RollupKey, Tally]) -> None:
     if not tallies:
         return
     keys = sorted(tallies)  # one key order for every writer
@@ -367,22 +261,17 @@ _SESSION_EVENT_ROW = (
 _SESSION_EVENT_TYPES = {"ts": "timestamptz", "non_interactive": "boolean", "is_bot": "boolean"}
 _session_event_row = operator.attrgetter(*_SESSION_EVENT_ROW)
 # What a session contributes to session_rollups (the old row's, subtracted, is prefixed old_).
-_CONTRIBUTION = tuple(
-    dict.fromkeys(
-        (
-            "start_ts",
-            "end_ts",
-            "is_bot",
-            "interactive_events",
-            "pageviews",
-            "events",
-            *SESSION_DIMENSIONS.values(),
-        )
-    )
+_CONTRIBUTION = (
+    "start_ts",
+    "end_ts",
+    "interactive_events",
+    "pageviews",
+    "events",
+    *SESSION_KEY_COLUMNS,
 )
 _COUNTERS = ("start_ts", "end_ts", "interactive_events", "pageviews", "events")
 # What places a session's contribution: its start hour (from start_ts) and these.
-_KEY_ATTRIBUTES = tuple(c for c in _CONTRIBUTION if c not in _COUNTERS)
+_KEY_ATTRIBUTES = SESSION_KEY_COLUMNS
 # Ties on equal timestamps are broken by event id in code-point order (COLLATE "C"), as a
 # recomputation in Python sorts them; every comparison of a merge uses this order, so merging
 # batches in any order gives the row a recomputation from all the events gives.
@@ -402,32 +291,24 @@ _NEW_FIRST = "o.session_id IS NULL OR " + _before(
 _STORED_SOURCE_TS = "coalesce(o.source_ts, o.start_ts)"
 _STORED_SOURCE_ID = "coalesce(o.source_event_id, '')"
 _NEW_SOURCE = (
-    "src.session_id IS NOT NULL AND (o.channel IS NULL OR "
+    "src.matched AND (o.channel IS NULL OR "
     + _before("src.ts", "src.event_id", _STORED_SOURCE_TS, _STORED_SOURCE_ID)
     + ")"
 )
 _NEW_USER = (
-    "u.session_id IS NOT NULL AND (coalesce(o.user_id, '') = '' OR (o.user_ts IS NOT NULL AND "
+    "u.matched AND (coalesce(o.user_id, '') = '' OR (o.user_ts IS NOT NULL AND "
     + _before("u.ts", "u.event_id", "o.user_ts", "coalesce(o.user_event_id, '')")
     + "))"
 )
 _NEW_ENTRY = (
-    "fp.session_id IS NOT NULL AND (o.entry_ts IS NULL OR "
+    "fp.matched AND (o.entry_ts IS NULL OR "
     + _before("fp.ts", "fp.event_id", "o.entry_ts", "coalesce(o.entry_event_id, '')")
     + ")"
 )
 _NEW_EXIT = (
-    "lp.session_id IS NOT NULL AND (o.exit_ts IS NULL OR "
+    "lp.matched AND (o.exit_ts IS NULL OR "
     + _before("o.exit_ts", "coalesce(o.exit_event_id, '')", "lp.ts", "lp.event_id")
     + ")"
-)
-# Each session counts once per dimension: in the total, and under its value of each dimension.
-_SESSION_DIMENSION_VALUES = "unnest(ARRAY[{}], ARRAY[{}]) AS d(dim, value)".format(
-    ", ".join(f"'{dim}'" for dim in (TOTAL, *SESSION_DIMENSIONS)),
-    ", ".join(
-        [f"'{TOTAL}'"]
-        + [f"coalesce(nullif(c.{col}, ''), '{NONE_VALUE}')" for col in SESSION_DIMENSIONS.values()]
-    ),
 )
 
 
@@ -440,10 +321,17 @@ def _taken(condition: str, alias: str, pairs: tuple[tuple[str, str], ...]) -> st
 
 
 def _first_of(name: str, where: str, order: str = _EVENT_ORDER) -> str:
-    """A CTE: per session, the batch's first event (in `order`) among those matching `where`."""
+    """A CTE: per session of the batch, its first event (in `order`) among those matching
+    `where`, with `matched` false when none does (then it is just some event of the session).
+
+    One row per session whatever `where` says: PostgreSQL cannot estimate the rows of the
+    batch's JSON, and a CTE it believed filtered down to one row was joined by nested loop,
+    its sort run again for every session (two thirds of this statement on a backfill batch).
+    """
     return (
-        f"{name} AS (SELECT DISTINCT ON (project_id, session_id) * FROM ev WHERE {where}"
-        f" ORDER BY project_id, session_id, {order})"
+        f"{name} AS (SELECT DISTINCT ON (project_id, session_id) *,"
+        f" coalesce({where}, false) AS matched FROM ev"
+        f" ORDER BY project_id, session_id, matched DESC, {order})"
     )
 
 
@@ -478,10 +366,17 @@ _TAKEN = ",\n        ".join(
 )
 # A replaced row that stays in the same buckets (the usual case: only its counters grew) nets
 # its -old/+new into one row of differences, so fewer rows are expanded into dimensions.
-_STAYS = " AND ".join(
+_STAYS = "\n        AND ".join(
     ["replaces", "hour = old_hour"]
     + [f"{c} IS NOT DISTINCT FROM old_{c}" for c in _CONTRIBUTION if c not in _COUNTERS]
 )
+
+
+def _indent(sql: str, by: str = "    ") -> str:
+    """`sql` with its lines after the first indented, to read well inside a CTE."""
+    return sql.replace("\n", "\n" + by)
+
+
 _APPLY_SESSIONS = f"""
 WITH ev AS (
     SELECT * FROM {_json_rows_sql(_SESSION_EVENT_ROW, _SESSION_EVENT_TYPES)} j
@@ -533,10 +428,10 @@ merged AS (
         {", ".join(_CONTRIBUTION)}, {", ".join("old_" + c for c in _CONTRIBUTION)},
         date_trunc('hour', start_ts, 'UTC') AS hour,
         date_trunc('hour', old_start_ts, 'UTC') AS old_hour,
-        (interactive_events < 2)::int AS bounces,
-        (old_interactive_events < 2)::int AS old_bounces,
-        extract(epoch FROM end_ts - start_ts)::float8 AS duration_s,
-        extract(epoch FROM old_end_ts - old_start_ts)::float8 AS old_duration_s
+        {bounce_sql("interactive_events")}::int AS bounces,
+        {bounce_sql("old_interactive_events")}::int AS old_bounces,
+        {duration_sql("start_ts", "end_ts")} AS duration_s,
+        {duration_sql("old_start_ts", "old_end_ts")} AS old_duration_s
     FROM merged
 ), contribution AS (  -- each session's new row counts +1, the row it replaces -1
     SELECT project_id, hour, {", ".join(_KEY_ATTRIBUTES)},
@@ -550,30 +445,15 @@ merged AS (
     SELECT project_id, old_hour, {", ".join("old_" + c for c in _KEY_ATTRIBUTES)},
         -1, -old_bounces, -old_duration_s, -old_pageviews, -old_events
     FROM counted WHERE replaces AND NOT ({_STAYS})
-), hourly AS (  -- by start hour first: days and weeks are then summed from far fewer rows
-    SELECT c.project_id, c.hour, c.is_bot AS bot, d.dim, d.value,
-        sum(c.sessions) AS sessions, sum(c.bounces) AS bounces,
-        sum(c.duration_s) AS duration_s, sum(c.pageviews) AS pageviews, sum(c.events) AS events
-    FROM contribution c CROSS JOIN LATERAL {_SESSION_DIMENSION_VALUES}
-    GROUP BY 1, 2, 3, 4, 5
-), deltas AS (
-    SELECT c.project_id, g.g,
-        CASE g.g WHEN '{HOUR}' THEN c.hour ELSE date_trunc(g.unit, c.hour, 'UTC') END AS bucket,
-        c.dim, c.value, c.bot,
-        sum(c.sessions) AS sessions, sum(c.bounces) AS bounces,
-        sum(c.duration_s) AS duration_s, sum(c.pageviews) AS pageviews,
-        sum(c.events) AS events
-    FROM hourly c
-    CROSS JOIN (VALUES ('{HOUR}', 'hour'), ('{DAY}', 'day'), ('{WEEK}', 'week')) AS g(g, unit)
-    GROUP BY 1, 2, 3, 4, 5, 6
+), deltas AS (  -- the rollup rules (libs/common/rollup_rules.py) over the contributions
+    {_indent(session_rollup_rows_sql("contribution"))}
 ), rolled AS (
     INSERT INTO session_rollups AS r (project_id, granularity, bucket, dim, value, bot,
                                       sessions, bounces, duration_s, pageviews, events)
-    SELECT project_id, g::"char", bucket, dim, value, bot,
-        sessions, bounces, duration_s, pageviews, events
+    SELECT project_id, granularity, bucket, dim, value, bot, {", ".join(SESSION_ROLLUP_COUNTERS)}
     FROM deltas
-    WHERE sessions <> 0 OR bounces <> 0 OR duration_s <> 0 OR pageviews <> 0 OR events <> 0
-    ORDER BY project_id, g, bucket, dim, value, bot
+    WHERE {" OR ".join(f"{c} <> 0" for c in SESSION_ROLLUP_COUNTERS)}
+    ORDER BY project_id, granularity, bucket, dim, value, bot
     ON CONFLICT (project_id, granularity, bucket, dim, value, bot) DO UPDATE SET
         sessions = r.sessions + excluded.sessions,
         bounces = r.bounces + excluded.bounces,
@@ -702,7 +582,7 @@ async def _write_in_transaction(conn: asyncpg.Connection, events: Sequence[Event
     if not inserted:
         return 0
     # The Python share of the work, done before the lock so other writers are not kept waiting.
-    tallies = event_rollup_tallies(inserted)
+    tallies = event_rollup_tallies(event_rollup_input(ev) for ev in inserted)
     links = alias_links(inserted)
     persons = person_rows(inserted)
     await lock_derived_tables(conn, (ev.project_id for ev in inserted))

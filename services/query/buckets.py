@@ -1,5 +1,5 @@
 """Time bucketing for analytics answers: output buckets aligned in the caller's time zone, and
-the decomposition of each output bucket into whole rollup buckets (hour/day/week, UTC)."""
+the decomposition of each output bucket into whole rollup buckets (hour/day, UTC)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from libs.common.rollup_keys import DAY, HOUR, WEEK
+from libs.common.rollup_keys import DAY, HOUR
 
 INTERVALS = ("hour", "day", "week", "month")
 
 _HOUR = timedelta(hours=1)
 _DAY = timedelta(days=1)
-_WEEK = timedelta(days=7)
+_WEEK = timedelta(days=7)  # an output interval, not a rollup granularity
 
 
 @dataclass(frozen=True)
@@ -98,50 +98,38 @@ def hour_aligned(ts: datetime) -> bool:
     return ts.minute == 0 and ts.second == 0 and ts.microsecond == 0
 
 
-def _aligned(ts: datetime, granularity: str) -> bool:
-    if not hour_aligned(ts):
-        return False
-    if granularity == HOUR:
-        return True
-    if ts.hour != 0:
-        return False
-    return granularity == DAY or ts.weekday() == 0
+def _day_aligned(ts: datetime) -> bool:
+    return hour_aligned(ts) and ts.hour == 0
 
 
-def _coarser_fits(ts: datetime, granularity: str, hi: datetime) -> bool:
-    """Whether a coarser rollup bucket than `granularity` starts at `ts` and ends by `hi`."""
-    if granularity == HOUR and _aligned(ts, DAY) and ts + _DAY <= hi:
-        return True
-    return granularity in (HOUR, DAY) and _aligned(ts, WEEK) and ts + _WEEK <= hi
-
-
-def rollup_pieces(buckets: OutputBuckets) -> list[RollupPiece] | None:
-    """Cover every output bucket exactly with whole rollup buckets, coarsest first.
+def rollup_pieces(buckets: OutputBuckets, finest: str = HOUR) -> list[RollupPiece] | None:
+    """Cover every output bucket exactly with whole rollup buckets: days where they fit, hours
+    at the edges (unless `finest` is DAY: rows only days have, such as dimensions).
 
     None when a boundary is not on a whole UTC hour (a partial hour or a zone such as
-    Asia/Kolkata): hourly rollups cannot answer that exactly, so the caller reads raw events.
+    Asia/Kolkata), or not on a UTC midnight when `finest` is DAY: the rollups cannot answer
+    that exactly, so the caller reads raw events.
     """
+    aligned = _day_aligned if finest == DAY else hour_aligned
     pieces: list[RollupPiece] = []
     for index in range(len(buckets)):
         lo, hi = buckets.bounds[index].astimezone(UTC), buckets.bounds[index + 1].astimezone(UTC)
-        if not (hour_aligned(lo) and hour_aligned(hi)):
+        if not (aligned(lo) and aligned(hi)):
             return None
         cursor = lo
         while cursor < hi:
-            for granularity, step in ((WEEK, _WEEK), (DAY, _DAY), (HOUR, _HOUR)):
-                if _aligned(cursor, granularity) and cursor + step <= hi:
-                    break
-            # Extend the run while the same granularity still fits, so one range covers
-            # many consecutive rollup buckets (one index range scan in SQL).
-            run_end = cursor + step
-            while run_end + step <= hi and not _coarser_fits(run_end, granularity, hi):
-                run_end += step
-            pieces.append(RollupPiece(index, granularity, cursor, run_end))
-            cursor = run_end
+            # One run of hours up to the next midnight (or `hi`), then one run of whole days.
+            if _day_aligned(cursor) and cursor + _DAY <= hi:
+                days = (hi - cursor) // _DAY
+                pieces.append(RollupPiece(index, DAY, cursor, cursor + days * _DAY))
+            else:
+                midnight = (cursor + _DAY).replace(hour=0)
+                pieces.append(RollupPiece(index, HOUR, cursor, min(midnight, hi)))
+            cursor = pieces[-1].hi
     return pieces
 
 
-_STEP = {HOUR: _HOUR, DAY: _DAY, WEEK: _WEEK}
+_STEP = {HOUR: _HOUR, DAY: _DAY}
 
 
 def rollup_buckets(pieces: list[RollupPiece]) -> tuple[list[int], list[str], list[datetime]]:

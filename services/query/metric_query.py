@@ -9,6 +9,8 @@ from typing import Any
 from datasketches import hll_sketch, hll_union
 
 from libs.common import sketches
+from libs.common.rollup_keys import DIMENSION_GRANULARITIES, DIMENSION_NAMES, TOTAL_GRANULARITIES
+from services.query.buckets import OutputBuckets, RollupPiece, rollup_pieces
 from services.query.params import EVENT_NAME_DIMENSION, Filters, ParamError, TimeWindow
 
 PAGEVIEW_METRIC = "pageviews"
@@ -23,6 +25,12 @@ KNOWN_METRICS = (*STANDARD_METRICS, *SHARE_METRICS)
 EVENT_COUNT_PREFIX = "event:"
 # A saved custom metric (docs/analytics.md), computed from the event scan: `metric:<id>`.
 CUSTOM_METRIC_PREFIX = "metric:"
+
+# Which store answers a metrics request.
+SOURCE_ROLLUPS = "rollups"
+SOURCE_EVENTS = "events"
+SOURCE_AUTO = "auto"
+SOURCE_CHOICES = (SOURCE_AUTO, SOURCE_ROLLUPS, SOURCE_EVENTS)
 
 # The bucket index of a total over the whole range, and the breakdown key of a total over
 # every breakdown value.
@@ -85,6 +93,65 @@ class MetricQuery:
         """Filtered or broken-down dimensions other than the event name."""
         dims = self.filters.dimensions | ({self.breakdown} if self.breakdown else set())
         return dims - {EVENT_NAME_DIMENSION}
+
+
+@dataclass(frozen=True)
+class MetricPlan:
+    """Where a metrics request is answered: the rollup buckets to read, or raw events (with
+    why the rollups could not answer, when the request let them)."""
+
+    source: str
+    pieces: list[RollupPiece] | None = None
+    reason: str | None = None
+
+
+def plan_metrics(query: MetricQuery, buckets: OutputBuckets) -> MetricPlan:
+    """Rollups when they hold exactly what `query` asks for over every output bucket (the
+    rollups' coverage: hourly totals per event name; daily totals per event name, and
+    dimensions for all events and pageviews), raw events otherwise."""
+    if query.source == SOURCE_EVENTS:
+        return MetricPlan(SOURCE_EVENTS)
+    reason = _rollups_cannot_answer(query)
+    if reason is None:
+        dimensional = bool(query.attribute_dimensions)
+        granularities = DIMENSION_GRANULARITIES if dimensional else TOTAL_GRANULARITIES
+        pieces = rollup_pieces(buckets, finest=granularities[0])
+        if pieces is not None:
+            return MetricPlan(SOURCE_ROLLUPS, pieces)
+        reason = (
+            "a bucket boundary is not on a UTC midnight, and rollups hold dimensions by day"
+            if dimensional and rollup_pieces(buckets) is not None
+            else "a bucket boundary is not on a whole UTC hour"
+        )
+    return MetricPlan(SOURCE_EVENTS, reason=reason)
+
+
+def _rollups_cannot_answer(query: MetricQuery) -> str | None:
+    """Why no rollup row holds what `query` asks for, whatever its buckets (None: they do)."""
+    if query.wants_share_counters:
+        return "bot_share and cookieless_share are computed from raw events"
+    if query.cohort_persons is not None:
+        return "cohort filters need persons, which rollups do not keep"
+    # Rollup rows hold one attribute dimension (plus the event name); session rollups have no
+    # event name.
+    if len(query.attribute_dimensions) > 1 or (
+        query.wants_session_counters and query.by_event_name
+    ):
+        return "they hold one dimension per row and sessions have no event name"
+    if query.attribute_dimensions and not _names_with_dimensions(query):
+        return "they hold dimensions for all events and pageviews only, not per event name"
+    return None
+
+
+def _names_with_dimensions(query: MetricQuery) -> bool:
+    """Whether every event name `query` reads by dimension has dimension rows."""
+    names = set(query.event_names)
+    if query.breakdown == EVENT_NAME_DIMENSION:
+        return False
+    filtered = query.filters.values(EVENT_NAME_DIMENSION)
+    if filtered is not None:
+        names |= set(filtered)
+    return names <= set(DIMENSION_NAMES)
 
 
 def parse_metric_names(raw: str | None) -> tuple[str, ...]:

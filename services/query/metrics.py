@@ -11,25 +11,31 @@ from datetime import UTC, date, datetime
 from aiohttp import web
 from multidict import MultiMapping
 
+from libs.common.rollup_keys import EXIT_PAGE
 from services.query.analyses.metrics_endpoint import fill_custom_metrics, resolve_cohort_filter
 from services.query.auth import authorized_project
-from services.query.buckets import OutputBuckets, count_buckets, output_buckets, rollup_pieces
+from services.query.buckets import OutputBuckets, count_buckets, output_buckets
 from services.query.dependencies import DEPS, SETTINGS
 from services.query.freshness import freshness
 from services.query.metric_query import (
     ALL,
+    SESSION_METRICS,
+    SOURCE_CHOICES,
+    SOURCE_EVENTS,
+    SOURCE_ROLLUPS,
     Cells,
     Counters,
     MetricQuery,
     metric_value,
     parse_metric_names,
+    plan_metrics,
     rounded_value,
 )
 from services.query.metrics_from_events import read_events
-from services.query.metrics_from_rollups import can_answer, read_rollups
+from services.query.metrics_from_rollups import read_rollups
 from services.query.params import (
     DEFAULT_RANGE_DAYS,
-    DIMENSIONS,
+    METRICS_DIMENSIONS,
     ParamError,
     TimeWindow,
     mentions_all,
@@ -63,9 +69,6 @@ from services.query.responses import (
     missing_ranges,
 )
 
-SOURCE_ROLLUPS = "rollups"
-SOURCE_EVENTS = "events"
-SOURCE_CHOICES = ("auto", SOURCE_ROLLUPS, SOURCE_EVENTS)
 MAX_BREAKDOWN_LIMIT = 1000
 
 METRICS_PARAMS = {
@@ -101,8 +104,8 @@ def now_utc() -> datetime:
 
 
 async def answer(request: web.Request, query: MetricQuery) -> MetricsAnswer:
-    """Plan and run `query`: rollups when every boundary is a whole UTC hour and the filters
-    fit one rollup dimension, raw rows otherwise."""
+    """Plan (`plan_metrics`) and run `query`: from rollups when they hold exactly what it asks
+    for, else from raw rows."""
     max_buckets = request.app[SETTINGS].max_buckets
     window = query.window
     if query.interval is not None:
@@ -113,22 +116,12 @@ async def answer(request: web.Request, query: MetricQuery) -> MetricsAnswer:
                 "use a coarser interval or a shorter range",
             )
     buckets = output_buckets(window.start, window.end, query.interval, window.tz)
-    pool = request.app[DEPS].pool
-    if query.source != SOURCE_EVENTS:
-        if query.wants_share_counters:
-            reason = "bot_share and cookieless_share are computed from raw events"
-        elif query.cohort_persons is not None:
-            reason = "cohort filters need persons, which rollups do not keep"
-        elif not can_answer(query):
-            reason = "they hold one dimension per row and sessions have no event name"
-        else:
-            pieces = rollup_pieces(buckets)
-            if pieces is not None:
-                cells = await read_rollups(pool, query, pieces)
-                return MetricsAnswer(SOURCE_ROLLUPS, buckets, cells)
-            reason = "a bucket boundary is not on a whole UTC hour"
-        if query.source == SOURCE_ROLLUPS:
-            raise ParamError("source", f"rollups cannot answer this exactly: {reason}")
+    plan = plan_metrics(query, buckets)
+    if plan.pieces is not None:
+        cells = await read_rollups(request.app[DEPS].pool, query, plan.pieces)
+        return MetricsAnswer(SOURCE_ROLLUPS, buckets, cells)
+    if query.source == SOURCE_ROLLUPS:
+        raise ParamError("source", f"rollups cannot answer this exactly: {plan.reason}")
     # Days moved to day files are read from them (archived ones: 202 with a restore job).
     cells, tier_reads, missing = await read_events(request.app[DEPS], query, buckets)
     return MetricsAnswer(SOURCE_EVENTS, buckets, cells, tier_reads, missing)
@@ -172,13 +165,13 @@ def parse_metric_query(request: web.Request, project_id: str, window: TimeWindow
     query = request.query
     reject_unknown(query, METRICS_PARAMS)
     raw_breakdown = single(query, "breakdown")
-    return MetricQuery(
+    metric_query = MetricQuery(
         project_id=project_id,
         window=window,
         interval=parse_interval(query),
         metrics=parse_metric_names(single(query, "metrics")),
-        filters=parse_filters(query),
-        breakdown=parse_dimension("breakdown", raw_breakdown, DIMENSIONS)
+        filters=parse_filters(query, METRICS_DIMENSIONS),
+        breakdown=parse_dimension("breakdown", raw_breakdown, METRICS_DIMENSIONS)
         if raw_breakdown
         else None,
         include_bots=parse_bool(query, "include_bots"),
@@ -187,6 +180,15 @@ def parse_metric_query(request: web.Request, project_id: str, window: TimeWindow
         cohorts=tuple(query.getall("cohort", [])),
         allow_partial=parse_bool(query, "allow_partial"),
     )
+    if EXIT_PAGE in metric_query.attribute_dimensions:
+        others = [m for m in metric_query.metrics if m not in SESSION_METRICS]
+        if others:
+            raise ParamError(
+                "breakdown" if metric_query.breakdown == EXIT_PAGE else "filter",
+                f"{EXIT_PAGE} is a dimension of sessions: ask for session metrics only "
+                f"({', '.join(SESSION_METRICS)}), not {', '.join(others)}",
+            )
+    return metric_query
 
 
 def filter_echo(query: MetricQuery) -> list[FilterEcho]:

@@ -19,7 +19,7 @@ from libs.common.model.columns import event_pg_types
 from libs.common.rollup_keys import (
     EVENT_DIMENSIONS,
     NONE_VALUE,
-    SESSION_DIMENSIONS,
+    SESSION_ROLLUP_DIMENSIONS,
     VISITOR_COLUMN,
 )
 from libs.common.schemas.events_v1 import PAGEVIEW
@@ -228,7 +228,9 @@ def _session_filters(params: SqlParams, query: MetricQuery) -> list[str]:
                 f" (SELECT session_id FROM session_events WHERE name = ANY({values}))"
             )
         else:
-            where.append(f"{dimension_sql('s', SESSION_DIMENSIONS[flt.dimension])} = ANY({values})")
+            where.append(
+                f"{dimension_sql('s', SESSION_ROLLUP_DIMENSIONS[flt.dimension])} = ANY({values})"
+            )
     return where
 
 
@@ -261,7 +263,7 @@ async def _read_session_counters(
         elif query.breakdown is None or by_name:
             key_sql = "NULL::text"
         else:
-            key_sql = dimension_sql("s", SESSION_DIMENSIONS[query.breakdown])
+            key_sql = dimension_sql("s", SESSION_ROLLUP_DIMENSIONS[query.breakdown])
         sql = f"""
             {with_sql} s AS (
                 SELECT width_bucket(s.start_ts, {thresholds}::timestamptz[]) - 1 AS idx,

@@ -13,17 +13,6 @@ from services.query.metric_query import ALL, Cells, Counters, MetricQuery, SqlPa
 from services.query.params import EVENT_NAME_DIMENSION
 
 
-def can_answer(query: MetricQuery) -> bool:
-    """Rollups hold one attribute dimension per row (plus the event name); session rollups have
-    no event name, and neither records which events were cookieless. Anything beyond that
-    needs raw rows."""
-    if query.wants_share_counters or len(query.attribute_dimensions) > 1:
-        return False
-    if query.cohort_persons is not None:
-        return False  # rollups do not know persons
-    return not (query.wants_session_counters and query.by_event_name)
-
-
 def _pieces_sql(params: SqlParams, project_id: str, pieces: list[RollupPiece], table: str) -> str:
     """FROM clause: every rollup bucket of the pieces joined to rollup table `r` on its exact
     key prefix, so each row is found by a primary-key probe (a range scan would also walk every

@@ -12,7 +12,7 @@ from aiohttp import web
 from libs.common.day_files.restores import RestoreJob
 from libs.common.day_files.tier_summary import TierSummary
 from libs.common.erasure import ErasureStatus
-from libs.common.rollup_keys import EVENT_DIMENSIONS
+from libs.common.rollup_keys import EVENT_DIMENSIONS, EXIT_PAGE
 from services.query.analyses.cohorts import CohortBody
 from services.query.analyses.experiments import ExperimentRequest
 from services.query.analyses.metric_definitions import MetricBody
@@ -35,7 +35,7 @@ from services.query.dashboard.accounts import AcceptInviteBody, LoginBody, Passw
 from services.query.dashboard.project_admin import KeyBody, MemberBody, ProjectBody, RoleBody
 from services.query.dashboard.saved_work import AnnotationBody, DashboardBody, InsightBody
 from services.query.metric_query import SHARE_METRICS, STANDARD_METRICS
-from services.query.params import DIMENSIONS
+from services.query.params import DIMENSIONS, METRICS_DIMENSIONS
 from services.query.performance import PERFORMANCE_PROPERTIES
 from services.query.privacy import ErasureBody
 from services.query.relative_periods import COMPARISONS, NAMED_PERIODS
@@ -136,6 +136,11 @@ FILTER = Param(
     + ".",
     repeatable=True,
 )
+METRICS_FILTER = Param(
+    "filter",
+    FILTER.description.removesuffix(".") + f", and `{EXIT_PAGE}` (session metrics only).",
+    repeatable=True,
+)
 INCLUDE_BOTS = Param("include_bots", "Count traffic flagged as bots (default false).", _BOOL)
 LIMIT_VALUES = Param("limit", "Most rows returned, 1-1000 (default 100).", _INT)
 PAGE_LIMIT = Param("limit", "Page size, 1..max_page_size (default 100).", _INT)
@@ -172,8 +177,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             PERIOD,
             TIMEZONE,
             INTERVAL,
-            FILTER,
-            Param("breakdown", "Dimension to break down by.", {"enum": list(DIMENSIONS)}),
+            METRICS_FILTER,
+            Param(
+                "breakdown",
+                f"Dimension to break down by; `{EXIT_PAGE}` (the page a session ended on) with "
+                "session metrics only.",
+                {"enum": list(METRICS_DIMENSIONS)},
+            ),
             INCLUDE_BOTS,
             Param("limit", "Most breakdown values returned, 1-1000 (default 100).", _INT),
             SOURCE,

@@ -11,13 +11,16 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from multidict import MultiMapping
 
 from libs.common.errors import StrataError
-from libs.common.rollup_keys import EVENT_DIMENSIONS
+from libs.common.rollup_keys import EVENT_DIMENSIONS, EXIT_PAGE
 from services.query.buckets import INTERVALS, local_midnight
 from services.query.relative_periods import ALL, NAMED_PERIODS, is_relative, period_range
 
 # Dimensions a filter or breakdown may name: the rollup dimensions plus the event name.
 EVENT_NAME_DIMENSION = "event"
 DIMENSIONS: tuple[str, ...] = (*EVENT_DIMENSIONS, EVENT_NAME_DIMENSION)
+# The metrics endpoint also breaks sessions down (and filters them) by their exit page, a
+# dimension of sessions only.
+METRICS_DIMENSIONS: tuple[str, ...] = (*DIMENSIONS, EXIT_PAGE)
 
 DEFAULT_RANGE_DAYS = 7
 # Dates a range may name: no event is older than the Unix epoch, and far-future dates leave no
@@ -203,7 +206,7 @@ def parse_dimension(name: str, raw: str, allowed: tuple[str, ...] = DIMENSIONS) 
     return raw
 
 
-def parse_filters(query: MultiMapping[str]) -> Filters:
+def parse_filters(query: MultiMapping[str], allowed: tuple[str, ...] = DIMENSIONS) -> Filters:
     """Repeatable `filter=dimension:value`; values of one dimension are alternatives (OR),
     different dimensions must all match (AND). `(none)` matches a missing value."""
     grouped: dict[str, list[str]] = {}
@@ -211,7 +214,7 @@ def parse_filters(query: MultiMapping[str]) -> Filters:
         dimension, sep, value = raw.partition(":")
         if not sep or value == "":
             raise ParamError("filter", f"{raw!r} is not dimension:value (e.g. country:DE)")
-        parse_dimension("filter", dimension)
+        parse_dimension("filter", dimension, allowed)
         values = grouped.setdefault(dimension, [])
         if value not in values:
             values.append(value)

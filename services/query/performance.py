@@ -12,7 +12,8 @@ from libs.common.rollup_keys import EVENT_DIMENSIONS
 from services.query.auth import authorized_project
 from services.query.dependencies import DEPS
 from services.query.freshness import freshness
-from services.query.metrics import MAX_BREAKDOWN_LIMIT, SOURCE_EVENTS, now_utc, request_window
+from services.query.metric_query import SOURCE_EVENTS
+from services.query.metrics import MAX_BREAKDOWN_LIMIT, now_utc, request_window
 from services.query.metrics_from_events import dimension_sql
 from services.query.params import (
     EVENT_NAME_DIMENSION,

@@ -1,7 +1,15 @@
 """Sessionizer checkpoints: a partition's session state and the raw stream sequence it reflects,
-stored together in one row so they can never disagree."""
+stored together in one row so they can never disagree.
+
+The state is msgpack compressed with zlib (level 1: ~0.5 ms per 30 KB, about 2.3x smaller on
+generated traffic), stored EXTERNAL so PostgreSQL does not try to compress it again
+(migration 0021): each checkpoint rewrites the row, so its size is what the table's TOAST and
+the WAL carry per checkpoint (docs/storage.md, "Write-ahead log and NATS streams").
+"""
 
 from __future__ import annotations
+
+import zlib
 
 import asyncpg
 import msgspec
@@ -20,11 +28,18 @@ class Checkpoint(msgspec.Struct, kw_only=True):
     state: PartitionSessions
 
 
+# Compressed states start with this marker. A state checkpointed by an older release is plain
+# msgpack of a map, whose first byte (0x80-0x8f, 0xde or 0xdf) is never "Z".
+_COMPRESSED = b"Z1"
+
+
 def encode_state(state: PartitionSessions) -> bytes:
-    return _state_encoder.encode(state)
+    return _COMPRESSED + zlib.compress(_state_encoder.encode(state), 1)
 
 
 def decode_state(blob: bytes) -> PartitionSessions:
+    if blob.startswith(_COMPRESSED):
+        return _state_decoder.decode(zlib.decompress(blob[len(_COMPRESSED) :]))
     return _state_decoder.decode(blob)
 
 

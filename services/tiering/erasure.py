@@ -10,8 +10,8 @@ The API has already removed the person from PostgreSQL and made event scans hide
   point is resumed by the next one (a part half rewritten is undone by the day's recovery).
 - recomputing: the event rollups of every week touched (hot days of the deletion, days of the
   rewritten parts) are rebuilt from the remaining raw events of those weeks, hot and cold, under
-  the aggregator's lock. (Sessions and session rollups were rebuilt by the API: sessions live in
-  PostgreSQL only.)
+  the aggregator's lock, with the aggregator's own rules (libs/common/rollup_rules.py).
+  (Sessions and session rollups were rebuilt by the API: sessions live in PostgreSQL only.)
 - completed: the ids are no longer filtered (no file holds them any more) and the audit log
   says so.
 """
@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -50,17 +49,8 @@ from libs.common.day_files.erasure_rewrite import (
 from libs.common.erasure import lock_derived_tables, record_audit
 from libs.common.object_store import ObjectStore, ObjectStoreError
 from libs.common.object_store.base import DEFAULT_RESTORE_HOURS
-from libs.common.rollup_keys import (
-    ALL_EVENTS,
-    DAY,
-    EVENT_DIMENSIONS,
-    HOUR,
-    NONE_VALUE,
-    TOTAL,
-    VISITOR_COLUMN,
-    WEEK,
-    bucket_start,
-)
+from libs.common.rollup_keys import WEEK, bucket_start
+from libs.common.rollup_rules import EVENT_ROLLUP_INPUT, event_rollup_tallies
 from services.tiering.metrics import ErasureMetrics
 
 log = structlog.get_logger("tiering")
@@ -74,16 +64,8 @@ def _part(row: asyncpg.Record) -> DayPart:
     return DayPart(**{name: row[name] for name in DayPart.__struct_fields__})
 
 
-# What an event contributes to rollups: its key attributes and dimension values.
-_ROLLUP_COLUMNS = (
-    "project_id",
-    "ts",
-    "name",
-    "distinct_id",
-    "user_id",
-    "is_bot",
-    *dict.fromkeys(EVENT_DIMENSIONS.values()),
-)
+# What an event contributes to rollups (the rules' input row).
+_ROLLUP_COLUMNS = tuple(dict.fromkeys(EVENT_ROLLUP_INPUT))
 
 
 @dataclass
@@ -244,30 +226,6 @@ def _week_starts(days: Iterable[date]) -> list[datetime]:
     return sorted({bucket_start(datetime.combine(d, datetime.min.time(), UTC), WEEK) for d in days})
 
 
-def _event_rollups(
-    rows: Iterable[dict[str, Any]],
-) -> dict[tuple[str, datetime, str, str, str, bool], tuple[int, set[str]]]:
-    """(granularity, bucket, name, dim, value, bot) -> (events, persons) of the rows."""
-    counts: dict[tuple[str, datetime, str, str, str, bool], list[Any]] = defaultdict(
-        lambda: [0, set()]
-    )
-    for r in rows:
-        person = r[VISITOR_COLUMN]
-        ts = r["ts"]
-        buckets = [(g, bucket_start(ts, g)) for g in (HOUR, DAY, WEEK)]
-        dims = [(TOTAL, TOTAL)] + [
-            (dim, r[col] if r[col] not in (None, "") else NONE_VALUE)
-            for dim, col in EVENT_DIMENSIONS.items()
-        ]
-        for name in {r["name"], ALL_EVENTS}:
-            for granularity, bucket in buckets:
-                for dim, value in dims:
-                    entry = counts[(granularity, bucket, name, dim, str(value), r["is_bot"])]
-                    entry[0] += 1
-                    entry[1].add(person)
-    return {k: (v[0], v[1]) for k, v in counts.items()}
-
-
 async def _cold_rows(store: ObjectStore, parts: list[DayPart], work: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for number, part in enumerate(parts):
@@ -305,7 +263,7 @@ async def recompute_week_rollups(
     *,
     restore_hours: int = DEFAULT_RESTORE_HOURS,
 ) -> bool:
-    """Rebuild the event rollups (hour, day and week buckets) of one ISO week from its raw
+    """Rebuild the event rollups (hour and day buckets) of one ISO week from its raw
     events in day files and PostgreSQL. False when some archived part of the week must be
     restored first (the restore is started)."""
     first_day = week.date()
@@ -340,10 +298,9 @@ async def recompute_week_rollups(
                 watermarks.get(day, 0),
             )
             rows.extend(dict(r) for r in hot)
-        tallies = _event_rollups(rows)
+        tallies = event_rollup_tallies(tuple(r[c] for c in EVENT_ROLLUP_INPUT) for r in rows)
         await conn.execute(
-            "DELETE FROM rollups WHERE project_id = $1 AND ((granularity IN ('h', 'd')"
-            " AND bucket >= $2 AND bucket < $3) OR (granularity = 'w' AND bucket = $2))",
+            "DELETE FROM rollups WHERE project_id = $1 AND bucket >= $2 AND bucket < $3",
             project_id,
             week,
             end,
@@ -351,18 +308,12 @@ async def recompute_week_rollups(
         keys = sorted(tallies)
         await conn.execute(
             "INSERT INTO rollups (project_id, granularity, bucket, name, dim, value, bot,"
-            ' events, visitors) SELECT $1, g::"char", b, n, d, v, bot, e, s FROM unnest('
-            "$2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::bool[],"
-            " $8::bigint[], $9::bytea[]) AS u(g, b, n, d, v, bot, e, s)",
-            project_id,
-            [k[0] for k in keys],
-            [k[1] for k in keys],
-            [k[2] for k in keys],
-            [k[3] for k in keys],
-            [k[4] for k in keys],
-            [k[5] for k in keys],
-            [tallies[k][0] for k in keys],
-            [sketches.sketch_of(sorted(tallies[k][1])) for k in keys],
+            ' events, visitors) SELECT p, g::"char", b, n, d, v, bot, e, s FROM unnest('
+            "$1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],"
+            " $7::bool[], $8::bigint[], $9::bytea[]) AS u(p, g, b, n, d, v, bot, e, s)",
+            *([k[i] for k in keys] for i in range(7)),
+            [tallies[k].events for k in keys],
+            [sketches.sketch_of(sorted(tallies[k].persons)) for k in keys],
         )
     return True
 

@@ -252,6 +252,22 @@ async def test_an_admin_uses_every_page_and_its_numbers_are_the_apis(
             (p["page"], p["pageviews"]) for p in top["pages"]
         ]
 
+        # The pages panel's exit pages are the metrics API's sessions by exit page.
+        await page.get_by_role("tab", name="Exit pages").click()
+        async with page.expect_download() as download_info:
+            await page.get_by_role("button", name="Export CSV of Exit pages").click()
+        download = await download_info.value
+        text = await asyncio.to_thread(Path(await download.path()).read_text, encoding="utf-8")
+        exits = await site.api(
+            "/api/v1/analytics/metrics",
+            project.read_key,
+            {**window, "metrics": "sessions,bounce_rate", "breakdown": "exit_page", "limit": "10"},
+        )
+        assert [
+            (r["Exit page"], int(r["Sessions"])) for r in csv.DictReader(text.splitlines())
+        ] == [(r["value"], r["totals"]["sessions"]) for r in exits["breakdown"]["results"]]
+        assert exits["breakdown"]["results"]
+
         # Every page renders (its heading), with no console error.
         for name in PAGES:
             await page.goto(f"{site.base}/p/acme/{name}")

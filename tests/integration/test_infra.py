@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncpg
 import pytest
+from nats.js.api import StoreCompression
 
 from libs.common import db
+from libs.common.nats_io import ensure_streams
 
 pytestmark = pytest.mark.infra
 
@@ -42,4 +44,21 @@ async def test_jetstream_dedups_a_republished_message_id(js, subjects) -> None: 
     assert not first.duplicate
     assert again.duplicate
     info = await js.stream_info(subjects.raw_stream)
+    assert info.state.messages == 1
+
+
+async def test_streams_of_an_older_release_are_compressed_and_keep_their_messages(  # type: ignore[no-untyped-def]
+    js, subjects
+) -> None:
+    """A stream created uncompressed (before S2) is switched to S2 at the next start-up, with
+    an operator's own limit kept and no stored message lost."""
+    config = (await js.stream_info(subjects.raw_stream)).config
+    config.compression = StoreCompression.NONE
+    config.max_msgs = 1_000_000  # an operator's limit, not managed by ensure_streams
+    await js.update_stream(config)
+    await js.publish(subjects.raw(0), b"kept", headers={"Nats-Msg-Id": "before-upgrade"})
+    await ensure_streams(js, subjects)
+    info = await js.stream_info(subjects.raw_stream)
+    assert info.config.compression == StoreCompression.S2
+    assert info.config.max_msgs == 1_000_000
     assert info.state.messages == 1

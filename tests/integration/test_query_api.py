@@ -190,14 +190,14 @@ BAD_PARAMS: list[tuple[str, dict[str, str] | list[tuple[str, str]], str, str]] =
         {"filter": "planet:mars"},
         "filter",
         "unknown dimension 'planet' (one of page, referrer_domain, channel, utm_source,"
-        " utm_medium, utm_campaign, browser, os, device_type, country, event)",
+        " utm_medium, utm_campaign, browser, os, device_type, country, event, exit_page)",
     ),
     (
         "metrics",
         {"breakdown": "city"},
         "breakdown",
         "unknown dimension 'city' (one of page, referrer_domain, channel, utm_source,"
-        " utm_medium, utm_campaign, browser, os, device_type, country, event)",
+        " utm_medium, utm_campaign, browser, os, device_type, country, event, exit_page)",
     ),
     ("metrics", {"include_bots": "maybe"}, "include_bots", "must be true or false, not 'maybe'"),
     ("metrics", {"limit": "0"}, "limit", "must be between 1 and 1000, not 0"),

@@ -14,9 +14,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from libs.common.erasure import recompute_session_rollups
+from libs.common.object_store import open_object_store
+from libs.common.rollup_keys import WEEK, bucket_start
 from libs.common.schemas.events_v1 import PAGEVIEW, EventV1
 from services.aggregator.writer import write_events
-from tests.support.recompute import assert_aggregates_match_events, make_event
+from services.tiering.erasure import recompute_week_rollups
+from tests.support.recompute import (
+    assert_aggregates_match_events,
+    assert_session_rollups_equal,
+    make_event,
+    stored_event_rollups,
+    stored_session_rollups,
+)
 
 pytestmark = pytest.mark.infra
 
@@ -104,6 +114,35 @@ async def test_sessions_equal_a_recomputation_whatever_the_batching(
     assert sum(inserted) == len(events)
     async with pool.acquire() as conn:
         await assert_aggregates_match_events(conn)
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(case=batchings())
+async def test_incremental_rollups_equal_the_recompute_erasure_runs(
+    pool: asyncpg.Pool, tmp_path_factory: pytest.TempPathFactory, case: Any
+) -> None:
+    """The rollups batches add up to are the rollups a recompute from all the events writes
+    (erasure's, which must never change history's numbers): one set of rollup rules."""
+    events, plan = case
+    await _reset(pool)
+    await asyncio.gather(*(_write_in_turn(pool, batches) for batches in plan))
+    async with pool.acquire() as conn:
+        incremental_events = await stored_event_rollups(conn)
+        incremental_sessions = await stored_session_rollups(conn)
+    work = tmp_path_factory.mktemp("recompute")
+    store = open_object_store(f"file://{work / 'objects'}")
+    for week in sorted({bucket_start(ev.ts, WEEK) for ev in events}):
+        assert await recompute_week_rollups(pool, store, "acme", week, work)
+    async with pool.acquire() as conn, conn.transaction():
+        starts = [r["start_ts"] for r in await conn.fetch("SELECT start_ts FROM sessions")]
+        await recompute_session_rollups(conn, "acme", starts)
+    async with pool.acquire() as conn:
+        assert await stored_event_rollups(conn) == incremental_events
+        assert_session_rollups_equal(await stored_session_rollups(conn), incremental_sessions)
 
 
 async def test_equal_timestamps_sent_apart_give_the_entry_and_exit_of_one_request(

@@ -7,11 +7,11 @@ WITH ev AS (
         (count(*) FILTER (WHERE name = $2))::int AS pageviews,
         max(ts) AS end_ts
     FROM ev GROUP BY project_id, session_id
-), first AS (SELECT DISTINCT ON (project_id, session_id) * FROM ev WHERE true ORDER BY project_id, session_id, ts, event_id COLLATE "C"),
-first_user AS (SELECT DISTINCT ON (project_id, session_id) * FROM ev WHERE user_id <> '' ORDER BY project_id, session_id, ts, event_id COLLATE "C"),
-first_source AS (SELECT DISTINCT ON (project_id, session_id) * FROM ev WHERE channel <> '' ORDER BY project_id, session_id, ts, event_id COLLATE "C"),
-first_page AS (SELECT DISTINCT ON (project_id, session_id) * FROM ev WHERE name = $2 ORDER BY project_id, session_id, ts, event_id COLLATE "C"),
-last_page AS (SELECT DISTINCT ON (project_id, session_id) * FROM ev WHERE name = $2 ORDER BY project_id, session_id, ts DESC, event_id COLLATE "C" DESC),
+), first AS (SELECT DISTINCT ON (project_id, session_id) *, coalesce(true, false) AS matched FROM ev ORDER BY project_id, session_id, matched DESC, ts, event_id COLLATE "C"),
+first_user AS (SELECT DISTINCT ON (project_id, session_id) *, coalesce(user_id <> '', false) AS matched FROM ev ORDER BY project_id, session_id, matched DESC, ts, event_id COLLATE "C"),
+first_source AS (SELECT DISTINCT ON (project_id, session_id) *, coalesce(channel <> '', false) AS matched FROM ev ORDER BY project_id, session_id, matched DESC, ts, event_id COLLATE "C"),
+first_page AS (SELECT DISTINCT ON (project_id, session_id) *, coalesce(name = $2, false) AS matched FROM ev ORDER BY project_id, session_id, matched DESC, ts, event_id COLLATE "C"),
+last_page AS (SELECT DISTINCT ON (project_id, session_id) *, coalesce(name = $2, false) AS matched FROM ev ORDER BY project_id, session_id, matched DESC, ts DESC, event_id COLLATE "C" DESC),
 merged AS (
     SELECT b.project_id, b.session_id,
         CASE WHEN o.session_id IS NULL OR (f.ts, f.event_id COLLATE "C") < (o.start_ts, coalesce(o.start_event_id, '') COLLATE "C") THEN f.distinct_id ELSE o.distinct_id END AS distinct_id,
@@ -21,13 +21,13 @@ merged AS (
         coalesce(o.events, 0) + b.events AS events,
         coalesce(o.interactive_events, 0) + b.interactive_events AS interactive_events,
         coalesce(o.pageviews, 0) + b.pageviews AS pageviews,
-        CASE WHEN u.session_id IS NOT NULL AND (coalesce(o.user_id, '') = '' OR (o.user_ts IS NOT NULL AND (u.ts, u.event_id COLLATE "C") < (o.user_ts, coalesce(o.user_event_id, '') COLLATE "C"))) THEN u.user_id ELSE o.user_id END AS user_id, CASE WHEN u.session_id IS NOT NULL AND (coalesce(o.user_id, '') = '' OR (o.user_ts IS NOT NULL AND (u.ts, u.event_id COLLATE "C") < (o.user_ts, coalesce(o.user_event_id, '') COLLATE "C"))) THEN u.ts ELSE o.user_ts END AS user_ts, CASE WHEN u.session_id IS NOT NULL AND (coalesce(o.user_id, '') = '' OR (o.user_ts IS NOT NULL AND (u.ts, u.event_id COLLATE "C") < (o.user_ts, coalesce(o.user_event_id, '') COLLATE "C"))) THEN u.event_id ELSE o.user_event_id END AS user_event_id,
-        CASE WHEN fp.session_id IS NOT NULL AND (o.entry_ts IS NULL OR (fp.ts, fp.event_id COLLATE "C") < (o.entry_ts, coalesce(o.entry_event_id, '') COLLATE "C")) THEN fp.path ELSE o.entry_path END AS entry_path, CASE WHEN fp.session_id IS NOT NULL AND (o.entry_ts IS NULL OR (fp.ts, fp.event_id COLLATE "C") < (o.entry_ts, coalesce(o.entry_event_id, '') COLLATE "C")) THEN fp.ts ELSE o.entry_ts END AS entry_ts, CASE WHEN fp.session_id IS NOT NULL AND (o.entry_ts IS NULL OR (fp.ts, fp.event_id COLLATE "C") < (o.entry_ts, coalesce(o.entry_event_id, '') COLLATE "C")) THEN fp.event_id ELSE o.entry_event_id END AS entry_event_id,
-        CASE WHEN lp.session_id IS NOT NULL AND (o.exit_ts IS NULL OR (o.exit_ts, coalesce(o.exit_event_id, '') COLLATE "C") < (lp.ts, lp.event_id COLLATE "C")) THEN lp.path ELSE o.exit_path END AS exit_path, CASE WHEN lp.session_id IS NOT NULL AND (o.exit_ts IS NULL OR (o.exit_ts, coalesce(o.exit_event_id, '') COLLATE "C") < (lp.ts, lp.event_id COLLATE "C")) THEN lp.ts ELSE o.exit_ts END AS exit_ts, CASE WHEN lp.session_id IS NOT NULL AND (o.exit_ts IS NULL OR (o.exit_ts, coalesce(o.exit_event_id, '') COLLATE "C") < (lp.ts, lp.event_id COLLATE "C")) THEN lp.event_id ELSE o.exit_event_id END AS exit_event_id,
-        CASE WHEN src.session_id IS NOT NULL AND (o.channel IS NULL OR (src.ts, src.event_id COLLATE "C") < (coalesce(o.source_ts, o.start_ts), coalesce(o.source_event_id, '') COLLATE "C")) THEN src.referrer ELSE o.referrer END AS referrer, CASE WHEN src.session_id IS NOT NULL AND (o.channel IS NULL OR (src.ts, src.event_id COLLATE "C") < (coalesce(o.source_ts, o.start_ts), coalesce(o.source_event_id, '') COLLATE "C")) THEN src.referrer_domain ELSE o.referrer_domain END AS referrer_domain, CASE WHEN src.session_id IS NOT NULL AND (o.channel IS NULL OR (src.ts, src.event_id COLLATE "C") < (coalesce(o.source_ts, o.start_ts), coalesce(o.source_event_id, '') COLLATE "C")) THEN src.channel ELSE o.channel END AS channel, CASE WHEN src.session_id IS NOT NULL AND (o.channel IS NULL OR (src.ts, src.event_id COLLATE "C") < (coalesce(o.source_ts, o.start_ts), coalesce(o.source_event_id, '') COLLATE "C")) THEN src.utm_source ELSE o.utm_source END AS utm_source, CASE WHEN src.session_id IS NOT NULL AND (o.channel IS NULL OR (src.ts, src.event_id COLLATE "C") < (coalesce(o.source_ts, o.start_ts), coalesce(o.source_event_id, '') COLLATE "C")) THEN src.utm_medium ELSE o.utm_medium END AS utm_medium, CASE WHEN src.session_id IS NOT NULL AND (o.channel IS NULL OR (src.ts, src.event_id COLLATE "C") < (coalesce(o.source_ts, o.start_ts), coalesce(o.source_event_id, '') COLLATE "C")) THEN src.utm_campaign ELSE o.utm_campaign END AS utm_campaign, CASE WHEN src.session_id IS NOT NULL AND (o.channel IS NULL OR (src.ts, src.event_id COLLATE "C") < (coalesce(o.source_ts, o.start_ts), coalesce(o.source_event_id, '') COLLATE "C")) THEN src.ts ELSE o.source_ts END AS source_ts, CASE WHEN src.session_id IS NOT NULL AND (o.channel IS NULL OR (src.ts, src.event_id COLLATE "C") < (coalesce(o.source_ts, o.start_ts), coalesce(o.source_event_id, '') COLLATE "C")) THEN src.event_id ELSE o.source_event_id END AS source_event_id,
+        CASE WHEN u.matched AND (coalesce(o.user_id, '') = '' OR (o.user_ts IS NOT NULL AND (u.ts, u.event_id COLLATE "C") < (o.user_ts, coalesce(o.user_event_id, '') COLLATE "C"))) THEN u.user_id ELSE o.user_id END AS user_id, CASE WHEN u.matched AND (coalesce(o.user_id, '') = '' OR (o.user_ts IS NOT NULL AND (u.ts, u.event_id COLLATE "C") < (o.user_ts, coalesce(o.user_event_id, '') COLLATE "C"))) THEN u.ts ELSE o.user_ts END AS user_ts, CASE WHEN u.matched AND (coalesce(o.user_id, '') = '' OR (o.user_ts IS NOT NULL AND (u.ts, u.event_id COLLATE "C") < (o.user_ts, coalesce(o.user_event_id, '') COLLATE "C"))) THEN u.event_id ELSE o.user_event_id END AS user_event_id,
+        CASE WHEN fp.matched AND (o.entry_ts IS NULL OR (fp.ts, fp.event_id COLLATE "C") < (o.entry_ts, coalesce(o.entry_event_id, '') COLLATE "C")) THEN fp.path ELSE o.entry_path END AS entry_path, CASE WHEN fp.matched AND (o.entry_ts IS NULL OR (fp.ts, fp.event_id COLLATE "C") < (o.entry_ts, coalesce(o.entry_event_id, '') COLLATE "C")) THEN fp.ts ELSE o.entry_ts END AS entry_ts, CASE WHEN fp.matched AND (o.entry_ts IS NULL OR (fp.ts, fp.event_id COLLATE "C") < (o.entry_ts, coalesce(o.entry_event_id, '') COLLATE "C")) THEN fp.event_id ELSE o.entry_event_id END AS entry_event_id,
+        CASE WHEN lp.matched AND (o.exit_ts IS NULL OR (o.exit_ts, coalesce(o.exit_event_id, '') COLLATE "C") < (lp.ts, lp.event_id COLLATE "C")) THEN lp.path ELSE o.exit_path END AS exit_path, CASE WHEN lp.matched AND (o.exit_ts IS NULL OR (o.exit_ts, coalesce(o.exit_event_id, '') COLLATE "C") < (lp.ts, lp.event_id COLLATE "C")) THEN lp.ts ELSE o.exit_ts END AS exit_ts, CASE WHEN lp.matched AND (o.exit_ts IS NULL OR (o.exit_ts, coalesce(o.exit_event_id, '') COLLATE "C") < (lp.ts, lp.event_id COLLATE "C")) THEN lp.event_id ELSE o.exit_event_id END AS exit_event_id,
+        CASE WHEN src.matched AND (o.channel IS NULL OR (src.ts, src.event_id COLLATE "C") < (coalesce(o.source_ts, o.start_ts), coalesce(o.source_event_id, '') COLLATE "C")) THEN src.referrer ELSE o.referrer END AS referrer, CASE WHEN src.matched AND (o.channel IS NULL OR (src.ts, src.event_id COLLATE "C") < (coalesce(o.source_ts, o.start_ts), coalesce(o.source_event_id, '') COLLATE "C")) THEN src.referrer_domain ELSE o.referrer_domain END AS referrer_domain, CASE WHEN src.matched AND (o.channel IS NULL OR (src.ts, src.event_id COLLATE "C") < (coalesce(o.source_ts, o.start_ts), coalesce(o.source_event_id, '') COLLATE "C")) THEN src.channel ELSE o.channel END AS channel, CASE WHEN src.matched AND (o.channel IS NULL OR (src.ts, src.event_id COLLATE "C") < (coalesce(o.source_ts, o.start_ts), coalesce(o.source_event_id, '') COLLATE "C")) THEN src.utm_source ELSE o.utm_source END AS utm_source, CASE WHEN src.matched AND (o.channel IS NULL OR (src.ts, src.event_id COLLATE "C") < (coalesce(o.source_ts, o.start_ts), coalesce(o.source_event_id, '') COLLATE "C")) THEN src.utm_medium ELSE o.utm_medium END AS utm_medium, CASE WHEN src.matched AND (o.channel IS NULL OR (src.ts, src.event_id COLLATE "C") < (coalesce(o.source_ts, o.start_ts), coalesce(o.source_event_id, '') COLLATE "C")) THEN src.utm_campaign ELSE o.utm_campaign END AS utm_campaign, CASE WHEN src.matched AND (o.channel IS NULL OR (src.ts, src.event_id COLLATE "C") < (coalesce(o.source_ts, o.start_ts), coalesce(o.source_event_id, '') COLLATE "C")) THEN src.ts ELSE o.source_ts END AS source_ts, CASE WHEN src.matched AND (o.channel IS NULL OR (src.ts, src.event_id COLLATE "C") < (coalesce(o.source_ts, o.start_ts), coalesce(o.source_event_id, '') COLLATE "C")) THEN src.event_id ELSE o.source_event_id END AS source_event_id,
         CASE WHEN o.session_id IS NULL OR (f.ts, f.event_id COLLATE "C") < (o.start_ts, coalesce(o.start_event_id, '') COLLATE "C") THEN f.browser ELSE o.browser END AS browser, CASE WHEN o.session_id IS NULL OR (f.ts, f.event_id COLLATE "C") < (o.start_ts, coalesce(o.start_event_id, '') COLLATE "C") THEN f.os ELSE o.os END AS os, CASE WHEN o.session_id IS NULL OR (f.ts, f.event_id COLLATE "C") < (o.start_ts, coalesce(o.start_event_id, '') COLLATE "C") THEN f.device_type ELSE o.device_type END AS device_type, CASE WHEN o.session_id IS NULL OR (f.ts, f.event_id COLLATE "C") < (o.start_ts, coalesce(o.start_event_id, '') COLLATE "C") THEN f.country ELSE o.country END AS country, CASE WHEN o.session_id IS NULL OR (f.ts, f.event_id COLLATE "C") < (o.start_ts, coalesce(o.start_event_id, '') COLLATE "C") THEN f.is_bot ELSE o.is_bot END AS is_bot,
         o.session_id IS NOT NULL AS replaces,
-        o.start_ts AS old_start_ts, o.end_ts AS old_end_ts, o.is_bot AS old_is_bot, o.interactive_events AS old_interactive_events, o.pageviews AS old_pageviews, o.events AS old_events, o.entry_path AS old_entry_path, o.referrer_domain AS old_referrer_domain, o.channel AS old_channel, o.utm_source AS old_utm_source, o.utm_medium AS old_utm_medium, o.utm_campaign AS old_utm_campaign, o.browser AS old_browser, o.os AS old_os, o.device_type AS old_device_type, o.country AS old_country
+        o.start_ts AS old_start_ts, o.end_ts AS old_end_ts, o.interactive_events AS old_interactive_events, o.pageviews AS old_pageviews, o.events AS old_events, o.is_bot AS old_is_bot, o.entry_path AS old_entry_path, o.referrer_domain AS old_referrer_domain, o.channel AS old_channel, o.utm_source AS old_utm_source, o.utm_medium AS old_utm_medium, o.utm_campaign AS old_utm_campaign, o.browser AS old_browser, o.os AS old_os, o.device_type AS old_device_type, o.country AS old_country, o.exit_path AS old_exit_path
     FROM batch b
     JOIN first f USING (project_id, session_id)
     LEFT JOIN first_user u USING (project_id, session_id)
@@ -49,7 +49,7 @@ merged AS (
     RETURNING xmax = 0 AS created
 ), counted AS (  -- what each session's new row and the row it replaces count
     SELECT project_id, replaces,
-        start_ts, end_ts, is_bot, interactive_events, pageviews, events, entry_path, referrer_domain, channel, utm_source, utm_medium, utm_campaign, browser, os, device_type, country, old_start_ts, old_end_ts, old_is_bot, old_interactive_events, old_pageviews, old_events, old_entry_path, old_referrer_domain, old_channel, old_utm_source, old_utm_medium, old_utm_campaign, old_browser, old_os, old_device_type, old_country,
+        start_ts, end_ts, interactive_events, pageviews, events, is_bot, entry_path, referrer_domain, channel, utm_source, utm_medium, utm_campaign, browser, os, device_type, country, exit_path, old_start_ts, old_end_ts, old_interactive_events, old_pageviews, old_events, old_is_bot, old_entry_path, old_referrer_domain, old_channel, old_utm_source, old_utm_medium, old_utm_campaign, old_browser, old_os, old_device_type, old_country, old_exit_path,
         date_trunc('hour', start_ts, 'UTC') AS hour,
         date_trunc('hour', old_start_ts, 'UTC') AS old_hour,
         (interactive_events < 2)::int AS bounces,
@@ -58,41 +58,95 @@ merged AS (
         extract(epoch FROM old_end_ts - old_start_ts)::float8 AS old_duration_s
     FROM merged
 ), contribution AS (  -- each session's new row counts +1, the row it replaces -1
-    SELECT project_id, hour, is_bot, entry_path, referrer_domain, channel, utm_source, utm_medium, utm_campaign, browser, os, device_type, country,
+    SELECT project_id, hour, is_bot, entry_path, referrer_domain, channel, utm_source, utm_medium, utm_campaign, browser, os, device_type, country, exit_path,
         CASE WHEN stays THEN 0 ELSE 1 END AS sessions,
         bounces - CASE WHEN stays THEN old_bounces ELSE 0 END AS bounces,
         duration_s - CASE WHEN stays THEN old_duration_s ELSE 0 END AS duration_s,
         pageviews - CASE WHEN stays THEN old_pageviews ELSE 0 END AS pageviews,
         events - CASE WHEN stays THEN old_events ELSE 0 END AS events
-    FROM (SELECT *, replaces AND hour = old_hour AND is_bot IS NOT DISTINCT FROM old_is_bot AND entry_path IS NOT DISTINCT FROM old_entry_path AND referrer_domain IS NOT DISTINCT FROM old_referrer_domain AND channel IS NOT DISTINCT FROM old_channel AND utm_source IS NOT DISTINCT FROM old_utm_source AND utm_medium IS NOT DISTINCT FROM old_utm_medium AND utm_campaign IS NOT DISTINCT FROM old_utm_campaign AND browser IS NOT DISTINCT FROM old_browser AND os IS NOT DISTINCT FROM old_os AND device_type IS NOT DISTINCT FROM old_device_type AND country IS NOT DISTINCT FROM old_country AS stays FROM counted) c
+    FROM (SELECT *, replaces
+        AND hour = old_hour
+        AND is_bot IS NOT DISTINCT FROM old_is_bot
+        AND entry_path IS NOT DISTINCT FROM old_entry_path
+        AND referrer_domain IS NOT DISTINCT FROM old_referrer_domain
+        AND channel IS NOT DISTINCT FROM old_channel
+        AND utm_source IS NOT DISTINCT FROM old_utm_source
+        AND utm_medium IS NOT DISTINCT FROM old_utm_medium
+        AND utm_campaign IS NOT DISTINCT FROM old_utm_campaign
+        AND browser IS NOT DISTINCT FROM old_browser
+        AND os IS NOT DISTINCT FROM old_os
+        AND device_type IS NOT DISTINCT FROM old_device_type
+        AND country IS NOT DISTINCT FROM old_country
+        AND exit_path IS NOT DISTINCT FROM old_exit_path AS stays FROM counted) c
     UNION ALL
-    SELECT project_id, old_hour, old_is_bot, old_entry_path, old_referrer_domain, old_channel, old_utm_source, old_utm_medium, old_utm_campaign, old_browser, old_os, old_device_type, old_country,
+    SELECT project_id, old_hour, old_is_bot, old_entry_path, old_referrer_domain, old_channel, old_utm_source, old_utm_medium, old_utm_campaign, old_browser, old_os, old_device_type, old_country, old_exit_path,
         -1, -old_bounces, -old_duration_s, -old_pageviews, -old_events
-    FROM counted WHERE replaces AND NOT (replaces AND hour = old_hour AND is_bot IS NOT DISTINCT FROM old_is_bot AND entry_path IS NOT DISTINCT FROM old_entry_path AND referrer_domain IS NOT DISTINCT FROM old_referrer_domain AND channel IS NOT DISTINCT FROM old_channel AND utm_source IS NOT DISTINCT FROM old_utm_source AND utm_medium IS NOT DISTINCT FROM old_utm_medium AND utm_campaign IS NOT DISTINCT FROM old_utm_campaign AND browser IS NOT DISTINCT FROM old_browser AND os IS NOT DISTINCT FROM old_os AND device_type IS NOT DISTINCT FROM old_device_type AND country IS NOT DISTINCT FROM old_country)
-), hourly AS (  -- by start hour first: days and weeks are then summed from far fewer rows
-    SELECT c.project_id, c.hour, c.is_bot AS bot, d.dim, d.value,
-        sum(c.sessions) AS sessions, sum(c.bounces) AS bounces,
-        sum(c.duration_s) AS duration_s, sum(c.pageviews) AS pageviews, sum(c.events) AS events
-    FROM contribution c CROSS JOIN LATERAL unnest(ARRAY['', 'page', 'referrer_domain', 'channel', 'utm_source', 'utm_medium', 'utm_campaign', 'browser', 'os', 'device_type', 'country'], ARRAY['', coalesce(nullif(c.entry_path, ''), '(none)'), coalesce(nullif(c.referrer_domain, ''), '(none)'), coalesce(nullif(c.channel, ''), '(none)'), coalesce(nullif(c.utm_source, ''), '(none)'), coalesce(nullif(c.utm_medium, ''), '(none)'), coalesce(nullif(c.utm_campaign, ''), '(none)'), coalesce(nullif(c.browser, ''), '(none)'), coalesce(nullif(c.os, ''), '(none)'), coalesce(nullif(c.device_type, ''), '(none)'), coalesce(nullif(c.country, ''), '(none)')]) AS d(dim, value)
-    GROUP BY 1, 2, 3, 4, 5
-), deltas AS (
-    SELECT c.project_id, g.g,
-        CASE g.g WHEN 'h' THEN c.hour ELSE date_trunc(g.unit, c.hour, 'UTC') END AS bucket,
-        c.dim, c.value, c.bot,
-        sum(c.sessions) AS sessions, sum(c.bounces) AS bounces,
-        sum(c.duration_s) AS duration_s, sum(c.pageviews) AS pageviews,
+    FROM counted WHERE replaces AND NOT (replaces
+        AND hour = old_hour
+        AND is_bot IS NOT DISTINCT FROM old_is_bot
+        AND entry_path IS NOT DISTINCT FROM old_entry_path
+        AND referrer_domain IS NOT DISTINCT FROM old_referrer_domain
+        AND channel IS NOT DISTINCT FROM old_channel
+        AND utm_source IS NOT DISTINCT FROM old_utm_source
+        AND utm_medium IS NOT DISTINCT FROM old_utm_medium
+        AND utm_campaign IS NOT DISTINCT FROM old_utm_campaign
+        AND browser IS NOT DISTINCT FROM old_browser
+        AND os IS NOT DISTINCT FROM old_os
+        AND device_type IS NOT DISTINCT FROM old_device_type
+        AND country IS NOT DISTINCT FROM old_country
+        AND exit_path IS NOT DISTINCT FROM old_exit_path)
+), deltas AS (  -- the rollup rules (libs/common/rollup_rules.py) over the contributions
+    SELECT c.project_id, 'h'::"char" AS granularity, c.hour AS bucket,
+        '' AS dim, '' AS value, c.is_bot AS bot,
+        sum(c.sessions) AS sessions,
+        sum(c.bounces) AS bounces,
+        sum(c.duration_s) AS duration_s,
+        sum(c.pageviews) AS pageviews,
         sum(c.events) AS events
-    FROM hourly c
-    CROSS JOIN (VALUES ('h', 'hour'), ('d', 'day'), ('w', 'week')) AS g(g, unit)
-    GROUP BY 1, 2, 3, 4, 5, 6
+    FROM contribution c
+    GROUP BY c.project_id, c.hour, c.is_bot
+    UNION ALL
+    SELECT c.project_id, 'd'::"char", date_trunc('day', c.hour, 'UTC'),
+        '', '', c.is_bot,
+        sum(c.sessions) AS sessions,
+        sum(c.bounces) AS bounces,
+        sum(c.duration_s) AS duration_s,
+        sum(c.pageviews) AS pageviews,
+        sum(c.events) AS events
+    FROM contribution c
+    GROUP BY c.project_id, date_trunc('day', c.hour, 'UTC'), c.is_bot
+    UNION ALL
+    SELECT c.project_id, 'd'::"char", date_trunc('day', c.hour, 'UTC'),
+        d.dim, d.value, c.is_bot,
+        sum(c.sessions) AS sessions,
+        sum(c.bounces) AS bounces,
+        sum(c.duration_s) AS duration_s,
+        sum(c.pageviews) AS pageviews,
+        sum(c.events) AS events
+    FROM contribution c CROSS JOIN LATERAL unnest(
+        ARRAY['page', 'referrer_domain', 'channel', 'utm_source', 'utm_medium', 'utm_campaign', 'browser', 'os', 'device_type', 'country', 'exit_page'],
+        ARRAY[
+            coalesce(nullif(c.entry_path, ''), '(none)'),
+            coalesce(nullif(c.referrer_domain, ''), '(none)'),
+            coalesce(nullif(c.channel, ''), '(none)'),
+            coalesce(nullif(c.utm_source, ''), '(none)'),
+            coalesce(nullif(c.utm_medium, ''), '(none)'),
+            coalesce(nullif(c.utm_campaign, ''), '(none)'),
+            coalesce(nullif(c.browser, ''), '(none)'),
+            coalesce(nullif(c.os, ''), '(none)'),
+            coalesce(nullif(c.device_type, ''), '(none)'),
+            coalesce(nullif(c.country, ''), '(none)'),
+            coalesce(nullif(c.exit_path, ''), '(none)')
+        ]
+    ) AS d(dim, value)
+    GROUP BY c.project_id, date_trunc('day', c.hour, 'UTC'), d.dim, d.value, c.is_bot
 ), rolled AS (
     INSERT INTO session_rollups AS r (project_id, granularity, bucket, dim, value, bot,
                                       sessions, bounces, duration_s, pageviews, events)
-    SELECT project_id, g::"char", bucket, dim, value, bot,
-        sessions, bounces, duration_s, pageviews, events
+    SELECT project_id, granularity, bucket, dim, value, bot, sessions, bounces, duration_s, pageviews, events
     FROM deltas
     WHERE sessions <> 0 OR bounces <> 0 OR duration_s <> 0 OR pageviews <> 0 OR events <> 0
-    ORDER BY project_id, g, bucket, dim, value, bot
+    ORDER BY project_id, granularity, bucket, dim, value, bot
     ON CONFLICT (project_id, granularity, bucket, dim, value, bot) DO UPDATE SET
         sessions = r.sessions + excluded.sessions,
         bounces = r.bounces + excluded.bounces,

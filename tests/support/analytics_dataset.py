@@ -140,7 +140,7 @@ EVENT_COLUMN = {
     "country": "country",
     "event": "name",
 }
-SESSION_COLUMN = {**EVENT_COLUMN, "page": "entry_path"}
+SESSION_COLUMN = {**EVENT_COLUMN, "page": "entry_path", "exit_page": "exit_path"}
 del SESSION_COLUMN["event"]
 
 
@@ -203,10 +203,13 @@ def expected_metrics(
         if ev["session_id"]:
             names_of_session[ev["session_id"]].add(ev["name"])
 
+    # A dimension of sessions only (the exit page) leaves no event to count.
+    session_only = any(d not in EVENT_COLUMN for d in (*filters, breakdown) if d)
     events = [
         ev
         for ev in tables.events
-        if start <= ev["ts"] < end
+        if not session_only
+        and start <= ev["ts"] < end
         and (include_bots or not ev["is_bot"])
         and all(norm(ev[EVENT_COLUMN[d]]) in vals for d, vals in filters.items())
     ]

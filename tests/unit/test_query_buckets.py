@@ -1,4 +1,4 @@
-"""Output buckets in a time zone and their exact cover by hourly/daily/weekly rollup buckets."""
+"""Output buckets in a time zone and their exact cover by hourly and daily rollup buckets."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from libs.common.rollup_keys import DAY, HOUR, WEEK, bucket_start
+from libs.common.rollup_keys import DAY, HOUR, bucket_start
 from services.query.buckets import RollupPiece, output_buckets, rollup_pieces
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -21,7 +21,7 @@ def _covered_hours(pieces: list[RollupPiece], index: int) -> list[datetime]:
     for piece in pieces:
         if piece.index != index:
             continue
-        step = {HOUR: timedelta(hours=1), DAY: timedelta(days=1), WEEK: timedelta(days=7)}
+        step = {HOUR: timedelta(hours=1), DAY: timedelta(days=1)}
         cursor = piece.lo
         while cursor < piece.hi:
             assert bucket_start(cursor, piece.granularity) == cursor
@@ -71,10 +71,29 @@ def test_pieces_cover_each_bucket_exactly_and_prefer_coarse_rollups() -> None:
         )
         assert len(hours) == len(set(hours)) == expected_hours
         assert min(hours) == buckets.bounds[index]
-    # January: 19 hours, then days to the first Monday, weeks, then days to the month's end.
+    # January: 19 hours, then one run of days to the month's end; February: days only.
     january = [p for p in pieces if p.index == 0]
-    assert [p.granularity for p in january] == [HOUR, DAY, WEEK, DAY]
-    assert january[2].lo == datetime(2025, 1, 6, tzinfo=UTC)
+    assert [(p.granularity, p.lo, p.hi) for p in january] == [
+        (HOUR, start, datetime(2025, 1, 2, tzinfo=UTC)),
+        (DAY, datetime(2025, 1, 2, tzinfo=UTC), datetime(2025, 2, 1, tzinfo=UTC)),
+    ]
+    # March: the 20 hours of its first day.
+    assert [(p.granularity, p.lo, p.hi) for p in pieces if p.index == 2] == [
+        (HOUR, datetime(2025, 3, 1, tzinfo=UTC), end)
+    ]
+
+
+def test_rows_only_days_hold_need_utc_midnights() -> None:
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    buckets = output_buckets(start, start + timedelta(days=3), "day", UTC_ZONE)
+    assert {p.granularity for p in rollup_pieces(buckets, finest=DAY) or []} == {DAY}
+    hourly = output_buckets(start, start + timedelta(hours=30), "hour", UTC_ZONE)
+    assert rollup_pieces(hourly, finest=DAY) is None
+    berlin = datetime(2025, 3, 29, tzinfo=BERLIN).astimezone(UTC)
+    assert (
+        rollup_pieces(output_buckets(berlin, berlin + timedelta(days=2), "day", BERLIN), finest=DAY)
+        is None
+    )
 
 
 def test_local_days_of_a_whole_hour_zone_use_hourly_rollups() -> None:

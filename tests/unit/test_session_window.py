@@ -584,3 +584,11 @@ def test_server_side_events_join_an_open_session_and_never_start_one() -> None:
     # A mobile app's event has a device: it starts a session as a visit would.
     app = stamped([ev("m", 0 * M, name="opened", os="iOS", device_type="mobile")])
     assert app["m"].session_id is not None
+
+
+def test_a_checkpoint_of_an_older_release_is_still_read() -> None:
+    """States are stored compressed now; one stored plain by an older release resumes the same."""
+    _, state = sessionize_one_by_one([ev("a", 0 * M), ev("b", 10 * M, person="p2")], UTC_RULES)
+    plain = msgspec.msgpack.encode(state)
+    assert len(encode_state(state)) < len(plain)
+    assert decode_state(plain) == decode_state(encode_state(state)) == state

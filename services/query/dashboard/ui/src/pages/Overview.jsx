@@ -89,6 +89,12 @@ export function Overview({ project }) {
     api("/api/v1/analytics/metrics", { project, query: { ...common, ...prev, metrics, interval } }),
   );
   const pages = useQuery(`pages${key}`, () => api("/api/v1/analytics/pages", { project, query: { ...common, limit: 50 } }));
+  // Exit pages: sessions by the page they ended on (asked for only when that tab is open).
+  const exits = useQuery(`exits${key}${pageTab}`, () =>
+    pageTab === "exits"
+      ? api("/api/v1/analytics/metrics", { project, query: { ...common, metrics: "sessions,bounce_rate", breakdown: "exit_page", limit: 10 } })
+      : Promise.resolve(null),
+  );
   const sources = useQuery(`src${key}${sourceTab}`, () => api("/api/v1/analytics/sources", { project, query: { ...common, by: sourceTab, limit: 20 } }));
   const devices = useQuery(`dev${key}${deviceTab}`, () => api("/api/v1/analytics/devices", { project, query: { ...common, by: deviceTab, limit: 20 } }));
   const countries = useQuery(`geo${key}`, () =>
@@ -176,10 +182,30 @@ export function Overview({ project }) {
           tabs={[
             ["pages", "Top pages"],
             ["entries", "Entry pages"],
+            ["exits", "Exit pages"],
           ]}
           tab={pageTab}
           onTab={setPageTab}
         >
+          {pageTab === "exits" ? (
+            <QueryView query={exits}>
+              {(data) =>
+                data && (
+                  <DataTable
+                    caption="Exit pages"
+                    csvName="exit-pages"
+                    columns={[
+                      { label: "Exit page", value: (r) => r.value },
+                      { label: "Sessions", value: (r) => r.totals.sessions, numeric: true },
+                      { label: "Bounce rate", value: (r) => r.totals.bounce_rate, format: (v) => formatMetric("bounce_rate", v), numeric: true },
+                    ]}
+                    rows={data.breakdown.results}
+                    barColumn={{ value: (r) => r.totals.sessions }}
+                  />
+                )
+              }
+            </QueryView>
+          ) : (
           <QueryView query={pages}>
             {(data) => (
               <DataTable
@@ -192,6 +218,7 @@ export function Overview({ project }) {
               />
             )}
           </QueryView>
+          )}
         </Panel>
         <Panel
           title="Sources"

@@ -1,0 +1,200 @@
+"""Benchmark: what the demo's backfill costs on this machine. `strata up --demo` on a fresh data
+directory (embedded NATS and PostgreSQL, all services, no live traffic), then:
+
+- backfill drain: seconds from the demo saying "backfill done" (every event accepted by
+  ingest) until the last of them is stored (the stored count stops changing for 3 s);
+- write amplification: rollup and session-rollup rows per stored event, and PostgreSQL bytes
+  (every table with its indexes and TOAST) per stored event, after a VACUUM;
+- the data directory's size, with PostgreSQL's WAL and NATS's store apart;
+- KPIs over the last year through the metrics API (daily series; and broken down by page),
+  median of 10 warm requests, and which source answered.
+
+    python -m bench.demo_footprint [--days 130] [--visitors 100] [--root DIR]
+
+`--root` runs another checkout's code (e.g. the main branch, for a before/after comparison).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from strata_dev.embedded import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET_S = 3.0  # the stored count unchanged this long: the pipeline has drained
+# Rows and bytes of every table of the public schema, partitions counted in their parent.
+_TABLES = """
+SELECT c.relname AS name, c.reltuples::bigint AS estimated_rows,
+    pg_total_relation_size(c.oid)
+    + coalesce((SELECT sum(pg_total_relation_size(i.inhrelid)) FROM pg_inherits i
+                WHERE i.inhparent = c.oid), 0)::bigint AS bytes
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+ORDER BY bytes DESC
+"""
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+async def _stored(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM event_ids"))
+
+
+async def _year_of_kpis(info: dict[str, Any]) -> dict[str, Any]:
+    """Median ms of 10 warm metrics requests over the last 365 days, and the source."""
+    today = datetime.now(UTC).date()
+    base = {
+        "project": info["project"],
+        "from": (today - timedelta(days=364)).isoformat(),
+        "to": today.isoformat(),
+        "interval": "day",
+    }
+    headers = {"Authorization": f"Bearer {info['read_key']}"}
+    figures: dict[str, Any] = {}
+    async with aiohttp.ClientSession() as http:
+        for label, extra in (("kpis_year_daily", {}), ("kpis_year_by_page", {"breakdown": "page"})):
+            times, source = [], None
+            for _ in range(11):
+                started = time.perf_counter()
+                async with http.get(
+                    f"{info['query_url']}/api/v1/analytics/metrics",
+                    params={**base, **extra},
+                    headers=headers,
+                ) as resp:
+                    body = await resp.json()
+                    if resp.status != 200:
+                        raise RuntimeError(f"metrics answered {resp.status}: {body}")
+                times.append(time.perf_counter() - started)
+                source = body["source"]
+            figures[label] = {
+                "warm_median_ms": round(1000 * statistics.median(times[1:]), 1),
+                "source": source,
+            }
+    return figures
+
+
+async def _measure(info: dict[str, Any], data_dir: Path) -> dict[str, Any]:
+    conn = await asyncpg.connect(info["database_url"])
+    try:
+        state = data_dir / "stack.json"
+        started = time.monotonic()
+        while (
+            not state.exists() or json.loads(state.read_text()).get("demo_backfilled_until") is None
+        ):
+            if time.monotonic() - started > 1800:
+                raise RuntimeError("the demo backfill did not finish in 30 minutes")
+            await asyncio.sleep(0.5)
+        backfill_done = time.monotonic()
+        backfill_s = backfill_done - started
+        last, last_change = await _stored(conn), time.monotonic()
+        while time.monotonic() - last_change < QUIET_S:
+            await asyncio.sleep(0.25)
+            now = await _stored(conn)
+            if now != last:
+                last, last_change = now, time.monotonic()
+        drain_s = max(0.0, last_change - backfill_done)
+        await conn.execute("VACUUM ANALYZE")
+        counts = {
+            table: int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
+            for table in ("events", "rollups", "session_rollups", "sessions")
+        }
+        tables = {r["name"]: int(r["bytes"]) for r in await conn.fetch(_TABLES)}
+    finally:
+        await conn.close()
+    kpis = await _year_of_kpis(info)
+    events = max(1, counts["events"])
+    pgdata = data_dir / "postgres" / "pgdata"
+    return {
+        "stored_events": counts["events"],
+        "backfill_send_seconds": round(backfill_s, 1),
+        "backfill_drain_seconds_after_done": round(drain_s, 1),
+        "rows": counts,
+        "rollup_rows_per_stored_event": round(
+            (counts["rollups"] + counts["session_rollups"]) / events, 2
+        ),
+        "pg_bytes_per_stored_event": round(sum(tables.values()) / events),
+        "largest_tables_mb": {
+            name: round(size / 2**20, 1) for name, size in list(tables.items())[:8]
+        },
+        "data_dir_mb": round(_dir_bytes(data_dir) / 2**20, 1),
+        "pg_wal_mb": round(_dir_bytes(pgdata / "pg_wal") / 2**20, 1),
+        "nats_mb": round(_dir_bytes(data_dir / "nats") / 2**20, 1),
+        **kpis,
+    }
+
+
+def run_benchmark(days: int = 130, visitors: int = 100, root: Path = ROOT) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="strata-bench-demo-") as tmp:
+        data_dir = Path(tmp)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
+        env.pop("NATS_URL", None)
+        env.pop("DATABASE_URL", None)
+        env.update(
+            STRATA_DATA_DIR=tmp,
+            STRATA_INGEST_PORT=str(free_port()),
+            STRATA_QUERY_PORT=str(free_port()),
+            STRATA_LOG_LEVEL="warning",
+            STRATA_DEMO_DAYS=str(days),
+            STRATA_DEMO_VISITORS=str(visitors),
+            STRATA_DEMO_LIVE="false",
+        )
+        up = subprocess.Popen(
+            [sys.executable, "-m", "strata_cli", "up", "--demo"],
+            cwd=root,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            dev_json = data_dir / "dev.json"
+            deadline = time.monotonic() + 240
+            while not dev_json.exists():
+                if up.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("strata up did not become ready")
+                time.sleep(0.5)
+            info = json.loads(dev_json.read_text())
+            figures = asyncio.run(_measure(info, data_dir))
+        finally:
+            up.send_signal(signal.SIGTERM)
+            try:
+                up.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(up.pid, signal.SIGKILL)
+    return {"days": days, "visitors_per_day": visitors, **figures}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--days", type=int, default=130)
+    parser.add_argument("--visitors", type=int, default=100)
+    parser.add_argument("--root", type=Path, default=ROOT, help="checkout whose code runs")
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args()
+    figures = run_benchmark(args.days, args.visitors, args.root.resolve())
+    text = json.dumps(figures, indent=2)
+    print(text)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
