@@ -92,8 +92,14 @@ def comparison_range(
     if compare == "previous_year":
         if days is None:
             return start - timedelta(days=365), end - timedelta(days=365)
-        first, last = start.astimezone(tz).date(), end.astimezone(tz).date()
-        return local_midnight(_year_before(first), tz), local_midnight(_year_before(last), tz)
+        # The last local date of the range maps a year back too, so a range ending on
+        # 29 February (exclusive end 1 March) or on 28 February of a leap year keeps a day.
+        first = start.astimezone(tz).date()
+        last = end.astimezone(tz).date() - timedelta(days=1)
+        return (
+            local_midnight(_year_before(first), tz),
+            local_midnight(_year_before(last) + timedelta(days=1), tz),
+        )
     raise ValueError(f"unknown comparison {compare!r}")
 
 

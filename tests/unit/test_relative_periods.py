@@ -3,7 +3,7 @@ across daylight-saving changes and month ends, whatever the moment of the reques
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -86,6 +86,15 @@ def test_leap_day_compared_a_year_earlier_is_the_28th() -> None:
     assert comparison_range("previous_year", start, end, tz) == (
         datetime(2023, 2, 28, tzinfo=UTC),
         datetime(2023, 3, 1, tzinfo=UTC),
+    )
+
+
+def test_a_day_before_a_leap_day_compared_a_year_earlier_keeps_its_day() -> None:
+    tz = ZoneInfo("Europe/Berlin")
+    start, end = local_midnight(date(2000, 2, 28), tz), local_midnight(date(2000, 2, 29), tz)
+    assert comparison_range("previous_year", start, end, tz) == (
+        local_midnight(date(1999, 2, 28), tz),
+        local_midnight(date(1999, 3, 1), tz),
     )
 
 
