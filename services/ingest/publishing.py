@@ -90,20 +90,26 @@ class PublishOverloaded(PublishUnavailable):
 def message_id(events: Iterable[EventV1]) -> str:
     """The Nats-Msg-Id of a raw message: a hash of its sorted (project, event id) pairs, so
     the same events published again as one message are dropped by JetStream's dedup window."""
-    keys = sorted(f"{event.project_id}\x1f{event.event_id}" for event in events)
+    keys = [f"{event.project_id}\x1f{event.event_id}" for event in events]
+    keys.sort()
     return hashlib.blake2b("\n".join(keys).encode(), digest_size=16).hexdigest()
 
 
 def split_by_partition(events: list[EventV1], partitions: int) -> dict[int, list[EventV1]]:
     """Events grouped by person partition, each group in request order."""
     groups: dict[int, list[EventV1]] = {}
+    # A browser's batch is one person's: the partition is computed once per run of one id.
+    person: str | None = None
+    group: list[EventV1] = []
     for event in events:
-        partition = partition_of(event.distinct_id, partitions)
-        group = groups.get(partition)
-        if group is None:
-            groups[partition] = [event]
-        else:
-            group.append(event)
+        if event.distinct_id != person:
+            person = event.distinct_id
+            partition = partition_of(person, partitions)
+            found = groups.get(partition)
+            if found is None:
+                found = groups[partition] = []
+            group = found
+        group.append(event)
     return groups
 
 
@@ -313,7 +319,7 @@ class RawEventPublisher:
     def _close(self, message: _RawMessage) -> None:
         """Stop the message taking events and queue it for sending, its deadline running."""
         del self._open[message.partition]
-        batch_id = message_id(event for group in message.groups for event in group)
+        batch_id = message_id([event for group in message.groups for event in group])
         message.payload = encode_raw_batch(batch_id, message.partition, message.fragments)
         message.fragments = []
         headers = message.headers or {}
