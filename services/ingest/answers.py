@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import msgspec
 
+from libs.common.errors import StrataError
+
 # Ids as the sender gave them (a string or a number), or null when the item had none.
 ItemId = str | int | None
 
@@ -43,3 +45,14 @@ class IngestError(msgspec.Struct, frozen=True):
     accepted: int | None = None
     rejected: list[Rejection] = []
     skipped: list[Skip] = []
+
+
+class RetryLater(StrataError):
+    """A store ingest depends on is unavailable, nothing of the request was accepted: 503."""
+
+    code = "ingest_retry_later"
+    http_status = 503
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s  # sent as the Retry-After header

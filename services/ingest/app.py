@@ -34,7 +34,7 @@ from services.ingest.analytics_api_payloads import (
     analytics_batch_decoder,
     raw_array_decoder,
 )
-from services.ingest.answers import Rejection, Skip
+from services.ingest.answers import Rejection, RetryLater, Skip
 from services.ingest.auth import (
     KeyStoreUnavailable,
     WriteKey,
@@ -243,7 +243,12 @@ class IngestApi:
             answer = client_answer(exc)  # an error meant for the client keeps its status
             if answer is not None:
                 status = answer[0]
-                return _error(*answer)
+                retry = (
+                    {"Retry-After": retry_after_header(exc.retry_after_s)}
+                    if isinstance(exc, RetryLater)
+                    else None
+                )
+                return _error(*answer, retry)
             log.exception("ingest_request_failed", route=route)
             return _error(500, "internal error; the events were not accepted, retry later")
         finally:
@@ -345,11 +350,7 @@ class IngestApi:
                 events=len(events),
                 error=error_text(exc),
             )
-            return _error(
-                503,
-                f"events not accepted: {exc}; retry later",
-                {"Retry-After": retry_after_header(exc.retry_after_s)},
-            )
+            raise RetryLater(f"events not accepted: {exc}; retry later", exc.retry_after_s) from exc
         self.metrics.accepted.inc(len(events))
         payload: dict[str, Any] = {"success": True, "accepted": len(events), "rejected": rejected}
         if skipped:
@@ -373,9 +374,7 @@ class IngestApi:
                 salt = await self.consent_salts.salt_for(received_at.date())
             except SaltsUnavailable as exc:
                 log.warning("cookieless_salt_unavailable", error=error_text(exc))
-                raise _Refused(
-                    _error(503, f"events not accepted: {exc}; retry later", {"Retry-After": "2"})
-                ) from exc
+                raise RetryLater(f"events not accepted: {exc}; retry later", 2) from exc
 
             def visitor_id(ip: str | None, user_agent: str | None) -> str:
                 return cookieless_id(salt, project_id, ip or "", user_agent or "")
@@ -393,9 +392,7 @@ class IngestApi:
             salt = await self.consent_salts.salt_for(datetime.now(UTC).date())
         except SaltsUnavailable as exc:
             log.warning("cookieless_salt_unavailable", error=error_text(exc))
-            raise _Refused(
-                _error(503, f"events not accepted: {exc}; retry later", {"Retry-After": "2"})
-            ) from exc
+            raise RetryLater(f"events not accepted: {exc}; retry later", 2) from exc
         return cookieless_id(salt, project_id, ip or "", user_agent or "")
 
     async def _authenticate(self, secret: str) -> WriteKey:
@@ -403,11 +400,7 @@ class IngestApi:
             found = await self.keys.resolve(secret)
         except KeyStoreUnavailable as exc:
             log.warning("key_lookup_failed", error=error_text(exc))
-            raise _Refused(
-                _error(
-                    503, "cannot check the write key right now; retry later", {"Retry-After": "2"}
-                )
-            ) from exc
+            raise RetryLater("cannot check the write key right now; retry later", 2) from exc
         if found is None:
             raise _Refused(_error(401, "invalid write key"))
         if found.key.role != "write" or found.key.project_id is None:

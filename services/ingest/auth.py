@@ -127,7 +127,14 @@ class WriteKeyCache:
                     " scrub_regexes, own_domains FROM projects WHERE id = $1",
                     key.project_id,
                 )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except (
+            OSError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            # What asyncpg raises on a connection the server terminated mid-use.
+            asyncpg.InternalClientError,
+            TimeoutError,
+        ) as exc:
             raise KeyStoreUnavailable(str(exc) or type(exc).__name__) from exc
         if row is None:
             return WriteKey(key, None)

@@ -90,20 +90,26 @@ class PublishOverloaded(PublishUnavailable):
 def message_id(events: Iterable[EventV1]) -> str:
     """The Nats-Msg-Id of a raw message: a hash of its sorted (project, event id) pairs, so
     the same events published again as one message are dropped by JetStream's dedup window."""
-    keys = sorted(f"{event.project_id}\x1f{event.event_id}" for event in events)
+    keys = [f"{event.project_id}\x1f{event.event_id}" for event in events]
+    keys.sort()
     return hashlib.blake2b("\n".join(keys).encode(), digest_size=16).hexdigest()
 
 
 def split_by_partition(events: list[EventV1], partitions: int) -> dict[int, list[EventV1]]:
     """Events grouped by person partition, each group in request order."""
     groups: dict[int, list[EventV1]] = {}
+    # A browser's batch is one person's: the partition is computed once per run of one id.
+    person: str | None = None
+    group: list[EventV1] = []
     for event in events:
-        partition = partition_of(event.distinct_id, partitions)
-        group = groups.get(partition)
-        if group is None:
-            groups[partition] = [event]
-        else:
-            group.append(event)
+        if event.distinct_id != person:
+            person = event.distinct_id
+            partition = partition_of(person, partitions)
+            found = groups.get(partition)
+            if found is None:
+                found = groups[partition] = []
+            group = found
+        group.append(event)
     return groups
 
 
@@ -124,12 +130,31 @@ def encode_events(events: list[EventV1]) -> bytes:
     return raw_batch_encoder.encode(events)[1:-1]
 
 
+class _Request:
+    """One request waiting on the messages that hold its events: one future per request, set
+    when the last of them settles, rather than one wait over every message's future (a
+    request of 100 people's events spans up to one message per partition)."""
+
+    __slots__ = ("done", "failure", "unsettled")
+
+    def __init__(self, done: asyncio.Future[None]) -> None:
+        self.done = done
+        self.unsettled = 0  # messages holding its events not yet acked, failed or expired
+        self.failure: PublishUnavailable | None = None  # the first that failed, if any
+
+    def settle(self, failure: PublishUnavailable | None) -> None:
+        if failure is not None and self.failure is None:
+            self.failure = failure
+        self.unsettled -= 1
+        if self.unsettled == 0 and not self.done.done():
+            self.done.set_result(None)
+
+
 class _RawMessage:
     """One coalesced message of one partition: open (taking events), then sent, then settled
     by its ack, an error or its deadline."""
 
     __slots__ = (
-        "ack",
         "deadline",
         "event_count",
         "fragments",
@@ -137,14 +162,15 @@ class _RawMessage:
         "headers",
         "partition",
         "payload",
+        "requests",
+        "settled",
         "size",
     )
 
-    def __init__(
-        self, partition: int, ack: asyncio.Future[None], headers: dict[str, str] | None
-    ) -> None:
+    def __init__(self, partition: int, headers: dict[str, str] | None) -> None:
         self.partition = partition
-        self.ack = ack  # shared by every request with events in this message
+        self.requests: list[_Request] = []  # every request with events in this message
+        self.settled = False
         self.headers = headers
         self.fragments: list[bytes] = []
         self.groups: list[list[EventV1]] = []
@@ -221,38 +247,37 @@ class RawEventPublisher:
                 if self._tracing
                 else contextlib.nullcontext()
             ) as span:
-                acks = self._enqueue(events)
-                if not acks:
+                request = _Request(asyncio.get_running_loop().create_future())
+                messages = self._enqueue(events, request)
+                if not messages:
                     return 0
                 if span is not None:
                     span.set_attribute("strata.project_id", project_id)
                     span.set_attribute("strata.events", len(events))
-                    span.set_attribute("strata.messages", len(acks))
-                # asyncio.wait, not gather: a request that goes away must never cancel an ack
+                    span.set_attribute("strata.messages", messages)
+                # The request's own future: a request that goes away cancels nothing that
                 # other requests share.
-                await asyncio.wait(acks)
+                await request.done
         finally:
             self._in_flight -= 1
-        for ack in acks:
-            failure = ack.exception()
-            if failure is not None:
-                # A fresh exception per request: the shared one would collect every
-                # request's traceback.
-                raise type(failure)(*failure.args) from failure
+        failure = request.failure
+        if failure is not None:
+            # A fresh exception per request: the shared one would collect every request's
+            # traceback.
+            raise type(failure)(*failure.args) from failure
         if self._latency is not None:
             self._latency.observe(time.perf_counter() - started)
-        return len(acks)
+        return messages
 
     # -- coalescing ---------------------------------------------------------------------------
 
-    def _enqueue(self, events: list[EventV1]) -> set[asyncio.Future[None]]:
-        """Add a request's events to the open messages of their partitions; the acks of every
-        message that holds some of them."""
-        acks: set[asyncio.Future[None]] = set()
+    def _enqueue(self, events: list[EventV1], request: _Request) -> int:
+        """Add a request's events to the open messages of their partitions; how many messages
+        hold some of them (the request waits for each)."""
         for partition, group in split_by_partition(events, self._partitions).items():
             for run in self._runs(partition, group):
                 for part, fragment in self._fragments(run):
-                    acks.add(self._add(partition, part, fragment))
+                    self._add(partition, part, fragment, request)
         if self._open and self._linger is None:
             loop = asyncio.get_running_loop()
             if self._linger_s > 0:
@@ -260,7 +285,7 @@ class RawEventPublisher:
             else:
                 # No linger: coalesce what this turn of the event loop accepted.
                 self._linger = loop.call_soon(self._close_lingering)
-        return acks
+        return request.unsettled
 
     def _runs(self, partition: int, events: list[EventV1]) -> list[list[EventV1]]:
         """A request's events of one partition cut so that the first run fills the partition's
@@ -283,7 +308,9 @@ class RawEventPublisher:
         middle = len(events) // 2
         return self._fragments(events[:middle]) + self._fragments(events[middle:])
 
-    def _add(self, partition: int, events: list[EventV1], fragment: bytes) -> asyncio.Future[None]:
+    def _add(
+        self, partition: int, events: list[EventV1], fragment: bytes, request: _Request
+    ) -> None:
         message = self._open.get(partition)
         if message is not None and (
             message.event_count + len(events) > self._max_events
@@ -294,16 +321,18 @@ class RawEventPublisher:
         if message is None:
             # The message carries the trace context of the request that opened it.
             headers = inject_trace_headers({}) if self._tracing else None
-            message = _RawMessage(partition, asyncio.get_running_loop().create_future(), headers)
+            message = _RawMessage(partition, headers)
             self._open[partition] = message
         message.fragments.append(fragment)
         message.groups.append(events)
         message.event_count += len(events)
         message.size += len(fragment) + 1
-        ack = message.ack
+        # A request's fragments in one message are consecutive: it is listed once.
+        if not message.requests or message.requests[-1] is not request:
+            message.requests.append(request)
+            request.unsettled += 1
         if message.event_count >= self._max_events:
             self._close(message)
-        return ack
 
     def _close_lingering(self) -> None:
         self._linger = None
@@ -313,7 +342,7 @@ class RawEventPublisher:
     def _close(self, message: _RawMessage) -> None:
         """Stop the message taking events and queue it for sending, its deadline running."""
         del self._open[message.partition]
-        batch_id = message_id(event for group in message.groups for event in group)
+        batch_id = message_id([event for group in message.groups for event in group])
         message.payload = encode_raw_batch(batch_id, message.partition, message.fragments)
         message.fragments = []
         headers = message.headers or {}
@@ -337,7 +366,7 @@ class RawEventPublisher:
         try:
             while self._outbox:
                 token, message = self._outbox.popleft()
-                if message.ack.done():
+                if message.settled:
                     continue  # its deadline passed while it waited here
                 try:
                     if self._ack_prefix is None:
@@ -383,19 +412,18 @@ class RawEventPublisher:
 
     def _settle(self, token: str, failure: PublishUnavailable | None) -> None:
         message = self._awaiting.pop(token, None)
-        if message is None or message.ack.done():
+        if message is None or message.settled:
             return
+        message.settled = True
         if message.deadline is not None:
             message.deadline.cancel()
-        if failure is None:
-            message.ack.set_result(None)
-            if self._message_events is not None:
-                self._message_events.observe(message.event_count)
-        else:
-            message.ack.set_exception(failure)
-            message.ack.exception()  # retrieved by the requests; never "never retrieved"
+        if failure is None and self._message_events is not None:
+            self._message_events.observe(message.event_count)
+        for request in message.requests:
+            request.settle(failure)
         message.payload = b""
         message.groups = []
+        message.requests = []
 
 
 def _unavailable(exc: BaseException) -> PublishUnavailable:

@@ -7,9 +7,10 @@ agents; without the second bound, 32,768 such entries would hold a gigabyte."""
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
+
+from libs.common.errors import StrataError
 
 R = TypeVar("R")
 
@@ -18,12 +19,24 @@ R = TypeVar("R")
 MAX_CACHED_CHARS = 2048
 
 
-def _chars(value: Any) -> int:
-    if type(value) is str:
-        return len(value)
-    if type(value) is tuple:
-        return sum(len(part) for part in value if type(part) is str)
-    return 0
+def _chars(args: tuple[Any, ...]) -> int:
+    size = 0
+    for arg in args:
+        if type(arg) is str:
+            size += len(arg)
+        elif type(arg) is tuple:
+            size += sum(len(part) for part in arg if type(part) is str)
+    return size
+
+
+class UncachedResult(StrataError):
+    """Carries a result out of an LRU cache without the cache keeping it (never leaves
+    text_cache: an LRU cache keeps no call that raised)."""
+
+    code = "uncached_result"
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
 
 
 def text_cache(
@@ -31,27 +44,27 @@ def text_cache(
 ) -> Callable[[Callable[..., R]], functools._lru_cache_wrapper[R]]:
     """`functools.lru_cache(maxsize)` for calls whose str (and tuple-of-str) arguments hold at
     most `max_chars` characters in all; longer calls run uncached. Arguments are passed by
-    position. `cache_info` and `cache_clear` are the cache's."""
+    position. `cache_info` and `cache_clear` are the cache's.
+
+    The size is measured only on a miss, after computing: a hit (nearly every call) costs the
+    cache lookup alone."""
 
     def decorate(function: Callable[..., R]) -> functools._lru_cache_wrapper[R]:
-        cached = functools.lru_cache(maxsize=maxsize)(function)
-        call: Callable[..., R]
-        if len(inspect.signature(function).parameters) == 1:
-            # The common case, one text (a user agent, URL or referrer): one len() per call.
-            def call(text: str) -> R:
-                return cached(text) if len(text) <= max_chars else function(text)
-        else:
+        def computed(*args: Any) -> R:
+            result = function(*args)
+            if _chars(args) > max_chars:
+                raise UncachedResult(result)
+            return result
 
-            def call(*args: Any) -> R:
-                size = 0
-                for arg in args:
-                    size += len(arg) if type(arg) is str else _chars(arg)
-                if size <= max_chars:
-                    return cached(*args)
-                return function(*args)
+        cached = functools.lru_cache(maxsize=maxsize)(computed)
+
+        def call(*args: Any) -> R:
+            try:
+                return cached(*args)
+            except UncachedResult as uncached:
+                return cast(R, uncached.result)
 
         functools.update_wrapper(call, function)
-
         wrapper = cast(Any, call)
         wrapper.cache_info = cached.cache_info
         wrapper.cache_clear = cached.cache_clear

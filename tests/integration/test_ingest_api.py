@@ -770,6 +770,33 @@ async def test_overload_and_ack_timeout_answer_503_without_queueing(
         await silent.close()
 
 
+async def test_503_with_retry_after_when_the_key_store_is_unreachable(
+    ingest: Ingest, database_url: str, pg_url: str
+) -> None:
+    # The project's database goes away under a running ingest (its cached key expires first).
+    await asyncio.sleep(ingest.settings.key_cache_ttl_s)
+    admin = await asyncpg.connect(pg_url)
+    try:
+        name = database_url.rsplit("/", 1)[1].split("?")[0]
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+        )
+        response = await ingest.post("/v1/track", valid_body("/v1/track"), ingest.project.write_key)
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "2"
+        assert response.headers["Access-Control-Allow-Origin"] == "*"
+        assert await response.json() == {
+            "success": False,
+            "error": "cannot check the write key right now; retry later",
+        }
+        metrics = await (await ingest.client.get("/metrics")).text()
+        assert 'strata_ingest_requests_total{route="/v1/track",status="503"} 1.0' in metrics
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+
+
 async def test_503_when_the_stream_stops_accepting(ingest: Ingest) -> None:
     key = ingest.project.write_key
     assert (await ingest.post("/v1/track", valid_body("/v1/track"), key)).status == 200
