@@ -339,7 +339,7 @@ class FunnelQuery:
         when given), at their best attempt."""
         params = SqlParams()
         sql = self.stream_sql(params, floor_table)
-        table: pa.Table = con.execute(sql, params.values).to_arrow_table()
+        table: pa.Table = con.sql(sql, params=params.values).to_arrow_table()
         stream = EventStream(table)
         starts = (stream.t >= start_us) & (stream.t < end_us)
         if floor_table is not None:
@@ -383,8 +383,9 @@ class FunnelQuery:
 
     def counts(self, con: duckdb.DuckDBPyConnection) -> tuple[FunnelCounts, list[Any], bool]:
         """Total counts, per-breakdown-value counts (top values) and whether values were cut."""
-        total_row = con.execute(self._counts_sql(by_breakdown=False)).fetchone()
-        assert total_row is not None
+        # fetchall, not fetchone: a result left unfinished blocks the connection's next
+        # `con.sql` (DuckDB refuses other work on it until the result is read out).
+        (total_row,) = con.execute(self._counts_sql(by_breakdown=False)).fetchall()
         total = self._counts_of(total_row)
         breakdown: list[tuple[str, FunnelCounts]] = []
         truncated = False
@@ -401,12 +402,10 @@ class FunnelQuery:
         whole seconds from the shortest time, the last bin holding the longest."""
         seconds = f"(t{to_step} - t{from_step}) / 1e6"
         where = f"reached >= {to_step}"
-        row = con.execute(
+        ((persons, avg_s, median_s, shortest, longest),) = con.execute(
             f"SELECT count(*), avg({seconds}), median({seconds}), min({seconds}), max({seconds})"
             f" FROM {self.persons} WHERE {where}"
-        ).fetchone()
-        assert row is not None
-        persons, avg_s, median_s, shortest, longest = row
+        ).fetchall()
         if not persons:
             return TimeToConvert(from_step, to_step, 0, None, None, [])
         count = bins or min(AUTO_TIME_BINS, max(1, math.ceil(math.sqrt(persons))))

@@ -173,12 +173,12 @@ def run_paths(
         where = scope.where(params, start=start - session_max) + " AND e.session_id IS NOT NULL"
         key = "e.session_id"
     kinds = _type_sql(spec, params)
-    table: pa.Table = con.execute(
+    table: pa.Table = con.sql(
         f"""SELECT {key} AS sid, e.person_id AS pid, epoch_us(e.ts) AS t, {label} AS label
             FROM events_scan e
             WHERE {where} AND NOT e.non_interactive AND {kinds}
             ORDER BY sid, e.ts, e.event_id""",
-        params.values,
+        params=params.values,
     ).to_arrow_table()
     # The start and end points as labels, cleaned by the same rules as the nodes.
     points = SqlParams()
@@ -186,8 +186,10 @@ def run_paths(
         _point_sql(spec, points, point) if point is not None else "NULL::VARCHAR"
         for point in (spec.start_point, spec.end_point)
     ]
-    row = con.execute(f"SELECT {', '.join(named)}", points.values).fetchone()
-    start_label, end_label = row if row is not None else (None, None)
+    # fetchall: a result left unfinished (fetchone) would block the next run's `con.sql`.
+    ((start_label, end_label),) = con.execute(
+        f"SELECT {', '.join(named)}", points.values
+    ).fetchall()
     kept = session_paths(
         table, spec, _epoch_us(start), _epoch_us(end), start_label=start_label, end_label=end_label
     )
