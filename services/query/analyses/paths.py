@@ -337,12 +337,22 @@ def _summary(kept: KeptNodes, spec: PathsSpec) -> PathsResult:
         if (s, name) in shown
     ]
     return PathsResult(
-        paths=int(np.unique(kept.session).size),
-        persons=int(np.unique(kept.person).size),
+        paths=_distinct_runs(kept.session),
+        persons=_distinct_codes(kept.person),
         nodes=nodes,
         edges=edges,
         edges_truncated=len(edges_all) > spec.edge_limit,
     )
+
+
+def _distinct_runs(values: npt.NDArray[np.int64]) -> int:
+    """Distinct values of a non-decreasing array (kept nodes come in session order)."""
+    return int(np.count_nonzero(values[1:] != values[:-1])) + 1 if values.size else 0
+
+
+def _distinct_codes(codes: npt.NDArray[np.int64]) -> int:
+    """Distinct dictionary codes, in one pass (np.unique would sort or hash them)."""
+    return int(np.count_nonzero(np.bincount(codes))) if codes.size else 0
 
 
 def node_id(step: int, name: str) -> str:
