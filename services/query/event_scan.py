@@ -111,7 +111,7 @@ class EventScan:
         """Like `query`, returning an Arrow table."""
 
         def run() -> pa.Table:
-            return self.con.execute(sql, params or []).to_arrow_table()
+            return self.con.sql(sql, params=params or None).to_arrow_table()
 
         return await asyncio.to_thread(run)
 

@@ -1,11 +1,11 @@
-SELECT pid, t, mask, xmask, in_sequence, bd, floor FROM (
+SELECT pid, hash(pid) AS h, t, eid, mask, xmask, in_sequence, bd, floor FROM (
                 SELECT e.person_id AS pid, epoch_us(e.ts) AS t, e.event_id AS eid,
                        (CASE WHEN e.name = $1 THEN 1 ELSE 0 END) | (CASE WHEN (e.name = $2 AND coalesce(e.path = $3, false)) THEN 2 ELSE 0 END) | (CASE WHEN e.name = $4 THEN 4 ELSE 0 END) AS mask, 0 AS xmask,
                        true AS in_sequence, NULL::VARCHAR AS bd, NULL::BIGINT AS floor
                 FROM events_scan e
                 WHERE e.ts >= $5 AND e.ts < $6 AND NOT e.is_bot AND e.name IN ($7, $8)
             ) WHERE mask <> 0 OR xmask <> 0
-            ORDER BY pid, t, CASE WHEN mask & 1 <> 0 THEN 1 WHEN mask & 2 <> 0 THEN 2 WHEN mask & 4 <> 0 THEN 3 ELSE 4 END, eid;
+            ORDER BY h, t, CASE WHEN mask & 1 <> 0 THEN 1 WHEN mask & 2 <> 0 THEN 2 WHEN mask & 4 <> 0 THEN 3 ELSE 4 END;
 
 CREATE OR REPLACE TEMP TABLE funnel_persons AS SELECT * FROM funnel_persons_arrow;
 

@@ -37,7 +37,8 @@ START, END = T0, T0 + timedelta(days=5)
 
 
 class RecordingConnection:
-    """A DuckDB connection that keeps the text of every statement executed on it."""
+    """A DuckDB connection that keeps the text of every statement run on it (`execute` or
+    `sql`)."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con
@@ -46,6 +47,10 @@ class RecordingConnection:
     def execute(self, sql: str, parameters: Any = None) -> Any:
         self.statements.append(sql)
         return self.con.execute(sql, parameters)
+
+    def sql(self, query: str, *, params: Any = None) -> Any:
+        self.statements.append(query)
+        return self.con.sql(query, params=params)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.con, name)

@@ -16,32 +16,30 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-import pyarrow.compute as pc
+
+from services.query.analyses.event_order import EventOrder
 
 Ints = npt.NDArray[np.int64]
 Flags = npt.NDArray[np.bool_]
 
 
 class EventStream:
-    """One funnel's events, sorted by (person, ts, step rank, event id): `mask` has bit k set
+    """One funnel's events, in the order (person, ts, step rank, event id): `mask` has bit k set
     when the event satisfies step k, `xmask` bit i when it satisfies exclusion i; `in_sequence`
     marks the events a strict funnel's "next event" walks over."""
 
-    def __init__(self, table: pa.Table) -> None:
-        self.table = table
-        n = table.num_rows
+    def __init__(self, events: EventOrder) -> None:
+        self.events = events
+        n = events.table.num_rows
         self.size = n
-        self.t: Ints = _ints(table["t"])
-        self.mask: Ints = _ints(table["mask"])
-        self.xmask: Ints = _ints(table["xmask"])
-        self.in_sequence: Flags = _flags(table["in_sequence"])
-        pid = table["pid"]
-        # Dense person keys for this query: persons arrive sorted, so a key is the count of
+        self.t: Ints = events.ints("t")
+        self.mask: Ints = events.ints("mask")
+        self.xmask: Ints = events.ints("xmask")
+        self.in_sequence: Flags = events.flags("in_sequence")
+        # Dense person keys for this query: persons arrive grouped, so a key is the count of
         # person changes so far; the string ids are only read back for the persons kept.
         changed = np.ones(n, dtype=bool)
-        if n > 1:
-            differs = pc.not_equal(pid.slice(1), pid.slice(0, n - 1))
-            changed[1:] = _flags(pc.fill_null(differs, True))
+        changed[1:] = ~events.same_key
         self.person: Ints = np.cumsum(changed, dtype=np.int64) - 1
         # Where each (person, ts) group ends: a repeated identical step needs a later ts.
         new_group = changed.copy()
@@ -229,24 +227,16 @@ def best_attempts(stream: EventStream, shape: FunnelShape, attempts: Attempts) -
     head = np.ones(person.size, dtype=bool)
     head[1:] = person[1:] != person[:-1]
     rows = np.flatnonzero(head)
-    picked = pa.array(first[rows])
+    picked = first[rows]
     columns: dict[str, pa.Array | pa.ChunkedArray] = {
-        "pid": stream.table["pid"].take(picked),
+        "pid": stream.events.take("pid", picked),
         "reached": pa.array(reached[rows]),
     }
     for k in range(shape.n):
         columns[f"t{k + 1}"] = pa.array(times[rows, k], mask=reached[rows] <= k)
-    columns["bd"] = stream.table["bd"].take(picked)
+    columns["bd"] = stream.events.take("bd", picked)
     return pa.table(columns)
 
 
 def _with_sentinel(positions: npt.NDArray[np.intp], size: int) -> Ints:
     return np.append(positions.astype(np.int64), np.int64(size))
-
-
-def _ints(column: pa.ChunkedArray) -> Ints:
-    return np.asarray(column.to_numpy(), dtype=np.int64)
-
-
-def _flags(column: pa.ChunkedArray | pa.Array) -> Flags:
-    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=bool)

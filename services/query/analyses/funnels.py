@@ -39,6 +39,7 @@ from services.query.analyses.conditions import (
     event_match_sql,
     needs_persons,
 )
+from services.query.analyses.event_order import HASH, in_event_order
 from services.query.analyses.funnel_orders import (
     ORDER_STRATEGIES,
     EventStream,
@@ -250,8 +251,9 @@ class FunnelQuery:
     # -- events ---------------------------------------------------------------------------
 
     def stream_sql(self, params: SqlParams, floor_table: str | None = None) -> str:
-        """The funnel's events sorted by (person, ts, first step satisfied, event id), with
-        their step and exclusion bit masks: the one sort the attempts need."""
+        """The funnel's events with their step and exclusion bit masks, sorted by (person
+        hash, ts, first step satisfied): the one sort the attempts need, on integers only;
+        `in_event_order` settles the event-id ties."""
         spec = self.spec
         joins_persons = False
         masks = []
@@ -295,14 +297,14 @@ class FunnelQuery:
             + f" ELSE {spec.n + 1} END"
         )
         return f"""
-            SELECT pid, t, mask, xmask, in_sequence, bd, floor FROM (
+            SELECT pid, hash(pid) AS {HASH}, t, eid, mask, xmask, in_sequence, bd, floor FROM (
                 SELECT e.person_id AS pid, epoch_us(e.ts) AS t, e.event_id AS eid,
                        {mask} AS mask, {" | ".join(xmasks) or "0"} AS xmask,
                        {in_sequence} AS in_sequence, {bd} AS bd, {floor} AS floor
                 FROM events_scan e {joins}
                 WHERE {where} AND {rows}
             ) WHERE {keep}
-            ORDER BY pid, t, {rank}, eid"""
+            ORDER BY {HASH}, t, {rank}"""
 
     def shape(self) -> FunnelShape:
         spec = self.spec
@@ -339,12 +341,17 @@ class FunnelQuery:
         when given), at their best attempt."""
         params = SqlParams()
         sql = self.stream_sql(params, floor_table)
-        table: pa.Table = con.execute(sql, params.values).to_arrow_table()
-        stream = EventStream(table)
+        table: pa.Table = con.sql(sql, params=params.values).to_arrow_table()
+        mask = np.asarray(table["mask"].to_numpy(), dtype=np.int64)
+        # Equal lowest set bits: the same first step satisfied (0: none).
+        events = in_event_order(table, key="pid", ts="t", event_id="eid", rank=mask & -mask)
+        stream = EventStream(events)
         starts = (stream.t >= start_us) & (stream.t < end_us)
         if floor_table is not None:
-            floor = table["floor"]
-            at_floor = pc.fill_null(pc.greater_equal(table["t"], floor), False)
+            # A person's floor: the same on all their rows, so the event-id order of ties
+            # (which moves rows only within one person and ts) leaves this as it is.
+            table = events.table
+            at_floor = pc.fill_null(pc.greater_equal(table["t"], table["floor"]), False)
             starts &= np.asarray(at_floor.to_numpy(zero_copy_only=False), dtype=bool)
         shape = self.shape()
         attempts = ORDER_STRATEGIES[self.spec.order].attempts(stream, shape, starts)
@@ -383,8 +390,9 @@ class FunnelQuery:
 
     def counts(self, con: duckdb.DuckDBPyConnection) -> tuple[FunnelCounts, list[Any], bool]:
         """Total counts, per-breakdown-value counts (top values) and whether values were cut."""
-        total_row = con.execute(self._counts_sql(by_breakdown=False)).fetchone()
-        assert total_row is not None
+        # fetchall, not fetchone: a result left unfinished blocks the connection's next
+        # `con.sql` (DuckDB refuses other work on it until the result is read out).
+        (total_row,) = con.execute(self._counts_sql(by_breakdown=False)).fetchall()
         total = self._counts_of(total_row)
         breakdown: list[tuple[str, FunnelCounts]] = []
         truncated = False
@@ -401,12 +409,10 @@ class FunnelQuery:
         whole seconds from the shortest time, the last bin holding the longest."""
         seconds = f"(t{to_step} - t{from_step}) / 1e6"
         where = f"reached >= {to_step}"
-        row = con.execute(
+        ((persons, avg_s, median_s, shortest, longest),) = con.execute(
             f"SELECT count(*), avg({seconds}), median({seconds}), min({seconds}), max({seconds})"
             f" FROM {self.persons} WHERE {where}"
-        ).fetchone()
-        assert row is not None
-        persons, avg_s, median_s, shortest, longest = row
+        ).fetchall()
         if not persons:
             return TimeToConvert(from_step, to_step, 0, None, None, [])
         count = bins or min(AUTO_TIME_BINS, max(1, math.ceil(math.sqrt(persons))))

@@ -1,6 +1,6 @@
 """Paths (user journeys within sessions) over `events_scan`: DuckDB reads the path events sorted
-by (session, ts, event id) once, and one vectorised NumPy pass collapses repeats, cuts each
-session's path and counts nodes and edges.
+by (session, ts, event id) once (on integers, `event_order`), and one vectorised NumPy pass
+collapses repeats, cuts each session's path and counts nodes and edges.
 
 Semantics (docs/analytics.md, "Paths"): a session's path is its pageviews (cleaned path) and/or
 custom events (name), in time order, interactive events only, consecutive repeats of one node
@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from libs.common.rollup_keys import NONE_VALUE
 from libs.common.schemas.events_v1 import PAGEVIEW
 from services.query.analyses.conditions import EventScope, check_regex, check_replacement
+from services.query.analyses.event_order import HASH, EventOrder, in_event_order
 from services.query.analyses.requests import (
     CleaningRule,
     PathsRequest,
@@ -173,23 +174,27 @@ def run_paths(
         where = scope.where(params, start=start - session_max) + " AND e.session_id IS NOT NULL"
         key = "e.session_id"
     kinds = _type_sql(spec, params)
-    table: pa.Table = con.execute(
-        f"""SELECT {key} AS sid, e.person_id AS pid, epoch_us(e.ts) AS t, {label} AS label
+    table: pa.Table = con.sql(
+        f"""SELECT {key} AS sid, e.person_id AS pid, epoch_us(e.ts) AS t, e.event_id AS eid,
+                   hash({key}) AS {HASH}, {label} AS label
             FROM events_scan e
             WHERE {where} AND NOT e.non_interactive AND {kinds}
-            ORDER BY sid, e.ts, e.event_id""",
-        params.values,
+            ORDER BY {HASH}, t""",
+        params=params.values,
     ).to_arrow_table()
+    events = in_event_order(table, key="sid", ts="t", event_id="eid")
     # The start and end points as labels, cleaned by the same rules as the nodes.
     points = SqlParams()
     named = [
         _point_sql(spec, points, point) if point is not None else "NULL::VARCHAR"
         for point in (spec.start_point, spec.end_point)
     ]
-    row = con.execute(f"SELECT {', '.join(named)}", points.values).fetchone()
-    start_label, end_label = row if row is not None else (None, None)
+    # fetchall: a result left unfinished (fetchone) would block the next run's `con.sql`.
+    ((start_label, end_label),) = con.execute(
+        f"SELECT {', '.join(named)}", points.values
+    ).fetchall()
     kept = session_paths(
-        table, spec, _epoch_us(start), _epoch_us(end), start_label=start_label, end_label=end_label
+        events, spec, _epoch_us(start), _epoch_us(end), start_label=start_label, end_label=end_label
     )
     return _summary(kept, spec)
 
@@ -229,7 +234,7 @@ def _first_hit(
 
 
 def session_paths(
-    table: pa.Table,
+    events: EventOrder,
     spec: PathsSpec,
     start_us: int,
     end_us: int,
@@ -237,19 +242,18 @@ def session_paths(
     start_label: str | None,
     end_label: str | None,
 ) -> KeptNodes:
-    """One pass over path events sorted by (session, ts, event id): keep the sessions whose
+    """One pass over path events in (session, ts, event id) order: keep the sessions whose
     first event is in [start_us, end_us), collapse repeats, cut at the start and end points
     and to `spec.steps` nodes."""
-    n = table.num_rows
-    person, _ = _codes(table["pid"])
-    label, labels = _codes(table["label"])
-    t = np.asarray(table["t"].to_numpy(), dtype=np.int64)
+    n = events.table.num_rows
+    person, _ = _codes(events.table["pid"])
+    label, labels = _codes(events.table["label"])
+    if events.rows is not None:
+        person, label = person[events.rows], label[events.rows]
+    t = events.ints("t")
+    # Sessions arrive grouped: a run starts where the key changes.
     new_run = np.ones(n, dtype=bool)
-    if n > 1:
-        # Sessions arrive sorted: a run starts where the key changes.
-        sid = table["sid"]
-        changed = pc.fill_null(pc.not_equal(sid.slice(1), sid.slice(0, n - 1)), True)
-        new_run[1:] = np.asarray(changed.to_numpy(zero_copy_only=False), dtype=bool)
+    new_run[1:] = ~events.same_key
     run_starts = np.flatnonzero(new_run)
     run_of = np.cumsum(new_run, dtype=np.int64) - 1
     started = (t[run_starts] >= start_us) & (t[run_starts] < end_us)
@@ -333,12 +337,22 @@ def _summary(kept: KeptNodes, spec: PathsSpec) -> PathsResult:
         if (s, name) in shown
     ]
     return PathsResult(
-        paths=int(np.unique(kept.session).size),
-        persons=int(np.unique(kept.person).size),
+        paths=_distinct_runs(kept.session),
+        persons=_distinct_codes(kept.person),
         nodes=nodes,
         edges=edges,
         edges_truncated=len(edges_all) > spec.edge_limit,
     )
+
+
+def _distinct_runs(values: npt.NDArray[np.int64]) -> int:
+    """Distinct values of a non-decreasing array (kept nodes come in session order)."""
+    return int(np.count_nonzero(values[1:] != values[:-1])) + 1 if values.size else 0
+
+
+def _distinct_codes(codes: npt.NDArray[np.int64]) -> int:
+    """Distinct dictionary codes, in one pass (np.unique would sort or hash them)."""
+    return int(np.count_nonzero(np.bincount(codes))) if codes.size else 0
 
 
 def node_id(step: int, name: str) -> str:
