@@ -5,7 +5,7 @@ Everything after the dedup step is derived from the rows actually inserted, so a
 batch inserts nothing and changes no rollup.
 
 Where the time goes, and so the shape of a write (docs/storage.md, "Write path"):
-1. events and their dedup ids: the batch's unique ids inserted in key order (two text arrays),
+1. events and their dedup ids: the batch's unique ids inserted as digests (two text arrays in),
    returning those never seen, whose rows alone are COPYed (binary) into `events`; concurrently
    with other writers;
 2. in Python, still without locks: each rollup key's event count and persons, and one sketch
@@ -97,13 +97,19 @@ def _json_rows_sql(columns: Sequence[str], types: dict[str, str], param: int = 1
 
 _event_row = operator.attrgetter(*EVENT_COLUMNS)
 _STORED_COLUMNS = (*EVENT_COLUMNS, "properties")
-# The batch's ids, unique and in one order for every writer (so writers lock ids in one order):
-# only ids never seen come back, and only their events are copied into `events`.
+# The batch's unique ids as digests (migration 0022: a fixed 16-byte key per id), inserted in
+# digest order so writers lock ids in one order; the ordinals of ids never seen come back.
 _INSERT_NEW_EVENT_IDS = """
-INSERT INTO event_ids (project_id, event_id)
-SELECT * FROM unnest($1::text[], $2::text[])
-ON CONFLICT DO NOTHING
-RETURNING project_id, event_id
+WITH ids AS (
+    SELECT event_id_digest(p, e) AS digest, i
+    FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(p, e, i)
+), new_ids AS (
+    INSERT INTO event_ids (digest)
+    SELECT digest FROM ids ORDER BY digest
+    ON CONFLICT DO NOTHING
+    RETURNING digest
+)
+SELECT (ids.i - 1)::int FROM ids JOIN new_ids USING (digest)
 """
 
 
@@ -113,14 +119,14 @@ def _event_record(ev: EventV1) -> tuple[Any, ...]:
 
 async def _insert_new_events(conn: asyncpg.Connection, events: Sequence[EventV1]) -> list[EventV1]:
     """The events of `events` never stored before (the first of repeats inside the batch), now
-    stored: their ids inserted into `event_ids` in key order, their rows COPYed (binary) into
+    stored: their id digests inserted into `event_ids`, their rows COPYed (binary) into
     `events`, both in the caller's transaction."""
     first: dict[tuple[str, str], int] = {}
     for i, ev in enumerate(events):
         first.setdefault((ev.project_id, ev.event_id), i)
-    keys = sorted(first)
+    keys = list(first)
     rows = await conn.fetch(_INSERT_NEW_EVENT_IDS, [k[0] for k in keys], [k[1] for k in keys])
-    inserted = [events[i] for i in sorted(first[(r[0], r[1])] for r in rows)]
+    inserted = [events[i] for i in sorted(first[keys[r[0]]] for r in rows)]
     if inserted:
         await conn.copy_records_to_table(
             "events", records=map(_event_record, inserted), columns=_STORED_COLUMNS
