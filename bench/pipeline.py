@@ -8,6 +8,9 @@ all five services) plus the load generator, everything sharing the same cores.
    new event name each) are sent every 0.25 s; freshness is the time from the ingest's 2xx to
    the marker being counted by the metrics API (polled every 20 ms): p50 and p95.
 3. Peak RSS of every service, NATS and PostgreSQL over both phases.
+4. The raw ceiling, measured first in the same run (bench.raw_ceiling: the same requests
+   through aiohttp, JetStream and COPY, without Strata's work), and the ratio of the
+   pipeline's stored events/s to it.
 
     python -m bench.pipeline [--seconds 30]
 """
@@ -34,6 +37,7 @@ import aiohttp
 import asyncpg
 import psutil
 
+from bench import raw_ceiling
 from bench.ingest_gateway import batch_template
 from strata_dev.embedded import free_port
 
@@ -268,6 +272,17 @@ async def run_phases(info: dict[str, str], sampler: RssSampler, seconds: float) 
 
 
 def run_benchmark(seconds: float = 30.0) -> dict[str, Any]:
+    raw = raw_ceiling.run_benchmark(seconds)
+    print(json.dumps({"raw_ceiling": raw}), flush=True)
+    figures = _run_pipeline(seconds)
+    figures["raw_ceiling"] = raw
+    figures["stored_to_raw_ceiling_ratio"] = round(
+        figures["pipeline_saturation"]["stored_events_per_s"] / raw["stored_events_per_s"], 3
+    )
+    return figures
+
+
+def _run_pipeline(seconds: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="strata-bench-pipeline-") as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
         env.pop("NATS_URL", None)

@@ -68,6 +68,11 @@ _TRANSIENT = (
     asyncpg.exceptions.InsufficientResourcesError,  # disk full, too many connections
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.ObjectInUseError,
+    # The schema of another release (a rolling update across a migration): retried until the
+    # process is replaced or the migration applied, never dead-lettered as bad data.
+    asyncpg.exceptions.UndefinedTableError,
+    asyncpg.exceptions.UndefinedColumnError,
+    asyncpg.exceptions.UndefinedFunctionError,
     ConnectionError,
     OSError,
     TimeoutError,

@@ -5,8 +5,9 @@ Everything after the dedup step is derived from the rows actually inserted, so a
 batch inserts nothing and changes no rollup.
 
 Where the time goes, and so the shape of a write (docs/storage.md, "Write path"):
-1. events and their dedup ids: one statement fed the whole batch as one JSON document (parsed
-   in C by PostgreSQL; no per-value encoding in Python), concurrently with other writers;
+1. events and their dedup ids: the batch's unique ids inserted as digests (two text arrays in),
+   returning those never seen, whose rows alone are COPYed (binary) into `events`; concurrently
+   with other writers;
 2. in Python, still without locks: each rollup key's event count and persons, and one sketch
    per distinct person set (an hour's set usually serves its day and week keys too);
 3. under the project's advisory lock: stored sketches read (`FOR UPDATE`), united with the
@@ -37,7 +38,7 @@ from libs.common import sketches
 from libs.common.db import lock_derived_tables
 from libs.common.errors import StrataError
 from libs.common.event_partitions import EventPartitions, ensure_partitions
-from libs.common.model.columns import STORED_EVENT_COLUMNS, event_pg_types
+from libs.common.model.columns import STORED_EVENT_COLUMNS
 from libs.common.rollup_rules import (
     SESSION_KEY_COLUMNS,
     SESSION_ROLLUP_COUNTERS,
@@ -72,7 +73,6 @@ class ConcurrentWriteConflict(asyncpg.exceptions.SerializationError, StrataError
 
 # Every stored column (libs/common/model) but properties, which travels as jsonb beside them.
 EVENT_COLUMNS = tuple(c for c in STORED_EVENT_COLUMNS if c != "properties")
-_EVENT_TYPES = {c: t for c, t in event_pg_types(EVENT_COLUMNS).items() if t != "text"}
 _json = msgspec.json.Encoder()
 
 
@@ -95,33 +95,43 @@ def _json_rows_sql(columns: Sequence[str], types: dict[str, str], param: int = 1
     )
 
 
-_event_row = operator.attrgetter(*EVENT_COLUMNS, "properties")
-_columns = ", ".join(EVENT_COLUMNS)
-# DISTINCT ON drops repeats inside the batch; the event_ids insert (in key order, so writers
-# lock ids in one order) returns only ids never seen, and only those rows reach `events`.
-_INSERT_NEW_EVENTS = f"""
-WITH batch AS (
-    SELECT DISTINCT ON (project_id, event_id) *
-    FROM {_json_rows_sql((*EVENT_COLUMNS, "properties"), {**_EVENT_TYPES, "properties": "jsonb"})} b
-    ORDER BY project_id, event_id, ordinality
+_event_row = operator.attrgetter(*EVENT_COLUMNS)
+_STORED_COLUMNS = (*EVENT_COLUMNS, "properties")
+# The batch's unique ids as digests (migration 0022: a fixed 16-byte key per id), inserted in
+# digest order so writers lock ids in one order; the ordinals of ids never seen come back.
+_INSERT_NEW_EVENT_IDS = """
+WITH ids AS (
+    SELECT event_id_digest(p, e) AS digest, i
+    FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(p, e, i)
 ), new_ids AS (
-    INSERT INTO event_ids (project_id, event_id)
-    SELECT project_id, event_id FROM batch
+    INSERT INTO event_ids (digest)
+    SELECT digest FROM ids ORDER BY digest
     ON CONFLICT DO NOTHING
-    RETURNING project_id, event_id
-), stored AS (
-    INSERT INTO events ({_columns}, properties)
-    SELECT {", ".join("b." + c for c in EVENT_COLUMNS)}, b.properties
-    FROM batch b JOIN new_ids n USING (project_id, event_id)
+    RETURNING digest
 )
-SELECT (b.ordinality - 1)::int FROM batch b JOIN new_ids n USING (project_id, event_id)
+SELECT (ids.i - 1)::int FROM ids JOIN new_ids USING (digest)
 """
 
 
+def _event_record(ev: EventV1) -> tuple[Any, ...]:
+    return (*_event_row(ev), _json.encode(ev.properties).decode())
+
+
 async def _insert_new_events(conn: asyncpg.Connection, events: Sequence[EventV1]) -> list[EventV1]:
-    payload = _json.encode([_event_row(ev) for ev in events]).decode()
-    rows = await conn.fetch(_INSERT_NEW_EVENTS, payload)
-    return [events[i] for i in sorted(r[0] for r in rows)]
+    """The events of `events` never stored before (the first of repeats inside the batch), now
+    stored: their id digests inserted into `event_ids`, their rows COPYed (binary) into
+    `events`, both in the caller's transaction."""
+    first: dict[tuple[str, str], int] = {}
+    for i, ev in enumerate(events):
+        first.setdefault((ev.project_id, ev.event_id), i)
+    keys = list(first)
+    rows = await conn.fetch(_INSERT_NEW_EVENT_IDS, [k[0] for k in keys], [k[1] for k in keys])
+    inserted = [events[i] for i in sorted(first[keys[r[0]]] for r in rows)]
+    if inserted:
+        await conn.copy_records_to_table(
+            "events", records=map(_event_record, inserted), columns=_STORED_COLUMNS
+        )
+    return inserted
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.infra
 async def snapshot(conn: asyncpg.Connection) -> dict[str, list[Any]]:
     tables = {
         "events": "SELECT * FROM events ORDER BY event_id",
-        "event_ids": "SELECT project_id, event_id FROM event_ids ORDER BY 1, 2",
+        "event_ids": "SELECT digest FROM event_ids ORDER BY 1",
         "rollups": "SELECT * FROM rollups ORDER BY 1, 2, 3, 4, 5, 6, 7",
         "sessions": "SELECT * FROM sessions ORDER BY 1, 2",
         "session_rollups": "SELECT * FROM session_rollups ORDER BY 1, 2, 3, 4, 5, 6",

@@ -66,6 +66,9 @@ def test_transient_versus_data_faults() -> None:
     assert is_transient(
         asyncpg.exceptions.CheckViolationError('no partition of relation "events" found for row')
     )
+    # An older aggregator against a migrated table, or a newer one before its migration.
+    assert is_transient(asyncpg.exceptions.UndefinedColumnError('column "event_id" does not exist'))
+    assert is_transient(asyncpg.exceptions.UndefinedFunctionError("event_id_digest(text, text)"))
     assert not is_transient(asyncpg.exceptions.UntranslatableCharacterError("\\u0000"))
     assert not is_transient(asyncpg.exceptions.CheckViolationError("some other check"))
     assert not is_transient(ValueError("bug"))

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.sql_snapshot
 @pytest.mark.parametrize(
     ("name", "sql"),
     [
-        ("aggregator_insert_new_events", writer._INSERT_NEW_EVENTS),
+        ("aggregator_insert_new_event_ids", writer._INSERT_NEW_EVENT_IDS),
         ("aggregator_read_rollups", writer._READ_ROLLUPS),
         ("aggregator_upsert_rollups", writer._UPSERT_ROLLUPS),
         ("aggregator_apply_sessions", writer._APPLY_SESSIONS),
