@@ -82,29 +82,17 @@ async def _save_cohort(request: web.Request, cohort_id: str | None) -> web.Respo
     encoded = msgspec.json.encode(definition).decode()
     pool = request.app[DEPS].pool
     async with pool.acquire() as conn, conn.transaction():
-        if cohort_id is None:
-            new_id = saved.new_id(saved.COHORTS, body.id)
-            version = await saved.create(
-                conn,
-                saved.COHORTS,
-                project_id,
-                new_id,
-                body.name,
-                body.description,
-                encoded,
-                access.user_id,
-            )
-        else:
-            version = await saved.update(
-                conn,
-                saved.COHORTS,
-                project_id,
-                cohort_id,
-                body.name,
-                body.description,
-                encoded,
-                access.user_id,
-            )
+        version = await saved.save(
+            conn,
+            saved.COHORTS,
+            project_id,
+            cohort_id,
+            body.id,
+            body.name,
+            body.description,
+            encoded,
+            access.user_id,
+        )
         if persons:
             await conn.copy_records_to_table(
                 "analysis_cohort_persons",

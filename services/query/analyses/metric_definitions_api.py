@@ -44,29 +44,17 @@ async def _save_metric(request: web.Request, metric_id: str | None) -> web.Respo
     await resolve_metric(pool, project_id, body.definition)  # 400 for an unknown operand id
     encoded = msgspec.json.encode(body.definition).decode()
     async with pool.acquire() as conn:
-        if metric_id is None:
-            new_id = saved.new_id(saved.METRICS, body.id)
-            version = await saved.create(
-                conn,
-                saved.METRICS,
-                project_id,
-                new_id,
-                body.name,
-                body.description,
-                encoded,
-                access.user_id,
-            )
-        else:
-            version = await saved.update(
-                conn,
-                saved.METRICS,
-                project_id,
-                metric_id,
-                body.name,
-                body.description,
-                encoded,
-                access.user_id,
-            )
+        version = await saved.save(
+            conn,
+            saved.METRICS,
+            project_id,
+            metric_id,
+            body.id,
+            body.name,
+            body.description,
+            encoded,
+            access.user_id,
+        )
     return json_response(_metric_record(version), status=201 if metric_id is None else 200)
 
 

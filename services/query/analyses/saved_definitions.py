@@ -143,6 +143,33 @@ async def update(
     return _version(row, kind)
 
 
+async def save(
+    conn: asyncpg.Connection,
+    kind: DefinitionTable,
+    project_id: str,
+    item_id: str | None,
+    given_id: str | None,
+    name: str,
+    description: str,
+    definition: str,
+    created_by: str | None = None,
+) -> SavedVersion:
+    """What a POST (`item_id` None: version 1 under `given_id` or a new id) or a PUT (the next
+    version of `item_id`) of a definition stores."""
+    if item_id is None:
+        return await create(
+            conn,
+            kind,
+            project_id,
+            new_id(kind, given_id),
+            name,
+            description,
+            definition,
+            created_by,
+        )
+    return await update(conn, kind, project_id, item_id, name, description, definition, created_by)
+
+
 async def history(
     conn: asyncpg.Connection | asyncpg.Pool, kind: DefinitionTable, project_id: str, item_id: str
 ) -> list[SavedVersion]:

@@ -95,28 +95,17 @@ async def _save(
         raise ParamError("id", f"an update keeps the {kind.noun}'s id")
     encoded = msgspec.json.encode(body.definition).decode()
     async with pool.acquire() as conn:
-        if item_id is None:
-            version = await saved.create(
-                conn,
-                kind,
-                access.project_id,
-                saved.new_id(kind, body.id),
-                body.name.strip(),
-                body.description,
-                encoded,
-                access.user_id,
-            )
-        else:
-            version = await saved.update(
-                conn,
-                kind,
-                access.project_id,
-                item_id,
-                body.name.strip(),
-                body.description,
-                encoded,
-                access.user_id,
-            )
+        version = await saved.save(
+            conn,
+            kind,
+            access.project_id,
+            item_id,
+            body.id,
+            body.name.strip(),
+            body.description,
+            encoded,
+            access.user_id,
+        )
     return json_response(_record(version), status=201 if item_id is None else 200)
 
 
