@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import cProfile
 import io
-import json
 import os
 import pstats
 import random
@@ -37,6 +36,7 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
+from bench import report
 from libs.common.schemas.events_v1 import IDENTIFY, PAGEVIEW, EventV1
 
 PATHS = ["/", "/pricing", "/docs", "/docs/install", "/blog/launch", "/signup", "/features"]
@@ -358,11 +358,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
     figures = run_benchmark(args.events, args.batch_size, args.writers, args.visitors, args.profile)
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n")
+    report(figures, args.output)
 
 
 if __name__ == "__main__":

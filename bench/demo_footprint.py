@@ -33,6 +33,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from bench import report
 from strata_dev.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,11 +190,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     figures = run_benchmark(args.days, args.visitors, args.root.resolve())
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n")
+    report(figures, args.output)
 
 
 if __name__ == "__main__":

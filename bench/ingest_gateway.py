@@ -28,6 +28,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from bench import report
+
 ROOT = Path(__file__).resolve().parents[1]
 
 USER_AGENTS = [
@@ -309,11 +311,7 @@ def main() -> None:
         args.people_per_batch,
         args.linger_s,
     )
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n")
+    report(figures, args.output)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import aiohttp
 import asyncpg
 import psutil
 
-from bench import raw_ceiling
+from bench import raw_ceiling, report
 from bench.ingest_gateway import batch_template
 from strata_dev.embedded import free_port
 
@@ -324,11 +324,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     figures = run_benchmark(args.seconds)
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n")
+    report(figures, args.output)
 
 
 if __name__ == "__main__":
