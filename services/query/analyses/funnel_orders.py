@@ -1,12 +1,13 @@
-"""Funnel attempts as vectorised NumPy passes over each person's events, sorted once by DuckDB
+"""Funnel attempts as vectorised NumPy passes over each person's events, sorted once by
 (person, ts, first step satisfied, event id), the way ClickHouse's `windowFunnel` scans a
 person's events once instead of joining step tables.
 
-Every step is found for all attempts at once: `next_with(k, positions)` is a binary search
-into the sorted positions of step k's events, so a funnel of n steps costs n array passes
-over the attempts, whatever the data. One strategy per order (`ordered`, `strict`,
-`unordered`) over the shared `EventStream`; the semantics are docs/analytics.md's
-("Funnels"), judged by tests/support/reference_analytics.py and the rule tables.
+Every step is found for all attempts at once: `next_step(k, at, person)` is a gather into an
+array giving each position the next position holding step k's event (one backward pass per
+step), so a funnel of n steps costs n array passes over the attempts, whatever the data. One
+strategy per order (`ordered`, `strict`, `unordered`) over the shared `EventStream`; the
+semantics are docs/analytics.md's ("Funnels"), judged by tests/support/reference_analytics.py
+and the rule tables.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Funnels over `events_scan`: DuckDB reads and sorts the funnel's events once, and each order's
-strategy (funnel_orders.py) finds every attempt's steps in vectorised passes over that sorted
-stream, never a Python loop over events.
+"""Funnels over `events_scan`: DuckDB reads the funnel's events once, NumPy sorts them
+(event_order.py), and each order's strategy (funnel_orders.py) finds every attempt's steps in
+vectorised passes over that sorted stream, never a Python loop over events.
 
 Semantics (docs/analytics.md, "Funnels"):
 - A person's events are taken in the order (ts, first step the event satisfies, event_id): at
