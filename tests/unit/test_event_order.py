@@ -1,57 +1,76 @@
-"""Funnels and paths walk events in (key, ts, rank, event id) order while DuckDB sorts only on
-integers (a hash of the key, ts, rank): ties must still come out in event-id order, and two
-keys sharing a hash must not interleave their rows."""
+"""Funnels and paths walk events in (key, ts, rank, event id) order while DuckDB hands the rows
+over unsorted: NumPy must group each key's rows together, order them by (ts, rank) and put
+ties in event-id order, whether the sort packs its keys into one integer or, when they do not
+fit, sorts them one by one."""
 
 from __future__ import annotations
 
-import duckdb
+import itertools
+import random
+
 import numpy as np
 import pyarrow as pa
 
-from services.query.analyses.event_order import HASH, in_event_order
+from services.query.analyses.event_order import in_event_order
+
+Row = tuple[str, int, int, str]
 
 
-def _ordered(table: pa.Table, rank: bool = False) -> list[tuple[str, int, str]]:
-    kwargs = {"rank": np.asarray(table["rank"].to_numpy(), dtype=np.int64)} if rank else {}
-    events = in_event_order(table, key="key", ts="t", event_id="eid", **kwargs)
-    positions = np.arange(events.table.num_rows, dtype=np.int64)
-    keys = events.take("key", positions).to_pylist()
-    return list(
-        zip(keys, events.ints("t").tolist(), events.take("eid", positions).to_pylist(), strict=True)
+def _ordered(rows: list[Row], rank: bool = True) -> list[Row]:
+    table = pa.table(
+        {
+            "key": [r[0] for r in rows],
+            "t": pa.array([r[1] for r in rows], pa.int64()),
+            "rank": [r[2] for r in rows],
+            "eid": [r[3] for r in rows],
+        }
     )
-
-
-def _hash_sorted(rows: list[tuple[str, int, int, str]]) -> pa.Table:
-    """The rows as the analyses' queries return them: sorted by DuckDB on (hash, t, rank)."""
-    con = duckdb.connect()
-    con.register(
-        "rows",
-        pa.table(
-            {
-                "key": [r[0] for r in rows],
-                "t": [r[1] for r in rows],
-                "rank": [r[2] for r in rows],
-                "eid": [r[3] for r in rows],
-            }
-        ),
+    ranks = np.asarray(table["rank"].to_numpy(), dtype=np.int64) if rank else None
+    events = in_event_order(table, key="key", ts="t", event_id="eid", rank=ranks)
+    positions = np.arange(table.num_rows, dtype=np.int64)
+    out = list(
+        zip(
+            events.take("key", positions).to_pylist(),
+            events.t.tolist(),
+            events.take("rank", positions).to_pylist(),
+            events.take("eid", positions).to_pylist(),
+            strict=True,
+        )
     )
-    return con.sql(
-        f"SELECT *, hash(key) AS {HASH} FROM rows ORDER BY {HASH}, t, rank"
-    ).to_arrow_table()
+    # The stream's own view of keys agrees with the strings.
+    same = [a[0] == b[0] for a, b in itertools.pairwise(out)]
+    assert events.same_key.tolist() == same
+    assert events.t.tolist() == events.ints("t").tolist()
+    return out
+
+
+def _grouped_then_sorted(ordered: list[Row], rank: bool = True) -> None:
+    """Each key's rows together, and within a key in (ts, rank, event id) order."""
+    keys = [r[0] for r in ordered]
+    assert keys == sorted(keys, key=keys.index), "a key's rows are not together"
+    for key in set(keys):
+        mine = [r for r in ordered if r[0] == key]
+        expected = sorted(mine, key=lambda r: (r[1], r[2] if rank else 0, r[3]))
+        if rank:
+            assert mine == expected
+        else:
+            assert [(r[1], r[3]) for r in mine] == [(r[1], r[3]) for r in expected]
 
 
 def test_ties_on_key_ts_and_rank_come_in_event_id_order() -> None:
     rows = [
         ("person-a", 10, 1, "evt-9"),
+        ("person-b", 10, 1, "evt-5"),
         ("person-a", 10, 1, "evt-10"),
         ("person-a", 10, 2, "evt-0"),
-        ("person-a", 10, 1, "evt-1"),
-        ("person-b", 10, 1, "evt-5"),
         ("person-b", 10, 1, "evt-3"),
+        ("person-a", 10, 1, "evt-1"),
         ("person-a", 5, 1, "evt-7"),
     ]
-    ordered = _ordered(_hash_sorted(rows), rank=True)
-    by_person = {k: [(t, e) for key, t, e in ordered if key == k] for k in ("person-a", "person-b")}
+    ordered = _ordered(rows)
+    by_person = {
+        k: [(t, e) for key, t, _, e in ordered if key == k] for k in ("person-a", "person-b")
+    }
     # String order of ids: "evt-1" < "evt-10" < "evt-9"; the rank-2 event after all rank-1.
     assert by_person["person-a"] == [
         (5, "evt-7"),
@@ -61,21 +80,41 @@ def test_ties_on_key_ts_and_rank_come_in_event_id_order() -> None:
         (10, "evt-0"),
     ]
     assert by_person["person-b"] == [(10, "evt-3"), (10, "evt-5")]
-    # Each person's rows are together.
-    keys = [k for k, _, _ in ordered]
-    assert keys == sorted(keys, key=keys.index)
+    _grouped_then_sorted(ordered)
 
 
-def test_keys_sharing_a_hash_are_not_interleaved() -> None:
-    # Two keys given one hash (as a 64-bit collision would): sorted by (hash, t) their rows
-    # interleave, and the order falls back to the strings.
-    table = pa.table(
-        {
-            "key": ["b", "a", "b", "a"],
-            "t": [1, 2, 3, 4],
-            "rank": [1, 1, 1, 1],
-            "eid": ["e1", "e2", "e3", "e4"],
-            HASH: pa.array([7, 7, 7, 7], pa.uint64()),
-        }
-    )
-    assert _ordered(table) == [("a", 2, "e2"), ("a", 4, "e4"), ("b", 1, "e1"), ("b", 3, "e3")]
+def test_rows_in_any_order_come_out_in_stream_order() -> None:
+    rng = random.Random(7)
+    rows = [
+        (f"p{rng.randrange(30)}", rng.randrange(50), rng.randrange(4), f"e{i}")
+        for i in range(2_000)
+    ]
+    ordered = _ordered(rows)
+    assert sorted(ordered) == sorted(rows)
+    _grouped_then_sorted(ordered)
+    # Without a rank: (key, ts, event id).
+    _grouped_then_sorted(_ordered(rows, rank=False), rank=False)
+
+
+def test_keys_too_wide_to_pack_into_one_integer_sort_the_same() -> None:
+    # Timestamps 2**62 apart leave no room for the key and rank bits in one int64.
+    rows = [
+        ("b", 2**62, 0, "e1"),
+        ("a", 0, 1, "e2"),
+        ("b", 0, 1, "e3"),
+        ("a", 2**62, 0, "e4"),
+        ("a", 0, 0, "e6"),
+        ("a", 0, 0, "e5"),
+    ]
+    ordered = _ordered(rows)
+    assert [r for r in ordered if r[0] == "a"] == [
+        ("a", 0, 0, "e5"),
+        ("a", 0, 0, "e6"),
+        ("a", 0, 1, "e2"),
+        ("a", 2**62, 0, "e4"),
+    ]
+    _grouped_then_sorted(ordered)
+
+
+def test_no_rows() -> None:
+    assert _ordered([]) == []

@@ -303,10 +303,11 @@ def experiment_data(
         funnel.prepare(con, start_us, end_us, floor_table="experiment_exposures")
         rows = con.execute(
             f"""SELECT x.variant, count(*), count(f.pid) FILTER (WHERE f.reached = {spec.funnel.n})
-                FROM experiment_exposures x LEFT JOIN {funnel.persons} f ON f.pid = x.pid
+                FROM experiment_exposures x
+                LEFT JOIN {funnel.persons_table(con)} f ON f.pid = x.pid
                 GROUP BY x.variant"""
         ).fetchall()
-        con.execute(f"DROP TABLE {funnel.persons}")
+        funnel.drop(con)
         data = []
         for variant, exposed, converted in rows:
             rate = converted / exposed

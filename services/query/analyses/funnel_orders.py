@@ -1,12 +1,13 @@
-"""Funnel attempts as vectorised NumPy passes over each person's events, sorted once by DuckDB
+"""Funnel attempts as vectorised NumPy passes over each person's events, sorted once by
 (person, ts, first step satisfied, event id), the way ClickHouse's `windowFunnel` scans a
 person's events once instead of joining step tables.
 
-Every step is found for all attempts at once: `next_with(k, positions)` is a binary search
-into the sorted positions of step k's events, so a funnel of n steps costs n array passes
-over the attempts, whatever the data. One strategy per order (`ordered`, `strict`,
-`unordered`) over the shared `EventStream`; the semantics are docs/analytics.md's
-("Funnels"), judged by tests/support/reference_analytics.py and the rule tables.
+Every step is found for all attempts at once: `next_step(k, at, person)` is a gather into an
+array giving each position the next position holding step k's event (one backward pass per
+step), so a funnel of n steps costs n array passes over the attempts, whatever the data. One
+strategy per order (`ordered`, `strict`, `unordered`) over the shared `EventStream`; the
+semantics are docs/analytics.md's ("Funnels"), judged by tests/support/reference_analytics.py
+and the rule tables.
 """
 
 from __future__ import annotations
@@ -30,53 +31,72 @@ class EventStream:
 
     def __init__(self, events: EventOrder) -> None:
         self.events = events
-        n = events.table.num_rows
+        n = events.rows.size
         self.size = n
-        self.t: Ints = events.ints("t")
+        columns = events.table.column_names
+        self.t: Ints = events.t
         self.mask: Ints = events.ints("mask")
-        self.xmask: Ints = events.ints("xmask")
-        self.in_sequence: Flags = events.flags("in_sequence")
-        # Dense person keys for this query: persons arrive grouped, so a key is the count of
-        # person changes so far; the string ids are only read back for the persons kept.
-        changed = np.ones(n, dtype=bool)
-        changed[1:] = ~events.same_key
-        self.person: Ints = np.cumsum(changed, dtype=np.int64) - 1
-        # Where each (person, ts) group ends: a repeated identical step needs a later ts.
-        new_group = changed.copy()
-        if n > 1:
-            new_group[1:] |= self.t[1:] != self.t[:-1]
-        starts = np.flatnonzero(new_group)
-        lengths = np.diff(np.append(starts, n))
-        ends = starts + lengths - 1
-        self.group_start: Ints = np.repeat(starts, lengths)
-        self.group_end: Ints = np.repeat(ends, lengths)
-        self._positions: dict[tuple[str, int], Ints] = {}
+        # Without exclusions (or outside a strict funnel) the query leaves these columns out.
+        self.xmask: Ints = events.ints("xmask") if "xmask" in columns else np.zeros(n, np.int64)
+        self.in_sequence: Flags = (
+            events.flags("in_sequence") if "in_sequence" in columns else np.ones(n, dtype=bool)
+        )
+        # Dense person keys for this query, equal for one person's events (which come
+        # together); the string ids are only read back for the persons kept.
+        self.person: Ints = events.key
+        self.persons = int(events.key.max()) + 1 if n else 0
+        self._next: dict[tuple[str, int], Ints] = {}
+        self._group_start: Ints | None = None
+        self._group_end: Ints | None = None
 
-    def _with(self, column: str, bit: int) -> Ints:
-        """Positions of the events with `bit` set in `column`, then `size` as a sentinel."""
-        key = (column, bit)
-        if key not in self._positions:
-            values = self.mask if column == "mask" else self.xmask
-            self._positions[key] = _with_sentinel(np.flatnonzero(values & (1 << bit)), self.size)
-        return self._positions[key]
+    def _groups(self) -> tuple[Ints, Ints]:
+        """Per position, where its (person, ts) group starts and ends: a repeated identical
+        step needs a later ts."""
+        if self._group_start is None or self._group_end is None:
+            n = self.size
+            new_group = np.ones(n, dtype=bool)
+            if n > 1:
+                new_group[1:] = ~self.events.same_key | (self.t[1:] != self.t[:-1])
+            starts = np.flatnonzero(new_group)
+            lengths = np.diff(np.append(starts, n))
+            self._group_start = np.repeat(starts, lengths)
+            self._group_end = np.repeat(starts + lengths - 1, lengths)
+        return self._group_start, self._group_end
 
-    def _next_in(self, positions: Ints, at: Ints, person: Ints) -> Ints:
-        """The first of `positions` at or after `at` of the same person, else -1."""
-        found = positions[np.searchsorted(positions, at)]
+    @property
+    def group_start(self) -> Ints:
+        return self._groups()[0]
+
+    @property
+    def group_end(self) -> Ints:
+        return self._groups()[1]
+
+    def _next_of(self, key: tuple[str, int], hits: Flags) -> Ints:
+        """Per position p (0..size), the first position at or after p where `hits` holds, else
+        `size`: one backward pass, so each later look-up is a single gather."""
+        if key not in self._next:
+            at = np.full(self.size + 1, self.size, dtype=np.int64)
+            at[:-1][hits] = np.flatnonzero(hits)
+            self._next[key] = np.minimum.accumulate(at[::-1])[::-1]
+        return self._next[key]
+
+    def _next_in(self, following: Ints, at: Ints, person: Ints) -> Ints:
+        """The first position `following` gives at or after `at`, if of the same person, else
+        -1."""
+        found = following[np.minimum(at, self.size)]
         ok = (found < self.size) & (self.person[np.minimum(found, self.size - 1)] == person)
         return np.where(ok, found, -1)
 
     def next_step(self, k: int, at: Ints, person: Ints) -> Ints:
-        return self._next_in(self._with("mask", k), at, person)
+        following = self._next_of(("mask", k), (self.mask & (1 << k)) != 0)
+        return self._next_in(following, at, person)
 
     def next_exclusion(self, i: int, at: Ints, person: Ints) -> Ints:
-        return self._next_in(self._with("xmask", i), at, person)
+        following = self._next_of(("xmask", i), (self.xmask & (1 << i)) != 0)
+        return self._next_in(following, at, person)
 
     def next_in_sequence(self, at: Ints, person: Ints) -> Ints:
-        key = ("in_sequence", 0)
-        if key not in self._positions:
-            self._positions[key] = _with_sentinel(np.flatnonzero(self.in_sequence), self.size)
-        return self._next_in(self._positions[key], at, person)
+        return self._next_in(self._next_of(("in_sequence", 0), self.in_sequence), at, person)
 
 
 @dataclass
@@ -119,29 +139,31 @@ class FunnelOrder:
         count = first.size
         person = stream.person[first]
         deadline = stream.t[first] + shape.window_us
-        positions = np.full((count, shape.n), -1, dtype=np.int64)
-        positions[:, 0] = first
-        alive = np.ones(count, dtype=bool)
-        at = first
+        # Step-major: each step's positions are contiguous. Each step looks only at the
+        # attempts still going (`going`, with their position, person and deadline).
+        positions = np.full((shape.n, count), -1, dtype=np.int64)
+        positions[0] = first
+        reached = np.ones(count, dtype=np.int64)
+        going, at, whose, until = np.arange(count), first, person, deadline
         for k in range(1, shape.n):
             if strict:
                 # The very next event of the sequence, which must satisfy step k.
-                found = stream.next_in_sequence(at + 1, person)
-                valid = found >= 0
+                found = stream.next_in_sequence(at + 1, whose)
                 safe = np.maximum(found, 0)
-                valid &= (stream.mask[safe] & (1 << k)) != 0
+                valid = (found >= 0) & ((stream.mask[safe] & (1 << k)) != 0)
                 if shape.repeats_previous[k]:
                     valid &= stream.t[safe] > stream.t[at]
             else:
                 bound = (stream.group_end[at] if shape.repeats_previous[k] else at) + 1
-                found = stream.next_step(k, bound, person)
-                valid = found >= 0
+                found = stream.next_step(k, bound, whose)
                 safe = np.maximum(found, 0)
-            alive &= valid & (stream.t[safe] <= deadline)
-            positions[alive, k] = found[alive]
-            at = np.where(alive, found, at)
-        reached = (positions >= 0).sum(axis=1).astype(np.int64)
-        times = stream.t[np.maximum(positions, 0)]
+                valid = found >= 0
+            valid &= stream.t[safe] <= until
+            going, at, whose, until = going[valid], found[valid], whose[valid], until[valid]
+            positions[k, going] = at
+            reached[going] = k + 1
+        times = stream.t[np.maximum(positions, 0)].T
+        positions = positions.T
         excluded = np.zeros(count, dtype=bool)
         for bit, from_step, to_step in shape.exclusions:
             began = reached >= from_step
@@ -211,32 +233,56 @@ ORDER_STRATEGIES: dict[str, FunnelOrder] = {
 }
 
 
-def best_attempts(stream: EventStream, shape: FunnelShape, attempts: Attempts) -> pa.Table:
-    """One row per person not excluded by any attempt: (pid, reached, t1..tn, bd) of their
-    best attempt, the earliest of those that got furthest; ts past `reached` are NULL."""
-    excluded_persons = np.unique(attempts.person[attempts.excluded])
-    keep = ~np.isin(attempts.person, excluded_persons)
-    person = attempts.person[keep]
-    reached = attempts.reached[keep]
-    first = attempts.first[keep]
-    times = attempts.times[keep]
-    # Attempts come in stream order, so within a person the earliest comes first: a stable
-    # sort on (person, -reached) leaves each person's best attempt at the head of its run.
-    order = np.lexsort((first, -reached, person))
-    person, reached, first, times = person[order], reached[order], first[order], times[order]
+@dataclass(frozen=True)
+class BestAttempts:
+    """One row per person not excluded by any attempt, at their best attempt (the earliest of
+    those that got furthest): how many steps it reached and each step's ts (meaningless past
+    `reached`); `first` is the attempt's first position in the stream."""
+
+    events: EventOrder
+    first: Ints
+    reached: Ints
+    times: Ints  # (persons, n)
+    has_breakdown: bool
+
+    def table(self) -> pa.Table:
+        """(pid, reached, t1..tn, bd) with the ts past `reached` NULL."""
+        columns: dict[str, pa.Array | pa.ChunkedArray] = {
+            "pid": self.events.take("pid", self.first),
+            "reached": pa.array(self.reached),
+        }
+        for k in range(self.times.shape[1]):
+            columns[f"t{k + 1}"] = pa.array(self.times[:, k], mask=self.reached <= k)
+        if self.has_breakdown:
+            columns["bd"] = self.events.take("bd", self.first)
+        else:
+            columns["bd"] = pa.nulls(self.first.size, pa.string())
+        return pa.table(columns)
+
+
+def best_attempts(stream: EventStream, shape: FunnelShape, attempts: Attempts) -> BestAttempts:
+    """Each person's best attempt, persons with an excluded attempt left out."""
+    person = attempts.person
+    excluded = np.zeros(stream.persons, dtype=bool)
+    excluded[person[attempts.excluded]] = True
+    keep = np.flatnonzero(~excluded[person])
+    person, reached = person[keep], attempts.reached[keep]
+    # Attempts come in stream order: grouped by person, the earliest first. The best is the
+    # first of a person's attempts that reached the person's furthest step.
     head = np.ones(person.size, dtype=bool)
     head[1:] = person[1:] != person[:-1]
-    rows = np.flatnonzero(head)
-    picked = first[rows]
-    columns: dict[str, pa.Array | pa.ChunkedArray] = {
-        "pid": stream.events.take("pid", picked),
-        "reached": pa.array(reached[rows]),
-    }
-    for k in range(shape.n):
-        columns[f"t{k + 1}"] = pa.array(times[rows, k], mask=reached[rows] <= k)
-    columns["bd"] = stream.events.take("bd", picked)
-    return pa.table(columns)
-
-
-def _with_sentinel(positions: npt.NDArray[np.intp], size: int) -> Ints:
-    return np.append(positions.astype(np.int64), np.int64(size))
+    heads = np.flatnonzero(head)
+    furthest = np.maximum.reduceat(reached, heads) if heads.size else reached[:0]
+    candidates = np.flatnonzero(
+        reached == np.repeat(furthest, np.diff(np.append(heads, person.size)))
+    )
+    first_candidate = np.ones(candidates.size, dtype=bool)
+    first_candidate[1:] = person[candidates[1:]] != person[candidates[:-1]]
+    rows = keep[candidates[first_candidate]]
+    return BestAttempts(
+        events=stream.events,
+        first=attempts.first[rows],
+        reached=attempts.reached[rows],
+        times=attempts.times[rows],
+        has_breakdown="bd" in stream.events.table.column_names,
+    )

@@ -1,6 +1,6 @@
-"""Funnels over `events_scan`: DuckDB reads and sorts the funnel's events once, and each order's
-strategy (funnel_orders.py) finds every attempt's steps in vectorised passes over that sorted
-stream, never a Python loop over events.
+"""Funnels over `events_scan`: DuckDB reads the funnel's events once, NumPy sorts them
+(event_order.py), and each order's strategy (funnel_orders.py) finds every attempt's steps in
+vectorised passes over that sorted stream, never a Python loop over events.
 
 Semantics (docs/analytics.md, "Funnels"):
 - A person's events are taken in the order (ts, first step the event satisfies, event_id): at
@@ -39,9 +39,10 @@ from services.query.analyses.conditions import (
     event_match_sql,
     needs_persons,
 )
-from services.query.analyses.event_order import HASH, in_event_order
+from services.query.analyses.event_order import Ints, in_event_order
 from services.query.analyses.funnel_orders import (
     ORDER_STRATEGIES,
+    BestAttempts,
     EventStream,
     FunnelShape,
     best_attempts,
@@ -234,6 +235,15 @@ def _names_sql(params: SqlParams, events: set[str]) -> str:
     return "e.name IN (" + ", ".join(params.add(n) for n in sorted(events)) + ")"
 
 
+def first_step(mask: Ints, n: int) -> Ints:
+    """Per event, the first step it satisfies (0-based; `n`: none), which orders events of
+    one person and ts: step events in step order, the others after them."""
+    # The lowest set bit's index is the count of bits below it (no bit: 64, above any step).
+    # (Unsigned: NumPy counts the bits of a negative number's absolute value.)
+    below = np.asarray(np.bitwise_count(((mask & -mask) - 1).view(np.uint64)), dtype=np.int64)
+    return np.minimum(below, n)
+
+
 class FunnelQuery:
     """Builds and runs one funnel's SQL on a scan connection. Temp tables are named with
     `prefix`, so an experiment can run several funnels on one connection."""
@@ -247,64 +257,69 @@ class FunnelQuery:
         # Whether step k (0-based) repeats step k-1 exactly (ordered/strict), or the latest
         # identical earlier step (unordered): it then needs a strictly later timestamp.
         self.repeats_previous = [k > 0 and identical(steps[k], steps[k - 1]) for k in range(spec.n)]
+        self._best: BestAttempts | None = None
+        self._table: str | None = None
 
     # -- events ---------------------------------------------------------------------------
 
     def stream_sql(self, params: SqlParams, floor_table: str | None = None) -> str:
-        """The funnel's events with their step and exclusion bit masks, sorted by (person
-        hash, ts, first step satisfied): the one sort the attempts need, on integers only;
-        `in_event_order` settles the event-id ties."""
+        """The funnel's events with their step and exclusion bit masks, unsorted: NumPy puts
+        them in (person, ts, first step satisfied, event id) order (`in_event_order`). Only the
+        columns the funnel uses are read: `xmask` with exclusions, `in_sequence` for a strict
+        funnel, `bd` with a breakdown, `floor` with a floor table."""
         spec = self.spec
         joins_persons = False
-        masks = []
+        matches = []
         for k, step in enumerate(spec.steps):
-            match = event_match_sql(f"steps[{k}]", step, params)
-            masks.append(f"(CASE WHEN {match} THEN {1 << k} ELSE 0 END)")
+            matches.append(event_match_sql(f"steps[{k}]", step, params))
             joins_persons |= needs_persons(step.conditions)
-        xmasks = []
+        excluding = []
         for i, x in enumerate(spec.exclusions):
-            match = event_match_sql(f"exclusions[{i}]", x.match, params)
-            xmasks.append(f"(CASE WHEN {match} THEN {1 << i} ELSE 0 END)")
+            excluding.append(event_match_sql(f"exclusions[{i}]", x.match, params))
             joins_persons |= needs_persons(x.match.conditions)
-        bd = "NULL::VARCHAR"
+        masks = " | ".join(
+            f"(CASE WHEN {match} THEN {1 << k} ELSE 0 END)" for k, match in enumerate(matches)
+        )
+        columns = ["e.person_id AS pid", "epoch_us(e.ts) AS t", "e.event_id AS eid"]
         if spec.breakdown is not None:
             bd, bd_persons = breakdown_sql("breakdown", spec.breakdown, params)
             joins_persons |= bd_persons
         where = self.scope.where(params)
         excluded_names = {x.match.event for x in spec.exclusions}
+        # The rows kept: a cheap filter on names (read with the day files' columns), then the
+        # events the funnel uses. The conditions are spelled out rather than `mask <> 0` on the
+        # computed mask, which DuckDB would compute twice, once to filter and once to return.
         if spec.order == "strict":
             # The strict sequence: every interactive action of the person.
             names = ", ".join(params.add(name) for name in NON_ACTION_EVENTS)
             in_sequence = f"(NOT e.non_interactive AND e.name NOT IN ({names}))"
-            mask = f"CASE WHEN {in_sequence} THEN {' | '.join(masks)} ELSE 0 END"
-            rows = in_sequence
+            columns.append(f"CASE WHEN {in_sequence} THEN {masks} ELSE 0 END AS mask")
+            keep = [in_sequence]
             if excluded_names:
-                rows = f"({in_sequence} OR {_names_sql(params, excluded_names)})"
-            keep = "in_sequence OR xmask <> 0"
+                keep = [f"({in_sequence} OR {_names_sql(params, excluded_names)})", in_sequence]
         else:
-            in_sequence = "true"
-            mask = " | ".join(masks)
-            rows = _names_sql(params, {s.event for s in spec.steps} | excluded_names)
-            keep = "mask <> 0 OR xmask <> 0"
+            columns.append(f"{masks} AS mask")
+            keep = [_names_sql(params, {s.event for s in spec.steps} | excluded_names), *matches]
+        if excluding:
+            xmasks = (
+                f"(CASE WHEN {match} THEN {1 << i} ELSE 0 END)" for i, match in enumerate(excluding)
+            )
+            columns.append(f"{' | '.join(xmasks)} AS xmask")
+        if spec.order == "strict":
+            columns.append(f"{in_sequence} AS in_sequence")
+        if spec.breakdown is not None:
+            columns.append(f"{bd} AS bd")
         joins = "LEFT JOIN persons pt ON pt.person_id = e.person_id" if joins_persons else ""
-        floor = "NULL::BIGINT"
         if floor_table is not None:
             joins += f" LEFT JOIN {floor_table} f ON f.pid = e.person_id"
-            floor = "f.t_floor"
-        rank = (
-            "CASE "
-            + " ".join(f"WHEN mask & {1 << k} <> 0 THEN {k + 1}" for k in range(spec.n))
-            + f" ELSE {spec.n + 1} END"
-        )
+            columns.append("f.t_floor AS floor")
+        prefilter, *uses = keep
+        if uses or excluding:
+            prefilter += " AND (" + " OR ".join(f"({t})" for t in [*uses, *excluding]) + ")"
         return f"""
-            SELECT pid, hash(pid) AS {HASH}, t, eid, mask, xmask, in_sequence, bd, floor FROM (
-                SELECT e.person_id AS pid, epoch_us(e.ts) AS t, e.event_id AS eid,
-                       {mask} AS mask, {" | ".join(xmasks) or "0"} AS xmask,
-                       {in_sequence} AS in_sequence, {bd} AS bd, {floor} AS floor
-                FROM events_scan e {joins}
-                WHERE {where} AND {rows}
-            ) WHERE {keep}
-            ORDER BY {HASH}, t, {rank}"""
+            SELECT {", ".join(columns)}
+            FROM events_scan e {joins}
+            WHERE {where} AND {prefilter}"""
 
     def shape(self) -> FunnelShape:
         spec = self.spec
@@ -336,37 +351,57 @@ class FunnelQuery:
         end_us: int,
         floor_table: str | None = None,
     ) -> None:
-        """Build `<prefix>_persons(pid, reached, t1..tn, bd)`: every non-excluded person with
-        an attempt starting in [start_us, end_us) (and at or after their `floor_table.t_floor`
-        when given), at their best attempt."""
+        """Find every non-excluded person with an attempt starting in [start_us, end_us) (and
+        at or after their `floor_table.t_floor` when given), at their best attempt: (pid,
+        reached, t1..tn, bd), kept in memory for `counts` and `time_to_convert` and as the temp
+        table `persons_table` names once asked for."""
         params = SqlParams()
         sql = self.stream_sql(params, floor_table)
         table: pa.Table = con.sql(sql, params=params.values).to_arrow_table()
         mask = np.asarray(table["mask"].to_numpy(), dtype=np.int64)
-        # Equal lowest set bits: the same first step satisfied (0: none).
-        events = in_event_order(table, key="pid", ts="t", event_id="eid", rank=mask & -mask)
+        events = in_event_order(
+            table, key="pid", ts="t", event_id="eid", rank=first_step(mask, self.spec.n)
+        )
         stream = EventStream(events)
         starts = (stream.t >= start_us) & (stream.t < end_us)
         if floor_table is not None:
-            # A person's floor: the same on all their rows, so the event-id order of ties
-            # (which moves rows only within one person and ts) leaves this as it is.
-            table = events.table
-            at_floor = pc.fill_null(pc.greater_equal(table["t"], table["floor"]), False)
-            starts &= np.asarray(at_floor.to_numpy(zero_copy_only=False), dtype=bool)
+            # No floor (NULL): no attempt starts.
+            floor = pc.fill_null(table["floor"], np.iinfo(np.int64).max)
+            starts &= stream.t >= np.asarray(floor.to_numpy(), dtype=np.int64)[events.rows]
         shape = self.shape()
         attempts = ORDER_STRATEGIES[self.spec.order].attempts(stream, shape, starts)
-        persons = best_attempts(stream, shape, attempts)
-        con.register(f"{self.persons}_arrow", persons)
-        try:
-            con.execute(
-                f"CREATE OR REPLACE TEMP TABLE {self.persons} AS SELECT * FROM {self.persons}_arrow"
-            )
-        finally:
-            con.unregister(f"{self.persons}_arrow")
+        self.drop(con)
+        self._best = best_attempts(stream, shape, attempts)
 
-    def _counts_sql(self, by_breakdown: bool) -> str:
-        """Persons per step and the times from the step before: in total, or per breakdown
-        value (ranked by step-1 persons)."""
+    def _prepared(self) -> BestAttempts:
+        if self._best is None:
+            raise RuntimeError("prepare the funnel first")
+        return self._best
+
+    def persons_table(self, con: duckdb.DuckDBPyConnection) -> str:
+        """The name of a temp table holding `prepare`'s persons (pid, reached, t1..tn, bd),
+        created on the first call."""
+        if self._table is None:
+            con.register(f"{self.persons}_arrow", self._prepared().table())
+            try:
+                con.execute(
+                    f"CREATE OR REPLACE TEMP TABLE {self.persons}"
+                    f" AS SELECT * FROM {self.persons}_arrow"
+                )
+            finally:
+                con.unregister(f"{self.persons}_arrow")
+            self._table = self.persons
+        return self._table
+
+    def drop(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Drop the persons table if `persons_table` made one."""
+        if self._table is not None:
+            con.execute(f"DROP TABLE IF EXISTS {self._table}")
+            self._table = None
+
+    def _breakdown_sql(self, table: str) -> str:
+        """Persons per step and the times from the step before, per breakdown value (ranked by
+        step-1 persons)."""
         cols = []
         for k in range(self.spec.n):
             cols.append(f"count(*) FILTER (WHERE reached >= {k + 1}) AS c{k + 1}")
@@ -374,11 +409,7 @@ class FunnelQuery:
                 gap = f"(t{k + 1} - t{k}) / 1e6"
                 cols.append(f"median({gap}) FILTER (WHERE reached >= {k + 1}) AS m{k + 1}")
                 cols.append(f"avg({gap}) FILTER (WHERE reached >= {k + 1}) AS a{k + 1}")
-        if by_breakdown:
-            return (
-                f"SELECT bd, {', '.join(cols)} FROM {self.persons} GROUP BY bd ORDER BY c1 DESC, bd"
-            )
-        return f"SELECT NULL AS bd, {', '.join(cols)} FROM {self.persons}"
+        return f"SELECT bd, {', '.join(cols)} FROM {table} GROUP BY bd ORDER BY c1 DESC, bd"
 
     def _counts_of(self, row: tuple[Any, ...]) -> FunnelCounts:
         stats = [StepStats(int(row[1]), None, None)]
@@ -390,14 +421,22 @@ class FunnelQuery:
 
     def counts(self, con: duckdb.DuckDBPyConnection) -> tuple[FunnelCounts, list[Any], bool]:
         """Total counts, per-breakdown-value counts (top values) and whether values were cut."""
-        # fetchall, not fetchone: a result left unfinished blocks the connection's next
-        # `con.sql` (DuckDB refuses other work on it until the result is read out).
-        (total_row,) = con.execute(self._counts_sql(by_breakdown=False)).fetchall()
-        total = self._counts_of(total_row)
+        best = self._prepared()
+        stats = []
+        for k in range(self.spec.n):
+            reached = best.reached >= k + 1
+            count = int(np.count_nonzero(reached))
+            if k == 0 or not count:
+                stats.append(StepStats(count, None, None))
+                continue
+            gaps = (best.times[reached, k] - best.times[reached, k - 1]) / 1e6
+            stats.append(StepStats(count, float(np.median(gaps)), float(np.mean(gaps))))
+        total = FunnelCounts(stats)
         breakdown: list[tuple[str, FunnelCounts]] = []
         truncated = False
         if self.spec.breakdown is not None:
-            rows = con.execute(self._counts_sql(by_breakdown=True)).fetchall()
+            sql = self._breakdown_sql(self.persons_table(con))
+            rows = con.execute(sql).fetchall()
             truncated = len(rows) > self.spec.breakdown_limit
             breakdown = [(r[0], self._counts_of(r)) for r in rows[: self.spec.breakdown_limit]]
         return total, breakdown, truncated
@@ -407,35 +446,30 @@ class FunnelQuery:
     ) -> TimeToConvert:
         """The histogram of (t_to - t_from) over persons who reached `to_step`: equal bins of
         whole seconds from the shortest time, the last bin holding the longest."""
-        seconds = f"(t{to_step} - t{from_step}) / 1e6"
-        where = f"reached >= {to_step}"
-        ((persons, avg_s, median_s, shortest, longest),) = con.execute(
-            f"SELECT count(*), avg({seconds}), median({seconds}), min({seconds}), max({seconds})"
-            f" FROM {self.persons} WHERE {where}"
-        ).fetchall()
+        best = self._prepared()
+        reached = best.reached >= to_step
+        seconds = (best.times[reached, to_step - 1] - best.times[reached, from_step - 1]) / 1e6
+        persons = int(seconds.size)
         if not persons:
             return TimeToConvert(from_step, to_step, 0, None, None, [])
+        shortest, longest = float(seconds.min()), float(seconds.max())
         count = bins or min(AUTO_TIME_BINS, max(1, math.ceil(math.sqrt(persons))))
         lo = math.floor(shortest)
         width = max(1, math.ceil((math.floor(longest) + 1 - lo) / count))
         count = min(count, max(1, math.ceil((math.floor(longest) + 1 - lo) / width)))
-        counted = dict(
-            con.execute(
-                f"SELECT least(CAST(floor(({seconds} - {lo}) / {width}) AS BIGINT), {count - 1})"
-                f" AS b, count(*) FROM {self.persons} WHERE {where} GROUP BY b"
-            ).fetchall()
-        )
+        which = np.minimum(np.floor((seconds - lo) / width).astype(np.int64), count - 1)
+        counted = np.bincount(which, minlength=count)
         return TimeToConvert(
             from_step=from_step,
             to_step=to_step,
-            persons=int(persons),
-            avg_s=float(avg_s),
-            median_s=float(median_s),
+            persons=persons,
+            avg_s=float(np.mean(seconds)),
+            median_s=float(np.median(seconds)),
             bins=[
                 ConversionBin(
                     from_s=float(lo + i * width),
                     to_s=float(lo + (i + 1) * width),
-                    persons=int(counted.get(i, 0)),
+                    persons=int(counted[i]),
                 )
                 for i in range(count)
             ],
@@ -457,8 +491,9 @@ class FunnelQuery:
         if page.cursor is not None and not everyone:
             terms.append(f"pid > {params.add(decode_cursor(page.cursor))}")
         limit = "" if everyone else f" LIMIT {page.limit + 1}"
+        table = self.persons_table(con)
         rows = con.execute(
-            f"SELECT pid FROM {self.persons} WHERE {' AND '.join(terms)} ORDER BY pid{limit}",
+            f"SELECT pid FROM {table} WHERE {' AND '.join(terms)} ORDER BY pid{limit}",
             params.values,
         ).fetchall()
         ids = [r[0] for r in rows]
@@ -490,5 +525,5 @@ def run_funnel(
     persons, cursor = (None, None)
     if page is not None:
         persons, cursor = query.person_ids(con, page)
-    con.execute(f"DROP TABLE IF EXISTS {query.persons}")
+    query.drop(con)
     return FunnelResult(total, breakdown, truncated, persons, cursor, histogram)

@@ -1,5 +1,5 @@
-"""Paths (user journeys within sessions) over `events_scan`: DuckDB reads the path events sorted
-by (session, ts, event id) once (on integers, `event_order`), and one vectorised NumPy pass
+"""Paths (user journeys within sessions) over `events_scan`: DuckDB reads the path events once,
+NumPy puts them in (session, ts, event id) order (`event_order`), and one vectorised pass
 collapses repeats, cuts each session's path and counts nodes and edges.
 
 Semantics (docs/analytics.md, "Paths"): a session's path is its pageviews (cleaned path) and/or
@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from libs.common.rollup_keys import NONE_VALUE
 from libs.common.schemas.events_v1 import PAGEVIEW
 from services.query.analyses.conditions import EventScope, check_regex, check_replacement
-from services.query.analyses.event_order import HASH, EventOrder, in_event_order
+from services.query.analyses.event_order import EventOrder, in_event_order
 from services.query.analyses.requests import (
     CleaningRule,
     PathsRequest,
@@ -176,10 +176,9 @@ def run_paths(
     kinds = _type_sql(spec, params)
     table: pa.Table = con.sql(
         f"""SELECT {key} AS sid, e.person_id AS pid, epoch_us(e.ts) AS t, e.event_id AS eid,
-                   hash({key}) AS {HASH}, {label} AS label
+                   {label} AS label
             FROM events_scan e
-            WHERE {where} AND NOT e.non_interactive AND {kinds}
-            ORDER BY {HASH}, t""",
+            WHERE {where} AND NOT e.non_interactive AND {kinds}""",
         params=params.values,
     ).to_arrow_table()
     events = in_event_order(table, key="sid", ts="t", event_id="eid")
@@ -248,8 +247,7 @@ def session_paths(
     n = events.table.num_rows
     person, _ = _codes(events.table["pid"])
     label, labels = _codes(events.table["label"])
-    if events.rows is not None:
-        person, label = person[events.rows], label[events.rows]
+    person, label = person[events.rows], label[events.rows]
     t = events.ints("t")
     # Sessions arrive grouped: a run starts where the key changes.
     new_run = np.ones(n, dtype=bool)
