@@ -104,7 +104,7 @@ class HotRows:
         self._erasures: dict[str, _Erasures] = {}
         self.nbytes = 0  # bytes of the cached rows
         self.rows_copied = 0  # since start (tests, metrics)
-        self.reloads = 0  # cached days read again after an erasure touched them
+        self.reloads = 0  # cached days dropped after a deletion (erasure, tier move) touched them
 
     @property
     def cached_rows(self) -> int:
