@@ -171,7 +171,7 @@ class QuerySettings(CommonSettings, frozen=True, kw_only=True):
     day_file_cache_bytes: int = 2 * 1024**3  # local copies of day files kept, LRU beyond it
     duckdb_threads: int = 2  # threads of the process's one DuckDB instance, all scans together
     duckdb_memory_limit: str = "1GB"
-    hot_rows_cached: int = 500_000  # rows of days without day files kept between scans
+    hot_rows_cache_bytes: int = 512 * 1024**2  # rows of days without day files kept, LRU
     oci_config_file: str = "~/.oci/config"
     oci_profile: str = "DEFAULT"
     oci_auth: str = "config"

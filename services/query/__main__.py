@@ -67,7 +67,7 @@ def _scan_engine(settings: QuerySettings, store: ObjectStore) -> ScanEngine:
         DayFileCache(Path(cache_dir), settings.day_file_cache_bytes, store),
         threads=settings.duckdb_threads,
         memory_limit=settings.duckdb_memory_limit,
-        hot_rows_cached=settings.hot_rows_cached,
+        hot_rows_cache_bytes=settings.hot_rows_cache_bytes,
         temp_directory=str(Path(settings.data_dir) / "duckdb-tmp"),
     )
 

@@ -230,7 +230,7 @@ def _build_view(
     con: duckdb.DuckDBPyConnection,
     *,
     paths: list[str],
-    hot: pa.Table,
+    hot: Sequence[pa.Table],
     aliases: pa.Table,
     persons: pa.Table | None,
     start: datetime,
@@ -239,9 +239,13 @@ def _build_view(
     erased: frozenset[str] = frozenset(),
 ) -> None:
     columns = ", ".join(STORED_COLUMNS)
-    con.register("strata_hot_rows", hot)
     con.register("strata_aliases", aliases)
-    sources = [f"SELECT {columns} FROM strata_hot_rows"]
+    sources = []
+    # PostgreSQL's rows come as a few tables, one per column encoding (services/query/
+    # compact_rows.py): DuckDB reads each as it is.
+    for number, table in enumerate(hot):
+        con.register(f"strata_hot_rows_{number}", table)
+        sources.append(f"SELECT {columns} FROM strata_hot_rows_{number}")
     if paths:
         files = "[" + ", ".join(_sql_string(p) for p in paths) + "]"
         # union_by_name: parts written before a column was added read it as NULL.
@@ -330,7 +334,7 @@ async def open_scan(
                 _build_view,
                 con,
                 paths=[str(p) for p in paths],
-                hot=hot.table,
+                hot=hot.tables,
                 aliases=aliases,
                 persons=persons,
                 start=start,
@@ -347,7 +351,7 @@ async def open_scan(
         raise
     tiers = []
     if plan.hot_days or plan.late:
-        tiers.append(TierRead("hot", hot.table.num_rows, round(hot_ms, 3)))
+        tiers.append(TierRead("hot", hot.num_rows, round(hot_ms, 3)))
     if plan.file_parts:
         tiers.append(TierRead("cold", sum(p.rows or 0 for p in plan.file_parts), round(cold_ms, 3)))
     return EventScan(

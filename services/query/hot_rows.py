@@ -1,26 +1,36 @@
-"""The rows a scan reads from PostgreSQL: whole days without day files (today, usually, and
-yesterday until it is exported) and the late rows of days with files.
+"""The rows a scan reads from PostgreSQL: whole days without day files (today, usually, every
+day right after a backfill until its first export) and the late rows of days with files.
 
-Days without files are kept in memory between scans, by the watermark scheme of the exports:
-in one REPEATABLE READ snapshot, rows below the snapshot's xmin are final and join the cache,
-rows at or above it may belong to transactions still running and serve this scan only, and the
-next scan reads only rows at or past the cached watermark. Rows are never updated, but they can
-be deleted (erasure): each scan counts the day's rows below the watermark, an exact check since
-no new row can get an xid below it, and reloads the day when the count differs. A busy day then
-costs a count and a few new rows instead of copying every row again (43k rows: ~130 ms).
+Days without files are kept in memory between scans, compactly (services/query/compact_rows.py:
+text columns dictionary-encoded; 57 bytes a row for bench.tiers' events instead of 153 plain)
+and within a byte budget, least recently used days dropped first. They are kept current by the
+watermark scheme of the exports: in one REPEATABLE READ snapshot, rows below the snapshot's xmin
+are final and join the cache, rows at or above it may belong to transactions still running and
+serve this scan only, and the next scan reads only rows at or past the cached watermark.
+
+Rows are never updated, and deleted only by statements that leave a trace in the same
+transaction, which each scan reads in its snapshot instead of counting every cached row again
+(counting costs PostgreSQL ~0.25 s of CPU per million cached rows, at every scan):
+- an erasure records the UTC days it deleted rows from (`erasure_requests.hot_days`): a cached
+  day that a request unseen by its rows touched is read again;
+- the cold move and retention record the days they deleted rows from in `day_tiers`: such a day
+  is never cached (its rows are read from PostgreSQL each time; it normally has day files and is
+  not a hot day at all);
+- a dropped partition leaves no row to read.
 
 A scan's cost follows the days that hold rows, never the calendar: only days whose `events`
 partition exists are read or cached (a range from 1970 reads the few partitions there are),
-consecutive uncached days are read as one range, and the statements are cut into pieces of
-at most `_BRANCHES_PER_STATEMENT` terms (PostgreSQL parses a long UNION ALL recursively).
+consecutive days are read as one range, and the statements are cut into pieces of at most
+`_BRANCHES_PER_STATEMENT` terms (PostgreSQL parses a long UNION ALL recursively) and of at most
+`_DAYS_PER_COPY` uncached days (their plain rows are compacted before the next piece is read).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
 import asyncpg
 import pyarrow as pa
@@ -34,9 +44,10 @@ from libs.common.day_files.postgres_rows import (
     fetch_rows,
     literal,
 )
+from services.query.compact_rows import append, compact
 
-_MAX_CHUNKS = 16
 _BRANCHES_PER_STATEMENT = 200
+_DAYS_PER_COPY = 7
 # The UTC days whose partition of `events` exists (partitions are named events_YYYYMMDD).
 _PARTITION_DAYS = """
 SELECT to_date(substr(c.relname, 8), 'YYYYMMDD') AS day
@@ -47,34 +58,65 @@ WHERE i.inhparent = 'events'::regclass AND c.relname ~ '^events_[0-9]{8}$'
 LateRange = tuple[datetime, datetime, int]  # [lo, hi) with inserted_xid >= the third
 
 
+@dataclass(frozen=True)
+class _Erasures:
+    """A project's erasure requests as one snapshot sees them."""
+
+    version: tuple[int, int]  # (count, newest id): requests are only ever inserted
+    days: dict[int, frozenset[date]]  # request id -> the UTC days it deleted rows from
+    ids: frozenset[int]  # the requests (an entry read in this snapshot holds this very set)
+
+    def touched_since(self, seen: frozenset[int], day: date) -> bool:
+        """Whether a request not in `seen` deleted rows of `day`."""
+        if seen is self.ids:
+            return False
+        return any(day in self.days[request] for request in self.ids - seen)
+
+
 @dataclass
 class _CachedDay:
-    rows: pa.Table  # every row of the day with inserted_xid < watermark, bots included
+    rows: pa.Table  # every row of the day with inserted_xid < watermark, bots included; compact
     watermark: int
+    erasures: frozenset[int]  # the project's erasure requests the rows reflect
+    nbytes: int
 
 
 @dataclass
 class HotRead:
-    """Rows for a scan, and how many of them were copied from PostgreSQL for it."""
+    """Rows for a scan (tables of one schema each, to be read as their union), and how many of
+    them were copied from PostgreSQL for it."""
 
-    table: pa.Table
+    tables: list[pa.Table]
     rows_copied: int
+
+    @property
+    def num_rows(self) -> int:
+        return sum(t.num_rows for t in self.tables)
 
 
 class HotRows:
-    """Reads a scan's PostgreSQL rows; caches days without files, at most `max_rows` rows."""
+    """Reads a scan's PostgreSQL rows; caches days without files within `max_bytes`."""
 
-    def __init__(self, columns: Sequence[str], *, max_rows: int = 500_000) -> None:
+    def __init__(self, columns: Sequence[str], *, max_bytes: int = 512 * 1024**2) -> None:
         self.columns = tuple(columns)
-        self.max_rows = max_rows
+        self.max_bytes = max_bytes
         self._days: OrderedDict[tuple[str, date], _CachedDay] = OrderedDict()
+        self._erasures: dict[str, _Erasures] = {}
+        self.nbytes = 0  # bytes of the cached rows
         self.rows_copied = 0  # since start (tests, metrics)
-        self.reloads = 0  # days found changed below their watermark (deletions)
+        self.reloads = 0  # cached days dropped after a deletion (erasure, tier move) touched them
+
+    @property
+    def cached_rows(self) -> int:
+        return sum(entry.rows.num_rows for entry in self._days.values())
+
+    def cached_days(self, project_id: str) -> list[date]:
+        return sorted(day for project, day in self._days if project == project_id)
 
     def forget(self, project_id: str) -> None:
         """Drop a project's cached days; the next scan copies them again."""
         for key in [k for k in self._days if k[0] == project_id]:
-            del self._days[key]
+            self._drop(key)
 
     def empty(self) -> pa.Table:
         return event_schema(self.columns).empty_table()
@@ -87,46 +129,74 @@ class HotRows:
         late: Sequence[LateRange],
     ) -> HotRead:
         """Every row of `days` (whole UTC days) and the late rows of `late`."""
+        # Days with files are no longer read whole: their cached rows only take room.
+        for lo, _, _ in late:
+            self._drop((project_id, lo.astimezone(UTC).date()))
         if not days and not late:
-            return HotRead(self.empty(), 0)
+            return HotRead([self.empty()], 0)
         project = literal(ProjectId(project_id))
+        columns = (*self.columns, "inserted_xid")
+        out: list[pa.Table] = []
+        copied = 0
         async with pool.acquire() as conn:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 # The first statement fixes the snapshot every read below uses.
                 xmin: int = await conn.fetchval(
                     "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
                 )
+                cached: dict[date, _CachedDay | None] = {}
+                uncacheable: set[date] = set()
+                erasures = _Erasures((0, 0), {}, frozenset())
                 if days:
                     # Only days with a partition can hold rows; a partition created after
                     # this point holds no row this snapshot sees.
                     stored = {r["day"] for r in await conn.fetch(_PARTITION_DAYS)}
+                    for day in days:
+                        if day not in stored:
+                            self._drop((project_id, day))
                     days = [d for d in days if d in stored]
-                cached = {d: self._days.get((project_id, d)) for d in days}
-                changed = await self._changed_days(conn, project, cached)
-                for day in changed:
-                    cached[day] = None
-                branches = []
-                for lo, hi in _runs([d for d in days if cached[d] is None]):
-                    branches.append(
+                if days:
+                    erasures = await self._project_erasures(conn, project_id)
+                    uncacheable = await _days_with_deletions(conn, project_id, days)
+                    for day in days:
+                        entry = self._days.get((project_id, day))
+                        if entry is not None and (
+                            day in uncacheable or erasures.touched_since(entry.erasures, day)
+                        ):
+                            self._drop((project_id, day))
+                            self.reloads += 1
+                            entry = None
+                        cached[day] = entry
+                seen = erasures.ids
+                # Uncached days in pieces, each compacted before the next is read.
+                for piece in _pieces([d for d in days if cached[d] is None]):
+                    where = [
                         f"e.project_id = {project} AND e.ts >= {literal(lo)}"
                         f" AND e.ts < {literal(hi)}"
+                        for lo, hi in _runs(piece)
+                    ]
+                    rows = await fetch_rows(
+                        conn, " UNION ALL ".join(event_query(columns, w) for w in where), columns
                     )
-                for day in days:
-                    entry = cached[day]
-                    if entry is None:
-                        continue
-                    start, end = day_bounds(day)
+                    copied += rows.num_rows
+                    out.extend(
+                        self._remember(project_id, piece, cached, rows, xmin, seen, uncacheable)
+                    )
+                # Cached days: only rows at or past their watermark, read by runs of days from
+                # the run's lowest watermark (rows the cache holds are skipped below).
+                branches = []
+                for run in _consecutive([d for d in days if cached[d] is not None]):
+                    lo, hi = day_bounds(run[0])[0], day_bounds(run[-1])[1]
+                    since = min(entry.watermark for d in run if (entry := cached[d]) is not None)
                     branches.append(
-                        f"e.project_id = {project} AND e.ts >= {literal(start)}"
-                        f" AND e.ts < {literal(end)}"
-                        f" AND e.inserted_xid >= {literal(entry.watermark)}"
+                        f"e.project_id = {project} AND e.ts >= {literal(lo)}"
+                        f" AND e.ts < {literal(hi)} AND e.inserted_xid >= {literal(since)}"
                     )
                 for lo, hi, min_xid in late:
                     branches.append(
                         f"e.project_id = {project} AND e.ts >= {literal(lo)}"
                         f" AND e.ts < {literal(hi)} AND e.inserted_xid >= {literal(min_xid)}"
                     )
-                columns = (*self.columns, "inserted_xid")
                 pieces = [
                     await fetch_rows(
                         conn,
@@ -135,37 +205,35 @@ class HotRows:
                     )
                     for chunk in _chunks(branches)
                 ]
-                copied = pa.concat_tables(pieces) if pieces else event_schema(columns).empty_table()
-        self.rows_copied += copied.num_rows
-        self.reloads += len(changed)
-        tables = self._remember(project_id, days, cached, copied, xmin)
-        late_tables = [self._late_rows(copied, late, days)] if late else []
-        if not tables and not late_tables:
-            return HotRead(self.empty(), copied.num_rows)
-        return HotRead(
-            pa.concat_tables([*tables, *late_tables]).select(list(self.columns)),
-            copied.num_rows,
-        )
+                rows = pa.concat_tables(pieces) if pieces else event_schema(columns).empty_table()
+                copied += rows.num_rows
+                again = [d for d in days if cached[d] is not None]
+                out.extend(self._remember(project_id, again, cached, rows, xmin, seen, uncacheable))
+                if late:
+                    out.append(_rows_outside(rows, again).drop_columns(["inserted_xid"]))
+        self.rows_copied += copied
+        self._trim()
+        return HotRead(_by_schema(out) or [self.empty()], copied)
 
-    async def _changed_days(
-        self, conn: asyncpg.Connection, project: str, cached: dict[date, _CachedDay | None]
-    ) -> list[date]:
-        """Cached days whose rows below the watermark are no longer exactly the cached ones."""
-        checks = []
-        for day, entry in cached.items():
-            if entry is None:
-                continue
-            start, end = day_bounds(day)
-            checks.append(
-                f"SELECT {literal(day)} AS day, {entry.rows.num_rows} AS cached, count(*) AS now"
-                f" FROM events e WHERE e.project_id = {project} AND e.ts >= {literal(start)}"
-                f" AND e.ts < {literal(end)} AND e.inserted_xid < {literal(entry.watermark)}"
-            )
-        changed: list[date] = []
-        for chunk in _chunks(checks):
-            rows = await conn.fetch(" UNION ALL ".join(chunk))
-            changed.extend(r["day"] for r in rows if r["cached"] != r["now"])
-        return changed
+    async def _project_erasures(self, conn: asyncpg.Connection, project_id: str) -> _Erasures:
+        """The project's erasure requests in this snapshot (re-read when their count or the
+        newest id changed)."""
+        row = await conn.fetchrow(
+            "SELECT count(*) AS n, coalesce(max(id), 0) AS newest FROM erasure_requests"
+            " WHERE project_id = $1",
+            project_id,
+        )
+        version = (int(row["n"]), int(row["newest"]))
+        known = self._erasures.get(project_id)
+        if known is not None and known.version == version:
+            return known
+        requests = await conn.fetch(
+            "SELECT id, hot_days FROM erasure_requests WHERE project_id = $1", project_id
+        )
+        days = {r["id"]: frozenset(r["hot_days"]) for r in requests}
+        fresh = _Erasures(version, days, frozenset(days))
+        self._erasures[project_id] = fresh
+        return fresh
 
     def _remember(
         self,
@@ -174,59 +242,126 @@ class HotRows:
         cached: dict[date, _CachedDay | None],
         copied: pa.Table,
         xmin: int,
+        erasures: frozenset[int],
+        uncacheable: set[date],
     ) -> list[pa.Table]:
         """Fold the copied rows of whole days into the cache; the rows of those days."""
-        if not days:
-            return []
-        day_of_row = pc.cast(copied.column("ts"), pa.date32())
-        final = pc.less(copied.column("inserted_xid"), xmin)
         out = []
-        for day in days:
-            in_day = pc.equal(day_of_row, pa.scalar(day, pa.date32()))
-            new_final = copied.filter(pc.and_(in_day, final))
-            pending = copied.filter(pc.and_(in_day, pc.invert(final)))
-            entry = cached[day]
-            base = [entry.rows] if entry is not None else []
-            rows = pa.concat_tables([*base, new_final])
-            if rows.column(0).num_chunks > _MAX_CHUNKS:
-                rows = rows.combine_chunks()  # one chunk per scan would slow DuckDB down
-            watermark = max(xmin, entry.watermark if entry is not None else 0)
+        for day, rows in _split_by_day(copied, days).items():
             key = (project_id, day)
-            self._days[key] = _CachedDay(rows, watermark)
-            self._days.move_to_end(key)
-            out.append(rows)
+            entry = cached[day]
+            if day in uncacheable:
+                out.append(rows.drop_columns(["inserted_xid"]))
+                continue
+            if entry is not None:
+                # Read from the run's lowest watermark: skip what this day already holds.
+                rows = rows.filter(pc.greater_equal(rows.column("inserted_xid"), entry.watermark))
+                if rows.num_rows == 0:
+                    # No row of the day at or past its watermark: it holds every row below
+                    # this snapshot's xmin. (A new entry: a concurrent scan may hold the old.)
+                    self._keep(
+                        key,
+                        _CachedDay(entry.rows, max(xmin, entry.watermark), erasures, entry.nbytes),
+                    )
+                    out.append(entry.rows)
+                    continue
+            xids = rows.column("inserted_xid")
+            final = rows.filter(pc.less(xids, xmin)).drop_columns(["inserted_xid"])
+            pending = rows.filter(pc.greater_equal(xids, xmin)).drop_columns(["inserted_xid"])
+            if entry is None:
+                kept, watermark = compact(final), xmin
+            else:
+                kept, watermark = append(entry.rows, final), max(xmin, entry.watermark)
+            # Every buffer is the table's own (encoded or filtered, never sliced): this is
+            # what it holds, and cheaper to compute than `nbytes`.
+            self._keep(key, _CachedDay(kept, watermark, erasures, kept.get_total_buffer_size()))
+            out.append(kept)
             if pending.num_rows:
                 out.append(pending)
-        self._trim()
         return out
 
-    def _late_rows(
-        self, copied: pa.Table, late: Sequence[LateRange], days: Sequence[date]
-    ) -> pa.Table:
-        """The copied rows that came from the late ranges (days with files)."""
-        if not days:
-            return copied
-        day_of_row = pc.cast(copied.column("ts"), pa.date32())
-        whole_days = pa.array(list(days), pa.date32())
-        return copied.filter(pc.invert(pc.is_in(day_of_row, value_set=whole_days)))
+    def _keep(self, key: tuple[str, date], entry: _CachedDay) -> None:
+        """Cache `entry` as the most recently used, in place of the day's previous one."""
+        self._drop(key)
+        self._days[key] = entry
+        self.nbytes += entry.nbytes
+
+    def _drop(self, key: tuple[str, date]) -> None:
+        entry = self._days.pop(key, None)
+        if entry is not None:
+            self.nbytes -= entry.nbytes
 
     def _trim(self) -> None:
-        total = sum(entry.rows.num_rows for entry in self._days.values())
-        while total > self.max_rows and self._days:
+        while self.nbytes > self.max_bytes and self._days:
             _, dropped = self._days.popitem(last=False)
-            total -= dropped.rows.num_rows
+            self.nbytes -= dropped.nbytes
+
+
+async def _days_with_deletions(
+    conn: asyncpg.Connection, project_id: str, days: Sequence[date]
+) -> set[date]:
+    """Days of `days` a tier move (cold, retention) deleted rows from."""
+    rows = await conn.fetch(
+        "SELECT day FROM day_tiers WHERE project_id = $1 AND day = ANY($2::date[])",
+        project_id,
+        list(days),
+    )
+    return {r["day"] for r in rows}
+
+
+def _split_by_day(rows: pa.Table, days: Sequence[date]) -> dict[date, pa.Table]:
+    """The rows of each of `days` (an empty table for a day without rows)."""
+    if rows.num_rows == 0:
+        return {day: rows for day in days}
+    day_of_row = pc.cast(rows.column("ts"), pa.date32())
+    present = set(pc.unique(day_of_row).to_pylist())
+    none = rows.slice(0, 0)
+    return {
+        day: rows.filter(pc.equal(day_of_row, pa.scalar(day, pa.date32())))
+        if day in present
+        else none
+        for day in days
+    }
+
+
+def _rows_outside(rows: pa.Table, days: Sequence[date]) -> pa.Table:
+    """The rows not of `days` (those of the late ranges)."""
+    if not days or rows.num_rows == 0:
+        return rows
+    day_of_row = pc.cast(rows.column("ts"), pa.date32())
+    whole_days = pa.array(list(days), pa.date32())
+    return rows.filter(pc.invert(pc.is_in(day_of_row, value_set=whole_days)))
+
+
+def _by_schema(tables: Iterable[pa.Table]) -> list[pa.Table]:
+    """Non-empty tables of one schema joined into one (zero-copy), one table per schema."""
+    groups: dict[pa.Schema, list[pa.Table]] = {}
+    for table in tables:
+        if table.num_rows:
+            groups.setdefault(table.schema, []).append(table)
+    return [pa.concat_tables(group) for group in groups.values()]
+
+
+def _consecutive(days: Sequence[date]) -> list[list[date]]:
+    """Runs of consecutive days."""
+    runs: list[list[date]] = []
+    for day in sorted(days):
+        if runs and (day - runs[-1][-1]).days == 1:
+            runs[-1].append(day)
+        else:
+            runs.append([day])
+    return runs
 
 
 def _runs(days: Sequence[date]) -> list[tuple[datetime, datetime]]:
     """Consecutive days as [start, end) instant ranges, one per run."""
-    runs: list[tuple[datetime, datetime]] = []
-    for day in sorted(days):
-        start, end = day_bounds(day)
-        if runs and runs[-1][1] == start:
-            runs[-1] = (runs[-1][0], end)
-        else:
-            runs.append((start, end))
-    return runs
+    return [(day_bounds(run[0])[0], day_bounds(run[-1])[1]) for run in _consecutive(days)]
+
+
+def _pieces(days: Sequence[date]) -> list[list[date]]:
+    """`days` in order, at most `_DAYS_PER_COPY` a piece."""
+    ordered = sorted(days)
+    return [ordered[i : i + _DAYS_PER_COPY] for i in range(0, len(ordered), _DAYS_PER_COPY)]
 
 
 def _chunks(items: Sequence[str]) -> list[Sequence[str]]:

@@ -30,13 +30,13 @@ class ScanEngine:
         *,
         threads: int = 2,
         memory_limit: str = "1GB",
-        hot_rows_cached: int = 500_000,
+        hot_rows_cache_bytes: int = 512 * 1024**2,
         temp_directory: str = "",
     ) -> None:
         self.cache = cache
         self.aliases = AliasCache()
         self.erased = ErasedIds()  # persons of open erasure requests, hidden from every scan
-        self.hot_rows = HotRows(STORED_COLUMNS, max_rows=hot_rows_cached)
+        self.hot_rows = HotRows(STORED_COLUMNS, max_bytes=hot_rows_cache_bytes)
         self.db = duckdb.connect(
             ":memory:",
             config={"threads": threads, "memory_limit": memory_limit},

@@ -344,20 +344,26 @@ async def apply_retention(
             await catalog.mark_deleted(pool, row["part_id"], reason)
             run.parts_deleted += 1
         async with pool.acquire() as conn, conn.transaction():
-            status = await conn.execute(
-                "DELETE FROM events WHERE project_id = $1 AND ts < $2",
+            deleted = await conn.fetchrow(
+                "WITH gone AS (DELETE FROM events WHERE project_id = $1 AND ts < $2 RETURNING ts)"
+                " SELECT count(*) AS n, coalesce(array_agg(DISTINCT (ts AT TIME ZONE 'UTC')::date),"
+                " '{}') AS days FROM gone",
                 project.project_id,
                 day_bounds(cutoff)[0],
             )
-            run.rows_deleted += int(status.rsplit(" ", 1)[-1])
+            run.rows_deleted += int(deleted["n"])
+            # Every day that lost rows is recorded, with files or not: the query service's
+            # cache of hot rows reads deletions from here (services/query/hot_rows.py).
             await conn.execute(
                 "INSERT INTO day_tiers (project_id, day, tier, watermark, deleted_at)"
-                " SELECT DISTINCT project_id, day, 'deleted', 0, now() FROM day_files"
-                " WHERE project_id = $1 AND day < $2"
+                " SELECT $1, day, 'deleted', 0, now() FROM ("
+                "   SELECT day FROM day_files WHERE project_id = $1 AND day < $2"
+                "   UNION SELECT unnest($3::date[])) AS d"
                 " ON CONFLICT (project_id, day) DO UPDATE SET tier = 'deleted',"
                 " deleted_at = COALESCE(day_tiers.deleted_at, now())",
                 project.project_id,
                 cutoff,
+                deleted["days"],
             )
     run.seconds = time.perf_counter() - started
     log.info("retention_done", parts=run.parts_deleted, rows=run.rows_deleted)
