@@ -9,7 +9,7 @@ directory (embedded NATS and PostgreSQL, all services, no live traffic), then:
 - KPIs over the last year through the metrics API (daily series; and broken down by page),
   median of 10 warm requests, and which source answered.
 
-    python -m bench.demo_footprint [--days 130] [--visitors 100] [--root DIR]
+    python -m bench.demo_footprint [--days 130] [--visitors 100] [--root DIR] [--keep DIR]
 
 `--root` runs another checkout's code (e.g. the main branch, for a before/after comparison).
 """
@@ -47,6 +47,24 @@ SELECT c.relname AS name, c.reltuples::bigint AS estimated_rows,
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
 ORDER BY bytes DESC
+"""
+# The same bytes apart: each table's heap (with its free-space and visibility maps), its TOAST
+# (with the TOAST index), and each of its indexes, partitions summed into their parent.
+_PARTS = """
+SELECT coalesce(pg_partition_root(t.oid), t.oid)::regclass::text AS owner,
+    CASE WHEN c.relkind = 'i' THEN coalesce(pg_partition_root(c.oid), c.oid)::regclass::text
+         ELSE 'heap' END AS part,
+    sum(CASE WHEN c.relkind = 'i' THEN pg_relation_size(c.oid)
+             ELSE pg_table_size(c.oid)
+                  - coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0) END)
+        AS bytes,
+    sum(coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0)) AS toast
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_index x ON x.indexrelid = c.oid
+JOIN pg_class t ON t.oid = coalesce(x.indrelid, c.oid)
+WHERE n.nspname = 'public' AND c.relkind IN ('r', 'i')
+GROUP BY 1, 2
 """
 
 
@@ -91,6 +109,25 @@ async def _year_of_kpis(info: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
+def _breakdown(
+    parts: list[asyncpg.Record], tables: dict[str, int], events: int
+) -> dict[str, dict[str, int]]:
+    """Bytes per stored event of each table of at least 1 byte per event: its heap, TOAST and
+    each index apart, largest table first."""
+    rows: dict[str, dict[str, int]] = {}
+    for r in parts:
+        row = rows.setdefault(r["owner"], {})
+        row[r["part"]] = round(int(r["bytes"]) / events)
+        if r["toast"]:
+            row["toast"] = round(int(r["toast"]) / events)
+    ordered = sorted(rows.items(), key=lambda kv: -tables.get(kv[0], 0))
+    return {
+        table: dict(sorted(sizes.items(), key=lambda kv: -kv[1]))
+        for table, sizes in ordered
+        if sum(sizes.values()) >= 1
+    }
+
+
 async def _measure(info: dict[str, Any], data_dir: Path) -> dict[str, Any]:
     conn = await asyncpg.connect(info["database_url"])
     try:
@@ -117,6 +154,7 @@ async def _measure(info: dict[str, Any], data_dir: Path) -> dict[str, Any]:
             for table in ("events", "rollups", "session_rollups", "sessions")
         }
         tables = {r["name"]: int(r["bytes"]) for r in await conn.fetch(_TABLES)}
+        parts = await conn.fetch(_PARTS)
     finally:
         await conn.close()
     kpis = await _year_of_kpis(info)
@@ -134,6 +172,7 @@ async def _measure(info: dict[str, Any], data_dir: Path) -> dict[str, Any]:
         "largest_tables_mb": {
             name: round(size / 2**20, 1) for name, size in list(tables.items())[:8]
         },
+        "bytes_per_stored_event": _breakdown(parts, tables, events),
         "data_dir_mb": round(_dir_bytes(data_dir) / 2**20, 1),
         "pg_wal_mb": round(_dir_bytes(pgdata / "pg_wal") / 2**20, 1),
         "nats_mb": round(_dir_bytes(data_dir / "nats") / 2**20, 1),
@@ -141,8 +180,11 @@ async def _measure(info: dict[str, Any], data_dir: Path) -> dict[str, Any]:
     }
 
 
-def run_benchmark(days: int = 130, visitors: int = 100, root: Path = ROOT) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="strata-bench-demo-") as tmp:
+def run_benchmark(
+    days: int = 130, visitors: int = 100, root: Path = ROOT, keep: Path | None = None
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="strata-bench-demo-") as scratch:
+        tmp = str(keep) if keep is not None else scratch
         data_dir = Path(tmp)
         env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
         env.pop("NATS_URL", None)
@@ -188,8 +230,12 @@ def main() -> None:
     parser.add_argument("--visitors", type=int, default=100)
     parser.add_argument("--root", type=Path, default=ROOT, help="checkout whose code runs")
     parser.add_argument("--output", type=Path)
+    parser.add_argument(
+        "--keep", type=Path, help="an empty directory to run in and keep, for inspection"
+    )
     args = parser.parse_args()
-    figures = run_benchmark(args.days, args.visitors, args.root.resolve())
+    keep = args.keep.resolve() if args.keep else None
+    figures = run_benchmark(args.days, args.visitors, args.root.resolve(), keep)
     report(figures, args.output)
 
 
