@@ -156,6 +156,7 @@ POSTGRES_SETTINGS: dict[str, str] = {
     "min_wal_size": "32MB",
     "wal_compression": "pglz",
     "checkpoint_timeout": "15min",
+    "autovacuum_naptime": "10s",
 }
 
 
