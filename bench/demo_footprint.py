@@ -2,14 +2,16 @@
 directory (embedded NATS and PostgreSQL, all services, no live traffic), then:
 
 - backfill drain: seconds from the demo saying "backfill done" (every event accepted by
-  ingest) until the last of them is stored (the stored count stops changing for 3 s);
+  ingest) until the last of them is stored (the sessionizer's and the aggregator's consumers
+  have nothing pending and the stored count stops changing for 3 s), and the
+  CPU seconds PostgreSQL and the services spent until then;
 - write amplification: rollup and session-rollup rows per stored event, and PostgreSQL bytes
   (every table with its indexes and TOAST) per stored event, after a VACUUM;
 - the data directory's size, with PostgreSQL's WAL and NATS's store apart;
 - KPIs over the last year through the metrics API (daily series; and broken down by page),
   median of 10 warm requests, and which source answered.
 
-    python -m bench.demo_footprint [--days 130] [--visitors 100] [--root DIR]
+    python -m bench.demo_footprint [--days 130] [--visitors 100] [--root DIR] [--keep DIR]
 
 `--root` runs another checkout's code (e.g. the main branch, for a before/after comparison).
 """
@@ -32,8 +34,11 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import nats
+import psutil
 
 from bench import report
+from libs.common.subjects import Subjects
 from strata_dev.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +53,50 @@ FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
 ORDER BY bytes DESC
 """
+# The same bytes apart: each table's heap (with its free-space and visibility maps), its TOAST
+# (with the TOAST index), and each of its indexes, partitions summed into their parent.
+_PARTS = """
+SELECT coalesce(pg_partition_root(t.oid), t.oid)::regclass::text AS owner,
+    CASE WHEN c.relkind = 'i' THEN coalesce(pg_partition_root(c.oid), c.oid)::regclass::text
+         ELSE 'heap' END AS part,
+    sum(CASE WHEN c.relkind = 'i' THEN pg_relation_size(c.oid)
+             ELSE pg_table_size(c.oid)
+                  - coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0) END)
+        AS bytes,
+    sum(coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0)) AS toast
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_index x ON x.indexrelid = c.oid
+JOIN pg_class t ON t.oid = coalesce(x.indrelid, c.oid)
+WHERE n.nspname = 'public' AND c.relkind IN ('r', 'i')
+GROUP BY 1, 2
+"""
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process, its live descendants and the children it already reaped."""
+    try:
+        root = psutil.Process(pid)
+        total = float(sum(root.cpu_times()[:4]))  # user, system, children_user, children_system
+        for child in root.children(recursive=True):
+            try:
+                total += sum(child.cpu_times()[:2])
+            except psutil.NoSuchProcess:
+                pass
+    except psutil.NoSuchProcess:
+        return 0.0
+    return total
+
+
+def _cpu_s(up_pid: int, pgdata: Path) -> dict[str, float]:
+    """CPU seconds so far of PostgreSQL (postmaster and backends) and of the stack's services
+    (`strata up` and its children: ingest, sessionizer, aggregator, tiering, query, NATS, the
+    demo): a figure that a busy machine stretches less than wall time."""
+    postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+    return {
+        "postgres": round(_tree_cpu_s(postmaster), 1),
+        "services": round(_tree_cpu_s(up_pid), 1),
+    }
 
 
 def _dir_bytes(path: Path) -> int:
@@ -56,6 +105,16 @@ def _dir_bytes(path: Path) -> int:
 
 async def _stored(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM event_ids"))
+
+
+async def _backlog(js: Any) -> int:
+    """Messages the sessionizer and the aggregator have not yet acknowledged."""
+    subjects = Subjects()
+    waiting = 0
+    for stream in (subjects.raw_stream, subjects.enriched_stream):
+        for consumer in await js.consumers_info(stream):
+            waiting += consumer.num_pending + consumer.num_ack_pending
+    return waiting
 
 
 async def _year_of_kpis(info: dict[str, Any]) -> dict[str, Any]:
@@ -91,8 +150,29 @@ async def _year_of_kpis(info: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
-async def _measure(info: dict[str, Any], data_dir: Path) -> dict[str, Any]:
+def _breakdown(
+    parts: list[asyncpg.Record], tables: dict[str, int], events: int
+) -> dict[str, dict[str, int]]:
+    """Bytes per stored event of each table of at least 1 byte per event: its heap, TOAST and
+    each index apart, largest table first."""
+    rows: dict[str, dict[str, int]] = {}
+    for r in parts:
+        row = rows.setdefault(r["owner"], {})
+        row[r["part"]] = round(int(r["bytes"]) / events)
+        if r["toast"]:
+            row["toast"] = round(int(r["toast"]) / events)
+    ordered = sorted(rows.items(), key=lambda kv: -tables.get(kv[0], 0))
+    return {
+        table: dict(sorted(sizes.items(), key=lambda kv: -kv[1]))
+        for table, sizes in ordered
+        if sum(sizes.values()) >= 1
+    }
+
+
+async def _measure(info: dict[str, Any], data_dir: Path, up_pid: int) -> dict[str, Any]:
     conn = await asyncpg.connect(info["database_url"])
+    nc = await nats.connect(info["nats_url"])
+    js = nc.jetstream()
     try:
         state = data_dir / "stack.json"
         started = time.monotonic()
@@ -105,20 +185,25 @@ async def _measure(info: dict[str, Any], data_dir: Path) -> dict[str, Any]:
         backfill_done = time.monotonic()
         backfill_s = backfill_done - started
         last, last_change = await _stored(conn), time.monotonic()
-        while time.monotonic() - last_change < QUIET_S:
+        # Drained: both consumers' backlogs empty and the stored count still (a large backfill
+        # transaction on a busy machine can hold the count still for seconds on its own).
+        while time.monotonic() - last_change < QUIET_S or await _backlog(js):
             await asyncio.sleep(0.25)
             now = await _stored(conn)
             if now != last:
                 last, last_change = now, time.monotonic()
         drain_s = max(0.0, last_change - backfill_done)
+        cpu = _cpu_s(up_pid, data_dir / "postgres" / "pgdata")
         await conn.execute("VACUUM ANALYZE")
         counts = {
             table: int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
             for table in ("events", "rollups", "session_rollups", "sessions")
         }
         tables = {r["name"]: int(r["bytes"]) for r in await conn.fetch(_TABLES)}
+        parts = await conn.fetch(_PARTS)
     finally:
         await conn.close()
+        await nc.close()
     kpis = await _year_of_kpis(info)
     events = max(1, counts["events"])
     pgdata = data_dir / "postgres" / "pgdata"
@@ -126,6 +211,7 @@ async def _measure(info: dict[str, Any], data_dir: Path) -> dict[str, Any]:
         "stored_events": counts["events"],
         "backfill_send_seconds": round(backfill_s, 1),
         "backfill_drain_seconds_after_done": round(drain_s, 1),
+        "cpu_seconds_until_drained": cpu,
         "rows": counts,
         "rollup_rows_per_stored_event": round(
             (counts["rollups"] + counts["session_rollups"]) / events, 2
@@ -134,6 +220,7 @@ async def _measure(info: dict[str, Any], data_dir: Path) -> dict[str, Any]:
         "largest_tables_mb": {
             name: round(size / 2**20, 1) for name, size in list(tables.items())[:8]
         },
+        "bytes_per_stored_event": _breakdown(parts, tables, events),
         "data_dir_mb": round(_dir_bytes(data_dir) / 2**20, 1),
         "pg_wal_mb": round(_dir_bytes(pgdata / "pg_wal") / 2**20, 1),
         "nats_mb": round(_dir_bytes(data_dir / "nats") / 2**20, 1),
@@ -141,8 +228,11 @@ async def _measure(info: dict[str, Any], data_dir: Path) -> dict[str, Any]:
     }
 
 
-def run_benchmark(days: int = 130, visitors: int = 100, root: Path = ROOT) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="strata-bench-demo-") as tmp:
+def run_benchmark(
+    days: int = 130, visitors: int = 100, root: Path = ROOT, keep: Path | None = None
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="strata-bench-demo-") as scratch:
+        tmp = str(keep) if keep is not None else scratch
         data_dir = Path(tmp)
         env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
         env.pop("NATS_URL", None)
@@ -172,7 +262,7 @@ def run_benchmark(days: int = 130, visitors: int = 100, root: Path = ROOT) -> di
                     raise RuntimeError("strata up did not become ready")
                 time.sleep(0.5)
             info = json.loads(dev_json.read_text())
-            figures = asyncio.run(_measure(info, data_dir))
+            figures = asyncio.run(_measure(info, data_dir, up.pid))
         finally:
             up.send_signal(signal.SIGTERM)
             try:
@@ -188,8 +278,12 @@ def main() -> None:
     parser.add_argument("--visitors", type=int, default=100)
     parser.add_argument("--root", type=Path, default=ROOT, help="checkout whose code runs")
     parser.add_argument("--output", type=Path)
+    parser.add_argument(
+        "--keep", type=Path, help="an empty directory to run in and keep, for inspection"
+    )
     args = parser.parse_args()
-    figures = run_benchmark(args.days, args.visitors, args.root.resolve())
+    keep = args.keep.resolve() if args.keep else None
+    figures = run_benchmark(args.days, args.visitors, args.root.resolve(), keep)
     report(figures, args.output)
 
 

@@ -82,6 +82,15 @@ async def get_events(request: web.Request) -> web.Response:
         if value is not None:
             add(f"e.{column} = ?", value)
             cold.add(f"{column} = ?", value)
+    session_id = single(query, "session_id")
+    if session_id is not None:
+        # `events` has no index on session_id: a session's events are its person's events
+        # (sessions are assigned per distinct_id), found through that person's index.
+        add(
+            "e.distinct_id = (SELECT s.distinct_id FROM sessions s"
+            " WHERE s.project_id = $1 AND s.session_id = ?)",
+            session_id,
+        )
     if start is not None:
         add("e.ts >= ?", start)
         cold.add("ts >= ?", start)

@@ -3,8 +3,9 @@ publish enriched batches and session updates, and checkpoint (state + sequence),
 
 The chain per raw message: decode -> validate -> sessionize (pure) -> publish (acks awaited
 before the next checkpoint). Per checkpoint: await publish acks -> UPSERT (seq, state) -> ack the
-raw stream up to seq. A crash anywhere replays from the last checkpoint; since sessionizing is
-deterministic, the replay republishes the same message ids and JetStream drops them.
+raw stream up to seq -> purge the partition's raw messages up to seq. A crash anywhere replays
+from the last checkpoint; since sessionizing is deterministic, the replay republishes the same
+message ids and JetStream drops them.
 
 A data fault costs only the events that cause it: a message with undecodable events has its
 other events sessionized, and an event the sessionizing step fails on (found by replaying the
@@ -493,3 +494,18 @@ class PartitionWorker:
             except Exception as exc:
                 # Harmless: the checkpoint is the resume point; the next ack covers this one.
                 self._log.warning("raw_ack_failed", error=str(exc))
+        await self._purge_checkpointed()
+
+    async def _purge_checkpointed(self) -> None:
+        """Drop the partition's raw messages up to the checkpoint from the raw stream: their
+        events are in the enriched stream (every publish acked before the checkpoint) and no
+        restart reads them again, so keeping them only filled the disk."""
+        try:
+            await self._js.purge_stream(
+                self._subjects.raw_stream,
+                seq=self.checkpoint_seq + 1,
+                subject=self._subjects.raw(self.partition),
+            )
+        except Exception as exc:
+            # Harmless: the next checkpoint's purge covers these messages too.
+            self._log.warning("raw_purge_failed", error=str(exc))

@@ -445,6 +445,20 @@ async def test_walking_pages_returns_every_event_once_in_order_while_events_arri
         ]
         assert status == 200 and [e["event_id"] for e in body["events"]] == want
 
+        # One session's events, oldest first, and none of another session's.
+        status, body = await get_json(
+            client,
+            f"{API}/events",
+            project.read_key,
+            {"session_id": "s-3", "order": "asc", "limit": "100"},
+        )
+        want = [e.event_id for e in reversed(expected_desc) if e.session_id == "s-3"]
+        assert status == 200 and [e["event_id"] for e in body["events"]] == want
+        status, body = await get_json(
+            client, f"{API}/events", project.read_key, {"session_id": "s-unknown"}
+        )
+        assert status == 200 and body["events"] == []
+
 
 async def test_session_detail_and_journey_across_linked_ids(
     pool: asyncpg.Pool, nats_url: str, subjects: Subjects, project: TestProject

@@ -163,6 +163,12 @@ async def test_every_event_is_enriched_once_with_its_session(
 
     await _wait_until(all_acked)
 
+    # ... and the checkpointed messages left the raw stream (their events live on in the
+    # enriched stream), while its sequence numbers go on where they were.
+    info = await js.stream_info(subjects.raw_stream)
+    assert info.state.messages == 0
+    assert info.state.last_seq == max(raw_seqs)
+
 
 async def test_a_poison_raw_message_goes_to_the_dlq_and_the_partition_moves_on(
     nats_url: str,
