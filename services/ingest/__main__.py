@@ -24,6 +24,7 @@ from services.ingest.connections import (
     effective_max_connections,
     raise_open_file_limit,
 )
+from services.ingest.enrichment import load_rule_data
 
 log = structlog.get_logger("strata.ingest")
 
@@ -54,6 +55,8 @@ async def serve(settings: IngestSettings) -> None:
     open_files, _ = raise_open_file_limit()
     connections = OpenConnections(effective_max_connections(settings.max_connections, open_files))
     app = build_app(settings, IngestDeps(nc, pool, subjects, CollectorRegistry()), connections)
+    # Before listening, so that /readyz passes only once events are enriched at full speed.
+    load_rule_data()
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout_s)
     await runner.setup()
     assert runner.server is not None

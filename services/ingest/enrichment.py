@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+from services.ingest.referrer_database import default_database
 from services.ingest.segment_payloads import SegmentContext
 from services.ingest.text_cache import text_cache
 from services.ingest.traffic_sources import (
@@ -42,6 +43,21 @@ SEARCH_ENGINE_PROPERTY = "$search_engine"
 SOCIAL_NETWORK_PROPERTY = "$social_network"
 CLICK_ID_PROPERTY = "$click_id"
 SOURCE_PROPERTIES = (SEARCH_ENGINE_PROPERTY, SOCIAL_NETWORK_PROPERTY, CLICK_ID_PROPERTY)
+
+
+# A common browser agent: parsing it loads every user agent and crawler pattern set.
+_SAMPLE_USER_AGENT = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"
+    " Chrome/124.0.0.0 Safari/537.36"
+)
+
+
+def load_rule_data() -> None:
+    """Load the referrer data set and the user agent and crawler patterns now rather than on
+    the first event: loading takes a CPU-second or so, which would otherwise stall the event
+    loop (every request in flight) on a new process's first request."""
+    default_database()
+    parse_user_agent(_SAMPLE_USER_AGENT)
 
 
 def add_source_properties(properties: dict[str, Any], source: Attribution) -> None:

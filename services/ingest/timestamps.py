@@ -44,6 +44,8 @@ def event_time(
         origin = original_timestamp if original_timestamp is not None else timestamp
         if origin is not None:
             try:
+                if sent_at.tzinfo is UTC and origin.tzinfo is UTC:
+                    return received_at - (sent_at - origin)  # the usual case: both in UTC
                 return received_at - (to_utc(sent_at) - to_utc(origin))
             except OverflowError:
                 # e.g. sentAt 9999-01-01 with a timestamp of today: no calendar date results.

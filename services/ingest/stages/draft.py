@@ -10,6 +10,7 @@ from libs.common.errors import StrataError
 from services.ingest.analytics_api_payloads import DeviceInfo
 from services.ingest.collection import CollectionRules
 from services.ingest.segment_payloads import SegmentContext
+from services.ingest.user_agents import UNKNOWN_AGENT
 from services.ingest.validation import EventLimits
 
 
@@ -33,6 +34,8 @@ class RequestInfo:
         "cookieless_id",
         "fallback_user_agent",
         "future_tolerance",
+        "last_device",
+        "last_user_agent",
         "limits",
         "project_id",
         "received_at",
@@ -67,6 +70,9 @@ class RequestInfo:
         # Today's daily-salted visitor id, set for the browser tracker's requests only: before
         # consent it sends no id at all and ingest derives this one (services/ingest/cookieless).
         self.cookieless_id: str | None = None
+        # The last user agent `enrich` parsed for this request's events, and what it is.
+        self.last_user_agent: str | None = None
+        self.last_device = UNKNOWN_AGENT
 
 
 class Draft:

@@ -38,7 +38,14 @@ def enrich(draft: Draft, request: RequestInfo) -> None:
             else NO_ATTRIBUTION
         )
     else:
-        device = device_of(context, request.fallback_user_agent)
+        # A request's events nearly always share one user agent: it is looked up once.
+        user_agent = context.userAgent if context is not None else None
+        if user_agent and user_agent == request.last_user_agent:
+            device = request.last_device
+        else:
+            device = device_of(context, request.fallback_user_agent)
+            if user_agent:
+                request.last_user_agent, request.last_device = user_agent, device
         draft.browser, draft.os, draft.device_type = device.browser, device.os, device.device_type
         campaign = context.campaign if context is not None else None
         if url is None and path is None and referrer is None and campaign is None and not search:

@@ -96,9 +96,14 @@ def _segment(message: SegmentMessage, event_type: str | None, request: RequestIn
     if event_type not in _RESERVED_NAMES and event_type != "track":
         raise ItemRejected(f"type: {event_type!r} is not one of {_TYPES_TEXT}")
 
+    # An absent id skips the call: most events carry only one of userId and anonymousId.
     event_id = _bounded_id(message.messageId, "messageId", limits) or _new_event_id()
-    user_id = _bounded_id(message.userId, "userId", limits)
-    anonymous_id = _bounded_id(message.anonymousId, "anonymousId", limits)
+    user_id = message.userId
+    if user_id is not None:
+        user_id = _bounded_id(user_id, "userId", limits)
+    anonymous_id = message.anonymousId
+    if anonymous_id is not None:
+        anonymous_id = _bounded_id(anonymous_id, "anonymousId", limits)
     previous_id = group_id = None
     if event_type == "alias":
         previous_id = _bounded_id(message.previousId, "previousId", limits)
@@ -178,7 +183,8 @@ def _segment(message: SegmentMessage, event_type: str | None, request: RequestIn
                 location.region,
                 location.city,
             )
-        draft.consented = _segment_consent(context)
+        if context.consent is not None:
+            draft.consented = _segment_consent(context)
         draft.user_agent = context.userAgent or request.fallback_user_agent
     else:
         if event_type == "page" and properties:
@@ -186,7 +192,8 @@ def _segment(message: SegmentMessage, event_type: str | None, request: RequestIn
         draft.user_agent = request.fallback_user_agent
     if request.collection is not None:
         # A server SDK forwards its end user's address as context.ip (Segment's convention).
-        draft.address = (valid_ip(context.ip) if context is not None else None) or request.client_ip
+        sent_ip = context.ip if context is not None else None
+        draft.address = (valid_ip(sent_ip) if sent_ip else None) or request.client_ip
     return draft
 
 
