@@ -139,6 +139,11 @@ class AggregatorSettings(CommonSettings, frozen=True, kw_only=True):
     # their events, and only one transaction's worth is decoded at a time.
     fetch_batch: int = 500
     max_batch_bytes: int = 4_000_000
+    # While behind (a pull left at least fetch_batch messages waiting: a backfill, a burst, a
+    # restart), pulls and transactions grow to these: a backfill's keys are spread over many
+    # days, so a transaction's rollup keys repeat far less than live traffic's.
+    backlog_fetch_batch: int = 2000
+    backlog_batch_bytes: int = 16_000_000
     fetch_timeout_s: float = 0.2
     max_redeliveries: int = 5
     dlq_max_ratio: float = 0.5  # stop (do not drain into the DLQ) past this share of a window

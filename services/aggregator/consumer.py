@@ -183,7 +183,8 @@ class Aggregator:
             await self.js.pull_subscribe_bind(
                 durable=DURABLE,
                 stream=self.subjects.enriched_stream,
-                pending_msgs_limit=self.settings.fetch_batch * 2,
+                pending_msgs_limit=2
+                * max(self.settings.fetch_batch, self.settings.backlog_fetch_batch),
             )
             for _ in range(max(1, self.settings.writers))
         ]
@@ -230,6 +231,7 @@ class Aggregator:
                 self._log.warning("partitions_ahead_failed", error=error_text(exc))
 
     async def _consume(self, sub: JetStreamContext.PullSubscription) -> None:
+        behind = False  # the last pull left a backlog: pull and write more at a time
         while not self._stopping.is_set():
             self.liveness.tick()
             if self.halted_reason is not None:
@@ -239,7 +241,8 @@ class Aggregator:
                 continue
             try:
                 msgs = await sub.fetch(
-                    self.settings.fetch_batch, timeout=self.settings.fetch_timeout_s
+                    self.settings.backlog_fetch_batch if behind else self.settings.fetch_batch,
+                    timeout=self.settings.fetch_timeout_s,
                 )
             except (NatsTimeoutError, TimeoutError):
                 continue  # nothing to fetch (nats' or asyncio's timeout): idle, not failing
@@ -251,22 +254,26 @@ class Aggregator:
                 continue
             started = time.perf_counter()
             try:
-                await self.handle(msgs)
+                await self.handle(msgs, backlog=behind)
             except Exception as exc:  # e.g. NATS lost mid-ack: unacked messages redeliver
                 self._log.error("batch_handling_failed", error=error_text(exc), exc_info=True)
                 await asyncio.sleep(0.5)
                 continue
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
-            self.metrics.pending.set(msgs[-1].metadata.num_pending)
+            pending = msgs[-1].metadata.num_pending
+            self.metrics.pending.set(pending)
+            behind = pending >= self.settings.fetch_batch
 
     # -- one fetched batch ---------------------------------------------------------------------
 
-    async def handle(self, msgs: Sequence[Msg]) -> None:
-        """decode -> write in transactions of bounded size -> ack each after its commit; poison
-        and failures as documented."""
+    async def handle(self, msgs: Sequence[Msg], backlog: bool = False) -> None:
+        """decode -> write in transactions of bounded size (larger when draining a `backlog`)
+        -> ack each after its commit; poison and failures as documented."""
+        settings = self.settings
+        max_bytes = settings.backlog_batch_bytes if backlog else settings.max_batch_bytes
         try:
             with self._keep_in_progress(msgs):
-                for run in transactions(msgs, self.settings.max_batch_bytes):
+                for run in transactions(msgs, max_bytes):
                     items: list[_Item] = []
                     for msg in run:
                         try:

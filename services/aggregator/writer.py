@@ -9,7 +9,8 @@ Where the time goes, and so the shape of a write (docs/storage.md, "Write path")
    returning those never seen, whose rows alone are COPYed (binary) into `events`; concurrently
    with other writers;
 2. in Python, still without locks: each rollup key's event count and persons, and one sketch
-   per distinct person set (an hour's set usually serves its day and week keys too);
+   per distinct person set (an hour's set usually serves its day and week keys too); per
+   session, what its new events say (one row per session into the merge);
 3. under the project's advisory lock: stored sketches read (`FOR UPDATE`), united with the
    batch's, and every key upserted in one statement that rewrites a sketch only when it
    changed; sessions merged and session rollups moved in one SQL statement; aliases, persons.
@@ -256,20 +257,130 @@ SESSION_COLUMNS = (
     "source_ts",
     "source_event_id",
 )
-_SESSION_EVENT_ROW = (
+# What the batch's new events say about each session they belong to: one row per session,
+# summarised in Python in one pass (cheaper than PostgreSQL parsing every event and sorting the
+# batch five times), merged in SQL with the stored row. A *_ts column is null when no event of
+# the batch qualifies (no user id, no channel, no pageview).
+_SESSION_BATCH_ROW = (
     "project_id",
     "session_id",
-    "event_id",
-    "ts",
-    "name",
-    "path",
+    "events",
+    "interactive_events",
+    "pageviews",
+    "end_ts",
+    # the first event (in event order)
+    "start_ts",
+    "start_event_id",
     "distinct_id",
+    *DEVICE_ATTRIBUTES,
+    # the first event with a user id
     "user_id",
-    "non_interactive",
-    *SESSION_ATTRIBUTES,
+    "user_ts",
+    "user_event_id",
+    # the first event with a channel
+    *SOURCE_ATTRIBUTES,
+    "source_ts",
+    "source_event_id",
+    # the first and the last pageview
+    "entry_path",
+    "entry_ts",
+    "entry_event_id",
+    "exit_path",
+    "exit_ts",
+    "exit_event_id",
 )
-_SESSION_EVENT_TYPES = {"ts": "timestamptz", "non_interactive": "boolean", "is_bot": "boolean"}
-_session_event_row = operator.attrgetter(*_SESSION_EVENT_ROW)
+_SESSION_BATCH_TYPES = {
+    **dict.fromkeys(("events", "interactive_events", "pageviews"), "int"),
+    **dict.fromkeys(
+        ("end_ts", "start_ts", "user_ts", "source_ts", "entry_ts", "exit_ts"), "timestamptz"
+    ),
+    "is_bot": "boolean",
+}
+_first_event_values = operator.attrgetter("ts", "event_id", "distinct_id", *DEVICE_ATTRIBUTES)
+_source_values = operator.attrgetter(*SOURCE_ATTRIBUTES, "ts", "event_id")
+
+
+class _SessionBatch:
+    """The batch's events of one session, as far as the merge needs them."""
+
+    __slots__ = (
+        "end",
+        "entry",
+        "events",
+        "exit",
+        "first",
+        "interactive",
+        "pageviews",
+        "source",
+        "user",
+    )
+
+    def __init__(self, ev: EventV1) -> None:
+        self.events = self.interactive = self.pageviews = 0
+        self.end = ev.ts
+        self.first = ev
+        self.user: EventV1 | None = None
+        self.source: EventV1 | None = None
+        self.entry: EventV1 | None = None
+        self.exit: EventV1 | None = None
+
+
+def _before_event(a: EventV1, b: EventV1) -> bool:
+    """Event `a` comes before `b` in event order: time, then event id by code point (as
+    COLLATE "C" compares UTF-8, and as a recomputation sorts)."""
+    return (a.ts, a.event_id) < (b.ts, b.event_id)
+
+
+def session_batch_rows(events: Iterable[EventV1]) -> list[tuple[Any, ...]]:
+    """One `_SESSION_BATCH_ROW` per session of `events` (those with a session id), in key
+    order."""
+    sessions: dict[tuple[str, str], _SessionBatch] = {}
+    for ev in events:
+        if not ev.session_id:
+            continue
+        key = (ev.project_id, ev.session_id)
+        s = sessions.get(key)
+        if s is None:
+            s = sessions[key] = _SessionBatch(ev)
+        elif _before_event(ev, s.first):
+            s.first = ev
+        s.events += 1
+        if not ev.non_interactive:
+            s.interactive += 1
+        if ev.ts > s.end:
+            s.end = ev.ts
+        if ev.user_id and (s.user is None or _before_event(ev, s.user)):
+            s.user = ev
+        if ev.channel and (s.source is None or _before_event(ev, s.source)):
+            s.source = ev
+        if ev.name == PAGEVIEW:
+            s.pageviews += 1
+            if s.entry is None or _before_event(ev, s.entry):
+                s.entry = ev
+            if s.exit is None or _before_event(s.exit, ev):
+                s.exit = ev
+    no_source = (None,) * (len(SOURCE_ATTRIBUTES) + 2)
+    rows = []
+    for key in sorted(sessions):
+        s = sessions[key]
+        user, entry, exit_ = s.user, s.entry, s.exit
+        rows.append(
+            (
+                *key,
+                s.events,
+                s.interactive,
+                s.pageviews,
+                s.end,
+                *_first_event_values(s.first),
+                *((None, None, None) if user is None else (user.user_id, user.ts, user.event_id)),
+                *(no_source if s.source is None else _source_values(s.source)),
+                *((None, None, None) if entry is None else (entry.path, entry.ts, entry.event_id)),
+                *((None, None, None) if exit_ is None else (exit_.path, exit_.ts, exit_.event_id)),
+            )
+        )
+    return rows
+
+
 # What a session contributes to session_rollups (the old row's, subtracted, is prefixed old_).
 _CONTRIBUTION = (
     "start_ts",
@@ -285,7 +396,6 @@ _KEY_ATTRIBUTES = SESSION_KEY_COLUMNS
 # Ties on equal timestamps are broken by event id in code-point order (COLLATE "C"), as a
 # recomputation in Python sorts them; every comparison of a merge uses this order, so merging
 # batches in any order gives the row a recomputation from all the events gives.
-_EVENT_ORDER = 'ts, event_id COLLATE "C"'
 
 
 def _before(ts: str, event_id: str, other_ts: str, other_id: str) -> str:
@@ -295,83 +405,46 @@ def _before(ts: str, event_id: str, other_ts: str, other_id: str) -> str:
 
 # The batch's first event of a session precedes the stored row's (or there is no row).
 _NEW_FIRST = "o.session_id IS NULL OR " + _before(
-    "f.ts", "f.event_id", "o.start_ts", "coalesce(o.start_event_id, '')"
+    "b.start_ts", "b.start_event_id", "o.start_ts", "coalesce(o.start_event_id, '')"
 )
 # The stored row's source: rows from before the tie keys count theirs as of their start.
 _STORED_SOURCE_TS = "coalesce(o.source_ts, o.start_ts)"
 _STORED_SOURCE_ID = "coalesce(o.source_event_id, '')"
 _NEW_SOURCE = (
-    "src.matched AND (o.channel IS NULL OR "
-    + _before("src.ts", "src.event_id", _STORED_SOURCE_TS, _STORED_SOURCE_ID)
+    "b.source_ts IS NOT NULL AND (o.channel IS NULL OR "
+    + _before("b.source_ts", "b.source_event_id", _STORED_SOURCE_TS, _STORED_SOURCE_ID)
     + ")"
 )
 _NEW_USER = (
-    "u.matched AND (coalesce(o.user_id, '') = '' OR (o.user_ts IS NOT NULL AND "
-    + _before("u.ts", "u.event_id", "o.user_ts", "coalesce(o.user_event_id, '')")
+    "b.user_ts IS NOT NULL AND (coalesce(o.user_id, '') = '' OR (o.user_ts IS NOT NULL AND "
+    + _before("b.user_ts", "b.user_event_id", "o.user_ts", "coalesce(o.user_event_id, '')")
     + "))"
 )
 _NEW_ENTRY = (
-    "fp.matched AND (o.entry_ts IS NULL OR "
-    + _before("fp.ts", "fp.event_id", "o.entry_ts", "coalesce(o.entry_event_id, '')")
+    "b.entry_ts IS NOT NULL AND (o.entry_ts IS NULL OR "
+    + _before("b.entry_ts", "b.entry_event_id", "o.entry_ts", "coalesce(o.entry_event_id, '')")
     + ")"
 )
 _NEW_EXIT = (
-    "lp.matched AND (o.exit_ts IS NULL OR "
-    + _before("o.exit_ts", "coalesce(o.exit_event_id, '')", "lp.ts", "lp.event_id")
+    "b.exit_ts IS NOT NULL AND (o.exit_ts IS NULL OR "
+    + _before("o.exit_ts", "coalesce(o.exit_event_id, '')", "b.exit_ts", "b.exit_event_id")
     + ")"
 )
 
 
-def _taken(condition: str, alias: str, pairs: tuple[tuple[str, str], ...]) -> str:
-    """`column` from `alias` when `condition` holds, else the stored row's, for each pair of
-    (source column, row column)."""
-    return ", ".join(
-        f"CASE WHEN {condition} THEN {alias}.{src} ELSE o.{dst} END AS {dst}" for src, dst in pairs
-    )
-
-
-def _first_of(name: str, where: str, order: str = _EVENT_ORDER) -> str:
-    """A CTE: per session of the batch, its first event (in `order`) among those matching
-    `where`, with `matched` false when none does (then it is just some event of the session).
-
-    One row per session whatever `where` says: PostgreSQL cannot estimate the rows of the
-    batch's JSON, and a CTE it believed filtered down to one row was joined by nested loop,
-    its sort run again for every session (two thirds of this statement on a backfill batch).
-    """
-    return (
-        f"{name} AS (SELECT DISTINCT ON (project_id, session_id) *,"
-        f" coalesce({where}, false) AS matched FROM ev"
-        f" ORDER BY project_id, session_id, matched DESC, {order})"
-    )
+def _taken(condition: str, columns: Sequence[str]) -> str:
+    """Each of `columns` from the batch's row `b` when `condition` holds, else the stored
+    row's."""
+    return ", ".join(f"CASE WHEN {condition} THEN b.{c} ELSE o.{c} END AS {c}" for c in columns)
 
 
 _TAKEN = ",\n        ".join(
     (
-        _taken(
-            _NEW_USER,
-            "u",
-            (("user_id", "user_id"), ("ts", "user_ts"), ("event_id", "user_event_id")),
-        ),
-        _taken(
-            _NEW_ENTRY,
-            "fp",
-            (("path", "entry_path"), ("ts", "entry_ts"), ("event_id", "entry_event_id")),
-        ),
-        _taken(
-            _NEW_EXIT,
-            "lp",
-            (("path", "exit_path"), ("ts", "exit_ts"), ("event_id", "exit_event_id")),
-        ),
-        _taken(
-            _NEW_SOURCE,
-            "src",
-            (
-                *((a, a) for a in SOURCE_ATTRIBUTES),
-                ("ts", "source_ts"),
-                ("event_id", "source_event_id"),
-            ),
-        ),
-        _taken(_NEW_FIRST, "f", tuple((a, a) for a in DEVICE_ATTRIBUTES)),
+        _taken(_NEW_USER, ("user_id", "user_ts", "user_event_id")),
+        _taken(_NEW_ENTRY, ("entry_path", "entry_ts", "entry_event_id")),
+        _taken(_NEW_EXIT, ("exit_path", "exit_ts", "exit_event_id")),
+        _taken(_NEW_SOURCE, (*SOURCE_ATTRIBUTES, "source_ts", "source_event_id")),
+        _taken(_NEW_FIRST, DEVICE_ATTRIBUTES),
     )
 )
 # A replaced row that stays in the same buckets (the usual case: only its counters grew) nets
@@ -388,25 +461,11 @@ def _indent(sql: str, by: str = "    ") -> str:
 
 
 _APPLY_SESSIONS = f"""
-WITH ev AS (
-    SELECT * FROM {_json_rows_sql(_SESSION_EVENT_ROW, _SESSION_EVENT_TYPES)} j
-), batch AS (
-    SELECT project_id, session_id,
-        count(*)::int AS events,
-        (count(*) FILTER (WHERE NOT non_interactive))::int AS interactive_events,
-        (count(*) FILTER (WHERE name = $2))::int AS pageviews,
-        max(ts) AS end_ts
-    FROM ev GROUP BY project_id, session_id
-), {_first_of("first", "true")},
-{_first_of("first_user", "user_id <> ''")},
-{_first_of("first_source", "channel <> ''")},
-{_first_of("first_page", "name = $2")},
-{_first_of("last_page", "name = $2", 'ts DESC, event_id COLLATE "C" DESC')},
-merged AS (
+WITH merged AS (
     SELECT b.project_id, b.session_id,
-        CASE WHEN {_NEW_FIRST} THEN f.distinct_id ELSE o.distinct_id END AS distinct_id,
-        least(o.start_ts, f.ts) AS start_ts,
-        CASE WHEN {_NEW_FIRST} THEN f.event_id ELSE o.start_event_id END AS start_event_id,
+        CASE WHEN {_NEW_FIRST} THEN b.distinct_id ELSE o.distinct_id END AS distinct_id,
+        least(o.start_ts, b.start_ts) AS start_ts,
+        CASE WHEN {_NEW_FIRST} THEN b.start_event_id ELSE o.start_event_id END AS start_event_id,
         greatest(o.end_ts, b.end_ts) AS end_ts,
         coalesce(o.events, 0) + b.events AS events,
         coalesce(o.interactive_events, 0) + b.interactive_events AS interactive_events,
@@ -414,12 +473,7 @@ merged AS (
         {_TAKEN},
         o.session_id IS NOT NULL AS replaces,
         {", ".join(f"o.{c} AS old_{c}" for c in _CONTRIBUTION)}
-    FROM batch b
-    JOIN first f USING (project_id, session_id)
-    LEFT JOIN first_user u USING (project_id, session_id)
-    LEFT JOIN first_source src USING (project_id, session_id)
-    LEFT JOIN first_page fp USING (project_id, session_id)
-    LEFT JOIN last_page lp USING (project_id, session_id)
+    FROM {_json_rows_sql(_SESSION_BATCH_ROW, _SESSION_BATCH_TYPES)} b
     -- One primary-key probe per session (a subquery with FOR UPDATE is never flattened into a
     -- hash join that would scan every session), locking the stored row.
     LEFT JOIN LATERAL (
@@ -491,11 +545,11 @@ WHERE r.project_id = k.project_id AND r.granularity = k.granularity AND r.bucket
 """
 
 
-async def _apply_sessions(conn: asyncpg.Connection, events: Sequence[EventV1]) -> None:
-    rows = [_session_event_row(ev) for ev in events if ev.session_id]
+async def _apply_sessions(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Merge the sessions summarised by `session_batch_rows` into the stored ones."""
     if not rows:
         return
-    row = await conn.fetchrow(_APPLY_SESSIONS, _json.encode(rows).decode(), PAGEVIEW)
+    row = await conn.fetchrow(_APPLY_SESSIONS, _json.encode(rows).decode())
     if row["created"] != row["expected_new"]:
         raise ConcurrentWriteConflict(
             f"{row['expected_new']} sessions expected new, {row['created']} created"
@@ -593,11 +647,12 @@ async def _write_in_transaction(conn: asyncpg.Connection, events: Sequence[Event
         return 0
     # The Python share of the work, done before the lock so other writers are not kept waiting.
     tallies = event_rollup_tallies(event_rollup_input(ev) for ev in inserted)
+    sessions = session_batch_rows(inserted)
     links = alias_links(inserted)
     persons = person_rows(inserted)
     await lock_derived_tables(conn, (ev.project_id for ev in inserted))
     await _apply_event_rollups(conn, tallies)
-    await _apply_sessions(conn, inserted)
+    await _apply_sessions(conn, sessions)
     await _apply_persons(conn, links, persons)
     return len(inserted)
 
