@@ -73,7 +73,9 @@ async def test_a_retry_coalesced_differently_is_stored_once(
     extra: dict[str, dict[str, Any]] = {
         # A linger long enough that concurrent requests below share messages.
         "ingest": {"ingest_port": ports["ingest"], "publish_linger_s": 0.5},
-        "sessionizer": {"health_port": ports["sessionizer"]},
+        # No checkpoint within the test, so the sessionizer does not purge the raw messages
+        # this test reads back (it purges what it has checkpointed).
+        "sessionizer": {"health_port": ports["sessionizer"], "checkpoint_interval_s": 600},
         "aggregator": {"health_port": ports["aggregator"]},
     }
     procs: dict[str, ServiceProcess] = {}
