@@ -30,7 +30,6 @@ import pyarrow.parquet as pq
 
 from bench import peers
 from libs.common.day_files.layout import EVENT_FILE_SCHEMA
-from libs.common.day_files.postgres_rows import event_schema
 from services.query.analyses.conditions import EventScope
 from services.query.analyses.funnels import FunnelSpec, funnel_spec, run_funnel
 from services.query.analyses.paths import paths_spec, run_paths
@@ -46,7 +45,7 @@ from services.query.analyses.requests import (
 from services.query.analyses.retention import retention_plan, retention_spec, run_retention
 from services.query.event_scan import _build_view
 from services.query.params import TimeWindow
-from services.query.scan_engine import STORED_COLUMNS, ScanEngine
+from services.query.scan_engine import ScanEngine
 
 FIRST_DAY = date(2025, 1, 1)
 PAGES = np.array(["/", "/pricing", "/docs", "/blog", "/features", "/about", "/docs/install"])
@@ -146,7 +145,7 @@ def _scan(
     _build_view(
         con,
         paths=[str(p) for p in files[max(0, first) : last + 1]],
-        hot=event_schema(STORED_COLUMNS).empty_table(),
+        hot=[],  # every day in files
         aliases=aliases,
         persons=None,
         start=start,
