@@ -17,7 +17,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,15 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import stack_env
 from tests.support.browser import CHROMIUM_ARGS, ensure_chromium
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait(what: str, check: Any, timeout: float) -> Any:
@@ -115,15 +109,7 @@ def run_benchmark(runs: int = 5) -> dict[str, Any]:
     """Start `strata up --demo`, wait for its backfill, measure, stop it."""
     with tempfile.TemporaryDirectory(prefix="strata-bench-dashboard-") as tmp:
         data_dir = Path(tmp)
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("STRATA_")},
-            "STRATA_DATA_DIR": str(data_dir),
-            "STRATA_INGEST_PORT": str(_free_port()),
-            "STRATA_QUERY_PORT": str(_free_port()),
-            "STRATA_DEMO_LIVE": "false",
-        }
-        env.pop("DATABASE_URL", None)
-        env.pop("NATS_URL", None)
+        env = stack_env(data_dir, demo_live="false")
         log_path = data_dir / "up.log"
         with open(log_path, "wb") as log:
             stack = subprocess.Popen(

@@ -37,9 +37,8 @@ import asyncpg
 import nats
 import psutil
 
-from bench import report
+from bench import report, stack_env
 from libs.common.subjects import Subjects
-from strata_dev.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET_S = 3.0  # the stored count unchanged this long: the pipeline has drained
@@ -234,17 +233,12 @@ def run_benchmark(
     with tempfile.TemporaryDirectory(prefix="strata-bench-demo-") as scratch:
         tmp = str(keep) if keep is not None else scratch
         data_dir = Path(tmp)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
-        env.pop("NATS_URL", None)
-        env.pop("DATABASE_URL", None)
-        env.update(
-            STRATA_DATA_DIR=tmp,
-            STRATA_INGEST_PORT=str(free_port()),
-            STRATA_QUERY_PORT=str(free_port()),
-            STRATA_LOG_LEVEL="warning",
-            STRATA_DEMO_DAYS=str(days),
-            STRATA_DEMO_VISITORS=str(visitors),
-            STRATA_DEMO_LIVE="false",
+        env = stack_env(
+            tmp,
+            log_level="warning",
+            demo_days=str(days),
+            demo_visitors=str(visitors),
+            demo_live="false",
         )
         up = subprocess.Popen(
             [sys.executable, "-m", "strata_cli", "up", "--demo"],

@@ -37,9 +37,8 @@ import aiohttp
 import asyncpg
 import psutil
 
-from bench import raw_ceiling, report
+from bench import raw_ceiling, report, stack_env
 from bench.ingest_gateway import batch_template
-from strata_dev.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 100
@@ -284,15 +283,7 @@ def run_benchmark(seconds: float = 30.0) -> dict[str, Any]:
 
 def _run_pipeline(seconds: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="strata-bench-pipeline-") as tmp:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
-        env.pop("NATS_URL", None)
-        env.pop("DATABASE_URL", None)
-        env.update(
-            STRATA_DATA_DIR=tmp,
-            STRATA_INGEST_PORT=str(free_port()),
-            STRATA_QUERY_PORT=str(free_port()),
-            STRATA_LOG_LEVEL="warning",
-        )
+        env = stack_env(tmp, log_level="warning")
         up = subprocess.Popen(
             [sys.executable, "-m", "strata_cli", "up"],
             cwd=ROOT,

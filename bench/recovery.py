@@ -29,7 +29,7 @@ from typing import Any
 import asyncpg
 import psutil
 
-from strata_dev.embedded import free_port
+from bench import stack_env
 from tests.support.stack_load import SteadyLoad
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,15 +128,7 @@ async def _stored(url: str, accepted: int) -> tuple[int, int]:
 def run_benchmark(rounds: int = 2) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="strata-bench-recovery-") as tmp:
         data_dir = Path(tmp)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
-        env.pop("NATS_URL", None)
-        env.pop("DATABASE_URL", None)
-        env.update(
-            STRATA_DATA_DIR=tmp,
-            STRATA_INGEST_PORT=str(free_port()),
-            STRATA_QUERY_PORT=str(free_port()),
-            STRATA_LOG_LEVEL="error",
-        )
+        env = stack_env(tmp, log_level="error")
         log = open(data_dir / "up.log", "wb")  # closed after the run, below
         up = subprocess.Popen(
             [sys.executable, "-m", "strata_cli", "up"],
