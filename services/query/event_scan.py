@@ -38,7 +38,13 @@ from libs.common.day_files.postgres_rows import (
 from libs.common.errors import StrataError
 from libs.common.object_store import ObjectArchived, ObjectNotFound
 from services.query.hot_rows import HotRead, LateRange
-from services.query.scan_engine import SCAN_COLUMNS, STORED_COLUMNS, ScanEngine
+from services.query.scan_engine import (
+    SCAN_COLUMNS,
+    STORED_COLUMNS,
+    FileColumns,
+    ScanEngine,
+    null_of,
+)
 
 __all__ = ["SCAN_COLUMNS", "ArchivedDaysError", "EventScan", "TierRead", "open_scan"]
 
@@ -237,6 +243,7 @@ def _build_view(
     end: datetime,
     include_bots: bool,
     erased: frozenset[str] = frozenset(),
+    file_columns: FileColumns | None = None,
 ) -> None:
     columns = ", ".join(STORED_COLUMNS)
     con.register("strata_aliases", aliases)
@@ -246,10 +253,13 @@ def _build_view(
     for number, table in enumerate(hot):
         con.register(f"strata_hot_rows_{number}", table)
         sources.append(f"SELECT {columns} FROM strata_hot_rows_{number}")
-    if paths:
-        files = "[" + ", ".join(_sql_string(p) for p in paths) + "]"
-        # union_by_name: parts written before a column was added read it as NULL.
-        sources.insert(0, f"SELECT {columns} FROM read_parquet({files}, union_by_name = true)")
+    # Files of one set of columns are read together; a part written before a column was
+    # added reads it as NULL.
+    groups = (file_columns or FileColumns()).groups(paths)
+    for number, (held, group) in enumerate(groups):
+        files = "[" + ", ".join(_sql_string(p) for p in group) + "]"
+        selected = ", ".join(c if c in held else f"{null_of(c)} AS {c}" for c in STORED_COLUMNS)
+        sources.insert(number, f"SELECT {selected} FROM read_parquet({files})")
     outputs = ", ".join(
         "COALESCE(a.person_id, e.user_id, e.distinct_id) AS person_id"
         if c == "person_id"
@@ -341,6 +351,7 @@ async def open_scan(
                 end=end,
                 include_bots=include_bots,
                 erased=erased,
+                file_columns=engine.file_columns,
             )
         except BaseException:
             con.close()

@@ -75,10 +75,14 @@ class _Erasures:
 
 @dataclass
 class _CachedDay:
-    rows: pa.Table  # every row of the day with inserted_xid < watermark, bots included; compact
+    # every row of the day (at or past `above`) with inserted_xid < watermark, bots included;
+    # compact
+    rows: pa.Table
     watermark: int
     erasures: frozenset[int]  # the project's erasure requests the rows reflect
     nbytes: int
+    # A day with parts: only its rows at or past this part watermark (its late rows) are kept.
+    above: int | None = None
 
 
 @dataclass
@@ -111,7 +115,20 @@ class HotRows:
         return sum(entry.rows.num_rows for entry in self._days.values())
 
     def cached_days(self, project_id: str) -> list[date]:
-        return sorted(day for project, day in self._days if project == project_id)
+        """The project's days without files held whole."""
+        return sorted(
+            day
+            for (project, day), e in self._days.items()
+            if project == project_id and e.above is None
+        )
+
+    def cached_late_days(self, project_id: str) -> list[date]:
+        """The project's days with files whose late rows are held."""
+        return sorted(
+            day
+            for (project, day), e in self._days.items()
+            if project == project_id and e.above is not None
+        )
 
     def forget(self, project_id: str) -> None:
         """Drop a project's cached days; the next scan copies them again."""
@@ -129,11 +146,11 @@ class HotRows:
         late: Sequence[LateRange],
     ) -> HotRead:
         """Every row of `days` (whole UTC days) and the late rows of `late`."""
-        # Days with files are no longer read whole: their cached rows only take room.
-        for lo, _, _ in late:
-            self._drop((project_id, lo.astimezone(UTC).date()))
         if not days and not late:
             return HotRead([self.empty()], 0)
+        # A late range is its day's rows at or past the part watermark; they are cached like a
+        # whole day's rows (the view clips them to the scan's range).
+        late_days = {lo.astimezone(UTC).date(): min_xid for lo, _, min_xid in late}
         project = literal(ProjectId(project_id))
         columns = (*self.columns, "inserted_xid")
         out: list[pa.Table] = []
@@ -144,22 +161,30 @@ class HotRows:
                 xmin: int = await conn.fetchval(
                     "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
                 )
+                # Only days with a partition can hold rows; a partition created after this
+                # point holds no row this snapshot sees.
+                stored = {r["day"] for r in await conn.fetch(_PARTITION_DAYS)}
+                for day in [*days, *late_days]:
+                    if day not in stored:
+                        self._drop((project_id, day))
+                days = [d for d in days if d in stored]
+                late_days = {d: x for d, x in late_days.items() if d in stored}
                 cached: dict[date, _CachedDay | None] = {}
                 uncacheable: set[date] = set()
                 erasures = _Erasures((0, 0), {}, frozenset())
-                if days:
-                    # Only days with a partition can hold rows; a partition created after
-                    # this point holds no row this snapshot sees.
-                    stored = {r["day"] for r in await conn.fetch(_PARTITION_DAYS)}
-                    for day in days:
-                        if day not in stored:
-                            self._drop((project_id, day))
-                    days = [d for d in days if d in stored]
-                if days:
+                if days or late_days:
                     erasures = await self._project_erasures(conn, project_id)
-                    uncacheable = await _days_with_deletions(conn, project_id, days)
-                    for day in days:
+                    deletions = await _days_with_deletions(conn, project_id, [*days, *late_days])
+                    # A tier move deletes only rows below the day's watermark, never late
+                    # rows; retention deletes every row of the day.
+                    uncacheable = {d for d in days if d in deletions}
+                    uncacheable |= {d for d in late_days if deletions.get(d) == "deleted"}
+                    for day in [*days, *late_days]:
                         entry = self._days.get((project_id, day))
+                        if entry is not None and entry.above != late_days.get(day):
+                            # The day gained (or lost) parts: its entry holds other rows.
+                            self._drop((project_id, day))
+                            entry = None
                         if entry is not None and (
                             day in uncacheable or erasures.touched_since(entry.erasures, day)
                         ):
@@ -182,20 +207,21 @@ class HotRows:
                     out.extend(
                         self._remember(project_id, piece, cached, rows, xmin, seen, uncacheable)
                     )
-                # Cached days: only rows at or past their watermark, read by runs of days from
-                # the run's lowest watermark (rows the cache holds are skipped below).
+                # Cached days and late ranges: only rows at or past their watermark, read by
+                # runs of days from the run's lowest watermark (rows a day holds already, or
+                # below its part watermark, are skipped below). Once scanned, every day's
+                # watermark is the same snapshot's xmin: a run is then one range.
+                since = {d: e.watermark for d in days if (e := cached[d]) is not None}
+                for day, part_watermark in late_days.items():
+                    entry = cached[day]
+                    since[day] = part_watermark if entry is None else entry.watermark
                 branches = []
-                for run in _consecutive([d for d in days if cached[d] is not None]):
+                for run in _consecutive(list(since)):
                     lo, hi = day_bounds(run[0])[0], day_bounds(run[-1])[1]
-                    since = min(entry.watermark for d in run if (entry := cached[d]) is not None)
                     branches.append(
                         f"e.project_id = {project} AND e.ts >= {literal(lo)}"
-                        f" AND e.ts < {literal(hi)} AND e.inserted_xid >= {literal(since)}"
-                    )
-                for lo, hi, min_xid in late:
-                    branches.append(
-                        f"e.project_id = {project} AND e.ts >= {literal(lo)}"
-                        f" AND e.ts < {literal(hi)} AND e.inserted_xid >= {literal(min_xid)}"
+                        f" AND e.ts < {literal(hi)}"
+                        f" AND e.inserted_xid >= {literal(min(since[d] for d in run))}"
                     )
                 pieces = [
                     await fetch_rows(
@@ -207,10 +233,11 @@ class HotRows:
                 ]
                 rows = pa.concat_tables(pieces) if pieces else event_schema(columns).empty_table()
                 copied += rows.num_rows
-                again = [d for d in days if cached[d] is not None]
-                out.extend(self._remember(project_id, again, cached, rows, xmin, seen, uncacheable))
-                if late:
-                    out.append(_rows_outside(rows, again).drop_columns(["inserted_xid"]))
+                out.extend(
+                    self._remember(
+                        project_id, list(since), cached, rows, xmin, seen, uncacheable, late_days
+                    )
+                )
         self.rows_copied += copied
         self._trim()
         return HotRead(_by_schema(out) or [self.empty()], copied)
@@ -244,37 +271,50 @@ class HotRows:
         xmin: int,
         erasures: frozenset[int],
         uncacheable: set[date],
+        late_days: dict[date, int] | None = None,
     ) -> list[pa.Table]:
-        """Fold the copied rows of whole days into the cache; the rows of those days."""
+        """Fold the copied rows of whole days (or of late ranges: `late_days`, day -> part
+        watermark) into the cache; the rows of those days."""
+        late_days = late_days or {}
         out = []
         for day, rows in _split_by_day(copied, days).items():
             key = (project_id, day)
             entry = cached[day]
+            above = late_days.get(day)
+            # Read from the run's lowest watermark: skip what this day holds already (or what
+            # its parts hold).
+            since = entry.watermark if entry is not None else above
+            if since is not None and rows.num_rows:
+                rows = rows.filter(pc.greater_equal(rows.column("inserted_xid"), since))
             if day in uncacheable:
                 out.append(rows.drop_columns(["inserted_xid"]))
                 continue
-            if entry is not None:
-                # Read from the run's lowest watermark: skip what this day already holds.
-                rows = rows.filter(pc.greater_equal(rows.column("inserted_xid"), entry.watermark))
-                if rows.num_rows == 0:
-                    # No row of the day at or past its watermark: it holds every row below
-                    # this snapshot's xmin. (A new entry: a concurrent scan may hold the old.)
-                    self._keep(
-                        key,
-                        _CachedDay(entry.rows, max(xmin, entry.watermark), erasures, entry.nbytes),
-                    )
-                    out.append(entry.rows)
-                    continue
+            if entry is not None and rows.num_rows == 0:
+                # No row of the day at or past its watermark: it holds every row below this
+                # snapshot's xmin. (A new entry: a concurrent scan may hold the old.)
+                self._keep(
+                    key,
+                    _CachedDay(
+                        entry.rows, max(xmin, entry.watermark), erasures, entry.nbytes, above
+                    ),
+                )
+                out.append(entry.rows)
+                continue
             xids = rows.column("inserted_xid")
             final = rows.filter(pc.less(xids, xmin)).drop_columns(["inserted_xid"])
             pending = rows.filter(pc.greater_equal(xids, xmin)).drop_columns(["inserted_xid"])
             if entry is None:
                 kept, watermark = compact(final), xmin
+                if above is not None:
+                    # Rows of transactions that ended before the export's snapshot are in the
+                    # parts: the day holds every row from its part watermark on.
+                    watermark = max(xmin, above)
             else:
                 kept, watermark = append(entry.rows, final), max(xmin, entry.watermark)
             # Every buffer is the table's own (encoded or filtered, never sliced): this is
             # what it holds, and cheaper to compute than `nbytes`.
-            self._keep(key, _CachedDay(kept, watermark, erasures, kept.get_total_buffer_size()))
+            nbytes = kept.get_total_buffer_size()
+            self._keep(key, _CachedDay(kept, watermark, erasures, nbytes, above))
             out.append(kept)
             if pending.num_rows:
                 out.append(pending)
@@ -299,14 +339,15 @@ class HotRows:
 
 async def _days_with_deletions(
     conn: asyncpg.Connection, project_id: str, days: Sequence[date]
-) -> set[date]:
-    """Days of `days` a tier move (cold, retention) deleted rows from."""
+) -> dict[date, str]:
+    """Days of `days` a tier move (cold, archive) or retention (deleted) took rows from, and
+    the tier each is in now."""
     rows = await conn.fetch(
-        "SELECT day FROM day_tiers WHERE project_id = $1 AND day = ANY($2::date[])",
+        "SELECT day, tier FROM day_tiers WHERE project_id = $1 AND day = ANY($2::date[])",
         project_id,
         list(days),
     )
-    return {r["day"] for r in rows}
+    return {r["day"]: r["tier"] for r in rows}
 
 
 def _split_by_day(rows: pa.Table, days: Sequence[date]) -> dict[date, pa.Table]:
@@ -322,15 +363,6 @@ def _split_by_day(rows: pa.Table, days: Sequence[date]) -> dict[date, pa.Table]:
         else none
         for day in days
     }
-
-
-def _rows_outside(rows: pa.Table, days: Sequence[date]) -> pa.Table:
-    """The rows not of `days` (those of the late ranges)."""
-    if not days or rows.num_rows == 0:
-        return rows
-    day_of_row = pc.cast(rows.column("ts"), pa.date32())
-    whole_days = pa.array(list(days), pa.date32())
-    return rows.filter(pc.invert(pc.is_in(day_of_row, value_set=whole_days)))
 
 
 def _by_schema(tables: Iterable[pa.Table]) -> list[pa.Table]:

@@ -15,7 +15,7 @@ import pytest
 
 from libs.common.day_files import DayExportSettings, DayFileCache, export_pending_days
 from libs.common.erasure import request_erasure
-from libs.common.object_store import open_object_store
+from libs.common.object_store import ObjectStore, open_object_store
 from libs.common.schemas.events_v1 import PAGEVIEW, EventV1
 from services.aggregator.writer import write_events
 from services.query.event_scan import open_scan
@@ -158,6 +158,85 @@ async def test_a_day_moved_cold_is_read_from_its_files_and_one_deleted_by_retent
         retention = await apply_retention(pool, store, projects=["acme"])
         assert not retention.failures and retention.rows_deleted == 22
         assert await scanned_ids(deps) == await pg_ids(pool) == []
+    finally:
+        engine.close()
+        await store.close()
+
+
+async def export_first_day(pool: asyncpg.Pool, tmp_path: Path, store: ObjectStore) -> None:
+    exported = await export_pending_days(
+        pool,
+        store,
+        DayExportSettings(work_dir=tmp_path / "work"),
+        grace=timedelta(0),
+        projects=["acme"],
+        days=[DAY.date()],
+    )
+    assert not exported.failures and exported.rows, exported
+
+
+@pytest.mark.usefixtures("project")
+async def test_late_rows_of_a_day_with_files_are_copied_once_until_a_part_takes_them(
+    pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    store = open_object_store(f"file://{tmp_path / 'objects'}")
+    engine = ScanEngine(DayFileCache(tmp_path / "cache", 64 * 1024**2, store))
+    deps = ScanDeps(pool, engine)
+    try:
+        await write(pool, events(30, "a") + events(20, "b", day_offset=1))
+        await export_first_day(pool, tmp_path, store)
+        assert await scanned_ids(deps) == await pg_ids(pool)
+        assert engine.hot_rows.rows_copied == 20  # the first day is its part's
+        assert engine.hot_rows.cached_late_days("acme") == [DAY.date()]
+        await write(pool, events(3, "late"))  # rows of the exported day, after its export
+        ids = await scanned_ids(deps)
+        assert ids == await pg_ids(pool) and len(ids) == 53
+        assert engine.hot_rows.rows_copied == 23
+        assert await scanned_ids(deps) == ids
+        assert engine.hot_rows.rows_copied == 23  # the late rows are kept
+        # The next export writes them to a part: read from there, once, and not copied.
+        await export_first_day(pool, tmp_path, store)
+        assert await scanned_ids(deps) == ids
+        assert engine.hot_rows.rows_copied == 23
+        await write(pool, events(1, "later"))
+        ids = await scanned_ids(deps)
+        assert ids == await pg_ids(pool) and len(ids) == 54
+        assert engine.hot_rows.rows_copied == 24
+    finally:
+        engine.close()
+        await store.close()
+
+
+@pytest.mark.usefixtures("project")
+async def test_an_erased_persons_late_rows_of_a_day_with_files_stay_gone(
+    pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    store = open_object_store(f"file://{tmp_path / 'objects'}")
+    engine = ScanEngine(DayFileCache(tmp_path / "cache", 64 * 1024**2, store))
+    deps = ScanDeps(pool, engine)
+    settings = DayExportSettings(work_dir=tmp_path / "work")
+    try:
+        await write(pool, events(30, "a") + events(20, "b", day_offset=1))
+        await export_first_day(pool, tmp_path, store)
+        await write(pool, events(3, "late"))  # late-1 is d-1's
+        assert len(await scanned_ids(deps)) == 53
+        assert engine.hot_rows.cached_late_days("acme") == [DAY.date()]
+        async with pool.acquire() as conn:
+            status = await request_erasure(
+                conn, project_id="acme", user_id=None, distinct_ids=["d-1"], key_id="test"
+            )
+        expected = await pg_ids(pool)
+        assert "late-1" not in expected and len(expected) == 53 - 1 - 5 - 3
+        assert await scanned_ids(deps) == expected
+        # Once the request completes, no filter hides the person: the cache must not hold
+        # their late row.
+        for _ in range(5):
+            run = await process_erasures(pool, store, settings)
+            assert not run.failures, run.failures
+            if status.id in run.completed:
+                break
+        assert await pool.fetchval("SELECT count(*) FROM erased_ids") == 0
+        assert await scanned_ids(deps) == expected
     finally:
         engine.close()
         await store.close()
