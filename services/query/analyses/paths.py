@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from libs.common.rollup_keys import NONE_VALUE
 from libs.common.schemas.events_v1 import PAGEVIEW
 from services.query.analyses.conditions import EventScope, check_regex, check_replacement
-from services.query.analyses.event_order import EventOrder, in_event_order, key_codes
+from services.query.analyses.event_order import EventOrder, in_event_order
 from services.query.analyses.requests import (
     CleaningRule,
     PathsRequest,
@@ -190,7 +190,11 @@ def run_paths(
     ).to_arrow_table()
     events = in_event_order(table, key="sid", ts="t", event_id="eid")
     label_of_row, labels = _row_labels(con, spec, table)
-    person = events.key if spec.per == "person" else key_codes(table["pid"])[events.rows]
+    if spec.per == "person":
+        person, person_ids = events.key, None
+    else:
+        runs, person_ids = _person_runs(table["pid"])
+        person = runs[events.rows]
     start_label, end_label = _point_labels(con, spec)
     kept = session_paths(
         events,
@@ -203,7 +207,25 @@ def run_paths(
         start_label=start_label,
         end_label=end_label,
     )
-    return _summary(kept, spec)
+    if person_ids is None:
+        persons = _distinct_codes(kept.person)
+    else:
+        # Each run counted once, then its person id: distinct ids, not distinct runs.
+        counted = np.flatnonzero(np.bincount(kept.person)) if kept.person.size else kept.person
+        persons = pc.count_distinct(person_ids.take(pa.array(counted)), mode="all").as_py()
+    return _summary(kept, spec, persons)
+
+
+def _person_runs(ids: pa.ChunkedArray) -> tuple[npt.NDArray[np.int64], pa.Array]:
+    """Each row's run of equal person ids in the rows' order, and each run's id. Rows of one
+    person mostly come together (day files are sorted by distinct id), so only the runs' ids
+    are hashed later, not every row's."""
+    column = ids.combine_chunks()
+    change = np.ones(len(column), dtype=bool)
+    if len(column) > 1:
+        differs = pc.fill_null(pc.not_equal(column[1:], column[:-1]), True)
+        change[1:] = differs.to_numpy(zero_copy_only=False)
+    return np.cumsum(change, dtype=np.int64) - 1, column.take(pa.array(np.flatnonzero(change)))
 
 
 def _row_labels(
@@ -264,8 +286,9 @@ def _epoch_us(ts: datetime) -> int:
 
 @dataclass(frozen=True)
 class KeptNodes:
-    """The nodes of every counted path, in path order: session, person, label (codes into
-    `labels`), step (1-based) and whether the path ended there because the session did."""
+    """The nodes of every counted path, in path order: session, person (a code as given to
+    `session_paths`), label (codes into `labels`), step (1-based) and whether the path ended
+    there because the session did."""
 
     session: npt.NDArray[np.int64]
     person: npt.NDArray[np.int64]
@@ -388,8 +411,8 @@ def _counted(keys: npt.NDArray[np.int64], possible: int) -> tuple[list[int], lis
     return found.tolist(), counts.tolist()
 
 
-def _summary(kept: KeptNodes, spec: PathsSpec) -> PathsResult:
-    """Counts of paths, persons, nodes and edges (ranked) from the kept nodes."""
+def _summary(kept: KeptNodes, spec: PathsSpec, persons: int) -> PathsResult:
+    """Counts of paths, nodes and edges (ranked) from the kept nodes."""
     width = len(kept.labels) + 1
     names = kept.labels
     steps = spec.steps + 1
@@ -424,7 +447,7 @@ def _summary(kept: KeptNodes, spec: PathsSpec) -> PathsResult:
     ]
     return PathsResult(
         paths=_distinct_runs(kept.session),
-        persons=_distinct_codes(kept.person),
+        persons=persons,
         nodes=nodes,
         edges=edges,
         edges_truncated=len(edges_all) > spec.edge_limit,
