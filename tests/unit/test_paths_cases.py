@@ -159,6 +159,21 @@ def test_top_edges_are_cut_to_the_limit() -> None:
     assert result.edges_truncated
 
 
+def test_many_distinct_labels_count_the_same() -> None:
+    # 300 pages: too many possible (step, label, label) keys for one counter each, so nodes
+    # and edges are counted by sorting instead.
+    events = []
+    for i in range(300):
+        events += session(f"p{i}", f"s{i}", at(i), f"/page/{i}", "/x", f"/page/{i % 2}")
+    result = paths(events, edge_limit=1000)
+    found = edges(result)
+    assert len(found) == 302 and sum(found.values()) == 600
+    assert found["1_/page/7 -> 2_/x"] == 1
+    assert (found["2_/x -> 3_/page/0"], found["2_/x -> 3_/page/1"]) == (150, 150)
+    assert nodes(result)["2_/x"] == (300, 0)
+    assert nodes(result)["3_/page/1"] == (150, 150)
+
+
 def test_custom_events_and_event_types() -> None:
     events = session("p", "s1", at(0), "/", "signup", "$identify", "/welcome")
     assert edges(paths(events)) == {"1_/ -> 2_/welcome": 1}

@@ -396,14 +396,11 @@ def session_paths(
     )
 
 
-# Above this many possible keys, nodes and edges are counted by sorting (np.unique) rather
-# than by one counter per possible key (np.bincount).
-_MAX_COUNTERS = 1 << 22
-
-
 def _counted(keys: npt.NDArray[np.int64], possible: int) -> tuple[list[int], list[int]]:
-    """The distinct keys (ascending) and how often each occurs."""
-    if possible <= _MAX_COUNTERS:
+    """The distinct keys (ascending, each below `possible`) and how often each occurs."""
+    # One counter per possible key while they are few next to the keys (labels are usually
+    # a few dozen); else a sort.
+    if possible <= max(4 * keys.size, 1 << 16):
         counts = np.bincount(keys, minlength=possible)
         found = np.flatnonzero(counts)
         return found.tolist(), counts[found].tolist()
