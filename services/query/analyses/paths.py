@@ -193,7 +193,8 @@ def run_paths(
     if spec.per == "person":
         person, person_ids = events.key, None
     else:
-        runs, person_ids = _person_runs(table["pid"])
+        person_ids = table["pid"].combine_chunks()
+        runs, run_heads = _person_runs(person_ids)
         person = runs[events.rows]
     start_label, end_label = _point_labels(con, spec)
     kept = session_paths(
@@ -212,20 +213,20 @@ def run_paths(
     else:
         # Each run counted once, then its person id: distinct ids, not distinct runs.
         counted = np.flatnonzero(np.bincount(kept.person)) if kept.person.size else kept.person
-        persons = pc.count_distinct(person_ids.take(pa.array(counted)), mode="all").as_py()
+        ids = person_ids.take(pa.array(run_heads[counted]))
+        persons = pc.count_distinct(ids, mode="all").as_py()
     return _summary(kept, spec, persons)
 
 
-def _person_runs(ids: pa.ChunkedArray) -> tuple[npt.NDArray[np.int64], pa.Array]:
-    """Each row's run of equal person ids in the rows' order, and each run's id. Rows of one
-    person mostly come together (day files are sorted by distinct id), so only the runs' ids
-    are hashed later, not every row's."""
-    column = ids.combine_chunks()
-    change = np.ones(len(column), dtype=bool)
-    if len(column) > 1:
-        differs = pc.fill_null(pc.not_equal(column[1:], column[:-1]), True)
+def _person_runs(ids: pa.Array) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Each row's run of equal person ids in the rows' order, and each run's first row. Rows
+    of one person mostly come together (day files are sorted by distinct id), so only the
+    runs' ids are hashed later, not every row's."""
+    change = np.ones(len(ids), dtype=bool)
+    if len(ids) > 1:
+        differs = pc.fill_null(pc.not_equal(ids[1:], ids[:-1]), True)
         change[1:] = differs.to_numpy(zero_copy_only=False)
-    return np.cumsum(change, dtype=np.int64) - 1, column.take(pa.array(np.flatnonzero(change)))
+    return np.cumsum(change, dtype=np.int64) - 1, np.flatnonzero(change)
 
 
 def _row_labels(
