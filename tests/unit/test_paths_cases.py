@@ -63,6 +63,37 @@ def test_cleaning_rules_trailing_slashes_and_repeats() -> None:
     assert nodes(result) == {"1_/user/:id": (1, 0), "2_/pricing": (1, 1)}
 
 
+def test_a_label_depends_on_the_value_and_on_whether_it_is_a_page() -> None:
+    # Labels are made once per distinct (value, pageview or not): a custom event named like a
+    # page path keeps its name as given, a page path loses its trailing slash.
+    events = session("p", "s1", at(0), "/docs/")
+    events.append(Ev("p", "/docs/", at(0, seconds=30), session_id="s1"))
+    # A pageview without a path and one with an empty path are both `(none)`, as is a custom
+    # event of that name: one node, the repeats collapsed.
+    events += [
+        Ev("q", "$pageview", at(10), session_id="s2"),
+        Ev("q", "$pageview", at(10, seconds=10), path="", session_id="s2"),
+        Ev("q", "(none)", at(10, seconds=20), session_id="s2"),
+        Ev("q", "$pageview", at(10, seconds=30), path="/x", session_id="s2"),
+    ]
+    result = paths(events, event_types=["pageview", "custom"])
+    assert edges(result) == {"1_/docs -> 2_/docs/": 1, "1_(none) -> 2_/x": 1}
+    assert nodes(result)["1_(none)"] == (1, 0)
+
+
+def test_persons_are_those_of_the_nodes_counted() -> None:
+    # Each session's third event carries another person (a user id no alias links): counted
+    # when the path keeps that node, not when the path is cut before it.
+    # (Listed out of time order: rows reach the analysis in any order.)
+    events = [
+        Ev("q", "$pageview", at(2), path="/b", session_id="s1"),
+        Ev("r", "$pageview", at(12), path="/b", session_id="s2"),
+    ]
+    events += session("p", "s1", at(0), "/", "/a") + session("p", "s2", at(10), "/", "/a")
+    assert (paths(events, steps=2).paths, paths(events, steps=2).persons) == (2, 1)
+    assert (paths(events, steps=3).paths, paths(events, steps=3).persons) == (2, 3)
+
+
 def test_start_point_cuts_everything_before_its_first_match() -> None:
     events = session("p", "s1", at(0), "/", "/docs", "/pricing", "/signup", "/pricing", "/docs")
     events += session("q", "s2", at(10), "/", "/docs")  # never reaches the start point
@@ -126,6 +157,21 @@ def test_top_edges_are_cut_to_the_limit() -> None:
     result = paths(events, edge_limit=1)
     assert edges(result) == {"1_/ -> 2_/pricing": 3}
     assert result.edges_truncated
+
+
+def test_many_distinct_labels_count_the_same() -> None:
+    # 300 pages: too many possible (step, label, label) keys for one counter each, so nodes
+    # and edges are counted by sorting instead.
+    events = []
+    for i in range(300):
+        events += session(f"p{i}", f"s{i}", at(i), f"/page/{i}", "/x", f"/page/{i % 2}")
+    result = paths(events, edge_limit=1000)
+    found = edges(result)
+    assert len(found) == 302 and sum(found.values()) == 600
+    assert found["1_/page/7 -> 2_/x"] == 1
+    assert (found["2_/x -> 3_/page/0"], found["2_/x -> 3_/page/1"]) == (150, 150)
+    assert nodes(result)["2_/x"] == (300, 0)
+    assert nodes(result)["3_/page/1"] == (150, 150)
 
 
 def test_custom_events_and_event_types() -> None:

@@ -79,7 +79,9 @@ def in_event_order(
         packed = (codes << (time_bits + rank_bits)) | (offsets << rank_bits)
         if rank is not None:
             packed |= rank
-        rows = np.argsort(packed).astype(np.int64, copy=False)
+        # Stable (a merge sort of runs): rows come as read, where day files already hold a
+        # key's rows together in time order (`SORT_KEYS`), so the sort mostly merges runs.
+        rows = np.argsort(packed, kind="stable").astype(np.int64, copy=False)
         packed = packed[rows]
         codes = packed >> (time_bits + rank_bits)
         times = ((packed >> rank_bits) & ((1 << time_bits) - 1)) + t0

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import duckdb
 import numpy as np
@@ -144,6 +143,13 @@ def _label_sql(spec: PathsSpec, params: SqlParams) -> str:
     return f"CASE WHEN e.name = {pageview} THEN {page_label} ELSE e.name END"
 
 
+def _raw_label_sql(params: SqlParams) -> tuple[str, str]:
+    """What a row's label is made from: the page path of a pageview (its name otherwise) and
+    whether it is a pageview. Labels are then made once per distinct pair (`_row_labels`)."""
+    pageview = params.add(PAGEVIEW)
+    return f"CASE WHEN e.name = {pageview} THEN e.path ELSE e.name END", f"e.name = {pageview}"
+
+
 def _type_sql(spec: PathsSpec, params: SqlParams) -> str:
     terms = []
     if "pageview" in spec.event_types:
@@ -166,23 +172,103 @@ def run_paths(
     `events_scan` over [start - session_max, end + session_max); with `per=person`, each
     person's path events in [start, end) across their sessions."""
     params = SqlParams()
-    label = _label_sql(spec, params)
+    raw, page = _raw_label_sql(params)
     if spec.per == "person":
         where = scope.where(params, start=start) + f" AND e.ts < {params.add(end)}"
-        key = "e.person_id"
+        # The key is the person: no second copy of it.
+        columns = "e.person_id AS sid"
     else:
         where = scope.where(params, start=start - session_max) + " AND e.session_id IS NOT NULL"
-        key = "e.session_id"
+        columns = "e.session_id AS sid, e.person_id AS pid"
     kinds = _type_sql(spec, params)
     table: pa.Table = con.sql(
-        f"""SELECT {key} AS sid, e.person_id AS pid, epoch_us(e.ts) AS t, e.event_id AS eid,
-                   {label} AS label
+        f"""SELECT {columns}, epoch_us(e.ts) AS t, e.event_id AS eid,
+                   {raw} AS raw, {page} AS page
             FROM events_scan e
             WHERE {where} AND NOT e.non_interactive AND {kinds}""",
         params=params.values,
     ).to_arrow_table()
     events = in_event_order(table, key="sid", ts="t", event_id="eid")
-    # The start and end points as labels, cleaned by the same rules as the nodes.
+    label_of_row, labels = _row_labels(con, spec, table)
+    if spec.per == "person":
+        person, person_ids = events.key, None
+    else:
+        person_ids = table["pid"].combine_chunks()
+        runs, run_heads = _person_runs(person_ids)
+        person = runs[events.rows]
+    start_label, end_label = _point_labels(con, spec)
+    kept = session_paths(
+        events,
+        label_of_row[events.rows],
+        labels,
+        person,
+        spec,
+        _epoch_us(start),
+        _epoch_us(end),
+        start_label=start_label,
+        end_label=end_label,
+    )
+    if person_ids is None:
+        persons = _distinct_codes(kept.person)
+    else:
+        # Each run counted once, then its person id: distinct ids, not distinct runs.
+        counted = np.flatnonzero(np.bincount(kept.person)) if kept.person.size else kept.person
+        ids = person_ids.take(pa.array(run_heads[counted]))
+        persons = pc.count_distinct(ids, mode="all").as_py()
+    return _summary(kept, spec, persons)
+
+
+def _person_runs(ids: pa.Array) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Each row's run of equal person ids in the rows' order, and each run's first row. Rows
+    of one person mostly come together (day files are sorted by distinct id), so only the
+    runs' ids are hashed later, not every row's."""
+    change = np.ones(len(ids), dtype=bool)
+    if len(ids) > 1:
+        differs = pc.fill_null(pc.not_equal(ids[1:], ids[:-1]), True)
+        change[1:] = differs.to_numpy(zero_copy_only=False)
+    return np.cumsum(change, dtype=np.int64) - 1, np.flatnonzero(change)
+
+
+def _row_labels(
+    con: duckdb.DuckDBPyConnection, spec: PathsSpec, table: pa.Table
+) -> tuple[npt.NDArray[np.int64], list[str]]:
+    """Each row's label as a code into the returned labels. The label SQL (trailing slashes,
+    cleaning rules) runs once per distinct (value, is pageview) pair, not once per row."""
+    if table.num_rows == 0:
+        return np.zeros(0, dtype=np.int64), []
+    raw = pc.dictionary_encode(table["raw"].combine_chunks(), null_encoding="encode")
+    page = np.asarray(table["page"].to_numpy(), dtype=np.int64)
+    pair = np.asarray(raw.indices.to_numpy(zero_copy_only=False), dtype=np.int64) * 2 + page
+    present = np.flatnonzero(np.bincount(pair))
+    values = raw.dictionary.take(pa.array(present // 2))
+    is_page = pa.array(present % 2 == 1)
+    pairs = pa.table(
+        {
+            "i": pa.array(np.arange(present.size, dtype=np.int64)),
+            "name": pc.if_else(is_page, PAGEVIEW, values),
+            "path": pc.if_else(is_page, values, pa.scalar(None, pa.string())),
+        }
+    )
+    params = SqlParams()
+    con.register("strata_path_labels", pairs)
+    try:
+        named: pa.Table = con.sql(
+            f"SELECT {_label_sql(spec, params)} FROM strata_path_labels e ORDER BY i",
+            params=params.values,
+        ).to_arrow_table()
+    finally:
+        con.unregister("strata_path_labels")
+    # Pairs that clean to one label (`/docs/` and `/docs`) share its code.
+    encoded = pc.dictionary_encode(named.column(0).combine_chunks())
+    pair_label = np.zeros(pair.max() + 1, dtype=np.int64)
+    pair_label[present] = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), np.int64)
+    return pair_label[pair], [str(v) for v in encoded.dictionary.to_pylist()]
+
+
+def _point_labels(con: duckdb.DuckDBPyConnection, spec: PathsSpec) -> tuple[str | None, str | None]:
+    """The start and end points as labels, cleaned by the same rules as the nodes."""
+    if spec.start_point is None and spec.end_point is None:
+        return None, None
     points = SqlParams()
     named = [
         _point_sql(spec, points, point) if point is not None else "NULL::VARCHAR"
@@ -192,10 +278,7 @@ def run_paths(
     ((start_label, end_label),) = con.execute(
         f"SELECT {', '.join(named)}", points.values
     ).fetchall()
-    kept = session_paths(
-        events, spec, _epoch_us(start), _epoch_us(end), start_label=start_label, end_label=end_label
-    )
-    return _summary(kept, spec)
+    return start_label, end_label
 
 
 def _epoch_us(ts: datetime) -> int:
@@ -204,8 +287,9 @@ def _epoch_us(ts: datetime) -> int:
 
 @dataclass(frozen=True)
 class KeptNodes:
-    """The nodes of every counted path, in path order: session, person, label (codes into
-    `labels`), step (1-based) and whether the path ended there because the session did."""
+    """The nodes of every counted path, in path order: session, person (a code as given to
+    `session_paths`), label (codes into `labels`), step (1-based) and whether the path ended
+    there because the session did."""
 
     session: npt.NDArray[np.int64]
     person: npt.NDArray[np.int64]
@@ -215,25 +299,33 @@ class KeptNodes:
     labels: list[str]
 
 
-def _codes(column: pa.ChunkedArray) -> tuple[npt.NDArray[np.int64], list[Any]]:
-    encoded = pc.dictionary_encode(column).combine_chunks()
-    codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
-    return codes, encoded.dictionary.to_pylist()
-
-
-def _first_hit(
-    hits: npt.NDArray[np.bool_], run: npt.NDArray[np.int64], idx: npt.NDArray[np.int64], runs: int
+def _first_at(
+    hits: npt.NDArray[np.bool_],
+    path: npt.NDArray[np.int64],
+    idx: npt.NDArray[np.int64],
+    paths: int,
 ) -> npt.NDArray[np.int64]:
-    """Per run, the smallest `idx` where `hits` holds, else 0 (rows come in run, idx order)."""
-    first = np.zeros(runs, dtype=np.int64)
+    """Per path, the smallest `idx` where `hits` holds, else 0 (rows come in path, idx
+    order, so a path's first hit is the first of its hits)."""
+    first = np.zeros(paths, dtype=np.int64)
     rows = np.flatnonzero(hits)
-    owners, at = np.unique(run[rows], return_index=True)
-    first[owners] = idx[rows[at]]
+    owner = path[rows]
+    leads = np.ones(rows.size, dtype=bool)
+    leads[1:] = owner[1:] != owner[:-1]
+    first[owner[leads]] = idx[rows[leads]]
     return first
+
+
+def _starts(flags: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
+    """For each position, the position of the last True at or before it (flags[0] is True)."""
+    return np.maximum.accumulate(np.where(flags, np.arange(flags.size, dtype=np.int64), 0))
 
 
 def session_paths(
     events: EventOrder,
+    label: npt.NDArray[np.int64],
+    labels: list[str],
+    person: npt.NDArray[np.int64],
     spec: PathsSpec,
     start_us: int,
     end_us: int,
@@ -241,86 +333,103 @@ def session_paths(
     start_label: str | None,
     end_label: str | None,
 ) -> KeptNodes:
-    """One pass over path events in (session, ts, event id) order: keep the sessions whose
-    first event is in [start_us, end_us), collapse repeats, cut at the start and end points
-    and to `spec.steps` nodes."""
-    n = events.table.num_rows
-    person, _ = _codes(events.table["pid"])
-    label, labels = _codes(events.table["label"])
-    person, label = person[events.rows], label[events.rows]
-    t = events.ints("t")
+    """One pass over path events in (session, ts, event id) order (`label` and `person` are
+    codes per position of that order): keep the sessions whose first event is in
+    [start_us, end_us), collapse repeats, cut at the start and end points and to
+    `spec.steps` nodes."""
+    n = events.t.size
+    if n == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return KeptNodes(empty, empty, empty, empty, np.zeros(0, dtype=bool), labels)
+    t = events.t
     # Sessions arrive grouped: a run starts where the key changes.
     new_run = np.ones(n, dtype=bool)
     new_run[1:] = ~events.same_key
-    run_starts = np.flatnonzero(new_run)
-    run_of = np.cumsum(new_run, dtype=np.int64) - 1
-    started = (t[run_starts] >= start_us) & (t[run_starts] < end_us)
-    # Consecutive repeats of one node collapse into the first.
-    keep = started[run_of] if n else np.zeros(0, dtype=bool)
-    repeat = np.zeros(n, dtype=bool)
-    repeat[1:] = ~new_run[1:] & (label[1:] == label[:-1])
-    keep &= ~repeat
+    run_first = _starts(new_run)
+    # Kept: rows of sessions starting in the range, minus consecutive repeats of a node.
+    keep = (t[run_first] >= start_us) & (t[run_first] < end_us)
+    keep[1:] &= new_run[1:] | (label[1:] != label[:-1])
     rows = np.flatnonzero(keep)
-    run, label, person = run_of[rows], label[rows], person[rows]
-    first_row = np.ones(rows.size, dtype=bool)
-    first_row[1:] = run[1:] != run[:-1]
-    firsts = np.flatnonzero(first_row)
-    idx = (
-        np.arange(rows.size, dtype=np.int64)
-        - np.repeat(firsts, np.diff(np.append(firsts, rows.size)))
-        + 1
-    )
-    runs = int(run_of[-1]) + 1 if n else 0
-    total = np.zeros(runs, dtype=np.int64)
-    np.maximum.at(total, run, idx)
-    code = {name: i for i, name in enumerate(labels)}
+    label = label[rows]
+    # Each kept session is now a path of nodes numbered 1.. (idx); `path` numbers the paths.
+    first = new_run[rows]
+    path = np.cumsum(first, dtype=np.int64) - 1
+    at = np.arange(rows.size, dtype=np.int64)
+    idx = at - _starts(first) + 1
+    last = np.ones(rows.size, dtype=bool)
+    last[:-1] = first[1:]
+    total = idx[last]  # nodes per path
+    paths = total.size
+    code: dict[str | None, int] = {name: i for i, name in enumerate(labels)}
     steps = spec.steps
     if spec.start_point is None:
-        s = np.where(total > 0, 1, 0)
+        s = np.ones(paths, dtype=np.int64)
     else:
-        s = _first_hit(label == code.get(start_label, -1), run, idx, runs)
+        s = _first_at(label == code.get(start_label, -1), path, idx, paths)
     if spec.end_point is not None:
         # The first end point at or after the start point.
-        hit = (label == code.get(end_label, -1)) & (idx >= np.maximum(s, 1)[run])
-        en = _first_hit(hit, run, idx, runs)
+        hit = (label == code.get(end_label, -1)) & (idx >= np.maximum(s, 1)[path])
+        en = _first_at(hit, path, idx, paths)
     if spec.end_point is None:
         lo, hi, present = s, np.minimum(total, s + steps - 1), s > 0
     elif spec.start_point is None:
         lo, hi, present = np.maximum(1, en - steps + 1), en, en > 0
     else:
         lo, hi, present = s, np.minimum(en, s + steps - 1), (s > 0) & (en > 0)
-    inside = present[run] & (idx >= lo[run]) & (idx <= hi[run])
-    ended = (idx == total[run]) if spec.end_point is None else np.zeros(idx.size, dtype=bool)
+    if spec.start_point is None and spec.end_point is None:
+        # Every path from its first node: the cut is the first `steps` nodes.
+        inside = idx <= steps
+        step = idx
+    else:
+        inside = present[path] & (idx >= lo[path]) & (idx <= hi[path])
+        step = idx - lo[path] + 1
+    if spec.end_point is None:
+        ended = idx[inside] == total[path[inside]]
+    else:
+        ended = np.zeros(int(np.count_nonzero(inside)), dtype=bool)
     return KeptNodes(
-        session=run[inside],
-        person=person[inside],
+        session=path[inside],
+        person=person[rows[inside]],
         label=label[inside],
-        step=(idx - lo[run] + 1)[inside],
-        ended=ended[inside],
-        labels=[str(v) for v in labels],
+        step=step[inside],
+        ended=ended,
+        labels=labels,
     )
 
 
-def _summary(kept: KeptNodes, spec: PathsSpec) -> PathsResult:
-    """Counts of paths, persons, nodes and edges (ranked) from the kept nodes."""
+def _counted(keys: npt.NDArray[np.int64], possible: int) -> tuple[list[int], list[int]]:
+    """The distinct keys (ascending, each below `possible`) and how often each occurs."""
+    # One counter per possible key while they are few next to the keys (labels are usually
+    # a few dozen); else a sort.
+    if possible <= max(4 * keys.size, 1 << 16):
+        counts = np.bincount(keys, minlength=possible)
+        found = np.flatnonzero(counts)
+        return found.tolist(), counts[found].tolist()
+    found, counts = np.unique(keys, return_counts=True)
+    return found.tolist(), counts.tolist()
+
+
+def _summary(kept: KeptNodes, spec: PathsSpec, persons: int) -> PathsResult:
+    """Counts of paths, nodes and edges (ranked) from the kept nodes."""
     width = len(kept.labels) + 1
     names = kept.labels
+    steps = spec.steps + 1
     same = np.zeros(kept.session.size, dtype=bool)
     same[:-1] = kept.session[1:] == kept.session[:-1]
     sources = np.flatnonzero(same)
     edge_key = (kept.step[sources] * width + kept.label[sources]) * width + kept.label[sources + 1]
-    keys, values = np.unique(edge_key, return_counts=True)
+    keys, values = _counted(edge_key, steps * width * width)
     edges_all = [
-        (int(k // width // width), names[int(k // width % width)], names[int(k % width)], int(v))
+        (k // width // width, names[k // width % width], names[k % width], v)
         for k, v in zip(keys, values, strict=True)
     ]
     edges_all.sort(key=lambda e: (-e[3], e[0], e[1], e[2]))
     node_key = kept.step * width + kept.label
-    node_keys, counts = np.unique(node_key, return_counts=True)
-    ended_keys, ended_counts = np.unique(node_key[kept.ended], return_counts=True)
-    ended_of = dict(zip(ended_keys.tolist(), ended_counts.tolist(), strict=True))
+    node_keys, counts = _counted(node_key, steps * width)
+    ended_keys, ended_counts = _counted(node_key[kept.ended], steps * width)
+    ended_of = dict(zip(ended_keys, ended_counts, strict=True))
     node_rows = [
-        (int(k // width), names[int(k % width)], int(c), int(ended_of.get(int(k), 0)))
+        (k // width, names[k % width], c, ended_of.get(k, 0))
         for k, c in zip(node_keys, counts, strict=True)
     ]
     node_rows.sort(key=lambda r: (r[0], -r[2], r[1]))
@@ -336,7 +445,7 @@ def _summary(kept: KeptNodes, spec: PathsSpec) -> PathsResult:
     ]
     return PathsResult(
         paths=_distinct_runs(kept.session),
-        persons=_distinct_codes(kept.person),
+        persons=persons,
         nodes=nodes,
         edges=edges,
         edges_truncated=len(edges_all) > spec.edge_limit,
