@@ -54,3 +54,11 @@ def test_message_id_of_one_project_hashes_the_same_pairs() -> None:
     for subset in (events, events[:1], events[3:]):
         assert message_id(subset, "acme") == message_id(subset)
         assert message_id(subset[::-1], "acme") == message_id(subset)
+
+
+def test_a_message_of_one_fragment_or_none_encodes_like_the_struct() -> None:
+    events = [event("a"), event("b")]
+    for fragments, expected in (([encode_events(events)], events), ([], [])):
+        payload = encode_raw_batch("id-2", 1, fragments)
+        whole = RawBatchV1(batch_id="id-2", partition=1, events=expected)
+        assert payload == raw_batch_encoder.encode(whole)
