@@ -75,7 +75,7 @@ from services.ingest.segment_payloads import (
     write_key_decoder,
 )
 from services.ingest.stages.draft import ItemSkipped, RequestInfo
-from services.ingest.stages.path import item_event
+from services.ingest.stages.path import decode_batch, event_of, item_event
 from services.ingest.tracker.script import add_tracker_routes
 from services.ingest.validation import (
     ISO_TIME_HINT,
@@ -437,10 +437,20 @@ class IngestApi:
         single = len(items) == 1
         # One scan of the body instead of one per item: most bodies hold no NUL escape at all.
         nul_possible = may_hold_nul(body)
+        # A Segment batch is decoded in one pass when every item decodes (the usual case);
+        # otherwise item by item, so that only the items at fault are rejected.
+        decoded = (
+            decode_batch(body, items, self.limits)
+            if kind is None and not nul_possible and len(items) > 1
+            else None
+        )
         append = events.append
         for index, raw in enumerate(items):
             try:
-                append(item_event(raw, kind, info, nul_possible))
+                if decoded is not None:
+                    append(event_of(decoded[index], None, info))
+                else:
+                    append(item_event(raw, kind, info, nul_possible))
             except ItemRejected as exc:
                 rejected.append(Rejection(index, _message_id(raw, analytics), exc.reason))
             except ItemSkipped as exc:

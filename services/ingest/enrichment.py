@@ -71,14 +71,6 @@ def add_source_properties(properties: dict[str, Any], source: Attribution) -> No
         properties.setdefault(CLICK_ID_PROPERTY, source.click_id)
 
 
-def has_source_properties(source: Attribution) -> bool:
-    return (
-        source.search_engine is not None
-        or source.social_network is not None
-        or source.click_id is not None
-    )
-
-
 def same_site(a: str, b: str) -> bool:
     """Whether two hosts (lower case, without `www.`) are one site: equal, or one a subdomain
     of the other (`shop.example.com` and `example.com`)."""

@@ -126,6 +126,14 @@ class SegmentBatch(msgspec.Struct, frozen=True):
     context: SegmentContext | None = None
 
 
+class SegmentBatchItems(msgspec.Struct, frozen=True):
+    """`POST /v1/batch` with every item decoded straight into its Struct, in one pass over the
+    body: the usual batch, whose items are all well-formed. Any error sends the request back to
+    the item-by-item path (`SegmentBatch`), which says which items are wrong."""
+
+    batch: list[SegmentMessage] | None = None
+
+
 class WriteKeyOnly(msgspec.Struct, frozen=True):
     """Just the body's `writeKey`, read before the items are validated."""
 
@@ -140,6 +148,7 @@ class MessageIdOnly(msgspec.Struct, frozen=True):
 
 segment_message_decoder = msgspec.json.Decoder(SegmentMessage)
 segment_batch_decoder = msgspec.json.Decoder(SegmentBatch)
+segment_batch_items_decoder = msgspec.json.Decoder(SegmentBatchItems)
 write_key_decoder = msgspec.json.Decoder(WriteKeyOnly)
 message_id_decoder = msgspec.json.Decoder(MessageIdOnly)
 

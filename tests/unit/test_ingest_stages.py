@@ -16,13 +16,14 @@ import msgspec
 from libs.common.privacy_policy import PrivacyPolicy
 from services.ingest.collection import CollectionRules
 from services.ingest.privacy import ProjectPrivacy
+from services.ingest.segment_payloads import segment_batch_decoder
 from services.ingest.stages import STAGE_ORDER
 from services.ingest.stages.build import build
 from services.ingest.stages.decode import decode
 from services.ingest.stages.draft import RequestInfo
 from services.ingest.stages.enrich import enrich
 from services.ingest.stages.event_time import normalise_time
-from services.ingest.stages.path import STAGES, event_of, item_event
+from services.ingest.stages.path import STAGES, decode_batch, event_of, item_event
 from services.ingest.stages.policy import apply_policy
 from services.ingest.stages.validate import validate
 from services.ingest.validation import EventLimits
@@ -171,3 +172,36 @@ def test_stepping_through_the_stages_gives_the_path_s_event() -> None:
     assert stepped == item_event(raw, None, request)
     assert (stepped.name, stepped.browser, stepped.utm_source) == ("$pageview", "Firefox", "news")
     assert stepped.ip == "203.0.113.0"
+
+
+def _body(*items: bytes) -> bytes:
+    return b'{"writeKey":"k","batch":[' + b",".join(items) + b"]}"
+
+
+def test_a_batch_decoded_in_one_pass_gives_each_item_s_own_decoding() -> None:
+    limits = EventLimits()
+    items = [
+        _batch_item(messageId=f"m-{i}", properties={"n": i, "nested": {"a": [1, 2]}})
+        for i in range(3)
+    ] + [_batch_item(type="track", event="Clicked", userId=7, context=None)]
+    body = _body(*items)
+    raw_items = segment_batch_decoder.decode(body).batch
+    assert raw_items is not None
+    decoded = decode_batch(body, raw_items, limits)
+    assert decoded == [decode(raw, False, limits) for raw in raw_items]
+
+
+def test_a_batch_with_any_bad_item_is_decoded_item_by_item() -> None:
+    # None sends the app to the item-by-item path, which rejects only the item at fault.
+    limits = EventLimits(max_event_bytes=600)
+    good = _batch_item()
+    for bad in (
+        _batch_item(userId=["not", "an", "id"]),  # wrong type: a ValidationError
+        _batch_item(properties={"pad": "x" * 600}),  # over the per-event size
+        b'"just text"',  # not an object
+    ):
+        body = _body(good, bad, good)
+        raw_items = segment_batch_decoder.decode(body).batch
+        assert raw_items is not None
+        assert decode_batch(body, raw_items, limits) is None
+    assert decode_batch(_body(good, good), [], limits) is None

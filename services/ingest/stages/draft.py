@@ -142,6 +142,12 @@ class Draft:
         user_id: str | None,
         properties: dict[str, Any],
         traits: dict[str, Any],
+        previous_id: str | None = None,
+        group_id: str | None = None,
+        context: SegmentContext | None = None,
+        timestamp: datetime | float | None = None,
+        original_timestamp: datetime | float | None = None,
+        sent_at: datetime | float | None = None,
     ) -> None:
         self.event_id = event_id
         self.project_id = project_id
@@ -154,7 +160,8 @@ class Draft:
         self.user_id = user_id
         self.properties = properties
         self.traits = traits
-        self.previous_id = self.group_id = None
+        self.previous_id = previous_id
+        self.group_id = group_id
         self.url = self.path = self.title = self.referrer = None
         self.referrer_domain = self.channel = None
         self.utm_source = self.utm_medium = self.utm_campaign = None
@@ -163,8 +170,11 @@ class Draft:
         self.device_type = self.country = self.region = self.city = self.locale = None
         self.ip = None
         self.is_bot = self.non_interactive = False
-        self.context = self.device_info = self.search = None
-        self.timestamp = self.original_timestamp = self.sent_at = None
+        self.context = context
+        self.device_info = self.search = None
+        self.timestamp = timestamp
+        self.original_timestamp = original_timestamp
+        self.sent_at = sent_at
         self.time_field = "timestamp"
         self.address = self.user_agent = None
         self.consented = True

@@ -12,7 +12,6 @@ from services.ingest.enrichment import (
     add_source_properties,
     attribute,
     device_of,
-    has_source_properties,
     is_non_interactive,
 )
 from services.ingest.stages.draft import Draft, RequestInfo
@@ -31,6 +30,8 @@ def enrich(draft: Draft, request: RequestInfo) -> None:
         draft.browser = device.browser or (info.browser if info is not None else None)
         draft.os = device.os or (info.operatingSystem if info is not None else None)
         draft.device_type = device.device_type or (info.deviceType if info is not None else None)
+        draft.browser_version, draft.os_version = device.browser_version, device.os_version
+        draft.is_bot = device.is_bot
         page_or_url = url or path
         source = (
             attribute(page_or_url, None, referrer, None)
@@ -40,13 +41,24 @@ def enrich(draft: Draft, request: RequestInfo) -> None:
     else:
         # A request's events nearly always share one user agent: it is looked up once.
         user_agent = context.userAgent if context is not None else None
-        if user_agent and user_agent == request.last_user_agent:
-            device = request.last_device
+        if user_agent:
+            if user_agent == request.last_user_agent:
+                device = request.last_device
+            else:
+                device = parse_user_agent(user_agent)  # what device_of does with an agent
+                request.last_user_agent, request.last_device = user_agent, device
         else:
             device = device_of(context, request.fallback_user_agent)
-            if user_agent:
-                request.last_user_agent, request.last_device = user_agent, device
-        draft.browser, draft.os, draft.device_type = device.browser, device.os, device.device_type
+        # One unpacking of the (browser, browser_version, os, os_version, device_type, is_bot)
+        # tuple rather than six field reads.
+        (
+            draft.browser,
+            draft.browser_version,
+            draft.os,
+            draft.os_version,
+            draft.device_type,
+            draft.is_bot,
+        ) = device
         campaign = context.campaign if context is not None else None
         if url is None and path is None and referrer is None and campaign is None and not search:
             source = NO_ATTRIBUTION
@@ -65,8 +77,6 @@ def enrich(draft: Draft, request: RequestInfo) -> None:
                     campaign.content,
                 ),
             )
-    draft.browser_version, draft.os_version = device.browser_version, device.os_version
-    draft.is_bot = device.is_bot
     if source is not NO_ATTRIBUTION:
         (
             draft.referrer_domain,
@@ -76,10 +86,25 @@ def enrich(draft: Draft, request: RequestInfo) -> None:
             draft.utm_campaign,
             draft.utm_term,
             draft.utm_content,
-        ) = source[:7]
-        if has_source_properties(source):
+            engine,
+            network,
+            click_id,
+        ) = source
+        if engine is not None or network is not None or click_id is not None:
             add_source_properties(properties, source)
-    draft.non_interactive = is_non_interactive(properties, context)
+    # Most events carry none of the flags is_non_interactive reads: ruled out without a call.
+    if (
+        properties
+        and (
+            "$non_interactive" in properties
+            or "nonInteraction" in properties
+            or "non_interaction" in properties
+        )
+    ) or (
+        context is not None
+        and (context.nonInteraction is not None or context.non_interaction is not None)
+    ):
+        draft.non_interactive = is_non_interactive(properties, context)
 
     address = draft.address
     collection = request.collection

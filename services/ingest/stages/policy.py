@@ -31,7 +31,7 @@ def apply_policy(draft: Draft, request: RequestInfo) -> None:
         return
     if not draft.consented:
         _without_consent(draft, rules)
-    if draft.referrer_domain is not None:
+    if draft.referrer_domain is not None and (rules.referrer_spam is not None or rules.own_domains):
         _referrer_rules(draft, rules)
     # Enrichment is done with the address: from here on only the policy's form of it.
     draft.ip = published_ip(draft.address, rules.privacy.ip_policy)

@@ -96,13 +96,21 @@ def _segment(message: SegmentMessage, event_type: str | None, request: RequestIn
     if event_type not in _RESERVED_NAMES and event_type != "track":
         raise ItemRejected(f"type: {event_type!r} is not one of {_TYPES_TEXT}")
 
-    # An absent id skips the call: most events carry only one of userId and anonymousId.
-    event_id = _bounded_id(message.messageId, "messageId", limits) or _new_event_id()
+    # The usual ids (short, non-blank strings) pass without a call, as `_bounded_id`'s fast
+    # path; an absent id skips it: most events carry only one of userId and anonymousId.
+    max_chars = limits.max_name_chars
+    event_id = message.messageId
+    if not (type(event_id) is str and 0 < len(event_id) <= max_chars and not event_id[0].isspace()):
+        event_id = _bounded_id(event_id, "messageId", limits) or _new_event_id()
     user_id = message.userId
     if user_id is not None:
         user_id = _bounded_id(user_id, "userId", limits)
     anonymous_id = message.anonymousId
-    if anonymous_id is not None:
+    if anonymous_id is not None and not (
+        type(anonymous_id) is str
+        and 0 < len(anonymous_id) <= max_chars
+        and not anonymous_id[0].isspace()
+    ):
         anonymous_id = _bounded_id(anonymous_id, "anonymousId", limits)
     previous_id = group_id = None
     if event_type == "alias":
@@ -153,6 +161,8 @@ def _segment(message: SegmentMessage, event_type: str | None, request: RequestIn
         if message.category and "category" not in properties:
             properties["category"] = message.category
 
+    timestamp = message.timestamp
+    sent_at = message.sentAt
     draft = Draft(
         event_id,
         request.project_id,
@@ -164,14 +174,14 @@ def _segment(message: SegmentMessage, event_type: str | None, request: RequestIn
         user_id,
         properties,
         traits,
+        previous_id,
+        group_id,
+        context,
+        timestamp,
+        message.originalTimestamp,
+        sent_at if sent_at is not None else request.sent_at,
     )
-    draft.previous_id = previous_id
-    draft.group_id = group_id
-    draft.context = context
-    draft.timestamp = message.timestamp
-    draft.original_timestamp = message.originalTimestamp
-    draft.sent_at = message.sentAt if message.sentAt is not None else request.sent_at
-    if message.timestamp is None:
+    if timestamp is None:
         draft.time_field = "originalTimestamp"
     if context is not None:
         _page_fields(draft, context, event_type, properties)
