@@ -38,7 +38,14 @@ from libs.common.day_files.postgres_rows import (
 from libs.common.errors import StrataError
 from libs.common.object_store import ObjectArchived, ObjectNotFound
 from services.query.hot_rows import HotRead, LateRange
-from services.query.scan_engine import SCAN_COLUMNS, STORED_COLUMNS, ScanEngine
+from services.query.person_keys import aliases_are_keyed, rows_are_keyed
+from services.query.scan_engine import (
+    KEY_COLUMNS,
+    KEYED_SCAN_COLUMNS,
+    SCAN_COLUMNS,
+    STORED_COLUMNS,
+    ScanEngine,
+)
 
 __all__ = ["SCAN_COLUMNS", "ArchivedDaysError", "EventScan", "TierRead", "open_scan"]
 
@@ -87,6 +94,7 @@ class EventScan:
         missing_days: list[date],
         engine: ScanEngine,
         pinned: list[DayPart],
+        person_keys: bool = False,
     ) -> None:
         self.con = con
         self.project_id = project_id
@@ -95,6 +103,8 @@ class EventScan:
         self.tiers = tiers
         self.file_days = file_days  # days read from day files (plus their late rows)
         self.missing_days = missing_days  # archived days left out (allow_partial only)
+        # Whether `events_scan_keyed` exists: every row and alias has person keys.
+        self.person_keys = person_keys
         self._engine = engine
         self._pinned = pinned
         self._closed = False
@@ -237,7 +247,11 @@ def _build_view(
     end: datetime,
     include_bots: bool,
     erased: frozenset[str] = frozenset(),
-) -> None:
+    unkeyed_paths: frozenset[str] = frozenset(),
+) -> bool:
+    """Create `events_scan` (and `persons` when given); also `events_scan_keyed` when every
+    row and alias has person keys, which the return value says (services/query/person_keys.py;
+    `unkeyed_paths`: the paths among `paths` with rows without keys)."""
     columns = ", ".join(STORED_COLUMNS)
     con.register("strata_aliases", aliases)
     sources = []
@@ -246,16 +260,24 @@ def _build_view(
     for number, table in enumerate(hot):
         con.register(f"strata_hot_rows_{number}", table)
         sources.append(f"SELECT {columns} FROM strata_hot_rows_{number}")
-    if paths:
-        files = "[" + ", ".join(_sql_string(p) for p in paths) + "]"
-        # union_by_name: parts written before a column was added read it as NULL.
-        sources.insert(0, f"SELECT {columns} FROM read_parquet({files}, union_by_name = true)")
-    outputs = ", ".join(
-        "COALESCE(a.person_id, e.user_id, e.distinct_id) AS person_id"
-        if c == "person_id"
-        else f"e.{c}"
-        for c in SCAN_COLUMNS
-    )
+    keyed = all(rows_are_keyed(t) for t in hot) and aliases_are_keyed(aliases)
+    for group in (
+        [p for p in paths if p not in unkeyed_paths],
+        [p for p in paths if p in unkeyed_paths],
+    ):
+        if not group:
+            continue
+        files = "[" + ", ".join(_sql_string(p) for p in group) + "]"
+        if group[0] in unkeyed_paths:
+            keyed = False
+            # Parts written before the keys may lack their columns: read them as NULL.
+            legacy = ", ".join(
+                f"NULL::BIGINT AS {c}" if c in KEY_COLUMNS else c for c in STORED_COLUMNS
+            )
+            sources.insert(0, f"SELECT {legacy} FROM read_parquet({files}, union_by_name = true)")
+        else:
+            # union_by_name: parts written before a column was added read it as NULL.
+            sources.insert(0, f"SELECT {columns} FROM read_parquet({files}, union_by_name = true)")
     where = f"e.ts >= {_sql_instant(start)} AND e.ts < {_sql_instant(end)}"
     if not include_bots:
         where += " AND NOT e.is_bot"
@@ -268,11 +290,36 @@ def _build_view(
             " AND (e.user_id IS NULL OR e.user_id NOT IN (SELECT id FROM strata_erased))"
         )
     con.execute(
-        f"CREATE TEMP VIEW events_scan AS SELECT {outputs} FROM ("
+        "CREATE TEMP VIEW strata_event_rows AS SELECT * FROM ("
         + " UNION ALL ".join(sources)
-        + ") AS e LEFT JOIN strata_aliases AS a ON a.distinct_id = e.distinct_id"
-        + f" WHERE {where}"
+        + f") AS e WHERE {where}"
     )
+    outputs = ", ".join(
+        "COALESCE(a.person_id, e.user_id, e.distinct_id) AS person_id"
+        if c == "person_id"
+        else f"e.{c}"
+        for c in SCAN_COLUMNS
+    )
+    con.execute(
+        f"CREATE TEMP VIEW events_scan AS SELECT {outputs} FROM strata_event_rows AS e"
+        " LEFT JOIN strata_aliases AS a ON a.distinct_id = e.distinct_id"
+    )
+    if keyed:
+        # The same person as events_scan's person_id, as an integer: an alias applies to the
+        # device (distinct_id, whose key is device_key, or person_key when it is the same id).
+        con.register(
+            "strata_alias_keys",
+            aliases.select(["device_key", "person_key"]).rename_columns(["device", "person"]),
+        )
+        keyed_outputs = ", ".join(
+            "COALESCE(k.person, e.person_key) AS person_key" if c == "person_key" else f"e.{c}"
+            for c in KEYED_SCAN_COLUMNS
+        )
+        con.execute(
+            f"CREATE TEMP VIEW events_scan_keyed AS SELECT {keyed_outputs}"
+            " FROM strata_event_rows AS e LEFT JOIN strata_alias_keys AS k"
+            " ON k.device = COALESCE(e.device_key, e.person_key)"
+        )
     if persons is not None:
         con.register("strata_persons", persons)
         con.execute(
@@ -280,6 +327,7 @@ def _build_view(
             " SELECT person_id, traits::JSON AS traits, first_seen FROM strata_persons"
         )
         con.unregister("strata_persons")
+    return keyed
 
 
 async def open_scan(
@@ -329,19 +377,25 @@ async def open_scan(
             _read_persons(deps.pool, project_id) if with_persons else _no_persons(),
         )
         con = engine.connection()
+        local = [str(p) for p in paths]
         try:
-            await asyncio.to_thread(
-                _build_view,
-                con,
-                paths=[str(p) for p in paths],
-                hot=hot.tables,
-                aliases=aliases,
-                persons=persons,
-                start=start,
-                end=end,
-                include_bots=include_bots,
-                erased=erased,
-            )
+
+            def build() -> bool:
+                # Footers of parts not seen before are read here, off the event loop.
+                return _build_view(
+                    con,
+                    paths=local,
+                    hot=hot.tables,
+                    aliases=aliases,
+                    persons=persons,
+                    start=start,
+                    end=end,
+                    include_bots=include_bots,
+                    erased=erased,
+                    unkeyed_paths=engine.keyed_parts.unkeyed(local),
+                )
+
+            keyed = await asyncio.to_thread(build)
         except BaseException:
             con.close()
             raise
@@ -364,4 +418,5 @@ async def open_scan(
         missing_days=plan.missing_days,
         engine=engine,
         pinned=plan.file_parts,
+        person_keys=keyed,
     )
