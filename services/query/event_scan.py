@@ -246,8 +246,8 @@ def _build_view(
     start: datetime,
     end: datetime,
     include_bots: bool,
+    unkeyed_paths: frozenset[str],
     erased: frozenset[str] = frozenset(),
-    unkeyed_paths: frozenset[str] = frozenset(),
 ) -> bool:
     """Create `events_scan` (and `persons` when given); also `events_scan_keyed` when every
     row and alias has person keys, which the return value says (services/query/person_keys.py;
