@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -14,6 +15,8 @@ from services.aggregator.writer import write_events
 from tests.support.recompute import assert_person_keys_match_ids, chunks, generate_events
 
 pytestmark = pytest.mark.infra
+
+MIGRATIONS = Path(__file__).parents[2] / "libs" / "common" / "migrations"
 
 
 async def keys_of(conn: asyncpg.Connection, project_id: str = "acme") -> dict[str, int]:
@@ -73,4 +76,22 @@ async def test_projects_number_their_persons_separately(pool: asyncpg.Pool) -> N
         await write_events(conn, acme + other)
         assert await keys_of(conn, "acme") == await keys_of(conn, "other")
         assert min((await keys_of(conn, "other")).values()) == 0
+        await assert_person_keys_match_ids(conn)
+
+
+async def test_migration_backfills_rows_written_before_the_keys(pool: asyncpg.Pool) -> None:
+    """Rows and aliases stored before migration 0024 (keys NULL, no person_keys) get keys when
+    it runs; writers afterwards continue from its counters without reusing a key."""
+    before, after = generate_events(seed=14, persons=20), generate_events(seed=15, persons=20)
+    migration = (MIGRATIONS / "0024_person_keys.sql").read_text()
+    async with pool.acquire() as conn:
+        await write_events(conn, before)
+        await conn.execute(
+            "UPDATE events SET person_key = NULL, device_key = NULL;"
+            " DELETE FROM person_keys; DELETE FROM person_key_counters"
+        )
+        await conn.execute(migration)  # every statement of it may run again
+        await assert_person_keys_match_ids(conn)
+        assert await conn.fetchval("SELECT count(*) FROM events WHERE person_key IS NULL") == 0
+        await write_events(conn, after)
         await assert_person_keys_match_ids(conn)
