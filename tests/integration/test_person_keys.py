@@ -95,3 +95,20 @@ async def test_migration_backfills_rows_written_before_the_keys(pool: asyncpg.Po
         assert await conn.fetchval("SELECT count(*) FROM events WHERE person_key IS NULL") == 0
         await write_events(conn, after)
         await assert_person_keys_match_ids(conn)
+        # Rows an aggregator of the previous version wrote after the migration (no keys, ids
+        # never keyed): running it again keys them after the keys already given.
+        late = generate_events(seed=16, persons=10, project_id="late")
+        for batch in chunks(list(reversed(late)), 7):  # keys given out of the ids' order
+            await write_events(conn, batch)
+        ids = sorted({ev.distinct_id for ev in late} | {ev.user_id for ev in late if ev.user_id})
+        ids = ids[::2]  # the others keep their keys, which the new ones must not repeat
+        await conn.execute(
+            "UPDATE events SET person_key = NULL, device_key = NULL WHERE event_id = ANY($1)",
+            [ev.event_id for ev in late],
+        )
+        await conn.execute(
+            "DELETE FROM person_keys WHERE project_id = 'late' AND id = ANY($1)", ids
+        )
+        async with conn.transaction():
+            await conn.execute(migration)
+        await assert_person_keys_match_ids(conn)

@@ -26,14 +26,23 @@ ALTER TABLE events ADD COLUMN IF NOT EXISTS device_key bigint;
 
 -- Backfill: keys for every id already stored, then the hot rows' keys. Rows already in day
 -- files keep their files (immutable); the query side reads files without keys by their ids.
+-- Run again (it may be), it keys only ids without a key, after the keys already given; the
+-- lock (to COMMIT: migrations run in a transaction) keeps aggregators from reserving keys
+-- meanwhile.
+LOCK TABLE person_key_counters IN EXCLUSIVE MODE;
 INSERT INTO person_keys (project_id, id, key)
-SELECT project_id, id, row_number() OVER (PARTITION BY project_id ORDER BY id) - 1
+SELECT ids.project_id, ids.id,
+    coalesce(c.next_key, 0) + row_number() OVER (PARTITION BY ids.project_id ORDER BY ids.id) - 1
 FROM (
     SELECT project_id, coalesce(user_id, distinct_id) AS id FROM events
     UNION SELECT project_id, distinct_id FROM events
     UNION SELECT project_id, distinct_id FROM person_aliases
     UNION SELECT project_id, person_id FROM person_aliases
 ) AS ids
+LEFT JOIN person_key_counters AS c ON c.project_id = ids.project_id
+WHERE NOT EXISTS (
+    SELECT 1 FROM person_keys AS k WHERE k.project_id = ids.project_id AND k.id = ids.id
+)
 ON CONFLICT DO NOTHING;
 
 INSERT INTO person_key_counters (project_id, next_key)
