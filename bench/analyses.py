@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench import peers
-from libs.common.day_files.layout import EVENT_FILE_SCHEMA
+from libs.common.day_files.layout import EVENT_FILE_SCHEMA, SORT_KEYS
 from services.query.analyses.conditions import EventScope
 from services.query.analyses.funnels import FunnelSpec, funnel_spec, run_funnel
 from services.query.analyses.paths import paths_spec, run_paths
@@ -100,18 +100,21 @@ def _day_table(rng: np.random.Generator, day: date, persons: int, events: int) -
             "received_at": pa.array(ts, pa.timestamp("us", tz="UTC")),
         }
     )
+    # Person keys as the aggregator assigns them (person_keys): d<p> is 2p, u<p> 2p + 1.
+    identified = person % 3 == 0
+    table = table.append_column("person_key", pa.array(2 * person + identified))
+    table = table.append_column("device_key", pa.array(2 * person, mask=~identified))
     for field in EVENT_FILE_SCHEMA:
         if field.name not in table.column_names:
             table = table.append_column(field.name, pa.nulls(n, field.type))
     table = table.select(EVENT_FILE_SCHEMA.names).cast(EVENT_FILE_SCHEMA)
-    return table.sort_by(
-        [("distinct_id", "ascending"), ("ts", "ascending"), ("event_id", "ascending")]
-    )
+    return table.sort_by([(name, order) for name, order in SORT_KEYS])
 
 
 def dataset(data_dir: Path, events: int, persons: int, days: int) -> list[Path]:
     """Day files of the bench dataset (generated on first use)."""
-    folder = data_dir / f"e{events}-p{persons}-d{days}"
+    # "-k": files with person keys, sorted by them (files of earlier layouts stay beside them).
+    folder = data_dir / f"e{events}-p{persons}-d{days}-k"
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(42)
     files = []
@@ -132,27 +135,32 @@ def _aliases(persons: int) -> pa.Table:
         {
             "distinct_id": pa.array(np.char.add("d", linked.astype(str))),
             "person_id": pa.array(np.char.add("u", linked.astype(str))),
+            "device_key": pa.array(2 * linked),
+            "person_key": pa.array(2 * linked + 1),
         }
     )
 
 
 def _scan(
     engine: ScanEngine, files: list[Path], start: datetime, end: datetime, aliases: pa.Table
-) -> duckdb.DuckDBPyConnection:
+) -> tuple[duckdb.DuckDBPyConnection, bool]:
+    """A connection holding the scan's views, and whether `events_scan_keyed` is one."""
     first = (start.date() - FIRST_DAY).days
     last = (end.date() - FIRST_DAY).days
     con = engine.connection()
-    _build_view(
+    paths = [str(p) for p in files[max(0, first) : last + 1]]
+    keyed = _build_view(
         con,
-        paths=[str(p) for p in files[max(0, first) : last + 1]],
+        paths=paths,
         hot=[],  # every day in files
         aliases=aliases,
         persons=None,
         start=start,
         end=end,
         include_bots=False,
+        unkeyed_paths=engine.keyed_parts.unkeyed(paths),
     )
-    return con
+    return con, keyed
 
 
 def _timed(fn: Callable[[], Any], runs: int) -> dict[str, float]:
@@ -172,14 +180,20 @@ def _us(ts: datetime) -> int:
 
 
 def _timed_funnel(
-    con: duckdb.DuckDBPyConnection, funnel: FunnelSpec, start: datetime, end: datetime, runs: int
+    con: duckdb.DuckDBPyConnection,
+    funnel: FunnelSpec,
+    start: datetime,
+    end: datetime,
+    runs: int,
+    keyed: bool,
 ) -> dict[str, Any]:
     """Attempts start in [start, end - 1 s); their steps may follow until `end`."""
     counts: list[int] = []
+    scope = EventScope(start, end, person_keys=keyed)
 
     def once() -> None:
         stop = end - timedelta(seconds=1)
-        result = run_funnel(con, funnel, EventScope(start, end), _us(start), _us(stop))
+        result = run_funnel(con, funnel, scope, _us(start), _us(stop))
         counts[:] = [s.count for s in result.total.steps]
 
     return {**_timed(once, runs), "persons_per_step": counts}
@@ -224,8 +238,8 @@ def _strata_figures(files: list[Path], persons: int, days: int, runs: int) -> di
     funnel = funnel_spec(FunnelRequest(steps=steps, window=WindowSpec(14, "day")))
     for label, span in (("funnel_5_steps_30d", 30), ("funnel_5_steps_120d", 120)):
         start = end - timedelta(days=min(span, days))
-        con = _scan(engine, files, start, end, aliases)
-        results[label] = _timed_funnel(con, funnel, start, end, runs)
+        con, keyed = _scan(engine, files, start, end, aliases)
+        results[label] = {**_timed_funnel(con, funnel, start, end, runs, keyed), "keyed": keyed}
         con.close()
 
     retention = retention_spec(
@@ -235,7 +249,7 @@ def _strata_figures(files: list[Path], persons: int, days: int, runs: int) -> di
     )
     window = TimeWindow(end - timedelta(days=37), end - timedelta(days=7), ZoneInfo("UTC"))
     plan = retention_plan(retention, window)
-    con = _scan(engine, files, plan.starts[0], plan.scan_end, aliases)
+    con, _ = _scan(engine, files, plan.starts[0], plan.scan_end, aliases)
     scope = EventScope(plan.starts[0], plan.scan_end)
     now = datetime.now(UTC)
     results["retention_daily_30d"] = _timed(
@@ -245,7 +259,7 @@ def _strata_figures(files: list[Path], persons: int, days: int, runs: int) -> di
 
     paths = paths_spec(PathsRequest(event_types=["pageview", "custom"], steps=5))
     start, stop, session = end - timedelta(days=31), end - timedelta(days=1), timedelta(days=1)
-    con = _scan(engine, files, start - session, end, aliases)
+    con, _ = _scan(engine, files, start - session, end, aliases)
     scope = EventScope(start - session, end)
     results["paths_5_steps_30d"] = _timed(
         lambda: run_paths(con, paths, scope, start, stop, session), runs

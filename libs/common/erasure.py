@@ -218,6 +218,12 @@ async def request_erasure(
             project_id,
             ids,
         )
+        # The ids' integer keys (migration 0024): an id is personal data wherever it is kept.
+        await conn.execute(
+            "DELETE FROM person_keys WHERE project_id = $1 AND id = ANY($2::text[])",
+            project_id,
+            ids,
+        )
         days: list[date] = sorted(deleted["days"])
         request_id: int = await conn.fetchval(
             "INSERT INTO erasure_requests (project_id, user_id, distinct_ids, requested_by,"

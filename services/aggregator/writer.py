@@ -39,7 +39,7 @@ from libs.common import sketches
 from libs.common.db import lock_derived_tables
 from libs.common.errors import StrataError
 from libs.common.event_partitions import EventPartitions, ensure_partitions
-from libs.common.model.columns import STORED_EVENT_COLUMNS
+from libs.common.model.columns import DERIVED_EVENT_COLUMNS, STORED_EVENT_COLUMNS
 from libs.common.rollup_rules import (
     SESSION_KEY_COLUMNS,
     SESSION_ROLLUP_COUNTERS,
@@ -72,8 +72,11 @@ class ConcurrentWriteConflict(asyncpg.exceptions.SerializationError, StrataError
 # ---------------------------------------------------------------------------------------------
 # Events and dedup
 
-# Every stored column (libs/common/model) but properties, which travels as jsonb beside them.
-EVENT_COLUMNS = tuple(c for c in STORED_EVENT_COLUMNS if c != "properties")
+# Every stored column (libs/common/model) the event carries but properties, which travels as
+# jsonb beside them; the derived columns (the person keys) follow it.
+EVENT_COLUMNS = tuple(
+    c for c in STORED_EVENT_COLUMNS if c != "properties" and c not in DERIVED_EVENT_COLUMNS
+)
 _json = msgspec.json.Encoder()
 
 
@@ -97,7 +100,7 @@ def _json_rows_sql(columns: Sequence[str], types: dict[str, str], param: int = 1
 
 
 _event_row = operator.attrgetter(*EVENT_COLUMNS)
-_STORED_COLUMNS = (*EVENT_COLUMNS, "properties")
+_STORED_COLUMNS = (*EVENT_COLUMNS, "properties", "person_key", "device_key")
 # The batch's unique ids as digests (migration 0022: a fixed 16-byte key per id), inserted in
 # digest order so writers lock ids in one order; the ordinals of ids never seen come back.
 _INSERT_NEW_EVENT_IDS = """
@@ -114,23 +117,97 @@ SELECT (ids.i - 1)::int FROM ids JOIN new_ids USING (digest)
 """
 
 
-def _event_record(ev: EventV1) -> tuple[Any, ...]:
-    return (*_event_row(ev), _json.encode(ev.properties).decode())
+# Keys for a project's ids not keyed yet, then every asked id's key. The counter row reserves a
+# run of keys (locked to COMMIT, so writers of one project take turns); an id another writer
+# keys first keeps that key (ON CONFLICT) and this run's key for it is left unused. Ids keyed
+# by a writer whose statement started after this one's snapshot are missing from the result:
+# the caller asks again.
+_ASSIGN_PERSON_KEYS = """
+WITH asked AS (
+    SELECT DISTINCT u.id FROM unnest($2::text[]) AS u(id)
+), known AS (
+    SELECT k.id, k.key FROM person_keys AS k
+    WHERE k.project_id = $1 AND k.id IN (SELECT id FROM asked)
+), wanted AS (
+    SELECT id, row_number() OVER (ORDER BY id) - 1 AS n
+    FROM asked WHERE id NOT IN (SELECT id FROM known)
+), reserved AS (
+    INSERT INTO person_key_counters AS c (project_id, next_key)
+    SELECT $1, count(*) FROM wanted HAVING count(*) > 0
+    ON CONFLICT (project_id) DO UPDATE SET next_key = c.next_key + excluded.next_key
+    RETURNING c.next_key - (SELECT count(*) FROM wanted) AS first
+), assigned AS (
+    INSERT INTO person_keys (project_id, id, key)
+    SELECT $1, w.id, r.first + w.n FROM wanted AS w, reserved AS r
+    ON CONFLICT (project_id, id) DO NOTHING
+    RETURNING id, key
+)
+SELECT id, key FROM known UNION ALL SELECT id, key FROM assigned
+"""
 
 
-async def _insert_new_events(conn: asyncpg.Connection, events: Sequence[EventV1]) -> list[EventV1]:
+def person_id_of(ev: EventV1) -> str:
+    """The id an event names its person by before aliases: what `events_scan` falls back to."""
+    return ev.user_id if ev.user_id is not None else ev.distinct_id
+
+
+async def assign_person_keys(
+    conn: asyncpg.Connection, events: Sequence[EventV1]
+) -> dict[tuple[str, str], int]:
+    """(project_id, id) -> the id's key in `person_keys`, for every id the events' rows and
+    alias links need (assigned now for ids never seen). The same id always gets the same key."""
+    wanted: dict[str, set[str]] = {}
+    for ev in events:
+        ids = wanted.setdefault(ev.project_id, set())
+        ids.add(ev.distinct_id)
+        if ev.user_id is not None:
+            ids.add(ev.user_id)
+        if ev.previous_id is not None:
+            ids.add(ev.previous_id)
+    keys: dict[tuple[str, str], int] = {}
+    for project_id in sorted(wanted):
+        missing = sorted(wanted[project_id])
+        for _ in range(3):
+            rows = await conn.fetch(_ASSIGN_PERSON_KEYS, project_id, missing)
+            for row in rows:
+                keys[(project_id, row["id"])] = row["key"]
+            missing = [i for i in missing if (project_id, i) not in keys]
+            if not missing:
+                break
+        else:
+            raise ConcurrentWriteConflict(f"person keys of {len(missing)} ids not settled")
+    return keys
+
+
+def _event_records(
+    events: Sequence[EventV1], keys: dict[tuple[str, str], int]
+) -> Iterable[tuple[Any, ...]]:
+    for ev in events:
+        person = person_id_of(ev)
+        device = None if person == ev.distinct_id else keys[(ev.project_id, ev.distinct_id)]
+        yield (
+            *_event_row(ev),
+            _json.encode(ev.properties).decode(),
+            keys[(ev.project_id, person)],
+            device,
+        )
+
+
+async def _insert_new_events(
+    conn: asyncpg.Connection, events: Sequence[EventV1], keys: dict[tuple[str, str], int]
+) -> list[EventV1]:
     """The events of `events` never stored before (the first of repeats inside the batch), now
     stored: their id digests inserted into `event_ids`, their rows COPYed (binary) into
     `events`, both in the caller's transaction."""
     first: dict[tuple[str, str], int] = {}
     for i, ev in enumerate(events):
         first.setdefault((ev.project_id, ev.event_id), i)
-    keys = list(first)
-    rows = await conn.fetch(_INSERT_NEW_EVENT_IDS, [k[0] for k in keys], [k[1] for k in keys])
-    inserted = [events[i] for i in sorted(first[keys[r[0]]] for r in rows)]
+    ids = list(first)
+    rows = await conn.fetch(_INSERT_NEW_EVENT_IDS, [k[0] for k in ids], [k[1] for k in ids])
+    inserted = [events[i] for i in sorted(first[ids[r[0]]] for r in rows)]
     if inserted:
         await conn.copy_records_to_table(
-            "events", records=map(_event_record, inserted), columns=_STORED_COLUMNS
+            "events", records=_event_records(inserted, keys), columns=_STORED_COLUMNS
         )
     return inserted
 
@@ -641,8 +718,10 @@ async def _apply_persons(
 # ---------------------------------------------------------------------------------------------
 
 
-async def _write_in_transaction(conn: asyncpg.Connection, events: Sequence[EventV1]) -> int:
-    inserted = await _insert_new_events(conn, events)
+async def _write_in_transaction(
+    conn: asyncpg.Connection, events: Sequence[EventV1], keys: dict[tuple[str, str], int]
+) -> int:
+    inserted = await _insert_new_events(conn, events, keys)
     if not inserted:
         return 0
     # The Python share of the work, done before the lock so other writers are not kept waiting.
@@ -673,11 +752,15 @@ async def write_events(
     days = {ev.ts.astimezone(UTC).date() for ev in events}
     if conn.is_in_transaction():
         await ensure_partitions(conn, days, partitions)
-        inserted = await _write_in_transaction(conn, events)
+        keys = await assign_person_keys(conn, events)
+        inserted = await _write_in_transaction(conn, events, keys)
     else:
         # Partitions first, in their own short transaction: creating one locks all of `events`,
         # which must not last as long as the batch's transaction.
         await ensure_partitions(conn, days, partitions)
+        # Keys too, committed on their own: they hold each project's key counter only briefly,
+        # and a key assigned for a batch that then fails is the one its replay gets.
+        keys = await assign_person_keys(conn, events)
         async with conn.transaction():
-            inserted = await _write_in_transaction(conn, events)
+            inserted = await _write_in_transaction(conn, events, keys)
     return WriteResult(received=len(events), inserted=inserted, duplicates=len(events) - inserted)

@@ -38,7 +38,9 @@ from libs.common.day_files.postgres_rows import (
 from libs.common.errors import StrataError
 from libs.common.object_store import ObjectArchived, ObjectNotFound
 from services.query.hot_rows import HotRead, LateRange
+from services.query.person_keys import aliases_are_keyed, rows_are_keyed
 from services.query.scan_engine import (
+    KEYED_SCAN_COLUMNS,
     SCAN_COLUMNS,
     STORED_COLUMNS,
     FileColumns,
@@ -93,6 +95,7 @@ class EventScan:
         missing_days: list[date],
         engine: ScanEngine,
         pinned: list[DayPart],
+        person_keys: bool = False,
     ) -> None:
         self.con = con
         self.project_id = project_id
@@ -101,6 +104,8 @@ class EventScan:
         self.tiers = tiers
         self.file_days = file_days  # days read from day files (plus their late rows)
         self.missing_days = missing_days  # archived days left out (allow_partial only)
+        # Whether `events_scan_keyed` exists: every row and alias has person keys.
+        self.person_keys = person_keys
         self._engine = engine
         self._pinned = pinned
         self._closed = False
@@ -242,9 +247,13 @@ def _build_view(
     start: datetime,
     end: datetime,
     include_bots: bool,
+    unkeyed_paths: frozenset[str],
     erased: frozenset[str] = frozenset(),
     file_columns: FileColumns | None = None,
-) -> None:
+) -> bool:
+    """Create `events_scan` (and `persons` when given); also `events_scan_keyed` when every
+    row and alias has person keys, which the return value says (services/query/person_keys.py;
+    `unkeyed_paths`: the paths among `paths` with rows without keys)."""
     columns = ", ".join(STORED_COLUMNS)
     con.register("strata_aliases", aliases)
     sources = []
@@ -253,19 +262,18 @@ def _build_view(
     for number, table in enumerate(hot):
         con.register(f"strata_hot_rows_{number}", table)
         sources.append(f"SELECT {columns} FROM strata_hot_rows_{number}")
+    keyed = (
+        all(rows_are_keyed(t) for t in hot)
+        and aliases_are_keyed(aliases)
+        and not any(p in unkeyed_paths for p in paths)
+    )
     # Files of one set of columns are read together; a part written before a column was
-    # added reads it as NULL.
+    # added (the person keys among them) reads it as NULL.
     groups = (file_columns or FileColumns()).groups(paths)
     for number, (held, group) in enumerate(groups):
         files = "[" + ", ".join(_sql_string(p) for p in group) + "]"
         selected = ", ".join(c if c in held else f"{null_of(c)} AS {c}" for c in STORED_COLUMNS)
         sources.insert(number, f"SELECT {selected} FROM read_parquet({files})")
-    outputs = ", ".join(
-        "COALESCE(a.person_id, e.user_id, e.distinct_id) AS person_id"
-        if c == "person_id"
-        else f"e.{c}"
-        for c in SCAN_COLUMNS
-    )
     where = f"e.ts >= {_sql_instant(start)} AND e.ts < {_sql_instant(end)}"
     if not include_bots:
         where += " AND NOT e.is_bot"
@@ -278,11 +286,36 @@ def _build_view(
             " AND (e.user_id IS NULL OR e.user_id NOT IN (SELECT id FROM strata_erased))"
         )
     con.execute(
-        f"CREATE TEMP VIEW events_scan AS SELECT {outputs} FROM ("
+        "CREATE TEMP VIEW strata_event_rows AS SELECT * FROM ("
         + " UNION ALL ".join(sources)
-        + ") AS e LEFT JOIN strata_aliases AS a ON a.distinct_id = e.distinct_id"
-        + f" WHERE {where}"
+        + f") AS e WHERE {where}"
     )
+    outputs = ", ".join(
+        "COALESCE(a.person_id, e.user_id, e.distinct_id) AS person_id"
+        if c == "person_id"
+        else f"e.{c}"
+        for c in SCAN_COLUMNS
+    )
+    con.execute(
+        f"CREATE TEMP VIEW events_scan AS SELECT {outputs} FROM strata_event_rows AS e"
+        " LEFT JOIN strata_aliases AS a ON a.distinct_id = e.distinct_id"
+    )
+    if keyed:
+        # The same person as events_scan's person_id, as an integer: an alias applies to the
+        # device (distinct_id, whose key is device_key, or person_key when it is the same id).
+        con.register(
+            "strata_alias_keys",
+            aliases.select(["device_key", "person_key"]).rename_columns(["device", "person"]),
+        )
+        keyed_outputs = ", ".join(
+            "COALESCE(k.person, e.person_key) AS person_key" if c == "person_key" else f"e.{c}"
+            for c in KEYED_SCAN_COLUMNS
+        )
+        con.execute(
+            f"CREATE TEMP VIEW events_scan_keyed AS SELECT {keyed_outputs}"
+            " FROM strata_event_rows AS e LEFT JOIN strata_alias_keys AS k"
+            " ON k.device = COALESCE(e.device_key, e.person_key)"
+        )
     if persons is not None:
         con.register("strata_persons", persons)
         con.execute(
@@ -290,6 +323,7 @@ def _build_view(
             " SELECT person_id, traits::JSON AS traits, first_seen FROM strata_persons"
         )
         con.unregister("strata_persons")
+    return keyed
 
 
 async def open_scan(
@@ -339,20 +373,26 @@ async def open_scan(
             _read_persons(deps.pool, project_id) if with_persons else _no_persons(),
         )
         con = engine.connection()
+        local = [str(p) for p in paths]
         try:
-            await asyncio.to_thread(
-                _build_view,
-                con,
-                paths=[str(p) for p in paths],
-                hot=hot.tables,
-                aliases=aliases,
-                persons=persons,
-                start=start,
-                end=end,
-                include_bots=include_bots,
-                erased=erased,
-                file_columns=engine.file_columns,
-            )
+
+            def build() -> bool:
+                # Footers of parts not seen before are read here, off the event loop.
+                return _build_view(
+                    con,
+                    paths=local,
+                    hot=hot.tables,
+                    aliases=aliases,
+                    persons=persons,
+                    start=start,
+                    end=end,
+                    include_bots=include_bots,
+                    erased=erased,
+                    unkeyed_paths=engine.keyed_parts.unkeyed(local),
+                    file_columns=engine.file_columns,
+                )
+
+            keyed = await asyncio.to_thread(build)
         except BaseException:
             con.close()
             raise
@@ -375,4 +415,5 @@ async def open_scan(
         missing_days=plan.missing_days,
         engine=engine,
         pinned=plan.file_parts,
+        person_keys=keyed,
     )

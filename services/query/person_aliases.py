@@ -10,6 +10,10 @@ belong to transactions still running and are used for this scan only. A cached r
 reappears among the new rows (deleted and linked again) is replaced, so a device never has two
 aliases. Deletions alone are picked up by a full reload every `refresh_s`; `forget(project)`
 drops a project's aliases at once (erasure in this process).
+
+Each alias also carries the integer keys (`person_keys`, migration 0024) of its device and of
+its person, so scans over keyed rows resolve persons as integers; NULL where an id has no key
+(an alias written before the keys), and then a scan resolves persons by their ids only.
 """
 
 from __future__ import annotations
@@ -25,8 +29,21 @@ import pyarrow.csv as pacsv
 
 from libs.common.day_files.postgres_rows import ProjectId, literal
 
-ALIAS_SCHEMA = pa.schema([("distinct_id", pa.string()), ("person_id", pa.string())])
-_TYPES = {"distinct_id": pa.string(), "person_id": pa.string(), "inserted_xid": pa.int64()}
+ALIAS_SCHEMA = pa.schema(
+    [
+        ("distinct_id", pa.string()),
+        ("person_id", pa.string()),
+        ("device_key", pa.int64()),
+        ("person_key", pa.int64()),
+    ]
+)
+_TYPES = {
+    "distinct_id": pa.string(),
+    "person_id": pa.string(),
+    "inserted_xid": pa.int64(),
+    "device_key": pa.int64(),
+    "person_key": pa.int64(),
+}
 _EMPTY = pa.schema(list(_TYPES.items())).empty_table()
 
 
@@ -51,7 +68,8 @@ class AliasCache:
         self._projects.pop(project_id, None)
 
     async def aliases(self, pool: asyncpg.Pool, project_id: str) -> pa.Table:
-        """The project's aliases as of now: (distinct_id, person_id), one row per device."""
+        """The project's aliases as of now: (distinct_id, person_id, device_key, person_key), one
+        row per device."""
         cached = self._projects.get(project_id)
         if cached is not None and time.monotonic() - cached.loaded_at > self.refresh_s:
             cached = None
@@ -65,8 +83,8 @@ class AliasCache:
                 new = await _copy(conn, project_id, since)
         self.rows_read += new.num_rows
         is_final = pc.less(new.column("inserted_xid"), xmin)
-        final_new = new.filter(is_final).select(["distinct_id", "person_id"])
-        pending = new.filter(pc.invert(is_final)).select(["distinct_id", "person_id"])
+        final_new = new.filter(is_final).select(ALIAS_SCHEMA.names)
+        pending = new.filter(pc.invert(is_final)).select(ALIAS_SCHEMA.names)
         if cached is None:
             final = final_new
             loaded_at = time.monotonic()
@@ -106,10 +124,13 @@ async def _copy(conn: asyncpg.Connection, project_id: str, since: int) -> pa.Tab
     async def collect(chunk: bytes) -> None:
         chunks.append(chunk)
 
+    project = literal(ProjectId(project_id))
     query = (
-        "SELECT distinct_id, person_id, inserted_xid FROM person_aliases"
-        f" WHERE project_id = {literal(ProjectId(project_id))}"
-        f" AND inserted_xid >= {literal(since)}"
+        "SELECT a.distinct_id, a.person_id, a.inserted_xid,"
+        " d.key AS device_key, p.key AS person_key FROM person_aliases AS a"
+        f" LEFT JOIN person_keys AS d ON d.project_id = {project} AND d.id = a.distinct_id"
+        f" LEFT JOIN person_keys AS p ON p.project_id = {project} AND p.id = a.person_id"
+        f" WHERE a.project_id = {project} AND a.inserted_xid >= {literal(since)}"
     )
     await conn.copy_from_query(query, output=collect, format="csv", header=True)
     data = b"".join(chunks)

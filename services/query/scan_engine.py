@@ -12,16 +12,26 @@ import duckdb
 import pyarrow.parquet as pq
 
 from libs.common.day_files import DayFileCache
-from libs.common.model.columns import EVENTS, SCANNED_EVENT_COLUMNS
+from libs.common.model.columns import DERIVED_EVENT_COLUMNS, EVENTS, SCANNED_EVENT_COLUMNS
 from services.query.erased_persons import ErasedIds
 from services.query.hot_rows import HotRows
 from services.query.person_aliases import AliasCache
+from services.query.person_keys import KeyedParts
 
 # The view's columns, in order: the stored columns libs/common/model marks scanned, with the
-# computed person_id after the event's name.
+# computed person_id after the event's name. The person keys are read with the rows but
+# exposed resolved, by `events_scan_keyed` only (services/query/person_keys.py).
 STORED_COLUMNS = SCANNED_EVENT_COLUMNS
-_BEFORE_PERSON = STORED_COLUMNS.index("name") + 1
-SCAN_COLUMNS = (*STORED_COLUMNS[:_BEFORE_PERSON], "person_id", *STORED_COLUMNS[_BEFORE_PERSON:])
+KEY_COLUMNS = tuple(c for c in STORED_COLUMNS if c in DERIVED_EVENT_COLUMNS)
+_EVENT_COLUMNS = tuple(c for c in STORED_COLUMNS if c not in KEY_COLUMNS)
+_BEFORE_PERSON = _EVENT_COLUMNS.index("name") + 1
+SCAN_COLUMNS = (*_EVENT_COLUMNS[:_BEFORE_PERSON], "person_id", *_EVENT_COLUMNS[_BEFORE_PERSON:])
+# `events_scan_keyed`: the same rows with the person's integer key instead of its id.
+KEYED_SCAN_COLUMNS = (
+    *_EVENT_COLUMNS[:_BEFORE_PERSON],
+    "person_key",
+    *_EVENT_COLUMNS[_BEFORE_PERSON:],
+)
 # DuckDB's spelling of each PostgreSQL type a stored column has (libs/common/model/columns.py),
 # for the NULLs that stand in for a column a part written before it existed lacks.
 _DUCKDB_TYPES = {
@@ -91,6 +101,7 @@ class ScanEngine:
     ) -> None:
         self.cache = cache
         self.aliases = AliasCache()
+        self.keyed_parts = KeyedParts()  # which cached parts carry person keys
         self.erased = ErasedIds()  # persons of open erasure requests, hidden from every scan
         self.hot_rows = HotRows(STORED_COLUMNS, max_bytes=hot_rows_cache_bytes)
         self.file_columns = FileColumns()

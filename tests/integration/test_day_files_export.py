@@ -138,9 +138,9 @@ async def test_round_trip_column_for_column(pool: asyncpg.Pool, tmp_path: Path) 
                 assert stored == value, (event_id, column, stored, value)
     assert got["e-00002"]["path"] == "" and got["e-00001"]["country"] == "DE"
     assert got["e-00001"]["url"] is None and got["e-00003"]["country"] is None
-    # Sorted by device, then time, so each person's events are contiguous.
-    keys = [(r["distinct_id"], r["ts"], r["event_id"]) for r in table.to_pylist()]
-    assert keys == sorted(keys)
+    # Sorted by person key, then time, so each person's events are contiguous.
+    keys = [(r["person_key"], r["ts"], r["event_id"]) for r in table.to_pylist()]
+    assert keys == sorted(keys) and None not in {k for k, _, _ in keys}
 
     part = await pool.fetchrow("SELECT * FROM day_files WHERE part_id = $1", result.part.part_id)
     assert part["state"] == "active" and part["rows"] == 300

@@ -76,6 +76,18 @@ RANGES = [
 ]
 
 
+def assert_same_persons(rows: list[tuple[Any, ...]], keyed: list[tuple[Any, ...]]) -> None:
+    """`events_scan_keyed` holds the same events as `events_scan` (rows), with one key per
+    person_id and one person_id per key: aliases resolved through keys as through ids."""
+    person_of = {
+        r[SCAN_COLUMNS.index("event_id")]: r[SCAN_COLUMNS.index("person_id")] for r in rows
+    }
+    assert sorted(person_of) == [event_id for event_id, _ in keyed]
+    pairs = {(person_of[event_id], key) for event_id, key in keyed}
+    assert len(pairs) == len({p for p, _ in pairs}) == len({k for _, k in pairs})
+    assert None not in {k for _, k in pairs}
+
+
 @pytest.mark.parametrize("layout_name", LAYOUTS)
 async def test_scan_equals_postgres_in_every_layout(
     pool: asyncpg.Pool, tmp_path: Path, layout_name: str
@@ -92,6 +104,12 @@ async def test_scan_equals_postgres_in_every_layout(
                 ) as scan:
                     got = await scan_rows(scan)
                     tiers = {t.tier: t for t in scan.tiers}
+                    # Every row written since migration 0024 has person keys, files too.
+                    assert scan.person_keys
+                    keyed = await scan.query(
+                        "SELECT event_id, person_key FROM events_scan_keyed ORDER BY event_id"
+                    )
+                assert_same_persons(got, keyed)
                 assert len({r[2] for r in got}) == len(got), "an event appears twice"
                 assert got == expected, (layout_name, start, end, include_bots)
                 assert expected, "the range must not be empty"

@@ -328,6 +328,16 @@ async def test_erasure_hides_at_once_rewrites_files_and_recomputes(
             await conn.fetchval("SELECT count(*) FROM person_aliases WHERE person_id = $1", TARGET)
             == 0
         )
+        assert await conn.fetchval("SELECT count(*) FROM person_keys WHERE id = $1", TARGET) == 0
+        # The rewritten parts keep every remaining row's person keys.
+        for number, part in enumerate(p for p in rewritten if p["state"] == "active"):
+            if part["storage_tier"] == "Archive":
+                continue
+            tiers.settings.work_dir.mkdir(parents=True, exist_ok=True)
+            local = tiers.settings.work_dir / f"rewritten-{number}.parquet"
+            await tiers.store.get_to_file(part["object_name"], local)
+            keys = pq.read_table(local, columns=["person_key"]).column("person_key")
+            assert len(keys) and keys.null_count == 0
 
         await _assert_aggregates_equal_recomputation(conn, remaining)
 

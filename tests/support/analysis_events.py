@@ -115,6 +115,19 @@ def scan_connection(
     )
     con.unregister("test_events")
     con.execute("CREATE VIEW events_scan AS SELECT * FROM events_table")
+    # The same rows with integer person keys, as the data plane's `events_scan_keyed`: keys
+    # numbered in an order unrelated to the ids' (reversed strings), so nothing may lean on it.
+    people = sorted({ev.person for ev in events}, key=lambda p: p[::-1])
+    con.register(
+        "test_person_keys",
+        pa.table({"person_id": pa.array(people, pa.string()), "person_key": range(len(people))}),
+    )
+    con.execute("CREATE TABLE person_keys_table AS SELECT * FROM test_person_keys")
+    con.unregister("test_person_keys")
+    con.execute(
+        "CREATE VIEW events_scan_keyed AS SELECT e.* EXCLUDE (person_id), k.person_key"
+        " FROM events_table e JOIN person_keys_table k USING (person_id)"
+    )
     first_seen: dict[str, datetime] = {}
     for ev in events:
         if ev.person not in first_seen or ev.ts < first_seen[ev.person]:
@@ -154,6 +167,7 @@ class MemoryScan:
     def __init__(self, con: duckdb.DuckDBPyConnection, rows: int) -> None:
         self.con = con
         self.tiers = [TierRead("hot", rows, 0.0)]
+        self.person_keys = True  # scan_connection makes `events_scan_keyed` too
 
     def close(self) -> None:
         self.con.close()

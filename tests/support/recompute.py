@@ -195,12 +195,42 @@ async def assert_aggregates_match_events(conn: asyncpg.Connection) -> list[async
         # HyperLogLog (lg_k=11) counts exactly up to ~190 items, then within ~2.3% (1 sigma).
         tolerance = 0 if visitors < 190 else max(1, round(visitors * 0.07))
         assert abs(stored[key][1] - visitors) <= tolerance, (key, stored[key], visitors)
+    await assert_person_keys_match_ids(conn)
     sessions = expected_sessions(rows)
     assert await stored_sessions(conn) == sessions
     assert_session_rollups_equal(
         await stored_session_rollups(conn), expected_session_rollups(sessions)
     )
     return rows
+
+
+async def assert_person_keys_match_ids(conn: asyncpg.Connection) -> None:
+    """Every event carries the key of coalesce(user_id, distinct_id) as person_key and, when
+    distinct_id differs from it, distinct_id's key as device_key; every alias's ids have keys;
+    no two ids of a project share a key."""
+    wrong = await conn.fetch(
+        """SELECT e.event_id, e.person_key, e.device_key, p.key AS want_person, d.key AS want_device
+        FROM events e
+        LEFT JOIN person_keys p ON p.project_id = e.project_id
+            AND p.id = coalesce(e.user_id, e.distinct_id)
+        LEFT JOIN person_keys d ON d.project_id = e.project_id AND d.id = e.distinct_id
+        WHERE e.person_key IS DISTINCT FROM p.key OR p.key IS NULL
+            OR e.device_key IS DISTINCT FROM
+                CASE WHEN coalesce(e.user_id, e.distinct_id) <> e.distinct_id THEN d.key END"""
+    )
+    assert [tuple(r) for r in wrong] == []
+    unkeyed = await conn.fetchval(
+        """SELECT count(*) FROM person_aliases a WHERE NOT EXISTS (SELECT 1 FROM person_keys k
+            WHERE k.project_id = a.project_id AND k.id = a.distinct_id)
+        OR NOT EXISTS (SELECT 1 FROM person_keys k
+            WHERE k.project_id = a.project_id AND k.id = a.person_id)"""
+    )
+    assert unkeyed == 0
+    shared = await conn.fetchval(
+        "SELECT count(*) FROM (SELECT project_id, key FROM person_keys"
+        " GROUP BY 1, 2 HAVING count(*) > 1) s"
+    )
+    assert shared == 0
 
 
 def assert_session_rollups_equal(

@@ -110,6 +110,17 @@ def test_experiment_funnel_stream_matches_its_snapshot() -> None:
     assert_sql_snapshot("analysis_funnel_experiment_stream", sql)
 
 
+def test_keyed_funnel_stream_matches_its_snapshot() -> None:
+    """A funnel listing no persons over a keyed scan reads integer person keys."""
+    query = FunnelQuery(
+        funnel_spec(FUNNELS["ordered"]),
+        EventScope(START, END, person_keys=True),
+        lists_persons=False,
+    )
+    assert query.by_key
+    assert_sql_snapshot("analysis_funnel_keyed_stream", query.stream_sql(SqlParams()))
+
+
 PATHS: dict[str, PathsRequest] = {
     "sessions": PathsRequest(event_types=["pageview", "custom"], steps=5),
     "persons_points_rules": PathsRequest(

@@ -286,21 +286,24 @@ CASES: dict[str, Case] = {
 }
 
 
-def counts_of(case: Case) -> tuple[list[int], list[float | None]]:
+def counts_of(case: Case, person_keys: bool = False) -> tuple[list[int], list[float | None]]:
     con = scan_connection(numbered(case.events))
     request = FunnelRequest(
         steps=case.steps, order=case.order, window=case.window, exclusions=case.exclusions
     )
     spec = funnel_spec(request)
-    scope = EventScope(case.start, case.end + timedelta(seconds=spec.window_s))
+    scope = EventScope(
+        case.start, case.end + timedelta(seconds=spec.window_s), person_keys=person_keys
+    )
     result = run_funnel(con, spec, scope, epoch_us(case.start), epoch_us(case.end))
     return [s.count for s in result.total.steps], [s.median_s for s in result.total.steps]
 
 
+@pytest.mark.parametrize("person_keys", [False, True], ids=["by-id", "by-key"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_funnel_rule(name: str) -> None:
+def test_funnel_rule(name: str, person_keys: bool) -> None:
     case = CASES[name]
-    counts, times = counts_of(case)
+    counts, times = counts_of(case, person_keys)
     assert counts == case.counts
     if case.times is not None:
         assert times == case.times

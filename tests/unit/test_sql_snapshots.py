@@ -17,6 +17,7 @@ pytestmark = pytest.mark.sql_snapshot
     ("name", "sql"),
     [
         ("aggregator_insert_new_event_ids", writer._INSERT_NEW_EVENT_IDS),
+        ("aggregator_assign_person_keys", writer._ASSIGN_PERSON_KEYS),
         ("aggregator_read_rollups", writer._READ_ROLLUPS),
         ("aggregator_upsert_rollups", writer._UPSERT_ROLLUPS),
         ("aggregator_apply_sessions", writer._APPLY_SESSIONS),

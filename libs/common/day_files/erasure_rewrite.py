@@ -37,7 +37,7 @@ from libs.common.day_files.export import (
     _recover,
     _write_verify_activate,
 )
-from libs.common.day_files.layout import EVENT_FILE_SCHEMA
+from libs.common.day_files.layout import with_day_file_schema
 from libs.common.day_files.parquet_parts import ids_checksum, write_part
 from libs.common.object_store import ObjectStore
 from libs.common.object_store.base import DEFAULT_RESTORE_HOURS
@@ -118,7 +118,7 @@ async def rewrite_part_without(
                     f"{current.object_name}: holds {table.num_rows} rows, not the "
                     f"{current.rows} rows it was verified with"
                 )
-            kept, removed = _without_ids(table.cast(EVENT_FILE_SCHEMA), ids)
+            kept, removed = _without_ids(with_day_file_schema(table), ids)
             if removed == 0:
                 return PartRewrite(outcome="clean")
             new = _new_part(

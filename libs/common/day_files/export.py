@@ -44,6 +44,7 @@ from libs.common.day_files.layout import (
     day_bounds,
     part_object_name,
     project_prefix,
+    with_day_file_schema,
 )
 from libs.common.day_files.parquet_parts import (
     PartContents,
@@ -484,7 +485,7 @@ async def merge_late_parts(
                         f"{old.object_name}: holds {table.num_rows} rows, not the "
                         f"{old.rows} rows it was verified with"
                     )
-                tables.append(table.cast(EVENT_FILE_SCHEMA))
+                tables.append(with_day_file_schema(table))
             combined = pa.concat_tables(tables).sort_by(
                 [(name, order) for name, order in SORT_KEYS]
             )

@@ -8,8 +8,8 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import pyarrow as pa
 
+from libs.common.model.columns import EVENT_COLUMNS, day_file_schema
 from libs.common.model.columns import TIMESTAMP as TIMESTAMP  # re-exported: the files' timestamps
-from libs.common.model.columns import day_file_schema
 
 # The layout version is part of every object name: a breaking change to the file schema is a
 # new prefix (events/v2/...) with both read during a migration.
@@ -21,9 +21,30 @@ FORMAT_VERSION = "strata.events.v1"
 EVENT_FILE_SCHEMA = day_file_schema()
 EVENT_FILE_COLUMNS: dict[str, pa.DataType] = {f.name: f.type for f in EVENT_FILE_SCHEMA}
 NOT_NULL_COLUMNS = frozenset(f.name for f in EVENT_FILE_SCHEMA if not f.nullable)
-# Rows are sorted by device then time, so one person's events sit together (funnels, paths and
-# retention group by person) and their repeated dimensions compress into long runs.
-SORT_KEYS = (("distinct_id", "ascending"), ("ts", "ascending"), ("event_id", "ascending"))
+# Rows are sorted by person key then time, so one person's events sit together (funnels, paths
+# and retention group by person) and their repeated dimensions compress into long runs.
+SORT_KEYS = (("person_key", "ascending"), ("ts", "ascending"), ("event_id", "ascending"))
+# Columns parts written before they existed lack (migration 0024's person keys): such a part
+# is still a day file, read as if they were NULL.
+LATER_COLUMNS = tuple(c.name for c in EVENT_COLUMNS if c.derived)
+_LEGACY_SCHEMA = pa.schema([f for f in EVENT_FILE_SCHEMA if f.name not in LATER_COLUMNS])
+
+
+def is_day_file_schema(schema: pa.Schema) -> bool:
+    """A part's schema is the day-file schema, or that of parts written before LATER_COLUMNS."""
+    schema = schema.remove_metadata()
+    return bool(schema.equals(EVENT_FILE_SCHEMA) or schema.equals(_LEGACY_SCHEMA))
+
+
+def with_day_file_schema(table: pa.Table) -> pa.Table:
+    """A part's rows in the day-file schema (columns an older part lacks: NULL)."""
+    for name in LATER_COLUMNS:
+        if name not in table.column_names:
+            table = table.append_column(
+                EVENT_FILE_SCHEMA.field(name), pa.nulls(table.num_rows, EVENT_FILE_COLUMNS[name])
+            )
+    return table.select(EVENT_FILE_SCHEMA.names).cast(EVENT_FILE_SCHEMA)
+
 
 _PROJECT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _PART = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")

@@ -14,7 +14,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from libs.common.day_files.layout import EVENT_FILE_SCHEMA, SORT_KEYS, day_bounds
+from libs.common.day_files.layout import (
+    EVENT_FILE_SCHEMA,
+    SORT_KEYS,
+    day_bounds,
+    is_day_file_schema,
+)
 from libs.common.errors import StrataError
 
 _HASH_CHUNK = 1024 * 1024
@@ -170,7 +175,7 @@ def read_part_contents(path: Path, *, project_id: str, day: date) -> PartContent
     high: datetime | None = None
     try:
         parquet = pq.ParquetFile(str(path), page_checksum_verification=True)
-        if not parquet.schema_arrow.remove_metadata().equals(EVENT_FILE_SCHEMA):
+        if not is_day_file_schema(parquet.schema_arrow):
             raise PartVerificationError(f"{path.name}: schema differs from the day-file schema")
         for batch in parquet.iter_batches(batch_size=65536):
             rows += batch.num_rows

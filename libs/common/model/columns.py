@@ -34,6 +34,7 @@ class Column:
     `scanned`: the `events_scan` view over every tier exposes it.
     `hot_only`: bookkeeping of the PostgreSQL hot store, never written by the aggregator nor
     kept in day files.
+    `derived`: not a field of the event; the aggregator computes it when it writes the row.
     """
 
     name: str
@@ -43,6 +44,7 @@ class Column:
     filterable: bool = False
     scanned: bool = False
     hot_only: bool = False
+    derived: bool = False
 
     @property
     def arrow_type(self) -> pa.DataType:
@@ -86,6 +88,12 @@ EVENT_COLUMNS: tuple[Column, ...] = (
     # Which transaction wrote the row: the day-file export's watermark (the catalog keeps each
     # part's xid range).
     Column("inserted_xid", "bigint", nullable=False, hot_only=True),
+    # Dense integer keys of `person_keys` (docs/storage.md, "Person keys"), so analyses group
+    # and sort persons as integers: person_key numbers coalesce(user_id, distinct_id), the
+    # person an event names before aliases; device_key numbers distinct_id when that differs
+    # (NULL otherwise), the id aliases resolve. NULL person_key: a row written before the keys.
+    Column("person_key", "bigint", scanned=True, derived=True),
+    Column("device_key", "bigint", scanned=True, derived=True),
 )
 
 SESSION_COLUMNS: tuple[Column, ...] = (
@@ -130,6 +138,8 @@ SESSIONS: dict[str, Column] = {c.name: c for c in SESSION_COLUMNS}
 # The columns the aggregator writes and a day file holds (every column but the hot store's
 # bookkeeping), in table order.
 STORED_EVENT_COLUMNS: tuple[str, ...] = tuple(c.name for c in EVENT_COLUMNS if not c.hot_only)
+# The columns the aggregator computes rather than copies from the event.
+DERIVED_EVENT_COLUMNS: tuple[str, ...] = tuple(c.name for c in EVENT_COLUMNS if c.derived)
 # The stored columns `events_scan` exposes (it adds the computed person_id).
 SCANNED_EVENT_COLUMNS: tuple[str, ...] = tuple(c.name for c in EVENT_COLUMNS if c.scanned)
 # Columns a condition or breakdown may name directly.

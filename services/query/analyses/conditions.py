@@ -294,6 +294,9 @@ class EventScope:
     include_bots: bool = False
     filters: Filters = field(default_factory=Filters)
     cohort_tables: tuple[str, ...] = ()
+    # The scan also holds `events_scan_keyed` (services/query/person_keys.py): the same rows
+    # with the person as an integer `person_key` instead of `person_id`.
+    person_keys: bool = False
 
     def where(self, params: SqlParams, start: datetime | None = None) -> str:
         """WHERE terms on `e` (AND-ed); `start` overrides the range start."""

@@ -2,9 +2,9 @@
 a person or a session id. DuckDB hands the rows over unsorted (its ORDER BY, carrying string
 payload, cost more than everything after it) and NumPy puts them in that order:
 
-- keys are numbered by a dictionary encoding of the strings (exact: no hash that two ids
-  could share), so keys come out grouped in first-seen order, not in string order; nothing
-  downstream needs them sorted;
+- string keys are numbered by a dictionary encoding of the strings (exact: no hash that two
+  ids could share), so keys come out grouped in first-seen order, not in string order; nothing
+  downstream needs them sorted; integer keys (persons' `person_key`) are their own numbers;
 - one sort on a single int64 that packs (key number, ts offset within the stream, rank) when
   their bits fit in 63, else a lexicographic sort of the three;
 - rows of one key with the same timestamp and rank are then put in event-id order. Only those
@@ -24,6 +24,9 @@ import pyarrow.compute as pc
 
 Ints = npt.NDArray[np.int64]
 Flags = npt.NDArray[np.bool_]
+# Integer keys spread wider than this (and than 4 per row) are not renumbered: the pass over
+# the spread would cost more than the sort it may save.
+_MAX_DENSE_SPREAD = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,23 @@ class EventOrder:
 
 
 def key_codes(keys: pa.ChunkedArray) -> Ints:
-    """Dense numbers for the strings of `keys`, equal for equal strings (NULL is one key)."""
+    """Small non-negative numbers for `keys`, equal for equal keys: for strings a dictionary
+    encoding (NULL is one key), for integer keys (integer person keys, no NULL) their rank
+    among the keys present (or, when they are spread very wide, the keys less the smallest)."""
+    if pa.types.is_integer(keys.type):
+        values = np.asarray(keys.to_numpy(), dtype=np.int64)
+        if values.size == 0:
+            return values
+        offsets = values - values.min()
+        spread = int(offsets.max()) + 1
+        if spread > _MAX_DENSE_SPREAD and spread > 4 * values.size:
+            return np.asarray(offsets, dtype=np.int64)
+        # A key's number is how many keys present are below it (one pass over the spread):
+        # the fewest bits for the packed sort, as the strings' dictionary gives.
+        present = np.zeros(spread, dtype=bool)
+        present[offsets] = True
+        numbers = np.cumsum(present, dtype=np.int32 if spread < 1 << 31 else np.int64)
+        return np.asarray(numbers[offsets], dtype=np.int64) - 1
     # One chunk first: encoding the chunks one by one and combining them costs more.
     encoded = pc.dictionary_encode(keys.combine_chunks(), null_encoding="encode")
     return np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)

@@ -38,6 +38,7 @@ from services.query.analyses.conditions import (
     breakdown_sql,
     event_match_sql,
     needs_persons,
+    property_ref,
 )
 from services.query.analyses.event_order import Ints, in_event_order
 from services.query.analyses.funnel_orders import (
@@ -244,13 +245,34 @@ def first_step(mask: Ints, n: int) -> Ints:
     return np.minimum(below, n)
 
 
+def breakdown_sql_needs_persons(breakdown: str) -> bool:
+    return property_ref("breakdown", breakdown).needs_persons
+
+
 class FunnelQuery:
     """Builds and runs one funnel's SQL on a scan connection. Temp tables are named with
     `prefix`, so an experiment can run several funnels on one connection."""
 
-    def __init__(self, spec: FunnelSpec, scope: EventScope, prefix: str = "funnel") -> None:
+    def __init__(
+        self,
+        spec: FunnelSpec,
+        scope: EventScope,
+        prefix: str = "funnel",
+        *,
+        lists_persons: bool = True,
+    ) -> None:
         self.spec = spec
         self.scope = scope
+        # Persons as integer keys (`events_scan_keyed`) when the scan has them and nothing
+        # needs their ids: no persons page (`lists_persons`), person property, cohort or floor.
+        self.by_key = (
+            scope.person_keys
+            and not lists_persons
+            and not scope.cohort_tables
+            and not any(needs_persons(s.conditions) for s in spec.steps)
+            and not any(needs_persons(x.match.conditions) for x in spec.exclusions)
+            and not (spec.breakdown is not None and breakdown_sql_needs_persons(spec.breakdown))
+        )
         self.persons = f"{prefix}_persons"
         self.window_us = spec.window_s * _US
         steps = spec.steps
@@ -280,7 +302,9 @@ class FunnelQuery:
         masks = " | ".join(
             f"(CASE WHEN {match} THEN {1 << k} ELSE 0 END)" for k, match in enumerate(matches)
         )
-        columns = ["e.person_id AS pid", "epoch_us(e.ts) AS t", "e.event_id AS eid"]
+        by_key = self.by_key and floor_table is None
+        person = "e.person_key" if by_key else "e.person_id"
+        columns = [f"{person} AS pid", "epoch_us(e.ts) AS t", "e.event_id AS eid"]
         if spec.breakdown is not None:
             bd, bd_persons = breakdown_sql("breakdown", spec.breakdown, params)
             joins_persons |= bd_persons
@@ -316,9 +340,12 @@ class FunnelQuery:
         prefilter, *uses = keep
         if uses or excluding:
             prefilter += " AND (" + " OR ".join(f"({t})" for t in [*uses, *excluding]) + ")"
+        if by_key and joins_persons:
+            raise RuntimeError("a funnel reading persons' traits resolves persons by id")
+        view = "events_scan_keyed" if by_key else "events_scan"
         return f"""
             SELECT {", ".join(columns)}
-            FROM events_scan e {joins}
+            FROM {view} e {joins}
             WHERE {where} AND {prefilter}"""
 
     def shape(self) -> FunnelShape:
@@ -481,6 +508,8 @@ class FunnelQuery:
         """The persons at a step (`converted`: reached it; `dropped`: reached the step before
         it and no further), ordered by id, one page (or all of them with `everyone`)."""
         assert page is not None
+        if self.by_key:
+            raise RuntimeError("this funnel was built without listing persons (lists_persons)")
         params = SqlParams()
         if page.status == "converted":
             terms = [f"reached >= {params.add(page.step)}"]
@@ -515,7 +544,7 @@ def run_funnel(
     """The funnel's counts, time-to-convert histogram (and a page of persons) on a
     connection holding `events_scan`; attempts start in [start_us, end_us), rows come from
     `scope`."""
-    query = FunnelQuery(spec, scope)
+    query = FunnelQuery(spec, scope, lists_persons=page is not None)
     query.prepare(con, start_us, end_us)
     total, breakdown, truncated = query.counts(con)
     conversion = conversion or TimeToConvertSpec()

@@ -85,6 +85,7 @@ class Analysis:
             include_bots=self.request.include_bots,
             filters=self.filters,
             cohort_tables=tuple(tables),
+            person_keys=scan.person_keys,
         )
 
     @property

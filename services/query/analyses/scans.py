@@ -31,6 +31,7 @@ class ScanLike(Protocol):
     """What the analyses need of an event scan (services/query/event_scan.EventScan)."""
 
     con: duckdb.DuckDBPyConnection
+    person_keys: bool  # whether `events_scan_keyed` exists (services/query/person_keys.py)
 
     @property
     def tiers(self) -> list[Any]: ...
