@@ -59,6 +59,7 @@ def scan_rows(
             start=DAY,
             end=DAY + timedelta(days=1),
             include_bots=False,
+            unkeyed_paths=frozenset(str(p) for p in paths),
             file_columns=files,
         )
         sql = "SELECT event_id, country, non_interactive FROM events_scan ORDER BY event_id"
