@@ -40,6 +40,7 @@ from libs.common.db import lock_derived_tables
 from libs.common.errors import StrataError
 from libs.common.event_partitions import EventPartitions, ensure_partitions
 from libs.common.model.columns import STORED_EVENT_COLUMNS
+from libs.common.model.event_encoding import stored_event_fields
 from libs.common.rollup_rules import (
     SESSION_KEY_COLUMNS,
     SESSION_ROLLUP_COUNTERS,
@@ -72,8 +73,10 @@ class ConcurrentWriteConflict(asyncpg.exceptions.SerializationError, StrataError
 # ---------------------------------------------------------------------------------------------
 # Events and dedup
 
-# Every stored column (libs/common/model) but properties, which travels as jsonb beside them.
-EVENT_COLUMNS = tuple(c for c in STORED_EVENT_COLUMNS if c != "properties")
+# Every stored column (libs/common/model) but those stored encoded (anonymous_id, properties:
+# libs/common/model/event_encoding.py), which travel beside them with derived_fields.
+_ENCODED_COLUMNS = ("anonymous_id", "properties", "derived_fields")
+EVENT_COLUMNS = tuple(c for c in STORED_EVENT_COLUMNS if c not in _ENCODED_COLUMNS)
 _json = msgspec.json.Encoder()
 
 
@@ -97,7 +100,7 @@ def _json_rows_sql(columns: Sequence[str], types: dict[str, str], param: int = 1
 
 
 _event_row = operator.attrgetter(*EVENT_COLUMNS)
-_STORED_COLUMNS = (*EVENT_COLUMNS, "properties")
+_STORED_COLUMNS = (*EVENT_COLUMNS, *_ENCODED_COLUMNS)
 # The batch's unique ids as digests (migration 0022: a fixed 16-byte key per id), inserted in
 # digest order so writers lock ids in one order; the ordinals of ids never seen come back.
 _INSERT_NEW_EVENT_IDS = """
@@ -115,7 +118,7 @@ SELECT (ids.i - 1)::int FROM ids JOIN new_ids USING (digest)
 
 
 def _event_record(ev: EventV1) -> tuple[Any, ...]:
-    return (*_event_row(ev), _json.encode(ev.properties).decode())
+    return (*_event_row(ev), *stored_event_fields(ev))
 
 
 async def _insert_new_events(conn: asyncpg.Connection, events: Sequence[EventV1]) -> list[EventV1]:

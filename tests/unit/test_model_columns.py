@@ -51,8 +51,8 @@ def test_every_stored_event_column_is_an_event_v1_field_of_the_same_type() -> No
 
 
 def test_the_writer_writes_every_column_a_day_file_holds() -> None:
-    # properties travels as jsonb beside the writer's other columns.
-    assert {*WRITER_COLUMNS, "properties"} == set(STORED_EVENT_COLUMNS)
+    # anonymous_id and properties travel encoded (with derived_fields) beside the others.
+    assert {*WRITER_COLUMNS, "anonymous_id", "properties"} == set(STORED_EVENT_COLUMNS)
     assert list(STORED_EVENT_COLUMNS) == EVENT_FILE_SCHEMA.names
 
 
