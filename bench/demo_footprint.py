@@ -7,7 +7,9 @@ directory (embedded NATS and PostgreSQL, all services, no live traffic), then:
   CPU seconds PostgreSQL and the services spent until then;
 - write amplification: rollup and session-rollup rows per stored event, and PostgreSQL bytes
   (every table with its indexes and TOAST) per stored event, after a VACUUM;
-- the data directory's size, with PostgreSQL's WAL and NATS's store apart;
+- the data directory's size, with PostgreSQL's WAL and NATS's store apart, right after the
+  drain and again after a CHECKPOINT (what an idle stack holds once its next checkpoint ran),
+  and the WAL PostgreSQL wrote;
 - KPIs over the last year through the metrics API (daily series; and broken down by page),
   median of 10 warm requests, and which source answered.
 
@@ -193,6 +195,7 @@ async def _measure(info: dict[str, Any], data_dir: Path, up_pid: int) -> dict[st
                 last, last_change = now, time.monotonic()
         drain_s = max(0.0, last_change - backfill_done)
         cpu = _cpu_s(up_pid, data_dir / "postgres" / "pgdata")
+        wal_written = int(await conn.fetchval("SELECT wal_bytes FROM pg_stat_wal"))
         await conn.execute("VACUUM ANALYZE")
         counts = {
             table: int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
@@ -206,6 +209,15 @@ async def _measure(info: dict[str, Any], data_dir: Path, up_pid: int) -> dict[st
     kpis = await _year_of_kpis(info)
     events = max(1, counts["events"])
     pgdata = data_dir / "postgres" / "pgdata"
+    data_dir_bytes = _dir_bytes(data_dir)
+    pg_wal_bytes = _dir_bytes(pgdata / "pg_wal")
+    # What the disk holds once the next checkpoint has run (at most checkpoint_timeout later
+    # on an idle stack): the WAL a checkpoint no longer needs is removed or kept for reuse.
+    conn = await asyncpg.connect(info["database_url"])
+    try:
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
     return {
         "stored_events": counts["events"],
         "backfill_send_seconds": round(backfill_s, 1),
@@ -220,8 +232,11 @@ async def _measure(info: dict[str, Any], data_dir: Path, up_pid: int) -> dict[st
             name: round(size / 2**20, 1) for name, size in list(tables.items())[:8]
         },
         "bytes_per_stored_event": _breakdown(parts, tables, events),
-        "data_dir_mb": round(_dir_bytes(data_dir) / 2**20, 1),
-        "pg_wal_mb": round(_dir_bytes(pgdata / "pg_wal") / 2**20, 1),
+        "wal_written_mb": round(wal_written / 2**20, 1),
+        "data_dir_mb": round(data_dir_bytes / 2**20, 1),
+        "pg_wal_mb": round(pg_wal_bytes / 2**20, 1),
+        "data_dir_mb_after_checkpoint": round(_dir_bytes(data_dir) / 2**20, 1),
+        "pg_wal_mb_after_checkpoint": round(_dir_bytes(pgdata / "pg_wal") / 2**20, 1),
         "nats_mb": round(_dir_bytes(data_dir / "nats") / 2**20, 1),
         **kpis,
     }

@@ -147,6 +147,9 @@ def _open_path_for(user: str, path: Path) -> None:
 # the demo's backfill; 128 MB bounds it (checkpoints come sooner under a burst), compressed
 # full-page images (pglz, the one method this build has) shrink what each checkpoint causes,
 # and a longer timeout spares an idle stack the full-page images of frequent checkpoints.
+# wal_recycle off: a checkpoint deletes the segments it no longer needs instead of keeping up to
+# max_wal_size of them renamed for reuse, so pg_wal shrinks back to a segment or two after a
+# burst (new segments are created sparse, wal_init_zero off, so that costs no extra writes).
 # Autovacuum looks every 10 s instead of every minute, so the space of the sessionizer's
 # rewritten checkpoints is reused sooner during a burst instead of growing their table.
 POSTGRES_SETTINGS: dict[str, str] = {
@@ -156,6 +159,8 @@ POSTGRES_SETTINGS: dict[str, str] = {
     "shared_buffers": "256MB",
     "max_wal_size": "128MB",
     "min_wal_size": "32MB",
+    "wal_recycle": "off",
+    "wal_init_zero": "off",
     "wal_compression": "pglz",
     "checkpoint_timeout": "15min",
     "autovacuum_naptime": "10s",

@@ -40,6 +40,7 @@ from libs.common.db import lock_derived_tables
 from libs.common.errors import StrataError
 from libs.common.event_partitions import EventPartitions, ensure_partitions
 from libs.common.model.columns import DERIVED_EVENT_COLUMNS, STORED_EVENT_COLUMNS
+from libs.common.model.event_encoding import stored_event_fields
 from libs.common.rollup_rules import (
     SESSION_KEY_COLUMNS,
     SESSION_ROLLUP_COUNTERS,
@@ -72,10 +73,12 @@ class ConcurrentWriteConflict(asyncpg.exceptions.SerializationError, StrataError
 # ---------------------------------------------------------------------------------------------
 # Events and dedup
 
-# Every stored column (libs/common/model) the event carries but properties, which travels as
-# jsonb beside them; the derived columns (the person keys) follow it.
+# Every stored column (libs/common/model) but those stored encoded (anonymous_id, properties:
+# libs/common/model/event_encoding.py), which travel beside them with derived_fields, and the
+# derived columns (the person keys), which follow them.
+_ENCODED_COLUMNS = ("anonymous_id", "properties", "derived_fields")
 EVENT_COLUMNS = tuple(
-    c for c in STORED_EVENT_COLUMNS if c != "properties" and c not in DERIVED_EVENT_COLUMNS
+    c for c in STORED_EVENT_COLUMNS if c not in _ENCODED_COLUMNS and c not in DERIVED_EVENT_COLUMNS
 )
 _json = msgspec.json.Encoder()
 
@@ -100,7 +103,7 @@ def _json_rows_sql(columns: Sequence[str], types: dict[str, str], param: int = 1
 
 
 _event_row = operator.attrgetter(*EVENT_COLUMNS)
-_STORED_COLUMNS = (*EVENT_COLUMNS, "properties", "person_key", "device_key")
+_STORED_COLUMNS = (*EVENT_COLUMNS, *_ENCODED_COLUMNS, "person_key", "device_key")
 # The batch's unique ids as digests (migration 0022: a fixed 16-byte key per id), inserted in
 # digest order so writers lock ids in one order; the ordinals of ids never seen come back.
 _INSERT_NEW_EVENT_IDS = """
@@ -187,7 +190,7 @@ def _event_records(
         device = None if person == ev.distinct_id else keys[(ev.project_id, ev.distinct_id)]
         yield (
             *_event_row(ev),
-            _json.encode(ev.properties).decode(),
+            *stored_event_fields(ev),
             keys[(ev.project_id, person)],
             device,
         )

@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from libs.common.model.event_encoding import restored_sql
 from services.query.auth import authorized_project
 from services.query.cold_rows import ColdFilter, merge_events, moved_days, read_cold_events
 from services.query.dependencies import DEPS, SETTINGS
@@ -105,7 +106,7 @@ async def get_events(request: web.Request) -> web.Response:
         if not sep or not key:
             raise ParamError("property", f"{raw!r} is not key:value (e.g. plan:pro)")
         args.extend([key, value])
-        where.append(f"e.properties ->> ${len(args) - 1} = ${len(args)}")
+        where.append(f"{restored_sql('properties')} ->> ${len(args) - 1} = ${len(args)}")
         cold.property_equals(key, value)
     cursor = single(query, "cursor")
     if cursor:

@@ -174,6 +174,8 @@ async def _read_event_counters(
 
 # Events recorded without persistent ids: consent withheld under the cookieless policy, or
 # the browser tracker's cookieless mode (ingest marks both with this property).
+# The stored properties suffice: a row leaves out only page keys equal to its columns
+# (libs/common/model/event_encoding.py), never this one.
 COOKIELESS_SQL = "e.properties ? '$cookieless'"
 
 

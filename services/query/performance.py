@@ -109,6 +109,8 @@ async def get_performance(request: web.Request) -> web.Response:
             else dimension_sql("e", EVENT_DIMENSIONS[flt.dimension])
         )
         where.append(f" AND {expr} = ANY(${len(args)}::text[])")
+    # The stored properties, not event_properties(...): only numbers are read here, and the
+    # values a row leaves out for their columns are strings (libs/common/model/event_encoding).
     sql = f"""
         WITH m AS (
             SELECT {dimension_sql("e", "path")} AS page, p.prop,

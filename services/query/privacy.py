@@ -33,6 +33,7 @@ from libs.common.erasure import (
     request_erasure,
     resolve_person_ids,
 )
+from libs.common.model.event_encoding import restored_sql
 from libs.common.object_store import ObjectArchived, ObjectNotFound
 from libs.common.users import ADMIN
 from services.query.auth import project_access
@@ -45,8 +46,10 @@ log = structlog.get_logger()
 _MAX_ID_CHARS = 200
 _EXPORT_BATCH_ROWS = 2000
 _COLUMNS = tuple(EVENT_FILE_COLUMNS)
+# As the day files hold them: properties (as JSON text) and anonymous_id as they were sent.
 _HOT_SELECT = ", ".join(
-    "e.properties::text AS properties" if c == "properties" else f"e.{c}" for c in _COLUMNS
+    f"{restored_sql(c)}::text AS {c}" if c == "properties" else f"{restored_sql(c)} AS {c}"
+    for c in _COLUMNS
 )
 
 

@@ -11,11 +11,16 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from libs.common.model.event_encoding import restored_sql
 from services.query.params import ParamError
 from services.query.responses import EventRecord, SessionRecord
 
 EVENT_FIELDS = tuple(f for f in EventRecord.__struct_fields__ if f != "properties")
-EVENT_SELECT = ", ".join(f"e.{f}" for f in EVENT_FIELDS) + ", e.properties::text AS properties"
+# Properties and anonymous_id as they were sent (libs/common/model/event_encoding.py).
+EVENT_SELECT = (
+    ", ".join(f"{restored_sql(f)} AS {f}" for f in EVENT_FIELDS)
+    + f", {restored_sql('properties')}::text AS properties"
+)
 
 _SESSION_COLUMNS = tuple(
     f for f in SessionRecord.__struct_fields__ if f not in ("start", "end", "duration_s", "bounce")

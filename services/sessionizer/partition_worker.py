@@ -3,7 +3,9 @@ publish enriched batches and session updates, and checkpoint (state + sequence),
 
 The chain per raw message: decode -> validate -> sessionize (pure) -> publish (acks awaited
 before the next checkpoint). Per checkpoint: await publish acks -> UPSERT (seq, state) -> ack the
-raw stream up to seq -> purge the partition's raw messages up to seq. A crash anywhere replays
+raw stream up to seq -> ask a background task to purge the partition's raw messages up to seq
+(off the consume path: at most one purge in flight per partition, never past the stored
+checkpoint). A crash anywhere replays
 from the last checkpoint; since sessionizing is deterministic, the replay republishes the same
 message ids and JetStream drops them.
 
@@ -231,6 +233,11 @@ class PartitionWorker:
         )
         # Raw sequences whose sessionizing failed: replayed with their events tried alone.
         self._sessionize_each: set[int] = set()
+        # The raw purge runs beside the consume loop, one at a time: `_purge_upto` is the
+        # highest stored checkpoint it may purge to, `_purged_upto` what it has purged.
+        self._purge_task: asyncio.Task[None] | None = None
+        self._purge_upto = 0
+        self._purged_upto = 0
         self._reset(0, PartitionSessions())
 
     def _reset(self, checkpoint_seq: int, state: PartitionSessions) -> None:
@@ -275,6 +282,10 @@ class PartitionWorker:
                 backoff = min(backoff * 2, MAX_RESTART_BACKOFF_S)
 
     async def _run_from_checkpoint(self) -> None:
+        # A purge requested before a failure finishes first: a raw stream recreated behind the
+        # checkpoint must not meet a purge aimed at the old stream's sequences.
+        await self._settle_purge()
+        self._purge_upto = self._purged_upto = 0
         checkpoint = await load_checkpoint(self._pool, self._subjects.raw_stream, self.partition)
         self._reset(checkpoint.stream_seq, checkpoint.state)
         start_seq = await self._start_sequence(checkpoint.stream_seq)
@@ -305,6 +316,7 @@ class PartitionWorker:
                     time.monotonic() - self._checkpointed_at
                 )
             await self.checkpoint()
+            await self._settle_purge()
             self._log.info("partition_stopped", checkpoint_seq=self.checkpoint_seq)
         finally:
             try:
@@ -494,18 +506,39 @@ class PartitionWorker:
             except Exception as exc:
                 # Harmless: the checkpoint is the resume point; the next ack covers this one.
                 self._log.warning("raw_ack_failed", error=str(exc))
-        await self._purge_checkpointed()
+        self._request_purge(self.checkpoint_seq)
+
+    def _request_purge(self, checkpoint_seq: int) -> None:
+        """Let the background purge drop raw messages up to `checkpoint_seq`, which must be
+        stored: a purge already running picks the new bound up when it finishes."""
+        self._purge_upto = max(self._purge_upto, checkpoint_seq)
+        if self._purge_task is None or self._purge_task.done():
+            self._purge_task = asyncio.create_task(
+                self._purge_checkpointed(), name=f"raw-purge-{self.partition}"
+            )
+
+    async def _settle_purge(self) -> None:
+        """Wait for the purge in flight, if any (it bounds itself by the NATS request timeout
+        and never raises)."""
+        if self._purge_task is not None:
+            await self._purge_task
+            self._purge_task = None
 
     async def _purge_checkpointed(self) -> None:
         """Drop the partition's raw messages up to the checkpoint from the raw stream: their
         events are in the enriched stream (every publish acked before the checkpoint) and no
-        restart reads them again, so keeping them only filled the disk."""
-        try:
-            await self._js.purge_stream(
-                self._subjects.raw_stream,
-                seq=self.checkpoint_seq + 1,
-                subject=self._subjects.raw(self.partition),
-            )
-        except Exception as exc:
-            # Harmless: the next checkpoint's purge covers these messages too.
-            self._log.warning("raw_purge_failed", error=str(exc))
+        restart reads them again, so keeping them only filled the disk. Runs until the purge
+        has caught up with the latest checkpoint, one JetStream purge at a time."""
+        while self._purge_upto > self._purged_upto:
+            upto = self._purge_upto
+            try:
+                await self._js.purge_stream(
+                    self._subjects.raw_stream,
+                    seq=upto + 1,
+                    subject=self._subjects.raw(self.partition),
+                )
+            except Exception as exc:
+                # Harmless: the next checkpoint's purge covers these messages too.
+                self._log.warning("raw_purge_failed", error=str(exc))
+                return
+            self._purged_upto = upto

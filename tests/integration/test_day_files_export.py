@@ -32,6 +32,7 @@ from libs.common.day_files import (
     part_object_name,
     project_prefix,
 )
+from libs.common.model.event_encoding import restored_sql
 from libs.common.object_store import ObjectInfo, ObjectStore, StorageTier
 from libs.common.object_store.file_store import FileObjectStore
 from libs.common.schemas.events_v1 import PAGEVIEW, EventV1
@@ -86,12 +87,14 @@ def day_events(count: int = 300, prefix: str = "e", hour: int = 0) -> list[Event
 
 
 async def pg_day_rows(pool: asyncpg.Pool, day: date = DAY) -> dict[str, dict[str, Any]]:
+    # Properties and anonymous_id as they were sent (tests/integration/test_event_encoding.py
+    # compares those with the events themselves).
     columns = ", ".join(
-        "properties::text AS properties" if c == "properties" else c
+        f"{restored_sql(c)}::text AS {c}" if c == "properties" else f"{restored_sql(c)} AS {c}"
         for c in EVENT_FILE_SCHEMA.names
     )
     rows = await pool.fetch(
-        f"SELECT {columns} FROM events WHERE project_id = 'acme'"
+        f"SELECT {columns} FROM events e WHERE project_id = 'acme'"
         " AND ts >= $1 AND ts < $1 + interval '1 day'",
         datetime.combine(day, datetime.min.time(), tzinfo=UTC),
     )

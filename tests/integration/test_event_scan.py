@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 
 from libs.common.day_files import day_bounds, days_between
+from libs.common.model.event_encoding import restored_sql
 from libs.common.schemas.events_v1 import PAGEVIEW, EventV1
 from services.query.event_scan import SCAN_COLUMNS, ArchivedDaysError, open_scan
 from tests.support.analytics_dataset import generate_events
@@ -26,7 +27,7 @@ DAYS = 6
 _PG_COLUMNS = ", ".join(
     "COALESCE(a.person_id, e.user_id, e.distinct_id) AS person_id"
     if c == "person_id"
-    else ("e.properties::text AS properties" if c == "properties" else f"e.{c}")
+    else (f"{restored_sql(c)}::text AS {c}" if c == "properties" else f"e.{c}")
     for c in SCAN_COLUMNS
 )
 

@@ -78,4 +78,4 @@ async def test_day_files_hold_the_registry_columns_with_their_arrow_types(
         ]
     )
     assert pq.read_schema(local).remove_metadata() == expected
-    assert [c.name for c in EVENT_COLUMNS if c.hot_only] == ["inserted_xid"]
+    assert [c.name for c in EVENT_COLUMNS if c.hot_only] == ["inserted_xid", "derived_fields"]

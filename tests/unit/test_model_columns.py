@@ -57,8 +57,11 @@ def test_every_stored_event_column_is_an_event_v1_field_of_the_same_type() -> No
 
 
 def test_the_writer_writes_every_column_a_day_file_holds() -> None:
-    # properties travels as jsonb beside the writer's other columns, the keys after them.
-    assert {*WRITER_COLUMNS, "properties", *DERIVED_EVENT_COLUMNS} == set(STORED_EVENT_COLUMNS)
+    # anonymous_id and properties travel encoded (with derived_fields) beside the writer's other
+    # columns, the person keys after them.
+    assert {*WRITER_COLUMNS, "anonymous_id", "properties", *DERIVED_EVENT_COLUMNS} == set(
+        STORED_EVENT_COLUMNS
+    )
     assert list(STORED_EVENT_COLUMNS) == EVENT_FILE_SCHEMA.names
 
 

@@ -19,6 +19,7 @@ import pyarrow.csv as pacsv
 
 from libs.common.day_files.layout import TIMESTAMP
 from libs.common.model.columns import EVENT_COLUMNS
+from libs.common.model.event_encoding import restored_sql
 
 # What can be read from `events`: the day-file columns, and which transaction inserted the row.
 QUERYABLE_COLUMNS: dict[str, pa.DataType] = {c.name: c.arrow_type for c in EVENT_COLUMNS}
@@ -56,7 +57,8 @@ def literal(value: ProjectId | int | date | datetime) -> str:
 
 def select_list(columns: Sequence[str]) -> str:
     """The SELECT list that puts `columns` of `events` (alias e) into CSV losslessly:
-    instants as integer microseconds since the epoch, jsonb as its text."""
+    instants as integer microseconds since the epoch, jsonb as its text, properties and
+    anonymous_id as they were sent (libs/common/model/event_encoding.py)."""
     parts = []
     for column in columns:
         if column not in QUERYABLE_COLUMNS or not _COLUMN.match(column):
@@ -66,7 +68,9 @@ def select_list(columns: Sequence[str]) -> str:
             # extract(epoch) is numeric (exact) since PostgreSQL 14.
             parts.append(f"(extract(epoch FROM e.{column}) * 1000000)::bigint AS {column}")
         elif column == "properties":
-            parts.append("e.properties::text AS properties")
+            parts.append(f"{restored_sql('properties')}::text AS properties")
+        elif column == "anonymous_id":
+            parts.append(f"{restored_sql('anonymous_id')} AS anonymous_id")
         else:
             parts.append(f"e.{column}")
     return ", ".join(parts)

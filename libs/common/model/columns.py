@@ -20,6 +20,7 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "timestamptz": TIMESTAMP,
     "boolean": pa.bool_(),
     "jsonb": pa.string(),
+    "smallint": pa.int16(),
     "integer": pa.int32(),
     "bigint": pa.int64(),
 }
@@ -32,8 +33,8 @@ class Column:
     `dimension`: the API dimension name it answers (rollups and breakdowns), if any.
     `filterable`: a condition or breakdown of the analyses may name it directly.
     `scanned`: the `events_scan` view over every tier exposes it.
-    `hot_only`: bookkeeping of the PostgreSQL hot store, never written by the aggregator nor
-    kept in day files.
+    `hot_only`: bookkeeping of the PostgreSQL hot store (which transaction wrote a row, how its
+    properties are encoded), never kept in day files nor scanned.
     `derived`: not a field of the event; the aggregator computes it when it writes the row.
     """
 
@@ -94,6 +95,9 @@ EVENT_COLUMNS: tuple[Column, ...] = (
     # (NULL otherwise), the id aliases resolve. NULL person_key: a row written before the keys.
     Column("person_key", "bigint", scanned=True, derived=True),
     Column("device_key", "bigint", scanned=True, derived=True),
+    # Which properties (and whether anonymous_id) the row leaves out because a column holds
+    # them (libs/common/model/event_encoding.py); readers restore them.
+    Column("derived_fields", "smallint", hot_only=True),
 )
 
 SESSION_COLUMNS: tuple[Column, ...] = (

@@ -1,0 +1,87 @@
+"""How an event's properties and anonymous id are stored in `events`, and the SQL that reads
+them back as they were sent.
+
+A value the row already holds in a column is left out (migration 0025): a pageview's
+properties repeat its path, url, title (as `title` and as Segment's `name`), referrer and
+query string, and `anonymous_id` is nearly always `distinct_id`. The row's `derived_fields`
+says which were left out, one bit each; the SQL functions `event_properties` and
+`event_anonymous_id` (migration 0025) put them back. Every reader of either column selects it
+through `restored_sql`, so the API, the day files, the hot rows, filters and erasure all see
+what was sent. Rows without `derived_fields` (written before 0025) hold every value and read
+unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from libs.common.schemas.events_v1 import EventV1
+
+ANONYMOUS_ID_IS_DISTINCT_ID = 64
+
+
+def url_search(url: str) -> str:
+    """The query string of a URL as browsers report it in `location.search` (`url_search` in
+    SQL computes the same): from the first '?' before any '#' up to the '#', else ''."""
+    before_fragment = url.split("#", 1)[0]
+    start = before_fragment.find("?")
+    return "" if start < 0 else before_fragment[start:]
+
+
+def _search(ev: EventV1) -> str | None:
+    return None if ev.url is None else url_search(ev.url)
+
+
+# (bit, property key, the column value it must equal to be left out), as event_properties reads
+# them back.
+DERIVED_PROPERTIES: tuple[tuple[int, str, Callable[[EventV1], str | None]], ...] = (
+    (1, "path", lambda ev: ev.path),
+    (2, "url", lambda ev: ev.url),
+    (4, "title", lambda ev: ev.title),
+    (8, "name", lambda ev: ev.title),
+    (16, "referrer", lambda ev: ev.referrer),
+    (32, "search", _search),
+)
+_DERIVED_KEYS = frozenset(key for _, key, _ in DERIVED_PROPERTIES)
+
+_json = msgspec.json.Encoder()
+
+
+def stored_event_fields(ev: EventV1) -> tuple[str | None, str | None, int | None]:
+    """(anonymous_id, properties as JSON text, derived_fields) as the row stores them."""
+    derived = 0
+    properties: dict[str, Any] = ev.properties
+    if not _DERIVED_KEYS.isdisjoint(properties):
+        kept = dict(properties)
+        for bit, key, column in DERIVED_PROPERTIES:
+            value = kept.get(key)
+            # Only a string equal to the column: a number or null of the same text is not it.
+            if type(value) is str and value == column(ev):
+                del kept[key]
+                derived |= bit
+        properties = kept
+    # Properties reduced to nothing are NULL (event_properties starts from '{}'); otherwise
+    # '{}' stays '{}'.
+    stored = None if derived and not properties else _json.encode(properties).decode()
+    anonymous_id = ev.anonymous_id
+    if anonymous_id is not None and anonymous_id == ev.distinct_id:
+        anonymous_id = None
+        derived |= ANONYMOUS_ID_IS_DISTINCT_ID
+    return anonymous_id, stored, derived or None
+
+
+def restored_sql(column: str, alias: str = "e") -> str:
+    """The SQL expression reading `column` of `events` (as `alias`) as it was sent: the
+    restoring function for properties and anonymous_id, the column itself for the others."""
+    a = alias
+    if column == "properties":
+        return (
+            f"event_properties({a}.properties, {a}.derived_fields,"
+            f" {a}.path, {a}.url, {a}.title, {a}.referrer)"
+        )
+    if column == "anonymous_id":
+        return f"event_anonymous_id({a}.anonymous_id, {a}.derived_fields, {a}.distinct_id)"
+    return f"{a}.{column}"
