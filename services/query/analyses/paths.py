@@ -220,7 +220,7 @@ def run_paths(
 
 def _person_runs(ids: pa.Array) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """Each row's run of equal person ids in the rows' order, and each run's first row. Rows
-    of one person mostly come together (day files are sorted by distinct id), so only the
+    of one person mostly come together (day files are sorted by person), so only the
     runs' ids are hashed later, not every row's."""
     change = np.ones(len(ids), dtype=bool)
     if len(ids) > 1:
