@@ -123,6 +123,18 @@ async def test_an_erased_person_is_gone_from_cached_days_and_stays_gone(
     assert engine.hot_rows.rows_copied == copied  # known requests reload nothing again
 
 
+async def export_first_day(pool: asyncpg.Pool, tmp_path: Path, store: ObjectStore) -> None:
+    exported = await export_pending_days(
+        pool,
+        store,
+        DayExportSettings(work_dir=tmp_path / "work"),
+        grace=timedelta(0),
+        projects=["acme"],
+        days=[DAY.date()],
+    )
+    assert not exported.failures and exported.rows, exported
+
+
 @pytest.mark.usefixtures("project")
 async def test_a_day_moved_cold_is_read_from_its_files_and_one_deleted_by_retention_is_gone(
     pool: asyncpg.Pool, tmp_path: Path
@@ -135,15 +147,7 @@ async def test_a_day_moved_cold_is_read_from_its_files_and_one_deleted_by_retent
         before = await scanned_ids(deps)
         assert len(before) == 50
         assert engine.hot_rows.cached_days("acme") == [DAY.date(), DAY.date() + timedelta(1)]
-        exported = await export_pending_days(
-            pool,
-            store,
-            DayExportSettings(work_dir=tmp_path / "work"),
-            grace=timedelta(0),
-            projects=["acme"],
-            days=[DAY.date()],
-        )
-        assert not exported.failures, exported.failures
+        await export_first_day(pool, tmp_path, store)
         moved = await move_cold_days(pool, store, projects=["acme"])  # 2024: past hot_days
         assert not moved.failures and moved.rows_moved == 30
         await write(pool, events(2, "late"))  # rows of the cold day, after its export
@@ -161,18 +165,6 @@ async def test_a_day_moved_cold_is_read_from_its_files_and_one_deleted_by_retent
     finally:
         engine.close()
         await store.close()
-
-
-async def export_first_day(pool: asyncpg.Pool, tmp_path: Path, store: ObjectStore) -> None:
-    exported = await export_pending_days(
-        pool,
-        store,
-        DayExportSettings(work_dir=tmp_path / "work"),
-        grace=timedelta(0),
-        projects=["acme"],
-        days=[DAY.date()],
-    )
-    assert not exported.failures and exported.rows, exported
 
 
 @pytest.mark.usefixtures("project")
