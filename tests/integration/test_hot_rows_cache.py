@@ -7,6 +7,8 @@ process's cache too: nothing here goes through the process that scans."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -123,6 +125,20 @@ async def test_an_erased_person_is_gone_from_cached_days_and_stays_gone(
     assert engine.hot_rows.rows_copied == copied  # known requests reload nothing again
 
 
+@asynccontextmanager
+async def scans_over_files(
+    pool: asyncpg.Pool, tmp_path: Path
+) -> AsyncIterator[tuple[ObjectStore, ScanEngine, ScanDeps]]:
+    """A file:// object store and a scan engine caching its day files, closed after use."""
+    store = open_object_store(f"file://{tmp_path / 'objects'}")
+    engine = ScanEngine(DayFileCache(tmp_path / "cache", 64 * 1024**2, store))
+    try:
+        yield store, engine, ScanDeps(pool, engine)
+    finally:
+        engine.close()
+        await store.close()
+
+
 async def export_first_day(pool: asyncpg.Pool, tmp_path: Path, store: ObjectStore) -> None:
     exported = await export_pending_days(
         pool,
@@ -139,10 +155,7 @@ async def export_first_day(pool: asyncpg.Pool, tmp_path: Path, store: ObjectStor
 async def test_a_day_moved_cold_is_read_from_its_files_and_one_deleted_by_retention_is_gone(
     pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
-    store = open_object_store(f"file://{tmp_path / 'objects'}")
-    engine = ScanEngine(DayFileCache(tmp_path / "cache", 64 * 1024**2, store))
-    deps = ScanDeps(pool, engine)
-    try:
+    async with scans_over_files(pool, tmp_path) as (store, engine, deps):
         await write(pool, events(30, "a") + events(20, "b", day_offset=1))
         before = await scanned_ids(deps)
         assert len(before) == 50
@@ -162,19 +175,13 @@ async def test_a_day_moved_cold_is_read_from_its_files_and_one_deleted_by_retent
         retention = await apply_retention(pool, store, projects=["acme"])
         assert not retention.failures and retention.rows_deleted == 22
         assert await scanned_ids(deps) == await pg_ids(pool) == []
-    finally:
-        engine.close()
-        await store.close()
 
 
 @pytest.mark.usefixtures("project")
 async def test_late_rows_of_a_day_with_files_are_copied_once_until_a_part_takes_them(
     pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
-    store = open_object_store(f"file://{tmp_path / 'objects'}")
-    engine = ScanEngine(DayFileCache(tmp_path / "cache", 64 * 1024**2, store))
-    deps = ScanDeps(pool, engine)
-    try:
+    async with scans_over_files(pool, tmp_path) as (store, engine, deps):
         await write(pool, events(30, "a") + events(20, "b", day_offset=1))
         await export_first_day(pool, tmp_path, store)
         assert await scanned_ids(deps) == await pg_ids(pool)
@@ -194,20 +201,14 @@ async def test_late_rows_of_a_day_with_files_are_copied_once_until_a_part_takes_
         ids = await scanned_ids(deps)
         assert ids == await pg_ids(pool) and len(ids) == 54
         assert engine.hot_rows.rows_copied == 24
-    finally:
-        engine.close()
-        await store.close()
 
 
 @pytest.mark.usefixtures("project")
 async def test_an_erased_persons_late_rows_of_a_day_with_files_stay_gone(
     pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
-    store = open_object_store(f"file://{tmp_path / 'objects'}")
-    engine = ScanEngine(DayFileCache(tmp_path / "cache", 64 * 1024**2, store))
-    deps = ScanDeps(pool, engine)
     settings = DayExportSettings(work_dir=tmp_path / "work")
-    try:
+    async with scans_over_files(pool, tmp_path) as (store, engine, deps):
         await write(pool, events(30, "a") + events(20, "b", day_offset=1))
         await export_first_day(pool, tmp_path, store)
         await write(pool, events(3, "late"))  # late-1 is d-1's
@@ -229,9 +230,6 @@ async def test_an_erased_persons_late_rows_of_a_day_with_files_stay_gone(
                 break
         assert await pool.fetchval("SELECT count(*) FROM erased_ids") == 0
         assert await scanned_ids(deps) == expected
-    finally:
-        engine.close()
-        await store.close()
 
 
 async def test_rows_of_transactions_running_during_a_scan_are_not_lost_or_doubled(
