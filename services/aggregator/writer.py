@@ -29,6 +29,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from hashlib import md5
 from typing import Any
 
 import asyncpg
@@ -105,19 +106,21 @@ def _json_rows_sql(columns: Sequence[str], types: dict[str, str], param: int = 1
 _event_row = operator.attrgetter(*EVENT_COLUMNS)
 _STORED_COLUMNS = (*EVENT_COLUMNS, *_ENCODED_COLUMNS, "person_key", "device_key")
 # The batch's unique ids as digests (migration 0022: a fixed 16-byte key per id), inserted in
-# digest order so writers lock ids in one order; the ordinals of ids never seen come back.
+# digest order so writers lock ids in one order; the digests never seen come back.
 _INSERT_NEW_EVENT_IDS = """
-WITH ids AS (
-    SELECT event_id_digest(p, e) AS digest, i
-    FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(p, e, i)
-), new_ids AS (
-    INSERT INTO event_ids (digest)
-    SELECT digest FROM ids ORDER BY digest
-    ON CONFLICT DO NOTHING
-    RETURNING digest
-)
-SELECT (ids.i - 1)::int FROM ids JOIN new_ids USING (digest)
+INSERT INTO event_ids (digest)
+SELECT d FROM unnest($1::uuid[]) AS d ORDER BY d
+ON CONFLICT DO NOTHING
+RETURNING digest
 """
+
+
+def event_id_digest(project_id: str, event_id: str) -> str:
+    """The dedup key of an event id in `event_ids`, in hex: what the SQL function
+    `event_id_digest` (migration 0022) computes, which a test holds it to. Computed here
+    because PostgreSQL's md5 of a text and its cast to uuid cost more per id than the rest of
+    the insert (EXPLAIN ANALYZE of a 4,000-id batch: a third of the statement)."""
+    return md5(f"{len(project_id)}:{project_id}{event_id}".encode()).hexdigest()
 
 
 # Keys for a project's ids not keyed yet, then every asked id's key. The counter row reserves a
@@ -202,12 +205,11 @@ async def _insert_new_events(
     """The events of `events` never stored before (the first of repeats inside the batch), now
     stored: their id digests inserted into `event_ids`, their rows COPYed (binary) into
     `events`, both in the caller's transaction."""
-    first: dict[tuple[str, str], int] = {}
+    first: dict[str, int] = {}  # digest -> the first event carrying it
     for i, ev in enumerate(events):
-        first.setdefault((ev.project_id, ev.event_id), i)
-    ids = list(first)
-    rows = await conn.fetch(_INSERT_NEW_EVENT_IDS, [k[0] for k in ids], [k[1] for k in ids])
-    inserted = [events[i] for i in sorted(first[ids[r[0]]] for r in rows)]
+        first.setdefault(event_id_digest(ev.project_id, ev.event_id), i)
+    rows = await conn.fetch(_INSERT_NEW_EVENT_IDS, list(first))
+    inserted = [events[i] for i in sorted(first[r[0].hex] for r in rows)]
     if inserted:
         await conn.copy_records_to_table(
             "events", records=_event_records(inserted, keys), columns=_STORED_COLUMNS
