@@ -522,11 +522,23 @@ def _taken(condition: str, columns: Sequence[str]) -> str:
 
 _TAKEN = ",\n        ".join(
     (
-        _taken(_NEW_USER, ("user_id", "user_ts", "user_event_id")),
-        _taken(_NEW_ENTRY, ("entry_path", "entry_ts", "entry_event_id")),
-        _taken(_NEW_EXIT, ("exit_path", "exit_ts", "exit_event_id")),
-        _taken(_NEW_SOURCE, (*SOURCE_ATTRIBUTES, "source_ts", "source_event_id")),
-        _taken(_NEW_FIRST, DEVICE_ATTRIBUTES),
+        _taken("f.new_user", ("user_id", "user_ts", "user_event_id")),
+        _taken("f.new_entry", ("entry_path", "entry_ts", "entry_event_id")),
+        _taken("f.new_exit", ("exit_path", "exit_ts", "exit_event_id")),
+        _taken("f.new_source", (*SOURCE_ATTRIBUTES, "source_ts", "source_event_id")),
+        _taken("f.new_first", ("distinct_id", "start_event_id", *DEVICE_ATTRIBUTES)),
+    )
+)
+# Which of a session's ordered values the batch replaces, decided once per session (OFFSET 0
+# keeps PostgreSQL from inlining each test into every column it picks: up to 8 times).
+_FLAGS = ",\n        ".join(
+    f"{condition} AS {flag}"
+    for flag, condition in (
+        ("new_first", _NEW_FIRST),
+        ("new_user", _NEW_USER),
+        ("new_entry", _NEW_ENTRY),
+        ("new_exit", _NEW_EXIT),
+        ("new_source", _NEW_SOURCE),
     )
 )
 # A replaced row that stays in the same buckets (the usual case: only its counters grew) nets
@@ -545,9 +557,7 @@ def _indent(sql: str, by: str = "    ") -> str:
 _APPLY_SESSIONS = f"""
 WITH merged AS (
     SELECT b.project_id, b.session_id,
-        CASE WHEN {_NEW_FIRST} THEN b.distinct_id ELSE o.distinct_id END AS distinct_id,
         least(o.start_ts, b.start_ts) AS start_ts,
-        CASE WHEN {_NEW_FIRST} THEN b.start_event_id ELSE o.start_event_id END AS start_event_id,
         greatest(o.end_ts, b.end_ts) AS end_ts,
         coalesce(o.events, 0) + b.events AS events,
         coalesce(o.interactive_events, 0) + b.interactive_events AS interactive_events,
@@ -563,6 +573,10 @@ WITH merged AS (
         WHERE s.project_id = b.project_id AND s.session_id = b.session_id
         FOR UPDATE
     ) o ON true
+    CROSS JOIN LATERAL (
+        SELECT {_FLAGS}
+        OFFSET 0
+    ) f
 ), upserted AS (
     INSERT INTO sessions AS s ({", ".join(SESSION_COLUMNS)})
     SELECT {", ".join(SESSION_COLUMNS)} FROM merged ORDER BY project_id, session_id
