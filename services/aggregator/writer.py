@@ -103,7 +103,10 @@ def _json_rows_sql(columns: Sequence[str], types: dict[str, str], param: int = 1
     )
 
 
-_event_row = operator.attrgetter(*EVENT_COLUMNS)
+# An event's EVENT_COLUMNS values: one C call copies all its fields into a tuple, and a tuple
+# getter picks them (half the CPU of an attribute getter over 31 names).
+_event_row = operator.itemgetter(*(EventV1.__struct_fields__.index(c) for c in EVENT_COLUMNS))
+_event_fields = msgspec.structs.astuple
 _STORED_COLUMNS = (*EVENT_COLUMNS, *_ENCODED_COLUMNS, "person_key", "device_key")
 # The batch's unique ids as digests (migration 0022: a fixed 16-byte key per id), inserted in
 # digest order so writers lock ids in one order; the digests never seen come back.
@@ -192,7 +195,7 @@ def _event_records(
         person = person_id_of(ev)
         device = None if person == ev.distinct_id else keys[(ev.project_id, ev.distinct_id)]
         yield (
-            *_event_row(ev),
+            *_event_row(_event_fields(ev)),
             *stored_event_fields(ev),
             keys[(ev.project_id, person)],
             device,
