@@ -6,9 +6,10 @@
 -- the rows of the current hour and day are updated again and again; every older page kept
 -- its room empty for good. A session's row is updated only while the session goes on: its
 -- pages are filled. The rollups keep 15 %: at 100 their live rows, rewritten by every batch,
--- moved off their pages and the table grew several-fold (docs/storage.md). `session_rollups`
--- keeps 70 (not measured apart).
+-- moved off their pages and the table grew several-fold (docs/storage.md); `session_rollups`,
+-- updated the same way, the same.
 ALTER TABLE rollups SET (fillfactor = 85);
+ALTER TABLE session_rollups SET (fillfactor = 85);
 ALTER TABLE sessions SET (fillfactor = 100);
 
 -- A pageview's `referrer` property that is the previous page of the site is stored relative
