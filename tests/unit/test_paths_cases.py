@@ -140,6 +140,20 @@ def test_start_and_end_points_are_normalised_like_the_labels() -> None:
     assert edges(result) == {"1_/user/:id -> 2_/pricing": 1}
 
 
+def test_points_and_labels_lose_trailing_slashes_alike_without_cleaning_rules() -> None:
+    # Without cleaning rules labels are made in Python and the points by the label SQL:
+    # `/docs//` finds `/docs/`'s node, `/` stays `/`, and an empty path is `(none)`.
+    events = session("p", "s1", at(0), "/", "/docs/", "/", "signup")
+    events.append(Ev("p", "$pageview", at(5), path="", session_id="s1"))
+    result = paths(events, event_types=["pageview", "custom"], start_point="/docs//", steps=4)
+    assert edges(result) == {
+        "1_/docs -> 2_/": 1,
+        "2_/ -> 3_signup": 1,
+        "3_signup -> 4_(none)": 1,
+    }
+    assert paths(events, end_point="//").paths == 1
+
+
 def test_per_person_a_path_runs_across_the_persons_sessions() -> None:
     # p's two sessions: / -> /pricing, then /pricing -> /signup (a repeat across sessions
     # collapses too); q has one.

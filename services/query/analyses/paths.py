@@ -250,21 +250,46 @@ def _person_runs(ids: pa.Array) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.i
 def _row_labels(
     con: duckdb.DuckDBPyConnection, spec: PathsSpec, table: pa.Table
 ) -> tuple[npt.NDArray[np.int64], list[str]]:
-    """Each row's label as a code into the returned labels. The label SQL (trailing slashes,
-    cleaning rules) runs once per distinct (value, is pageview) pair, not once per row."""
+    """Each row's label as a code into the returned labels, made once per distinct (value,
+    is pageview) pair, not once per row."""
     if table.num_rows == 0:
         return np.zeros(0, dtype=np.int64), []
     raw = pc.dictionary_encode(table["raw"].combine_chunks(), null_encoding="encode")
     page = np.asarray(table["page"].to_numpy(), dtype=np.int64)
     pair = np.asarray(raw.indices.to_numpy(zero_copy_only=False), dtype=np.int64) * 2 + page
     present = np.flatnonzero(np.bincount(pair))
-    values = raw.dictionary.take(pa.array(present // 2))
-    is_page = pa.array(present % 2 == 1)
+    values: list[str | None] = raw.dictionary.take(pa.array(present // 2)).to_pylist()
+    is_page = (present % 2 == 1).tolist()
+    if spec.cleaning_rules:
+        named = _cleaned_labels(con, spec, values, is_page)
+    else:
+        named = [_page_label(v) if p else str(v) for v, p in zip(values, is_page, strict=True)]
+    # Pairs that clean to one label (`/docs/` and `/docs`) share its code.
+    code: dict[str, int] = {}
+    pair_label = np.zeros(pair.max() + 1, dtype=np.int64)
+    pair_label[present] = [code.setdefault(label, len(code)) for label in named]
+    return pair_label[pair], list(code)
+
+
+def _page_label(path: str | None) -> str:
+    """A page path's label without cleaning rules (as `_label_sql` makes it)."""
+    if not path:
+        return NONE_VALUE
+    return path.rstrip("/") or "/"
+
+
+def _cleaned_labels(
+    con: duckdb.DuckDBPyConnection, spec: PathsSpec, values: list[str | None], is_page: list[bool]
+) -> list[str]:
+    """The labels of (value, is pageview) pairs by the label SQL: the cleaning rules are RE2
+    expressions, run by DuckDB's `regexp_replace`."""
     pairs = pa.table(
         {
-            "i": pa.array(np.arange(present.size, dtype=np.int64)),
-            "name": pc.if_else(is_page, PAGEVIEW, values),
-            "path": pc.if_else(is_page, values, pa.scalar(None, pa.string())),
+            "i": pa.array(range(len(values)), pa.int64()),
+            "name": pa.array([PAGEVIEW if p else v for v, p in zip(values, is_page, strict=True)]),
+            "path": pa.array(
+                [v if p else None for v, p in zip(values, is_page, strict=True)], pa.string()
+            ),
         }
     )
     params = SqlParams()
@@ -276,11 +301,7 @@ def _row_labels(
         ).to_arrow_table()
     finally:
         con.unregister("strata_path_labels")
-    # Pairs that clean to one label (`/docs/` and `/docs`) share its code.
-    encoded = pc.dictionary_encode(named.column(0).combine_chunks())
-    pair_label = np.zeros(pair.max() + 1, dtype=np.int64)
-    pair_label[present] = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), np.int64)
-    return pair_label[pair], [str(v) for v in encoded.dictionary.to_pylist()]
+    return [str(v) for v in named.column(0).to_pylist()]
 
 
 def _point_labels(con: duckdb.DuckDBPyConnection, spec: PathsSpec) -> tuple[str | None, str | None]:
