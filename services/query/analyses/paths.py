@@ -387,7 +387,6 @@ def session_paths(
     rows = np.flatnonzero(keep)
     if rows.size == 0:
         return nothing
-    label = label[rows]
     # Each kept session is now a path of `total` nodes numbered 1.. (idx).
     first = new[rows]
     heads = np.flatnonzero(first)
@@ -401,7 +400,9 @@ def session_paths(
     if spec.start_point is None and spec.end_point is None:
         # Every path from its first node: the cut is the first `steps` nodes.
         inside = np.flatnonzero(idx <= steps)
-        return KeptNodes(rows[inside], label[inside], idx[inside], last[inside], paths, labels)
+        at = rows[inside]
+        return KeptNodes(at, label[at], idx[inside], last[inside], paths, labels)
+    label = label[rows]
     path = np.repeat(np.arange(paths, dtype=np.int64), total)
     code: dict[str | None, int] = {name: i for i, name in enumerate(labels)}
     if spec.start_point is None:
