@@ -1,6 +1,7 @@
-"""Paths (user journeys within sessions) over `events_scan`: DuckDB reads the path events once,
-NumPy puts them in (session, ts, event id) order (`event_order`), and one vectorised pass
-collapses repeats, cuts each session's path and counts nodes and edges.
+"""Paths (user journeys within sessions) over `events_scan` (`events_scan_keyed` when the scan
+has integer person keys): DuckDB reads the path events once, NumPy puts them in (session, ts,
+event id) order (`event_order`), and one vectorised pass collapses repeats, cuts each session's
+path and counts nodes and edges.
 
 Semantics (docs/analytics.md, "Paths"): a session's path is its pageviews (cleaned path) and/or
 custom events (name), in time order, interactive events only, consecutive repeats of one node
