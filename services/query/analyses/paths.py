@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from libs.common.rollup_keys import NONE_VALUE
 from libs.common.schemas.events_v1 import PAGEVIEW
 from services.query.analyses.conditions import EventScope, check_regex, check_replacement
-from services.query.analyses.event_order import EventOrder, in_event_order
+from services.query.analyses.event_order import EventOrder, in_event_order, run_key_codes
 from services.query.analyses.requests import (
     CleaningRule,
     PathsRequest,
@@ -186,7 +186,9 @@ def run_paths(
         columns = f"{person} AS sid"
     else:
         where = scope.where(params, start=start - session_max) + " AND e.session_id IS NOT NULL"
-        columns = f"e.session_id AS sid, {person} AS pid"
+        # Session ids come in runs (day files are sorted by person, then time): their hashes
+        # let NumPy number them per run instead of per row (`run_key_codes`).
+        columns = f"e.session_id AS sid, hash(e.session_id) AS sh, {person} AS pid"
     kinds = _type_sql(spec, params)
     table: pa.Table = con.sql(
         f"""SELECT {columns}, epoch_us(e.ts) AS t, e.event_id AS eid,
@@ -195,7 +197,8 @@ def run_paths(
             WHERE {where} AND NOT e.non_interactive AND {kinds}""",
         params=params.values,
     ).to_arrow_table()
-    events = in_event_order(table, key="sid", ts="t", event_id="eid")
+    codes = None if spec.per == "person" else run_key_codes(table["sid"], table["sh"])
+    events = in_event_order(table, key="sid", ts="t", event_id="eid", codes=codes)
     label_of_row, labels = _row_labels(con, spec, table)
     start_label, end_label = _point_labels(con, spec)
     kept = session_paths(
