@@ -338,21 +338,28 @@ class IngestApi:
                 )
             return _json(200, {"success": True, "accepted": 0, "rejected": [], "skipped": skipped})
 
+        accepted = len(events)
+        trace_context = None
+        if self.publisher.tracing and "traceparent" in request.headers:
+            trace_context = propagate.extract(request.headers)
+        publishing = self.publisher.publish(info.project_id, events, trace_context)
+        # The publisher encodes the events before its first wait: without this reference they
+        # are freed right then, while still in the CPU's caches, rather than after the acks,
+        # when other requests have evicted them (~a tenth of ingest's CPU went to freeing each
+        # request's objects as it ended).
+        del events
         try:
-            trace_context = None
-            if self.publisher.tracing and "traceparent" in request.headers:
-                trace_context = propagate.extract(request.headers)
-            await self.publisher.publish(info.project_id, events, trace_context)
+            await publishing
         except PublishUnavailable as exc:
             log.warning(
                 "publish_failed",
                 project_id=info.project_id,
-                events=len(events),
+                events=accepted,
                 error=error_text(exc),
             )
             raise RetryLater(f"events not accepted: {exc}; retry later", exc.retry_after_s) from exc
-        self.metrics.accepted.inc(len(events))
-        payload: dict[str, Any] = {"success": True, "accepted": len(events), "rejected": rejected}
+        self.metrics.accepted.inc(accepted)
+        payload: dict[str, Any] = {"success": True, "accepted": accepted, "rejected": rejected}
         if skipped:
             payload["skipped"] = skipped
         return _json(200, payload)
