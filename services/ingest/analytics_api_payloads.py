@@ -1,6 +1,7 @@
 """Payloads of the analytics events API (`POST /api/v1/analytics/events` and `.../batch`):
 the event schema of the platform's analytics PRD (eventId, eventType, millisecond timestamp,
-deviceInfo, appContext, consentFlags), as typed msgspec Structs."""
+deviceInfo, appContext, consentFlags), as typed msgspec Structs (`gc=False`: decoded from
+JSON, they are never part of a reference cycle)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import msgspec
 from services.ingest.segment_payloads import Identifier
 
 
-class DeviceInfo(msgspec.Struct, frozen=True):
+class DeviceInfo(msgspec.Struct, frozen=True, gc=False):
     userAgent: str | None = None
     screenResolution: str | None = None
     deviceType: str | None = None  # desktop | mobile | tablet
@@ -22,7 +23,7 @@ class DeviceInfo(msgspec.Struct, frozen=True):
     timezone: str | None = None
 
 
-class AppContext(msgspec.Struct, frozen=True):
+class AppContext(msgspec.Struct, frozen=True, gc=False):
     appVersion: str | None = None
     environment: str | None = None  # production | staging | development
     feature: str | None = None
@@ -30,13 +31,13 @@ class AppContext(msgspec.Struct, frozen=True):
     referrer: str | None = None
 
 
-class ConsentFlags(msgspec.Struct, frozen=True):
+class ConsentFlags(msgspec.Struct, frozen=True, gc=False):
     analytics: bool = True
     marketing: bool = True
     personalization: bool = True
 
 
-class AnalyticsEvent(msgspec.Struct, frozen=True):
+class AnalyticsEvent(msgspec.Struct, frozen=True, gc=False):
     """One event of the analytics events API."""
 
     eventType: str | None = None  # page_view, screen_view, identify, or any custom name
@@ -56,7 +57,7 @@ class AnalyticsEvent(msgspec.Struct, frozen=True):
     writeKey: str | None = None
 
 
-class AnalyticsEventBatch(msgspec.Struct, frozen=True):
+class AnalyticsEventBatch(msgspec.Struct, frozen=True, gc=False):
     """`POST /api/v1/analytics/events/batch`: `{"events": [...]}` (a bare array is accepted
     too). Items stay raw JSON so each is sized and validated on its own."""
 

@@ -321,8 +321,11 @@ class IngestApi:
             events, rejected, skipped = self._events(items, kind, info, body)
         except _Refused as refused:
             return refused.response
-        self.metrics.rejected.inc(len(rejected))
-        self.metrics.skipped.inc(len(skipped))
+        # Most requests reject and skip nothing: a counter's inc takes a lock.
+        if rejected:
+            self.metrics.rejected.inc(len(rejected))
+        if skipped:
+            self.metrics.skipped.inc(len(skipped))
         if not events:
             if rejected:
                 only = rejected[0].error if len(items) == 1 else None
@@ -338,21 +341,28 @@ class IngestApi:
                 )
             return _json(200, {"success": True, "accepted": 0, "rejected": [], "skipped": skipped})
 
+        accepted = len(events)
+        trace_context = None
+        if self.publisher.tracing and "traceparent" in request.headers:
+            trace_context = propagate.extract(request.headers)
+        publishing = self.publisher.publish(info.project_id, events, trace_context)
+        # The publisher encodes the events before its first wait: without this reference they
+        # are freed right then, while still in the CPU's caches, rather than after the acks,
+        # when other requests have evicted them (~a tenth of ingest's CPU went to freeing each
+        # request's objects as it ended).
+        del events
         try:
-            trace_context = None
-            if self.publisher.tracing and "traceparent" in request.headers:
-                trace_context = propagate.extract(request.headers)
-            await self.publisher.publish(info.project_id, events, trace_context)
+            await publishing
         except PublishUnavailable as exc:
             log.warning(
                 "publish_failed",
                 project_id=info.project_id,
-                events=len(events),
+                events=accepted,
                 error=error_text(exc),
             )
             raise RetryLater(f"events not accepted: {exc}; retry later", exc.retry_after_s) from exc
-        self.metrics.accepted.inc(len(events))
-        payload: dict[str, Any] = {"success": True, "accepted": len(events), "rejected": rejected}
+        self.metrics.accepted.inc(accepted)
+        payload: dict[str, Any] = {"success": True, "accepted": accepted, "rejected": rejected}
         if skipped:
             payload["skipped"] = skipped
         return _json(200, payload)

@@ -95,11 +95,21 @@ def message_id(events: Iterable[EventV1], project_id: str | None = None) -> str:
     if project_id is not None:
         ids = [event.event_id for event in events]
         if ids:
-            ids.sort()  # with one project, sorting the ids sorts the pairs
-            prefix = project_id + "\x1f"
-            joined = prefix + ("\n" + prefix).join(ids)
-            return hashlib.blake2b(joined.encode(), digest_size=16).hexdigest()
-    keys = [f"{event.project_id}\x1f{event.event_id}" for event in events]
+            return _one_project_id(project_id, ids)
+    return _pairs_id([(event.project_id, event.event_id) for event in events])
+
+
+def _one_project_id(project_id: str, ids: list[str]) -> str:
+    """`message_id` of one project's events, from their ids (sorted here, in place)."""
+    ids.sort()  # with one project, sorting the ids sorts the pairs
+    prefix = project_id + "\x1f"
+    joined = prefix + ("\n" + prefix).join(ids)
+    return hashlib.blake2b(joined.encode(), digest_size=16).hexdigest()
+
+
+def _pairs_id(pairs: Iterable[tuple[str, str]]) -> str:
+    """`message_id` of (project, event id) pairs."""
+    keys = [f"{project}\x1f{event_id}" for project, event_id in pairs]
     keys.sort()
     return hashlib.blake2b("\n".join(keys).encode(), digest_size=16).hexdigest()
 
@@ -172,8 +182,8 @@ class _RawMessage:
     __slots__ = (
         "deadline",
         "event_count",
+        "event_ids",
         "fragments",
-        "groups",
         "headers",
         "partition",
         "payload",
@@ -188,7 +198,9 @@ class _RawMessage:
         self.settled = False
         self.headers = headers
         self.fragments: list[bytes] = []
-        self.groups: list[list[EventV1]] = []
+        # The message's event ids by project, all the Nats-Msg-Id needs: the events themselves
+        # are released once encoded.
+        self.event_ids: dict[str, list[str]] = {}
         self.event_count = 0
         self.size = 0  # bytes of the fragments and the commas between them
         self.payload = b""  # the encoded message, once closed
@@ -249,7 +261,11 @@ class RawEventPublisher:
     ) -> int:
         """Publish and await every ack; returns how many messages hold the events. Raises
         PublishUnavailable (or PublishOverloaded) when the events cannot be acknowledged.
-        `trace_context` (from the HTTP request's traceparent) parents the publish span."""
+        `trace_context` (from the HTTP request's traceparent) parents the publish span.
+
+        The events are encoded at once and not referenced afterwards: a caller that drops its
+        own reference before awaiting frees them while they are still in the CPU's caches,
+        not after the acks arrive (see `IngestApi._ingest`)."""
         if self._in_flight >= self._max_in_flight:
             raise PublishOverloaded(f"{self._in_flight} requests already wait on JetStream")
         if not self._nc.is_connected:
@@ -270,6 +286,7 @@ class RawEventPublisher:
                     span.set_attribute("strata.project_id", project_id)
                     span.set_attribute("strata.events", len(events))
                     span.set_attribute("strata.messages", messages)
+                del events  # encoded: only their bytes and ids are kept from here on
                 # The request's own future: a request that goes away cancels nothing that
                 # other requests share.
                 await request.done
@@ -339,7 +356,11 @@ class RawEventPublisher:
             message = _RawMessage(partition, headers)
             self._open[partition] = message
         message.fragments.append(fragment)
-        message.groups.append(events)
+        project_id = events[0].project_id  # a request's events are one project's
+        ids = message.event_ids.get(project_id)
+        if ids is None:
+            ids = message.event_ids[project_id] = []
+        ids += [event.event_id for event in events]
         message.event_count += len(events)
         message.size += len(fragment) + 1
         # A request's fragments in one message are consecutive: it is listed once.
@@ -357,13 +378,15 @@ class RawEventPublisher:
     def _close(self, message: _RawMessage) -> None:
         """Stop the message taking events and queue it for sending, its deadline running."""
         del self._open[message.partition]
-        groups = message.groups
-        # A group is one request's events: one project.
-        projects = {group[0].project_id for group in groups}
-        batch_id = message_id(
-            [event for group in groups for event in group],
-            projects.pop() if len(projects) == 1 else None,
-        )
+        by_project = message.event_ids
+        message.event_ids = {}
+        if len(by_project) == 1:
+            [(project_id, ids)] = by_project.items()
+            batch_id = _one_project_id(project_id, ids)
+        else:
+            batch_id = _pairs_id(
+                (project_id, event_id) for project_id, ids in by_project.items() for event_id in ids
+            )
         message.payload = encode_raw_batch(batch_id, message.partition, message.fragments)
         message.fragments = []
         headers = message.headers or {}
@@ -443,7 +466,6 @@ class RawEventPublisher:
         for request in message.requests:
             request.settle(failure)
         message.payload = b""
-        message.groups = []
         message.requests = []
 
 

@@ -24,6 +24,7 @@ from libs.common.schemas.events_v1 import RawBatchV1, raw_batch_decoder
 from libs.common.settings import IngestSettings
 from libs.common.subjects import Subjects, partition_of
 from services.ingest.app import IngestDeps, build_app
+from services.ingest.publishing import message_id
 from tests.support.project import TestProject
 
 pytestmark = pytest.mark.infra
@@ -136,6 +137,9 @@ async def test_concurrent_requests_share_one_message_per_partition_in_order(
     for subject, headers, _, raw in messages:
         assert subject == gateway.subjects.raw(raw.partition)
         assert headers["Nats-Msg-Id"] == raw.batch_id
+        # The id kept from the requests' event ids is the one the events themselves give (a
+        # retry coalesced the same way is deduplicated whichever process publishes it).
+        assert raw.batch_id == message_id(raw.events)
         assert {partition_of(e.distinct_id, PARTITIONS) for e in raw.events} == {raw.partition}
         by_person: dict[str, list[str]] = {}
         for event in raw.events:

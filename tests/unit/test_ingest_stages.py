@@ -205,3 +205,32 @@ def test_a_batch_with_any_bad_item_is_decoded_item_by_item() -> None:
         assert raw_items is not None
         assert decode_batch(body, raw_items, limits) is None
     assert decode_batch(_body(good, good), [], limits) is None
+
+
+def test_each_event_of_a_request_publishes_its_own_address_under_the_ip_policy() -> None:
+    """The policy's form of an address is worked out once per address of a request: an event
+    that forwards another address (context.ip) still gets its own, and the next gets the
+    client's again."""
+    request = RequestInfo(
+        project_id="acme",
+        received_at=datetime(2024, 5, 1, 12, 0, tzinfo=UTC),
+        limits=EventLimits(),
+        client_ip="203.0.113.7",
+        collection=CollectionRules(ProjectPrivacy(PrivacyPolicy(ip_policy="truncate"))),
+    )
+    forwarded = {"ip": "198.51.100.23"}
+    items = [
+        _batch_item(),
+        _batch_item(context=forwarded),
+        _batch_item(),
+        _batch_item(context={"ip": "not an address"}),
+        _batch_item(context=forwarded),
+    ]
+    published = [item_event(raw, None, request).ip for raw in items]
+    assert published == [
+        "203.0.113.0",
+        "198.51.100.0",
+        "203.0.113.0",
+        "203.0.113.0",
+        "198.51.100.0",
+    ]

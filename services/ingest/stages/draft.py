@@ -34,7 +34,9 @@ class RequestInfo:
         "cookieless_id",
         "fallback_user_agent",
         "future_tolerance",
+        "last_address",
         "last_device",
+        "last_published_ip",
         "last_user_agent",
         "limits",
         "project_id",
@@ -73,6 +75,10 @@ class RequestInfo:
         # The last user agent `enrich` parsed for this request's events, and what it is.
         self.last_user_agent: str | None = None
         self.last_device = UNKNOWN_AGENT
+        # The last address `apply_policy` published, and its published form (no address, no
+        # IP): a request's events nearly always share the client's address.
+        self.last_address: str | None = None
+        self.last_published_ip: str | None = None
 
 
 class Draft:

@@ -33,8 +33,13 @@ def apply_policy(draft: Draft, request: RequestInfo) -> None:
         _without_consent(draft, rules)
     if draft.referrer_domain is not None and (rules.referrer_spam is not None or rules.own_domains):
         _referrer_rules(draft, rules)
-    # Enrichment is done with the address: from here on only the policy's form of it.
-    draft.ip = published_ip(draft.address, rules.privacy.ip_policy)
+    # Enrichment is done with the address: from here on only the policy's form of it, worked
+    # out once per distinct address of the request (the same object, nearly always).
+    address = draft.address
+    if address is not request.last_address:
+        request.last_published_ip = published_ip(address, rules.privacy.ip_policy)
+        request.last_address = address
+    draft.ip = request.last_published_ip
     scrubber = rules.privacy.scrubber
     if scrubber.active:
         for field in SCRUBBED_FIELDS:
