@@ -10,8 +10,9 @@ import random
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
-from services.query.analyses.event_order import in_event_order
+from services.query.analyses.event_order import TiesNeedEventIds, in_event_order
 
 Row = tuple[str, int, int, str]
 
@@ -118,3 +119,35 @@ def test_keys_too_wide_to_pack_into_one_integer_sort_the_same() -> None:
 
 def test_no_rows() -> None:
     assert _ordered([]) == []
+
+
+def test_without_event_ids_equal_tied_rows_need_none() -> None:
+    # Rows tied on (key, ts, rank) that are equal in every column: any order answers the same.
+    table = pa.table(
+        {
+            "key": ["a", "a", "b", "a"],
+            "t": pa.array([10, 10, 10, 5], pa.int64()),
+            "mask": [1, 1, 2, 1],
+        }
+    )
+    events = in_event_order(table, key="key", ts="t", event_id=None)
+    positions = np.arange(table.num_rows, dtype=np.int64)
+    assert list(zip(events.take("key", positions).to_pylist(), events.t.tolist(), strict=True)) == [
+        ("a", 5),
+        ("a", 10),
+        ("a", 10),
+        ("b", 10),
+    ]
+
+
+def test_without_event_ids_tied_rows_that_differ_ask_for_them() -> None:
+    # Same key, ts and rank but different masks (or one NULL breakdown): the order matters.
+    for other in ({"mask": [1, 3], "bd": ["x", "x"]}, {"mask": [1, 1], "bd": ["x", None]}):
+        table = pa.table({"key": ["a", "a"], "t": pa.array([10, 10], pa.int64()), **other})
+        with pytest.raises(TiesNeedEventIds):
+            in_event_order(table, key="key", ts="t", event_id=None, rank=np.zeros(2, np.int64))
+    # NULL equals NULL: still interchangeable.
+    table = pa.table(
+        {"key": ["a", "a"], "t": pa.array([10, 10], pa.int64()), "bd": pa.nulls(2, pa.string())}
+    )
+    assert in_event_order(table, key="key", ts="t", event_id=None).rows.size == 2

@@ -8,7 +8,10 @@ payload, cost more than everything after it) and NumPy puts them in that order:
 - one sort on a single int64 that packs (key number, ts offset within the stream, rank) when
   their bits fit in 63, else a lexicographic sort of the three;
 - rows of one key with the same timestamp and rank are then put in event-id order. Only those
-  rows move, and only among themselves.
+  rows move, and only among themselves. A caller that reads nothing of a row but the columns of
+  `table` may leave the event ids out: tied rows equal in every column are interchangeable (no
+  answer can tell their order apart), so only ties between rows that differ need the ids, and
+  `TiesNeedEventIds` says when the table has such ties.
 
 `rows` maps each position of the exact order to the table's row, for the other columns.
 """
@@ -27,6 +30,11 @@ Flags = npt.NDArray[np.bool_]
 # Integer keys spread wider than this (and than 4 per row) are not renumbered: the pass over
 # the spread would cost more than the sort it may save.
 _MAX_DENSE_SPREAD = 1 << 22
+
+
+class TiesNeedEventIds(Exception):
+    """Rows tied on (key, ts, rank) differ in some column, and the table holds no event ids to
+    put them in order: read the rows again with their event ids."""
 
 
 @dataclass(frozen=True)
@@ -77,10 +85,12 @@ def key_codes(keys: pa.ChunkedArray) -> Ints:
 
 
 def in_event_order(
-    table: pa.Table, *, key: str, ts: str, event_id: str, rank: Ints | None = None
+    table: pa.Table, *, key: str, ts: str, event_id: str | None, rank: Ints | None = None
 ) -> EventOrder:
     """The rows of `table`, in any order, in the exact order (key, ts, rank, event id); `rank`
-    is the rank's value per row (small non-negative integers, equal values: equal ranks)."""
+    is the rank's value per row (small non-negative integers, equal values: equal ranks).
+    Without `event_id` (None), tied rows equal in every column of `table` keep the order they
+    came in, and ties between rows that differ raise `TiesNeedEventIds`."""
     n = table.num_rows
     codes = key_codes(table[key])
     times = np.asarray(table[ts].to_numpy(), dtype=np.int64)
@@ -116,6 +126,12 @@ def in_event_order(
             ranks = rank[rows]
             tied &= ranks[1:] == ranks[:-1]
     if tied.any():
+        if event_id is None:
+            # Equal tied neighbours make equal groups: their order cannot change any answer.
+            pairs = np.flatnonzero(tied)
+            if not _interchangeable(table, rows[pairs], rows[pairs + 1]):
+                raise TiesNeedEventIds
+            return EventOrder(table, rows, codes, times, same_key)
         # The rows of tie groups: each tied pair's two rows; a group starts where a row is
         # not tied to the one before it.
         in_group = np.zeros(n, dtype=bool)
@@ -131,3 +147,16 @@ def in_event_order(
         )
         rows[members] = rows[members[np.asarray(settled.to_numpy(), dtype=np.int64)]]
     return EventOrder(table, rows, codes, times, same_key)
+
+
+def _interchangeable(table: pa.Table, first: Ints, second: Ints) -> bool:
+    """Rows `first[i]` and `second[i]` are equal in every column of `table` (NULL equal to
+    NULL), for every i."""
+    a_rows, b_rows = pa.array(first), pa.array(second)
+    for column in table.itercolumns():
+        a, b = column.take(a_rows), column.take(b_rows)
+        same = pc.fill_null(pc.equal(a, b), False)
+        same = pc.or_(same, pc.and_(pc.is_null(a), pc.is_null(b)))
+        if not pc.all(same).as_py():
+            return False
+    return True

@@ -40,7 +40,12 @@ from services.query.analyses.conditions import (
     needs_persons,
     property_ref,
 )
-from services.query.analyses.event_order import Ints, in_event_order
+from services.query.analyses.event_order import (
+    EventOrder,
+    Ints,
+    TiesNeedEventIds,
+    in_event_order,
+)
 from services.query.analyses.funnel_orders import (
     ORDER_STRATEGIES,
     BestAttempts,
@@ -284,11 +289,13 @@ class FunnelQuery:
 
     # -- events ---------------------------------------------------------------------------
 
-    def stream_sql(self, params: SqlParams, floor_table: str | None = None) -> str:
+    def stream_sql(
+        self, params: SqlParams, floor_table: str | None = None, *, event_ids: bool = True
+    ) -> str:
         """The funnel's events with their step and exclusion bit masks, unsorted: NumPy puts
         them in (person, ts, first step satisfied, event id) order (`in_event_order`). Only the
-        columns the funnel uses are read: `xmask` with exclusions, `in_sequence` for a strict
-        funnel, `bd` with a breakdown, `floor` with a floor table."""
+        columns the funnel uses are read: `eid` with `event_ids`, `xmask` with exclusions,
+        `in_sequence` for a strict funnel, `bd` with a breakdown, `floor` with a floor table."""
         spec = self.spec
         joins_persons = False
         matches = []
@@ -304,7 +311,9 @@ class FunnelQuery:
         )
         by_key = self.by_key and floor_table is None
         person = "e.person_key" if by_key else "e.person_id"
-        columns = [f"{person} AS pid", "epoch_us(e.ts) AS t", "e.event_id AS eid"]
+        columns = [f"{person} AS pid", "epoch_us(e.ts) AS t"]
+        if event_ids:
+            columns.append("e.event_id AS eid")
         if spec.breakdown is not None:
             bd, bd_persons = breakdown_sql("breakdown", spec.breakdown, params)
             joins_persons |= bd_persons
@@ -382,13 +391,14 @@ class FunnelQuery:
         at or after their `floor_table.t_floor` when given), at their best attempt: (pid,
         reached, t1..tn, bd), kept in memory for `counts` and `time_to_convert` and as the temp
         table `persons_table` names once asked for."""
-        params = SqlParams()
-        sql = self.stream_sql(params, floor_table)
-        table: pa.Table = con.sql(sql, params=params.values).to_arrow_table()
-        mask = np.asarray(table["mask"].to_numpy(), dtype=np.int64)
-        events = in_event_order(
-            table, key="pid", ts="t", event_id="eid", rank=first_step(mask, self.spec.n)
-        )
+        # Event ids only order events tied on (person, ts, step) that differ in something the
+        # funnel reads; equal ones are interchangeable. Reading the ids costs about a fifth of
+        # the read, so the rows are read without them, and again with them only when such
+        # ties exist.
+        try:
+            table, events = self._events(con, floor_table, event_ids=False)
+        except TiesNeedEventIds:
+            table, events = self._events(con, floor_table, event_ids=True)
         stream = EventStream(events)
         starts = (stream.t >= start_us) & (stream.t < end_us)
         if floor_table is not None:
@@ -399,6 +409,19 @@ class FunnelQuery:
         attempts = ORDER_STRATEGIES[self.spec.order].attempts(stream, shape, starts)
         self.drop(con)
         self._best = best_attempts(stream, shape, attempts)
+
+    def _events(
+        self, con: duckdb.DuckDBPyConnection, floor_table: str | None, *, event_ids: bool
+    ) -> tuple[pa.Table, EventOrder]:
+        """The funnel's rows and their order (`TiesNeedEventIds` without `event_ids` when
+        differing rows tie)."""
+        params = SqlParams()
+        sql = self.stream_sql(params, floor_table, event_ids=event_ids)
+        table: pa.Table = con.sql(sql, params=params.values).to_arrow_table()
+        mask = np.asarray(table["mask"].to_numpy(), dtype=np.int64)
+        rank = first_step(mask, self.spec.n)
+        event_id = "eid" if event_ids else None
+        return table, in_event_order(table, key="pid", ts="t", event_id=event_id, rank=rank)
 
     def _prepared(self) -> BestAttempts:
         if self._best is None:
