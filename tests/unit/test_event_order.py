@@ -117,6 +117,37 @@ def test_keys_too_wide_to_pack_into_one_integer_sort_the_same() -> None:
     _grouped_then_sorted(ordered)
 
 
+def test_ranks_without_room_in_the_packed_sort_still_order_ties() -> None:
+    # Timestamps 2**60 apart leave room for (key, ts) but not the rank: ranks then order the
+    # rows tied on (key, ts), and event ids the rows tied on the rank too.
+    rng = random.Random(11)
+    rows = [
+        (f"p{rng.randrange(3)}", rng.choice((0, 1, 2**60)), rng.randrange(4), f"e{i}")
+        for i in range(300)
+    ]
+    ordered = _ordered(rows)
+    assert sorted(ordered) == sorted(rows)
+    _grouped_then_sorted(ordered)
+    # Without event ids, equal tied rows need none; ranks alone still order the rest.
+    table = pa.table(
+        {
+            "key": [r[0] for r in rows],
+            "t": pa.array([r[1] for r in rows], pa.int64()),
+            "rank": [r[2] for r in rows],
+        }
+    )
+    ranks = np.asarray(table["rank"].to_numpy(), dtype=np.int64)
+    events = in_event_order(table, key="key", ts="t", event_id=None, rank=ranks)
+    got = list(
+        zip(events.key.tolist(), events.t.tolist(), ranks[events.rows].tolist(), strict=True)
+    )
+    keys = [g[0] for g in got]
+    assert keys == sorted(keys, key=keys.index), "a key's rows are not together"
+    for key in set(keys):
+        mine = [(t, rank) for k, t, rank in got if k == key]
+        assert mine == sorted(mine)
+
+
 def test_no_rows() -> None:
     assert _ordered([]) == []
 

@@ -102,11 +102,18 @@ def in_event_order(
     key_bits = int(codes.max()).bit_length()
     time_bits = int(offsets.max()).bit_length()
     rank_bits = int(rank.max()).bit_length() if rank is not None else 0
-    if key_bits + time_bits + rank_bits <= 63:
-        # One int64 per row holds (key, ts, rank): one sort, and the sorted values give the
+    # Ranks in the packed value when they fit; else only rows tied on (key, ts) are put in
+    # rank order afterwards (such ties are few: 200k persons' keys and 120 days of
+    # microseconds take 62 bits, and sorting three keys instead costs about three times more).
+    ranked = rank is not None and key_bits + time_bits + rank_bits <= 63
+    if not ranked:
+        rank_bits = 0
+    if key_bits + time_bits <= 63:
+        # One int64 per row holds (key, ts[, rank]): one sort, and the sorted values give the
         # keys, times and ties without gathering the columns again.
         packed = (codes << (time_bits + rank_bits)) | (offsets << rank_bits)
-        if rank is not None:
+        if ranked:
+            assert rank is not None
             packed |= rank
         # Stable (a merge sort of runs): rows come as read, where day files already hold a
         # key's rows together in time order (`SORT_KEYS`), so the sort mostly merges runs.
@@ -116,6 +123,8 @@ def in_event_order(
         times = ((packed >> rank_bits) & ((1 << time_bits) - 1)) + t0
         same_key = codes[1:] == codes[:-1]
         tied = packed[1:] == packed[:-1]
+        if rank is not None and not ranked and tied.any():
+            tied = _rank_ties(rows, tied, rank)
     else:
         columns = (times, codes) if rank is None else (rank, times, codes)
         rows = np.lexsort(columns).astype(np.int64, copy=False)
@@ -147,6 +156,23 @@ def in_event_order(
         )
         rows[members] = rows[members[np.asarray(settled.to_numpy(), dtype=np.int64)]]
     return EventOrder(table, rows, codes, times, same_key)
+
+
+def _rank_ties(rows: Ints, tied: Flags, rank: Ints) -> Flags:
+    """Put the rows tied on (key, ts) in rank order among themselves (in place, stable), and
+    say which neighbours are still tied, on the rank too."""
+    in_group = np.zeros(rows.size, dtype=bool)
+    in_group[:-1] |= tied
+    in_group[1:] |= tied
+    members = np.flatnonzero(in_group)
+    starts = np.ones(members.size, dtype=bool)
+    starts[1:] = ~tied[members[1:] - 1]
+    order = np.lexsort((rank[rows[members]], np.cumsum(starts)))
+    rows[members] = rows[members[order]]
+    pairs = np.flatnonzero(tied)
+    still = np.zeros_like(tied)
+    still[pairs] = rank[rows[pairs]] == rank[rows[pairs + 1]]
+    return still
 
 
 def _interchangeable(table: pa.Table, first: Ints, second: Ints) -> bool:
