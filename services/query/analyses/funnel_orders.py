@@ -116,7 +116,9 @@ class Attempts:
     person: Ints
     reached: Ints
     positions: Ints  # (attempts, n)
-    times: Ints  # (attempts, n), ts in microseconds; meaningless past `reached`
+    # (attempts, n), ts in microseconds, meaningless past `reached`; None: each step's event's
+    # ts (taken for the best attempts only, a gather over every attempt's steps costing more)
+    times: Ints | None
     excluded: Flags
 
 
@@ -170,7 +172,6 @@ class FunnelOrder:
             going, at, whose, until = going[valid], found[valid], whose[valid], until[valid]
             positions[k, going] = at
             reached[going] = k + 1
-        times = stream.t[np.maximum(positions, 0)].T
         positions = positions.T
         excluded = np.zeros(count, dtype=bool)
         for bit, from_step, to_step in shape.exclusions:
@@ -181,9 +182,10 @@ class FunnelOrder:
             hit = began & (found >= 0)
             x_t = stream.t[np.maximum(found, 0)]
             ended = reached >= to_step
-            hit &= np.where(ended, x_t < times[:, to_step - 1], x_t <= deadline)
+            to_t = stream.t[np.maximum(positions[:, to_step - 1], 0)]
+            hit &= np.where(ended, x_t < to_t, x_t <= deadline)
             excluded |= hit
-        return Attempts(first, person, reached, positions, times, excluded)
+        return Attempts(first, person, reached, positions, None, excluded)
 
 
 class OrderedFunnel(FunnelOrder):
@@ -291,6 +293,10 @@ def best_attempts(stream: EventStream, shape: FunnelShape, attempts: Attempts) -
         events=stream.events,
         first=attempts.first[rows],
         reached=attempts.reached[rows],
-        times=attempts.times[rows],
+        times=(
+            stream.t[np.maximum(attempts.positions[rows], 0)]
+            if attempts.times is None
+            else attempts.times[rows]
+        ),
         has_breakdown="bd" in stream.events.table.column_names,
     )
