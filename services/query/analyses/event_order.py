@@ -25,6 +25,8 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from libs.common.errors import StrataError
+
 Ints = npt.NDArray[np.int64]
 Flags = npt.NDArray[np.bool_]
 # Integer keys spread wider than this (and than 4 per row) are not renumbered: the pass over
@@ -32,9 +34,11 @@ Flags = npt.NDArray[np.bool_]
 _MAX_DENSE_SPREAD = 1 << 22
 
 
-class TiesNeedEventIds(Exception):
+class TiesNeedEventIds(StrataError):
     """Rows tied on (key, ts, rank) differ in some column, and the table holds no event ids to
     put them in order: read the rows again with their event ids."""
+
+    code = "ties_need_event_ids"
 
 
 @dataclass(frozen=True)
