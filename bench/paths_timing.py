@@ -56,9 +56,9 @@ def main() -> None:
     session = timedelta(days=1)
     end = datetime.combine(FIRST_DAY + timedelta(days=days), datetime.min.time(), UTC)
     engine = ScanEngine()
-    con = _scan(engine, files, start - session, end, _aliases(persons))
+    con, keyed = _scan(engine, files, start - session, end, _aliases(persons))
     spec = paths_spec(PathsRequest(event_types=["pageview", "custom"], steps=5))
-    scope = EventScope(start - session, end)
+    scope = EventScope(start - session, end, person_keys=keyed)
     result = run_paths(con, spec, scope, start, stop, session)
     # The same answer from two versions of the code gives the same digest.
     digest = hashlib.sha256(repr(result).encode()).hexdigest()[:12]

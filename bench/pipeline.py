@@ -45,11 +45,20 @@ BATCH = 100
 
 
 class RssSampler:
-    """Peak resident memory per stack component (services by module name, nats, postgres)."""
+    """Peak resident memory and CPU time per stack component (services by module name, nats,
+    postgres)."""
 
-    def __init__(self, root_pid: int) -> None:
+    def __init__(self, root_pid: int, data_dir: Path | None = None) -> None:
         self.root = psutil.Process(root_pid)
+        # The embedded PostgreSQL daemonizes (pg_ctl): not a child of `strata up`, found by the
+        # pid file under its data directory once started.
+        self.postmaster_pid_file = (
+            None if data_dir is None else data_dir / "postgres" / "pgdata" / "postmaster.pid"
+        )
+        self.postmaster: psutil.Process | None = None
         self.peak: dict[str, int] = {}
+        # CPU seconds (user + system) last seen per process, and its component.
+        self.cpu: dict[int, tuple[str, float]] = {}
 
     def _name(self, proc: psutil.Process) -> str | None:
         try:
@@ -65,18 +74,43 @@ class RssSampler:
             return "postgres"
         return None
 
+    def _processes(self) -> list[psutil.Process]:
+        procs = self.root.children(recursive=True)
+        if self.postmaster is None and self.postmaster_pid_file is not None:
+            try:
+                self.postmaster = psutil.Process(
+                    int(self.postmaster_pid_file.read_text().split()[0])
+                )
+            except (OSError, ValueError, IndexError, psutil.Error):
+                self.postmaster = None
+        if self.postmaster is not None:
+            try:
+                procs += [self.postmaster, *self.postmaster.children(recursive=True)]
+            except psutil.Error:
+                pass
+        return procs
+
     def sample(self) -> None:
         totals: dict[str, int] = {}
-        for proc in self.root.children(recursive=True):
+        for proc in self._processes():
             name = self._name(proc)
             if name is None:
                 continue
             try:
                 totals[name] = totals.get(name, 0) + proc.memory_info().rss
+                times = proc.cpu_times()
             except psutil.Error:
                 continue
+            self.cpu[proc.pid] = (name, times.user + times.system)
         for name, rss in totals.items():
             self.peak[name] = max(self.peak.get(name, 0), rss)
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds per component so far (a process's last sample; ended ones included)."""
+        totals: dict[str, float] = {}
+        for name, seconds in self.cpu.values():
+            totals[name] = totals.get(name, 0.0) + seconds
+        return totals
 
 
 async def stored_events(conn: asyncpg.Connection, project: str) -> int:
@@ -213,6 +247,9 @@ async def run_phases(info: dict[str, str], sampler: RssSampler, seconds: float) 
             url = f"{info['ingest_url']}/v1/batch"
             # Phase 1: saturation.
             before = await stored_events(conn, project)
+            await asyncio.to_thread(sampler.sample)
+            cpu_before = sampler.cpu_seconds()
+            cpu_before["loader"] = time.process_time()
             t0 = time.monotonic()
             load = asyncio.create_task(offer_load(http, url, auth, seconds, None, 32))
             marks: list[tuple[float, int]] = []
@@ -234,6 +271,10 @@ async def run_phases(info: dict[str, str], sampler: RssSampler, seconds: float) 
                 if time.monotonic() - drain_start > 600:
                     break
                 await asyncio.sleep(0.5)
+            await asyncio.to_thread(sampler.sample)
+            cpu_after = sampler.cpu_seconds()
+            cpu_after["loader"] = time.process_time()
+            stored_total = max(1, await stored_events(conn, project) - before)
             figures["pipeline_saturation"] = {
                 "offered_accepted_events_per_s": round(accepted_rate),
                 "stored_events_per_s": round(stored_rate),
@@ -241,6 +282,14 @@ async def run_phases(info: dict[str, str], sampler: RssSampler, seconds: float) 
                 "backlog_events_mid_run": round(backlog_mid),
                 "backlog_events_end_of_load": round(backlog_end),
                 "drain_seconds_after_load": round(time.monotonic() - drain_start, 1),
+                # CPU of each component over the load and its drain, per stored event: where
+                # the two cores go (the loader is this process: load generator and sampler).
+                "cpu_us_per_stored_event": {
+                    name: round(
+                        1e6 * (cpu_after[name] - cpu_before.get(name, 0.0)) / stored_total, 1
+                    )
+                    for name in sorted(cpu_after)
+                },
             }
             print(json.dumps(figures["pipeline_saturation"]), flush=True)
 
@@ -300,7 +349,7 @@ def _run_pipeline(seconds: float) -> dict[str, Any]:
                     raise RuntimeError("strata up did not become ready")
                 time.sleep(0.5)
             info = json.loads(dev_json.read_text())
-            return asyncio.run(run_phases(info, RssSampler(up.pid), seconds))
+            return asyncio.run(run_phases(info, RssSampler(up.pid, Path(tmp)), seconds))
         finally:
             up.send_signal(signal.SIGTERM)
             try:

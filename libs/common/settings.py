@@ -177,6 +177,7 @@ class QuerySettings(CommonSettings, frozen=True, kw_only=True):
     duckdb_threads: int = 2  # threads of the process's one DuckDB instance, all scans together
     duckdb_memory_limit: str = "1GB"
     hot_rows_cache_bytes: int = 512 * 1024**2  # rows of days without day files kept, LRU
+    query_warm_days: int = 31  # at start, scan each project's last N days to fill the caches
     oci_config_file: str = "~/.oci/config"
     oci_profile: str = "DEFAULT"
     oci_auth: str = "config"

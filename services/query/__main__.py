@@ -26,6 +26,7 @@ from libs.common.subjects import Subjects
 from services.query.app import build_app
 from services.query.dependencies import QueryDeps
 from services.query.scan_engine import ScanEngine
+from services.query.warm_up import warm_caches
 
 log = structlog.get_logger("query")
 
@@ -86,15 +87,17 @@ async def serve(settings: QuerySettings) -> None:
     await ensure_streams(nc.jetstream(), subjects, settings.stream_replicas)
     store = _object_store(settings)
     scan_engine = _scan_engine(settings, store)
-    app = build_app(
-        settings, QueryDeps(pool=pool, nc=nc, subjects=subjects, scan_engine=scan_engine)
-    )
+    deps = QueryDeps(pool=pool, nc=nc, subjects=subjects, scan_engine=scan_engine)
+    app = build_app(settings, deps)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.query_port).start()
     log.info("started", port=settings.query_port, prefix=settings.nats_prefix)
+    warming = asyncio.create_task(warm_caches(deps, settings.query_warm_days), name="warm-up")
     await stop.wait()
     log.info("stopping")
+    warming.cancel()
+    await asyncio.gather(warming, return_exceptions=True)
     await runner.cleanup()  # closes live streams (on_shutdown), then waits for requests
     await nc.drain()
     scan_engine.close()

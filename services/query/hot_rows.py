@@ -109,6 +109,7 @@ class HotRows:
         self.nbytes = 0  # bytes of the cached rows
         self.rows_copied = 0  # since start (tests, metrics)
         self.reloads = 0  # cached days dropped after a deletion (erasure, tier move) touched them
+        self.evictions = 0  # days dropped for the byte budget
 
     @property
     def cached_rows(self) -> int:
@@ -335,6 +336,7 @@ class HotRows:
         while self.nbytes > self.max_bytes and self._days:
             _, dropped = self._days.popitem(last=False)
             self.nbytes -= dropped.nbytes
+            self.evictions += 1
 
 
 async def _days_with_deletions(

@@ -73,6 +73,14 @@ class PublishFailed(StrataError, RuntimeError):
     code = "publish_failed"
 
 
+class DeliveryGap(StrataError, RuntimeError):
+    """The raw consumer delivered a message this worker never received (its delivery sequence
+    jumped): lost in flight when a NATS server died, or taken by another client's pull. The
+    checkpoint must not pass it, so the partition restarts from its checkpoint at once."""
+
+    code = "delivery_gap"
+
+
 class SessionizeFailed(StrataError, RuntimeError):
     """The sessionizing step raised on a message: it is replayed from the checkpoint with its
     events tried one by one."""
@@ -245,6 +253,9 @@ class PartitionWorker:
         self.checkpoint_seq = checkpoint_seq  # last raw seq whose effects are checkpointed
         self.processed_seq = checkpoint_seq  # last raw seq sessionized and published
         self._last_msg: Msg | None = None  # acking it acks everything before (AckPolicy.ALL)
+        # The consumer's delivery sequence of the last message received (the consumer is
+        # created afresh at every start, so deliveries number from 1).
+        self._delivered = 0
         self._pending_acks: deque[asyncio.Future[PubAck]] = deque()
         self._checkpointed_at = time.monotonic()
         self._messages_since_checkpoint = 0
@@ -261,6 +272,11 @@ class PartitionWorker:
             try:
                 await self._run_from_checkpoint()
                 backoff = 0.5
+            except DeliveryGap as exc:
+                # Not a failure of anything we can wait out: replay from the checkpoint now.
+                self._cancel_pending_publishes()
+                self._metrics.restarts.labels(self._label).inc()
+                self._log.warning("raw_delivery_gap", error=str(exc))
             except Exception as exc:
                 if time.monotonic() - started >= STABLE_RUN_S:
                     backoff = 0.5
@@ -372,6 +388,15 @@ class PartitionWorker:
         metadata = msg.metadata
         seq = metadata.sequence.stream
         self._metrics.lag.labels(self._label).set(metadata.num_pending)
+        # Redeliveries skip by stream sequence below, so a delivery that never reached us
+        # would be skipped for good once a later message moved the checkpoint past it.
+        delivered = metadata.sequence.consumer or 0
+        if delivered > self._delivered + 1:
+            raise DeliveryGap(
+                f"raw delivery {delivered} arrived after {self._delivered}: "
+                f"{delivered - self._delivered - 1} delivered message(s) never received"
+            )
+        self._delivered = max(self._delivered, delivered)
         if seq <= self.processed_seq:
             return  # redelivered before our checkpoint acked it; already published
         try:

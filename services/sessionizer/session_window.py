@@ -104,10 +104,11 @@ class TrafficSource(msgspec.Struct, array_like=True, frozen=True):
             click_id=properties.get("$click_id"),
         )
 
-    def stamped(self, event: EventV1) -> EventV1:
-        """`event` carrying this source (itself when it already does)."""
+    def stamped(self, event: EventV1, session_id: str) -> EventV1:
+        """`event` in session `session_id`, carrying this source: one copy of the event (it
+        was copied twice, once per change)."""
         if TrafficSource.of(event) == self:
-            return event
+            return msgspec.structs.replace(event, session_id=session_id)
         properties = {k: v for k, v in event.properties.items() if k not in SOURCE_PROPERTIES}
         for key, value in zip(
             SOURCE_PROPERTIES, (self.search_engine, self.social_network, self.click_id), strict=True
@@ -125,6 +126,7 @@ class TrafficSource(msgspec.Struct, array_like=True, frozen=True):
             utm_term=self.utm_term,
             utm_content=self.utm_content,
             properties=properties,
+            session_id=session_id,
         )
 
 
@@ -307,9 +309,10 @@ def sessionize_batch(
         key = (event.project_id, window.session_id)
         if key not in touched:
             touched[key] = TouchedSession(event.project_id, event.distinct_id, window)
-        if window.source is not None:
-            event = window.source.stamped(event)
-        out.append(msgspec.structs.replace(event, session_id=window.session_id))
+        if window.source is None:
+            out.append(msgspec.structs.replace(event, session_id=window.session_id))
+        else:
+            out.append(window.source.stamped(event, window.session_id))
     state.messages_since_prune += 1
     pruned = state.prune(rules_for) if state.prune_due() else 0
     return SessionizedBatch(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -17,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import msgspec
 import pytest
 
 from libs.common.nats_io import connect, ensure_streams
@@ -25,6 +27,7 @@ from tests.support.nats_cluster import NatsCluster
 from tests.support.project import TestProject
 from tests.support.recompute import assert_aggregates_match_events
 from tests.support.services import ServiceProcess, free_port, service_env
+from tests.support.sessionizer_streams import read_subject
 
 pytestmark = [pytest.mark.infra, pytest.mark.timeout(300)]
 
@@ -191,7 +194,18 @@ async def test_r3_streams_survive_leader_and_server_loss_storing_each_event_once
             await asyncio.sleep(1.0)  # anything counted twice would land by now
             count = await pool.fetchval("SELECT count(*) FROM events")
             logs = {name: proc.log() for name, proc in procs.items()}
-            assert load.accepted - stored == set(), json.dumps(logs)[-4000:]
+            missing = load.accepted - stored
+            if missing:
+                where = await locate(admin.jetstream(), subjects, missing)
+                notable = {
+                    name: [line for line in text.splitlines() if _NOTABLE.search(line)][-20:]
+                    for name, text in logs.items()
+                }
+                pytest.fail(
+                    f"{len(missing)} accepted events not stored: {sorted(missing)[:10]}; "
+                    f"found on {where}; service warnings and errors: "
+                    + json.dumps(notable, indent=1)
+                )
             assert stored == load.accepted and count == len(load.accepted)
             async with pool.acquire() as conn:
                 await assert_aggregates_match_events(conn)
@@ -214,6 +228,41 @@ async def test_r3_streams_survive_leader_and_server_loss_storing_each_event_once
                 proc.stop()
     finally:
         await admin.close()
+
+
+class _EventId(msgspec.Struct):
+    event_id: str
+
+
+class _EventIds(msgspec.Struct):
+    """Just the ids of a raw or enriched batch's events."""
+
+    events: list[_EventId]
+
+
+_NOTABLE = re.compile(r"\[(warning|error|critical) *\]")
+
+
+async def locate(js: Any, subjects: Subjects, event_ids: set[str]) -> dict[str, list[str]]:
+    """Which stream still holds each of `event_ids` (the raw stream only until its partition's
+    checkpoint purged it): tells a loss in ingest or JetStream from one in a service."""
+    found: dict[str, list[str]] = {}
+    for stream, subject in (
+        (subjects.raw_stream, subjects.raw_all),
+        (subjects.enriched_stream, subjects.enriched_all),
+    ):
+        try:
+            messages = await read_subject(js, stream, subject)
+        except Exception as exc:  # a diagnosis must not hide the failure it explains
+            found[stream] = [f"unreadable: {exc!r}"]
+            continue
+        held = {
+            event.event_id
+            for msg in messages
+            for event in msgspec.json.decode(msg.data, type=_EventIds).events
+        }
+        found[stream] = sorted(event_ids & held)[:10]
+    return found
 
 
 async def _wait_jetstream(nc: Any, within_s: float = 30.0) -> None:

@@ -16,7 +16,7 @@ from libs.common import sketches
 from libs.common.event_partitions import EventPartitions
 from libs.common.schemas.events_v1 import ALIAS, IDENTIFY
 from services.aggregator.consumer import is_transient
-from services.aggregator.writer import ConcurrentWriteConflict, write_events
+from services.aggregator.writer import ConcurrentWriteConflict, event_id_digest, write_events
 from tests.support.recompute import (
     assert_aggregates_match_events,
     chunks,
@@ -55,6 +55,27 @@ async def test_batch_written_twice_changes_nothing(pool: asyncpg.Pool) -> None:
             assert (result.inserted, result.duplicates) == (0, len(batch))
         assert await snapshot(conn) == before
         await assert_aggregates_match_events(conn)
+
+
+async def test_the_writers_event_id_digest_is_the_databases(pool: asyncpg.Pool) -> None:
+    # The writer computes the dedup digests itself; ids stored by migration 0022, erasure or an
+    # older release were digested by SQL, and a drift would store a repeat twice.
+    pairs = [
+        ("p1", "ev-1"),
+        ("p1", ""),
+        ("12", "3:x"),
+        ("1", "23:x"),  # the length prefix keeps these two apart
+        ("projét", "événement-✓-𝄞"),  # characters, not bytes, are counted
+        ("p", "a" * 300),
+    ]
+    async with pool.acquire() as conn:
+        stored = await conn.fetch(
+            "SELECT event_id_digest(p, e)::text FROM unnest($1::text[], $2::text[]) AS u(p, e)",
+            [p for p, _ in pairs],
+            [e for _, e in pairs],
+        )
+    assert [event_id_digest(p, e) for p, e in pairs] == [r[0].replace("-", "") for r in stored]
+    assert len({event_id_digest(p, e) for p, e in pairs}) == len(pairs)
 
 
 async def test_shuffled_batches_with_repeats_match_recomputation(pool: asyncpg.Pool) -> None:

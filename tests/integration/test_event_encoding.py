@@ -16,7 +16,7 @@ import pytest
 
 from libs.common.day_files import DayExportSettings, export_day
 from libs.common.day_files.postgres_rows import event_query, fetch_rows
-from libs.common.model.event_encoding import url_search
+from libs.common.model.event_encoding import url_origin, url_search
 from libs.common.object_store.file_store import FileObjectStore
 from libs.common.schemas.events_v1 import PAGEVIEW, EventV1
 from libs.common.subjects import Subjects
@@ -99,6 +99,16 @@ SENT = [
     page("anon-is-user", 8, {}, anonymous_id="u-2", user_id="u-2", distinct_id="u-2"),
     page("anon-differs", 9, {}, anonymous_id="dev-9", distinct_id="dev-1"),
     page("track", 10, {"path": "/pricing", "depth": 50}, type="track", name="scroll_depth"),
+    # The previous page of the same site (the column holds the session's external referrer):
+    # stored relative to the page's origin.
+    page("in-site", 11, {"referrer": "https://shop.example/features?x=1#f"}),
+    page("in-site-root", 12, {"referrer": "https://shop.example/", "url": URL}),
+    # Another origin, or one the page's origin only begins: stored as sent.
+    page("other-site", 13, {"referrer": "https://shop.example.org/features"}),
+    page("origin-only", 14, {"referrer": "https://shop.example"}),
+    page("other-port", 15, {"referrer": "https://shop.example:8443/features"}),
+    page("no-url", 16, {"referrer": "https://shop.example/features"}, url=None),
+    page("not-a-string", 17, {"referrer": 7}),
 ]
 
 
@@ -129,6 +139,25 @@ async def test_url_search_is_the_same_in_python_and_sql(pool: asyncpg.Pool) -> N
     assert {r["u"]: r["s"] for r in in_sql} == {u: url_search(u) for u in urls} == SEARCHES
 
 
+ORIGINS = {
+    "https://shop.example/p?x=1": "https://shop.example",
+    "https://shop.example": "https://shop.example",
+    "http://user@shop.example:8080?x#y/z": "http://user@shop.example:8080",
+    "https://ä.example/ü": "https://ä.example",
+    "HTTPS://Shop.Example/P": "HTTPS://Shop.Example",
+    "app://local/x": "app://local",
+    "/relative/path": None,
+    "mailto:a@b.example": None,
+    "": None,
+}
+
+
+async def test_url_origin_is_the_same_in_python_and_sql(pool: asyncpg.Pool) -> None:
+    urls = list(ORIGINS)
+    in_sql = await pool.fetch("SELECT u, url_origin(u) AS o FROM unnest($1::text[]) AS u", urls)
+    assert {r["u"]: r["o"] for r in in_sql} == {u: url_origin(u) for u in urls} == ORIGINS
+
+
 async def test_values_are_stored_once_and_read_back_as_sent(
     pool: asyncpg.Pool, tmp_path: Path, nats_url: str, subjects: Subjects, project: TestProject
 ) -> None:
@@ -152,6 +181,13 @@ async def test_values_are_stored_once_and_read_back_as_sent(
     assert stored["anon-is-user"]["anonymous_id"] is None
     assert stored["anon-differs"]["anonymous_id"] == "dev-9"
     assert json.loads(stored["track"]["properties"]) == {"depth": 50}
+    assert json.loads(stored["in-site"]["properties"]) == {"referrer": "/features?x=1#f"}
+    assert json.loads(stored["in-site-root"]["properties"]) == {"referrer": "/"}
+    assert stored["in-site-root"]["derived_fields"] == 2 | 128 | 64
+    for kept in ("other-site", "origin-only", "other-port", "no-url", "not-a-string"):
+        assert json.loads(stored[kept]["properties"]) == next(
+            ev.properties for ev in SENT if ev.event_id == kept
+        )
 
     # The hot rows the analyses scan (and the day-file export's query).
     columns = ["event_id", *COMPARED, "properties"]
@@ -189,6 +225,14 @@ async def test_values_are_stored_once_and_read_back_as_sent(
         )
         assert status == 200, body
         assert {e["event_id"] for e in body["events"]} == {"all-derived", "only-page-keys"}
+        status, body = await get_json(
+            client,
+            "/api/v1/analytics/events",
+            project.read_key,
+            {"limit": "100", "property": "referrer:https://shop.example/features?x=1#f"},
+        )
+        assert status == 200, body
+        assert {e["event_id"] for e in body["events"]} == {"in-site"}
 
 
 async def test_rows_written_before_the_encoding_read_unchanged(pool: asyncpg.Pool) -> None:

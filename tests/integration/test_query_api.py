@@ -684,17 +684,25 @@ async def test_openapi_describes_every_route_and_ops_endpoints_answer(
 async def test_service_process_serves_and_stops_cleanly_with_open_streams(
     database_url: str, nats_url: str, subjects: Subjects, project: TestProject, tmp_path: Any
 ) -> None:
-    """`python -m services.query` as Kubernetes runs it: ready, serving, and on SIGTERM it ends
-    live streams, drains NATS and exits 0."""
+    """`python -m services.query` as Kubernetes runs it: ready, serving, its caches warmed, and
+    on SIGTERM it ends live streams, drains NATS and exits 0."""
     import aiohttp
 
     from tests.support.services import ServiceProcess, free_port, service_env
 
     port = free_port()
-    env = service_env(database_url, nats_url, subjects.prefix, query_port=port, host="127.0.0.1")
+    env = service_env(
+        database_url, nats_url, subjects.prefix, query_port=port, host="127.0.0.1", log_level="info"
+    )
     service = ServiceProcess("query", env, tmp_path).start()
     try:
         await asyncio.to_thread(service.wait_http, port)
+        # Beside serving, it warms its caches once (services/query/warm_up.py) and says so.
+        for _ in range(150):
+            if "caches_warmed" in service.log():
+                break
+            await asyncio.sleep(0.1)
+        assert "caches_warmed" in service.log() and "cache_warm_up_failed" not in service.log()
         headers = {"Authorization": f"Bearer {project.read_key}"}
         base = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as http:

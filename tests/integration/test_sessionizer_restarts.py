@@ -4,15 +4,17 @@ and changes no session id."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+import msgspec
 import pytest
 from nats.js import JetStreamContext
 
-from libs.common.schemas.events_v1 import EventV1
+from libs.common.schemas.events_v1 import EventV1, RawBatchV1
 from libs.common.subjects import Subjects, partition_of
 from services.sessionizer.session_window import session_id_for
 from tests.support.project import TestProject
@@ -167,3 +169,54 @@ async def test_kill9_between_checkpoints_loses_nothing_and_splits_nothing(
     assert set(counts) == set(expected), "nothing lost, nothing invented"
     assert [eid for eid, n in counts.items() if n != 1] == [], "replays were dropped as duplicates"
     assert {e.event_id: e.session_id for e in events} == expected
+
+
+async def test_a_delivery_that_never_arrives_is_not_checkpointed_past(
+    nats_url: str,
+    database_url: str,
+    js: JetStreamContext,
+    subjects: Subjects,
+    project: TestProject,
+    tmp_path: Path,
+) -> None:
+    """A raw message the consumer delivered but the sessionizer never received (in flight on a
+    NATS server that died, or pulled by another client) is sessionized anyway: the next delivery
+    shows the gap and the partition replays from its checkpoint instead of moving past it."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    t0 = now - timedelta(hours=1)
+    settings = {"partitions": 1, "checkpoint_interval_s": 0.5}
+    proc, port = sessionizer(database_url, nats_url, subjects, tmp_path, **settings)
+    proc.start()
+    try:
+        proc.wait_http(port)
+        await publish_raw(js, subjects, [make_event("e0", t0, "sam", now)], 1)
+        await wait_for_enriched(js, subjects, {"e0"})
+
+        # Another client pulls from the sessionizer's own consumer and never acks: whatever
+        # it takes is delivered, from JetStream's point of view, and lost to the sessionizer.
+        thief = await js.pull_subscribe_bind(durable="sessionizer-0", stream=subjects.raw_stream)
+        sent = ["e0"]
+        stolen: list[str] = []
+        for i in range(1, 60):
+            pull = asyncio.create_task(thief.fetch(1, timeout=1.0))
+            await asyncio.sleep(0.05)  # the thief's pull request waits first in line
+            event_id = f"e{i}"
+            await publish_raw(js, subjects, [make_event(event_id, t0 + i * M, "sam", now)], 1)
+            sent.append(event_id)
+            try:
+                [msg] = await pull
+            except TimeoutError:  # the sessionizer's own pull got it
+                continue
+            stolen.extend(e.event_id for e in msgspec.json.decode(msg.data, type=RawBatchV1).events)
+            break
+        assert stolen, "no delivery went to the other client in 59 tries"
+        # The next message shows the sessionizer the gap in its deliveries.
+        await publish_raw(js, subjects, [make_event("last", t0 + 70 * M, "sam", now)], 1)
+        sent.append("last")
+        # Well within the consumer's ack wait (60 s): no redelivery brings the stolen one back.
+        events = await wait_for_enriched(js, subjects, set(sent), within_s=20)
+    finally:
+        assert proc.stop() == 0, proc.log()
+    assert "raw_delivery_gap" in proc.log_path.read_text()
+    # Each event stored once on the enriched stream, the stolen one included.
+    assert Counter(e.event_id for e in events) == Counter(sent)

@@ -263,14 +263,18 @@ PATHS = [
 ]
 
 
+@pytest.mark.parametrize("person_keys", [False, True], ids=["by-id", "by-key"])
 @pytest.mark.parametrize("request_body", PATHS, ids=range(len(PATHS)))
 def test_paths_match_the_reference(
-    dataset: tuple[list[Ev], duckdb.DuckDBPyConnection], request_body: PathsRequest
+    dataset: tuple[list[Ev], duckdb.DuckDBPyConnection],
+    request_body: PathsRequest,
+    person_keys: bool,
 ) -> None:
     events, con = dataset
     spec = paths_spec(request_body)
     session_max = timedelta(days=1)
-    scope = EventScope(START - session_max, END + session_max)
+    # By key: persons (and per-person paths) from integer person keys (`events_scan_keyed`).
+    scope = EventScope(START - session_max, END + session_max, person_keys=person_keys)
     result = run_paths(
         con, spec.__class__(**{**spec.__dict__, "edge_limit": 1000}), scope, START, END, session_max
     )

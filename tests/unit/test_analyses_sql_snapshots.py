@@ -143,6 +143,15 @@ def test_paths_sql_matches_its_snapshot(scan: duckdb.DuckDBPyConnection, variant
     assert_sql_snapshot(f"analysis_paths_{variant}", con.text())
 
 
+def test_keyed_paths_sql_matches_its_snapshot(scan: duckdb.DuckDBPyConnection) -> None:
+    """Paths over a keyed scan read integer person keys (no cohort needs person ids)."""
+    con = recording(scan)
+    db = cast(duckdb.DuckDBPyConnection, con)
+    scope = EventScope(START, END, person_keys=True)
+    run_paths(db, paths_spec(PATHS["sessions"]), scope, START, END, timedelta(hours=1))
+    assert_sql_snapshot("analysis_paths_sessions_keyed", con.text())
+
+
 RETENTION: dict[str, RetentionRequest] = {
     "recurring_daily": RetentionRequest(
         start_event=EventMatch("$pageview"), return_event=EventMatch("signup"), intervals=3

@@ -1,18 +1,26 @@
 """Funnels and paths walk events in (key, ts, rank, event id) order while DuckDB hands the rows
 over unsorted: NumPy must group each key's rows together, order them by (ts, rank) and put
 ties in event-id order, whether the sort packs its keys into one integer or, when they do not
-fit, sorts them one by one."""
+fit, sorts them one by one; and string keys numbered per run of equal keys by their hashes
+get the numbers the dictionary encoding gives."""
 
 from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pytest
 
-from services.query.analyses.event_order import TiesNeedEventIds, in_event_order
+from services.query.analyses.event_order import (
+    TiesNeedEventIds,
+    in_event_order,
+    key_codes,
+    run_key_codes,
+)
 
 Row = tuple[str, int, int, str]
 
@@ -182,3 +190,47 @@ def test_without_event_ids_tied_rows_that_differ_ask_for_them() -> None:
         {"key": ["a", "a"], "t": pa.array([10, 10], pa.int64()), "bd": pa.nulls(2, pa.string())}
     )
     assert in_event_order(table, key="key", ts="t", event_id=None).rows.size == 2
+
+
+def _run_codes_agree(keys: Sequence[str | None], hashes: Sequence[int]) -> npt.NDArray[np.int64]:
+    chunked = pa.chunked_array([keys[: len(keys) // 2], keys[len(keys) // 2 :]], pa.string())
+    hashed = pa.chunked_array([pa.array(hashes, pa.uint64())])
+    codes = run_key_codes(chunked, hashed)
+    # The dictionary encoding's numbers exactly: equal keys equal numbers, first-seen order.
+    assert codes.tolist() == key_codes(chunked).tolist()
+    return codes
+
+
+def test_keys_numbered_per_run_by_their_hashes_match_the_dictionary_encoding() -> None:
+    # Keys mostly in runs, some split over several runs (a session across two day files, or
+    # two of one person's sessions overlapping in time), hashed as DuckDB's hash() would.
+    rng = random.Random(5)
+    keys = [f"s{rng.randrange(60)}" for _ in range(400)]
+    keys = [k for k in keys for _ in range(rng.randrange(1, 4))]
+    codes = _run_codes_agree(keys, [hash(k) % 2**64 for k in keys])
+    assert int(codes.max()) + 1 == len(set(keys))
+    # A hash two different keys share (a collision) must not merge them.
+    colliding = {"s1": 7, "s2": 7, "s3": 7}
+    _run_codes_agree(keys, [colliding.get(k, hash(k) % 2**64) for k in keys])
+    _run_codes_agree(keys, [1] * len(keys))
+    # One key, a NULL key (numbered as one key), and no rows.
+    _run_codes_agree(["a", "a"], [3, 3])
+    _run_codes_agree(["a", None, "a", None], [3, 0, 3, 0])
+    assert _run_codes_agree([], []).size == 0
+
+
+def test_keys_numbered_per_run_order_the_stream_alike() -> None:
+    rows = [("b", 5, 0, "e2"), ("a", 1, 0, "e1"), ("b", 1, 0, "e3"), ("b", 5, 0, "e1")]
+    table = pa.table(
+        {
+            "key": [r[0] for r in rows],
+            "t": pa.array([r[1] for r in rows], pa.int64()),
+            "eid": [r[3] for r in rows],
+        }
+    )
+    hashed = pa.chunked_array([pa.array([11, 22, 11, 11], pa.uint64())])
+    codes = run_key_codes(table["key"], hashed)
+    events = in_event_order(table, key="key", ts="t", event_id="eid", codes=codes)
+    plain = in_event_order(table, key="key", ts="t", event_id="eid")
+    assert events.rows.tolist() == plain.rows.tolist() == [2, 3, 0, 1]
+    assert events.same_key.tolist() == plain.same_key.tolist()

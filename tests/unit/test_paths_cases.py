@@ -1,14 +1,17 @@
-"""Paths, rule by rule, on hand-built sessions with nodes and edges worked out by hand."""
+"""Paths, rule by rule, on hand-built sessions with nodes and edges worked out by hand (each
+answer the same with persons read as ids or as integer keys)."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import pytest
 
 from services.query.analyses.conditions import EventScope
-from services.query.analyses.paths import PathsResult, paths_spec, run_paths
+from services.query.analyses.paths import PathsResult, _persons_of, paths_spec, run_paths
 from services.query.analyses.requests import CleaningRule, PathsRequest
 from services.query.params import ParamError
 from tests.support.analysis_events import Ev, at, numbered, scan_connection
@@ -30,10 +33,22 @@ def session(person: str, sid: str, start: datetime, *steps: str) -> list[Ev]:
 
 
 def paths(events: list[Ev], **request: Any) -> PathsResult:
+    """The answer, the same whether persons are read as ids or as integer keys."""
     con = scan_connection(numbered(events))
     spec = paths_spec(PathsRequest(**request))
-    scope = EventScope(FROM - SESSION_MAX, TO + SESSION_MAX)
-    return run_paths(con, spec, scope, FROM, TO, SESSION_MAX)
+    by_id, by_key = (
+        run_paths(
+            con,
+            spec,
+            EventScope(FROM - SESSION_MAX, TO + SESSION_MAX, person_keys=keys),
+            FROM,
+            TO,
+            SESSION_MAX,
+        )
+        for keys in (False, True)
+    )
+    assert by_key == by_id
+    return by_id
 
 
 def edges(result: PathsResult) -> dict[str, int]:
@@ -94,6 +109,22 @@ def test_persons_are_those_of_the_nodes_counted() -> None:
     assert (paths(events, steps=3).paths, paths(events, steps=3).persons) == (2, 3)
 
 
+def test_persons_are_counted_alike_from_ids_and_from_keys_dense_or_not() -> None:
+    # Rows in any order, one person's rows mostly together, as scans hand them over.
+    rng = np.random.default_rng(7)
+    people = rng.integers(0, 50, 400)
+    rows = rng.permutation(400)[:250]
+    ids = pa.chunked_array(
+        [pa.array([f"u{p}" for p in people[:200]]), [f"u{p}" for p in people[200:]]]
+    )
+    expected = len({int(p) for p in people[rows]})
+    assert _persons_of(ids, rows) == expected
+    for scale in (1, 10**12):  # keys of a dense span, and keys too spread for one flag each
+        keys = pa.chunked_array([pa.array(people * scale + 5, pa.int64())])
+        assert _persons_of(keys, rows) == expected
+    assert _persons_of(ids, rows[:0]) == 0
+
+
 def test_start_point_cuts_everything_before_its_first_match() -> None:
     events = session("p", "s1", at(0), "/", "/docs", "/pricing", "/signup", "/pricing", "/docs")
     events += session("q", "s2", at(10), "/", "/docs")  # never reaches the start point
@@ -107,6 +138,20 @@ def test_start_and_end_points_are_normalised_like_the_labels() -> None:
     rules = [CleaningRule(r"^/user/\d+$", "/user/:id")]
     result = paths(events, start_point="/user/7/", end_point="/pricing/", cleaning_rules=rules)
     assert edges(result) == {"1_/user/:id -> 2_/pricing": 1}
+
+
+def test_points_and_labels_lose_trailing_slashes_alike_without_cleaning_rules() -> None:
+    # Without cleaning rules labels are made in Python and the points by the label SQL:
+    # `/docs//` finds `/docs/`'s node, `/` stays `/`, and an empty path is `(none)`.
+    events = session("p", "s1", at(0), "/", "/docs/", "/", "signup")
+    events.append(Ev("p", "$pageview", at(5), path="", session_id="s1"))
+    result = paths(events, event_types=["pageview", "custom"], start_point="/docs//", steps=4)
+    assert edges(result) == {
+        "1_/docs -> 2_/": 1,
+        "2_/ -> 3_signup": 1,
+        "3_signup -> 4_(none)": 1,
+    }
+    assert paths(events, end_point="//").paths == 1
 
 
 def test_per_person_a_path_runs_across_the_persons_sessions() -> None:

@@ -9,10 +9,16 @@ says which were left out, one bit each; the SQL functions `event_properties` and
 through `restored_sql`, so the API, the day files, the hot rows, filters and erasure all see
 what was sent. Rows without `derived_fields` (written before 0025) hold every value and read
 unchanged.
+
+A pageview's `referrer` property that is the previous page of the same site (the `referrer`
+column holds the session's external referrer) is stored relative to the page's origin
+(migration 0028): `/pricing` for `https://shop.example/pricing` on a page of
+`https://shop.example`, restored by prefixing `url_origin(url)`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +27,10 @@ import msgspec
 from libs.common.schemas.events_v1 import EventV1
 
 ANONYMOUS_ID_IS_DISTINCT_ID = 64
+REFERRER_RELATIVE_TO_ORIGIN = 128
+
+# scheme://authority, as `url_origin` in SQL (migration 0028) matches it.
+_ORIGIN = re.compile(r"[^:/?#]+://[^/?#]*")
 
 
 def url_search(url: str) -> str:
@@ -29,6 +39,13 @@ def url_search(url: str) -> str:
     before_fragment = url.split("#", 1)[0]
     start = before_fragment.find("?")
     return "" if start < 0 else before_fragment[start:]
+
+
+def url_origin(url: str) -> str | None:
+    """A URL's scheme and authority (`https://shop.example:8443`), None when it has none
+    (`url_origin` in SQL computes the same)."""
+    match = _ORIGIN.match(url)
+    return None if match is None else match.group()
 
 
 def _search(ev: EventV1) -> str | None:
@@ -62,6 +79,13 @@ def stored_event_fields(ev: EventV1) -> tuple[str | None, str | None, int | None
             if type(value) is str and value == column(ev):
                 del kept[key]
                 derived |= bit
+        referrer = kept.get("referrer")
+        if type(referrer) is str and ev.url is not None:
+            # An in-site referrer: only the part after the page's origin is stored.
+            origin = url_origin(ev.url)
+            if origin is not None and referrer.startswith(origin + "/"):
+                kept["referrer"] = referrer[len(origin) :]
+                derived |= REFERRER_RELATIVE_TO_ORIGIN
         properties = kept
     # Properties reduced to nothing are NULL (event_properties starts from '{}'); otherwise
     # '{}' stays '{}'.

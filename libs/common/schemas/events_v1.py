@@ -25,7 +25,12 @@ EVENT_TYPES = ("track", "page", "screen", "identify", "group", "alias")
 
 # Not kw_only: ingest builds every event with its fields by position, the cheapest construction
 # for ~36 fields; new fields are only ever appended, with defaults.
-class EventV1(msgspec.Struct, frozen=True, omit_defaults=True):
+# gc=False: events are never tracked by Python's cycle collector. They hold only strings,
+# numbers, datetimes and JSON dicts (no cycle can run through one), and every service keeps
+# thousands of them alive per batch: tracked, they made each collection walk them all, which
+# cost the aggregator more than decoding them (an enriched message decoded in 5.4 µs per event
+# with them tracked, 1.6 µs untracked).
+class EventV1(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """One behavioural event after validation and enrichment."""
 
     event_id: str  # the client's messageId: the idempotency key end to end

@@ -88,15 +88,60 @@ def key_codes(keys: pa.ChunkedArray) -> Ints:
     return np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
+def run_key_codes(keys: pa.ChunkedArray, hashes: pa.ChunkedArray) -> Ints:
+    """`key_codes` of string keys whose rows mostly come in runs of equal keys, given each
+    row's 64-bit hash of its key: the same numbers (first-seen order), but only the runs'
+    hashes are grouped, by a sort of integers, where a dictionary encoding would hash every
+    row's string into a table as large as the keys are many. Exact: runs are found by
+    comparing the strings, and keys of one hash are compared too (any two that differ, a true
+    collision, and the dictionary encoding numbers them instead)."""
+    if hashes.null_count or keys.null_count or len(keys) == 0:
+        return key_codes(keys)
+    ids = keys.combine_chunks()
+    n = len(ids)
+    starts = np.empty(n, dtype=bool)
+    starts[0] = True
+    starts[1:] = pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)
+    heads = np.flatnonzero(starts)
+    hashed = np.asarray(hashes.to_numpy(), dtype=np.uint64)[heads]
+    order = np.argsort(hashed)
+    ordered = hashed[order]
+    # Each run's first run of the same key (by hash, checked on the strings).
+    leader = np.arange(heads.size, dtype=np.int64)
+    again = np.zeros(heads.size, dtype=bool)
+    again[1:] = ordered[1:] == ordered[:-1]
+    if again.any():
+        group = np.cumsum(~again) - 1
+        first_run = np.minimum.reduceat(order, np.flatnonzero(~again))
+        shared = again.copy()
+        shared[:-1] |= again[1:]
+        at = np.flatnonzero(shared)
+        runs, leaders = order[at], first_run[group[at]]
+        same = pc.equal(ids.take(pa.array(heads[runs])), ids.take(pa.array(heads[leaders])))
+        if not pc.all(same).as_py():
+            return key_codes(keys)
+        leader[runs] = leaders
+    # Keys numbered in the order their first run comes, as the dictionary encoding does.
+    numbers = np.cumsum(leader == np.arange(heads.size), dtype=np.int64) - 1
+    return np.repeat(numbers[leader], np.diff(heads, append=n))
+
+
 def in_event_order(
-    table: pa.Table, *, key: str, ts: str, event_id: str | None, rank: Ints | None = None
+    table: pa.Table,
+    *,
+    key: str,
+    ts: str,
+    event_id: str | None,
+    rank: Ints | None = None,
+    codes: Ints | None = None,
 ) -> EventOrder:
     """The rows of `table`, in any order, in the exact order (key, ts, rank, event id); `rank`
-    is the rank's value per row (small non-negative integers, equal values: equal ranks).
-    Without `event_id` (None), tied rows equal in every column of `table` keep the order they
-    came in, and ties between rows that differ raise `TiesNeedEventIds`."""
+    is the rank's value per row (small non-negative integers, equal values: equal ranks);
+    `codes`, when given, the key's numbers per row as `key_codes` makes them. Without
+    `event_id` (None), tied rows equal in every column of `table` keep the order they came in,
+    and ties between rows that differ raise `TiesNeedEventIds`."""
     n = table.num_rows
-    codes = key_codes(table[key])
+    codes = key_codes(table[key]) if codes is None else codes
     times = np.asarray(table[ts].to_numpy(), dtype=np.int64)
     if n == 0:
         empty = np.zeros(0, dtype=np.int64)

@@ -1,6 +1,7 @@
-"""Paths (user journeys within sessions) over `events_scan`: DuckDB reads the path events once,
-NumPy puts them in (session, ts, event id) order (`event_order`), and one vectorised pass
-collapses repeats, cuts each session's path and counts nodes and edges.
+"""Paths (user journeys within sessions) over `events_scan` (`events_scan_keyed` when the scan
+has integer person keys): DuckDB reads the path events once, NumPy puts them in (session, ts,
+event id) order (`event_order`), and one vectorised pass collapses repeats, cuts each session's
+path and counts nodes and edges.
 
 Semantics (docs/analytics.md, "Paths"): a session's path is its pageviews (cleaned path) and/or
 custom events (name), in time order, interactive events only, consecutive repeats of one node
@@ -25,7 +26,7 @@ import pyarrow.compute as pc
 from libs.common.rollup_keys import NONE_VALUE
 from libs.common.schemas.events_v1 import PAGEVIEW
 from services.query.analyses.conditions import EventScope, check_regex, check_replacement
-from services.query.analyses.event_order import EventOrder, in_event_order
+from services.query.analyses.event_order import EventOrder, in_event_order, run_key_codes
 from services.query.analyses.requests import (
     CleaningRule,
     PathsRequest,
@@ -173,49 +174,70 @@ def run_paths(
     person's path events in [start, end) across their sessions."""
     params = SqlParams()
     raw, page = _raw_label_sql(params)
+    # Persons as integer keys (`events_scan_keyed`, aliases applied) when the scan has them
+    # and no cohort filter needs their ids: persons are only grouped and counted.
+    by_key = scope.person_keys and not scope.cohort_tables
+    view, person = (
+        ("events_scan_keyed", "e.person_key") if by_key else ("events_scan", "e.person_id")
+    )
     if spec.per == "person":
         where = scope.where(params, start=start) + f" AND e.ts < {params.add(end)}"
         # The key is the person: no second copy of it.
-        columns = "e.person_id AS sid"
+        columns = f"{person} AS sid"
     else:
         where = scope.where(params, start=start - session_max) + " AND e.session_id IS NOT NULL"
-        columns = "e.session_id AS sid, e.person_id AS pid"
+        # Session ids come in runs (day files are sorted by person, then time): their hashes
+        # let NumPy number them per run instead of per row (`run_key_codes`).
+        columns = f"e.session_id AS sid, hash(e.session_id) AS sh, {person} AS pid"
     kinds = _type_sql(spec, params)
     table: pa.Table = con.sql(
         f"""SELECT {columns}, epoch_us(e.ts) AS t, e.event_id AS eid,
                    {raw} AS raw, {page} AS page
-            FROM events_scan e
+            FROM {view} e
             WHERE {where} AND NOT e.non_interactive AND {kinds}""",
         params=params.values,
     ).to_arrow_table()
-    events = in_event_order(table, key="sid", ts="t", event_id="eid")
+    codes = None if spec.per == "person" else run_key_codes(table["sid"], table["sh"])
+    events = in_event_order(table, key="sid", ts="t", event_id="eid", codes=codes)
     label_of_row, labels = _row_labels(con, spec, table)
-    if spec.per == "person":
-        person, person_ids = events.key, None
-    else:
-        person_ids = table["pid"].combine_chunks()
-        runs, run_heads = _person_runs(person_ids)
-        person = runs[events.rows]
     start_label, end_label = _point_labels(con, spec)
     kept = session_paths(
         events,
         label_of_row[events.rows],
         labels,
-        person,
         spec,
         _epoch_us(start),
         _epoch_us(end),
         start_label=start_label,
         end_label=end_label,
     )
-    if person_ids is None:
-        persons = _distinct_codes(kept.person)
+    if spec.per == "person":
+        persons = kept.paths  # a path per person
     else:
-        # Each run counted once, then its person id: distinct ids, not distinct runs.
-        counted = np.flatnonzero(np.bincount(kept.person)) if kept.person.size else kept.person
-        ids = person_ids.take(pa.array(run_heads[counted]))
-        persons = pc.count_distinct(ids, mode="all").as_py()
+        persons = _persons_of(table["pid"], events.rows[kept.position])
     return _summary(kept, spec, persons)
+
+
+def _persons_of(person: pa.ChunkedArray, rows: npt.NDArray[np.int64]) -> int:
+    """How many distinct persons these rows of the table hold."""
+    if rows.size == 0:
+        return 0
+    if pa.types.is_integer(person.type):
+        keys = np.asarray(person.to_numpy(), dtype=np.int64)[rows]
+        low = int(keys.min())
+        span = int(keys.max()) - low + 1
+        if span > max(4 * keys.size, 1 << 20):
+            return int(np.unique(keys).size)
+        # One flag per key of the span (a project's keys are dense).
+        seen = np.zeros(span, dtype=bool)
+        seen[keys - low] = True
+        return int(np.count_nonzero(seen))
+    # Person ids: rows of one person mostly come together (day files are sorted by person),
+    # so only one id per run of equal ids holding a counted row is hashed.
+    ids = person.combine_chunks()
+    runs, run_heads = _person_runs(ids)
+    counted = np.flatnonzero(np.bincount(runs[rows]))
+    return int(pc.count_distinct(ids.take(pa.array(run_heads[counted])), mode="all").as_py())
 
 
 def _person_runs(ids: pa.Array) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
@@ -232,21 +254,46 @@ def _person_runs(ids: pa.Array) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.i
 def _row_labels(
     con: duckdb.DuckDBPyConnection, spec: PathsSpec, table: pa.Table
 ) -> tuple[npt.NDArray[np.int64], list[str]]:
-    """Each row's label as a code into the returned labels. The label SQL (trailing slashes,
-    cleaning rules) runs once per distinct (value, is pageview) pair, not once per row."""
+    """Each row's label as a code into the returned labels, made once per distinct (value,
+    is pageview) pair, not once per row."""
     if table.num_rows == 0:
         return np.zeros(0, dtype=np.int64), []
     raw = pc.dictionary_encode(table["raw"].combine_chunks(), null_encoding="encode")
     page = np.asarray(table["page"].to_numpy(), dtype=np.int64)
     pair = np.asarray(raw.indices.to_numpy(zero_copy_only=False), dtype=np.int64) * 2 + page
     present = np.flatnonzero(np.bincount(pair))
-    values = raw.dictionary.take(pa.array(present // 2))
-    is_page = pa.array(present % 2 == 1)
+    values: list[str | None] = raw.dictionary.take(pa.array(present // 2)).to_pylist()
+    is_page = (present % 2 == 1).tolist()
+    if spec.cleaning_rules:
+        named = _cleaned_labels(con, spec, values, is_page)
+    else:
+        named = [_page_label(v) if p else str(v) for v, p in zip(values, is_page, strict=True)]
+    # Pairs that clean to one label (`/docs/` and `/docs`) share its code.
+    code: dict[str, int] = {}
+    pair_label = np.zeros(pair.max() + 1, dtype=np.int64)
+    pair_label[present] = [code.setdefault(label, len(code)) for label in named]
+    return pair_label[pair], list(code)
+
+
+def _page_label(path: str | None) -> str:
+    """A page path's label without cleaning rules (as `_label_sql` makes it)."""
+    if not path:
+        return NONE_VALUE
+    return path.rstrip("/") or "/"
+
+
+def _cleaned_labels(
+    con: duckdb.DuckDBPyConnection, spec: PathsSpec, values: list[str | None], is_page: list[bool]
+) -> list[str]:
+    """The labels of (value, is pageview) pairs by the label SQL: the cleaning rules are RE2
+    expressions, run by DuckDB's `regexp_replace`."""
     pairs = pa.table(
         {
-            "i": pa.array(np.arange(present.size, dtype=np.int64)),
-            "name": pc.if_else(is_page, PAGEVIEW, values),
-            "path": pc.if_else(is_page, values, pa.scalar(None, pa.string())),
+            "i": pa.array(range(len(values)), pa.int64()),
+            "name": pa.array([PAGEVIEW if p else v for v, p in zip(values, is_page, strict=True)]),
+            "path": pa.array(
+                [v if p else None for v, p in zip(values, is_page, strict=True)], pa.string()
+            ),
         }
     )
     params = SqlParams()
@@ -258,11 +305,7 @@ def _row_labels(
         ).to_arrow_table()
     finally:
         con.unregister("strata_path_labels")
-    # Pairs that clean to one label (`/docs/` and `/docs`) share its code.
-    encoded = pc.dictionary_encode(named.column(0).combine_chunks())
-    pair_label = np.zeros(pair.max() + 1, dtype=np.int64)
-    pair_label[present] = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), np.int64)
-    return pair_label[pair], [str(v) for v in encoded.dictionary.to_pylist()]
+    return [str(v) for v in named.column(0).to_pylist()]
 
 
 def _point_labels(con: duckdb.DuckDBPyConnection, spec: PathsSpec) -> tuple[str | None, str | None]:
@@ -287,15 +330,15 @@ def _epoch_us(ts: datetime) -> int:
 
 @dataclass(frozen=True)
 class KeptNodes:
-    """The nodes of every counted path, in path order: session, person (a code as given to
-    `session_paths`), label (codes into `labels`), step (1-based) and whether the path ended
-    there because the session did."""
+    """The nodes of every counted path, in path order: the node's position in the event
+    order, its label (codes into `labels`), its step (1-based) and whether the path ended
+    there because the session did; and how many paths were counted."""
 
-    session: npt.NDArray[np.int64]
-    person: npt.NDArray[np.int64]
+    position: npt.NDArray[np.int64]
     label: npt.NDArray[np.int64]
     step: npt.NDArray[np.int64]
     ended: npt.NDArray[np.bool_]
+    paths: int
     labels: list[str]
 
 
@@ -316,16 +359,10 @@ def _first_at(
     return first
 
 
-def _starts(flags: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
-    """For each position, the position of the last True at or before it (flags[0] is True)."""
-    return np.maximum.accumulate(np.where(flags, np.arange(flags.size, dtype=np.int64), 0))
-
-
 def session_paths(
     events: EventOrder,
     label: npt.NDArray[np.int64],
     labels: list[str],
-    person: npt.NDArray[np.int64],
     spec: PathsSpec,
     start_us: int,
     end_us: int,
@@ -333,35 +370,45 @@ def session_paths(
     start_label: str | None,
     end_label: str | None,
 ) -> KeptNodes:
-    """One pass over path events in (session, ts, event id) order (`label` and `person` are
-    codes per position of that order): keep the sessions whose first event is in
-    [start_us, end_us), collapse repeats, cut at the start and end points and to
-    `spec.steps` nodes."""
+    """One pass over path events in (session, ts, event id) order (`label`: a code per
+    position of that order): keep the sessions whose first event is in [start_us, end_us),
+    collapse repeats, cut at the start and end points and to `spec.steps` nodes."""
     n = events.t.size
+    empty = np.zeros(0, dtype=np.int64)
+    nothing = KeptNodes(empty, empty, empty, np.zeros(0, dtype=bool), 0, labels)
     if n == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return KeptNodes(empty, empty, empty, empty, np.zeros(0, dtype=bool), labels)
-    t = events.t
-    # Sessions arrive grouped: a run starts where the key changes.
-    new_run = np.ones(n, dtype=bool)
-    new_run[1:] = ~events.same_key
-    run_first = _starts(new_run)
-    # Kept: rows of sessions starting in the range, minus consecutive repeats of a node.
-    keep = (t[run_first] >= start_us) & (t[run_first] < end_us)
-    keep[1:] &= new_run[1:] | (label[1:] != label[:-1])
+        return nothing
+    # Sessions arrive grouped: one starts where the key changes. Whether it counts is asked
+    # once per session (of its first event's time) and spread to its rows by one repeat.
+    new = np.empty(n, dtype=bool)
+    new[0] = True
+    np.logical_not(events.same_key, out=new[1:])
+    heads = np.flatnonzero(new)
+    first_t = events.t[heads]
+    keep = np.repeat((first_t >= start_us) & (first_t < end_us), np.diff(heads, append=n))
+    # Consecutive repeats of a node collapse (a session's first row always stays).
+    keep[1:] &= new[1:] | (label[1:] != label[:-1])
     rows = np.flatnonzero(keep)
-    label = label[rows]
-    # Each kept session is now a path of nodes numbered 1.. (idx); `path` numbers the paths.
-    first = new_run[rows]
-    path = np.cumsum(first, dtype=np.int64) - 1
-    at = np.arange(rows.size, dtype=np.int64)
-    idx = at - _starts(first) + 1
-    last = np.ones(rows.size, dtype=bool)
+    if rows.size == 0:
+        return nothing
+    # Each kept session is now a path of `total` nodes numbered 1.. (idx).
+    first = new[rows]
+    heads = np.flatnonzero(first)
+    total = np.diff(heads, append=rows.size)
+    idx = np.arange(1, rows.size + 1, dtype=np.int64) - np.repeat(heads, total)
+    last = np.empty(rows.size, dtype=bool)
+    last[-1] = True
     last[:-1] = first[1:]
-    total = idx[last]  # nodes per path
-    paths = total.size
-    code: dict[str | None, int] = {name: i for i, name in enumerate(labels)}
     steps = spec.steps
+    paths = heads.size
+    if spec.start_point is None and spec.end_point is None:
+        # Every path from its first node: the cut is the first `steps` nodes.
+        inside = np.flatnonzero(idx <= steps)
+        at = rows[inside]
+        return KeptNodes(at, label[at], idx[inside], last[inside], paths, labels)
+    label = label[rows]
+    path = np.repeat(np.arange(paths, dtype=np.int64), total)
+    code: dict[str | None, int] = {name: i for i, name in enumerate(labels)}
     if spec.start_point is None:
         s = np.ones(paths, dtype=np.int64)
     else:
@@ -376,25 +423,12 @@ def session_paths(
         lo, hi, present = np.maximum(1, en - steps + 1), en, en > 0
     else:
         lo, hi, present = s, np.minimum(en, s + steps - 1), (s > 0) & (en > 0)
-    if spec.start_point is None and spec.end_point is None:
-        # Every path from its first node: the cut is the first `steps` nodes.
-        inside = idx <= steps
-        step = idx
-    else:
-        inside = present[path] & (idx >= lo[path]) & (idx <= hi[path])
-        step = idx - lo[path] + 1
-    if spec.end_point is None:
-        ended = idx[inside] == total[path[inside]]
-    else:
-        ended = np.zeros(int(np.count_nonzero(inside)), dtype=bool)
-    return KeptNodes(
-        session=path[inside],
-        person=person[rows[inside]],
-        label=label[inside],
-        step=step[inside],
-        ended=ended,
-        labels=labels,
-    )
+    inside = np.flatnonzero(present[path] & (idx >= lo[path]) & (idx <= hi[path]))
+    step = idx[inside] - lo[path[inside]] + 1
+    # With an end point, paths end at it by construction: no drop-offs.
+    ended = last[inside] if spec.end_point is None else np.zeros(inside.size, dtype=bool)
+    kept = int(np.count_nonzero(present))
+    return KeptNodes(rows[inside], label[inside], step, ended, kept, labels)
 
 
 def _counted(keys: npt.NDArray[np.int64], possible: int) -> tuple[list[int], list[int]]:
@@ -414,17 +448,17 @@ def _summary(kept: KeptNodes, spec: PathsSpec, persons: int) -> PathsResult:
     width = len(kept.labels) + 1
     names = kept.labels
     steps = spec.steps + 1
-    same = np.zeros(kept.session.size, dtype=bool)
-    same[:-1] = kept.session[1:] == kept.session[:-1]
-    sources = np.flatnonzero(same)
-    edge_key = (kept.step[sources] * width + kept.label[sources]) * width + kept.label[sources + 1]
+    node_key = kept.step * width + kept.label
+    # A node's path goes on to the next node when that one is the next step (a path starts
+    # at step 1, so a next path's first node never is).
+    sources = np.flatnonzero(kept.step[1:] == kept.step[:-1] + 1)
+    edge_key = node_key[sources] * width + kept.label[sources + 1]
     keys, values = _counted(edge_key, steps * width * width)
     edges_all = [
         (k // width // width, names[k // width % width], names[k % width], v)
         for k, v in zip(keys, values, strict=True)
     ]
     edges_all.sort(key=lambda e: (-e[3], e[0], e[1], e[2]))
-    node_key = kept.step * width + kept.label
     node_keys, counts = _counted(node_key, steps * width)
     ended_keys, ended_counts = _counted(node_key[kept.ended], steps * width)
     ended_of = dict(zip(ended_keys, ended_counts, strict=True))
@@ -444,22 +478,12 @@ def _summary(kept: KeptNodes, spec: PathsSpec, persons: int) -> PathsResult:
         if (s, name) in shown
     ]
     return PathsResult(
-        paths=_distinct_runs(kept.session),
+        paths=kept.paths,
         persons=persons,
         nodes=nodes,
         edges=edges,
         edges_truncated=len(edges_all) > spec.edge_limit,
     )
-
-
-def _distinct_runs(values: npt.NDArray[np.int64]) -> int:
-    """Distinct values of a non-decreasing array (kept nodes come in session order)."""
-    return int(np.count_nonzero(values[1:] != values[:-1])) + 1 if values.size else 0
-
-
-def _distinct_codes(codes: npt.NDArray[np.int64]) -> int:
-    """Distinct dictionary codes, in one pass (np.unique would sort or hash them)."""
-    return int(np.count_nonzero(np.bincount(codes))) if codes.size else 0
 
 
 def node_id(step: int, name: str) -> str:

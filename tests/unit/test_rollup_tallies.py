@@ -1,0 +1,94 @@
+"""The rollup tallies (what the aggregator upserts and erasure recomputes) against the rules as
+docs/storage.md states them, counted event by event."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+from libs.common.rollup_keys import (
+    ALL_EVENTS,
+    DAY,
+    DIMENSION_NAMES,
+    EVENT_DIMENSIONS,
+    HOUR,
+    NONE_VALUE,
+    TOTAL,
+    bucket_start,
+)
+from libs.common.rollup_rules import EVENT_ROLLUP_INPUT, event_rollup_tallies
+from libs.common.schemas.events_v1 import PAGEVIEW
+
+
+def reference_tallies(rows: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], tuple[int, set[str]]]:
+    """Event by event: its hour's and day's total under its name and under ALL_EVENTS (once
+    when it is literally ALL_EVENTS), and, under the DIMENSION_NAMES it belongs to, its day's
+    row of each dimension's value (a missing or empty value is NONE_VALUE)."""
+    out: dict[tuple[Any, ...], tuple[int, set[str]]] = {}
+
+    def count(key: tuple[Any, ...], person: str) -> None:
+        events, persons = out.get(key, (0, set()))
+        out[key] = (events + 1, persons | {person})
+
+    for project_id, ts, name, bot, person, *values in rows:
+        hour, day = bucket_start(ts, HOUR), bucket_start(ts, DAY)
+        for counted_name in dict.fromkeys((name, ALL_EVENTS)):
+            count((project_id, HOUR, hour, counted_name, TOTAL, TOTAL, bot), person)
+            count((project_id, DAY, day, counted_name, TOTAL, TOTAL, bot), person)
+            if counted_name in DIMENSION_NAMES:
+                for dim, value in zip(EVENT_DIMENSIONS, values, strict=True):
+                    shown = NONE_VALUE if value is None or value == "" else str(value)
+                    count((project_id, DAY, day, counted_name, dim, shown, bot), person)
+    return out
+
+
+def random_rows(rng: random.Random, n: int) -> list[tuple[Any, ...]]:
+    start = datetime(2026, 3, 1, 22, 0, tzinfo=UTC)
+    zones = [UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-5, minutes=-30))]
+    rows = []
+    for _ in range(n):
+        ts = (start + timedelta(minutes=rng.randrange(0, 240))).astimezone(rng.choice(zones))
+        values = [rng.choice([None, "", "a", "b", "c"]) for _ in EVENT_DIMENSIONS]
+        rows.append(
+            (
+                rng.choice(["p1", "p2"]),
+                ts,
+                rng.choice([PAGEVIEW, PAGEVIEW, "Signed Up", ALL_EVENTS]),
+                rng.random() < 0.2,
+                f"visitor-{rng.randrange(12)}",
+                *values,
+            )
+        )
+    return rows
+
+
+def test_tallies_follow_the_rules_event_by_event() -> None:
+    rng = random.Random(7)
+    for n in (1, 5, 300):
+        rows = random_rows(rng, n)
+        assert len(rows[0]) == len(EVENT_ROLLUP_INPUT)
+        tallies = event_rollup_tallies(iter(rows))
+        got = {key: (t.events, set(t.persons)) for key, t in tallies.items()}
+        assert got == reference_tallies(rows)
+
+
+def test_keys_sharing_a_person_set_do_not_leak_into_each_other() -> None:
+    # An hour's persons may be its day's set too (shared until changed): a later hour of the
+    # same day must not add its persons to the first hour's set.
+    at = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+    values = ("x",) * len(EVENT_DIMENSIONS)
+    rows = [
+        ("p", at, "Signed Up", False, "alice", *values),
+        ("p", at + timedelta(hours=1), "Signed Up", False, "bob", *values),
+    ]
+    tallies = event_rollup_tallies(rows)
+    first_hour = ("p", HOUR, at, "Signed Up", TOTAL, TOTAL, False)
+    day = ("p", DAY, at.replace(hour=0), "Signed Up", TOTAL, TOTAL, False)
+    assert tallies[first_hour].persons == {"alice"}
+    assert tallies[day].persons == {"alice", "bob"}
+    assert tallies[day].events == 2
+
+
+def test_no_events_no_tallies() -> None:
+    assert event_rollup_tallies([]) == {}
