@@ -158,7 +158,8 @@ def _scan(
         start=start,
         end=end,
         include_bots=False,
-        unkeyed_paths=engine.keyed_parts.unkeyed(paths),
+        unkeyed_paths=engine.file_columns.unkeyed(paths),
+        file_columns=engine.file_columns,
     )
     return con, keyed
 

@@ -388,7 +388,7 @@ async def open_scan(
                     end=end,
                     include_bots=include_bots,
                     erased=erased,
-                    unkeyed_paths=engine.keyed_parts.unkeyed(local),
+                    unkeyed_paths=engine.file_columns.unkeyed(local),
                     file_columns=engine.file_columns,
                 )
 

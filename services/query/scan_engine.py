@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import duckdb
 import pyarrow.parquet as pq
@@ -16,7 +17,7 @@ from libs.common.model.columns import DERIVED_EVENT_COLUMNS, EVENTS, SCANNED_EVE
 from services.query.erased_persons import ErasedIds
 from services.query.hot_rows import HotRows
 from services.query.person_aliases import AliasCache
-from services.query.person_keys import KeyedParts
+from services.query.person_keys import footer_is_keyed
 
 # The view's columns, in order: the stored columns libs/common/model marks scanned, with the
 # computed person_id after the event's name. The person keys are read with the rows but
@@ -49,18 +50,26 @@ def null_of(column: str) -> str:
     return f"CAST(NULL AS {_DUCKDB_TYPES[EVENTS[column].pg_type]})"
 
 
-class FileColumns:
-    """The columns each local day file holds, read from its Parquet footer once.
+@dataclass(frozen=True)
+class FileFooter:
+    """What a day file's footer says: its columns, and whether every row has a person key."""
 
-    A scan reads files of one set of columns with a plain `read_parquet` (DuckDB's
-    `union_by_name` reads every file's footer again each time the view is bound, ~0.1 ms a
-    file, twice a scan); only parts written before a column was added form another group. A
-    file is known by path, inode and size: a part's content never changes under its object
-    name, and a re-downloaded file is a new inode."""
+    columns: frozenset[str]
+    keyed: bool
+
+
+class FileColumns:
+    """What each local day file holds, read from its Parquet footer once: the columns (a scan
+    reads files of one set of columns with a plain `read_parquet`; DuckDB's `union_by_name`
+    reads every file's footer again each time the view is bound, ~0.1 ms a file, twice a scan;
+    only parts written before a column was added form another group) and whether every row
+    has a person key (services/query/person_keys.py), both from one read of the footer. A file
+    is known by path, inode and size: a part's content never changes under its object name,
+    and a re-downloaded file is a new inode."""
 
     def __init__(self, *, max_files: int = 100_000) -> None:
         self.max_files = max_files
-        self._files: OrderedDict[tuple[str, int, int], frozenset[str]] = OrderedDict()
+        self._files: OrderedDict[tuple[str, int, int], FileFooter] = OrderedDict()
         self._sets: dict[frozenset[str], frozenset[str]] = {}  # one object per column set
         self.footers_read = 0  # since start (tests)
 
@@ -68,21 +77,26 @@ class FileColumns:
         """`paths` grouped by the columns their files hold, in order of first appearance."""
         grouped: dict[frozenset[str], list[str]] = {}
         for path in paths:
-            grouped.setdefault(self.of(path), []).append(path)
+            grouped.setdefault(self.of(path).columns, []).append(path)
         return list(grouped.items())
 
-    def of(self, path: str) -> frozenset[str]:
+    def unkeyed(self, paths: Sequence[str]) -> frozenset[str]:
+        """The paths among `paths` with some row without a person key."""
+        return frozenset(path for path in paths if not self.of(path).keyed)
+
+    def of(self, path: str) -> FileFooter:
         stat = os.stat(path)
         key = (path, stat.st_ino, stat.st_size)
-        columns = self._files.get(key)
-        if columns is None:
-            names = frozenset(pq.read_schema(path).names)
-            columns = self._sets.setdefault(names, names)
+        footer = self._files.get(key)
+        if footer is None:
+            metadata = pq.read_metadata(path)
+            names = frozenset(metadata.schema.names)
+            footer = FileFooter(self._sets.setdefault(names, names), footer_is_keyed(metadata))
             self.footers_read += 1
-            self._files[key] = columns
+            self._files[key] = footer
             while len(self._files) > self.max_files:
                 self._files.popitem(last=False)
-        return columns
+        return footer
 
 
 class ScanEngine:
@@ -101,10 +115,9 @@ class ScanEngine:
     ) -> None:
         self.cache = cache
         self.aliases = AliasCache()
-        self.keyed_parts = KeyedParts()  # which cached parts carry person keys
         self.erased = ErasedIds()  # persons of open erasure requests, hidden from every scan
         self.hot_rows = HotRows(STORED_COLUMNS, max_bytes=hot_rows_cache_bytes)
-        self.file_columns = FileColumns()
+        self.file_columns = FileColumns()  # each cached part's columns and person keys
         self.db = duckdb.connect(
             ":memory:",
             config={"threads": threads, "memory_limit": memory_limit},

@@ -1,3 +1,3 @@
-SELECT e.person_id AS pid, epoch_us(e.ts) AS t, e.event_id AS eid, (CASE WHEN e.name = $1 THEN 1 ELSE 0 END) | (CASE WHEN (e.name = $2 AND coalesce(e.path = $3, false)) THEN 2 ELSE 0 END) | (CASE WHEN e.name = $4 THEN 4 ELSE 0 END) AS mask
+SELECT e.person_id AS pid, epoch_us(e.ts) AS t, CASE e.name WHEN $1 THEN 1 WHEN $3 THEN 4 | (CASE WHEN coalesce(e.path = $2, false) THEN 2 ELSE 0 END) ELSE 0 END AS mask
             FROM events_scan e
-            WHERE e.ts >= $5 AND e.ts < $6 AND NOT e.is_bot AND e.name IN ($7, $8) AND ((e.name = $1) OR ((e.name = $2 AND coalesce(e.path = $3, false))) OR (e.name = $4));
+            WHERE e.ts >= $4 AND e.ts < $5 AND NOT e.is_bot AND e.name IN ($6, $7) AND ((e.name IN ($1, $3)));

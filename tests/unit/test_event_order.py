@@ -13,8 +13,14 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pytest
 
-from services.query.analyses.event_order import in_event_order, key_codes, run_key_codes
+from services.query.analyses.event_order import (
+    TiesNeedEventIds,
+    in_event_order,
+    key_codes,
+    run_key_codes,
+)
 
 Row = tuple[str, int, int, str]
 
@@ -119,8 +125,71 @@ def test_keys_too_wide_to_pack_into_one_integer_sort_the_same() -> None:
     _grouped_then_sorted(ordered)
 
 
+def test_ranks_without_room_in_the_packed_sort_still_order_ties() -> None:
+    # Timestamps 2**60 apart leave room for (key, ts) but not the rank: ranks then order the
+    # rows tied on (key, ts), and event ids the rows tied on the rank too.
+    rng = random.Random(11)
+    rows = [
+        (f"p{rng.randrange(3)}", rng.choice((0, 1, 2**60)), rng.randrange(4), f"e{i}")
+        for i in range(300)
+    ]
+    ordered = _ordered(rows)
+    assert sorted(ordered) == sorted(rows)
+    _grouped_then_sorted(ordered)
+    # Without event ids, equal tied rows need none; ranks alone still order the rest.
+    table = pa.table(
+        {
+            "key": [r[0] for r in rows],
+            "t": pa.array([r[1] for r in rows], pa.int64()),
+            "rank": [r[2] for r in rows],
+        }
+    )
+    ranks = np.asarray(table["rank"].to_numpy(), dtype=np.int64)
+    events = in_event_order(table, key="key", ts="t", event_id=None, rank=ranks)
+    got = list(
+        zip(events.key.tolist(), events.t.tolist(), ranks[events.rows].tolist(), strict=True)
+    )
+    keys = [g[0] for g in got]
+    assert keys == sorted(keys, key=keys.index), "a key's rows are not together"
+    for key in set(keys):
+        mine = [(t, rank) for k, t, rank in got if k == key]
+        assert mine == sorted(mine)
+
+
 def test_no_rows() -> None:
     assert _ordered([]) == []
+
+
+def test_without_event_ids_equal_tied_rows_need_none() -> None:
+    # Rows tied on (key, ts, rank) that are equal in every column: any order answers the same.
+    table = pa.table(
+        {
+            "key": ["a", "a", "b", "a"],
+            "t": pa.array([10, 10, 10, 5], pa.int64()),
+            "mask": [1, 1, 2, 1],
+        }
+    )
+    events = in_event_order(table, key="key", ts="t", event_id=None)
+    positions = np.arange(table.num_rows, dtype=np.int64)
+    assert list(zip(events.take("key", positions).to_pylist(), events.t.tolist(), strict=True)) == [
+        ("a", 5),
+        ("a", 10),
+        ("a", 10),
+        ("b", 10),
+    ]
+
+
+def test_without_event_ids_tied_rows_that_differ_ask_for_them() -> None:
+    # Same key, ts and rank but different masks (or one NULL breakdown): the order matters.
+    for other in ({"mask": [1, 3], "bd": ["x", "x"]}, {"mask": [1, 1], "bd": ["x", None]}):
+        table = pa.table({"key": ["a", "a"], "t": pa.array([10, 10], pa.int64()), **other})
+        with pytest.raises(TiesNeedEventIds):
+            in_event_order(table, key="key", ts="t", event_id=None, rank=np.zeros(2, np.int64))
+    # NULL equals NULL: still interchangeable.
+    table = pa.table(
+        {"key": ["a", "a"], "t": pa.array([10, 10], pa.int64()), "bd": pa.nulls(2, pa.string())}
+    )
+    assert in_event_order(table, key="key", ts="t", event_id=None).rows.size == 2
 
 
 def _run_codes_agree(keys: Sequence[str | None], hashes: Sequence[int]) -> npt.NDArray[np.int64]:

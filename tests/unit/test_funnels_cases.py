@@ -317,6 +317,11 @@ def test_overlapping_steps_at_one_timestamp_follow_event_ids() -> None:
         [pv("p", "/pricing", at(0), "e1"), pv("p", "/", at(0), "e2")], [ANY_PAGE, PRICING], [1, 0]
     )
     assert counts_of(swapped)[0] == [1, 0]
+    # The same events read in the other order: the ids still decide, whatever the read order
+    # (the rows differ, so the funnel reads them again with their ids).
+    reversed_rows = Case(list(reversed(swapped.events)), swapped.steps, [1, 0])
+    assert counts_of(reversed_rows)[0] == [1, 0]
+    assert counts_of(reversed_rows, True)[0] == [1, 0]
 
 
 def test_breakdown_takes_the_value_of_the_first_step() -> None:

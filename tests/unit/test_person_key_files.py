@@ -85,7 +85,7 @@ def scan(
         start=T0 - timedelta(hours=1),
         end=T0 + timedelta(hours=1),
         include_bots=False,
-        unkeyed_paths=engine.keyed_parts.unkeyed(local),
+        unkeyed_paths=engine.file_columns.unkeyed(local),
     )
     return engine, con, keyed
 

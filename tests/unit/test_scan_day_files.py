@@ -94,6 +94,8 @@ def test_a_files_columns_are_read_once_and_again_when_the_file_is_replaced(
     try:
         first = scan_rows(engine, paths, files)
         assert scan_rows(engine, paths, files) == first
+        # Whether the parts carry person keys comes from the same read of each footer.
+        assert files.unkeyed([str(p) for p in paths]) == frozenset(str(p) for p in paths)
         assert files.footers_read == 3
         # A part downloaded again holds the same rows; a file written anew at a path (a new
         # inode) is read for what it holds now.

@@ -8,7 +8,10 @@ payload, cost more than everything after it) and NumPy puts them in that order:
 - one sort on a single int64 that packs (key number, ts offset within the stream, rank) when
   their bits fit in 63, else a lexicographic sort of the three;
 - rows of one key with the same timestamp and rank are then put in event-id order. Only those
-  rows move, and only among themselves.
+  rows move, and only among themselves. A caller that reads nothing of a row but the columns of
+  `table` may leave the event ids out: tied rows equal in every column are interchangeable (no
+  answer can tell their order apart), so only ties between rows that differ need the ids, and
+  `TiesNeedEventIds` says when the table has such ties.
 
 `rows` maps each position of the exact order to the table's row, for the other columns.
 """
@@ -22,11 +25,20 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from libs.common.errors import StrataError
+
 Ints = npt.NDArray[np.int64]
 Flags = npt.NDArray[np.bool_]
 # Integer keys spread wider than this (and than 4 per row) are not renumbered: the pass over
 # the spread would cost more than the sort it may save.
 _MAX_DENSE_SPREAD = 1 << 22
+
+
+class TiesNeedEventIds(StrataError):
+    """Rows tied on (key, ts, rank) differ in some column, and the table holds no event ids to
+    put them in order: read the rows again with their event ids."""
+
+    code = "ties_need_event_ids"
 
 
 @dataclass(frozen=True)
@@ -119,13 +131,15 @@ def in_event_order(
     *,
     key: str,
     ts: str,
-    event_id: str,
+    event_id: str | None,
     rank: Ints | None = None,
     codes: Ints | None = None,
 ) -> EventOrder:
     """The rows of `table`, in any order, in the exact order (key, ts, rank, event id); `rank`
     is the rank's value per row (small non-negative integers, equal values: equal ranks);
-    `codes`, when given, the key's numbers per row as `key_codes` makes them."""
+    `codes`, when given, the key's numbers per row as `key_codes` makes them. Without
+    `event_id` (None), tied rows equal in every column of `table` keep the order they came in,
+    and ties between rows that differ raise `TiesNeedEventIds`."""
     n = table.num_rows
     codes = key_codes(table[key]) if codes is None else codes
     times = np.asarray(table[ts].to_numpy(), dtype=np.int64)
@@ -137,11 +151,18 @@ def in_event_order(
     key_bits = int(codes.max()).bit_length()
     time_bits = int(offsets.max()).bit_length()
     rank_bits = int(rank.max()).bit_length() if rank is not None else 0
-    if key_bits + time_bits + rank_bits <= 63:
-        # One int64 per row holds (key, ts, rank): one sort, and the sorted values give the
+    # Ranks in the packed value when they fit; else only rows tied on (key, ts) are put in
+    # rank order afterwards (such ties are few: 200k persons' keys and 120 days of
+    # microseconds take 62 bits, and sorting three keys instead costs about three times more).
+    ranked = rank is not None and key_bits + time_bits + rank_bits <= 63
+    if not ranked:
+        rank_bits = 0
+    if key_bits + time_bits <= 63:
+        # One int64 per row holds (key, ts[, rank]): one sort, and the sorted values give the
         # keys, times and ties without gathering the columns again.
         packed = (codes << (time_bits + rank_bits)) | (offsets << rank_bits)
-        if rank is not None:
+        if ranked:
+            assert rank is not None
             packed |= rank
         # Stable (a merge sort of runs): rows come as read, where day files already hold a
         # key's rows together in time order (`SORT_KEYS`), so the sort mostly merges runs.
@@ -151,6 +172,8 @@ def in_event_order(
         times = ((packed >> rank_bits) & ((1 << time_bits) - 1)) + t0
         same_key = codes[1:] == codes[:-1]
         tied = packed[1:] == packed[:-1]
+        if rank is not None and not ranked and tied.any():
+            tied = _rank_ties(rows, tied, rank)
     else:
         columns = (times, codes) if rank is None else (rank, times, codes)
         rows = np.lexsort(columns).astype(np.int64, copy=False)
@@ -161,6 +184,12 @@ def in_event_order(
             ranks = rank[rows]
             tied &= ranks[1:] == ranks[:-1]
     if tied.any():
+        if event_id is None:
+            # Equal tied neighbours make equal groups: their order cannot change any answer.
+            pairs = np.flatnonzero(tied)
+            if not _interchangeable(table, rows[pairs], rows[pairs + 1]):
+                raise TiesNeedEventIds
+            return EventOrder(table, rows, codes, times, same_key)
         # The rows of tie groups: each tied pair's two rows; a group starts where a row is
         # not tied to the one before it.
         in_group = np.zeros(n, dtype=bool)
@@ -176,3 +205,33 @@ def in_event_order(
         )
         rows[members] = rows[members[np.asarray(settled.to_numpy(), dtype=np.int64)]]
     return EventOrder(table, rows, codes, times, same_key)
+
+
+def _rank_ties(rows: Ints, tied: Flags, rank: Ints) -> Flags:
+    """Put the rows tied on (key, ts) in rank order among themselves (in place, stable), and
+    say which neighbours are still tied, on the rank too."""
+    in_group = np.zeros(rows.size, dtype=bool)
+    in_group[:-1] |= tied
+    in_group[1:] |= tied
+    members = np.flatnonzero(in_group)
+    starts = np.ones(members.size, dtype=bool)
+    starts[1:] = ~tied[members[1:] - 1]
+    order = np.lexsort((rank[rows[members]], np.cumsum(starts)))
+    rows[members] = rows[members[order]]
+    pairs = np.flatnonzero(tied)
+    still = np.zeros_like(tied)
+    still[pairs] = rank[rows[pairs]] == rank[rows[pairs + 1]]
+    return still
+
+
+def _interchangeable(table: pa.Table, first: Ints, second: Ints) -> bool:
+    """Rows `first[i]` and `second[i]` are equal in every column of `table` (NULL equal to
+    NULL), for every i."""
+    a_rows, b_rows = pa.array(first), pa.array(second)
+    for column in table.itercolumns():
+        a, b = column.take(a_rows), column.take(b_rows)
+        same = pc.fill_null(pc.equal(a, b), False)
+        same = pc.or_(same, pc.and_(pc.is_null(a), pc.is_null(b)))
+        if not pc.all(same).as_py():
+            return False
+    return True

@@ -2,9 +2,10 @@
 (person, ts, first step satisfied, event id), the way ClickHouse's `windowFunnel` scans a
 person's events once instead of joining step tables.
 
-Every step is found for all attempts at once: `next_step(k, at, person)` is a gather into an
-array giving each position the next position holding step k's event (one backward pass per
-step), so a funnel of n steps costs n array passes over the attempts, whatever the data. One
+Every step is found for all attempts at once: `next_step(k, at, person)` is a binary search of
+each attempt still going among the positions holding step k's events, or, while many attempts
+go on, a gather from an array giving each position the next one holding such an event (one
+backward pass), so a funnel of n steps costs n array passes over the attempts. One
 strategy per order (`ordered`, `strict`, `unordered`) over the shared `EventStream`; the
 semantics are docs/analytics.md's ("Funnels"), judged by tests/support/reference_analytics.py
 and the rule tables.
@@ -45,7 +46,9 @@ class EventStream:
         # together); the string ids are only read back for the persons kept.
         self.person: Ints = events.key
         self.persons = int(events.key.max()) + 1 if n else 0
-        self._next: dict[tuple[str, int], Ints] = {}
+        # Per step/exclusion/sequence: the next hit from each position, or the hits' positions.
+        self._following: dict[tuple[str, int], Ints] = {}
+        self._positions: dict[tuple[str, int], Ints] = {}
         self._group_start: Ints | None = None
         self._group_end: Ints | None = None
 
@@ -71,32 +74,37 @@ class EventStream:
     def group_end(self) -> Ints:
         return self._groups()[1]
 
-    def _next_of(self, key: tuple[str, int], hits: Flags) -> Ints:
-        """Per position p (0..size), the first position at or after p where `hits` holds, else
-        `size`: one backward pass, so each later look-up is a single gather."""
-        if key not in self._next:
-            at = np.full(self.size + 1, self.size, dtype=np.int64)
-            at[:-1][hits] = np.flatnonzero(hits)
-            self._next[key] = np.minimum.accumulate(at[::-1])[::-1]
-        return self._next[key]
-
-    def _next_in(self, following: Ints, at: Ints, person: Ints) -> Ints:
-        """The first position `following` gives at or after `at`, if of the same person, else
-        -1."""
-        found = following[np.minimum(at, self.size)]
+    def _next_in(self, key: tuple[str, int], hits: Flags, at: Ints, person: Ints) -> Ints:
+        """Per attempt, the first position at or after `at` where `hits` holds, if of the same
+        person, else -1."""
+        following = self._following.get(key)
+        if following is not None or at.size * 4 >= self.size:
+            # Many look-ups (or the array is made already): one backward pass gives every
+            # position the next hit, then each look-up is a gather.
+            if following is None:
+                following = np.full(self.size + 1, self.size, dtype=np.int64)
+                following[:-1][hits] = np.flatnonzero(hits)
+                following = self._following[key] = np.minimum.accumulate(following[::-1])[::-1]
+            found = following[np.minimum(at, self.size)]
+        else:
+            # Few: a binary search each among the hits' positions (`at` comes mostly ascending,
+            # attempts being in stream order, and NumPy's search then starts from the last).
+            positions = self._positions.get(key)
+            if positions is None:
+                positions = self._positions[key] = np.flatnonzero(hits).astype(np.int64)
+            index = np.searchsorted(positions, at)
+            found = np.append(positions, self.size)[index]
         ok = (found < self.size) & (self.person[np.minimum(found, self.size - 1)] == person)
         return np.where(ok, found, -1)
 
     def next_step(self, k: int, at: Ints, person: Ints) -> Ints:
-        following = self._next_of(("mask", k), (self.mask & (1 << k)) != 0)
-        return self._next_in(following, at, person)
+        return self._next_in(("mask", k), (self.mask & (1 << k)) != 0, at, person)
 
     def next_exclusion(self, i: int, at: Ints, person: Ints) -> Ints:
-        following = self._next_of(("xmask", i), (self.xmask & (1 << i)) != 0)
-        return self._next_in(following, at, person)
+        return self._next_in(("xmask", i), (self.xmask & (1 << i)) != 0, at, person)
 
     def next_in_sequence(self, at: Ints, person: Ints) -> Ints:
-        return self._next_in(self._next_of(("in_sequence", 0), self.in_sequence), at, person)
+        return self._next_in(("in_sequence", 0), self.in_sequence, at, person)
 
 
 @dataclass
@@ -108,7 +116,9 @@ class Attempts:
     person: Ints
     reached: Ints
     positions: Ints  # (attempts, n)
-    times: Ints  # (attempts, n), ts in microseconds; meaningless past `reached`
+    # (attempts, n), ts in microseconds, meaningless past `reached`; None: each step's event's
+    # ts (taken for the best attempts only, a gather over every attempt's steps costing more)
+    times: Ints | None
     excluded: Flags
 
 
@@ -162,7 +172,6 @@ class FunnelOrder:
             going, at, whose, until = going[valid], found[valid], whose[valid], until[valid]
             positions[k, going] = at
             reached[going] = k + 1
-        times = stream.t[np.maximum(positions, 0)].T
         positions = positions.T
         excluded = np.zeros(count, dtype=bool)
         for bit, from_step, to_step in shape.exclusions:
@@ -173,9 +182,10 @@ class FunnelOrder:
             hit = began & (found >= 0)
             x_t = stream.t[np.maximum(found, 0)]
             ended = reached >= to_step
-            hit &= np.where(ended, x_t < times[:, to_step - 1], x_t <= deadline)
+            to_t = stream.t[np.maximum(positions[:, to_step - 1], 0)]
+            hit &= np.where(ended, x_t < to_t, x_t <= deadline)
             excluded |= hit
-        return Attempts(first, person, reached, positions, times, excluded)
+        return Attempts(first, person, reached, positions, None, excluded)
 
 
 class OrderedFunnel(FunnelOrder):
@@ -283,6 +293,10 @@ def best_attempts(stream: EventStream, shape: FunnelShape, attempts: Attempts) -
         events=stream.events,
         first=attempts.first[rows],
         reached=attempts.reached[rows],
-        times=attempts.times[rows],
+        times=(
+            stream.t[np.maximum(attempts.positions[rows], 0)]
+            if attempts.times is None
+            else attempts.times[rows]
+        ),
         has_breakdown="bd" in stream.events.table.column_names,
     )
