@@ -12,7 +12,7 @@ unchanged.
 
 A pageview's `referrer` property that is the previous page of the same site (the `referrer`
 column holds the session's external referrer) is stored relative to the page's origin
-(migration 0028): `/pricing` for `https://shop.example/pricing` on a page of
+(migration 0026): `/pricing` for `https://shop.example/pricing` on a page of
 `https://shop.example`, restored by prefixing `url_origin(url)`.
 """
 
@@ -29,7 +29,7 @@ from libs.common.schemas.events_v1 import EventV1
 ANONYMOUS_ID_IS_DISTINCT_ID = 64
 REFERRER_RELATIVE_TO_ORIGIN = 128
 
-# scheme://authority, as `url_origin` in SQL (migration 0028) matches it.
+# scheme://authority, as `url_origin` in SQL (migration 0026) matches it.
 _ORIGIN = re.compile(r"[^:/?#]+://[^/?#]*")
 
 
