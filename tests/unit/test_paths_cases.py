@@ -10,7 +10,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from services.query.analyses import paths as paths_module
 from services.query.analyses.conditions import EventScope
 from services.query.analyses.paths import PathsResult, _persons_of, paths_spec, run_paths
 from services.query.analyses.requests import CleaningRule, PathsRequest
@@ -252,8 +251,7 @@ def test_no_path_events_give_no_paths() -> None:
 @pytest.mark.parametrize("per", ["session", "person"])
 def test_events_at_one_timestamp_follow_event_ids(per: str) -> None:
     # Two different pages at one timestamp: event ids order them, whichever comes first in
-    # the rows read (s1 lists the later id first, s2 the earlier). Without ids the rows are
-    # read again with them, since tied rows that differ cannot be put in order otherwise.
+    # the rows read (s1 lists the later id first, s2 the earlier).
     tie = at(0)
     events = [
         Ev("p", "$pageview", tie, event_id="e2", path="/b", session_id="s1"),
@@ -266,29 +264,6 @@ def test_events_at_one_timestamp_follow_event_ids(per: str) -> None:
     result = paths(events, per=per)
     assert edges(result) == {"1_/a -> 2_/b": 2, "2_/b -> 3_/c": 2}
     assert (result.paths, result.persons) == (2, 2)
-
-
-def test_event_ids_are_read_only_when_differing_rows_tie(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The same page twice at one timestamp is one node whichever goes first: no ids needed.
-    reads: list[str | None] = []
-    real = paths_module.in_event_order
-
-    def spy(table: pa.Table, **kw: Any) -> Any:
-        reads.append(kw["event_id"])
-        return real(table, **kw)
-
-    monkeypatch.setattr(paths_module, "in_event_order", spy)
-    same = [Ev("p", "$pageview", at(0), path="/a", session_id="s1") for _ in range(2)]
-    result = paths([*same, *session("p", "s1", at(1), "/b")])
-    assert edges(result) == {"1_/a -> 2_/b": 1}
-    assert reads == [None, None]  # ids and keys, once each
-    reads.clear()
-    differ = [
-        Ev("p", "$pageview", at(0), event_id="e2", path="/b", session_id="s1"),
-        Ev("p", "$pageview", at(0), event_id="e1", path="/a", session_id="s1"),
-    ]
-    assert edges(paths(differ)) == {"1_/a -> 2_/b": 1}
-    assert reads == [None, "eid", None, "eid"]
 
 
 @pytest.mark.parametrize(

@@ -18,9 +18,7 @@ payload, cost more than everything after it) and NumPy puts them in that order:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -34,7 +32,6 @@ Flags = npt.NDArray[np.bool_]
 # Integer keys spread wider than this (and than 4 per row) are not renumbered: the pass over
 # the spread would cost more than the sort it may save.
 _MAX_DENSE_SPREAD = 1 << 22
-_Read = TypeVar("_Read")
 
 
 class TiesNeedEventIds(StrataError):
@@ -42,17 +39,6 @@ class TiesNeedEventIds(StrataError):
     put them in order: read the rows again with their event ids."""
 
     code = "ties_need_event_ids"
-
-
-def read_in_event_order(read: Callable[[bool], _Read]) -> _Read:
-    """`read(event_ids)` reads a stream and puts it in event order, with the event ids when
-    `event_ids`: first without them (reading the ids costs a tenth to a fifth of a read), and
-    again with them only when that raised `TiesNeedEventIds` (rows tied on (key, ts, rank)
-    that differ in some column read)."""
-    try:
-        return read(False)
-    except TiesNeedEventIds:
-        return read(True)
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,8 @@ from services.query.analyses.conditions import (
 from services.query.analyses.event_order import (
     EventOrder,
     Ints,
+    TiesNeedEventIds,
     in_event_order,
-    read_in_event_order,
 )
 from services.query.analyses.funnel_orders import (
     ORDER_STRATEGIES,
@@ -434,9 +434,10 @@ class FunnelQuery:
         # funnel reads; equal ones are interchangeable. Reading the ids costs about a fifth of
         # the read, so the rows are read without them, and again with them only when such
         # ties exist.
-        table, events = read_in_event_order(
-            lambda event_ids: self._events(con, floor_table, event_ids=event_ids)
-        )
+        try:
+            table, events = self._events(con, floor_table, event_ids=False)
+        except TiesNeedEventIds:
+            table, events = self._events(con, floor_table, event_ids=True)
         stream = EventStream(events)
         starts = (stream.t >= start_us) & (stream.t < end_us)
         if floor_table is not None:

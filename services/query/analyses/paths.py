@@ -26,12 +26,7 @@ import pyarrow.compute as pc
 from libs.common.rollup_keys import NONE_VALUE
 from libs.common.schemas.events_v1 import PAGEVIEW
 from services.query.analyses.conditions import EventScope, check_regex, check_replacement
-from services.query.analyses.event_order import (
-    EventOrder,
-    in_event_order,
-    read_in_event_order,
-    run_key_codes,
-)
+from services.query.analyses.event_order import EventOrder, in_event_order, run_key_codes
 from services.query.analyses.requests import (
     CleaningRule,
     PathsRequest,
@@ -195,23 +190,15 @@ def run_paths(
         # let NumPy number them per run instead of per row (`run_key_codes`).
         columns = f"e.session_id AS sid, hash(e.session_id) AS sh, {person} AS pid"
     kinds = _type_sql(spec, params)
-
-    def read(event_ids: bool) -> tuple[pa.Table, EventOrder]:
-        eid = ", e.event_id AS eid" if event_ids else ""
-        table: pa.Table = con.sql(
-            f"""SELECT {columns}, epoch_us(e.ts) AS t{eid}, {raw} AS raw, {page} AS page
-                FROM {view} e
-                WHERE {where} AND NOT e.non_interactive AND {kinds}""",
-            params=params.values,
-        ).to_arrow_table()
-        codes = None if spec.per == "person" else run_key_codes(table["sid"], table["sh"])
-        event_id = "eid" if event_ids else None
-        return table, in_event_order(table, key="sid", ts="t", event_id=event_id, codes=codes)
-
-    # Event ids only order path events tied on (session, ts) that differ in something the
-    # path reads (label, person); equal ones are interchangeable. So the rows are read without
-    # the ids, and again with them only when such ties exist (as funnels do).
-    table, events = read_in_event_order(read)
+    table: pa.Table = con.sql(
+        f"""SELECT {columns}, epoch_us(e.ts) AS t, e.event_id AS eid,
+                   {raw} AS raw, {page} AS page
+            FROM {view} e
+            WHERE {where} AND NOT e.non_interactive AND {kinds}""",
+        params=params.values,
+    ).to_arrow_table()
+    codes = None if spec.per == "person" else run_key_codes(table["sid"], table["sh"])
+    events = in_event_order(table, key="sid", ts="t", event_id="eid", codes=codes)
     label_of_row, labels = _row_labels(con, spec, table)
     start_label, end_label = _point_labels(con, spec)
     kept = session_paths(
