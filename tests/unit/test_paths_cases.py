@@ -248,6 +248,24 @@ def test_no_path_events_give_no_paths() -> None:
     assert (result.paths, result.persons, result.nodes, result.edges) == (0, 0, [], [])
 
 
+@pytest.mark.parametrize("per", ["session", "person"])
+def test_events_at_one_timestamp_follow_event_ids(per: str) -> None:
+    # Two different pages at one timestamp: event ids order them, whichever comes first in
+    # the rows read (s1 lists the later id first, s2 the earlier).
+    tie = at(0)
+    events = [
+        Ev("p", "$pageview", tie, event_id="e2", path="/b", session_id="s1"),
+        Ev("p", "$pageview", tie, event_id="e1", path="/a", session_id="s1"),
+        Ev("p", "$pageview", tie + timedelta(minutes=1), event_id="e3", path="/c", session_id="s1"),
+        Ev("q", "$pageview", tie, event_id="e4", path="/a", session_id="s2"),
+        Ev("q", "$pageview", tie, event_id="e5", path="/b", session_id="s2"),
+        Ev("q", "$pageview", tie + timedelta(minutes=1), event_id="e6", path="/c", session_id="s2"),
+    ]
+    result = paths(events, per=per)
+    assert edges(result) == {"1_/a -> 2_/b": 2, "2_/b -> 3_/c": 2}
+    assert (result.paths, result.persons) == (2, 2)
+
+
 @pytest.mark.parametrize(
     ("request_body", "field"),
     [
