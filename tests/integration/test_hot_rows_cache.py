@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from libs.common.day_files import DayExportSettings, DayFileCache, export_pending_days
+from libs.common.day_files import DayExportSettings, DayFileCache
 from libs.common.erasure import request_erasure
 from libs.common.object_store import ObjectStore, open_object_store
 from libs.common.schemas.events_v1 import PAGEVIEW, EventV1
@@ -24,7 +24,7 @@ from services.query.event_scan import open_scan
 from services.query.scan_engine import ScanEngine
 from services.tiering.erasure import process_erasures
 from services.tiering.tier_moves import apply_retention, move_cold_days
-from tests.support.tier_layouts import ScanDeps, write
+from tests.support.tier_layouts import ScanDeps, export_acme_days, write
 
 pytestmark = pytest.mark.infra
 
@@ -140,15 +140,7 @@ async def scans_over_files(
 
 
 async def export_first_day(pool: asyncpg.Pool, tmp_path: Path, store: ObjectStore) -> None:
-    exported = await export_pending_days(
-        pool,
-        store,
-        DayExportSettings(work_dir=tmp_path / "work"),
-        grace=timedelta(0),
-        projects=["acme"],
-        days=[DAY.date()],
-    )
-    assert not exported.failures and exported.rows, exported
+    await export_acme_days(pool, tmp_path, store, [DAY.date()])
 
 
 @pytest.mark.usefixtures("project")

@@ -9,13 +9,13 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from libs.common.day_files import DayExportSettings, DayFileCache, export_pending_days
+from libs.common.day_files import DayFileCache
 from libs.common.object_store import open_object_store
 from libs.common.schemas.events_v1 import PAGEVIEW, EventV1
 from services.query.event_scan import open_scan
 from services.query.scan_engine import ScanEngine
 from services.query.warm_up import warm_caches
-from tests.support.tier_layouts import ScanDeps, write
+from tests.support.tier_layouts import ScanDeps, export_acme_days, write
 
 pytestmark = [pytest.mark.infra, pytest.mark.usefixtures("project")]
 
@@ -51,15 +51,8 @@ async def test_the_first_scan_after_warm_up_copies_and_downloads_nothing(
         await write(
             pool, day_events(10, 4) + day_events(3, 6) + day_events(1, 8) + day_events(0, 9)
         )
-        exported = await export_pending_days(
-            pool,
-            store,
-            DayExportSettings(work_dir=tmp_path / "work"),
-            grace=timedelta(0),
-            projects=["acme"],
-            days=[(MIDNIGHT - timedelta(days=3)).date()],
-        )
-        assert not exported.failures and exported.rows == 6
+        three_days_ago = (MIDNIGHT - timedelta(days=3)).date()
+        assert await export_acme_days(pool, tmp_path, store, [three_days_ago]) == 6
         deps = ScanDeps(pool, engine)
 
         done = await warm_caches(deps, 7, now=TODAY)

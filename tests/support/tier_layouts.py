@@ -134,3 +134,19 @@ async def tier_layout(
     finally:
         engine.close()
         await store.close()
+
+
+async def export_acme_days(
+    pool: asyncpg.Pool, tmp_path: Path, store: ObjectStore, days: Sequence[date]
+) -> int:
+    """Export project acme's `days` as day files now (no grace period); the rows exported."""
+    exported = await export_pending_days(
+        pool,
+        store,
+        DayExportSettings(work_dir=tmp_path / "work"),
+        grace=timedelta(0),
+        projects=["acme"],
+        days=list(days),
+    )
+    assert not exported.failures and exported.rows, exported
+    return exported.rows
