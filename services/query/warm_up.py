@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from libs.common.day_files import day_bounds
 from services.query.event_scan import ScanSources, open_scan
 
 log = structlog.get_logger("query")
@@ -57,7 +58,7 @@ async def warm_caches(deps: ScanSources, days: int, *, now: datetime | None = No
         return done
     started = time.monotonic()
     now = now or datetime.now(UTC)
-    end = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
+    end = day_bounds(now.astimezone(UTC).date())[1]
     start = end - timedelta(days=days)
     engine = deps.scan_engine
     hot = engine.hot_rows

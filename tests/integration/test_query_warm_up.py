@@ -23,12 +23,12 @@ TODAY = datetime(2024, 3, 10, 15, tzinfo=UTC)
 MIDNIGHT = TODAY.replace(hour=0)
 
 
-def day_events(days_ago: int, count: int) -> list[EventV1]:
+def day_events(days_ago: int, count: int, project: str = "acme") -> list[EventV1]:
     start = MIDNIGHT - timedelta(days=days_ago)
     return [
         EventV1(
-            event_id=f"d{days_ago}-{i}",
-            project_id="acme",
+            event_id=f"{project}-d{days_ago}-{i}",
+            project_id=project,
             type="page",
             name=PAGEVIEW,
             ts=start + timedelta(minutes=i),
@@ -87,23 +87,7 @@ async def test_zero_days_turns_the_warm_up_off(pool: asyncpg.Pool) -> None:
 async def test_it_stops_at_the_hot_rows_budget(pool: asyncpg.Pool) -> None:
     """Past the budget a further project would only push an earlier one out: it stops."""
     await pool.execute("INSERT INTO projects (id, name) VALUES ('beta', 'Beta')")
-    await write(
-        pool,
-        day_events(0, 50)
-        + [
-            EventV1(
-                event_id=f"b-{i}",
-                project_id="beta",
-                type="page",
-                name=PAGEVIEW,
-                ts=MIDNIGHT + timedelta(minutes=i),
-                received_at=MIDNIGHT + timedelta(minutes=i),
-                distinct_id="b",
-                path="/",
-            )
-            for i in range(3)
-        ],
-    )
+    await write(pool, day_events(0, 50) + day_events(0, 3, "beta"))
     engine = ScanEngine(hot_rows_cache_bytes=1)  # any project's rows fill it
     done = await warm_caches(ScanDeps(pool, engine), 7, now=TODAY)
     # acme has the newest event (minute 49 vs beta's minute 2): warmed first, then full.
