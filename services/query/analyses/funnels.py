@@ -236,13 +236,6 @@ class FunnelResult:
     time_to_convert: TimeToConvert | None = None
 
 
-def _names_sql(params: SqlParams, events: set[str]) -> str:
-    """Rows that may match one of `events` (a cheap filter before the conditions)."""
-    if ANY_EVENT in events:
-        return "e.name NOT IN (" + ", ".join(params.add(n) for n in NON_ACTION_EVENTS) + ")"
-    return "e.name IN (" + ", ".join(params.add(n) for n in sorted(events)) + ")"
-
-
 def _steps_by_name_sql(steps: Sequence[FunnelStep], params: SqlParams) -> tuple[str, str] | None:
     """(the step bit mask, whether the event is any step's) with the event's name compared
     once per distinct name, not once per step (DuckDB evaluates a CASE on the name faster than
@@ -357,21 +350,19 @@ class FunnelQuery:
             bd, bd_persons = breakdown_sql("breakdown", spec.breakdown, params)
             joins_persons |= bd_persons
         where = self.scope.where(params)
-        excluded_names = {x.match.event for x in spec.exclusions}
-        # The rows kept: a cheap filter on names (read with the day files' columns), then the
-        # events the funnel uses. The conditions are spelled out rather than `mask <> 0` on the
-        # computed mask, which DuckDB would compute twice, once to filter and once to return.
+        # The rows kept: the events the funnel uses. The conditions are spelled out rather
+        # than `mask <> 0` on the computed mask, which DuckDB would compute twice, once to
+        # filter and once to return. Every step and exclusion match names its event, so no
+        # separate `e.name IN (...)` prefilter: it only repeated the name tests (-8 % read).
         if spec.order == "strict":
             # The strict sequence: every interactive action of the person.
             names = ", ".join(params.add(name) for name in NON_ACTION_EVENTS)
             in_sequence = f"(NOT e.non_interactive AND e.name NOT IN ({names}))"
             columns.append(f"CASE WHEN {in_sequence} THEN {masks} ELSE 0 END AS mask")
-            keep = [in_sequence]
-            if excluded_names:
-                keep = [f"({in_sequence} OR {_names_sql(params, excluded_names)})", in_sequence]
+            selects = [in_sequence]
         else:
             columns.append(f"{masks} AS mask")
-            keep = [_names_sql(params, {s.event for s in spec.steps} | excluded_names), *matches]
+            selects = matches
         if excluding:
             xmasks = (
                 f"(CASE WHEN {match} THEN {1 << i} ELSE 0 END)" for i, match in enumerate(excluding)
@@ -385,16 +376,15 @@ class FunnelQuery:
         if floor_table is not None:
             joins += f" LEFT JOIN {floor_table} f ON f.pid = e.person_id"
             columns.append("f.t_floor AS floor")
-        prefilter, *uses = keep
-        if uses or excluding:
-            prefilter += " AND (" + " OR ".join(f"({t})" for t in [*uses, *excluding]) + ")"
+        kept = [*selects, *excluding]
+        rows = kept[0] if len(kept) == 1 else " OR ".join(f"({t})" for t in kept)
         if by_key and joins_persons:
             raise RuntimeError("a funnel reading persons' traits resolves persons by id")
         view = "events_scan_keyed" if by_key else "events_scan"
         return f"""
             SELECT {", ".join(columns)}
             FROM {view} e {joins}
-            WHERE {where} AND {prefilter}"""
+            WHERE {where} AND ({rows})"""
 
     def shape(self) -> FunnelShape:
         spec = self.spec
