@@ -193,8 +193,17 @@ def selector_regex(field: str, selector: str) -> str:
     return regex + "$"
 
 
-def condition_sql(field: str, cond: Condition, params: SqlParams) -> str:
-    """A boolean SQL expression (never NULL) for one condition; `field` names it in errors."""
+def condition_sql(
+    field: str, cond: Condition, params: SqlParams, *, in_filter: bool = False
+) -> str:
+    """A boolean SQL expression (never NULL) for one condition; `field` names it in errors.
+    With `in_filter` a positive condition may be NULL where it does not hold (a missing
+    property): fine where NULL counts as false (WHERE, CASE WHEN, AND/OR with no NOT above)."""
+
+    def known(test: str) -> str:
+        # coalesce costs a wrapper per row; only a negation (or a caller's NOT) needs it.
+        return test if in_filter else f"coalesce({test}, false)"
+
     if cond.operator not in OPERATORS:
         raise ParamError(
             f"{field}.operator",
@@ -212,12 +221,14 @@ def condition_sql(field: str, cond: Condition, params: SqlParams) -> str:
                 "selector matches the clicked element: property element, value a selector",
             )
         regex = selector_regex(field, cond.value)
-        return f"coalesce(regexp_matches({text}, {params.add(regex)}), false)"
+        return known(f"regexp_matches({text}, {params.add(regex)})")
     values = _values(field, cond)
     if op in EQUALITY_OPERATORS:
         matches = " OR ".join(_scalar_sql(text, v, params) for v in values)
         # A missing property equals nothing, so `neq` matches it.
-        return f"coalesce({matches}, false)" if op == "eq" else f"NOT coalesce({matches}, false)"
+        if op == "neq":
+            return f"NOT coalesce({matches}, false)"
+        return f"({matches})" if in_filter else f"coalesce({matches}, false)"
     if len(values) != 1:
         raise ParamError(f"{field}.value", f"operator {op} takes a single value")
     value = values[0]
@@ -225,21 +236,26 @@ def condition_sql(field: str, cond: Condition, params: SqlParams) -> str:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ParamError(f"{field}.value", f"operator {op} needs a number, not {value!r}")
         cmp = _NUMERIC_SQL[op]
-        return f"coalesce(TRY_CAST({text} AS DOUBLE) {cmp} {params.add(float(value))}, false)"
+        return known(f"TRY_CAST({text} AS DOUBLE) {cmp} {params.add(float(value))}")
     if not isinstance(value, str):
         raise ParamError(f"{field}.value", f"operator {op} needs text, not {value!r}")
     if op in ("contains", "not_contains"):
         # Case-insensitive, as users type a fragment of a URL or title.
-        matches = f"coalesce(contains(lower({text}), {params.add(value.lower())}), false)"
+        matches = f"contains(lower({text}), {params.add(value.lower())})"
     else:
         check_regex(f"{field}.value", value)
-        matches = f"coalesce(regexp_matches({text}, {params.add(value)}), false)"
-    return matches if op in ("contains", "regex") else f"NOT {matches}"
+        matches = f"regexp_matches({text}, {params.add(value)})"
+    return known(matches) if op in ("contains", "regex") else f"NOT coalesce({matches}, false)"
 
 
-def conditions_sql(field: str, conditions: Sequence[Condition], params: SqlParams) -> str:
-    """All conditions (AND); TRUE when there are none."""
-    parts = [condition_sql(f"{field}[{i}]", cond, params) for i, cond in enumerate(conditions)]
+def conditions_sql(
+    field: str, conditions: Sequence[Condition], params: SqlParams, *, in_filter: bool = False
+) -> str:
+    """All conditions (AND); TRUE when there are none. `in_filter`: see `condition_sql`."""
+    parts = [
+        condition_sql(f"{field}[{i}]", cond, params, in_filter=in_filter)
+        for i, cond in enumerate(conditions)
+    ]
     return " AND ".join(parts) if parts else "TRUE"
 
 
@@ -248,8 +264,10 @@ def needs_persons(conditions: Sequence[Condition]) -> bool:
     return any(c.property.startswith(PERSON_PREFIX) for c in conditions)
 
 
-def event_match_sql(field: str, match: EventMatch, params: SqlParams) -> str:
-    """`e` is this event with these conditions."""
+def event_match_sql(
+    field: str, match: EventMatch, params: SqlParams, *, in_filter: bool = False
+) -> str:
+    """`e` is this event with these conditions (`in_filter`: see `condition_sql`)."""
     if not match.event:
         raise ParamError(f"{field}.event", "must name an event")
     if match.event == ANY_EVENT:
@@ -259,7 +277,10 @@ def event_match_sql(field: str, match: EventMatch, params: SqlParams) -> str:
         name = f"e.name = {params.add(match.event)}"
     if not match.conditions:
         return name
-    return f"({name} AND {conditions_sql(f'{field}.conditions', match.conditions, params)})"
+    conditions = conditions_sql(
+        f"{field}.conditions", match.conditions, params, in_filter=in_filter
+    )
+    return f"({name} AND {conditions})"
 
 
 def dimension_value_sql(dimension: str) -> str:

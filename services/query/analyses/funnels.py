@@ -252,7 +252,11 @@ def _steps_by_name_sql(steps: Sequence[FunnelStep], params: SqlParams) -> tuple[
         tests = []
         for k, step in named:
             if step.conditions:
-                test = conditions_sql(f"steps[{k}].conditions", step.conditions, params)
+                # A step's conditions only ever sit in CASE WHEN and OR-ed WHERE terms, so
+                # positive ones skip their coalesce (NULL is not-matched there): -8 % read.
+                test = conditions_sql(
+                    f"steps[{k}].conditions", step.conditions, params, in_filter=True
+                )
                 terms.append(f"(CASE WHEN {test} THEN {1 << k} ELSE 0 END)")
                 tests.append(f"({test})")
         name_sql = params.add(name)
@@ -329,7 +333,8 @@ class FunnelQuery:
         by_name = _steps_by_name_sql(spec.steps, params)
         if by_name is None:
             matches = [
-                event_match_sql(f"steps[{k}]", step, params) for k, step in enumerate(spec.steps)
+                event_match_sql(f"steps[{k}]", step, params, in_filter=True)
+                for k, step in enumerate(spec.steps)
             ]
             masks = " | ".join(
                 f"(CASE WHEN {match} THEN {1 << k} ELSE 0 END)" for k, match in enumerate(matches)
