@@ -8,16 +8,24 @@ compared as their JSON text (`42`, `true`, `pro`); numbers compare numerically."
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 import duckdb
 
 from libs.common.model.columns import FILTERABLE_EVENT_COLUMNS
 from libs.common.rollup_keys import EVENT_DIMENSIONS, NONE_VALUE
 from libs.common.schemas.events_v1 import ALIAS, GROUP, IDENTIFY
+from services.query.analyses.event_order import Ints
 from services.query.analyses.requests import Condition, EventMatch, PropertyValue
+from services.query.analyses.stream_parts import (
+    MIN_PART_EVENTS,
+    part_count,
+    person_parts,
+    walk_parts,
+)
 from services.query.metric_query import SqlParams
 from services.query.params import EVENT_NAME_DIMENSION, Filters, ParamError
 
@@ -46,6 +54,7 @@ OPERATORS = (
     *PRESENCE_OPERATORS,
     SELECTOR_OPERATOR,
 )
+T = TypeVar("T")
 _NUMERIC_SQL = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 _KEY = re.compile(r'^[^"\\\x00-\x1f]+$')
 
@@ -318,6 +327,20 @@ class EventScope:
     # The scan also holds `events_scan_keyed` (services/query/person_keys.py): the same rows
     # with the person as an integer `person_key` instead of `person_id`.
     person_keys: bool = False
+    # Threads a large stream's kernel is split over by person (stream_parts.py), and the
+    # events from which it is split (tests lower it to split small streams).
+    threads: int = 1
+    part_min_events: int = MIN_PART_EVENTS
+
+    def walk(self, codes: Ints, work: Callable[[Ints | None, int], T]) -> list[T]:
+        """`work(rows, parts)` per person part of a stream whose rows' persons are numbered `codes`
+        (`key_codes`), on `threads` threads; one call with (None, 1) (every row) when the
+        stream is small or there is one thread."""
+        parts = part_count(codes.size, self.threads, self.part_min_events)
+        if parts == 1:
+            return [work(None, 1)]
+        rows = person_parts(codes, parts)
+        return walk_parts(parts, lambda part: work(rows[part], parts))
 
     def where(self, params: SqlParams, start: datetime | None = None) -> str:
         """WHERE terms on `e` (AND-ed); `start` overrides the range start."""

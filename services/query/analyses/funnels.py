@@ -43,10 +43,10 @@ from services.query.analyses.conditions import (
     property_ref,
 )
 from services.query.analyses.event_order import (
-    EventOrder,
     Ints,
     TiesNeedEventIds,
     in_event_order,
+    key_codes,
 )
 from services.query.analyses.funnel_orders import (
     ORDER_STRATEGIES,
@@ -271,6 +271,32 @@ def _steps_by_name_sql(steps: Sequence[FunnelStep], params: SqlParams) -> tuple[
     return mask, " OR ".join(conditioned)
 
 
+@dataclass(frozen=True)
+class MergedAttempts:
+    """Best attempts found in person parts (stream_parts.py), in the order one unsplit stream
+    gives them (by person number), so every answer is the unsplit one to the bit."""
+
+    reached: Ints
+    times: Ints  # (persons, n)
+    tables: tuple[pa.Table, ...]
+    order: Ints  # positions in the parts' concatenation, in person-number order
+
+    @classmethod
+    def of(cls, parts: Sequence[tuple[BestAttempts, Ints | None]]) -> MergedAttempts:
+        numbers = np.concatenate([p for _, p in parts if p is not None])
+        order = np.argsort(numbers, kind="stable").astype(np.int64, copy=False)
+        return cls(
+            reached=np.concatenate([b.reached for b, _ in parts])[order],
+            times=np.concatenate([b.times for b, _ in parts])[order],
+            tables=tuple(b.table() for b, _ in parts),
+            order=order,
+        )
+
+    def table(self) -> pa.Table:
+        """(pid, reached, t1..tn, bd) as `BestAttempts.table`."""
+        return pa.concat_tables(self.tables).take(pa.array(self.order))
+
+
 def first_step(mask: Ints, n: int) -> Ints:
     """Per event, the first step it satisfies (0-based; `n`: none), which orders events of
     one person and ts: step events in step order, the others after them."""
@@ -314,7 +340,7 @@ class FunnelQuery:
         # Whether step k (0-based) repeats step k-1 exactly (ordered/strict), or the latest
         # identical earlier step (unordered): it then needs a strictly later timestamp.
         self.repeats_previous = [k > 0 and identical(steps[k], steps[k - 1]) for k in range(spec.n)]
-        self._best: BestAttempts | None = None
+        self._best: BestAttempts | MergedAttempts | None = None
         self._table: str | None = None
 
     # -- events ---------------------------------------------------------------------------
@@ -430,34 +456,65 @@ class FunnelQuery:
         # the read, so the rows are read without them, and again with them only when such
         # ties exist.
         try:
-            table, events = self._events(con, floor_table, event_ids=False)
+            best = self._best_attempts(con, start_us, end_us, floor_table, event_ids=False)
         except TiesNeedEventIds:
-            table, events = self._events(con, floor_table, event_ids=True)
-        stream = EventStream(events)
-        starts = (stream.t >= start_us) & (stream.t < end_us)
-        if floor_table is not None:
-            # No floor (NULL): no attempt starts.
-            floor = pc.fill_null(table["floor"], np.iinfo(np.int64).max)
-            starts &= stream.t >= np.asarray(floor.to_numpy(), dtype=np.int64)[events.rows]
-        shape = self.shape()
-        attempts = ORDER_STRATEGIES[self.spec.order].attempts(stream, shape, starts)
+            best = self._best_attempts(con, start_us, end_us, floor_table, event_ids=True)
         self.drop(con)
-        self._best = best_attempts(stream, shape, attempts)
+        self._best = best
 
-    def _events(
-        self, con: duckdb.DuckDBPyConnection, floor_table: str | None, *, event_ids: bool
-    ) -> tuple[pa.Table, EventOrder]:
-        """The funnel's rows and their order (`TiesNeedEventIds` without `event_ids` when
-        differing rows tie)."""
+    def _best_attempts(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        start_us: int,
+        end_us: int,
+        floor_table: str | None,
+        *,
+        event_ids: bool,
+    ) -> BestAttempts | MergedAttempts:
+        """Every person's best attempt (`TiesNeedEventIds` without `event_ids` when differing
+        rows tie); a large stream in person parts on the scope's threads, merged exactly."""
         params = SqlParams()
         sql = self.stream_sql(params, floor_table, event_ids=event_ids)
         table: pa.Table = con.sql(sql, params=params.values).to_arrow_table()
-        mask = np.asarray(table["mask"].to_numpy(), dtype=np.int64)
-        rank = first_step(mask, self.spec.n)
+        codes = key_codes(table["pid"])
+        shape = self.shape()
+        n = self.spec.n
         event_id = "eid" if event_ids else None
-        return table, in_event_order(table, key="pid", ts="t", event_id=event_id, rank=rank)
 
-    def _prepared(self) -> BestAttempts:
+        def attempts_of(rows: Ints | None, parts: int) -> tuple[BestAttempts, Ints | None]:
+            part, part_codes = table, codes
+            if rows is not None:
+                part = table.take(pa.array(rows))
+                # A part's persons keep their relative order, numbered densely.
+                part_codes = codes[rows] // parts
+            mask = np.asarray(part["mask"].to_numpy(), dtype=np.int64)
+            events = in_event_order(
+                part,
+                key="pid",
+                ts="t",
+                event_id=event_id,
+                rank=first_step(mask, n),
+                codes=part_codes,
+            )
+            stream = EventStream(events)
+            starts = (stream.t >= start_us) & (stream.t < end_us)
+            if floor_table is not None:
+                # No floor (NULL): no attempt starts.
+                floor = pc.fill_null(part["floor"], np.iinfo(np.int64).max)
+                starts &= stream.t >= np.asarray(floor.to_numpy(), dtype=np.int64)[events.rows]
+            attempts = ORDER_STRATEGIES[self.spec.order].attempts(stream, shape, starts)
+            best = best_attempts(stream, shape, attempts)
+            if rows is None:
+                return best, None
+            # Each best person's number in the whole stream: the merge's order.
+            return best, codes[rows][events.rows[best.first]]
+
+        results = self.scope.walk(codes, attempts_of)
+        if len(results) == 1:
+            return results[0][0]
+        return MergedAttempts.of(results)
+
+    def _prepared(self) -> BestAttempts | MergedAttempts:
         if self._best is None:
             raise RuntimeError("prepare the funnel first")
         return self._best
