@@ -29,6 +29,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--spans", default="30,120", help="the funnels' days, comma-separated")
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/strata-bench-analyses"))
+    parser.add_argument(
+        "--threads", type=int, default=2, help="STRATA_ANALYSIS_THREADS (1: never split)"
+    )
     parser.add_argument("--clickhouse", action="store_true", help="time ClickHouse's SQL too")
     args = parser.parse_args()
     events, persons, days = int(5_000_000 * args.scale), int(200_000 * args.scale), 120
@@ -45,7 +48,7 @@ def main() -> None:
         for span in (int(s) for s in args.spans.split(",")):
             start = end - timedelta(days=span)
             con, keyed = _scan(engine, files, start, end, aliases)
-            scope = EventScope(start, end, person_keys=keyed)
+            scope = EventScope(start, end, person_keys=keyed, threads=args.threads)
             stop = end - timedelta(seconds=1)
 
             def once() -> object:
@@ -55,7 +58,7 @@ def main() -> None:
             # The same answer from two versions of the code gives the same digest.
             digest = hashlib.sha256(repr(result).encode()).hexdigest()[:12]
             counts = [s.count for s in result.total.steps]  # type: ignore[attr-defined]
-            print(f"{span}d strata: {_times(once, args.runs)}")
+            print(f"{span}d strata ({args.threads} threads): {_times(once, args.runs)}")
             print(f"  answer {digest}: {counts} (keyed: {keyed})")
             con.close()
             if clickhouse is not None:

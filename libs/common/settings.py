@@ -176,6 +176,8 @@ class QuerySettings(CommonSettings, frozen=True, kw_only=True):
     day_file_cache_bytes: int = 2 * 1024**3  # local copies of day files kept, LRU beyond it
     duckdb_threads: int = 2  # threads of the process's one DuckDB instance, all scans together
     duckdb_memory_limit: str = "1GB"
+    # Threads one funnel splits a large event stream's NumPy work over, by person (stream_parts)
+    analysis_threads: int = 2
     hot_rows_cache_bytes: int = 512 * 1024**2  # rows of days without day files kept, LRU
     query_warm_days: int = 31  # at start, scan each project's last N days to fill the caches
     oci_config_file: str = "~/.oci/config"

@@ -87,7 +87,13 @@ async def serve(settings: QuerySettings) -> None:
     await ensure_streams(nc.jetstream(), subjects, settings.stream_replicas)
     store = _object_store(settings)
     scan_engine = _scan_engine(settings, store)
-    deps = QueryDeps(pool=pool, nc=nc, subjects=subjects, scan_engine=scan_engine)
+    deps = QueryDeps(
+        pool=pool,
+        nc=nc,
+        subjects=subjects,
+        scan_engine=scan_engine,
+        analysis_threads=settings.analysis_threads,
+    )
     app = build_app(settings, deps)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()

@@ -28,6 +28,8 @@ class QueryDeps:
     # Event scans for the analyses (services/query/event_scan.py): DuckDB plus the day-file
     # cache. The default reads every day from PostgreSQL (no object store).
     scan_engine: ScanEngine = field(default_factory=ScanEngine)
+    # Threads a large funnel stream is split over by person (STRATA_ANALYSIS_THREADS).
+    analysis_threads: int = 2
     # Dashboard passwords (argon2id; tests pass a cheap one, the hash records its parameters).
     password_hasher: PasswordHasher = field(default_factory=PasswordHasher)
 

@@ -1,3 +1,3 @@
-            SELECT e.person_id AS pid, epoch_us(e.ts) AS t, e.event_id AS eid, CASE e.name WHEN $3 THEN (CASE WHEN coalesce(e.path = $1, false) THEN 1 ELSE 0 END) | (CASE WHEN coalesce(e.path = $2, false) THEN 2 ELSE 0 END) WHEN $4 THEN 4 WHEN $5 THEN 8 ELSE 0 END AS mask, f.t_floor AS floor
+            SELECT e.person_id AS pid, epoch_us(e.ts) AS t, e.event_id AS eid, CASE e.name WHEN $3 THEN (CASE WHEN (e.path = $1) THEN 1 ELSE 0 END) | (CASE WHEN (e.path = $2) THEN 2 ELSE 0 END) WHEN $4 THEN 4 WHEN $5 THEN 8 ELSE 0 END AS mask, f.t_floor AS floor
             FROM events_scan e  LEFT JOIN experiment_exposures f ON f.pid = e.person_id
-            WHERE e.ts >= $6 AND e.ts < $7 AND NOT e.is_bot AND e.name IN ($8, $9, $10) AND ((e.name IN ($4, $5) OR (e.name = $3 AND ((coalesce(e.path = $1, false)) OR (coalesce(e.path = $2, false))))))
+            WHERE e.ts >= $6 AND e.ts < $7 AND NOT e.is_bot AND (e.name IN ($4, $5) OR (e.name = $3 AND (((e.path = $1)) OR ((e.path = $2)))))

@@ -15,7 +15,7 @@ import pytest
 
 from services.query.analyses.conditions import EventScope
 from services.query.analyses.funnel_runner import funnel_needs_persons
-from services.query.analyses.funnels import FunnelQuery, funnel_spec
+from services.query.analyses.funnels import FunnelQuery, FunnelResult, funnel_spec, run_funnel
 from services.query.analyses.paths import paths_spec, run_paths
 from services.query.analyses.requests import (
     CleaningRule,
@@ -114,19 +114,44 @@ FUNNELS: dict[str, dict[str, Any]] = {
 }
 
 
+@pytest.mark.parametrize("name", list(FUNNELS))
+def test_funnel_in_person_parts_is_the_whole_answer_exactly(
+    dataset: tuple[list[Ev], duckdb.DuckDBPyConnection], name: str
+) -> None:
+    # Parts on threads merge to the unsplit answer to the bit: counts, float medians and
+    # means, histogram, breakdown and the persons page.
+    _, con = dataset
+    request = FunnelRequest(**FUNNELS[name], breakdown_limit=1000)
+    spec = funnel_spec(request)
+    scope_end = END + timedelta(seconds=spec.window_s)
+    page = PersonsPage(step=2, limit=1000)
+
+    def answer(threads: int) -> FunnelResult:
+        scope = EventScope(START, scope_end, threads=threads, part_min_events=0)
+        return run_funnel(con, spec, scope, us(START), us(END), page)
+
+    whole = answer(1)
+    assert whole.total.steps[0].count > 0
+    assert answer(2) == whole
+    assert answer(3) == whole
+
+
+@pytest.mark.parametrize("threads", [1, 3], ids=["whole", "parts"])
 @pytest.mark.parametrize("person_keys", [False, True], ids=["by-id", "by-key"])
 @pytest.mark.parametrize("name", list(FUNNELS))
 def test_funnels_match_the_reference(
-    dataset: tuple[list[Ev], duckdb.DuckDBPyConnection], name: str, person_keys: bool
+    dataset: tuple[list[Ev], duckdb.DuckDBPyConnection], name: str, person_keys: bool, threads: int
 ) -> None:
     events, con = dataset
     request = FunnelRequest(**FUNNELS[name], breakdown_limit=1000)
     spec = funnel_spec(request)
     scope_end = END + timedelta(seconds=spec.window_s)
     # By key: counts, times and breakdowns from integer person keys (`events_scan_keyed`).
-    query = FunnelQuery(
-        spec, EventScope(START, scope_end, person_keys=person_keys), lists_persons=not person_keys
+    # With threads > 1 the stream is split into person parts (stream_parts.py).
+    scope = EventScope(
+        START, scope_end, person_keys=person_keys, threads=threads, part_min_events=0
     )
+    query = FunnelQuery(spec, scope, lists_persons=not person_keys)
     query.prepare(con, us(START), us(END))
     total, breakdown, truncated = query.counts(con)
     expected = ref_funnel(

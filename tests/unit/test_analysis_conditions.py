@@ -25,10 +25,10 @@ EVENTS = numbered(
 TRAITS = {"p1": {"company": {"size": 50}}, "p2": {"company": {"size": 5}}}
 
 
-def matching(*conditions: Condition) -> list[str]:
+def matching(*conditions: Condition, in_filter: bool = False) -> list[str]:
     con = scan_connection(EVENTS, TRAITS)
     params = SqlParams()
-    where = conditions_sql("conditions", conditions, params)
+    where = conditions_sql("conditions", conditions, params, in_filter=in_filter)
     rows = con.execute(
         "SELECT e.person_id FROM events_scan e LEFT JOIN persons pt"
         f" ON pt.person_id = e.person_id WHERE {where} ORDER BY 1",
@@ -64,12 +64,17 @@ def matching(*conditions: Condition) -> list[str]:
         (Condition("person.company.size", "is_not_set"), ["p3", "p4"]),
     ],
 )
-def test_operator(condition: Condition, persons: list[str]) -> None:
-    assert matching(condition) == persons
+@pytest.mark.parametrize("in_filter", [False, True], ids=["value", "in-filter"])
+def test_operator(condition: Condition, persons: list[str], in_filter: bool) -> None:
+    # In a filter, positive conditions drop their coalesce; the rows kept must not change
+    # (and negative ones still match a missing property).
+    assert matching(condition, in_filter=in_filter) == persons
 
 
-def test_conditions_are_all_required() -> None:
-    assert matching(Condition("amount", "gt", 5), Condition("plan", "neq", "pro")) == ["p2", "p4"]
+@pytest.mark.parametrize("in_filter", [False, True], ids=["value", "in-filter"])
+def test_conditions_are_all_required(in_filter: bool) -> None:
+    conditions = (Condition("amount", "gt", 5), Condition("plan", "neq", "pro"))
+    assert matching(*conditions, in_filter=in_filter) == ["p2", "p4"]
 
 
 def test_values_are_bound_never_pasted() -> None:

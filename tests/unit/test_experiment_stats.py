@@ -146,17 +146,21 @@ def spec(
     )
 
 
-def data(experiment: ExperimentSpec) -> dict[str, tuple[int, int | None, SampleStats]]:
+def data(
+    experiment: ExperimentSpec, threads: int = 1
+) -> dict[str, tuple[int, int | None, SampleStats]]:
     con = scan_connection(EVENTS)
     start, end = at(-60), at(days=1)
-    scope = EventScope(start, end + timedelta(days=14))
+    # threads > 1: the goal funnel's stream is split into person parts however small.
+    scope = EventScope(start, end + timedelta(days=14), threads=threads, part_min_events=0)
     rows = experiment_data(con, experiment, scope, epoch_us(start), epoch_us(end))
     return {r.variant: (r.exposures, r.conversions, r.sample) for r in rows}
 
 
-def test_funnel_goal_counts_first_exposure_and_attempts_after_it() -> None:
+@pytest.mark.parametrize("threads", [1, 2], ids=["whole", "parts"])
+def test_funnel_goal_counts_first_exposure_and_attempts_after_it(threads: int) -> None:
     goal = FunnelRequest(steps=[FunnelStep("view"), FunnelStep("purchase")])
-    got = data(spec(funnel=goal))
+    got = data(spec(funnel=goal), threads)
     # control: p1 (view 10 -> purchase 20: converted), p6 (viewed before exposure: not).
     assert {v: (n, c) for v, (n, c, _) in got.items()} == {"control": (2, 1), "b": (2, 1)}
 

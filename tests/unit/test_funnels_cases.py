@@ -286,24 +286,32 @@ CASES: dict[str, Case] = {
 }
 
 
-def counts_of(case: Case, person_keys: bool = False) -> tuple[list[int], list[float | None]]:
+def counts_of(
+    case: Case, person_keys: bool = False, threads: int = 1
+) -> tuple[list[int], list[float | None]]:
     con = scan_connection(numbered(case.events))
     request = FunnelRequest(
         steps=case.steps, order=case.order, window=case.window, exclusions=case.exclusions
     )
     spec = funnel_spec(request)
+    # With threads > 1 the stream is split into person parts however small it is.
     scope = EventScope(
-        case.start, case.end + timedelta(seconds=spec.window_s), person_keys=person_keys
+        case.start,
+        case.end + timedelta(seconds=spec.window_s),
+        person_keys=person_keys,
+        threads=threads,
+        part_min_events=0,
     )
     result = run_funnel(con, spec, scope, epoch_us(case.start), epoch_us(case.end))
     return [s.count for s in result.total.steps], [s.median_s for s in result.total.steps]
 
 
+@pytest.mark.parametrize("threads", [1, 3], ids=["whole", "parts"])
 @pytest.mark.parametrize("person_keys", [False, True], ids=["by-id", "by-key"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_funnel_rule(name: str, person_keys: bool) -> None:
+def test_funnel_rule(name: str, person_keys: bool, threads: int) -> None:
     case = CASES[name]
-    counts, times = counts_of(case, person_keys)
+    counts, times = counts_of(case, person_keys, threads)
     assert counts == case.counts
     if case.times is not None:
         assert times == case.times

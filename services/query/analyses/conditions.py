@@ -8,16 +8,24 @@ compared as their JSON text (`42`, `true`, `pro`); numbers compare numerically."
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 import duckdb
 
 from libs.common.model.columns import FILTERABLE_EVENT_COLUMNS
 from libs.common.rollup_keys import EVENT_DIMENSIONS, NONE_VALUE
 from libs.common.schemas.events_v1 import ALIAS, GROUP, IDENTIFY
+from services.query.analyses.event_order import Ints
 from services.query.analyses.requests import Condition, EventMatch, PropertyValue
+from services.query.analyses.stream_parts import (
+    MIN_PART_EVENTS,
+    part_count,
+    person_parts,
+    walk_parts,
+)
 from services.query.metric_query import SqlParams
 from services.query.params import EVENT_NAME_DIMENSION, Filters, ParamError
 
@@ -46,6 +54,7 @@ OPERATORS = (
     *PRESENCE_OPERATORS,
     SELECTOR_OPERATOR,
 )
+T = TypeVar("T")
 _NUMERIC_SQL = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 _KEY = re.compile(r'^[^"\\\x00-\x1f]+$')
 
@@ -193,8 +202,17 @@ def selector_regex(field: str, selector: str) -> str:
     return regex + "$"
 
 
-def condition_sql(field: str, cond: Condition, params: SqlParams) -> str:
-    """A boolean SQL expression (never NULL) for one condition; `field` names it in errors."""
+def condition_sql(
+    field: str, cond: Condition, params: SqlParams, *, in_filter: bool = False
+) -> str:
+    """A boolean SQL expression (never NULL) for one condition; `field` names it in errors.
+    With `in_filter` a positive condition may be NULL where it does not hold (a missing
+    property): fine where NULL counts as false (WHERE, CASE WHEN, AND/OR with no NOT above)."""
+
+    def known(test: str) -> str:
+        # coalesce costs a wrapper per row; only a negation (or a caller's NOT) needs it.
+        return test if in_filter else f"coalesce({test}, false)"
+
     if cond.operator not in OPERATORS:
         raise ParamError(
             f"{field}.operator",
@@ -212,12 +230,14 @@ def condition_sql(field: str, cond: Condition, params: SqlParams) -> str:
                 "selector matches the clicked element: property element, value a selector",
             )
         regex = selector_regex(field, cond.value)
-        return f"coalesce(regexp_matches({text}, {params.add(regex)}), false)"
+        return known(f"regexp_matches({text}, {params.add(regex)})")
     values = _values(field, cond)
     if op in EQUALITY_OPERATORS:
         matches = " OR ".join(_scalar_sql(text, v, params) for v in values)
         # A missing property equals nothing, so `neq` matches it.
-        return f"coalesce({matches}, false)" if op == "eq" else f"NOT coalesce({matches}, false)"
+        if op == "neq":
+            return f"NOT coalesce({matches}, false)"
+        return f"({matches})" if in_filter else f"coalesce({matches}, false)"
     if len(values) != 1:
         raise ParamError(f"{field}.value", f"operator {op} takes a single value")
     value = values[0]
@@ -225,21 +245,26 @@ def condition_sql(field: str, cond: Condition, params: SqlParams) -> str:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ParamError(f"{field}.value", f"operator {op} needs a number, not {value!r}")
         cmp = _NUMERIC_SQL[op]
-        return f"coalesce(TRY_CAST({text} AS DOUBLE) {cmp} {params.add(float(value))}, false)"
+        return known(f"TRY_CAST({text} AS DOUBLE) {cmp} {params.add(float(value))}")
     if not isinstance(value, str):
         raise ParamError(f"{field}.value", f"operator {op} needs text, not {value!r}")
     if op in ("contains", "not_contains"):
         # Case-insensitive, as users type a fragment of a URL or title.
-        matches = f"coalesce(contains(lower({text}), {params.add(value.lower())}), false)"
+        matches = f"contains(lower({text}), {params.add(value.lower())})"
     else:
         check_regex(f"{field}.value", value)
-        matches = f"coalesce(regexp_matches({text}, {params.add(value)}), false)"
-    return matches if op in ("contains", "regex") else f"NOT {matches}"
+        matches = f"regexp_matches({text}, {params.add(value)})"
+    return known(matches) if op in ("contains", "regex") else f"NOT coalesce({matches}, false)"
 
 
-def conditions_sql(field: str, conditions: Sequence[Condition], params: SqlParams) -> str:
-    """All conditions (AND); TRUE when there are none."""
-    parts = [condition_sql(f"{field}[{i}]", cond, params) for i, cond in enumerate(conditions)]
+def conditions_sql(
+    field: str, conditions: Sequence[Condition], params: SqlParams, *, in_filter: bool = False
+) -> str:
+    """All conditions (AND); TRUE when there are none. `in_filter`: see `condition_sql`."""
+    parts = [
+        condition_sql(f"{field}[{i}]", cond, params, in_filter=in_filter)
+        for i, cond in enumerate(conditions)
+    ]
     return " AND ".join(parts) if parts else "TRUE"
 
 
@@ -248,8 +273,10 @@ def needs_persons(conditions: Sequence[Condition]) -> bool:
     return any(c.property.startswith(PERSON_PREFIX) for c in conditions)
 
 
-def event_match_sql(field: str, match: EventMatch, params: SqlParams) -> str:
-    """`e` is this event with these conditions."""
+def event_match_sql(
+    field: str, match: EventMatch, params: SqlParams, *, in_filter: bool = False
+) -> str:
+    """`e` is this event with these conditions (`in_filter`: see `condition_sql`)."""
     if not match.event:
         raise ParamError(f"{field}.event", "must name an event")
     if match.event == ANY_EVENT:
@@ -259,7 +286,10 @@ def event_match_sql(field: str, match: EventMatch, params: SqlParams) -> str:
         name = f"e.name = {params.add(match.event)}"
     if not match.conditions:
         return name
-    return f"({name} AND {conditions_sql(f'{field}.conditions', match.conditions, params)})"
+    conditions = conditions_sql(
+        f"{field}.conditions", match.conditions, params, in_filter=in_filter
+    )
+    return f"({name} AND {conditions})"
 
 
 def dimension_value_sql(dimension: str) -> str:
@@ -297,6 +327,20 @@ class EventScope:
     # The scan also holds `events_scan_keyed` (services/query/person_keys.py): the same rows
     # with the person as an integer `person_key` instead of `person_id`.
     person_keys: bool = False
+    # Threads a large stream's kernel is split over by person (stream_parts.py), and the
+    # events from which it is split (tests lower it to split small streams).
+    threads: int = 1
+    part_min_events: int = MIN_PART_EVENTS
+
+    def walk(self, codes: Ints, work: Callable[[Ints | None, int], T]) -> list[T]:
+        """`work(rows, parts)` per person part of a stream whose rows' persons are numbered `codes`
+        (`key_codes`), on `threads` threads; one call with (None, 1) (every row) when the
+        stream is small or there is one thread."""
+        parts = part_count(codes.size, self.threads, self.part_min_events)
+        if parts == 1:
+            return [work(None, 1)]
+        rows = person_parts(codes, parts)
+        return walk_parts(parts, lambda part: work(rows[part], parts))
 
     def where(self, params: SqlParams, start: datetime | None = None) -> str:
         """WHERE terms on `e` (AND-ed); `start` overrides the range start."""

@@ -43,10 +43,10 @@ from services.query.analyses.conditions import (
     property_ref,
 )
 from services.query.analyses.event_order import (
-    EventOrder,
     Ints,
     TiesNeedEventIds,
     in_event_order,
+    key_codes,
 )
 from services.query.analyses.funnel_orders import (
     ORDER_STRATEGIES,
@@ -236,13 +236,6 @@ class FunnelResult:
     time_to_convert: TimeToConvert | None = None
 
 
-def _names_sql(params: SqlParams, events: set[str]) -> str:
-    """Rows that may match one of `events` (a cheap filter before the conditions)."""
-    if ANY_EVENT in events:
-        return "e.name NOT IN (" + ", ".join(params.add(n) for n in NON_ACTION_EVENTS) + ")"
-    return "e.name IN (" + ", ".join(params.add(n) for n in sorted(events)) + ")"
-
-
 def _steps_by_name_sql(steps: Sequence[FunnelStep], params: SqlParams) -> tuple[str, str] | None:
     """(the step bit mask, whether the event is any step's) with the event's name compared
     once per distinct name, not once per step (DuckDB evaluates a CASE on the name faster than
@@ -259,7 +252,11 @@ def _steps_by_name_sql(steps: Sequence[FunnelStep], params: SqlParams) -> tuple[
         tests = []
         for k, step in named:
             if step.conditions:
-                test = conditions_sql(f"steps[{k}].conditions", step.conditions, params)
+                # A step's conditions only ever sit in CASE WHEN and OR-ed WHERE terms, so
+                # positive ones skip their coalesce (NULL is not-matched there): -8 % read.
+                test = conditions_sql(
+                    f"steps[{k}].conditions", step.conditions, params, in_filter=True
+                )
                 terms.append(f"(CASE WHEN {test} THEN {1 << k} ELSE 0 END)")
                 tests.append(f"({test})")
         name_sql = params.add(name)
@@ -272,6 +269,32 @@ def _steps_by_name_sql(steps: Sequence[FunnelStep], params: SqlParams) -> tuple[
     if plain:
         conditioned.insert(0, f"e.name IN ({', '.join(plain)})")
     return mask, " OR ".join(conditioned)
+
+
+@dataclass(frozen=True)
+class MergedAttempts:
+    """Best attempts found in person parts (stream_parts.py), in the order one unsplit stream
+    gives them (by person number), so every answer is the unsplit one to the bit."""
+
+    reached: Ints
+    times: Ints  # (persons, n)
+    tables: tuple[pa.Table, ...]
+    order: Ints  # positions in the parts' concatenation, in person-number order
+
+    @classmethod
+    def of(cls, parts: Sequence[tuple[BestAttempts, Ints | None]]) -> MergedAttempts:
+        numbers = np.concatenate([p for _, p in parts if p is not None])
+        order = np.argsort(numbers, kind="stable").astype(np.int64, copy=False)
+        return cls(
+            reached=np.concatenate([b.reached for b, _ in parts])[order],
+            times=np.concatenate([b.times for b, _ in parts])[order],
+            tables=tuple(b.table() for b, _ in parts),
+            order=order,
+        )
+
+    def table(self) -> pa.Table:
+        """(pid, reached, t1..tn, bd) as `BestAttempts.table`."""
+        return pa.concat_tables(self.tables).take(pa.array(self.order))
 
 
 def first_step(mask: Ints, n: int) -> Ints:
@@ -317,7 +340,7 @@ class FunnelQuery:
         # Whether step k (0-based) repeats step k-1 exactly (ordered/strict), or the latest
         # identical earlier step (unordered): it then needs a strictly later timestamp.
         self.repeats_previous = [k > 0 and identical(steps[k], steps[k - 1]) for k in range(spec.n)]
-        self._best: BestAttempts | None = None
+        self._best: BestAttempts | MergedAttempts | None = None
         self._table: str | None = None
 
     # -- events ---------------------------------------------------------------------------
@@ -336,7 +359,8 @@ class FunnelQuery:
         by_name = _steps_by_name_sql(spec.steps, params)
         if by_name is None:
             matches = [
-                event_match_sql(f"steps[{k}]", step, params) for k, step in enumerate(spec.steps)
+                event_match_sql(f"steps[{k}]", step, params, in_filter=True)
+                for k, step in enumerate(spec.steps)
             ]
             masks = " | ".join(
                 f"(CASE WHEN {match} THEN {1 << k} ELSE 0 END)" for k, match in enumerate(matches)
@@ -357,21 +381,19 @@ class FunnelQuery:
             bd, bd_persons = breakdown_sql("breakdown", spec.breakdown, params)
             joins_persons |= bd_persons
         where = self.scope.where(params)
-        excluded_names = {x.match.event for x in spec.exclusions}
-        # The rows kept: a cheap filter on names (read with the day files' columns), then the
-        # events the funnel uses. The conditions are spelled out rather than `mask <> 0` on the
-        # computed mask, which DuckDB would compute twice, once to filter and once to return.
+        # The rows kept: the events the funnel uses. The conditions are spelled out rather
+        # than `mask <> 0` on the computed mask, which DuckDB would compute twice, once to
+        # filter and once to return. Every step and exclusion match names its event, so no
+        # separate `e.name IN (...)` prefilter: it only repeated the name tests (-8 % read).
         if spec.order == "strict":
             # The strict sequence: every interactive action of the person.
             names = ", ".join(params.add(name) for name in NON_ACTION_EVENTS)
             in_sequence = f"(NOT e.non_interactive AND e.name NOT IN ({names}))"
             columns.append(f"CASE WHEN {in_sequence} THEN {masks} ELSE 0 END AS mask")
-            keep = [in_sequence]
-            if excluded_names:
-                keep = [f"({in_sequence} OR {_names_sql(params, excluded_names)})", in_sequence]
+            selects = [in_sequence]
         else:
             columns.append(f"{masks} AS mask")
-            keep = [_names_sql(params, {s.event for s in spec.steps} | excluded_names), *matches]
+            selects = matches
         if excluding:
             xmasks = (
                 f"(CASE WHEN {match} THEN {1 << i} ELSE 0 END)" for i, match in enumerate(excluding)
@@ -385,16 +407,15 @@ class FunnelQuery:
         if floor_table is not None:
             joins += f" LEFT JOIN {floor_table} f ON f.pid = e.person_id"
             columns.append("f.t_floor AS floor")
-        prefilter, *uses = keep
-        if uses or excluding:
-            prefilter += " AND (" + " OR ".join(f"({t})" for t in [*uses, *excluding]) + ")"
+        kept = [*selects, *excluding]
+        rows = kept[0] if len(kept) == 1 else " OR ".join(f"({t})" for t in kept)
         if by_key and joins_persons:
             raise RuntimeError("a funnel reading persons' traits resolves persons by id")
         view = "events_scan_keyed" if by_key else "events_scan"
         return f"""
             SELECT {", ".join(columns)}
             FROM {view} e {joins}
-            WHERE {where} AND {prefilter}"""
+            WHERE {where} AND ({rows})"""
 
     def shape(self) -> FunnelShape:
         spec = self.spec
@@ -435,34 +456,65 @@ class FunnelQuery:
         # the read, so the rows are read without them, and again with them only when such
         # ties exist.
         try:
-            table, events = self._events(con, floor_table, event_ids=False)
+            best = self._best_attempts(con, start_us, end_us, floor_table, event_ids=False)
         except TiesNeedEventIds:
-            table, events = self._events(con, floor_table, event_ids=True)
-        stream = EventStream(events)
-        starts = (stream.t >= start_us) & (stream.t < end_us)
-        if floor_table is not None:
-            # No floor (NULL): no attempt starts.
-            floor = pc.fill_null(table["floor"], np.iinfo(np.int64).max)
-            starts &= stream.t >= np.asarray(floor.to_numpy(), dtype=np.int64)[events.rows]
-        shape = self.shape()
-        attempts = ORDER_STRATEGIES[self.spec.order].attempts(stream, shape, starts)
+            best = self._best_attempts(con, start_us, end_us, floor_table, event_ids=True)
         self.drop(con)
-        self._best = best_attempts(stream, shape, attempts)
+        self._best = best
 
-    def _events(
-        self, con: duckdb.DuckDBPyConnection, floor_table: str | None, *, event_ids: bool
-    ) -> tuple[pa.Table, EventOrder]:
-        """The funnel's rows and their order (`TiesNeedEventIds` without `event_ids` when
-        differing rows tie)."""
+    def _best_attempts(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        start_us: int,
+        end_us: int,
+        floor_table: str | None,
+        *,
+        event_ids: bool,
+    ) -> BestAttempts | MergedAttempts:
+        """Every person's best attempt (`TiesNeedEventIds` without `event_ids` when differing
+        rows tie); a large stream in person parts on the scope's threads, merged exactly."""
         params = SqlParams()
         sql = self.stream_sql(params, floor_table, event_ids=event_ids)
         table: pa.Table = con.sql(sql, params=params.values).to_arrow_table()
-        mask = np.asarray(table["mask"].to_numpy(), dtype=np.int64)
-        rank = first_step(mask, self.spec.n)
+        codes = key_codes(table["pid"])
+        shape = self.shape()
+        n = self.spec.n
         event_id = "eid" if event_ids else None
-        return table, in_event_order(table, key="pid", ts="t", event_id=event_id, rank=rank)
 
-    def _prepared(self) -> BestAttempts:
+        def attempts_of(rows: Ints | None, parts: int) -> tuple[BestAttempts, Ints | None]:
+            part, part_codes = table, codes
+            if rows is not None:
+                part = table.take(pa.array(rows))
+                # A part's persons keep their relative order, numbered densely.
+                part_codes = codes[rows] // parts
+            mask = np.asarray(part["mask"].to_numpy(), dtype=np.int64)
+            events = in_event_order(
+                part,
+                key="pid",
+                ts="t",
+                event_id=event_id,
+                rank=first_step(mask, n),
+                codes=part_codes,
+            )
+            stream = EventStream(events)
+            starts = (stream.t >= start_us) & (stream.t < end_us)
+            if floor_table is not None:
+                # No floor (NULL): no attempt starts.
+                floor = pc.fill_null(part["floor"], np.iinfo(np.int64).max)
+                starts &= stream.t >= np.asarray(floor.to_numpy(), dtype=np.int64)[events.rows]
+            attempts = ORDER_STRATEGIES[self.spec.order].attempts(stream, shape, starts)
+            best = best_attempts(stream, shape, attempts)
+            if rows is None:
+                return best, None
+            # Each best person's number in the whole stream: the merge's order.
+            return best, codes[rows][events.rows[best.first]]
+
+        results = self.scope.walk(codes, attempts_of)
+        if len(results) == 1:
+            return results[0][0]
+        return MergedAttempts.of(results)
+
+    def _prepared(self) -> BestAttempts | MergedAttempts:
         if self._best is None:
             raise RuntimeError("prepare the funnel first")
         return self._best

@@ -86,6 +86,7 @@ class Analysis:
             filters=self.filters,
             cohort_tables=tuple(tables),
             person_keys=scan.person_keys,
+            threads=self.deps.analysis_threads,
         )
 
     @property
