@@ -26,9 +26,12 @@ def _buckets(ts: datetime) -> list[tuple[str, datetime]]:
 
 
 def _keyed(granularity: str, dims: list[tuple[str, str]], name: str = "*") -> list[tuple[str, str]]:
-    """Hourly rows are totals only; daily rows have every dimension too, for all events and
-    pageviews (other event names: totals only)."""
-    return dims[:1] if granularity == "h" or name not in ("*", PAGEVIEW) else dims
+    """Hourly rows are totals only, for all events and pageviews (other event names have no
+    hourly rows); daily rows have every dimension too, for all events and pageviews (other
+    event names: totals only)."""
+    if name not in ("*", PAGEVIEW):
+        return [] if granularity == "h" else dims[:1]
+    return dims[:1] if granularity == "h" else dims
 
 
 def _value(v: Any) -> str:
