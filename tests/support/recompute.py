@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 
 from libs.common import sketches
+from libs.common.model.session_encoding import decoded_session
 from libs.common.rollup_keys import EVENT_DIMENSIONS, NONE_VALUE, SESSION_ROLLUP_DIMENSIONS
 from libs.common.schemas.events_v1 import IDENTIFY, PAGEVIEW, EventV1
 
@@ -144,7 +145,7 @@ def expected_sessions(rows: list[asyncpg.Record]) -> dict[tuple[str, str], dict[
 
 
 async def stored_sessions(conn: asyncpg.Connection) -> dict[tuple[str, str], dict[str, Any]]:
-    rows = await conn.fetch("SELECT * FROM sessions")
+    rows = [decoded_session(r) for r in await conn.fetch("SELECT * FROM sessions")]
     return {(r["project_id"], r["session_id"]): {f: r[f] for f in SESSION_FIELDS} for r in rows}
 
 

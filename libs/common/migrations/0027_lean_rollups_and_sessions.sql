@@ -26,3 +26,19 @@ CREATE OR REPLACE FUNCTION event_properties(
             'search', CASE WHEN derived_fields & 32 <> 0 THEN url_search(url) END,
             'nonInteraction', CASE WHEN derived_fields & 256 <> 0 THEN 1 END))
         END;
+
+-- Sessions: the entry page's, exit page's and traffic source's event time and id are NULL when
+-- they are the session's first event's (most sessions; libs/common/model/session_encoding.py),
+-- read back as (start_ts, first_event_id). `start_event_id` is renamed so a writer of the
+-- previous release fails (and its batch is retried) instead of merging encoded rows as plain
+-- ones during a rolling update. Rows already stored are encoded once: each is rewritten, so
+-- the table grows once until vacuum lets later rows reuse the space.
+ALTER TABLE sessions RENAME COLUMN start_event_id TO first_event_id;
+UPDATE sessions SET
+    entry_ts = nullif(entry_ts, start_ts),
+    entry_event_id = nullif(entry_event_id, first_event_id),
+    exit_ts = nullif(exit_ts, start_ts),
+    exit_event_id = nullif(exit_event_id, first_event_id),
+    source_ts = nullif(source_ts, start_ts),
+    source_event_id = nullif(source_event_id, first_event_id)
+WHERE entry_ts = start_ts OR exit_ts = start_ts OR source_ts = start_ts;
