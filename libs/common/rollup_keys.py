@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 from libs.common.model.columns import EVENT_DIMENSION_COLUMNS, SESSION_DIMENSION_COLUMNS
 from libs.common.schemas.events_v1 import PAGEVIEW
 
-# Rollup granularities: hour and day (UTC). Hourly rows hold totals only; daily rows hold
-# totals and every dimension. Weeks, months and years are merged from days when read. WEEK
-# remains a bucket unit (ISO week, Monday) for callers that group days by week.
+# Rollup granularities: hour and day (UTC). Hourly rows hold totals only, for HOURLY_NAMES;
+# daily rows hold totals and every dimension. Weeks, months and years are merged from days
+# when read. WEEK remains a bucket unit (ISO week, Monday) for callers that group days by week.
 HOUR, DAY, WEEK = "h", "d", "w"
 GRANULARITIES = (HOUR, DAY)
 # The rollups' coverage, which the metrics planner plans against: the granularities whose
@@ -23,6 +23,10 @@ ALL_EVENTS = "*"  # the `name` of the rollup row over every event name
 # pageviews and events by page, source or device read). Other names have totals only; their
 # breakdowns are answered from the events.
 DIMENSION_NAMES = (ALL_EVENTS, PAGEVIEW)
+# The names with hourly rows: all events and pageviews (what hourly and local-time-zone charts
+# of visitors, pageviews and events read). Other names have daily rows only; a question that
+# needs their hours is answered from the events. (Migration 0027: they were most hour rows.)
+HOURLY_NAMES = (ALL_EVENTS, PAGEVIEW)
 TOTAL = ""  # the `dim` (and `value`) of the row without a breakdown
 
 # API dimension name -> event column (`page` is the event's path), and -> session column (a

@@ -3,7 +3,8 @@ there (docs/storage.md, "Rollups"). One implementation, called by the aggregator
 write and by every recompute (erasure's event and session rollups), so a recompute can never
 rewrite history with different numbers.
 
-Shape: hourly rows hold totals only (per event name, bot or not); daily rows hold totals and,
+Shape: hourly rows hold totals only, for all events and pageviews (HOURLY_NAMES), bot or not;
+daily rows hold totals per event name and,
 for all events and for pageviews (DIMENSION_NAMES), one row per dimension value. Weeks, months
 and years are merged from days when read.
 """
@@ -21,6 +22,7 @@ from libs.common.rollup_keys import (
     DIMENSION_NAMES,
     EVENT_DIMENSIONS,
     HOUR,
+    HOURLY_NAMES,
     NONE_VALUE,
     SESSION_ROLLUP_DIMENSIONS,
     TOTAL,
@@ -59,6 +61,7 @@ EVENT_ROLLUP_INPUT = (
 )
 _DIMENSIONS = tuple(EVENT_DIMENSIONS)
 _DIMENSION_NAMES = frozenset(DIMENSION_NAMES)
+_HOURLY_NAMES = frozenset(HOURLY_NAMES)
 event_rollup_input = operator.attrgetter(*EVENT_ROLLUP_INPUT)  # of an EventV1
 
 
@@ -127,8 +130,9 @@ def event_rollup_tallies(rows: Iterable[Sequence[Any]]) -> dict[RollupKey, Tally
     holds an event's `EVENT_ROLLUP_INPUT` values, in that order.
 
     An event counts under its own name and under ALL_EVENTS (once, when literally named "*"):
-    into its hour's total and its day's total; and, under the names of DIMENSION_NAMES, into
-    its day's row of each dimension's value (a missing value is NONE_VALUE).
+    into its day's total and, under HOURLY_NAMES, its hour's total; and, under the names of
+    DIMENSION_NAMES, into its day's row of each dimension's value (a missing value is
+    NONE_VALUE).
     """
     # Tally totals per (project, hour, name, bot) and dimensions per (project, day, name, bot)
     # for the names that have them, then roll names up into ALL_EVENTS and hours into days; a
@@ -155,7 +159,9 @@ def event_rollup_tallies(rows: Iterable[Sequence[Any]]) -> dict[RollupKey, Tally
             _merge_into(hourly, (project_id, hour, ALL_EVENTS, bot), tally)
     result: dict[RollupKey, Tally] = {}
     for (project_id, hour, name, bot), tally in hourly.items():
-        result[(project_id, HOUR, hour, name, TOTAL, TOTAL, bot)] = tally
+        # Hour rows for HOURLY_NAMES only (migration 0027); every name keeps its day total.
+        if name in _HOURLY_NAMES:
+            result[(project_id, HOUR, hour, name, TOTAL, TOTAL, bot)] = tally
         _merge_into(result, (project_id, DAY, buckets.day(hour), name, TOTAL, TOTAL, bot), tally)
     for (project_id, day, name, bot), dims in daily.items():
         for dim, tallies in zip(_DIMENSIONS, dims, strict=True):

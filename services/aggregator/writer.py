@@ -42,6 +42,7 @@ from libs.common.errors import StrataError
 from libs.common.event_partitions import EventPartitions, ensure_partitions
 from libs.common.model.columns import DERIVED_EVENT_COLUMNS, STORED_EVENT_COLUMNS
 from libs.common.model.event_encoding import stored_event_fields
+from libs.common.model.session_encoding import decoded_columns_sql, encoded_columns_sql
 from libs.common.rollup_rules import (
     SESSION_KEY_COLUMNS,
     SESSION_ROLLUP_COUNTERS,
@@ -334,7 +335,7 @@ SESSION_COLUMNS = (
     "exit_ts",
     *SESSION_ATTRIBUTES,
     # The ids (and times) of the events the ordered values came from: the tie-breaks of a merge.
-    "start_event_id",
+    "first_event_id",
     "entry_event_id",
     "exit_event_id",
     "user_ts",
@@ -355,7 +356,7 @@ _SESSION_BATCH_ROW = (
     "end_ts",
     # the first event (in event order)
     "start_ts",
-    "start_event_id",
+    "first_event_id",
     "distinct_id",
     *DEVICE_ATTRIBUTES,
     # the first event with a user id
@@ -490,10 +491,11 @@ def _before(ts: str, event_id: str, other_ts: str, other_id: str) -> str:
 
 # The batch's first event of a session precedes the stored row's (or there is no row).
 _NEW_FIRST = "o.session_id IS NULL OR " + _before(
-    "b.start_ts", "b.start_event_id", "o.start_ts", "coalesce(o.start_event_id, '')"
+    "b.start_ts", "b.first_event_id", "o.start_ts", "coalesce(o.first_event_id, '')"
 )
-# The stored row's source: rows from before the tie keys count theirs as of their start.
-_STORED_SOURCE_TS = "coalesce(o.source_ts, o.start_ts)"
+# The stored row's source, read back (session_encoding): rows from before the tie keys count
+# theirs as of their start.
+_STORED_SOURCE_TS = "o.source_ts"
 _STORED_SOURCE_ID = "coalesce(o.source_event_id, '')"
 _NEW_SOURCE = (
     "b.source_ts IS NOT NULL AND (o.channel IS NULL OR "
@@ -529,7 +531,7 @@ _TAKEN = ",\n        ".join(
         _taken("f.new_entry", ("entry_path", "entry_ts", "entry_event_id")),
         _taken("f.new_exit", ("exit_path", "exit_ts", "exit_event_id")),
         _taken("f.new_source", (*SOURCE_ATTRIBUTES, "source_ts", "source_event_id")),
-        _taken("f.new_first", ("distinct_id", "start_event_id", *DEVICE_ATTRIBUTES)),
+        _taken("f.new_first", ("distinct_id", "first_event_id", *DEVICE_ATTRIBUTES)),
     )
 )
 # Which of a session's ordered values the batch replaces, decided once per session (OFFSET 0
@@ -572,7 +574,7 @@ WITH merged AS (
     -- One primary-key probe per session (a subquery with FOR UPDATE is never flattened into a
     -- hash join that would scan every session), locking the stored row.
     LEFT JOIN LATERAL (
-        SELECT * FROM sessions s
+        SELECT {decoded_columns_sql(SESSION_COLUMNS)} FROM sessions s
         WHERE s.project_id = b.project_id AND s.session_id = b.session_id
         FOR UPDATE
     ) o ON true
@@ -582,7 +584,7 @@ WITH merged AS (
     ) f
 ), upserted AS (
     INSERT INTO sessions AS s ({", ".join(SESSION_COLUMNS)})
-    SELECT {", ".join(SESSION_COLUMNS)} FROM merged ORDER BY project_id, session_id
+    SELECT {encoded_columns_sql(SESSION_COLUMNS)} FROM merged ORDER BY project_id, session_id
     ON CONFLICT (project_id, session_id) DO UPDATE SET
         {", ".join(f"{c} = excluded.{c}" for c in SESSION_COLUMNS[2:])}
     RETURNING xmax = 0 AS created

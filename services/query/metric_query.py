@@ -9,7 +9,12 @@ from typing import Any
 from datasketches import hll_sketch, hll_union
 
 from libs.common import sketches
-from libs.common.rollup_keys import DIMENSION_GRANULARITIES, DIMENSION_NAMES, TOTAL_GRANULARITIES
+from libs.common.rollup_keys import (
+    DIMENSION_GRANULARITIES,
+    DIMENSION_NAMES,
+    HOURLY_NAMES,
+    TOTAL_GRANULARITIES,
+)
 from services.query.buckets import OutputBuckets, RollupPiece, rollup_pieces
 from services.query.params import EVENT_NAME_DIMENSION, Filters, ParamError, TimeWindow
 
@@ -107,22 +112,29 @@ class MetricPlan:
 
 def plan_metrics(query: MetricQuery, buckets: OutputBuckets) -> MetricPlan:
     """Rollups when they hold exactly what `query` asks for over every output bucket (the
-    rollups' coverage: hourly totals per event name; daily totals per event name, and
-    dimensions for all events and pageviews), raw events otherwise."""
+    rollups' coverage: hourly totals for all events and pageviews; daily totals per event name,
+    and dimensions for all events and pageviews), raw events otherwise."""
     if query.source == SOURCE_EVENTS:
         return MetricPlan(SOURCE_EVENTS)
     reason = _rollups_cannot_answer(query)
     if reason is None:
         dimensional = bool(query.attribute_dimensions)
-        granularities = DIMENSION_GRANULARITIES if dimensional else TOTAL_GRANULARITIES
+        days_only = dimensional or not _names_with_hours(query)
+        granularities = DIMENSION_GRANULARITIES if days_only else TOTAL_GRANULARITIES
         pieces = rollup_pieces(buckets, finest=granularities[0])
         if pieces is not None:
             return MetricPlan(SOURCE_ROLLUPS, pieces)
-        reason = (
-            "a bucket boundary is not on a UTC midnight, and rollups hold dimensions by day"
-            if dimensional and rollup_pieces(buckets) is not None
-            else "a bucket boundary is not on a whole UTC hour"
-        )
+        if rollup_pieces(buckets) is None:
+            reason = "a bucket boundary is not on a whole UTC hour"
+        elif dimensional:
+            reason = (
+                "a bucket boundary is not on a UTC midnight, and rollups hold dimensions by day"
+            )
+        else:
+            reason = (
+                "a bucket boundary is not on a UTC midnight, and rollups hold hours for all"
+                " events and pageviews only, not per event name"
+            )
     return MetricPlan(SOURCE_EVENTS, reason=reason)
 
 
@@ -141,6 +153,16 @@ def _rollups_cannot_answer(query: MetricQuery) -> str | None:
     if query.attribute_dimensions and not _names_with_dimensions(query):
         return "they hold dimensions for all events and pageviews only, not per event name"
     return None
+
+
+def _names_with_hours(query: MetricQuery) -> bool:
+    """Whether every event name whose rollup rows `query` reads has hourly rows."""
+    if not query.wants_event_counters:
+        return True  # session rollups have hours
+    filtered = query.filters.values(EVENT_NAME_DIMENSION)
+    if filtered is None and query.breakdown == EVENT_NAME_DIMENSION:
+        return False  # every name
+    return set(query.event_names).union(filtered or ()) <= set(HOURLY_NAMES)
 
 
 def _names_with_dimensions(query: MetricQuery) -> bool:

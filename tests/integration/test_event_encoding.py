@@ -109,6 +109,14 @@ SENT = [
     page("other-port", 15, {"referrer": "https://shop.example:8443/features"}),
     page("no-url", 16, {"referrer": "https://shop.example/features"}, url=None),
     page("not-a-string", 17, {"referrer": 7}),
+    # Google Analytics' nonInteraction: 1 is what the non_interactive column says (bit 256);
+    # true, "1", 1.0, or a 1 on an interactive event, stay as sent.
+    page("non-interaction", 18, {"nonInteraction": 1, "depth": 75}, non_interactive=True),
+    page("non-interaction-only", 19, {"nonInteraction": 1}, non_interactive=True),
+    page("non-interaction-true", 20, {"nonInteraction": True}, non_interactive=True),
+    page("non-interaction-text", 21, {"nonInteraction": "1"}, non_interactive=True),
+    page("non-interaction-float", 22, {"nonInteraction": 1.0}, non_interactive=True),
+    page("non-interaction-interactive", 23, {"nonInteraction": 1}),
 ]
 
 
@@ -184,7 +192,12 @@ async def test_values_are_stored_once_and_read_back_as_sent(
     assert json.loads(stored["in-site"]["properties"]) == {"referrer": "/features?x=1#f"}
     assert json.loads(stored["in-site-root"]["properties"]) == {"referrer": "/"}
     assert stored["in-site-root"]["derived_fields"] == 2 | 128 | 64
-    for kept in ("other-site", "origin-only", "other-port", "no-url", "not-a-string"):
+    assert json.loads(stored["non-interaction"]["properties"]) == {"depth": 75}
+    assert stored["non-interaction-only"]["properties"] is None
+    assert stored["non-interaction-only"]["derived_fields"] == 256 | 64
+    kept_as_sent = ("other-site", "origin-only", "other-port", "no-url", "not-a-string")
+    kept_as_sent += tuple(f"non-interaction-{k}" for k in ("true", "text", "interactive"))
+    for kept in kept_as_sent:
         assert json.loads(stored[kept]["properties"]) == next(
             ev.properties for ev in SENT if ev.event_id == kept
         )
@@ -233,6 +246,15 @@ async def test_values_are_stored_once_and_read_back_as_sent(
         )
         assert status == 200, body
         assert {e["event_id"] for e in body["events"]} == {"in-site"}
+        # Byte for byte as sent: the number 1, where it was left out and where it was kept.
+        status, body = await get_json(
+            client, "/api/v1/analytics/events", project.read_key, {"limit": "100"}
+        )
+        sent_json = {e["event_id"]: e["properties"] for e in body["events"]}
+        assert sent_json["non-interaction"] == {"depth": 75, "nonInteraction": 1}
+        assert sent_json["non-interaction-only"] == sent_json["non-interaction-interactive"]
+        assert type(sent_json["non-interaction-only"]["nonInteraction"]) is int
+        assert sent_json["non-interaction-true"] == {"nonInteraction": True}
 
 
 async def test_rows_written_before_the_encoding_read_unchanged(pool: asyncpg.Pool) -> None:

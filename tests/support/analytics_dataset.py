@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
+from libs.common.model.session_encoding import decoded_session
 from libs.common.schemas.events_v1 import IDENTIFY, PAGEVIEW, EventV1
 
 PAGES = ["/", "/pricing", "/docs", "/docs/install", "/blog/launch", "/signup", ""]
@@ -160,7 +161,7 @@ class Tables:
             for r in await conn.fetch("SELECT * FROM events WHERE project_id = $1", project_id)
         ]
         sessions = [
-            dict(r)
+            decoded_session(r)
             for r in await conn.fetch("SELECT * FROM sessions WHERE project_id = $1", project_id)
         ]
         return cls(events, sessions)

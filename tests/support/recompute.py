@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 
 from libs.common import sketches
+from libs.common.model.session_encoding import decoded_session
 from libs.common.rollup_keys import EVENT_DIMENSIONS, NONE_VALUE, SESSION_ROLLUP_DIMENSIONS
 from libs.common.schemas.events_v1 import IDENTIFY, PAGEVIEW, EventV1
 
@@ -26,9 +27,12 @@ def _buckets(ts: datetime) -> list[tuple[str, datetime]]:
 
 
 def _keyed(granularity: str, dims: list[tuple[str, str]], name: str = "*") -> list[tuple[str, str]]:
-    """Hourly rows are totals only; daily rows have every dimension too, for all events and
-    pageviews (other event names: totals only)."""
-    return dims[:1] if granularity == "h" or name not in ("*", PAGEVIEW) else dims
+    """Hourly rows are totals only, for all events and pageviews (other event names have no
+    hourly rows); daily rows have every dimension too, for all events and pageviews (other
+    event names: totals only)."""
+    if name not in ("*", PAGEVIEW):
+        return [] if granularity == "h" else dims[:1]
+    return dims[:1] if granularity == "h" else dims
 
 
 def _value(v: Any) -> str:
@@ -141,7 +145,7 @@ def expected_sessions(rows: list[asyncpg.Record]) -> dict[tuple[str, str], dict[
 
 
 async def stored_sessions(conn: asyncpg.Connection) -> dict[tuple[str, str], dict[str, Any]]:
-    rows = await conn.fetch("SELECT * FROM sessions")
+    rows = [decoded_session(r) for r in await conn.fetch("SELECT * FROM sessions")]
     return {(r["project_id"], r["session_id"]): {f: r[f] for f in SESSION_FIELDS} for r in rows}
 
 

@@ -89,11 +89,65 @@ def test_one_dimension_over_utc_days_reads_daily_rows(
     assert _granularities(plan) == {DAY}
 
 
-def test_an_event_name_breakdown_by_hour_reads_hourly_totals() -> None:
-    # The event name is part of every rollup key, hourly ones included.
-    plan = _plan(_query(interval="hour", breakdown="event", metrics=("events",)))
+def test_pageviews_by_hour_read_hourly_totals() -> None:
+    # All events and pageviews keep hourly rows, by name as well.
+    for query in (
+        _query(interval="hour", metrics=("visitors", "pageviews", "events")),
+        _query(interval="hour", metrics=("event:$pageview",)),
+        _query(
+            interval="hour",
+            breakdown="event",
+            filters={"event": ("$pageview",)},
+            metrics=("events",),
+        ),
+    ):
+        plan = _plan(query)
+        assert plan.source == SOURCE_ROLLUPS
+        assert _granularities(plan) == {HOUR}
+
+
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        _query(interval="hour", breakdown="event", metrics=("events",)),
+        _query(interval="hour", metrics=("event:signup",)),
+        _query(interval="hour", metrics=("visitors",), filters={"event": ("signup",)}),
+        _query(
+            datetime(2025, 3, 3, tzinfo=BERLIN).astimezone(UTC),
+            datetime(2025, 3, 5, tzinfo=BERLIN).astimezone(UTC),
+            tz=BERLIN,
+            metrics=("event:signup",),
+        ),
+        _query(
+            datetime(2025, 3, 3, tzinfo=NEW_YORK).astimezone(UTC),
+            datetime(2025, 3, 17, tzinfo=NEW_YORK).astimezone(UTC),
+            tz=NEW_YORK,
+            interval="week",
+            metrics=("pageviews", "event:signup"),
+        ),
+    ],
+    ids=[
+        "hourly-name-breakdown",
+        "hourly-signup",
+        "hourly-signup-filter",
+        "berlin-days",
+        "ny-weeks",
+    ],
+)
+def test_other_names_off_utc_midnights_are_read_from_events(query: MetricQuery) -> None:
+    # Names other than all events and pageviews have daily rollup rows only (migration 0027).
+    plan = _plan(query)
+    assert (plan.source, plan.pieces) == (SOURCE_EVENTS, None)
+    assert plan.reason is not None and "not per event name" in plan.reason
+
+
+def test_other_names_over_utc_days_read_daily_rows() -> None:
+    plan = _plan(_query(metrics=("event:signup",), breakdown="event"))
     assert plan.source == SOURCE_ROLLUPS
-    assert _granularities(plan) == {HOUR}
+    assert _granularities(plan) == {DAY}
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from libs.common.rollup_keys import (
     DIMENSION_NAMES,
     EVENT_DIMENSIONS,
     HOUR,
+    HOURLY_NAMES,
     NONE_VALUE,
     TOTAL,
     bucket_start,
@@ -22,9 +23,10 @@ from libs.common.schemas.events_v1 import PAGEVIEW
 
 
 def reference_tallies(rows: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], tuple[int, set[str]]]:
-    """Event by event: its hour's and day's total under its name and under ALL_EVENTS (once
-    when it is literally ALL_EVENTS), and, under the DIMENSION_NAMES it belongs to, its day's
-    row of each dimension's value (a missing or empty value is NONE_VALUE)."""
+    """Event by event: its day's total under its name and under ALL_EVENTS (once when it is
+    literally ALL_EVENTS), its hour's total under those of them in HOURLY_NAMES, and, under
+    the DIMENSION_NAMES it belongs to, its day's row of each dimension's value (a missing or
+    empty value is NONE_VALUE)."""
     out: dict[tuple[Any, ...], tuple[int, set[str]]] = {}
 
     def count(key: tuple[Any, ...], person: str) -> None:
@@ -34,7 +36,8 @@ def reference_tallies(rows: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], tupl
     for project_id, ts, name, bot, person, *values in rows:
         hour, day = bucket_start(ts, HOUR), bucket_start(ts, DAY)
         for counted_name in dict.fromkeys((name, ALL_EVENTS)):
-            count((project_id, HOUR, hour, counted_name, TOTAL, TOTAL, bot), person)
+            if counted_name in HOURLY_NAMES:
+                count((project_id, HOUR, hour, counted_name, TOTAL, TOTAL, bot), person)
             count((project_id, DAY, day, counted_name, TOTAL, TOTAL, bot), person)
             if counted_name in DIMENSION_NAMES:
                 for dim, value in zip(EVENT_DIMENSIONS, values, strict=True):
@@ -79,12 +82,12 @@ def test_keys_sharing_a_person_set_do_not_leak_into_each_other() -> None:
     at = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
     values = ("x",) * len(EVENT_DIMENSIONS)
     rows = [
-        ("p", at, "Signed Up", False, "alice", *values),
-        ("p", at + timedelta(hours=1), "Signed Up", False, "bob", *values),
+        ("p", at, PAGEVIEW, False, "alice", *values),
+        ("p", at + timedelta(hours=1), PAGEVIEW, False, "bob", *values),
     ]
     tallies = event_rollup_tallies(rows)
-    first_hour = ("p", HOUR, at, "Signed Up", TOTAL, TOTAL, False)
-    day = ("p", DAY, at.replace(hour=0), "Signed Up", TOTAL, TOTAL, False)
+    first_hour = ("p", HOUR, at, PAGEVIEW, TOTAL, TOTAL, False)
+    day = ("p", DAY, at.replace(hour=0), PAGEVIEW, TOTAL, TOTAL, False)
     assert tallies[first_hour].persons == {"alice"}
     assert tallies[day].persons == {"alice", "bob"}
     assert tallies[day].events == 2
@@ -92,3 +95,13 @@ def test_keys_sharing_a_person_set_do_not_leak_into_each_other() -> None:
 
 def test_no_events_no_tallies() -> None:
     assert event_rollup_tallies([]) == {}
+
+
+def test_other_names_have_day_rows_but_no_hour_rows() -> None:
+    at = datetime(2026, 3, 1, 10, 30, tzinfo=UTC)
+    values = ("x",) * len(EVENT_DIMENSIONS)
+    tallies = event_rollup_tallies([("p", at, "Signed Up", False, "alice", *values)])
+    hour, day = at.replace(minute=0), at.replace(hour=0, minute=0)
+    assert ("p", DAY, day, "Signed Up", TOTAL, TOTAL, False) in tallies
+    assert ("p", HOUR, hour, "Signed Up", TOTAL, TOTAL, False) not in tallies
+    assert tallies[("p", HOUR, hour, ALL_EVENTS, TOTAL, TOTAL, False)].events == 1

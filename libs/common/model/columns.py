@@ -127,7 +127,7 @@ SESSION_COLUMNS: tuple[Column, ...] = (
     Column("is_bot", "boolean", nullable=False),
     # Which event each merged value came from, so merges compare (ts, event_id) the way a
     # recomputation orders events (docs/storage.md, "Sessions").
-    Column("start_event_id"),
+    Column("first_event_id"),
     Column("entry_event_id"),
     Column("exit_event_id"),
     Column("user_ts", "timestamptz"),

@@ -14,6 +14,10 @@ A pageview's `referrer` property that is the previous page of the same site (the
 column holds the session's external referrer) is stored relative to the page's origin
 (migration 0026): `/pricing` for `https://shop.example/pricing` on a page of
 `https://shop.example`, restored by prefixing `url_origin(url)`.
+
+Google Analytics' `nonInteraction: 1`, which made the event non-interactive, is what the
+`non_interactive` column already says: it is left out with bit 256 (migration 0027) and
+restored as the number 1.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from libs.common.schemas.events_v1 import EventV1
 
 ANONYMOUS_ID_IS_DISTINCT_ID = 64
 REFERRER_RELATIVE_TO_ORIGIN = 128
+NON_INTERACTION_FLAG = 256  # `nonInteraction: 1` left out: the non_interactive column says it
+_NON_INTERACTION = "nonInteraction"
 
 # scheme://authority, as `url_origin` in SQL (migration 0026) matches it.
 _ORIGIN = re.compile(r"[^:/?#]+://[^/?#]*")
@@ -63,6 +69,7 @@ DERIVED_PROPERTIES: tuple[tuple[int, str, Callable[[EventV1], str | None]], ...]
     (32, "search", _search),
 )
 _DERIVED_KEYS = frozenset(key for _, key, _ in DERIVED_PROPERTIES)
+_LEFT_OUT_KEYS = _DERIVED_KEYS | {_NON_INTERACTION}
 
 _json = msgspec.json.Encoder()
 
@@ -71,7 +78,7 @@ def stored_event_fields(ev: EventV1) -> tuple[str | None, str | None, int | None
     """(anonymous_id, properties as JSON text, derived_fields) as the row stores them."""
     derived = 0
     properties: dict[str, Any] = ev.properties
-    if not _DERIVED_KEYS.isdisjoint(properties):
+    if not _LEFT_OUT_KEYS.isdisjoint(properties):
         kept = dict(properties)
         for bit, key, column in DERIVED_PROPERTIES:
             value = kept.get(key)
@@ -86,6 +93,11 @@ def stored_event_fields(ev: EventV1) -> tuple[str | None, str | None, int | None
             if origin is not None and referrer.startswith(origin + "/"):
                 kept["referrer"] = referrer[len(origin) :]
                 derived |= REFERRER_RELATIVE_TO_ORIGIN
+        flag = kept.get(_NON_INTERACTION)
+        # Only the number 1 (not true, "1" or 1.0: they would not read back the same).
+        if type(flag) is int and flag == 1 and ev.non_interactive:
+            del kept[_NON_INTERACTION]
+            derived |= NON_INTERACTION_FLAG
         properties = kept
     # Properties reduced to nothing are NULL (event_properties starts from '{}'); otherwise
     # '{}' stays '{}'.
