@@ -38,7 +38,7 @@ from libs.common.day_files.postgres_rows import (
 from libs.common.errors import StrataError
 from libs.common.object_store import ObjectArchived, ObjectNotFound
 from services.query.hot_rows import HotRead, LateRange
-from services.query.person_keys import aliases_are_keyed, rows_are_keyed
+from services.query.person_keys import PERSON_KEY_ALIASES, aliases_are_keyed, rows_are_keyed
 from services.query.scan_engine import (
     KEYED_SCAN_COLUMNS,
     SCAN_COLUMNS,
@@ -251,8 +251,9 @@ def _build_view(
     erased: frozenset[str] = frozenset(),
     file_columns: FileColumns | None = None,
 ) -> bool:
-    """Create `events_scan` (and `persons` when given); also `events_scan_keyed` when every
-    row and alias has person keys, which the return value says (services/query/person_keys.py;
+    """Create `events_scan` (and `persons` when given); also `events_scan_keyed`,
+    `events_scan_stored` and `person_key_aliases` when every row and alias has person keys,
+    which the return value says (services/query/person_keys.py;
     `unkeyed_paths`: the paths among `paths` with rows without keys)."""
     columns = ", ".join(STORED_COLUMNS)
     con.register("strata_aliases", aliases)
@@ -304,7 +305,7 @@ def _build_view(
         # The same person as events_scan's person_id, as an integer: an alias applies to the
         # device (distinct_id, whose key is device_key, or person_key when it is the same id).
         con.register(
-            "strata_alias_keys",
+            PERSON_KEY_ALIASES,
             aliases.select(["device_key", "person_key"]).rename_columns(["device", "person"]),
         )
         keyed_outputs = ", ".join(
@@ -313,8 +314,20 @@ def _build_view(
         )
         con.execute(
             f"CREATE TEMP VIEW events_scan_keyed AS SELECT {keyed_outputs}"
-            " FROM strata_event_rows AS e LEFT JOIN strata_alias_keys AS k"
+            f" FROM strata_event_rows AS e LEFT JOIN {PERSON_KEY_ALIASES} AS k"
             " ON k.device = COALESCE(e.device_key, e.person_key)"
+        )
+        # The stored keys, no join: a reader that needs few rows' persons resolves just those
+        # (person_keys.resolved_person_keys) instead of joining every row with the aliases.
+        stored_outputs = ", ".join(
+            "e.person_key, COALESCE(e.device_key, e.person_key) AS alias_key"
+            if c == "person_key"
+            else f"e.{c}"
+            for c in KEYED_SCAN_COLUMNS
+        )
+        con.execute(
+            f"CREATE TEMP VIEW events_scan_stored AS SELECT {stored_outputs}"
+            " FROM strata_event_rows AS e"
         )
     if persons is not None:
         con.register("strata_persons", persons)

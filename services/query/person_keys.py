@@ -6,12 +6,28 @@ before the keys existed (or merged with such parts) and rows PostgreSQL held bef
 0024 are not; a scan holding any of them resolves persons by their ids only, as before. Parts are
 immutable (a changed part is a new object name), so what a part holds is read from its footer
 once and remembered, with its columns (scan_engine.FileColumns).
+
+A keyed scan holds three relations over the same rows (services/query/event_scan.py):
+`events_scan_keyed`, whose `person_key` has the aliases applied by a join on every row;
+`events_scan_stored`, the keys as stored (`person_key`, and `alias_key`, the key an alias
+applies to: the device's), no join; and `person_key_aliases(device, person)`, for readers of the
+stored view that resolve only the rows they need (`resolved_person_keys`).
 """
 
 from __future__ import annotations
 
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+Ints = npt.NDArray[np.int64]
+# The scan's relation of alias keys: (device, person), one row per device.
+PERSON_KEY_ALIASES = "person_key_aliases"
+# Keys spread wider than this (and than 4 per alias) are looked up by binary search instead of
+# a dense table over their span.
+_MAX_DENSE_SPAN = 1 << 24
+_NONE = np.iinfo(np.int64).min  # no key is this
 
 
 def footer_is_keyed(metadata: pq.FileMetaData) -> bool:
@@ -38,3 +54,29 @@ def aliases_are_keyed(aliases: pa.Table) -> bool:
         name in aliases.column_names and aliases.column(name).null_count == 0
         for name in ("device_key", "person_key")
     )
+
+
+def resolved_person_keys(alias_key: Ints, person_key: Ints, devices: Ints, persons: Ints) -> Ints:
+    """Each row's person as `events_scan_keyed` gives it, from its stored keys: the person of
+    the alias whose device is `alias_key`, else the stored `person_key` (`devices`, `persons`:
+    the aliases' keys, each device once)."""
+    resolved = person_key.copy()
+    if devices.size == 0 or alias_key.size == 0:
+        return resolved
+    low = int(devices.min())
+    span = int(devices.max()) - low + 1
+    if span <= max(4 * devices.size, _MAX_DENSE_SPAN):
+        # A project's keys are dense: one slot per key of the aliases' span, _NONE where none.
+        table = np.full(span, _NONE, dtype=np.int64)
+        table[devices - low] = persons
+        inside = np.flatnonzero((alias_key >= low) & (alias_key < low + span))
+        found = table[alias_key[inside] - low]
+        hit = found != _NONE
+        resolved[inside[hit]] = found[hit]
+        return resolved
+    order = np.argsort(devices)
+    ordered = devices[order]
+    at = np.minimum(np.searchsorted(ordered, alias_key), ordered.size - 1)
+    hit = ordered[at] == alias_key
+    resolved[hit] = persons[order[at[hit]]]
+    return resolved

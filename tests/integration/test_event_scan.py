@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import numpy as np
 import pytest
 
 from libs.common.day_files import day_bounds, days_between
 from libs.common.model.event_encoding import restored_sql
 from libs.common.schemas.events_v1 import PAGEVIEW, EventV1
 from services.query.event_scan import SCAN_COLUMNS, ArchivedDaysError, open_scan
+from services.query.person_keys import resolved_person_keys
 from tests.support.analytics_dataset import generate_events
 from tests.support.tier_layouts import LAYOUTS, tier_layout, write
 
@@ -110,6 +112,16 @@ async def test_scan_equals_postgres_in_every_layout(
                     keyed = await scan.query(
                         "SELECT event_id, person_key FROM events_scan_keyed ORDER BY event_id"
                     )
+                    # The stored keys, resolved in NumPy, name the persons the join names.
+                    stored = await scan.query_arrow(
+                        "SELECT alias_key, person_key FROM events_scan_stored ORDER BY event_id"
+                    )
+                    aliases = await scan.query_arrow("SELECT * FROM person_key_aliases")
+                    resolved = resolved_person_keys(
+                        *(np.asarray(stored[c].to_numpy()) for c in ("alias_key", "person_key")),
+                        *(np.asarray(aliases[c].to_numpy()) for c in ("device", "person")),
+                    )
+                    assert resolved.tolist() == [key for _, key in keyed]
                 assert_same_persons(got, keyed)
                 assert len({r[2] for r in got}) == len(got), "an event appears twice"
                 assert got == expected, (layout_name, start, end, include_bots)

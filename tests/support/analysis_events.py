@@ -128,6 +128,25 @@ def scan_connection(
         "CREATE VIEW events_scan_keyed AS SELECT e.* EXCLUDE (person_id), k.person_key"
         " FROM events_table e JOIN person_keys_table k USING (person_id)"
     )
+    # `events_scan_stored`: half the rows of every other person store a device's key (as
+    # events sent before an identify do), which an alias in `person_key_aliases` maps to the
+    # person's key; the other rows store the person's key.
+    kept = list(range(0, len(people), 2))
+    con.register(
+        "test_key_aliases",
+        pa.table({"device": pa.array([k + len(people) for k in kept]), "person": pa.array(kept)}),
+    )
+    con.execute("CREATE TABLE person_key_aliases AS SELECT * FROM test_key_aliases")
+    con.unregister("test_key_aliases")
+    stored = (
+        f"CASE WHEN k.person_key % 2 = 0 AND hash(e.event_id) % 2 = 0"
+        f" THEN k.person_key + {len(people)} ELSE k.person_key END"
+    )
+    con.execute(
+        "CREATE VIEW events_scan_stored AS SELECT e.* EXCLUDE (person_id),"
+        f" {stored} AS person_key, {stored} AS alias_key"
+        " FROM events_table e JOIN person_keys_table k USING (person_id)"
+    )
     first_seen: dict[str, datetime] = {}
     for ev in events:
         if ev.person not in first_seen or ev.ts < first_seen[ev.person]:

@@ -234,3 +234,15 @@ def test_keys_numbered_per_run_order_the_stream_alike() -> None:
     plain = in_event_order(table, key="key", ts="t", event_id="eid")
     assert events.rows.tolist() == plain.rows.tolist() == [2, 3, 0, 1]
     assert events.same_key.tolist() == plain.same_key.tolist()
+
+
+def test_keys_numbered_per_run_over_many_runs_match_the_dictionary_encoding() -> None:
+    # Thousands of runs: most runs' hashes have a bucket of their own and are never sorted;
+    # a key split over runs, and hashes that share a bucket, still get one number per key.
+    rng = random.Random(9)
+    keys = [f"s{rng.randrange(3000)}" for _ in range(6000)]
+    keys = [k for k in keys for _ in range(rng.randrange(1, 3))]
+    codes = _run_codes_agree(keys, [hash(k) % 2**64 for k in keys])
+    assert int(codes.max()) + 1 == len(set(keys))
+    # Hashes equal in their top bits only (one bucket) but different keys and hashes.
+    _run_codes_agree(keys, [(7 << 50) | (hash(k) % 2**20) for k in keys])

@@ -91,8 +91,9 @@ def key_codes(keys: pa.ChunkedArray) -> Ints:
 def run_key_codes(keys: pa.ChunkedArray, hashes: pa.ChunkedArray) -> Ints:
     """`key_codes` of string keys whose rows mostly come in runs of equal keys, given each
     row's 64-bit hash of its key: the same numbers (first-seen order), but only the runs'
-    hashes are grouped, by a sort of integers, where a dictionary encoding would hash every
-    row's string into a table as large as the keys are many. Exact: runs are found by
+    hashes are grouped, by a sort of those few whose hash shares a bucket with another run's,
+    where a dictionary encoding would hash every row's string into a table as large as the
+    keys are many. Exact: runs are found by
     comparing the strings, and keys of one hash are compared too (any two that differ, a true
     collision, and the dictionary encoding numbers them instead)."""
     if hashes.null_count or keys.null_count or len(keys) == 0:
@@ -104,11 +105,24 @@ def run_key_codes(keys: pa.ChunkedArray, hashes: pa.ChunkedArray) -> Ints:
     starts[1:] = pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)
     heads = np.flatnonzero(starts)
     hashed = np.asarray(hashes.to_numpy(), dtype=np.uint64)[heads]
-    order = np.argsort(hashed)
+    # Only runs whose hash shares a bucket (its top bits, ~4 buckets per run) with another
+    # run's can share a key or a hash: only those are sorted; the rest lead themselves.
+    bits = min(max(1, (4 * heads.size - 1).bit_length()), 32)
+    bucket = (hashed >> np.uint64(64 - bits)).astype(np.int64)
+    run = np.arange(heads.size, dtype=np.int32)
+    # The last run written to a bucket owns it: any other run there shares it, and so does
+    # the owner (cheaper than counting per bucket, whose int64 counters outgrow the caches).
+    owner = np.empty(1 << bits, dtype=np.int32)
+    owner[bucket] = run
+    owners = owner[bucket]
+    shares = owners != run
+    shares[owners[shares]] = True
+    shared_runs = np.flatnonzero(shares)
+    order = shared_runs[np.argsort(hashed[shared_runs])]
     ordered = hashed[order]
     # Each run's first run of the same key (by hash, checked on the strings).
     leader = np.arange(heads.size, dtype=np.int64)
-    again = np.zeros(heads.size, dtype=bool)
+    again = np.zeros(order.size, dtype=bool)
     again[1:] = ordered[1:] == ordered[:-1]
     if again.any():
         group = np.cumsum(~again) - 1

@@ -1,5 +1,6 @@
-"""Paths (user journeys within sessions) over `events_scan` (`events_scan_keyed` when the scan
-has integer person keys): DuckDB reads the path events once, NumPy puts them in (session, ts,
+"""Paths (user journeys within sessions) over `events_scan` (when the scan has integer person
+keys, `events_scan_stored` per session, persons resolved for the counted nodes only, and
+`events_scan_keyed` per person): DuckDB reads the path events once, NumPy puts them in (session, ts,
 event id) order (`event_order`), and one vectorised pass collapses repeats, cuts each session's
 path and counts nodes and edges.
 
@@ -35,6 +36,7 @@ from services.query.analyses.requests import (
 )
 from services.query.metric_query import SqlParams
 from services.query.params import ParamError
+from services.query.person_keys import PERSON_KEY_ALIASES, resolved_person_keys
 
 EVENT_TYPES = ("pageview", "custom")
 PER = ("session", "person")
@@ -188,6 +190,10 @@ def run_paths(
         where = scope.where(params, start=start - session_max) + " AND e.session_id IS NOT NULL"
         # Session ids come in runs (day files are sorted by person, then time): their hashes
         # let NumPy number them per run instead of per row (`run_key_codes`).
+        if by_key:
+            # The stored keys, no alias join: only the counted nodes' persons are resolved
+            # (`_resolved_keys`), by a lookup in NumPy.
+            view, person = "events_scan_stored", "e.alias_key AS ak, e.person_key"
         columns = f"e.session_id AS sid, hash(e.session_id) AS sh, {person} AS pid"
     kinds = _type_sql(spec, params)
     table: pa.Table = con.sql(
@@ -214,8 +220,26 @@ def run_paths(
     if spec.per == "person":
         persons = kept.paths  # a path per person
     else:
-        persons = _persons_of(table["pid"], events.rows[kept.position])
+        rows = events.rows[kept.position]
+        if by_key:
+            persons = _distinct_keys(_resolved_keys(con, table, rows))
+        else:
+            persons = _persons_of(table["pid"], rows)
     return _summary(kept, spec, persons)
+
+
+def _resolved_keys(
+    con: duckdb.DuckDBPyConnection, table: pa.Table, rows: npt.NDArray[np.int64]
+) -> npt.NDArray[np.int64]:
+    """The persons' keys of these rows of a table read from `events_scan_stored` (`ak`,
+    `pid`: stored keys), aliases applied as `events_scan_keyed` applies them."""
+    aliases = con.sql(f"SELECT device, person FROM {PERSON_KEY_ALIASES}").to_arrow_table()
+    return resolved_person_keys(
+        np.asarray(table["ak"].to_numpy(), dtype=np.int64)[rows],
+        np.asarray(table["pid"].to_numpy(), dtype=np.int64)[rows],
+        np.asarray(aliases["device"].to_numpy(), dtype=np.int64),
+        np.asarray(aliases["person"].to_numpy(), dtype=np.int64),
+    )
 
 
 def _persons_of(person: pa.ChunkedArray, rows: npt.NDArray[np.int64]) -> int:
@@ -223,21 +247,27 @@ def _persons_of(person: pa.ChunkedArray, rows: npt.NDArray[np.int64]) -> int:
     if rows.size == 0:
         return 0
     if pa.types.is_integer(person.type):
-        keys = np.asarray(person.to_numpy(), dtype=np.int64)[rows]
-        low = int(keys.min())
-        span = int(keys.max()) - low + 1
-        if span > max(4 * keys.size, 1 << 20):
-            return int(np.unique(keys).size)
-        # One flag per key of the span (a project's keys are dense).
-        seen = np.zeros(span, dtype=bool)
-        seen[keys - low] = True
-        return int(np.count_nonzero(seen))
+        return _distinct_keys(np.asarray(person.to_numpy(), dtype=np.int64)[rows])
     # Person ids: rows of one person mostly come together (day files are sorted by person),
     # so only one id per run of equal ids holding a counted row is hashed.
     ids = person.combine_chunks()
     runs, run_heads = _person_runs(ids)
     counted = np.flatnonzero(np.bincount(runs[rows]))
     return int(pc.count_distinct(ids.take(pa.array(run_heads[counted])), mode="all").as_py())
+
+
+def _distinct_keys(keys: npt.NDArray[np.int64]) -> int:
+    """How many distinct person keys `keys` holds."""
+    if keys.size == 0:
+        return 0
+    low = int(keys.min())
+    span = int(keys.max()) - low + 1
+    if span > max(4 * keys.size, 1 << 20):
+        return int(np.unique(keys).size)
+    # One flag per key of the span (a project's keys are dense).
+    seen = np.zeros(span, dtype=bool)
+    seen[keys - low] = True
+    return int(np.count_nonzero(seen))
 
 
 def _person_runs(ids: pa.Array) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
