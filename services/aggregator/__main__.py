@@ -10,7 +10,7 @@ import structlog
 import uvloop
 from prometheus_client import CollectorRegistry
 
-from libs.common.db import create_pool
+from libs.common.db import create_pool, timestamps_as_microseconds
 from libs.common.nats_io import connect, ensure_streams
 from libs.common.observability import (
     Liveness,
@@ -37,7 +37,13 @@ async def serve(settings: AggregatorSettings) -> None:
     log = structlog.get_logger()
     subjects = Subjects(settings.nats_prefix)
     nc = await connect(settings.nats_url, "strata-aggregator")
-    pool = await create_pool(settings.database_url, min_size=1, max_size=settings.pool_size)
+    # The aggregator COPYs two timestamps per event and reads none back: integer codecs.
+    pool = await create_pool(
+        settings.database_url,
+        min_size=1,
+        max_size=settings.pool_size,
+        init=timestamps_as_microseconds,
+    )
     try:
         await ensure_streams(nc.jetstream(), subjects, settings.stream_replicas)
         registry = CollectorRegistry()
