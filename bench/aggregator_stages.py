@@ -26,16 +26,10 @@ from typing import Any
 
 from bench import report
 from bench.aggregator_writer import live_traffic
+from libs.common.rollup_rules import event_rollup_input, event_rollup_tallies
 from libs.common.schemas.events_v1 import EventV1
 from services.aggregator import writer
-from services.aggregator.writer import (
-    alias_links,
-    event_rollup_input,
-    event_rollup_tallies,
-    person_id_of,
-    person_rows,
-    session_batch_rows,
-)
+from services.aggregator.writer import alias_links, person_id_of, person_rows, session_batch_rows
 
 
 def _keys(events: Sequence[EventV1]) -> dict[tuple[str, str], int]:
