@@ -11,7 +11,7 @@ and years are merged from days when read.
 from __future__ import annotations
 
 import operator
-from collections import Counter
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -91,16 +91,23 @@ _VISIT_COLUMNS = tuple(operator.itemgetter(5 + i) for i in _VISIT_INDEXES)
 _EVENTS_PER_PERSON_FOR_COMBINATIONS = 4
 
 # One dimension's values in one (project, day, name, bot): events and persons per raw value.
-_ValueTallies = tuple[Counter[Any], dict[Any, set[str]]]
+_ValueTallies = tuple[Counter[Any], defaultdict[Any, set[str]]]
 
 
-def _add_persons(persons_of: dict[Any, set[str]], pairs: Iterable[tuple[Any, str]]) -> None:
-    for value, person in pairs:
-        persons = persons_of.get(value)
-        if persons is None:
-            persons_of[value] = {person}
-        else:
-            persons.add(person)
+def _add_persons(
+    persons_of: defaultdict[Any, set[str]], values: Iterable[Any], persons: Iterable[str]
+) -> None:
+    """Add each person to its value's set: a loop run entirely in C (map, deque), no bytecode
+    per event."""
+    deque(map(set.add, map(persons_of.__getitem__, values), persons), maxlen=0)
+
+
+def _add_distinct_persons(
+    persons_of: defaultdict[Any, set[str]], values: list[Any], persons: list[str]
+) -> None:
+    """`_add_persons` for columns with few distinct (value, person) pairs: each pair once."""
+    for value, person in set(zip(values, persons, strict=True)):
+        persons_of[value].add(person)
 
 
 def _count_dimensions(dims: list[_ValueTallies], rows: list[Any], persons: list[str]) -> None:
@@ -108,28 +115,21 @@ def _count_dimensions(dims: list[_ValueTallies], rows: list[Any], persons: list[
     counts, persons_of = dims[_PAGE_INDEX]
     pages = list(map(_PAGE, rows))
     counts.update(pages)
-    few_persons = _EVENTS_PER_PERSON_FOR_COMBINATIONS * len(set(persons)) <= len(rows)
-    _add_persons(
-        persons_of,
-        set(zip(pages, persons, strict=True)) if few_persons else zip(pages, persons, strict=True),
-    )
     visit_dims = [dims[i] for i in _VISIT_INDEXES]
-    if few_persons:
-        for combination, events in Counter(map(_VISIT_COMBINATION, rows)).items():
-            person = combination[-1]
-            # strict=False: the combination ends with its person, which has no dimension.
-            for (counts, persons_of), value in zip(visit_dims, combination, strict=False):
-                counts[value] += events
-                found = persons_of.get(value)
-                if found is None:
-                    persons_of[value] = {person}
-                else:
-                    found.add(person)
-    else:
+    if _EVENTS_PER_PERSON_FOR_COMBINATIONS * len(set(persons)) > len(rows):
+        _add_persons(persons_of, pages, persons)
         for (counts, persons_of), column in zip(visit_dims, _VISIT_COLUMNS, strict=True):
             values = list(map(column, rows))
             counts.update(values)
-            _add_persons(persons_of, zip(values, persons, strict=True))
+            _add_persons(persons_of, values, persons)
+        return
+    _add_distinct_persons(persons_of, pages, persons)
+    for combination, events in Counter(map(_VISIT_COMBINATION, rows)).items():
+        person = combination[-1]
+        # strict=False: the combination ends with its person, which has no dimension.
+        for (counts, persons_of), value in zip(visit_dims, combination, strict=False):
+            counts[value] += events
+            persons_of[value].add(person)
 
 
 class _HourTallies:
@@ -142,7 +142,7 @@ class _HourTallies:
         self.all_events = 0
         self.all_persons: set[str] = set()
         self.name_events: Counter[str] = Counter()
-        self.name_persons: dict[str, set[str]] = {}
+        self.name_persons: defaultdict[str, set[str]] = defaultdict(set)
 
     def count(self, rows: list[Any], dimensions: dict[str, list[_ValueTallies]]) -> None:
         names = list(map(_NAME, rows))
@@ -151,7 +151,7 @@ class _HourTallies:
         self.all_persons.update(persons)
         name_events = Counter(names)
         self.name_events.update(name_events)
-        _add_persons(self.name_persons, set(zip(names, persons, strict=True)))
+        _add_persons(self.name_persons, names, persons)
         for dimension_name, dims in dimensions.items():
             if dimension_name == ALL_EVENTS:
                 _count_dimensions(dims, rows, persons)
@@ -163,7 +163,7 @@ class _HourTallies:
 
 
 def _new_dimensions() -> list[_ValueTallies]:
-    return [(Counter(), {}) for _ in _DIMENSIONS]
+    return [(Counter(), defaultdict(set)) for _ in _DIMENSIONS]
 
 
 def event_rollup_tallies(rows: Iterable[Sequence[Any]]) -> dict[RollupKey, Tally]:
