@@ -1,8 +1,8 @@
 """`just bench`: run every benchmark, print the figures, and write them to
 bench/results/latest.json (and a timestamped copy). Figures only: nothing here passes or fails.
 
-    python -m bench [--only ingest,ingest_stages,aggregator,pipeline,demo,day_files,analyses,
-                            tiers,dashboard,recovery]
+    python -m bench [--only ingest,ingest_stages,aggregator,aggregator_stages,pipeline,demo,
+                            day_files,analyses,tiers,dashboard,recovery]
                     [--seconds 20] [--scale 1.0]
 
 --scale multiplies the analyses/tiers dataset (5,000,000 events, 200,000 persons; always 120
@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 
 from bench import (
+    aggregator_stages,
     aggregator_writer,
     analyses,
     dashboard,
@@ -84,7 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Strata benchmarks")
     parser.add_argument(
         "--only",
-        default="ingest,ingest_stages,aggregator,pipeline,demo,day_files,analyses,tiers,"
+        default="ingest,ingest_stages,aggregator,aggregator_stages,pipeline,demo,day_files,analyses,tiers,"
         "dashboard,recovery",
     )
     parser.add_argument("--seconds", type=float, default=20.0)
@@ -125,6 +126,9 @@ def main() -> None:
                 120_000, 4000, 2, 20
             ),
         }
+    if "aggregator_stages" in selected:
+        print("== aggregator stages: CPU per event of the writer's Python, no I/O", flush=True)
+        results["aggregator_stages"] = aggregator_stages.run_benchmark()
     if "pipeline" in selected:
         print(
             "== pipeline: the raw ceiling (aiohttp, JetStream, COPY), then strata up + load",

@@ -213,6 +213,7 @@ class WriteRun(NamedTuple):
 
 async def _write_all(database_url: str, batches: list[list[EventV1]], writers: int) -> WriteRun:
     """Write every batch with `writers` concurrent connections."""
+    from libs.common import db
     from libs.common.event_partitions import EventPartitions
     from services.aggregator.writer import write_events
 
@@ -221,6 +222,8 @@ async def _write_all(database_url: str, batches: list[list[EventV1]], writers: i
     inserted = duplicates = 0
     latencies: list[float] = []
     conns = [await asyncpg.connect(database_url) for _ in range(writers)]
+    for conn in conns:  # as the aggregator's pool prepares its connections
+        await db.timestamps_as_microseconds(conn)
     backends = [await c.fetchval("SELECT pg_backend_pid()") for c in conns]
     # CPU time, unlike wall time, means something on a machine others share.
     backend_cpu = [_cpu_seconds(pid) for pid in backends]

@@ -12,6 +12,7 @@ and years are merged from days when read.
 from __future__ import annotations
 
 import operator
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -67,62 +68,105 @@ event_rollup_input = operator.attrgetter(*EVENT_ROLLUP_INPUT)  # of an EventV1
 
 class Tally:
     """Events counted into one rollup key, and the persons behind them. A set may be shared by
-    several keys (an hour's persons are its day's when the events span one hour); it is copied
-    before the first change of a shared one."""
+    several keys (an hour's persons are its day's when the events span one hour; a dimension
+    value every event of its day has holds the day's): never change one."""
 
-    __slots__ = ("events", "owned", "persons")
+    __slots__ = ("events", "persons")
 
-    def __init__(self, events: int, persons: set[str], owned: bool) -> None:
+    def __init__(self, events: int, persons: set[str]) -> None:
         self.events = events
         self.persons = persons
-        self.owned = owned
-
-    def add(self, events: int, persons: set[str]) -> None:
-        self.events += events
-        if persons is self.persons:
-            return
-        if not self.owned:
-            self.persons = set(self.persons)
-            self.owned = True
-        self.persons |= persons
 
 
-class _Buckets:
-    """Hour and day starts of event times (cached: a batch spans few hours)."""
+# Rows are counted a chunk at a time, column by column: a few C-level passes per column
+# (`map`, `Counter`, `set(zip(...))`) instead of a Python call per event and dimension.
+_CHUNK_ROWS = 256
+_NAME = operator.itemgetter(2)
+_PERSON = operator.itemgetter(4)
+# The page changes from event to event; the other dimensions are a visit's (its device, place
+# and source), so with few visitors most events repeat one combination of them and a person.
+_PAGE_INDEX = _DIMENSIONS.index("page")
+_PAGE = operator.itemgetter(5 + _PAGE_INDEX)
+_VISIT_INDEXES = tuple(i for i in range(len(_DIMENSIONS)) if i != _PAGE_INDEX)
+_VISIT_COMBINATION = operator.itemgetter(*(5 + i for i in _VISIT_INDEXES), 4)  # person last
+_VISIT_COLUMNS = tuple(operator.itemgetter(5 + i) for i in _VISIT_INDEXES)
+# Combinations are counted when a chunk has at most one person per this many events.
+_EVENTS_PER_PERSON_FOR_COMBINATIONS = 4
+
+# One dimension's values in one (project, day, name, bot): events and persons per raw value.
+_ValueTallies = tuple[Counter[Any], defaultdict[Any, set[str]]]
+
+
+def _add_persons(
+    persons_of: defaultdict[Any, set[str]], values: Iterable[Any], persons: Iterable[str]
+) -> None:
+    """Add each person to its value's set: a loop run entirely in C (map, deque), no bytecode
+    per event."""
+    deque(map(set.add, map(persons_of.__getitem__, values), persons), maxlen=0)
+
+
+def _add_distinct_persons(
+    persons_of: defaultdict[Any, set[str]], values: list[Any], persons: list[str]
+) -> None:
+    """`_add_persons` for columns with few distinct (value, person) pairs: each pair once."""
+    for value, person in set(zip(values, persons, strict=True)):
+        persons_of[value].add(person)
+
+
+def _count_dimensions(dims: list[_ValueTallies], rows: list[Any], persons: list[str]) -> None:
+    """Count `rows` (one chunk, one project, day, name and bot) into each dimension's values."""
+    counts, persons_of = dims[_PAGE_INDEX]
+    pages = list(map(_PAGE, rows))
+    counts.update(pages)
+    visit_dims = [dims[i] for i in _VISIT_INDEXES]
+    if _EVENTS_PER_PERSON_FOR_COMBINATIONS * len(set(persons)) > len(rows):
+        _add_persons(persons_of, pages, persons)
+        for (counts, persons_of), column in zip(visit_dims, _VISIT_COLUMNS, strict=True):
+            values = list(map(column, rows))
+            counts.update(values)
+            _add_persons(persons_of, values, persons)
+        return
+    _add_distinct_persons(persons_of, pages, persons)
+    for combination, events in Counter(map(_VISIT_COMBINATION, rows)).items():
+        person = combination[-1]
+        # strict=False: the combination ends with its person, which has no dimension.
+        for (counts, persons_of), value in zip(visit_dims, combination, strict=False):
+            counts[value] += events
+            persons_of[value].add(person)
+
+
+class _HourTallies:
+    """One (project, hour, bot)'s events: totals per name and of all events, and the rows'
+    dimension values under each name of DIMENSION_NAMES."""
+
+    __slots__ = ("all_events", "all_persons", "name_events", "name_persons")
 
     def __init__(self) -> None:
-        self._hours: dict[float, datetime] = {}
-        self._days: dict[datetime, datetime] = {}
+        self.all_events = 0
+        self.all_persons: set[str] = set()
+        self.name_events: Counter[str] = Counter()
+        self.name_persons: defaultdict[str, set[str]] = defaultdict(set)
 
-    def hour(self, ts: datetime) -> datetime:
-        hour_number = ts.timestamp() // 3600
-        hour = self._hours.get(hour_number)
-        if hour is None:
-            hour = self._hours[hour_number] = bucket_start(ts, HOUR)
-        return hour
-
-    def day(self, hour: datetime) -> datetime:
-        day = self._days.get(hour)
-        if day is None:
-            day = self._days[hour] = bucket_start(hour, DAY)
-        return day
-
-
-def _count(tallies: dict[Any, Tally], key: Any, person: str) -> None:
-    tally = tallies.get(key)
-    if tally is None:
-        tallies[key] = Tally(1, {person}, True)
-    else:
-        tally.events += 1
-        tally.persons.add(person)
+    def count(self, rows: list[Any], dimensions: dict[str, list[_ValueTallies]]) -> None:
+        names = list(map(_NAME, rows))
+        persons = list(map(_PERSON, rows))
+        self.all_events += len(rows)
+        self.all_persons.update(persons)
+        name_events = Counter(names)
+        self.name_events.update(name_events)
+        _add_persons(self.name_persons, names, persons)
+        for dimension_name, dims in dimensions.items():
+            if dimension_name == ALL_EVENTS:
+                _count_dimensions(dims, rows, persons)
+            elif dimension_name in name_events:
+                named = [
+                    row for row, name in zip(rows, names, strict=True) if name == dimension_name
+                ]
+                _count_dimensions(dims, named, list(map(_PERSON, named)))
 
 
-def _merge_into(target: dict[Any, Tally], key: Any, tally: Tally) -> None:
-    found = target.get(key)
-    if found is None:
-        target[key] = Tally(tally.events, tally.persons, False)
-    else:
-        found.add(tally.events, tally.persons)
+def _new_dimensions() -> list[_ValueTallies]:
+    return [(Counter(), defaultdict(set)) for _ in _DIMENSIONS]
 
 
 def event_rollup_tallies(rows: Iterable[Sequence[Any]]) -> dict[RollupKey, Tally]:
@@ -134,40 +178,82 @@ def event_rollup_tallies(rows: Iterable[Sequence[Any]]) -> dict[RollupKey, Tally
     DIMENSION_NAMES, into its day's row of each dimension's value (a missing value is
     NONE_VALUE).
     """
-    # Tally totals per (project, hour, name, bot) and dimensions per (project, day, name, bot)
-    # for the names that have them, then roll names up into ALL_EVENTS and hours into days; a
-    # person set shared by every key it is the whole of is built into a sketch once by the
-    # writer.
-    buckets = _Buckets()
-    hourly: dict[tuple[str, datetime, str, bool], Tally] = {}
-    daily: dict[tuple[str, datetime, str, bool], list[dict[Any, Tally]]] = {}
-    for project_id, ts, name, bot, person, *values in rows:
-        hour = buckets.hour(ts)
-        _count(hourly, (project_id, hour, name, bot), person)
-        day = buckets.day(hour)
-        for dimension_name in (ALL_EVENTS, name) if name in _DIMENSION_NAMES else (ALL_EVENTS,):
-            head = (project_id, day, dimension_name, bot)
-            dims = daily.get(head)
-            if dims is None:
-                dims = daily[head] = [{} for _ in _DIMENSIONS]
-            for tallies, value in zip(dims, values, strict=True):
-                _count(tallies, value, person)
-            if dimension_name == name:
-                break  # an event literally named "*" counts once, as all events
-    for (project_id, hour, name, bot), tally in list(hourly.items()):
-        if name != ALL_EVENTS:
-            _merge_into(hourly, (project_id, hour, ALL_EVENTS, bot), tally)
+    # Rows split per (project, hour, bot), counted a chunk at a time; then hours roll up into
+    # days. A person set shared by every key it is the whole of is built into a sketch once by
+    # the writer.
+    by_hour: dict[tuple[str, float, bool], list[Any]] = {}
+    for row in rows:
+        key = (row[0], row[1].timestamp() // 3600, row[3])
+        found = by_hour.get(key)
+        if found is None:
+            by_hour[key] = [row]
+        else:
+            found.append(row)
+    hours: dict[tuple[str, datetime, bool], _HourTallies] = {}
+    daily: dict[tuple[str, datetime, bool], dict[str, list[_ValueTallies]]] = {}
+    day_of: dict[datetime, datetime] = {}
+    for (project_id, _, bot), hour_rows in by_hour.items():
+        hour = bucket_start(hour_rows[0][1], HOUR)
+        day = day_of.get(hour)
+        if day is None:
+            day = day_of[hour] = bucket_start(hour, DAY)
+        dimensions = daily.get((project_id, day, bot))
+        if dimensions is None:
+            dimensions = daily[(project_id, day, bot)] = {
+                name: _new_dimensions() for name in DIMENSION_NAMES
+            }
+        tallies = hours[(project_id, hour, bot)] = _HourTallies()
+        for lo in range(0, len(hour_rows), _CHUNK_ROWS):
+            tallies.count(hour_rows[lo : lo + _CHUNK_ROWS], dimensions)
+
     result: dict[RollupKey, Tally] = {}
-    for (project_id, hour, name, bot), tally in hourly.items():
-        # Hour rows for HOURLY_NAMES only (migration 0027); every name keeps its day total.
-        if name in _HOURLY_NAMES:
-            result[(project_id, HOUR, hour, name, TOTAL, TOTAL, bot)] = tally
-        _merge_into(result, (project_id, DAY, buckets.day(hour), name, TOTAL, TOTAL, bot), tally)
-    for (project_id, day, name, bot), dims in daily.items():
-        for dim, tallies in zip(_DIMENSIONS, dims, strict=True):
-            for raw, tally in tallies.items():
-                value = NONE_VALUE if raw is None or raw == "" else str(raw)
-                _merge_into(result, (project_id, DAY, day, name, dim, value, bot), tally)
+    # Day totals: an hour's set serves its day as long as no other hour adds to it.
+    day_totals: dict[tuple[str, datetime, str, bool], Tally] = {}
+    owned: set[int] = set()
+
+    def add_to_day(key: tuple[str, datetime, str, bool], events: int, persons: set[str]) -> None:
+        total = day_totals.get(key)
+        if total is None:
+            day_totals[key] = Tally(events, persons)
+            return
+        total.events += events
+        if id(total.persons) not in owned:
+            total.persons = set(total.persons)
+            owned.add(id(total.persons))
+        total.persons |= persons
+
+    for (project_id, hour, bot), tallies in hours.items():
+        day = day_of[hour]
+        # The hourly rows: every key of granularity HOUR is emitted here and nowhere else.
+        result[(project_id, HOUR, hour, ALL_EVENTS, TOTAL, TOTAL, bot)] = Tally(
+            tallies.all_events, tallies.all_persons
+        )
+        add_to_day((project_id, day, ALL_EVENTS, bot), tallies.all_events, tallies.all_persons)
+        for name, events in tallies.name_events.items():
+            if name == ALL_EVENTS:
+                continue  # an event literally named "*" counts once, as all events
+            persons = tallies.name_persons[name]
+            if name in _HOURLY_NAMES:  # hour rows for HOURLY_NAMES only (migration 0027)
+                result[(project_id, HOUR, hour, name, TOTAL, TOTAL, bot)] = Tally(events, persons)
+            add_to_day((project_id, day, name, bot), events, persons)
+    for (project_id, day, name, bot), day_total in day_totals.items():
+        result[(project_id, DAY, day, name, TOTAL, TOTAL, bot)] = day_total
+    for (project_id, day, bot), dimensions in daily.items():
+        for name, dims in dimensions.items():
+            total = day_totals.get((project_id, day, name, bot))
+            if total is None:
+                continue  # no event of this name that day
+            for dim, (counts, persons_of) in zip(_DIMENSIONS, dims, strict=True):
+                for raw, events in counts.items():
+                    # A value every event of the day has: its persons are the day's.
+                    persons = total.persons if events == total.events else persons_of[raw]
+                    value = NONE_VALUE if raw is None or raw == "" else str(raw)
+                    value_key = (project_id, DAY, day, name, dim, value, bot)
+                    shown = result.get(value_key)
+                    if shown is None:
+                        result[value_key] = Tally(events, persons)
+                    else:  # two raw values shown as one (None and "")
+                        result[value_key] = Tally(shown.events + events, shown.persons | persons)
     return result
 
 

@@ -105,3 +105,49 @@ def test_other_names_have_day_rows_but_no_hour_rows() -> None:
     assert ("p", DAY, day, "Signed Up", TOTAL, TOTAL, False) in tallies
     assert ("p", HOUR, hour, "Signed Up", TOTAL, TOTAL, False) not in tallies
     assert tallies[("p", HOUR, hour, ALL_EVENTS, TOTAL, TOTAL, False)].events == 1
+
+
+def test_random_batches_of_few_and_many_visitors_match_the_reference() -> None:
+    # Chunks counted by visit combinations (few visitors) and column by column (many), batches
+    # longer than one chunk, raw values shown alike (None and "", 7 and "7") and more names.
+    rng = random.Random(13)
+    start = datetime(2026, 3, 1, 21, 0, tzinfo=UTC)
+    for _ in range(30):
+        visitors = rng.choice([1, 3, 20, 500, 10_000])
+        n = rng.choice([1, 2, 255, 256, 257, 700, 1500])
+        rows = []
+        for _ in range(n):
+            values = [rng.choice([None, "", "a", "b", 7, "7"]) for _ in EVENT_DIMENSIONS]
+            rows.append(
+                (
+                    rng.choice(["p1", "p1", "p2"]),
+                    start + timedelta(seconds=rng.randrange(0, 6 * 3600)),
+                    rng.choice([PAGEVIEW, PAGEVIEW, "Signed Up", "Scrolled", ALL_EVENTS]),
+                    rng.random() < 0.1,
+                    f"visitor-{rng.randrange(visitors)}",
+                    *values,
+                )
+            )
+        tallies = event_rollup_tallies(rows)
+        got = {key: (t.events, set(t.persons)) for key, t in tallies.items()}
+        assert got == reference_tallies(rows)
+
+
+def test_a_shared_person_set_is_the_whole_of_every_key_sharing_it() -> None:
+    # Keys share one set instead of copies (one sketch each); sharing must never be wrong.
+    # Four hours over two days, and one hour alone, whose hourly rows share their day's sets.
+    rng = random.Random(5)
+    spread = random_rows(rng, 600)
+    one_hour = [row for row in spread if row[1].astimezone(UTC).hour == 23]
+    shared = 0
+    for rows in (spread, one_hour):
+        tallies = event_rollup_tallies(rows)
+        expected = reference_tallies(rows)
+        by_set: dict[int, list[tuple[Any, ...]]] = {}
+        for key, tally in tallies.items():
+            by_set.setdefault(id(tally.persons), []).append(key)
+        shared += sum(len(keys) > 1 for keys in by_set.values())
+        for keys in by_set.values():
+            for key in keys:
+                assert tallies[key].persons == expected[key][1]
+    assert shared
