@@ -2,7 +2,7 @@
 bench/results/latest.json (and a timestamped copy). Figures only: nothing here passes or fails.
 
     python -m bench [--only ingest,ingest_stages,aggregator,pipeline,demo,day_files,analyses,
-                            tiers,dashboard,recovery]
+                            tiers,dashboard,recovery,raw_stream,sessionizer_backlog]
                     [--seconds 20] [--scale 1.0]
 
 --scale multiplies the analyses/tiers dataset (5,000,000 events, 200,000 persons; always 120
@@ -30,6 +30,7 @@ from bench import (
     ingest_gateway,
     ingest_stages,
     pipeline,
+    raw_stream,
     recovery,
     tiers,
 )
@@ -150,6 +151,9 @@ def main() -> None:
     if "dashboard" in selected:
         print("== dashboard: the demo project's overview, cold cache, Chromium", flush=True)
         results["dashboard"] = dashboard.run_benchmark()
+    if "raw_stream" in selected:
+        print("== raw stream: NATS CPU per message with and without S2", flush=True)
+        results["raw_stream"] = raw_stream.run_benchmark()
     if "recovery" in selected:
         print("== recovery: strata up under load, kill -9 of NATS and of PostgreSQL", flush=True)
         results["recovery"] = recovery.run_benchmark()
