@@ -32,6 +32,7 @@ from bench import (
     pipeline,
     raw_stream,
     recovery,
+    sessionizer_backlog,
     tiers,
 )
 
@@ -154,6 +155,9 @@ def main() -> None:
     if "raw_stream" in selected:
         print("== raw stream: NATS CPU per message with and without S2", flush=True)
         results["raw_stream"] = raw_stream.run_benchmark()
+    if "sessionizer_backlog" in selected:
+        print("== sessionizer backlog: sessionizer and NATS CPU per event", flush=True)
+        results["sessionizer_backlog"] = sessionizer_backlog.run_benchmark()
     if "recovery" in selected:
         print("== recovery: strata up under load, kill -9 of NATS and of PostgreSQL", flush=True)
         results["recovery"] = recovery.run_benchmark()
