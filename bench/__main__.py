@@ -2,7 +2,8 @@
 bench/results/latest.json (and a timestamped copy). Figures only: nothing here passes or fails.
 
     python -m bench [--only ingest,ingest_stages,aggregator,aggregator_stages,pipeline,demo,
-                            day_files,analyses,tiers,dashboard,recovery]
+                            day_files,analyses,tiers,dashboard,recovery,raw_stream,
+                            sessionizer_backlog]
                     [--seconds 20] [--scale 1.0]
 
 --scale multiplies the analyses/tiers dataset (5,000,000 events, 200,000 persons; always 120
@@ -31,7 +32,9 @@ from bench import (
     ingest_gateway,
     ingest_stages,
     pipeline,
+    raw_stream,
     recovery,
+    sessionizer_backlog,
     tiers,
 )
 
@@ -154,6 +157,12 @@ def main() -> None:
     if "dashboard" in selected:
         print("== dashboard: the demo project's overview, cold cache, Chromium", flush=True)
         results["dashboard"] = dashboard.run_benchmark()
+    if "raw_stream" in selected:
+        print("== raw stream: NATS CPU per message with and without S2", flush=True)
+        results["raw_stream"] = raw_stream.run_benchmark()
+    if "sessionizer_backlog" in selected:
+        print("== sessionizer backlog: sessionizer and NATS CPU per event", flush=True)
+        results["sessionizer_backlog"] = sessionizer_backlog.run_benchmark()
     if "recovery" in selected:
         print("== recovery: strata up under load, kill -9 of NATS and of PostgreSQL", flush=True)
         results["recovery"] = recovery.run_benchmark()

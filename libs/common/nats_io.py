@@ -44,7 +44,11 @@ def stream_configs(subjects: Subjects, replicas: int = 1) -> list[StreamConfig]:
     """The stream definitions; retention is by age so a slow consumer never loses data early."""
 
     def limits_stream(
-        name: str, subject: str, max_age: float, duplicate_window: float = 120.0
+        name: str,
+        subject: str,
+        max_age: float,
+        duplicate_window: float = 120.0,
+        compression: StoreCompression = StoreCompression.S2,
     ) -> StreamConfig:
         return StreamConfig(
             name=name,
@@ -57,12 +61,16 @@ def stream_configs(subjects: Subjects, replicas: int = 1) -> list[StreamConfig]:
             num_replicas=replicas,
             # Batches of JSON events compress several-fold with S2 (docs/storage.md, "NATS
             # streams"), at a CPU cost far below the JSON encoding that produced them.
-            compression=StoreCompression.S2,
+            compression=compression,
         )
 
     return [
-        # Ingest retries within 5 minutes are dropped here.
-        limits_stream(subjects.raw_stream, subjects.raw_all, 7 * DAY_S, 300.0),
+        # Ingest retries within 5 minutes are dropped here. Uncompressed: the sessionizer purges
+        # it once checkpointed, so S2 saved little disk for a third of NATS's CPU per message
+        # (bench/raw_stream.py; docs/subjects.md).
+        limits_stream(
+            subjects.raw_stream, subjects.raw_all, 7 * DAY_S, 300.0, StoreCompression.NONE
+        ),
         # 15 minutes covers a sessionizer replay from its last checkpoint.
         limits_stream(subjects.enriched_stream, subjects.enriched_all, 7 * DAY_S, 900.0),
         limits_stream(subjects.sessions_stream, subjects.sessions_all, 7 * DAY_S, 900.0),

@@ -69,6 +69,12 @@ def configure_tracing(service: str, exporter: str = "none", endpoint: str = "") 
     trace.set_tracer_provider(provider)
 
 
+def tracing_enabled() -> bool:
+    """Whether an OpenTelemetry tracer provider is installed (STRATA_OTEL_EXPORTER != none);
+    without one, spans and trace headers would be empty work on every message."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 def inject_trace_headers(headers: dict[str, str]) -> dict[str, str]:
     """Add W3C trace context of the current span to NATS message headers."""
     propagate.inject(headers)

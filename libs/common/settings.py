@@ -124,7 +124,8 @@ class SessionizerSettings(CommonSettings, frozen=True, kw_only=True):
     # Raw messages processed but not yet checkpointed, per partition: past this a checkpoint is
     # taken early so the consumer's max_ack_pending is never reached.
     checkpoint_max_messages: int = 5000
-    max_pending_publishes: int = 2000  # enriched/session publishes awaiting their acks
+    # Enriched/session publishes in flight per partition; at the cap the oldest half are awaited.
+    max_pending_publishes: int = 2000
     publish_timeout_s: float = 10.0
     # The dead-letter cap, as the aggregator's (libs/common/dead_letters.py), per partition.
     dlq_max_ratio: float = 0.5

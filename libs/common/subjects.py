@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import re
 import zlib
+from functools import lru_cache
 
 import msgspec
 
 _TOKEN_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
+# Event names repeat endlessly: the regex substitution runs once per distinct name.
+@lru_cache(maxsize=4096)
 def subject_token(value: str) -> str:
     """A NATS-subject-safe token for an arbitrary name ('$pageview' -> '_pageview')."""
     token = _TOKEN_UNSAFE.sub("_", value)[:64]
@@ -49,7 +52,12 @@ class Subjects(msgspec.Struct, frozen=True):
         return f"{self.prefix}.raw.v1.*"
 
     def enriched(self, project_id: str, event_name: str) -> str:
-        return f"{self.prefix}.enriched.v1.{project_id}.{subject_token(event_name)}"
+        return f"{self.enriched_prefix}{project_id}.{subject_token(event_name)}"
+
+    @property
+    def enriched_prefix(self) -> str:
+        """What every enriched subject starts with, before `<project>.<event token>`."""
+        return f"{self.prefix}.enriched.v1."
 
     @property
     def enriched_all(self) -> str:

@@ -33,7 +33,7 @@ from opentelemetry.context import Context
 from prometheus_client import Histogram
 
 from libs.common.errors import StrataError
-from libs.common.observability import inject_trace_headers
+from libs.common.observability import inject_trace_headers, tracing_enabled
 from libs.common.schemas.events_v1 import EventV1, RawBatchV1, raw_batch_encoder
 from libs.common.subjects import Subjects, partition_of
 
@@ -62,12 +62,6 @@ class _JetStreamAck(msgspec.Struct):
 # Decoding the ack with a typed msgspec Struct costs far less than nats-py's JSON + dataclass
 # PubAck (what `js.publish` / `js.publish_async` do for every message).
 _ack_decoder = msgspec.json.Decoder(_JetStreamAck)
-
-
-def tracing_enabled() -> bool:
-    """Whether an OpenTelemetry tracer provider is installed (STRATA_OTEL_EXPORTER != none);
-    without one, spans and trace headers would be empty work on every request."""
-    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
 class PublishUnavailable(StrataError):

@@ -44,16 +44,18 @@ def build_messages(
     for event in sessionized.events:
         by_name.setdefault((event.project_id, event.name), []).append(event)
     # Two names can share a subject token ("a.b", "a_b"); their ids must still differ.
+    tokens = {key: subject_token(key[1]) for key in by_name}
     token_names: dict[tuple[str, str], int] = {}
-    for project_id, name in by_name:
-        key = (project_id, subject_token(name))
+    for (project_id, _), token in tokens.items():
+        key = (project_id, token)
         token_names[key] = token_names.get(key, 0) + 1
+    enriched_prefix = subjects.enriched_prefix
     for (project_id, name), events in by_name.items():
-        token = subject_token(name)
+        token = tokens[(project_id, name)]
         msg_id = f"{seq}:{project_id}:{token}"
         if token_names[(project_id, token)] > 1:
             msg_id += f":{zlib.crc32(name.encode()):08x}"
-        subject = subjects.enriched(project_id, name)
+        subject = f"{enriched_prefix}{project_id}.{token}"
 
         def enriched(
             part: list[EventV1], part_id: str, project_id: str = project_id, name: str = name

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -29,20 +28,21 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from opentelemetry import propagate, trace
 
 from libs.common.dead_letters import DlqLimit, DlqPolicy
 from libs.common.errors import StrataError
-from libs.common.observability import inject_trace_headers
+from libs.common.observability import inject_trace_headers, tracing_enabled
 from libs.common.schemas.events_v1 import EventV1, RawBatchV1, raw_batch_decoder
 from libs.common.settings import SessionizerSettings
 from libs.common.subjects import Subjects
 from services.sessionizer.checkpoints import encode_state, load_checkpoint, save_checkpoint
-from services.sessionizer.enriched_messages import build_messages
+from services.sessionizer.enriched_messages import OutgoingMessage, build_messages
 from services.sessionizer.metrics import SessionizerMetrics
 from services.sessionizer.project_rules import ProjectRules
+from services.sessionizer.publish_acks import PublishAcks
 from services.sessionizer.session_window import (
     PartitionSessions,
     SessionizedBatch,
@@ -65,12 +65,6 @@ class InvalidRawBatch(StrataError, ValueError):
     """A raw message that can never be sessionized (poison): it goes to the DLQ."""
 
     code = "invalid_raw_batch"
-
-
-class PublishFailed(StrataError, RuntimeError):
-    """JetStream did not acknowledge an enriched or session-update publish in time."""
-
-    code = "publish_failed"
 
 
 class DeliveryGap(StrataError, RuntimeError):
@@ -241,6 +235,7 @@ class PartitionWorker:
         )
         # Raw sequences whose sessionizing failed: replayed with their events tried alone.
         self._sessionize_each: set[int] = set()
+        self._tracing = tracing_enabled()
         # The raw purge runs beside the consume loop, one at a time: `_purge_upto` is the
         # highest stored checkpoint it may purge to, `_purged_upto` what it has purged.
         self._purge_task: asyncio.Task[None] | None = None
@@ -256,7 +251,9 @@ class PartitionWorker:
         # The consumer's delivery sequence of the last message received (the consumer is
         # created afresh at every start, so deliveries number from 1).
         self._delivered = 0
-        self._pending_acks: deque[asyncio.Future[PubAck]] = deque()
+        self._publish_acks = PublishAcks(
+            self._settings.max_pending_publishes, self._settings.publish_timeout_s
+        )
         self._checkpointed_at = time.monotonic()
         self._messages_since_checkpoint = 0
 
@@ -429,20 +426,25 @@ class PartitionWorker:
 
         # Carry the ingest request's trace through; our span (when tracing is on) becomes
         # the parent of the aggregator's.
-        incoming = msg.headers or {}
-        trace_headers = {k: incoming[k] for k in _TRACE_HEADERS if k in incoming}
-        with tracer.start_as_current_span(
-            "sessionize",
-            context=propagate.extract(trace_headers),
-            attributes={"strata.batch_id": batch.batch_id, "strata.partition": self.partition},
-        ):
-            inject_trace_headers(trace_headers)
-            for out in messages:
-                headers = {**trace_headers, "Nats-Msg-Id": out.msg_id}
-                future = await self._js.publish_async(out.subject, out.payload, headers=headers)
-                self._pending_acks.append(future)
-        if len(self._pending_acks) >= self._settings.max_pending_publishes:
-            await self._await_publish_acks()
+        # Without a tracer provider the incoming headers pass through as they are: a span
+        # would be empty work per message.
+        incoming = msg.headers
+        trace_headers = (
+            {k: incoming[k] for k in _TRACE_HEADERS if k in incoming} if incoming else {}
+        )
+        if self._tracing:
+            with tracer.start_as_current_span(
+                "sessionize",
+                context=propagate.extract(trace_headers),
+                attributes={
+                    "strata.batch_id": batch.batch_id,
+                    "strata.partition": self.partition,
+                },
+            ):
+                inject_trace_headers(trace_headers)
+                await self._publish(messages, trace_headers)
+        else:
+            await self._publish(messages, trace_headers)
 
         self._advance(msg, seq)
         self._metrics.events.inc(len(sessionized.events))
@@ -457,6 +459,18 @@ class PartitionWorker:
             sessions_started=sessionized.sessions_started,
             messages=len(messages),
         )
+
+    async def _publish(
+        self, messages: list[OutgoingMessage], trace_headers: dict[str, str]
+    ) -> None:
+        """Publish without awaiting each ack: they are settled in order, at the in-flight cap
+        and before the next checkpoint."""
+        js = self._js
+        acks = self._publish_acks
+        for out in messages:
+            headers = {**trace_headers, "Nats-Msg-Id": out.msg_id}
+            acks.track(await js.publish_async(out.subject, out.payload, headers=headers))
+        await acks.make_room()
 
     def _advance(self, msg: Msg, seq: int) -> None:
         self.processed_seq = seq
@@ -485,28 +499,8 @@ class PartitionWorker:
                 "raw_event_dead_lettered", seq=seq, event_id=event.event_id, error=reason
             )
 
-    async def _await_publish_acks(self) -> None:
-        """Wait until JetStream stored everything published so far, or raise PublishFailed."""
-        if not self._pending_acks:
-            return
-        pending = list(self._pending_acks)
-        done, not_done = await asyncio.wait(pending, timeout=self._settings.publish_timeout_s)
-        if not_done:
-            raise PublishFailed(
-                f"{len(not_done)} publishes not acknowledged within"
-                f" {self._settings.publish_timeout_s}s"
-            )
-        for future in done:
-            exc = future.exception()
-            if exc is not None:
-                raise PublishFailed(f"publish rejected: {exc!r}") from exc
-        self._pending_acks.clear()
-
     def _cancel_pending_publishes(self) -> None:
-        # Cancelling releases the client's publish_async slots; the replay republishes them.
-        for future in self._pending_acks:
-            future.cancel()
-        self._pending_acks.clear()
+        self._publish_acks.cancel()
 
     async def checkpoint(self) -> None:
         """Store (last processed seq, state) once every publish is acked, then ack the raw
@@ -514,7 +508,7 @@ class PartitionWorker:
         if self.processed_seq == self.checkpoint_seq:
             self._checkpointed_at = time.monotonic()  # nothing new: fully checkpointed
             return
-        await self._await_publish_acks()
+        await self._publish_acks.settle()
         blob = encode_state(self.state)
         await save_checkpoint(
             self._pool, self._subjects.raw_stream, self.partition, self.processed_seq, blob

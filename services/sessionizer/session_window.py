@@ -196,10 +196,14 @@ class PartitionSessions(msgspec.Struct, kw_only=True):
     ) -> tuple[SessionWindow | None, bool]:
         """Place `event` in a session of its person; returns the session (None for a
         server-side event with no open session to join) and whether it is new."""
-        t = to_us(event.ts)
-        received = to_us(event.received_at)
-        self.event_clock_us = max(self.event_clock_us, min(t, received))
-        self.received_clock_us = max(self.received_clock_us, received)
+        # Plain comparisons, not max()/min() calls: this runs for every event.
+        t = (event.ts - EPOCH) // _ONE_US
+        received = (event.received_at - EPOCH) // _ONE_US
+        seen = t if t < received else received
+        if seen > self.event_clock_us:
+            self.event_clock_us = seen
+        if received > self.received_clock_us:
+            self.received_clock_us = received
 
         server_side = is_server_side(event)
         people = self.persons.get(event.project_id)
@@ -210,8 +214,10 @@ class PartitionSessions(msgspec.Struct, kw_only=True):
             people = self.persons[event.project_id] = {}
         if person is None:
             person = people[event.distinct_id] = PersonSessions([], t, received)
-        person.last_event_us = max(person.last_event_us, t)
-        person.last_received_us = max(person.last_received_us, received)
+        if t > person.last_event_us:
+            person.last_event_us = t
+        if received > person.last_received_us:
+            person.last_received_us = received
 
         campaign = (
             campaign_of(event) if rules.split_campaign and not event.non_interactive else None
@@ -411,7 +417,7 @@ def _joinable_session(
     for s in sessions:
         if t < s.start_us - timeout_us or t > s.end_us + timeout_us:
             continue  # gap longer than the timeout (30:00 exactly still joins)
-        if max(s.end_us, t) - min(s.start_us, t) >= max_us:
+        if (s.end_us if s.end_us > t else t) - (s.start_us if s.start_us < t else t) >= max_us:
             continue  # would make the session span max_s or more
         if day is not None and local_day(s.start_us, rules.timezone) != day:
             continue  # sessions never span a local midnight when the project asks so
@@ -434,8 +440,10 @@ def _joinable_session(
 
 def _extend(session: SessionWindow, event: EventV1, t: int, campaign: str | None, seq: int) -> None:
     """Account `event` (at `t`) in `session`."""
-    session.start_us = min(session.start_us, t)
-    session.end_us = max(session.end_us, t)
+    if t < session.start_us:
+        session.start_us = t
+    if t > session.end_us:
+        session.end_us = t
     session.events += 1
     if not event.non_interactive:
         session.interactive_events += 1

@@ -47,18 +47,28 @@ async def test_jetstream_dedups_a_republished_message_id(js, subjects) -> None: 
     assert info.state.messages == 1
 
 
-async def test_streams_of_an_older_release_are_compressed_and_keep_their_messages(  # type: ignore[no-untyped-def]
+async def test_streams_of_an_older_release_get_their_compression_and_keep_their_messages(  # type: ignore[no-untyped-def]
     js, subjects
 ) -> None:
-    """A stream created uncompressed (before S2) is switched to S2 at the next start-up, with
-    an operator's own limit kept and no stored message lost."""
-    config = (await js.stream_info(subjects.raw_stream)).config
-    config.compression = StoreCompression.NONE
-    config.max_msgs = 1_000_000  # an operator's limit, not managed by ensure_streams
-    await js.update_stream(config)
+    """A stream whose compression differs from its definition is switched at the next
+    start-up (an uncompressed enriched stream to S2, an S2 raw stream back to none), with an
+    operator's own limit kept and no stored message lost."""
+    wanted = {
+        subjects.enriched_stream: (StoreCompression.NONE, StoreCompression.S2),
+        subjects.raw_stream: (StoreCompression.S2, StoreCompression.NONE),
+    }
+    for stream, (older, _) in wanted.items():
+        config = (await js.stream_info(stream)).config
+        config.compression = older
+        config.max_msgs = 1_000_000  # an operator's limit, not managed by ensure_streams
+        await js.update_stream(config)
     await js.publish(subjects.raw(0), b"kept", headers={"Nats-Msg-Id": "before-upgrade"})
+    await js.publish(
+        subjects.enriched("p1", "x"), b"kept", headers={"Nats-Msg-Id": "before-upgrade"}
+    )
     await ensure_streams(js, subjects)
-    info = await js.stream_info(subjects.raw_stream)
-    assert info.config.compression == StoreCompression.S2
-    assert info.config.max_msgs == 1_000_000
-    assert info.state.messages == 1
+    for stream, (_, current) in wanted.items():
+        info = await js.stream_info(stream)
+        assert info.config.compression == current
+        assert info.config.max_msgs == 1_000_000
+        assert info.state.messages == 1
