@@ -88,8 +88,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Strata benchmarks")
     parser.add_argument(
         "--only",
-        default="ingest,ingest_stages,aggregator,aggregator_stages,pipeline,demo,day_files,analyses,tiers,"
-        "dashboard,recovery",
+        default="ingest,ingest_stages,aggregator,aggregator_stages,pipeline,demo,day_files,analyses,"
+        "tiers,dashboard,recovery,raw_stream,sessionizer_backlog",
     )
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument(
