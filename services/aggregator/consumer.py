@@ -61,6 +61,9 @@ class PoisonMessage(StrataError):
 _TRANSIENT = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    # asyncpg's protocol left mid-operation by a connection cut under it ("cannot switch to
+    # state ..."; seen once when the tests terminate backends mid-batch): a new connection works.
+    asyncpg.InternalClientError,
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.LockNotAvailableError,

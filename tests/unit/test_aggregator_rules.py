@@ -67,6 +67,11 @@ def test_transient_versus_data_faults() -> None:
     assert is_transient(ConnectionResetError())
     assert is_transient(asyncpg.exceptions.ConnectionDoesNotExistError("closed"))
     assert is_transient(
+        asyncpg.InternalClientError(
+            "cannot switch to state 12; another operation (2) is in progress"
+        )
+    )
+    assert is_transient(
         asyncpg.exceptions.CheckViolationError('no partition of relation "events" found for row')
     )
     # An older aggregator against a migrated table, or a newer one before its migration.
