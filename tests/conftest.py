@@ -97,6 +97,22 @@ async def database_url(pg_url: str, template_db: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
+async def empty_db(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to a fresh database with no migrations applied (for upgrade tests, which
+    migrate it to an older release's schema first)."""
+    name = f"strata_t_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(pg_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    conn = await asyncpg.connect(_with_db(pg_url, name))
+    try:
+        yield conn
+    finally:
+        await conn.close()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     p = await db.create_pool(database_url, min_size=1, max_size=5)
     try:

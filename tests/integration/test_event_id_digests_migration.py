@@ -3,9 +3,6 @@ upgrade and redelivered after it is still recognised, so nothing is counted twic
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
-
 import asyncpg
 import pytest
 
@@ -16,20 +13,6 @@ from tests.support.recompute import make_event
 pytestmark = pytest.mark.infra
 
 DIGESTS = 22  # the migration that replaced the strings by digests
-
-
-@pytest.fixture
-async def empty_db(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
-    name = f"strata_t_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(pg_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    conn = await asyncpg.connect(pg_url.rsplit("/", 1)[0] + "/" + name)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def test_ids_stored_before_the_upgrade_still_dedup_after_it(

@@ -6,8 +6,6 @@ as before."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -79,20 +77,6 @@ async def test_first_event_values_are_stored_once_and_read_back(pool: asyncpg.Po
         assert (one["first_event_id"], one["entry_event_id"], one["entry_ts"]) == ("a0", "a1", T0)
         # Whatever the encoding, the rows equal a recomputation from the events.
         assert await stored_sessions(conn) == expected_sessions(await fetch_events(conn))
-
-
-@pytest.fixture
-async def empty_db(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
-    name = f"strata_t_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(pg_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    conn = await asyncpg.connect(pg_url.rsplit("/", 1)[0] + "/" + name)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def test_the_migration_encodes_stored_rows_and_old_rows_read_as_before(
