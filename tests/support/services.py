@@ -59,8 +59,10 @@ class ServiceProcess:
         log.close()
         return self
 
-    def wait_http(self, port: int, path: str = "/readyz", timeout: float = 30.0) -> None:
-        """Block until the service answers 200 on `path`."""
+    def wait_http(self, port: int, path: str = "/readyz", timeout: float = 90.0) -> None:
+        """Block until the service answers 200 on `path`. A bound for a hung start, not a speed
+        check: the query service's imports alone (DuckDB, SciPy, pandas) took 16 s on a
+        throttled CI machine, where three workers starting services at once passed 30 s."""
         import urllib.request
 
         deadline = time.monotonic() + timeout
