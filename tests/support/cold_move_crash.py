@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import sys
 from datetime import date
-from pathlib import Path
 
 from libs.common.db import create_pool
 from libs.common.object_store import open_object_store
 from services.tiering.tier_moves import move_day_cold
+from tests.support.crash_marker import leave_marker
 
 
 async def main(argv: list[str]) -> None:
@@ -25,11 +25,11 @@ async def main(argv: list[str]) -> None:
 
     async def on_step(step: str) -> None:
         if step == stop_at:
-            await asyncio.to_thread(Path(marker).write_text, step)
+            await leave_marker(marker, step)
             await asyncio.sleep(3600)  # until kill -9
 
     await move_day_cold(pool, store, project_id, date.fromisoformat(day), on_step=on_step)
-    await asyncio.to_thread(Path(marker).write_text, "finished without reaching the step")
+    await leave_marker(marker, "finished without reaching the step")
 
 
 if __name__ == "__main__":

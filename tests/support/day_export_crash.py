@@ -16,6 +16,7 @@ from pathlib import Path
 from libs.common.day_files import DayExportSettings, DayPart, export_day
 from libs.common.db import create_pool
 from libs.common.object_store import open_object_store
+from tests.support.crash_marker import leave_marker
 
 
 async def main(argv: list[str]) -> None:
@@ -25,7 +26,7 @@ async def main(argv: list[str]) -> None:
 
     async def on_step(step: str, part: DayPart) -> None:
         if step == stop_at:
-            await asyncio.to_thread(Path(marker).write_text, part.object_name)
+            await leave_marker(marker, part.object_name)
             await asyncio.sleep(3600)  # until kill -9
 
     await export_day(
@@ -36,7 +37,7 @@ async def main(argv: list[str]) -> None:
         DayExportSettings(work_dir=Path(work_dir)),
         on_step=on_step,
     )
-    await asyncio.to_thread(Path(marker).write_text, "finished without reaching the step")
+    await leave_marker(marker, "finished without reaching the step")
 
 
 if __name__ == "__main__":
