@@ -12,10 +12,12 @@ service is ready at once; a request that comes first simply fills the cache itse
 Projects are warmed in order of their most recent event, and the warm-up stops once the hot
 rows' byte budget made it drop a day (a later project would only push out an earlier one). A project
 that fails (PostgreSQL away, an object missing) is logged and skipped: warming is an
-optimisation and never stops the service."""
+optimisation and never stops the service. Last, the warm-up imports the experiments'
+statistics library (SciPy), which the service leaves out of its start."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from libs.common.day_files import day_bounds
+from services.query.analyses.experiments import import_statistics
 from services.query.event_scan import ScanSources, open_scan
 
 log = structlog.get_logger("query")
@@ -87,6 +90,9 @@ async def warm_caches(deps: ScanSources, days: int, *, now: datetime | None = No
         scan.close()
         done.projects.append(project_id)
     done.hot_rows = hot.rows_copied - copied_before
+    # Last, and off the event loop: the experiments' statistics (SciPy takes seconds to import,
+    # so the module imports it on first use rather than at the service's start).
+    await asyncio.to_thread(import_statistics)
     done.seconds = time.monotonic() - started
     log.info(
         "caches_warmed",

@@ -3,7 +3,11 @@ a goal measured after exposure (a funnel completed, or a custom metric), and per
 statistics against control with SciPy: two-proportion z-test for rates, Welch's t-test for
 means, 95% confidence intervals of the absolute and relative lift, the Bayesian probability
 to be best (Beta / normal posteriors, integrated numerically), and a chi-square sample-ratio-
-mismatch check flagged at p < 0.001."""
+mismatch check flagged at p < 0.001.
+
+SciPy is imported by the functions that use it, not with the module: importing `scipy.stats`
+takes seconds, which every start of the query service would otherwise pay before serving
+(the warm-up imports it in the background, services/query/warm_up.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +17,6 @@ from dataclasses import dataclass
 import duckdb
 import msgspec
 import numpy as np
-from scipy import integrate, stats
 
 from services.query.analyses.conditions import (
     EventScope,
@@ -92,7 +95,15 @@ class Lift:
 _NO_LIFT = Lift(None, None, None, None, None)
 
 
+def import_statistics() -> None:
+    """Import what the statistics below use (the query service's warm-up calls it in a thread,
+    so the first experiment does not wait for it)."""
+    from scipy import integrate, stats  # noqa: F401
+
+
 def _z() -> float:
+    from scipy import stats  # seconds to import: see the module docstring
+
     return float(stats.norm.ppf(1 - (1 - CONFIDENCE) / 2))
 
 
@@ -103,6 +114,8 @@ def _finite(value: float) -> float | None:
 def proportion_lift(conv_c: int, n_c: int, conv_v: int, n_v: int) -> Lift:
     """Variant vs control rates: two-sided pooled two-proportion z-test, unpooled (Wald) CI of
     the difference, delta-method CI of the relative lift."""
+    from scipy import stats  # seconds to import: see the module docstring
+
     if n_c == 0 or n_v == 0:
         return _NO_LIFT
     p_c, p_v = conv_c / n_c, conv_v / n_v
@@ -132,6 +145,8 @@ class SampleStats:
 def mean_lift(control: SampleStats, variant: SampleStats) -> Lift:
     """Variant vs control means: Welch's t-test, Welch-Satterthwaite CI of the difference,
     delta-method CI of the relative lift."""
+    from scipy import stats  # seconds to import: see the module docstring
+
     if control.n < 2 or variant.n < 2 or control.mean is None or variant.mean is None:
         return _NO_LIFT
     assert control.std is not None and variant.std is not None
@@ -162,6 +177,8 @@ def _relative(diff: float, base: float) -> float | None:
 
 def _probability_best(pdfs: list[object], cdfs: list[object], lo: float, hi: float) -> list[float]:
     """P(variant i has the largest value) for independent posteriors given as pdf/cdf."""
+    from scipy import integrate  # seconds to import: see the module docstring
+
     out = []
     for i in range(len(pdfs)):
 
@@ -179,6 +196,8 @@ def _probability_best(pdfs: list[object], cdfs: list[object], lo: float, hi: flo
 
 def probability_best_rates(conversions: list[int], exposures: list[int]) -> list[float | None]:
     """Beta(1 + conversions, 1 + failures) posteriors (uniform prior), integrated."""
+    from scipy import stats  # seconds to import: see the module docstring
+
     if len(exposures) < 2 or any(n == 0 for n in exposures):
         return [None] * len(exposures)
     dists = [stats.beta(1 + c, 1 + n - c) for c, n in zip(conversions, exposures, strict=True)]
@@ -189,6 +208,8 @@ def probability_best_rates(conversions: list[int], exposures: list[int]) -> list
 
 def probability_best_means(samples: list[SampleStats]) -> list[float | None]:
     """Normal posteriors N(mean, std^2 / n) of each mean (flat prior), integrated."""
+    from scipy import stats  # seconds to import: see the module docstring
+
     if len(samples) < 2 or any(s.n < 2 or s.mean is None for s in samples):
         return [None] * len(samples)
     scales = [(s.std or 0.0) / math.sqrt(s.n) for s in samples]
@@ -210,6 +231,8 @@ class SrmCheck:
 
 def srm_check(observed: dict[str, int], shares: dict[str, float]) -> SrmCheck:
     """Chi-square goodness of fit of exposures against the expected traffic split."""
+    from scipy import stats  # seconds to import: see the module docstring
+
     names = list(shares)
     total = sum(observed.get(v, 0) for v in names)
     if len(names) < 2 or total == 0:
