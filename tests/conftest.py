@@ -31,6 +31,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.infra)
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # Before any test's timeout runs: installing Chromium can take minutes (see browser.py).
+    if any(item.get_closest_marker("browser") for item in session.items):
+        from tests.support.browser import ensure_chromium  # Playwright only for browser runs
+
+        try:
+            ensure_chromium()
+        except pytest.fail.Exception:
+            pass  # each browser test calls it again and fails with the reason
+
+
 def _with_db(url: str, name: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
 

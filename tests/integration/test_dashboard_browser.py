@@ -35,7 +35,7 @@ from tests.support.project import TestProject
 from tests.support.query_app import FAST_PASSWORD_HASHER, get_json, query_client
 from tests.support.tier_layouts import tier_layout
 
-pytestmark = pytest.mark.infra
+pytestmark = [pytest.mark.infra, pytest.mark.browser]
 
 ROOT = Path(__file__).resolve().parents[2]
 AXE = ROOT / "tests" / "support" / "axe" / "axe.min.js"

@@ -25,7 +25,7 @@ from tests.support.browser import VISITOR_AGENT, visitor_browser
 from tests.support.project import TestProject
 from tests.support.tracker import RunningIngest, start_ingest
 
-pytestmark = pytest.mark.infra
+pytestmark = [pytest.mark.infra, pytest.mark.browser]
 
 ANALYTICS_NEXT_BUNDLE = (
     Path(__file__).resolve().parents[1] / "support" / "analytics_js" / "analytics-next.iife.js"

@@ -25,7 +25,7 @@ from tests.support.query_app import get_json, query_client
 from tests.support.services import ServiceProcess, free_port, service_env
 from tests.support.tracker import PARTITIONS, RunningIngest, start_ingest
 
-pytestmark = pytest.mark.infra
+pytestmark = [pytest.mark.infra, pytest.mark.browser]
 
 # Calls made before t.js loads are queued by this stub (docs/tracker.md).
 QUEUE_STUB = (

@@ -1,12 +1,19 @@
-"""Debian's Chromium for the browser tests, installed on first use where we may (never
-Playwright's own browser downloads, which this project's machines cannot fetch)."""
+"""Debian's Chromium for the browser tests, installed where we may (never Playwright's own
+browser downloads, which this project's machines cannot fetch).
+
+The install runs once, before any test, when the run collected a `browser` test
+(tests/conftest.py): an apt-get takes minutes on a loaded machine, more than a test's timeout,
+and the test workers would otherwise race each other for dpkg's lock. A file lock lets one worker
+install while the others wait for it."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -38,11 +45,20 @@ def _progress(message: str) -> None:
     print(f"[browser tests] {message}", file=sys.__stderr__, flush=True)
 
 
+_INSTALL_LOCK = Path(tempfile.gettempdir()) / "strata-test-chromium.lock"
+
+
 def ensure_chromium() -> Path:
     """/usr/bin/chromium, installed with apt-get when missing and we are root; otherwise the
     calling test fails saying what to install."""
     if CHROMIUM.exists():
         return CHROMIUM
+    with _INSTALL_LOCK.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another worker may be installing it right now
+        return CHROMIUM if CHROMIUM.exists() else _install_chromium()
+
+
+def _install_chromium() -> Path:
     apt_get = shutil.which("apt-get")
     if apt_get is None or os.geteuid() != 0:
         pytest.fail(
