@@ -67,15 +67,20 @@ def _install_chromium() -> Path:
             pytrace=False,
         )
     environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for step in (["update"], ["install", "-y", "chromium"]):
-        _progress(f"running apt-get {' '.join(step)} ...")
-        done = subprocess.run(
-            [apt_get, *step], env=environment, capture_output=True, text=True, check=False
-        )
+    # An install cut short (a killed test run) leaves dpkg "interrupted", and apt-get then
+    # refuses everything until it is finished: finish it first (nothing to do otherwise).
+    steps = (
+        ["dpkg", "--configure", "-a"],
+        [apt_get, "update"],
+        [apt_get, "install", "-y", "chromium"],
+    )
+    for step in steps:
+        command = " ".join([Path(step[0]).name, *step[1:]])
+        _progress(f"running {command} ...")
+        done = subprocess.run(step, env=environment, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             pytest.fail(
-                f"apt-get {' '.join(step)} failed ({done.returncode}):\n{done.stderr[-2000:]}",
-                pytrace=False,
+                f"{command} failed ({done.returncode}):\n{done.stderr[-2000:]}", pytrace=False
             )
     if not CHROMIUM.exists():
         pytest.fail("apt-get installed chromium but /usr/bin/chromium is missing", pytrace=False)
