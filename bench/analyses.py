@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench import peers
-from libs.common.day_files.layout import EVENT_FILE_SCHEMA, SORT_KEYS
+from libs.common.day_files.layout import EVENT_FILE_SCHEMA, SORT_KEYS, TIE_ORDER, TIE_ORDER_KEY
 from services.query.analyses.conditions import EventScope
 from services.query.analyses.funnels import FunnelSpec, funnel_spec, run_funnel
 from services.query.analyses.paths import paths_spec, run_paths
@@ -113,8 +113,9 @@ def _day_table(rng: np.random.Generator, day: date, persons: int, events: int) -
 
 def dataset(data_dir: Path, events: int, persons: int, days: int) -> list[Path]:
     """Day files of the bench dataset (generated on first use)."""
-    # "-k": files with person keys, sorted by them (files of earlier layouts stay beside them).
-    folder = data_dir / f"e{events}-p{persons}-d{days}-k"
+    # "-k": files with person keys, sorted by them; "t": claiming the tie order, as parts
+    # written by the export do (files of earlier layouts stay beside them).
+    folder = data_dir / f"e{events}-p{persons}-d{days}-kt"
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(42)
     files = []
@@ -123,6 +124,8 @@ def dataset(data_dir: Path, events: int, persons: int, days: int) -> list[Path]:
         path = folder / f"dt={day.isoformat()}.parquet"
         if not path.exists():
             table = _day_table(rng, day, persons, events // days)
+            # Sorted by Arrow (ids by code point): the order the footer claims.
+            table = table.replace_schema_metadata({TIE_ORDER_KEY: TIE_ORDER})
             pq.write_table(table, path, compression="zstd", row_group_size=131_072)
         files.append(path)
     return files

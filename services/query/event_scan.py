@@ -237,6 +237,15 @@ def _sql_instant(value: datetime) -> str:
     return f"TIMESTAMPTZ {_sql_string(value.astimezone(UTC).isoformat())}"
 
 
+# What orders a row among rows tied on (person_key, ts) of its source (`events_scan_stored`'s
+# last two columns): `tie_row`, its position (file number << 32 | row in the file) when it comes
+# from a day file claiming the tie order (libs/common/day_files/layout.py, TIE_ORDER), where rows
+# of one stored person key at one ts lie in event-id code-point order; else `tie_id`, its event
+# id (PostgreSQL's rows, files written before the claim). Exactly one of the two is not NULL.
+TIE_COLUMNS = ("tie_row", "tie_id")
+_TIES_BY_ID = "CAST(NULL AS BIGINT) AS tie_row, event_id AS tie_id"
+
+
 def _build_view(
     con: duckdb.DuckDBPyConnection,
     *,
@@ -262,7 +271,7 @@ def _build_view(
     # compact_rows.py): DuckDB reads each as it is.
     for number, table in enumerate(hot):
         con.register(f"strata_hot_rows_{number}", table)
-        sources.append(f"SELECT {columns} FROM strata_hot_rows_{number}")
+        sources.append(f"SELECT {columns}, {_TIES_BY_ID} FROM strata_hot_rows_{number}")
     keyed = (
         all(rows_are_keyed(t) for t in hot)
         and aliases_are_keyed(aliases)
@@ -271,10 +280,20 @@ def _build_view(
     # Files of one set of columns are read together; a part written before a column was
     # added (the person keys among them) reads it as NULL.
     groups = (file_columns or FileColumns()).groups(paths)
-    for number, (held, group) in enumerate(groups):
+    first_file = 0
+    for number, (held, tie_order, group) in enumerate(groups):
         files = "[" + ", ".join(_sql_string(p) for p in group) + "]"
         selected = ", ".join(c if c in held else f"{null_of(c)} AS {c}" for c in STORED_COLUMNS)
-        sources.insert(number, f"SELECT {selected} FROM read_parquet({files})")
+        # Ties: a file claiming the tie order gives each row's position (its number among the
+        # scan's files, high bits, and its row in the file) instead of its event id.
+        ties = (
+            f"CAST(file_index + {first_file} AS BIGINT) * {1 << 32} + file_row_number AS tie_row,"
+            " CAST(NULL AS VARCHAR) AS tie_id"
+            if tie_order
+            else _TIES_BY_ID
+        )
+        sources.insert(number, f"SELECT {selected}, {ties} FROM read_parquet({files})")
+        first_file += len(group)
     where = f"e.ts >= {_sql_instant(start)} AND e.ts < {_sql_instant(end)}"
     if not include_bots:
         where += " AND NOT e.is_bot"
@@ -318,12 +337,13 @@ def _build_view(
             " ON k.device = COALESCE(e.device_key, e.person_key)"
         )
         # The stored keys, no join: a reader that needs few rows' persons resolves just those
-        # (person_keys.resolved_person_keys) instead of joining every row with the aliases.
+        # (person_keys.resolved_person_keys) instead of joining every row with the aliases;
+        # and what orders ties without reading every event id (TIE_COLUMNS).
         stored_outputs = ", ".join(
             "e.person_key, COALESCE(e.device_key, e.person_key) AS alias_key"
             if c == "person_key"
             else f"e.{c}"
-            for c in KEYED_SCAN_COLUMNS
+            for c in (*KEYED_SCAN_COLUMNS, *TIE_COLUMNS)
         )
         con.execute(
             f"CREATE TEMP VIEW events_scan_stored AS SELECT {stored_outputs}"

@@ -13,6 +13,7 @@ import duckdb
 import pyarrow.parquet as pq
 
 from libs.common.day_files import DayFileCache
+from libs.common.day_files.layout import TIE_ORDER, TIE_ORDER_KEY
 from libs.common.model.columns import DERIVED_EVENT_COLUMNS, EVENTS, SCANNED_EVENT_COLUMNS
 from services.query.erased_persons import ErasedIds
 from services.query.hot_rows import HotRows
@@ -52,10 +53,18 @@ def null_of(column: str) -> str:
 
 @dataclass(frozen=True)
 class FileFooter:
-    """What a day file's footer says: its columns, and whether every row has a person key."""
+    """What a day file's footer says: its columns, whether every row has a person key, and
+    whether rows tied on (person key, ts) are in event-id code-point order (`TIE_ORDER`)."""
 
     columns: frozenset[str]
     keyed: bool
+    tie_order: bool = False
+
+
+def footer_claims_tie_order(metadata: pq.FileMetaData) -> bool:
+    """The file says its rows tied on (person_key, ts) are in event-id code-point order."""
+    values = metadata.metadata or {}
+    return values.get(TIE_ORDER_KEY.encode()) == TIE_ORDER.encode()
 
 
 class FileColumns:
@@ -73,12 +82,14 @@ class FileColumns:
         self._sets: dict[frozenset[str], frozenset[str]] = {}  # one object per column set
         self.footers_read = 0  # since start (tests)
 
-    def groups(self, paths: Sequence[str]) -> list[tuple[frozenset[str], list[str]]]:
-        """`paths` grouped by the columns their files hold, in order of first appearance."""
-        grouped: dict[frozenset[str], list[str]] = {}
+    def groups(self, paths: Sequence[str]) -> list[tuple[frozenset[str], bool, list[str]]]:
+        """`paths` grouped by the columns their files hold and whether they claim the tie
+        order, in order of first appearance."""
+        grouped: dict[tuple[frozenset[str], bool], list[str]] = {}
         for path in paths:
-            grouped.setdefault(self.of(path).columns, []).append(path)
-        return list(grouped.items())
+            footer = self.of(path)
+            grouped.setdefault((footer.columns, footer.tie_order), []).append(path)
+        return [(columns, tie_order, group) for (columns, tie_order), group in grouped.items()]
 
     def unkeyed(self, paths: Sequence[str]) -> frozenset[str]:
         """The paths among `paths` with some row without a person key."""
@@ -91,7 +102,11 @@ class FileColumns:
         if footer is None:
             metadata = pq.read_metadata(path)
             names = frozenset(metadata.schema.names)
-            footer = FileFooter(self._sets.setdefault(names, names), footer_is_keyed(metadata))
+            footer = FileFooter(
+                self._sets.setdefault(names, names),
+                footer_is_keyed(metadata),
+                footer_claims_tie_order(metadata),
+            )
             self.footers_read += 1
             self._files[key] = footer
             while len(self._files) > self.max_files:

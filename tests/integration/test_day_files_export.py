@@ -32,6 +32,7 @@ from libs.common.day_files import (
     part_object_name,
     project_prefix,
 )
+from libs.common.day_files.layout import TIE_ORDER, TIE_ORDER_KEY
 from libs.common.model.event_encoding import restored_sql
 from libs.common.object_store import ObjectInfo, ObjectStore, StorageTier
 from libs.common.object_store.file_store import FileObjectStore
@@ -152,6 +153,58 @@ async def test_round_trip_column_for_column(pool: asyncpg.Pool, tmp_path: Path) 
     assert part["max_ts"] == max(r["ts"] for r in expected.values())
     assert part["object_name"] == part_object_name("acme", DAY, part["part_id"])
     assert part["object_name"].startswith("events/v1/project=acme/dt=2024-03-02/part-")
+
+
+async def test_ties_are_in_event_id_code_point_order_as_the_footer_claims(
+    pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    # One device's events at one instant, ids whose code-point order is not a language's
+    # (capitals before small letters, '-' before '_'), then late rows tied with them, merged.
+    # (The test database's own collation already orders these by code point, so here this
+    # holds the footer's claim and the order; a database in a language's collation is what
+    # the export's COLLATE "C" is for.)
+    tie = DAY_START + timedelta(hours=3)
+    ids = ["b-1", "B-2", "a-3", "A-4", "a_5", "a-6", "é-7", "e-8"]
+    tied = [
+        EventV1(
+            event_id=event_id,
+            project_id="acme",
+            type="page",
+            name=PAGEVIEW,
+            ts=tie,
+            received_at=tie,
+            distinct_id="device-x",
+            anonymous_id="device-x",
+            session_id="s-x",
+            path=f"/{event_id}",
+        )
+        for event_id in ids
+    ]
+    await write(pool, day_events(50) + tied[:5])
+    config = settings(tmp_path, max_late_parts=1)
+    async with store_at(tmp_path) as store:
+        first = await export_day(pool, store, "acme", DAY, config)
+        for late in (tied[5:7], tied[7:]):
+            await write(pool, late)
+            await export_pending_days(
+                pool, store, config, grace=timedelta(0), projects=["acme"], days=[DAY]
+            )
+        parts = await pool.fetch(
+            "SELECT object_name, kind FROM day_files WHERE state = 'active' ORDER BY xid_from"
+        )
+        assert first.part is not None and [p["kind"] for p in parts] == ["export", "merge"]
+        for part in parts:
+            local = tmp_path / f"tie-{part['kind']}.parquet"
+            await store.get_to_file(part["object_name"], local)
+            metadata = pq.read_metadata(local).metadata
+            assert metadata[TIE_ORDER_KEY.encode()] == TIE_ORDER.encode()
+            rows = pq.read_table(local).to_pylist()
+            keys = [(r["person_key"], r["ts"], r["event_id"]) for r in rows]
+            # Python compares strings by code point, as COLLATE "C" and Arrow do.
+            assert keys == sorted(keys)
+            at_tie = [r["event_id"] for r in rows if r["ts"] == tie]
+            expected = sorted(ids[:5]) if part["kind"] == "export" else sorted(ids[5:])
+            assert at_tie == expected
 
 
 class CorruptingStore(FileObjectStore):

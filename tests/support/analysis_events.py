@@ -100,7 +100,10 @@ def events_table(events: Sequence[Ev]) -> pa.Table:
 
 
 def scan_connection(
-    events: Sequence[Ev], persons: dict[str, dict[str, Any]] | None = None
+    events: Sequence[Ev],
+    persons: dict[str, dict[str, Any]] | None = None,
+    *,
+    mixed_sources: bool = False,
 ) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with `events_scan` over `events` and `persons` from
     `{person_id: traits}` (first_seen = the person's first event)."""
@@ -130,7 +133,9 @@ def scan_connection(
     )
     # `events_scan_stored`: half the rows of every other person store a device's key (as
     # events sent before an identify do), which an alias in `person_key_aliases` maps to the
-    # person's key; the other rows store the person's key.
+    # person's key; the other rows store the person's key. Chosen per session (a session
+    # before an identify), or per row with `mixed_sources`.
+    unit = "e.event_id" if mixed_sources else "coalesce(e.session_id, e.event_id)"
     kept = list(range(0, len(people), 2))
     con.register(
         "test_key_aliases",
@@ -139,13 +144,26 @@ def scan_connection(
     con.execute("CREATE TABLE person_key_aliases AS SELECT * FROM test_key_aliases")
     con.unregister("test_key_aliases")
     stored = (
-        f"CASE WHEN k.person_key % 2 = 0 AND hash(e.event_id) % 2 = 0"
+        f"CASE WHEN k.person_key % 2 = 0 AND hash({unit}) % 2 = 0"
         f" THEN k.person_key + {len(people)} ELSE k.person_key END"
     )
+    # And the tie columns (services/query/event_scan.py, TIE_COLUMNS): a quarter of the rows
+    # come "from PostgreSQL" (their event id), the others from one of two day files per UTC day
+    # claiming the tie order (their position in a file sorted by stored key, ts and event id).
+    # `mixed_sources=False`: a session's rows come from one source, so its ties are settled
+    # by position or by id; True: each row's source is its own, so some ties (two files, a
+    # file and PostgreSQL, two stored keys) need the ids read again.
+    source = f"hash({unit} || 'source') % 4"
+    file_number = f"(epoch(e.ts) // 86400)::BIGINT * 2 + ({source} = 3)::BIGINT"
     con.execute(
-        "CREATE VIEW events_scan_stored AS SELECT e.* EXCLUDE (person_id),"
-        f" {stored} AS person_key, {stored} AS alias_key"
-        " FROM events_table e JOIN person_keys_table k USING (person_id)"
+        "CREATE VIEW events_scan_stored AS SELECT * EXCLUDE (file_number, hot),"
+        " CASE WHEN hot THEN NULL ELSE file_number * 4294967296 + row_number() OVER ("
+        "   PARTITION BY hot, file_number ORDER BY person_key, ts, event_id) END AS tie_row,"
+        " CASE WHEN hot THEN event_id END AS tie_id"
+        " FROM (SELECT e.* EXCLUDE (person_id),"
+        f" {stored} AS person_key, {stored} AS alias_key,"
+        f" {file_number} AS file_number, {source} = 0 AS hot"
+        " FROM events_table e JOIN person_keys_table k USING (person_id))"
     )
     first_seen: dict[str, datetime] = {}
     for ev in events:

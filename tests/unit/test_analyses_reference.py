@@ -288,14 +288,23 @@ PATHS = [
 ]
 
 
-@pytest.mark.parametrize("person_keys", [False, True], ids=["by-id", "by-key"])
+@pytest.mark.parametrize(
+    ("person_keys", "mixed_sources"),
+    [(False, False), (True, False), (True, True)],
+    ids=["by-id", "by-key", "by-key-mixed-sources"],
+)
 @pytest.mark.parametrize("request_body", PATHS, ids=range(len(PATHS)))
 def test_paths_match_the_reference(
     dataset: tuple[list[Ev], duckdb.DuckDBPyConnection],
     request_body: PathsRequest,
     person_keys: bool,
+    mixed_sources: bool,
 ) -> None:
     events, con = dataset
+    if mixed_sources:
+        # Rows of one session from two files, or a file and PostgreSQL, tied at one time:
+        # their order needs the event ids (support/analysis_events.py, the tie columns).
+        con = scan_connection(events, mixed_sources=True)
     spec = paths_spec(request_body)
     session_max = timedelta(days=1)
     # By key: persons (and per-person paths) from integer person keys (`events_scan_keyed`).

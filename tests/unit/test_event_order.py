@@ -246,3 +246,82 @@ def test_keys_numbered_per_run_over_many_runs_match_the_dictionary_encoding() ->
     assert int(codes.max()) + 1 == len(set(keys))
     # Hashes equal in their top bits only (one bucket) but different keys and hashes.
     _run_codes_agree(keys, [(7 << 50) | (hash(k) % 2**20) for k in keys])
+
+
+def _tie_table(rows: list[tuple[str, int, int | None, str | None, int]]) -> pa.Table:
+    """Rows of (key, ts, tie_row, tie_id, stored key), as paths read the scan's tie columns."""
+    return pa.table(
+        {
+            "key": [r[0] for r in rows],
+            "t": pa.array([r[1] for r in rows], pa.int64()),
+            "tr": pa.array([r[2] for r in rows], pa.int64()),
+            "eid": pa.array([r[3] for r in rows], pa.string()),
+            "run": pa.array([r[4] for r in rows], pa.int64()),
+        }
+    )
+
+
+def _tie_order(table: pa.Table) -> list[tuple[str, int, int | None, str | None]]:
+    events = in_event_order(table, key="key", ts="t", event_id="eid", tie_row="tr", tie_run="run")
+    picked = table.take(pa.array(events.rows)).to_pylist()
+    return [(r["key"], r["t"], r["tr"], r["eid"]) for r in picked]
+
+
+def _file_row(file: int, row: int) -> int:
+    return file << 32 | row
+
+
+def test_ties_within_one_file_and_stored_key_follow_their_positions() -> None:
+    # A file claiming the tie order holds rows tied on (stored key, ts) in event-id order, so
+    # their positions order them with no id read; PostgreSQL's rows (ids) beside them are
+    # ordered by id. The rows come shuffled: only the positions and ids can give the order.
+    rows: list[tuple[str, int, int | None, str | None, int]] = [
+        ("s1", 5, _file_row(0, 7), None, 1),
+        ("s1", 5, _file_row(0, 3), None, 1),
+        ("s1", 5, _file_row(0, 12), None, 1),
+        ("s1", 9, _file_row(0, 13), None, 1),
+        ("s2", 5, _file_row(1, 4), None, 2),
+        ("s2", 5, _file_row(1, 2), None, 2),
+        ("s3", 5, None, "e9", 3),
+        ("s3", 5, None, "e10", 3),
+        ("s3", 5, None, "E5", 3),
+    ]
+    expected = [
+        ("s1", 5, _file_row(0, 3), None),
+        ("s1", 5, _file_row(0, 7), None),
+        ("s1", 5, _file_row(0, 12), None),
+        ("s1", 9, _file_row(0, 13), None),
+        ("s2", 5, _file_row(1, 2), None),
+        ("s2", 5, _file_row(1, 4), None),
+        ("s3", 5, None, "E5"),
+        ("s3", 5, None, "e10"),
+        ("s3", 5, None, "e9"),
+    ]
+    for seed in range(5):
+        shuffled = rows[:]
+        random.Random(seed).shuffle(shuffled)
+        got = _tie_order(_tie_table(shuffled))
+        # Keys come out grouped in first-seen order: compare each key's rows.
+        assert sorted(got, key=lambda r: r[0]) == expected
+
+
+@pytest.mark.parametrize(
+    "tied",
+    [
+        # Two files (a day's export and its late part).
+        [("s", 5, _file_row(0, 1), None, 1), ("s", 5, _file_row(1, 0), None, 1)],
+        # One file, two stored keys (a session before and after an identify): the file
+        # orders them by key first, not by id.
+        [("s", 5, _file_row(0, 1), None, 1), ("s", 5, _file_row(0, 9), None, 2)],
+        # A file's row and PostgreSQL's.
+        [("s", 5, _file_row(0, 1), None, 1), ("s", 5, None, "e1", 1)],
+    ],
+    ids=["two-files", "two-stored-keys", "file-and-postgresql"],
+)
+def test_ties_positions_cannot_order_ask_for_the_event_ids(
+    tied: list[tuple[str, int, int | None, str | None, int]],
+) -> None:
+    untied = [("t", 5, _file_row(0, 0), None, 3), ("t", 6, _file_row(0, 2), None, 3)]
+    assert len(_tie_order(_tie_table(untied))) == 2
+    with pytest.raises(TiesNeedEventIds):
+        _tie_order(_tie_table(untied + tied))

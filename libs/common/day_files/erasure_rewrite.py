@@ -37,7 +37,7 @@ from libs.common.day_files.export import (
     _recover,
     _write_verify_activate,
 )
-from libs.common.day_files.layout import with_day_file_schema
+from libs.common.day_files.layout import SORT_KEYS, with_day_file_schema
 from libs.common.day_files.parquet_parts import ids_checksum, write_part
 from libs.common.object_store import ObjectStore
 from libs.common.object_store.base import DEFAULT_RESTORE_HOURS
@@ -129,7 +129,9 @@ async def rewrite_part_without(
             contents = await asyncio.to_thread(
                 write_part,
                 local,
-                [kept],  # filtering keeps the file's sort order
+                # Sorted again (Arrow: ids by code point), so the part may claim that order
+                # (TIE_ORDER) even when the part it replaces was written before the claim.
+                [kept.sort_by([(name, order) for name, order in SORT_KEYS])],
                 row_group_rows=settings.row_group_rows,
                 zstd_level=settings.zstd_level,
                 metadata=_file_metadata(new),

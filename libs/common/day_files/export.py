@@ -41,6 +41,8 @@ from libs.common.day_files.layout import (
     EVENT_FILE_SCHEMA,
     FORMAT_VERSION,
     SORT_KEYS,
+    TIE_ORDER,
+    TIE_ORDER_KEY,
     day_bounds,
     part_object_name,
     project_prefix,
@@ -69,7 +71,11 @@ log = structlog.get_logger("day_files")
 _DAY_LOCK_CLASS = 0x44415946  # "DAYF"
 _STALE_WORK_S = 24 * 3600.0
 _ALL_COLUMNS = tuple(EVENT_FILE_SCHEMA.names)
-_ORDER_BY = ", ".join(f"e.{name}" for name, _ in SORT_KEYS)
+# Ids compared by code point (COLLATE "C"), not in the database's collation: the order the
+# footer claims (TIE_ORDER), the one merges (Arrow) and the analyses sort ties in.
+_ORDER_BY = ", ".join(
+    f'e.{name} COLLATE "C"' if name == "event_id" else f"e.{name}" for name, _ in SORT_KEYS
+)
 
 ExportStepHook = Callable[[str, DayPart], Awaitable[None]]
 
@@ -218,6 +224,9 @@ def _file_metadata(part: DayPart) -> dict[str, str]:
         "strata.part": part.part_id,
         "strata.xid_from": str(part.xid_from),
         "strata.xid_to": str(part.xid_to),
+        # Every writer of parts sorts ties by code point: the export (COLLATE "C"), merges
+        # and erasure rewrites (Arrow's sort).
+        TIE_ORDER_KEY: TIE_ORDER,
     }
 
 

@@ -24,6 +24,13 @@ NOT_NULL_COLUMNS = frozenset(f.name for f in EVENT_FILE_SCHEMA if not f.nullable
 # Rows are sorted by person key then time, so one person's events sit together (funnels, paths
 # and retention group by person) and their repeated dimensions compress into long runs.
 SORT_KEYS = (("person_key", "ascending"), ("ts", "ascending"), ("event_id", "ascending"))
+# What a part's footer says about the order of rows equal in (person_key, ts): their event ids
+# ascend in code-point order (UTF-8 byte order: PostgreSQL's COLLATE "C", Arrow's string sort),
+# the order the analyses break ties in. Every part written since says so; a reader may then
+# order such ties by their position in the file instead of reading the ids. Parts without it
+# (written when the export compared ids in the database's collation) are ordered by their ids.
+TIE_ORDER_KEY = "strata.tie_order"
+TIE_ORDER = "event_id_code_points"
 # Columns parts written before they existed lack (migration 0024's person keys): such a part
 # is still a day file, read as if they were NULL.
 LATER_COLUMNS = tuple(c.name for c in EVENT_COLUMNS if c.derived)

@@ -148,12 +148,21 @@ def in_event_order(
     event_id: str | None,
     rank: Ints | None = None,
     codes: Ints | None = None,
+    tie_row: str | None = None,
+    tie_run: str | None = None,
 ) -> EventOrder:
     """The rows of `table`, in any order, in the exact order (key, ts, rank, event id); `rank`
     is the rank's value per row (small non-negative integers, equal values: equal ranks);
     `codes`, when given, the key's numbers per row as `key_codes` makes them. Without
     `event_id` (None), tied rows equal in every column of `table` keep the order they came in,
-    and ties between rows that differ raise `TiesNeedEventIds`."""
+    and ties between rows that differ raise `TiesNeedEventIds`.
+
+    With `tie_row` (the scan's `tie_row`: file number << 32 | row in a day file claiming the
+    tie order, else NULL) the `event_id` column may be NULL where `tie_row` is not, and
+    `tie_run` names the rows' stored person key: tied rows all of one file and one stored key
+    lie in event-id order in that file, so their positions order them; tied rows all with ids
+    are ordered by the ids; any other tie (rows of two files, two stored keys, or a file and
+    PostgreSQL) raises `TiesNeedEventIds`: read the rows again with every event id."""
     n = table.num_rows
     codes = key_codes(table[key]) if codes is None else codes
     times = np.asarray(table[ts].to_numpy(), dtype=np.int64)
@@ -212,13 +221,52 @@ def in_event_order(
         members = np.flatnonzero(in_group)
         starts = np.ones(members.size, dtype=bool)
         starts[1:] = ~tied[members[1:] - 1]
-        ids = table[event_id].take(pa.array(rows[members]))
+        group = np.cumsum(starts)
+        taken = pa.array(rows[members])
+        ids = table[event_id].take(taken)
+        if tie_row is not None:
+            by_position, position = _position_groups(table, taken, starts, group, tie_row, tie_run)
+            if by_position.any():
+                has_id = ids.is_valid().to_numpy(zero_copy_only=False)
+                if not (has_id | by_position).all():
+                    raise TiesNeedEventIds
+                # These groups by position.
+                at = np.flatnonzero(by_position)
+                moved = members[at[np.lexsort((position[at], group[at]))]]
+                rows[members[at]] = rows[moved]
+                # The others by id, below.
+                rest = np.flatnonzero(~by_position)
+                members, group, ids = members[rest], group[rest], ids.take(pa.array(rest))
+            elif ids.null_count:
+                raise TiesNeedEventIds
         settled = pc.sort_indices(
-            pa.table({"group": np.cumsum(starts), "id": ids}),
+            pa.table({"group": group, "id": ids}),
             sort_keys=[("group", "ascending"), ("id", "ascending")],
         )
         rows[members] = rows[members[np.asarray(settled.to_numpy(), dtype=np.int64)]]
     return EventOrder(table, rows, codes, times, same_key)
+
+
+def _position_groups(
+    table: pa.Table, taken: pa.Array, starts: Flags, group: Ints, tie_row: str, tie_run: str | None
+) -> tuple[Flags, Ints]:
+    """Per member of the tie groups (`taken`: their rows; `starts`: where each group starts,
+    `group`: its number from 1), whether its group is ordered by position (every member has
+    one, of the group's first member's file, with its stored key: `tie_run`), and the
+    members' positions."""
+    missing = np.iinfo(np.int64).min
+    filled = pc.fill_null(table[tie_row].take(taken), missing)
+    position = np.asarray(filled.to_numpy(), dtype=np.int64)
+    heads = np.flatnonzero(starts)
+    head = heads[group - 1]
+    ok = (position != missing) & (position >> 32 == position[head] >> 32)
+    if tie_run is not None:
+        run = table[tie_run].take(taken)
+        same = pc.equal(run, run.take(pa.array(head)))
+        both_null = pc.and_(run.is_null(), run.take(pa.array(head)).is_null())
+        ok &= pc.or_(pc.fill_null(same, False), both_null).to_numpy(zero_copy_only=False)
+    whole = np.logical_and.reduceat(ok, heads)
+    return np.repeat(whole, np.diff(heads, append=ok.size)), position
 
 
 def _rank_ties(rows: Ints, tied: Flags, rank: Ints) -> Flags:

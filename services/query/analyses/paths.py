@@ -27,7 +27,12 @@ import pyarrow.compute as pc
 from libs.common.rollup_keys import NONE_VALUE
 from libs.common.schemas.events_v1 import PAGEVIEW
 from services.query.analyses.conditions import EventScope, check_regex, check_replacement
-from services.query.analyses.event_order import EventOrder, in_event_order, run_key_codes
+from services.query.analyses.event_order import (
+    EventOrder,
+    TiesNeedEventIds,
+    in_event_order,
+    run_key_codes,
+)
 from services.query.analyses.requests import (
     CleaningRule,
     PathsRequest,
@@ -196,15 +201,38 @@ def run_paths(
             view, person = "events_scan_stored", "e.alias_key AS ak, e.person_key"
         columns = f"e.session_id AS sid, hash(e.session_id) AS sh, {person} AS pid"
     kinds = _type_sql(spec, params)
-    table: pa.Table = con.sql(
-        f"""SELECT {columns}, epoch_us(e.ts) AS t, e.event_id AS eid,
-                   {raw} AS raw, {page} AS page
-            FROM {view} e
-            WHERE {where} AND NOT e.non_interactive AND {kinds}""",
-        params=params.values,
-    ).to_arrow_table()
+
+    def read(ties: str) -> pa.Table:
+        table: pa.Table = con.sql(
+            f"""SELECT {columns}, epoch_us(e.ts) AS t, {ties},
+                       {raw} AS raw, {page} AS page
+                FROM {view} e
+                WHERE {where} AND NOT e.non_interactive AND {kinds}""",
+            params=params.values,
+        ).to_arrow_table()
+        return table
+
+    # Per session with stored keys, rows tied on (session, ts) are ordered by their position
+    # in a day file claiming the tie order when they are all of one file and one stored key
+    # (`events_scan_stored`'s tie columns): event ids are read only for PostgreSQL's rows and
+    # older files, and for every row in the rare query with other ties (read again).
+    by_position = spec.per == "session" and by_key
+    table = read("e.tie_row AS tr, e.tie_id AS eid" if by_position else "e.event_id AS eid")
     codes = None if spec.per == "person" else run_key_codes(table["sid"], table["sh"])
-    events = in_event_order(table, key="sid", ts="t", event_id="eid", codes=codes)
+    try:
+        events = in_event_order(
+            table,
+            key="sid",
+            ts="t",
+            event_id="eid",
+            codes=codes,
+            tie_row="tr" if by_position else None,
+            tie_run="pid" if by_position else None,
+        )
+    except TiesNeedEventIds:
+        table = read("e.event_id AS eid")
+        codes = run_key_codes(table["sid"], table["sh"])
+        events = in_event_order(table, key="sid", ts="t", event_id="eid", codes=codes)
     label_of_row, labels = _row_labels(con, spec, table)
     start_label, end_label = _point_labels(con, spec)
     kept = session_paths(
