@@ -21,7 +21,7 @@ as it was.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import asyncpg
 import msgspec
@@ -172,11 +172,16 @@ class PartitionCheckpoints:
         return Checkpoint(stream_seq=row["stream_seq"], state=state)
 
     async def save(
-        self, stream_seq: int, state: PartitionSessions, changed: Iterable[tuple[str, str]]
+        self, stream_seq: int, state: PartitionSessions, changed: Collection[tuple[str, str]]
     ) -> int:
         """Store `state` as of raw sequence `stream_seq`, given every person changed or
         forgotten since the last save or load; returns the bytes of state written."""
-        if self._has_base and self._changes < MAX_CHANGES:
+        # When most persons changed, their changes would be about the whole state's size.
+        if (
+            self._has_base
+            and self._changes < MAX_CHANGES
+            and 2 * len(changed) < max(1, state.person_count())
+        ):
             blob = encode_changes(changes_of(state, changed))
             if self._changes_bytes + len(blob) < self._base_bytes:
                 await self._append(stream_seq, blob)
