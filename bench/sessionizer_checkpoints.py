@@ -6,7 +6,8 @@ The demo's backfill (`strata_dev.demo`, 130 days of 100 visitors a day by defaul
 into events carrying what sessionizing reads (person, time, page, referrer, UTM tags; not
 ingest's whole enrichment), split into 8 person partitions as ingest does, one raw message per
 demo batch and partition, received over 45 s as the demo sends them (so nobody is pruned), and
-sessionized with a checkpoint every `--messages-per-checkpoint` raw messages of a partition.
+sessionized with a checkpoint every `--messages-per-checkpoint` raw messages of a partition
+(115: about the 180 checkpoints `bench.demo_footprint` counts on the demo).
 An embedded PostgreSQL written by nothing else holds the checkpoints, so pg_current_wal_lsn
 differences are their WAL. CPU is this process's (sessionizing and checkpointing).
 
@@ -139,12 +140,16 @@ async def _run(pg_url: str, mode: str, per_checkpoint: int, days: int, visitors:
 
 
 def run_benchmark(
-    mode: str = "incremental", per_checkpoint: int = 70, days: int = 130, visitors: int = 100
+    mode: str = "incremental", per_checkpoint: int = 115, days: int = 130, visitors: int = 100
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         postgres = EmbeddedPostgres(Path(tmp) / "pg").start()
         try:
-            result = asyncio.run(_run(postgres.url, mode, per_checkpoint, days, visitors))
+            max_changes = checkpoints.MAX_CHANGES
+            try:
+                result = asyncio.run(_run(postgres.url, mode, per_checkpoint, days, visitors))
+            finally:
+                checkpoints.MAX_CHANGES = max_changes
             print(f"  sessionizer checkpoints: {result}", flush=True)
             return result
         finally:
@@ -154,7 +159,7 @@ def run_benchmark(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mode", choices=["incremental", "whole"], default="incremental")
-    parser.add_argument("--messages-per-checkpoint", type=int, default=70)
+    parser.add_argument("--messages-per-checkpoint", type=int, default=115)
     parser.add_argument("--days", type=int, default=130)
     parser.add_argument("--visitors", type=int, default=100)
     args = parser.parse_args()
