@@ -3,7 +3,7 @@ bench/results/latest.json (and a timestamped copy). Figures only: nothing here p
 
     python -m bench [--only ingest,ingest_stages,aggregator,aggregator_stages,pipeline,demo,
                             day_files,analyses,tiers,dashboard,recovery,raw_stream,
-                            sessionizer_backlog]
+                            sessionizer_backlog,sessionizer_checkpoints]
                     [--seconds 20] [--scale 1.0]
 
 --scale multiplies the analyses/tiers dataset (5,000,000 events, 200,000 persons; always 120
@@ -35,6 +35,7 @@ from bench import (
     raw_stream,
     recovery,
     sessionizer_backlog,
+    sessionizer_checkpoints,
     tiers,
 )
 
@@ -89,7 +90,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="ingest,ingest_stages,aggregator,aggregator_stages,pipeline,demo,day_files,analyses,"
-        "tiers,dashboard,recovery,raw_stream,sessionizer_backlog",
+        "tiers,dashboard,recovery,raw_stream,sessionizer_backlog,sessionizer_checkpoints",
     )
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument(
@@ -163,6 +164,11 @@ def main() -> None:
     if "sessionizer_backlog" in selected:
         print("== sessionizer backlog: sessionizer and NATS CPU per event", flush=True)
         results["sessionizer_backlog"] = sessionizer_backlog.run_benchmark()
+    if "sessionizer_checkpoints" in selected:
+        print("== sessionizer checkpoints: WAL and CPU, whole state vs changes", flush=True)
+        results["sessionizer_checkpoints"] = {
+            mode: sessionizer_checkpoints.run_benchmark(mode) for mode in ("whole", "incremental")
+        }
     if "recovery" in selected:
         print("== recovery: strata up under load, kill -9 of NATS and of PostgreSQL", flush=True)
         results["recovery"] = recovery.run_benchmark()

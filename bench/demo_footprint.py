@@ -196,6 +196,13 @@ async def _measure(info: dict[str, Any], data_dir: Path, up_pid: int) -> dict[st
         drain_s = max(0.0, last_change - backfill_done)
         cpu = _cpu_s(up_pid, data_dir / "postgres" / "pgdata")
         wal_written = int(await conn.fetchval("SELECT wal_bytes FROM pg_stat_wal"))
+        # Checkpoints the sessionizer wrote (each moves its partition's row once).
+        checkpoints_written = int(
+            await conn.fetchval(
+                "SELECT n_tup_ins + n_tup_upd FROM pg_stat_user_tables"
+                " WHERE relname = 'sessionizer_checkpoints'"
+            )
+        )
         await conn.execute("VACUUM ANALYZE")
         counts = {
             table: int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
@@ -233,6 +240,7 @@ async def _measure(info: dict[str, Any], data_dir: Path, up_pid: int) -> dict[st
         },
         "bytes_per_stored_event": _breakdown(parts, tables, events),
         "wal_written_mb": round(wal_written / 2**20, 1),
+        "sessionizer_checkpoints_written": checkpoints_written,
         "data_dir_mb": round(data_dir_bytes / 2**20, 1),
         "pg_wal_mb": round(pg_wal_bytes / 2**20, 1),
         "data_dir_mb_after_checkpoint": round(_dir_bytes(data_dir) / 2**20, 1),

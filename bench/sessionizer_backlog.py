@@ -4,7 +4,9 @@ sessionizer's and NATS's CPU per event.
 An embedded nats-server and PostgreSQL (migrated; the checkpoints live there) hold a backlog of
 raw messages (50 events each, spread over the partitions); the sessionizer service then runs
 in this process until every event is enriched and checkpointed. CPU is this process's CPU time
-and the nats-server process's, from the start of the drain to its end.
+and the nats-server process's, from the start of the drain to its end. The WAL is what
+PostgreSQL wrote meanwhile (pg_current_wal_lsn before and after; only the checkpoints write),
+per checkpoint and per event.
 
     python -m bench.sessionizer_backlog [--messages 2000] [--partitions 4]
 """
@@ -59,6 +61,7 @@ async def _drain(nats_server: EmbeddedNats, pg_url: str, messages: int, partitio
         health_port=free_port(),
     )
     service = SessionizerService(settings, nc, pool, health_host="127.0.0.1")
+    wal_before = await pool.fetchval("SELECT pg_current_wal_lsn()")
     events = messages * EVENTS_PER_MESSAGE
     nats_before = nats_proc.cpu_times()
     cpu_before = time.process_time()
@@ -74,13 +77,26 @@ async def _drain(nats_server: EmbeddedNats, pg_url: str, messages: int, partitio
     cpu_s = time.process_time() - cpu_before
     nats_after = nats_proc.cpu_times()
     nats_s = (nats_after.user + nats_after.system) - (nats_before.user + nats_before.system)
-    await pool.close()
+    wal_bytes = int(await pool.fetchval("SELECT pg_current_wal_lsn() - $1::pg_lsn", wal_before))
+    await pool.close()  # its backends flush their table statistics as they exit
+    conn = await asyncpg.connect(pg_url)
+    await asyncio.sleep(1.0)
+    checkpoints = int(
+        await conn.fetchval(
+            "SELECT n_tup_ins + n_tup_upd FROM pg_stat_user_tables"
+            " WHERE relname = 'sessionizer_checkpoints'"
+        )
+    )
+    await conn.close()
     await nc.close()
     return {
         "events": events,
         "sessionizer_cpu_us_per_event": round(cpu_s / events * 1e6, 1),
         "nats_cpu_us_per_event": round(nats_s / events * 1e6, 1),
         "events_per_s_wall": round(events / elapsed),
+        "checkpoints": checkpoints,
+        "wal_bytes_per_checkpoint": round(wal_bytes / max(1, checkpoints)),
+        "wal_bytes_per_event": round(wal_bytes / events, 1),
     }
 
 

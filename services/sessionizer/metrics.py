@@ -38,7 +38,8 @@ class SessionizerMetrics:
         )
         self.checkpoint_bytes = Gauge(
             "strata_sessionizer_checkpoint_bytes",
-            "Size of the partition's last checkpointed state",
+            "Bytes of state the partition's last checkpoint wrote (the persons changed since the"
+            " one before, or the whole state when it was rewritten)",
             ["partition"],
             registry=registry,
         )

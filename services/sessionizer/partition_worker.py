@@ -2,7 +2,8 @@
 publish enriched batches and session updates, and checkpoint (state + sequence), then ack.
 
 The chain per raw message: decode -> validate -> sessionize (pure) -> publish (acks awaited
-before the next checkpoint). Per checkpoint: await publish acks -> UPSERT (seq, state) -> ack the
+before the next checkpoint). Per checkpoint: await publish acks -> store (seq, the persons
+changed since the last checkpoint) in one transaction -> ack the
 raw stream up to seq -> ask a background task to purge the partition's raw messages up to seq
 (off the consume path: at most one purge in flight per partition, never past the stored
 checkpoint). A crash anywhere replays
@@ -38,7 +39,7 @@ from libs.common.observability import inject_trace_headers, tracing_enabled
 from libs.common.schemas.events_v1 import EventV1, RawBatchV1, raw_batch_decoder
 from libs.common.settings import SessionizerSettings
 from libs.common.subjects import Subjects
-from services.sessionizer.checkpoints import encode_state, load_checkpoint, save_checkpoint
+from services.sessionizer.checkpoints import PartitionCheckpoints
 from services.sessionizer.enriched_messages import OutgoingMessage, build_messages
 from services.sessionizer.metrics import SessionizerMetrics
 from services.sessionizer.project_rules import ProjectRules
@@ -179,9 +180,11 @@ def sessionize_each(
     batch: RawBatchV1,
     seq: int,
     rules: Callable[[str], SessionRules],
+    changed: set[tuple[str, str]] | None = None,
 ) -> tuple[SessionizedBatch, list[RejectedEvent]]:
     """`sessionize_batch` for a message it failed on: each event is first tried alone on an
-    empty state, those that fail are set aside, and the others are sessionized together."""
+    empty state, those that fail are set aside, and the others are sessionized together (the
+    persons they change go to `changed`)."""
     good: list[EventV1] = []
     rejected: list[RejectedEvent] = []
     for index, event in enumerate(batch.events):
@@ -195,7 +198,7 @@ def sessionize_each(
             rejected.append(RejectedEvent(index, event.event_id, _encode(alone), reason))
         else:
             good.append(event)
-    return sessionize_batch(state, good, seq, rules), rejected
+    return sessionize_batch(state, good, seq, rules, changed), rejected
 
 
 class PartitionWorker:
@@ -241,10 +244,13 @@ class PartitionWorker:
         self._purge_task: asyncio.Task[None] | None = None
         self._purge_upto = 0
         self._purged_upto = 0
+        self._checkpoints = PartitionCheckpoints(pool, subjects.raw_stream, partition)
         self._reset(0, PartitionSessions())
 
     def _reset(self, checkpoint_seq: int, state: PartitionSessions) -> None:
         self.state = state
+        # Persons changed or forgotten since the last checkpoint: the next one stores them.
+        self._changed: set[tuple[str, str]] = set()
         self.checkpoint_seq = checkpoint_seq  # last raw seq whose effects are checkpointed
         self.processed_seq = checkpoint_seq  # last raw seq sessionized and published
         self._last_msg: Msg | None = None  # acking it acks everything before (AckPolicy.ALL)
@@ -299,7 +305,7 @@ class PartitionWorker:
         # checkpoint must not meet a purge aimed at the old stream's sequences.
         await self._settle_purge()
         self._purge_upto = self._purged_upto = 0
-        checkpoint = await load_checkpoint(self._pool, self._subjects.raw_stream, self.partition)
+        checkpoint = await self._checkpoints.load()
         self._reset(checkpoint.stream_seq, checkpoint.state)
         start_seq = await self._start_sequence(checkpoint.stream_seq)
         sub = await self._subscribe(start_seq)
@@ -405,11 +411,15 @@ class PartitionWorker:
 
         await self._rules.ensure_known({event.project_id for event in batch.events})
         if seq in self._sessionize_each:
-            sessionized, failed = sessionize_each(self.state, batch, seq, self._rules)
+            sessionized, failed = sessionize_each(
+                self.state, batch, seq, self._rules, self._changed
+            )
             rejected += failed
         else:
             try:
-                sessionized = sessionize_batch(self.state, batch.events, seq, self._rules)
+                sessionized = sessionize_batch(
+                    self.state, batch.events, seq, self._rules, self._changed
+                )
             except Exception as exc:
                 # The state may be half-updated: go back to the checkpoint, and this time
                 # try the message's events one by one.
@@ -509,14 +519,12 @@ class PartitionWorker:
             self._checkpointed_at = time.monotonic()  # nothing new: fully checkpointed
             return
         await self._publish_acks.settle()
-        blob = encode_state(self.state)
-        await save_checkpoint(
-            self._pool, self._subjects.raw_stream, self.partition, self.processed_seq, blob
-        )
+        written = await self._checkpoints.save(self.processed_seq, self.state, self._changed)
+        self._changed = set()
         self.checkpoint_seq = self.processed_seq
         self._messages_since_checkpoint = 0
         self._checkpointed_at = time.monotonic()
-        self._metrics.checkpoint_bytes.labels(self._label).set(len(blob))
+        self._metrics.checkpoint_bytes.labels(self._label).set(written)
         self._metrics.persons.labels(self._label).set(self.state.person_count())
         self._metrics.checkpoint_age.labels(self._label).set(0)
         if self._last_msg is not None:

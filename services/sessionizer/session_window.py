@@ -242,8 +242,13 @@ class PartitionSessions(msgspec.Struct, kw_only=True):
         _extend(session, event, t, campaign, seq)
         return session, is_new
 
-    def prune(self, rules_for: Callable[[str], SessionRules]) -> int:
-        """Forget persons no in-window event can reach any more; returns how many.
+    def prune(
+        self,
+        rules_for: Callable[[str], SessionRules],
+        changed: set[tuple[str, str]] | None = None,
+    ) -> int:
+        """Forget persons no in-window event can reach any more; returns how many (and adds
+        their (project_id, distinct_id) to `changed`, when given).
 
         A person goes when their last event is older than the partition's event clock minus
         (max_s + timeout) AND nothing of theirs arrived for a timeout of receipt time (so a
@@ -264,6 +269,8 @@ class PartitionSessions(msgspec.Struct, kw_only=True):
             ]
             for distinct_id in stale:
                 del people[distinct_id]
+                if changed is not None:
+                    changed.add((project_id, distinct_id))
             removed += len(stale)
             if not people:
                 del self.persons[project_id]
@@ -299,15 +306,24 @@ def sessionize_batch(
     events: list[EventV1],
     seq: int,
     rules_for: Callable[[str], SessionRules],
+    changed: set[tuple[str, str]] | None = None,
 ) -> SessionizedBatch:
     """Assign every event of one raw message (stream sequence `seq`) a session, in event-time
-    order (a stable sort, so equal timestamps keep the client's order)."""
+    order (a stable sort, so equal timestamps keep the client's order).
+
+    `changed`, when given, receives the (project_id, distinct_id) of every person whose
+    state the batch may have changed or removed (an incremental checkpoint stores those).
+    """
     ordered = sorted(events, key=_event_time)
     out: list[EventV1] = []
     touched: dict[tuple[str, str], TouchedSession] = {}
     started = 0
     for event in ordered:
         window, is_new = state.assign(event, rules_for(event.project_id), seq)
+        if changed is not None:
+            # Every event's person, even one that ends up unchanged or absent (a server-side
+            # event of nobody): a person stored as absent costs the checkpoint a few bytes.
+            changed.add((event.project_id, event.distinct_id))
         if window is None:
             out.append(event)  # stored without a session
             continue
@@ -320,7 +336,7 @@ def sessionize_batch(
         else:
             out.append(window.source.stamped(event, window.session_id))
     state.messages_since_prune += 1
-    pruned = state.prune(rules_for) if state.prune_due() else 0
+    pruned = state.prune(rules_for, changed) if state.prune_due() else 0
     return SessionizedBatch(
         events=out,
         touched=list(touched.values()),
