@@ -60,20 +60,21 @@ def resolved_person_keys(alias_key: Ints, person_key: Ints, devices: Ints, perso
     """Each row's person as `events_scan_keyed` gives it, from its stored keys: the person of
     the alias whose device is `alias_key`, else the stored `person_key` (`devices`, `persons`:
     the aliases' keys, each device once)."""
-    resolved = person_key.copy()
     if devices.size == 0 or alias_key.size == 0:
-        return resolved
+        return person_key.copy()
     low = int(devices.min())
     span = int(devices.max()) - low + 1
     if span <= max(4 * devices.size, _MAX_DENSE_SPAN):
-        # A project's keys are dense: one slot per key of the aliases' span, _NONE where none.
-        table = np.full(span, _NONE, dtype=np.int64)
-        table[devices - low] = persons
-        inside = np.flatnonzero((alias_key >= low) & (alias_key < low + span))
-        found = table[alias_key[inside] - low]
-        hit = found != _NONE
-        resolved[inside[hit]] = found[hit]
-        return resolved
+        # A project's keys are dense: one slot per key of the aliases' span, _NONE where none,
+        # and a _NONE slot either side that keys outside the span are clipped to, so every row
+        # is one gather (no selection of the rows inside: a third of the time on 3M rows).
+        table = np.full(span + 2, _NONE, dtype=np.int64)
+        table[devices - low + 1] = persons
+        at = alias_key - (low - 1)
+        np.clip(at, 0, span + 1, out=at)
+        found = table[at]
+        return np.where(found != _NONE, found, person_key)
+    resolved = person_key.copy()
     order = np.argsort(devices)
     ordered = devices[order]
     at = np.minimum(np.searchsorted(ordered, alias_key), ordered.size - 1)

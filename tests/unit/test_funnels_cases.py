@@ -66,6 +66,13 @@ CASES: dict[str, Case] = {
         [1, 1, 1],
         times=[None, 60.0, 60.0],
     ),
+    # The next step event in the stream after p's last event is q's, inside p's window: it
+    # is not p's (the step search runs over every person's events at once).
+    "another person's step never completes an attempt": Case(
+        [ev("p", "A", at(0)), ev("p", "X", at(1)), ev("q", "B", at(2)), ev("q", "C", at(3))],
+        [A, B, C],
+        [1, 0, 0],
+    ),
     "missing middle step": Case([ev("p", "A", at(0)), ev("p", "C", at(2))], [A, B, C], [1, 0, 0]),
     "out of order": Case([ev("p", "B", at(0)), ev("p", "A", at(1))], [A, B], [1, 0]),
     # Ties: B is stored first (smaller id) but shares A's timestamp: still in order.

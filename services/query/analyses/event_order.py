@@ -52,6 +52,19 @@ class EventOrder:
     key: Ints
     t: Ints
     same_key: Flags
+    # When (key number, ts) fit 62 bits: `key_ts[i]` packs position i's key number above
+    # `time_bits` bits of its ts offset from `t0`, so it never decreases along the stream and
+    # one comparison with `key_ts_bound` tells a later position of the same key at or before
+    # a time. None when the order came from a sort of separate columns.
+    key_ts: Ints | None = None
+    time_bits: int = 0
+    t0: int = 0
+
+    def key_ts_bound(self, key: Ints, t: Ints) -> Ints:
+        """Per (key number, ts): the largest `key_ts` of that key at or before that ts (`t` at
+        or after the stream's first ts); `key_ts` must exist."""
+        top = (1 << self.time_bits) - 1
+        return (key << self.time_bits) | np.minimum(t - self.t0, top)
 
     def ints(self, column: str) -> Ints:
         return np.asarray(self.table[column].to_numpy(), dtype=np.int64)[self.rows]
@@ -191,12 +204,19 @@ def in_event_order(
         # key's rows together in time order (`SORT_KEYS`), so the sort mostly merges runs.
         rows = np.argsort(packed, kind="stable").astype(np.int64, copy=False)
         packed = packed[rows]
-        codes = packed >> (time_bits + rank_bits)
-        times = ((packed >> rank_bits) & ((1 << time_bits) - 1)) + t0
+        key_ts = packed >> rank_bits if rank_bits else packed
+        codes = key_ts >> time_bits
+        times = (key_ts & ((1 << time_bits) - 1)) + t0
         same_key = codes[1:] == codes[:-1]
         tied = packed[1:] == packed[:-1]
         if rank is not None and not ranked and tied.any():
             tied = _rank_ties(rows, tied, rank)
+        # (Tied rows moved below share their key and ts: `key_ts` stays as sorted.)
+        # (Below 63 bits, so no bound reaches the largest int64, which callers may use as a
+        # sentinel past the end.)
+        packing: tuple[Ints | None, int, int] = (
+            (key_ts, time_bits, t0) if key_bits + time_bits < 63 else (None, 0, 0)
+        )
     else:
         columns = (times, codes) if rank is None else (rank, times, codes)
         rows = np.lexsort(columns).astype(np.int64, copy=False)
@@ -206,13 +226,14 @@ def in_event_order(
         if rank is not None:
             ranks = rank[rows]
             tied &= ranks[1:] == ranks[:-1]
+        packing = (None, 0, 0)
     if tied.any():
         if event_id is None:
             # Equal tied neighbours make equal groups: their order cannot change any answer.
             pairs = np.flatnonzero(tied)
             if not _interchangeable(table, rows[pairs], rows[pairs + 1]):
                 raise TiesNeedEventIds
-            return EventOrder(table, rows, codes, times, same_key)
+            return EventOrder(table, rows, codes, times, same_key, *packing)
         # The rows of tie groups: each tied pair's two rows; a group starts where a row is
         # not tied to the one before it.
         in_group = np.zeros(n, dtype=bool)
@@ -244,7 +265,7 @@ def in_event_order(
             sort_keys=[("group", "ascending"), ("id", "ascending")],
         )
         rows[members] = rows[members[np.asarray(settled.to_numpy(), dtype=np.int64)]]
-    return EventOrder(table, rows, codes, times, same_key)
+    return EventOrder(table, rows, codes, times, same_key, *packing)
 
 
 def _position_groups(

@@ -49,6 +49,7 @@ class EventStream:
         # Per step/exclusion/sequence: the next hit from each position, or the hits' positions.
         self._following: dict[tuple[str, int], Ints] = {}
         self._positions: dict[tuple[str, int], Ints] = {}
+        self._key_ts_end: Ints | None = None
         self._group_start: Ints | None = None
         self._group_end: Ints | None = None
 
@@ -74,31 +75,53 @@ class EventStream:
     def group_end(self) -> Ints:
         return self._groups()[1]
 
+    def _next_at(self, key: tuple[str, int], hits: Flags, at: Ints) -> Ints:
+        """Per attempt, the first position at or after `at` where `hits` holds (`size`: none),
+        whoever's it is."""
+        following = self._following.get(key)
+        if following is not None or at.size * 4 >= self.size:
+            # Many look-ups (or the array is made already): every position's next hit, then
+            # each look-up is a gather. The array repeats each hit's position over the
+            # positions from the previous hit (exclusive) to it: one pass.
+            if following is None:
+                positions = self._positions.get(key)
+                if positions is None:
+                    positions = np.flatnonzero(hits)
+                ends = np.empty(positions.size + 2, dtype=np.int64)
+                ends[0], ends[-1] = -1, self.size
+                ends[1:-1] = positions
+                following = self._following[key] = np.repeat(ends[1:], np.diff(ends))
+            return following[np.minimum(at, self.size)]
+        # Few: a binary search each among the hits' positions (`at` comes mostly ascending,
+        # attempts being in stream order, and NumPy's search then starts from the last).
+        positions = self._positions.get(key)
+        if positions is None:
+            positions = self._positions[key] = np.flatnonzero(hits).astype(np.int64)
+        index = np.searchsorted(positions, at)
+        return np.append(positions, self.size)[index]
+
     def _next_in(self, key: tuple[str, int], hits: Flags, at: Ints, person: Ints) -> Ints:
         """Per attempt, the first position at or after `at` where `hits` holds, if of the same
         person, else -1."""
-        following = self._following.get(key)
-        if following is not None or at.size * 4 >= self.size:
-            # Many look-ups (or the array is made already): one backward pass gives every
-            # position the next hit, then each look-up is a gather.
-            if following is None:
-                following = np.full(self.size + 1, self.size, dtype=np.int64)
-                following[:-1][hits] = np.flatnonzero(hits)
-                following = self._following[key] = np.minimum.accumulate(following[::-1])[::-1]
-            found = following[np.minimum(at, self.size)]
-        else:
-            # Few: a binary search each among the hits' positions (`at` comes mostly ascending,
-            # attempts being in stream order, and NumPy's search then starts from the last).
-            positions = self._positions.get(key)
-            if positions is None:
-                positions = self._positions[key] = np.flatnonzero(hits).astype(np.int64)
-            index = np.searchsorted(positions, at)
-            found = np.append(positions, self.size)[index]
+        found = self._next_at(key, hits, at)
         ok = (found < self.size) & (self.person[np.minimum(found, self.size - 1)] == person)
         return np.where(ok, found, -1)
 
+    def within(self, found: Ints, bound: Ints) -> Flags:
+        """Whether each position `found` (`size`: none) holds an event of the person at or
+        before the time `bound` packs (`EventOrder.key_ts_bound`), `found` being at or after
+        a position of that person: one gather, the packed (person, ts) never decreasing."""
+        if self._key_ts_end is None:
+            assert self.events.key_ts is not None
+            self._key_ts_end = np.append(self.events.key_ts, np.iinfo(np.int64).max)
+        return self._key_ts_end[found] <= bound
+
     def next_step(self, k: int, at: Ints, person: Ints) -> Ints:
         return self._next_in(("mask", k), (self.mask & (1 << k)) != 0, at, person)
+
+    def next_step_at(self, k: int, at: Ints) -> Ints:
+        """`next_step` whoever's the event is (`size`: none)."""
+        return self._next_at(("mask", k), (self.mask & (1 << k)) != 0, at)
 
     def next_exclusion(self, i: int, at: Ints, person: Ints) -> Ints:
         return self._next_in(("xmask", i), (self.xmask & (1 << i)) != 0, at, person)
@@ -155,6 +178,18 @@ class FunnelOrder:
         positions[0] = first
         reached = np.ones(count, dtype=np.int64)
         going, at, whose, until = np.arange(count), first, person, deadline
+        if stream.events.key_ts is not None and not strict:
+            # (person, deadline) packed as the stream's (person, ts): a found event is the
+            # attempt's and in its window when its packed value is at most this bound.
+            bound = stream.events.key_ts_bound(person, deadline)
+            for k in range(1, shape.n):
+                after = (stream.group_end[at] if shape.repeats_previous[k] else at) + 1
+                found = stream.next_step_at(k, after)
+                valid = stream.within(found, bound)
+                going, at, bound = going[valid], found[valid], bound[valid]
+                positions[k, going] = at
+                reached[going] = k + 1
+            return self._excluded(stream, shape, first, person, deadline, reached, positions)
         for k in range(1, shape.n):
             if strict:
                 # The very next event of the sequence, which must satisfy step k.
@@ -172,6 +207,20 @@ class FunnelOrder:
             going, at, whose, until = going[valid], found[valid], whose[valid], until[valid]
             positions[k, going] = at
             reached[going] = k + 1
+        return self._excluded(stream, shape, first, person, deadline, reached, positions)
+
+    def _excluded(
+        self,
+        stream: EventStream,
+        shape: FunnelShape,
+        first: Ints,
+        person: Ints,
+        deadline: Ints,
+        reached: Ints,
+        positions: Ints,
+    ) -> Attempts:
+        """The attempts with `positions` (step-major) and whether an exclusion removes each."""
+        count = first.size
         positions = positions.T
         excluded = np.zeros(count, dtype=bool)
         for bit, from_step, to_step in shape.exclusions:

@@ -66,6 +66,7 @@ from services.query.analyses.requests import (
 )
 from services.query.metric_query import SqlParams
 from services.query.params import ParamError
+from services.query.person_keys import PERSON_KEY_ALIASES, resolved_person_keys
 
 ORDERS = ("ordered", "strict", "unordered")
 WINDOW_UNITS: dict[str, int] = {
@@ -306,6 +307,21 @@ def first_step(mask: Ints, n: int) -> Ints:
     return np.minimum(below, n)
 
 
+def _resolved(con: duckdb.DuckDBPyConnection, table: pa.Table) -> pa.Table:
+    """A stream read from `events_scan_stored` (`ak`, `pid`: the stored keys) with `pid` the
+    person's key as `events_scan_keyed` gives it (aliases applied) and `ak` dropped. One
+    lookup in NumPy costs less than DuckDB's hash join of every row with the aliases."""
+    aliases = con.sql(f"SELECT device, person FROM {PERSON_KEY_ALIASES}").to_arrow_table()
+    keys = resolved_person_keys(
+        np.asarray(table["ak"].to_numpy(), dtype=np.int64),
+        np.asarray(table["pid"].to_numpy(), dtype=np.int64),
+        np.asarray(aliases["device"].to_numpy(), dtype=np.int64),
+        np.asarray(aliases["person"].to_numpy(), dtype=np.int64),
+    )
+    at = table.schema.get_field_index("pid")
+    return table.set_column(at, "pid", pa.array(keys)).drop_columns(["ak"])
+
+
 def breakdown_sql_needs_persons(breakdown: str) -> bool:
     return property_ref("breakdown", breakdown).needs_persons
 
@@ -373,8 +389,10 @@ class FunnelQuery:
             excluding.append(event_match_sql(f"exclusions[{i}]", x.match, params))
             joins_persons |= needs_persons(x.match.conditions)
         by_key = self.by_key and floor_table is None
-        person = "e.person_key" if by_key else "e.person_id"
-        columns = [f"{person} AS pid", "epoch_us(e.ts) AS t"]
+        # By key: the stored keys (`events_scan_stored`, no alias join in DuckDB); NumPy
+        # resolves them through the aliases as `events_scan_keyed` would (`_resolved`).
+        person = "e.alias_key AS ak, e.person_key AS pid" if by_key else "e.person_id AS pid"
+        columns = [person, "epoch_us(e.ts) AS t"]
         if event_ids:
             columns.append("e.event_id AS eid")
         if spec.breakdown is not None:
@@ -411,7 +429,7 @@ class FunnelQuery:
         rows = kept[0] if len(kept) == 1 else " OR ".join(f"({t})" for t in kept)
         if by_key and joins_persons:
             raise RuntimeError("a funnel reading persons' traits resolves persons by id")
-        view = "events_scan_keyed" if by_key else "events_scan"
+        view = "events_scan_stored" if by_key else "events_scan"
         return f"""
             SELECT {", ".join(columns)}
             FROM {view} e {joins}
@@ -476,6 +494,8 @@ class FunnelQuery:
         params = SqlParams()
         sql = self.stream_sql(params, floor_table, event_ids=event_ids)
         table: pa.Table = con.sql(sql, params=params.values).to_arrow_table()
+        if "ak" in table.column_names:
+            table = _resolved(con, table)
         codes = key_codes(table["pid"])
         shape = self.shape()
         n = self.spec.n
