@@ -299,20 +299,22 @@ def session_rollup_rows_sql(contributions: str) -> str:
     the summed SESSION_ROLLUP_COUNTERS) of the relation `contributions`, whose rows carry
     project_id, hour (the session's start hour, UTC), SESSION_KEY_COLUMNS and signed counters.
     Its hour's total, its day's total and its day's row of each dimension's value."""
+    # Each contribution's day computed once (OFFSET 0 keeps the subquery from being flattened
+    # into the dimension rows, where date_trunc and its time zone lookup ran once per
+    # dimension: ~5% of the session merge's PostgreSQL CPU on live traffic).
+    by_day = f"(SELECT *, date_trunc('day', hour, 'UTC') AS day FROM {contributions} OFFSET 0) c"
     return f"""SELECT c.project_id, '{HOUR}'::"char" AS granularity, c.hour AS bucket,
     '{TOTAL}' AS dim, '{TOTAL}' AS value, c.is_bot AS bot,
     {_SUMS}
 FROM {contributions} c
 GROUP BY c.project_id, c.hour, c.is_bot
 UNION ALL
-SELECT c.project_id, '{DAY}'::"char", date_trunc('day', c.hour, 'UTC'),
-    '{TOTAL}', '{TOTAL}', c.is_bot,
+SELECT c.project_id, '{DAY}'::"char", c.day, '{TOTAL}', '{TOTAL}', c.is_bot,
     {_SUMS}
-FROM {contributions} c
-GROUP BY c.project_id, date_trunc('day', c.hour, 'UTC'), c.is_bot
+FROM {by_day}
+GROUP BY c.project_id, c.day, c.is_bot
 UNION ALL
-SELECT c.project_id, '{DAY}'::"char", date_trunc('day', c.hour, 'UTC'),
-    d.dim, d.value, c.is_bot,
+SELECT c.project_id, '{DAY}'::"char", c.day, d.dim, d.value, c.is_bot,
     {_SUMS}
-FROM {contributions} c CROSS JOIN LATERAL {_SESSION_DIMENSION_VALUES}
-GROUP BY c.project_id, date_trunc('day', c.hour, 'UTC'), d.dim, d.value, c.is_bot"""
+FROM {by_day} CROSS JOIN LATERAL {_SESSION_DIMENSION_VALUES}
+GROUP BY c.project_id, c.day, d.dim, d.value, c.is_bot"""

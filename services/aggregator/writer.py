@@ -135,9 +135,9 @@ def event_id_digest(project_id: str, event_id: str) -> str:
 _ASSIGN_PERSON_KEYS = """
 WITH asked AS (
     SELECT DISTINCT u.id FROM unnest($2::text[]) AS u(id)
-), known AS (
-    SELECT k.id, k.key FROM person_keys AS k
-    WHERE k.project_id = $1 AND k.id IN (SELECT id FROM asked)
+), known AS (  -- one index scan for the array (a semi join with `asked` was planned as a
+    -- sequential scan of all the project's keys at every batch while their table was small)
+    SELECT k.id, k.key FROM person_keys AS k WHERE k.project_id = $1 AND k.id = ANY($2::text[])
 ), wanted AS (
     SELECT id, row_number() OVER (ORDER BY id) - 1 AS n
     FROM asked WHERE id NOT IN (SELECT id FROM known)
@@ -568,13 +568,13 @@ WITH merged AS (
         coalesce(o.interactive_events, 0) + b.interactive_events AS interactive_events,
         coalesce(o.pageviews, 0) + b.pageviews AS pageviews,
         {_TAKEN},
-        o.session_id IS NOT NULL AS replaces,
+        o.session_id IS NOT NULL AS replaces, o.ctid AS stored_ctid,
         {", ".join(f"o.{c} AS old_{c}" for c in _CONTRIBUTION)}
     FROM {_json_rows_sql(_SESSION_BATCH_ROW, _SESSION_BATCH_TYPES)} b
     -- One primary-key probe per session (a subquery with FOR UPDATE is never flattened into a
     -- hash join that would scan every session), locking the stored row.
     LEFT JOIN LATERAL (
-        SELECT {decoded_columns_sql(SESSION_COLUMNS)} FROM sessions s
+        SELECT s.ctid, {decoded_columns_sql(SESSION_COLUMNS)} FROM sessions s
         WHERE s.project_id = b.project_id AND s.session_id = b.session_id
         FOR UPDATE
     ) o ON true
@@ -582,12 +582,15 @@ WITH merged AS (
         SELECT {_FLAGS}
         OFFSET 0
     ) f
-), upserted AS (
-    INSERT INTO sessions AS s ({", ".join(SESSION_COLUMNS)})
-    SELECT {encoded_columns_sql(SESSION_COLUMNS)} FROM merged ORDER BY project_id, session_id
-    ON CONFLICT (project_id, session_id) DO UPDATE SET
-        {", ".join(f"{c} = excluded.{c}" for c in SESSION_COLUMNS[2:])}
-    RETURNING xmax = 0 AS created
+), inserted AS (  -- sessions not stored: a plain insert (see _apply_sessions)
+    INSERT INTO sessions ({", ".join(SESSION_COLUMNS)})
+    SELECT {encoded_columns_sql(SESSION_COLUMNS)} FROM merged WHERE NOT replaces
+    ORDER BY project_id, session_id
+), updated AS (  -- stored ones: the version read and locked above, found by its ctid
+    UPDATE sessions AS s SET ({", ".join(SESSION_COLUMNS[2:])})
+        = ({encoded_columns_sql(SESSION_COLUMNS[2:], "m")})
+    FROM merged AS m WHERE m.replaces AND s.ctid = m.stored_ctid
+    RETURNING 1
 ), counted AS (  -- what each session's new row and the row it replaces count
     SELECT project_id, replaces,
         {", ".join(_CONTRIBUTION)}, {", ".join("old_" + c for c in _CONTRIBUTION)},
@@ -627,8 +630,8 @@ WITH merged AS (
         events = r.events + excluded.events
     RETURNING project_id, granularity::text AS g, bucket, dim, value, bot, sessions
 )
-SELECT (SELECT count(*) FROM merged WHERE NOT replaces) AS expected_new,
-    (SELECT count(*) FROM upserted WHERE created) AS created,
+SELECT (SELECT count(*) FROM merged WHERE replaces) AS stored,
+    (SELECT count(*) FROM updated) AS updated,
     (SELECT jsonb_agg(jsonb_build_array(project_id, g, bucket, dim, value, bot))
      FROM rolled WHERE sessions = 0) AS emptied
 """
@@ -650,11 +653,14 @@ async def _apply_sessions(conn: asyncpg.Connection, rows: list[tuple[Any, ...]])
     """Merge the sessions summarised by `session_batch_rows` into the stored ones."""
     if not rows:
         return
-    row = await conn.fetchrow(_APPLY_SESSIONS, _json.encode(rows).decode())
-    if row["created"] != row["expected_new"]:
-        raise ConcurrentWriteConflict(
-            f"{row['expected_new']} sessions expected new, {row['created']} created"
-        )
+    try:
+        row = await conn.fetchrow(_APPLY_SESSIONS, _json.encode(rows).decode())
+    except asyncpg.UniqueViolationError as exc:
+        # A session the merge read as not stored was inserted meanwhile (by a writer outside
+        # the locking protocol): retried, and the retry merges into it.
+        raise ConcurrentWriteConflict(f"a session appeared meanwhile: {exc}") from exc
+    if row["updated"] != row["stored"]:
+        raise ConcurrentWriteConflict(f"{row['stored']} sessions read, {row['updated']} updated")
     if row["emptied"] is not None:
         await conn.execute(_DELETE_EMPTY_SESSION_ROLLUPS, row["emptied"])
 

@@ -190,6 +190,57 @@ async def test_a_rollup_row_created_meanwhile_outside_the_lock_is_retried_not_ov
         assert sketches.estimate([row["visitors"]]) == 2
 
 
+async def test_a_session_created_meanwhile_outside_the_lock_is_retried_not_overwritten(
+    pool: asyncpg.Pool,
+) -> None:
+    """A writer outside the derived-tables lock creates the session a batch is about to create:
+    the batch fails with a retryable error, and its retry merges into that session."""
+    ts = datetime(2024, 3, 4, 10, 5, tzinfo=UTC)
+    event = make_event(event_id="e-1", ts=ts)
+    start, end = datetime(2024, 3, 4, 10, 0, tzinfo=UTC), datetime(2024, 3, 4, 10, 10, tzinfo=UTC)
+    async with (
+        pool.acquire() as outsider,
+        pool.acquire() as conn,
+        pool.acquire() as observer,
+    ):
+        other = outsider.transaction()
+        await other.start()
+        await outsider.execute(
+            "INSERT INTO sessions (project_id, session_id, distinct_id, start_ts, end_ts, events,"
+            " interactive_events, pageviews) VALUES ('acme', 's-1', 'anon-1', $1, $2, 2, 2, 0)",
+            start,
+            end,
+        )
+        backend = await conn.fetchval("SELECT pg_backend_pid()")
+        writing = asyncio.create_task(write_events(conn, [event]))
+        # The batch's session merge now waits on the outsider's uncommitted row (the statement
+        # is longer than pg_stat_activity keeps: its opening tells it).
+        for _ in range(500):
+            waiting = await observer.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND pid = $1 AND query LIKE '%WITH merged AS%'",
+                backend,
+            )
+            if waiting:
+                break
+            await asyncio.sleep(0.02)
+        assert waiting, "the batch never reached the session merge"
+        await other.commit()
+        with pytest.raises(ConcurrentWriteConflict):
+            await writing
+        assert await conn.fetchval("SELECT count(*) FROM event_ids") == 0  # all rolled back
+        assert await conn.fetchval("SELECT count(*) FROM session_rollups") == 0
+
+        assert (await write_events(conn, [event])).inserted == 1  # the retry
+        row = await conn.fetchrow("SELECT * FROM sessions WHERE session_id = 's-1'")
+        assert (row["events"], row["pageviews"], row["start_ts"], row["end_ts"]) == (
+            3,
+            1,
+            start,
+            end,
+        )
+
+
 async def test_late_event_moves_the_session_to_its_new_start(pool: asyncpg.Pool) -> None:
     monday = datetime(2024, 3, 11, 0, 5, tzinfo=UTC)
     first = make_event(event_id="e-1", ts=monday, path="/", referrer_domain=None, channel="direct")

@@ -18,24 +18,22 @@ SELECT c.project_id, 'h'::"char" AS granularity, c.hour AS bucket,
 FROM contributions c
 GROUP BY c.project_id, c.hour, c.is_bot
 UNION ALL
-SELECT c.project_id, 'd'::"char", date_trunc('day', c.hour, 'UTC'),
-    '', '', c.is_bot,
+SELECT c.project_id, 'd'::"char", c.day, '', '', c.is_bot,
     sum(c.sessions) AS sessions,
     sum(c.bounces) AS bounces,
     sum(c.duration_s) AS duration_s,
     sum(c.pageviews) AS pageviews,
     sum(c.events) AS events
-FROM contributions c
-GROUP BY c.project_id, date_trunc('day', c.hour, 'UTC'), c.is_bot
+FROM (SELECT *, date_trunc('day', hour, 'UTC') AS day FROM contributions OFFSET 0) c
+GROUP BY c.project_id, c.day, c.is_bot
 UNION ALL
-SELECT c.project_id, 'd'::"char", date_trunc('day', c.hour, 'UTC'),
-    d.dim, d.value, c.is_bot,
+SELECT c.project_id, 'd'::"char", c.day, d.dim, d.value, c.is_bot,
     sum(c.sessions) AS sessions,
     sum(c.bounces) AS bounces,
     sum(c.duration_s) AS duration_s,
     sum(c.pageviews) AS pageviews,
     sum(c.events) AS events
-FROM contributions c CROSS JOIN LATERAL unnest(
+FROM (SELECT *, date_trunc('day', hour, 'UTC') AS day FROM contributions OFFSET 0) c CROSS JOIN LATERAL unnest(
     ARRAY['page', 'referrer_domain', 'channel', 'utm_source', 'utm_medium', 'utm_campaign', 'browser', 'os', 'device_type', 'country', 'exit_page'],
     ARRAY[
         coalesce(nullif(c.entry_path, ''), '(none)'),
@@ -51,4 +49,4 @@ FROM contributions c CROSS JOIN LATERAL unnest(
         coalesce(nullif(c.exit_path, ''), '(none)')
     ]
 ) AS d(dim, value)
-GROUP BY c.project_id, date_trunc('day', c.hour, 'UTC'), d.dim, d.value, c.is_bot
+GROUP BY c.project_id, c.day, d.dim, d.value, c.is_bot

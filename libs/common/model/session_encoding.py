@@ -40,10 +40,13 @@ def decoded_columns_sql(columns: tuple[str, ...], alias: str = "s") -> str:
     )
 
 
-def encoded_columns_sql(columns: tuple[str, ...]) -> str:
-    """SQL select-list: `columns` of a decoded session row as `sessions` stores them."""
+def encoded_columns_sql(columns: tuple[str, ...], alias: str | None = None) -> str:
+    """SQL select-list: `columns` of a decoded session row (as `alias`, when given) as
+    `sessions` stores them."""
+    q = "" if alias is None else f"{alias}."
     return ", ".join(
-        f"nullif({c}, {_reference(c)})" if c in ENCODED_COLUMNS else c for c in columns
+        f"nullif({q}{c}, {q}{_reference(c)})" if c in ENCODED_COLUMNS else f"{q}{c}"
+        for c in columns
     )
 
 
