@@ -220,3 +220,74 @@ async def test_a_delivery_that_never_arrives_is_not_checkpointed_past(
     assert "raw_delivery_gap" in proc.log_path.read_text()
     # Each event stored once on the enriched stream, the stolen one included.
     assert Counter(e.event_id for e in events) == Counter(sent)
+
+
+async def test_kill9_resumes_from_a_base_with_changes_stored_on_top(
+    nats_url: str,
+    database_url: str,
+    pool: asyncpg.Pool,
+    js: JetStreamContext,
+    subjects: Subjects,
+    project: TestProject,
+    tmp_path: Path,
+) -> None:
+    """Checkpoints after the first store only the few persons each one changed; a restart
+    after kill -9 must resume from the base with those changes applied, or a person's return
+    25 minutes after an event only a change holds would start a new session."""
+    persons = [f"w{i:02d}" for i in range(100)]
+    now = datetime.now(UTC).replace(microsecond=0)
+    t0 = now - timedelta(hours=4)
+    settings = {"partitions": 1, "checkpoint_interval_s": 3600, "checkpoint_max_messages": 5}
+
+    expected: dict[str, str] = {}
+    last_minute: dict[str, int] = {}
+    requests = [[make_event(f"{p}-0", t0, p, now) for p in persons]]
+    for person in persons:
+        expected[f"{person}-0"] = session_id_for("acme", person, f"{person}-0")
+        last_minute[person] = 0
+    # Messages 2-23: two persons each, a minute apart; checkpoints at 5, 10, 15, 20.
+    for minute in range(1, 23):
+        request = []
+        for person in (persons[2 * minute], persons[2 * minute + 1]):
+            event_id = f"{person}-{minute}"
+            expected[event_id] = session_id_for("acme", person, f"{person}-0")
+            last_minute[person] = minute
+            request.append(make_event(event_id, t0 + minute * M, person, now))
+        requests.append(request)
+
+    proc, port = sessionizer(database_url, nats_url, subjects, tmp_path, **settings)
+    proc.start()
+    seqs: list[int] = []
+    try:
+        proc.wait_http(port)
+        for request in requests:
+            seqs += (await publish_raw(js, subjects, request, 1)).values()
+        await wait_for_enriched(js, subjects, set(expected))
+    finally:
+        proc.kill9()
+    assert (await checkpoints(pool, subjects))[0] == seqs[19], "killed between checkpoints"
+    changes = await pool.fetchval(
+        "SELECT changes FROM sessionizer_checkpoints WHERE stream = $1", subjects.raw_stream
+    )
+    assert changes >= 1, "the checkpoints after the first stored changes, not the whole state"
+
+    later = []
+    for person in persons:
+        event_id = f"{person}-back"
+        later.append(make_event(event_id, t0 + (last_minute[person] + 25) * M, person, now))
+        expected[event_id] = session_id_for("acme", person, f"{person}-0")
+    await publish_raw(js, subjects, later, 1)
+
+    proc, port = sessionizer(database_url, nats_url, subjects, tmp_path, **settings)
+    proc.start()
+    try:
+        proc.wait_http(port)
+        await wait_for_enriched(js, subjects, set(expected))
+    finally:
+        assert proc.stop() == 0, proc.log()
+    assert "partition_failed" not in proc.log_path.read_text()
+    events = await enriched_events(js, subjects)
+    counts = Counter(e.event_id for e in events)
+    assert set(counts) == set(expected), "nothing lost, nothing invented"
+    assert [eid for eid, n in counts.items() if n != 1] == [], "replays were dropped as duplicates"
+    assert {e.event_id: e.session_id for e in events} == expected
