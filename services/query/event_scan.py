@@ -327,9 +327,13 @@ def _build_view(
             PERSON_KEY_ALIASES,
             aliases.select(["device_key", "person_key"]).rename_columns(["device", "person"]),
         )
+        # Then the stored key and the tie columns (TIE_COLUMNS): tied rows of one person are
+        # ordered by position when they are of one file and one stored key.
         keyed_outputs = ", ".join(
-            "COALESCE(k.person, e.person_key) AS person_key" if c == "person_key" else f"e.{c}"
-            for c in KEYED_SCAN_COLUMNS
+            "COALESCE(k.person, e.person_key) AS person_key, e.person_key AS stored_key"
+            if c == "person_key"
+            else f"e.{c}"
+            for c in (*KEYED_SCAN_COLUMNS, *TIE_COLUMNS)
         )
         con.execute(
             f"CREATE TEMP VIEW events_scan_keyed AS SELECT {keyed_outputs}"

@@ -118,7 +118,7 @@ def scan_connection(
     )
     con.unregister("test_events")
     con.execute("CREATE VIEW events_scan AS SELECT * FROM events_table")
-    # The same rows with integer person keys, as the data plane's `events_scan_keyed`: keys
+    # Integer person keys, as the data plane's `events_scan_keyed` gives them (below): keys
     # numbered in an order unrelated to the ids' (reversed strings), so nothing may lean on it.
     people = sorted({ev.person for ev in events}, key=lambda p: p[::-1])
     con.register(
@@ -127,10 +127,6 @@ def scan_connection(
     )
     con.execute("CREATE TABLE person_keys_table AS SELECT * FROM test_person_keys")
     con.unregister("test_person_keys")
-    con.execute(
-        "CREATE VIEW events_scan_keyed AS SELECT e.* EXCLUDE (person_id), k.person_key"
-        " FROM events_table e JOIN person_keys_table k USING (person_id)"
-    )
     # `events_scan_stored`: half the rows of every other person store a device's key (as
     # events sent before an identify do), which an alias in `person_key_aliases` maps to the
     # person's key; the other rows store the person's key. Chosen per session (a session
@@ -156,14 +152,22 @@ def scan_connection(
     source = f"hash({unit} || 'source') % 4"
     file_number = f"(epoch(e.ts) // 86400)::BIGINT * 2 + ({source} = 3)::BIGINT"
     con.execute(
-        "CREATE VIEW events_scan_stored AS SELECT * EXCLUDE (file_number, hot),"
+        "CREATE VIEW test_events_tied AS SELECT * EXCLUDE (file_number, hot),"
         " CASE WHEN hot THEN NULL ELSE file_number * 4294967296 + row_number() OVER ("
-        "   PARTITION BY hot, file_number ORDER BY person_key, ts, event_id) END AS tie_row,"
+        "   PARTITION BY hot, file_number ORDER BY stored_key, ts, event_id) END AS tie_row,"
         " CASE WHEN hot THEN event_id END AS tie_id"
-        " FROM (SELECT e.* EXCLUDE (person_id),"
-        f" {stored} AS person_key, {stored} AS alias_key,"
-        f" {file_number} AS file_number, {source} = 0 AS hot"
+        " FROM (SELECT e.* EXCLUDE (person_id), k.person_key AS resolved_key,"
+        f" {stored} AS stored_key, {file_number} AS file_number, {source} = 0 AS hot"
         " FROM events_table e JOIN person_keys_table k USING (person_id))"
+    )
+    con.execute(
+        "CREATE VIEW events_scan_stored AS SELECT * EXCLUDE (resolved_key, stored_key),"
+        " stored_key AS person_key, stored_key AS alias_key FROM test_events_tied"
+    )
+    # The resolved key as `person_key` (then the stored key and the tie columns).
+    con.execute(
+        "CREATE VIEW events_scan_keyed AS SELECT * EXCLUDE (resolved_key),"
+        " resolved_key AS person_key FROM test_events_tied"
     )
     first_seen: dict[str, datetime] = {}
     for ev in events:

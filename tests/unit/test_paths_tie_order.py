@@ -1,7 +1,8 @@
-"""Paths over real day files: events of one session at one instant follow their event ids in
-code-point order, whether the scan orders them by their position in a file claiming that order
-(no id read), or by their ids (a file written before the claim, PostgreSQL's rows), or, when
-positions cannot tell (two files, two stored keys, a file and PostgreSQL), by the ids read again.
+"""Paths over real day files, per session and per person: events of one session at one instant
+follow their event ids in code-point order, whether the scan orders them by their position in a
+file claiming that order (no id read), or by their ids (a file written before the claim,
+PostgreSQL's rows), or, when positions cannot tell (two files, two stored keys, a file and
+PostgreSQL), by the ids read again.
 
 Each case's ids are such that an order other than code points' gives another path: `A1` (/a),
 `B2` (/b), `a3` (/c) is /a -> /b -> /c by code point, but /a -> /c -> /b in a language's order
@@ -71,9 +72,11 @@ def day_file(path: Path, table: pa.Table, *, claimed: bool) -> str:
     return str(path)
 
 
-def answer(files: list[str], hot: list[pa.Table]) -> tuple[dict[str, int], int, int]:
-    """Per-session paths' edges, paths and persons over these files and PostgreSQL rows,
-    and how many event ids the scan gives (`events_scan_stored.tie_id`)."""
+def answer(
+    files: list[str], hot: list[pa.Table], per: str = "session"
+) -> tuple[dict[str, int], int, int]:
+    """Paths' edges and count over these files and PostgreSQL rows, and how many event ids
+    the scan gives (`events_scan_stored.tie_id`)."""
     engine = ScanEngine()
     con = engine.connection()
     aliases = pa.table(
@@ -95,7 +98,7 @@ def answer(files: list[str], hot: list[pa.Table]) -> tuple[dict[str, int], int, 
             file_columns=engine.file_columns,
         )
         assert keyed
-        spec = paths_spec(PathsRequest(steps=5))
+        spec = paths_spec(PathsRequest(steps=5, per=per))
         scope = EventScope(DAY, DAY + timedelta(days=1), person_keys=True)
         result = run_paths(con, spec, scope, TIE - SESSION_MAX, TIE + SESSION_MAX, SESSION_MAX)
         ((ids,),) = con.sql("SELECT count(tie_id) FROM events_scan_stored").fetchall()
@@ -109,22 +112,25 @@ def answer(files: list[str], hot: list[pa.Table]) -> tuple[dict[str, int], int, 
 CODE_POINT_PATH = {"1_/a -> 2_/b": 1, "2_/b -> 3_/c": 1}
 
 
-def test_a_file_claiming_the_tie_order_is_ordered_by_position(tmp_path: Path) -> None:
+@pytest.mark.parametrize("per", ["session", "person"])
+def test_a_file_claiming_the_tie_order_is_ordered_by_position(tmp_path: Path, per: str) -> None:
     # Written in code-point order, as the export writes; the scan gives no ids at all.
     files = [day_file(tmp_path / "p.parquet", rows(["A1", "B2", "a3"]), claimed=True)]
-    assert answer(files, []) == (CODE_POINT_PATH, 1, 0)
+    assert answer(files, [], per) == (CODE_POINT_PATH, 1, 0)
 
 
-def test_a_file_without_the_claim_is_ordered_by_its_ids(tmp_path: Path) -> None:
+@pytest.mark.parametrize("per", ["session", "person"])
+def test_a_file_without_the_claim_is_ordered_by_its_ids(tmp_path: Path, per: str) -> None:
     # Written in a language's order (as exports comparing ids in the database's collation
     # did): position would give /a -> /c -> /b.
     files = [day_file(tmp_path / "p.parquet", rows(["A1", "a3", "B2"]), claimed=False)]
-    assert answer(files, []) == (CODE_POINT_PATH, 1, 3)
+    assert answer(files, [], per) == (CODE_POINT_PATH, 1, 3)
 
 
+@pytest.mark.parametrize("per", ["session", "person"])
 @pytest.mark.parametrize("case", ["two-files", "two-stored-keys", "file-and-postgresql"])
 def test_ties_positions_cannot_order_are_ordered_by_ids_read_again(
-    tmp_path: Path, case: str
+    tmp_path: Path, case: str, per: str
 ) -> None:
     hot: list[pa.Table] = []
     if case == "two-files":
@@ -141,5 +147,5 @@ def test_ties_positions_cannot_order_are_ordered_by_ids_read_again(
         # /b arrived after the day's export, still in PostgreSQL.
         files = [day_file(tmp_path / "p.parquet", rows(["A1", "a3"]), claimed=True)]
         hot = [rows(["B2"])]
-    edges, paths, _ = answer(files, hot)
+    edges, paths, _ = answer(files, hot, per)
     assert (edges, paths) == (CODE_POINT_PATH, 1)

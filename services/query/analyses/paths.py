@@ -189,8 +189,8 @@ def run_paths(
     )
     if spec.per == "person":
         where = scope.where(params, start=start) + f" AND e.ts < {params.add(end)}"
-        # The key is the person: no second copy of it.
-        columns = f"{person} AS sid"
+        # The key is the person: no second copy of it (with keys, the stored key orders ties).
+        columns = f"{person} AS sid" + (", e.stored_key AS pid" if by_key else "")
     else:
         where = scope.where(params, start=start - session_max) + " AND e.session_id IS NOT NULL"
         # Session ids come in runs (day files are sorted by person, then time): their hashes
@@ -212,11 +212,11 @@ def run_paths(
         ).to_arrow_table()
         return table
 
-    # Per session with stored keys, rows tied on (session, ts) are ordered by their position
-    # in a day file claiming the tie order when they are all of one file and one stored key
-    # (`events_scan_stored`'s tie columns): event ids are read only for PostgreSQL's rows and
-    # older files, and for every row in the rare query with other ties (read again).
-    by_position = spec.per == "session" and by_key
+    # With person keys, rows tied on (session or person, ts) are ordered by their position in
+    # a day file claiming the tie order when they are all of one file and one stored key
+    # (the views' tie columns): event ids are read only for PostgreSQL's rows and older
+    # files, and for every row in the rare query with other ties (read again).
+    by_position = by_key
     table = read("e.tie_row AS tr, e.tie_id AS eid" if by_position else "e.event_id AS eid")
     codes = None if spec.per == "person" else run_key_codes(table["sid"], table["sh"])
     try:
@@ -231,7 +231,7 @@ def run_paths(
         )
     except TiesNeedEventIds:
         table = read("e.event_id AS eid")
-        codes = run_key_codes(table["sid"], table["sh"])
+        codes = None if spec.per == "person" else run_key_codes(table["sid"], table["sh"])
         events = in_event_order(table, key="sid", ts="t", event_id="eid", codes=codes)
     label_of_row, labels = _row_labels(con, spec, table)
     start_label, end_label = _point_labels(con, spec)
