@@ -141,7 +141,7 @@ class PartitionCheckpoints:
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
             row = await conn.fetchrow(
-                "SELECT stream_seq, state, changes FROM sessionizer_checkpoints"
+                "SELECT stream_seq, base_state, changes FROM sessionizer_checkpoints"
                 " WHERE stream = $1 AND partition = $2",
                 self._stream,
                 self._partition,
@@ -162,12 +162,12 @@ class PartitionCheckpoints:
                 f"checkpoint of {self._stream} partition {self._partition} lists"
                 f" {row['changes']} changes, {len(rows)} stored"
             )
-        state = decode_state(row["state"])
+        state = decode_state(row["base_state"])
         for change in rows:
             apply_changes(state, decode_changes(change["persons"]))
         self._has_base = True
         self._changes = row["changes"]
-        self._base_bytes = len(row["state"])
+        self._base_bytes = len(row["base_state"])
         self._changes_bytes = sum(len(change["persons"]) for change in rows)
         return Checkpoint(stream_seq=row["stream_seq"], state=state)
 
@@ -218,10 +218,10 @@ class PartitionCheckpoints:
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO sessionizer_checkpoints"
-                " (stream, partition, stream_seq, state, changes, updated_at)"
+                " (stream, partition, stream_seq, base_state, changes, updated_at)"
                 " VALUES ($1, $2, $3, $4, 0, now())"
                 " ON CONFLICT (stream, partition) DO UPDATE"
-                " SET stream_seq = EXCLUDED.stream_seq, state = EXCLUDED.state, changes = 0,"
+                " SET stream_seq = EXCLUDED.stream_seq, base_state = EXCLUDED.base_state, changes = 0,"
                 " updated_at = now()",
                 self._stream,
                 self._partition,

@@ -82,7 +82,7 @@ async def test_a_base_is_rewritten_once_the_changes_reach_its_size(pool: asyncpg
         _, changes, _ = await stored(pool, 0)
         bases += changes == 0
         base = await pool.fetchval(
-            "SELECT octet_length(state) FROM sessionizer_checkpoints WHERE partition = 0"
+            "SELECT octet_length(base_state) FROM sessionizer_checkpoints WHERE partition = 0"
         )
         held = await pool.fetchval(
             "SELECT coalesce(sum(octet_length(persons)), 0) FROM sessionizer_checkpoint_changes"

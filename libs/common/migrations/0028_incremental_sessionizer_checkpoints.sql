@@ -5,6 +5,10 @@
 -- the previous release (changes = 0) is read as it was, and the sequence number and the state
 -- still agree within one transaction. Stored EXTERNAL like the state: the sessionizer
 -- compresses them itself.
+-- The state column is renamed `base_state`, so a sessionizer of the previous release fails to
+-- read a checkpoint (and retries) instead of resuming from the base alone, without the changes
+-- stored since, if one is ever rolled back across this migration.
+ALTER TABLE sessionizer_checkpoints RENAME COLUMN state TO base_state;
 ALTER TABLE sessionizer_checkpoints ADD COLUMN changes integer NOT NULL DEFAULT 0;
 
 CREATE TABLE sessionizer_checkpoint_changes (
