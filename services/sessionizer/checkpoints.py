@@ -221,8 +221,8 @@ class PartitionCheckpoints:
                 " (stream, partition, stream_seq, base_state, changes, updated_at)"
                 " VALUES ($1, $2, $3, $4, 0, now())"
                 " ON CONFLICT (stream, partition) DO UPDATE"
-                " SET stream_seq = EXCLUDED.stream_seq, base_state = EXCLUDED.base_state, changes = 0,"
-                " updated_at = now()",
+                " SET stream_seq = EXCLUDED.stream_seq, base_state = EXCLUDED.base_state,"
+                " changes = 0, updated_at = now()",
                 self._stream,
                 self._partition,
                 stream_seq,
