@@ -15,7 +15,11 @@ from services.ingest.enrichment import (
     is_non_interactive,
 )
 from services.ingest.stages.draft import Draft, RequestInfo
+from services.ingest.text_cache import UncachedResult, raw_lookup
 from services.ingest.user_agents import UNKNOWN_AGENT, parse_user_agent
+
+# `attribute`'s cache without its Python wrapper: one call per event, nearly always a hit.
+_attribute = raw_lookup(attribute)
 
 
 def enrich(draft: Draft, request: RequestInfo) -> None:
@@ -63,10 +67,7 @@ def enrich(draft: Draft, request: RequestInfo) -> None:
         if url is None and path is None and referrer is None and campaign is None and not search:
             source = NO_ATTRIBUTION
         else:
-            source = attribute(
-                url or path,
-                search,
-                referrer,
+            tags = (
                 None
                 if campaign is None
                 else (
@@ -75,8 +76,12 @@ def enrich(draft: Draft, request: RequestInfo) -> None:
                     campaign.name,
                     campaign.term,
                     campaign.content,
-                ),
+                )
             )
+            try:
+                source = _attribute(url or path, search, referrer, tags)
+            except UncachedResult as uncached:  # too long to keep: computed, not cached
+                source = uncached.result
     if source is not NO_ATTRIBUTION:
         (
             draft.referrer_domain,
