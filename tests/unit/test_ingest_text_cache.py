@@ -47,27 +47,36 @@ def test_long_urls_are_attributed_but_not_kept() -> None:
 
 def test_the_event_path_takes_long_urls_from_the_caches_without_keeping_them() -> None:
     """validate and enrich call the caches without their wrapper (`raw_lookup`): a page URL
-    too long to keep still gives the event its path and attribution, and is not kept."""
+    or user agent too long to keep still gives the event its path, attribution and device,
+    and is not kept."""
     attribute.cache_clear()
     parse_page_url.cache_clear()
+    parse_user_agent.cache_clear()
     request = RequestInfo(
         project_id="acme", received_at=datetime(2024, 5, 1, 12, 0, tzinfo=UTC), limits=EventLimits()
     )
     long_url = "https://shop.example/pricing?utm_source=news&pad=" + "p" * MAX_CACHED_CHARS
-    for url in (long_url, long_url, "https://shop.example/pricing?utm_source=news"):
+    long_agent = FIREFOX + " " + "x" * MAX_CACHED_CHARS
+    short = ("https://shop.example/pricing?utm_source=news", FIREFOX)
+    for url, agent in ((long_url, long_agent), (long_url, long_agent), short):
         item = {
             "type": "page",
             "messageId": "m-1",
             "anonymousId": "a-1",
-            "context": {"page": {"url": url, "referrer": "https://www.google.com/"}},
+            "context": {
+                "userAgent": agent,
+                "page": {"url": url, "referrer": "https://www.google.com/"},
+            },
         }
         event = item_event(msgspec.json.encode(item), None, request)
-        assert (event.path, event.utm_source, event.referrer_domain, event.channel) == (
+        assert (event.path, event.utm_source, event.referrer_domain, event.browser) == (
             "/pricing",
             "news",
             "google.com",
-            attribute(url, None, "https://www.google.com/", None).channel,
+            "Firefox",
         )
-    # Only the short URL was kept, by each cache.
+        assert event.channel == attribute(url, None, "https://www.google.com/", None).channel
+    # Only the short URL and agent were kept, by each cache.
     assert attribute.cache_info().currsize == 1
     assert parse_page_url.cache_info().currsize == 1
+    assert parse_user_agent.cache_info().currsize == 1
