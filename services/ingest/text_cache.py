@@ -30,13 +30,24 @@ def _chars(args: tuple[Any, ...]) -> int:
 
 
 class UncachedResult(StrataError):
-    """Carries a result out of an LRU cache without the cache keeping it (never leaves
-    text_cache: an LRU cache keeps no call that raised)."""
+    """Carries a result out of an LRU cache without the cache keeping it (an LRU cache keeps
+    no call that raised); caught by the cache's wrapper, or by a caller of `raw_lookup`."""
 
     code = "uncached_result"
 
     def __init__(self, result: Any) -> None:
         self.result = result
+
+
+_RAW_LOOKUPS: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+
+def raw_lookup(cached_function: Callable[..., R]) -> Callable[..., R]:
+    """The LRU cache inside a `text_cache` function, without the Python wrapper around it: a
+    hit costs the C cache lookup alone (about half the wrapped call's time), but a call whose
+    text is too long to keep raises `UncachedResult`, whose `result` the caller takes. For
+    the per-event call sites only."""
+    return cast(Callable[..., R], _RAW_LOOKUPS[cached_function])
 
 
 def text_cache(
@@ -65,6 +76,7 @@ def text_cache(
                 return cast(R, uncached.result)
 
         functools.update_wrapper(call, function)
+        _RAW_LOOKUPS[call] = cached
         wrapper = cast(Any, call)
         wrapper.cache_info = cached.cache_info
         wrapper.cache_clear = cached.cache_clear

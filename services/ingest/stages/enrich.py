@@ -15,7 +15,13 @@ from services.ingest.enrichment import (
     is_non_interactive,
 )
 from services.ingest.stages.draft import Draft, RequestInfo
+from services.ingest.text_cache import UncachedResult, raw_lookup
 from services.ingest.user_agents import UNKNOWN_AGENT, parse_user_agent
+
+# The caches of `attribute` and `parse_user_agent` without their Python wrapper: called per
+# event (an agent when it differs from the request's previous one), nearly always a hit.
+_attribute = raw_lookup(attribute)
+_parse_user_agent = raw_lookup(parse_user_agent)
 
 
 def enrich(draft: Draft, request: RequestInfo) -> None:
@@ -45,7 +51,11 @@ def enrich(draft: Draft, request: RequestInfo) -> None:
             if user_agent == request.last_user_agent:
                 device = request.last_device
             else:
-                device = parse_user_agent(user_agent)  # what device_of does with an agent
+                # What device_of does with an agent, through the cache without its wrapper.
+                try:
+                    device = _parse_user_agent(user_agent)
+                except UncachedResult as uncached:  # too long to keep: parsed, not cached
+                    device = uncached.result
                 request.last_user_agent, request.last_device = user_agent, device
         else:
             device = device_of(context, request.fallback_user_agent)
@@ -63,10 +73,7 @@ def enrich(draft: Draft, request: RequestInfo) -> None:
         if url is None and path is None and referrer is None and campaign is None and not search:
             source = NO_ATTRIBUTION
         else:
-            source = attribute(
-                url or path,
-                search,
-                referrer,
+            tags = (
                 None
                 if campaign is None
                 else (
@@ -75,8 +82,12 @@ def enrich(draft: Draft, request: RequestInfo) -> None:
                     campaign.name,
                     campaign.term,
                     campaign.content,
-                ),
+                )
             )
+            try:
+                source = _attribute(url or path, search, referrer, tags)
+            except UncachedResult as uncached:  # too long to keep: computed, not cached
+                source = uncached.result
     if source is not NO_ATTRIBUTION:
         (
             draft.referrer_domain,

@@ -27,6 +27,7 @@ from services.ingest.networks import valid_ip
 from services.ingest.privacy import COOKIELESS_PROPERTY
 from services.ingest.segment_payloads import SegmentContext, SegmentMessage, merge_contexts
 from services.ingest.stages.draft import Draft, ItemSkipped, RequestInfo
+from services.ingest.text_cache import UncachedResult, raw_lookup
 from services.ingest.traffic_sources import parse_page_url
 from services.ingest.validation import (
     EventLimits,
@@ -44,6 +45,8 @@ _RESERVED_NAMES = {
     "group": GROUP,
 }
 _TYPES_TEXT = ", ".join(EVENT_TYPES)
+# `parse_page_url`'s cache without its Python wrapper (a page event's url without a path).
+_parse_page_url = raw_lookup(parse_page_url)
 
 # The analytics events API's eventType values that are not custom events.
 _ANALYTICS_API_TYPES = {
@@ -233,7 +236,10 @@ def _page_fields(
         if type(value := get("search")) is str and value:
             search = value
     if path is None and url is not None:
-        path = parse_page_url(url).path
+        try:
+            path = _parse_page_url(url).path
+        except UncachedResult as uncached:  # too long to keep: parsed, not cached
+            path = uncached.result.path
     draft.url, draft.path, draft.title, draft.referrer, draft.search = (
         url,
         path,
