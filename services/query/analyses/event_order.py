@@ -101,6 +101,18 @@ def key_codes(keys: pa.ChunkedArray) -> Ints:
     return np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
+def bool_values(flags: pa.Array) -> Flags:
+    """A boolean Arrow array without NULLs as a NumPy array: its bits unpacked in one pass
+    (`to_numpy` converts them one by one)."""
+    n = len(flags)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    bits = np.frombuffer(flags.buffers()[1], dtype=np.uint8)
+    first = flags.offset
+    unpacked = np.unpackbits(bits, count=first + n, bitorder="little")
+    return unpacked[first:].view(bool)
+
+
 def run_key_codes(keys: pa.ChunkedArray, hashes: pa.ChunkedArray) -> Ints:
     """`key_codes` of string keys whose rows mostly come in runs of equal keys, given each
     row's 64-bit hash of its key: the same numbers (first-seen order), but only the runs'
@@ -115,7 +127,7 @@ def run_key_codes(keys: pa.ChunkedArray, hashes: pa.ChunkedArray) -> Ints:
     n = len(ids)
     starts = np.empty(n, dtype=bool)
     starts[0] = True
-    starts[1:] = pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)
+    starts[1:] = bool_values(pc.not_equal(ids[1:], ids[:-1]))
     heads = np.flatnonzero(starts)
     hashed = np.asarray(hashes.to_numpy(), dtype=np.uint64)[heads]
     # Only runs whose hash shares a bucket (its top bits, ~4 buckets per run) with another
@@ -203,7 +215,8 @@ def in_event_order(
         # Stable (a merge sort of runs): rows come as read, where day files already hold a
         # key's rows together in time order (`SORT_KEYS`), so the sort mostly merges runs.
         rows = np.argsort(packed, kind="stable").astype(np.int64, copy=False)
-        packed = packed[rows]
+        # (`np.take`: a third fewer instructions than indexing for a gather this large.)
+        packed = np.take(packed, rows)
         key_ts = packed >> rank_bits if rank_bits else packed
         codes = key_ts >> time_bits
         times = (key_ts & ((1 << time_bits) - 1)) + t0

@@ -155,7 +155,12 @@ def _raw_label_sql(params: SqlParams) -> tuple[str, str]:
     """What a row's label is made from: the page path of a pageview (its name otherwise) and
     whether it is a pageview. Labels are then made once per distinct pair (`_row_labels`)."""
     pageview = params.add(PAGEVIEW)
-    return f"CASE WHEN e.name = {pageview} THEN e.path ELSE e.name END", f"e.name = {pageview}"
+    # The flag as a byte, not a BOOLEAN: Arrow holds booleans as bits, which DuckDB packs and
+    # NumPy unpacks one by one; a byte column is handed over and read as it is.
+    return (
+        f"CASE WHEN e.name = {pageview} THEN e.path ELSE e.name END",
+        f"(e.name = {pageview})::UTINYINT",
+    )
 
 
 def _type_sql(spec: PathsSpec, params: SqlParams) -> str:
@@ -237,7 +242,7 @@ def run_paths(
     start_label, end_label = _point_labels(con, spec)
     kept = session_paths(
         events,
-        label_of_row[events.rows],
+        np.take(label_of_row, events.rows),
         labels,
         spec,
         _epoch_us(start),
@@ -330,7 +335,7 @@ def _row_labels(
     code: dict[str, int] = {}
     pair_label = np.zeros(pair.max() + 1, dtype=np.int64)
     pair_label[present] = [code.setdefault(label, len(code)) for label in named]
-    return pair_label[pair], list(code)
+    return np.take(pair_label, pair), list(code)
 
 
 def _page_label(path: str | None) -> str:
