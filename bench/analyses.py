@@ -267,8 +267,9 @@ def _strata_figures(files: list[Path], persons: int, days: int, runs: int) -> di
 
     paths = paths_spec(PathsRequest(event_types=["pageview", "custom"], steps=5))
     start, stop, session = end - timedelta(days=31), end - timedelta(days=1), timedelta(days=1)
-    con, _ = _scan(engine, files, start - session, end, aliases)
-    scope = EventScope(start - session, end)
+    con, keyed = _scan(engine, files, start - session, end, aliases)
+    # Person keys when the files have them, as the service's scope gives them (runner.py).
+    scope = EventScope(start - session, end, person_keys=keyed)
     results["paths_5_steps_30d"] = _timed(
         lambda: run_paths(con, paths, scope, start, stop, session), runs
     )
