@@ -183,7 +183,8 @@ def in_event_order(
     and ties between rows that differ raise `TiesNeedEventIds`.
 
     With `tie_row` (the scan's `tie_row`: file number << 32 | row in a day file claiming the
-    tie order, else NULL) the `event_id` column may be NULL where `tie_row` is not, and
+    tie order, else NULL) the `event_id` column may be NULL where `tie_row` is not (or be
+    left out, None, when every row has a position: the ids are then all missing), and
     `tie_run` names the rows' stored person key: tied rows all of one file and one stored key
     lie in event-id order in that file, so their positions order them; tied rows all with ids
     are ordered by the ids; any other tie (rows of two files, two stored keys, or a file and
@@ -241,7 +242,7 @@ def in_event_order(
             tied &= ranks[1:] == ranks[:-1]
         packing = (None, 0, 0)
     if tied.any():
-        if event_id is None:
+        if event_id is None and tie_row is None:
             # Equal tied neighbours make equal groups: their order cannot change any answer.
             pairs = np.flatnonzero(tied)
             if not _interchangeable(table, rows[pairs], rows[pairs + 1]):
@@ -257,7 +258,13 @@ def in_event_order(
         starts[1:] = ~tied[members[1:] - 1]
         group = np.cumsum(starts)
         taken = pa.array(rows[members])
-        ids = table[event_id].take(taken)
+        # Without an id column (positions only), every id is missing: a group not ordered
+        # by position needs the ids read.
+        ids = (
+            table[event_id].take(taken)
+            if event_id is not None
+            else pa.nulls(len(taken), pa.string())
+        )
         if tie_row is not None:
             by_position, position = _position_groups(table, taken, starts, group, tie_row, tie_run)
             if by_position.any():

@@ -221,15 +221,23 @@ def run_paths(
     # a day file claiming the tie order when they are all of one file and one stored key
     # (the views' tie columns): event ids are read only for PostgreSQL's rows and older
     # files, and for every row in the rare query with other ties (read again).
+    # When every row has a position (no PostgreSQL rows, every file claiming the order), the
+    # ids (`tie_id`, NULL throughout) are not read either: a NULL string column still costs
+    # DuckDB an Arrow append per row.
     by_position = by_key
-    table = read("e.tie_row AS tr, e.tie_id AS eid" if by_position else "e.event_id AS eid")
+    ids_read = not (by_position and scope.ties_by_position)
+    if not by_position:
+        ties = "e.event_id AS eid"
+    else:
+        ties = "e.tie_row AS tr, e.tie_id AS eid" if ids_read else "e.tie_row AS tr"
+    table = read(ties)
     codes = None if spec.per == "person" else run_key_codes(table["sid"], table["sh"])
     try:
         events = in_event_order(
             table,
             key="sid",
             ts="t",
-            event_id="eid",
+            event_id="eid" if ids_read else None,
             codes=codes,
             tie_row="tr" if by_position else None,
             tie_run="pid" if by_position else None,
