@@ -43,7 +43,7 @@ from services.query.analyses.requests import (
     WindowSpec,
 )
 from services.query.analyses.retention import retention_plan, retention_spec, run_retention
-from services.query.event_scan import _build_view
+from services.query.event_scan import _build_view, ties_by_position
 from services.query.params import TimeWindow
 from services.query.scan_engine import ScanEngine
 
@@ -148,10 +148,8 @@ def _scan(
     engine: ScanEngine, files: list[Path], start: datetime, end: datetime, aliases: pa.Table
 ) -> tuple[duckdb.DuckDBPyConnection, bool]:
     """A connection holding the scan's views, and whether `events_scan_keyed` is one."""
-    first = (start.date() - FIRST_DAY).days
-    last = (end.date() - FIRST_DAY).days
     con = engine.connection()
-    paths = [str(p) for p in files[max(0, first) : last + 1]]
+    paths = _scan_paths(files, start, end)
     keyed = _build_view(
         con,
         paths=paths,
@@ -165,6 +163,17 @@ def _scan(
         file_columns=engine.file_columns,
     )
     return con, keyed
+
+
+def _scan_paths(files: list[Path], start: datetime, end: datetime) -> list[str]:
+    first = (start.date() - FIRST_DAY).days
+    last = (end.date() - FIRST_DAY).days
+    return [str(p) for p in files[max(0, first) : last + 1]]
+
+
+def _positioned(engine: ScanEngine, files: list[Path], start: datetime, end: datetime) -> bool:
+    """Whether every row of `_scan`'s views has a position (event_scan.ties_by_position)."""
+    return ties_by_position([], _scan_paths(files, start, end), engine.file_columns)
 
 
 def _timed(fn: Callable[[], Any], runs: int) -> dict[str, float]:
@@ -267,8 +276,10 @@ def _strata_figures(files: list[Path], persons: int, days: int, runs: int) -> di
 
     paths = paths_spec(PathsRequest(event_types=["pageview", "custom"], steps=5))
     start, stop, session = end - timedelta(days=31), end - timedelta(days=1), timedelta(days=1)
-    con, _ = _scan(engine, files, start - session, end, aliases)
-    scope = EventScope(start - session, end)
+    con, keyed = _scan(engine, files, start - session, end, aliases)
+    # Person keys when the files have them, as the service's scope gives them (runner.py).
+    positioned = _positioned(engine, files, start - session, end)
+    scope = EventScope(start - session, end, person_keys=keyed, ties_by_position=positioned)
     results["paths_5_steps_30d"] = _timed(
         lambda: run_paths(con, paths, scope, start, stop, session), runs
     )

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import peers
-from bench.analyses import FIRST_DAY, _aliases, _ranges, _scan, dataset
+from bench.analyses import FIRST_DAY, _aliases, _positioned, _ranges, _scan, dataset
 from services.query.analyses.conditions import EventScope
 from services.query.analyses.paths import paths_spec, run_paths
 from services.query.analyses.requests import PathsRequest
@@ -58,7 +58,8 @@ def main() -> None:
     engine = ScanEngine()
     con, keyed = _scan(engine, files, start - session, end, _aliases(persons))
     spec = paths_spec(PathsRequest(event_types=["pageview", "custom"], steps=5))
-    scope = EventScope(start - session, end, person_keys=keyed)
+    positioned = _positioned(engine, files, start - session, end)
+    scope = EventScope(start - session, end, person_keys=keyed, ties_by_position=positioned)
     result = run_paths(con, spec, scope, start, stop, session)
     # The same answer from two versions of the code gives the same digest.
     digest = hashlib.sha256(repr(result).encode()).hexdigest()[:12]

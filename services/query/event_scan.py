@@ -96,6 +96,7 @@ class EventScan:
         engine: ScanEngine,
         pinned: list[DayPart],
         person_keys: bool = False,
+        ties_by_position: bool = False,
     ) -> None:
         self.con = con
         self.project_id = project_id
@@ -106,6 +107,8 @@ class EventScan:
         self.missing_days = missing_days  # archived days left out (allow_partial only)
         # Whether `events_scan_keyed` exists: every row and alias has person keys.
         self.person_keys = person_keys
+        # Whether every row has a position (`tie_row`; `tie_id` NULL throughout).
+        self.ties_by_position = ties_by_position
         self._engine = engine
         self._pinned = pinned
         self._closed = False
@@ -244,6 +247,17 @@ def _sql_instant(value: datetime) -> str:
 # id (PostgreSQL's rows, files written before the claim). Exactly one of the two is not NULL.
 TIE_COLUMNS = ("tie_row", "tie_id")
 _TIES_BY_ID = "CAST(NULL AS BIGINT) AS tie_row, event_id AS tie_id"
+
+
+def ties_by_position(
+    hot: Sequence[pa.Table], paths: Sequence[str], file_columns: FileColumns
+) -> bool:
+    """Every row of a scan over these sources has a position (TIE_COLUMNS' `tie_row`): no rows
+    from PostgreSQL and every file claims the tie order, so `tie_id` is NULL on every row and
+    a reader ordering ties need not read it."""
+    return all(t.num_rows == 0 for t in hot) and all(
+        tie_order for _, tie_order, _ in file_columns.groups(paths)
+    )
 
 
 def _build_view(
@@ -413,9 +427,9 @@ async def open_scan(
         local = [str(p) for p in paths]
         try:
 
-            def build() -> bool:
+            def build() -> tuple[bool, bool]:
                 # Footers of parts not seen before are read here, off the event loop.
-                return _build_view(
+                keyed = _build_view(
                     con,
                     paths=local,
                     hot=hot.tables,
@@ -428,8 +442,9 @@ async def open_scan(
                     unkeyed_paths=engine.file_columns.unkeyed(local),
                     file_columns=engine.file_columns,
                 )
+                return keyed, ties_by_position(hot.tables, local, engine.file_columns)
 
-            keyed = await asyncio.to_thread(build)
+            keyed, by_position = await asyncio.to_thread(build)
         except BaseException:
             con.close()
             raise
@@ -453,4 +468,5 @@ async def open_scan(
         engine=engine,
         pinned=plan.file_parts,
         person_keys=keyed,
+        ties_by_position=by_position,
     )

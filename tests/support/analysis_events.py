@@ -209,6 +209,7 @@ class MemoryScan:
         self.con = con
         self.tiers = [TierRead("hot", rows, 0.0)]
         self.person_keys = True  # scan_connection makes `events_scan_keyed` too
+        self.ties_by_position = False  # its rows are PostgreSQL's: ties by event id
 
     def close(self) -> None:
         self.con.close()

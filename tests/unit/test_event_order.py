@@ -13,10 +13,12 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from services.query.analyses.event_order import (
     TiesNeedEventIds,
+    bool_values,
     in_event_order,
     key_codes,
     run_key_codes,
@@ -325,3 +327,16 @@ def test_ties_positions_cannot_order_ask_for_the_event_ids(
     assert len(_tie_order(_tie_table(untied))) == 2
     with pytest.raises(TiesNeedEventIds):
         _tie_order(_tie_table(untied + tied))
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 8, 9, 64, 1001])
+def test_bool_values_unpack_the_bits_of_arrays_at_any_offset(size: int) -> None:
+    # Neighbour comparisons are slices of one array: their bits start mid-byte.
+    rng = random.Random(size)
+    ids = pa.array([rng.choice("ab") for _ in range(size + 3)])
+    for start in range(4):
+        part = ids[start : start + size]
+        flags = pc.not_equal(part[1:], part[:-1])
+        got = bool_values(flags)
+        assert got.dtype == np.bool_
+        assert got.tolist() == flags.to_pylist()

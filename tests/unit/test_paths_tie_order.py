@@ -21,7 +21,7 @@ from libs.common.day_files.layout import EVENT_FILE_SCHEMA, TIE_ORDER, TIE_ORDER
 from services.query.analyses.conditions import EventScope
 from services.query.analyses.paths import paths_spec, run_paths
 from services.query.analyses.requests import PathsRequest
-from services.query.event_scan import _build_view
+from services.query.event_scan import _build_view, ties_by_position
 from services.query.person_aliases import ALIAS_SCHEMA
 from services.query.scan_engine import STORED_COLUMNS, ScanEngine
 
@@ -79,6 +79,7 @@ def answer(
     the scan gives (`events_scan_stored.tie_id`)."""
     engine = ScanEngine()
     con = engine.connection()
+    hot = [t.select(list(STORED_COLUMNS)) for t in hot]
     aliases = pa.table(
         {"distinct_id": ["device-1"], "person_id": ["user-1"], "device_key": [DEVICE]}
         | {"person_key": [USER]},
@@ -88,7 +89,7 @@ def answer(
         keyed = _build_view(
             con,
             paths=files,
-            hot=[t.select(list(STORED_COLUMNS)) for t in hot],
+            hot=hot,
             aliases=aliases,
             persons=None,
             start=DAY,
@@ -99,7 +100,12 @@ def answer(
         )
         assert keyed
         spec = paths_spec(PathsRequest(steps=5, per=per))
-        scope = EventScope(DAY, DAY + timedelta(days=1), person_keys=True)
+        # As open_scan says it: without PostgreSQL's rows and with every file claiming the
+        # order, paths read no ids unless a tie is of two files or two stored keys.
+        positioned = ties_by_position(hot, files, engine.file_columns)
+        scope = EventScope(
+            DAY, DAY + timedelta(days=1), person_keys=True, ties_by_position=positioned
+        )
         result = run_paths(con, spec, scope, TIE - SESSION_MAX, TIE + SESSION_MAX, SESSION_MAX)
         ((ids,),) = con.sql("SELECT count(tie_id) FROM events_scan_stored").fetchall()
     finally:
@@ -149,3 +155,19 @@ def test_ties_positions_cannot_order_are_ordered_by_ids_read_again(
         hot = [rows(["B2"])]
     edges, paths, _ = answer(files, hot, per)
     assert (edges, paths) == (CODE_POINT_PATH, 1)
+
+
+def test_only_scans_without_postgresql_rows_and_with_every_file_claiming_skip_ids(
+    tmp_path: Path,
+) -> None:
+    engine = ScanEngine()
+    claimed = day_file(tmp_path / "c.parquet", rows(["A1", "a3"]), claimed=True)
+    unclaimed = day_file(tmp_path / "u.parquet", rows(["B2"]), claimed=False)
+    hot = rows(["B2"]).select(list(STORED_COLUMNS))
+    try:
+        assert ties_by_position([], [claimed], engine.file_columns)
+        assert ties_by_position([hot.slice(0, 0)], [claimed], engine.file_columns)
+        assert not ties_by_position([], [claimed, unclaimed], engine.file_columns)
+        assert not ties_by_position([hot], [claimed], engine.file_columns)
+    finally:
+        engine.close()

@@ -327,6 +327,9 @@ class EventScope:
     # The scan also holds `events_scan_keyed` (services/query/person_keys.py): the same rows
     # with the person as an integer `person_key` instead of `person_id`.
     person_keys: bool = False
+    # Every row of the scan has a position (`tie_row`; services/query/event_scan.py,
+    # `ties_by_position`): readers ordering ties by position need not read `tie_id`.
+    ties_by_position: bool = False
     # Threads a large stream's kernel is split over by person (stream_parts.py), and the
     # events from which it is split (tests lower it to split small streams).
     threads: int = 1

@@ -101,6 +101,18 @@ def key_codes(keys: pa.ChunkedArray) -> Ints:
     return np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
+def bool_values(flags: pa.Array) -> Flags:
+    """A boolean Arrow array without NULLs as a NumPy array: its bits unpacked in one pass
+    (`to_numpy` converts them one by one)."""
+    n = len(flags)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    bits = np.frombuffer(flags.buffers()[1], dtype=np.uint8)
+    first = flags.offset
+    unpacked = np.unpackbits(bits, count=first + n, bitorder="little")
+    return unpacked[first:].view(bool)
+
+
 def run_key_codes(keys: pa.ChunkedArray, hashes: pa.ChunkedArray) -> Ints:
     """`key_codes` of string keys whose rows mostly come in runs of equal keys, given each
     row's 64-bit hash of its key: the same numbers (first-seen order), but only the runs'
@@ -115,7 +127,7 @@ def run_key_codes(keys: pa.ChunkedArray, hashes: pa.ChunkedArray) -> Ints:
     n = len(ids)
     starts = np.empty(n, dtype=bool)
     starts[0] = True
-    starts[1:] = pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)
+    starts[1:] = bool_values(pc.not_equal(ids[1:], ids[:-1]))
     heads = np.flatnonzero(starts)
     hashed = np.asarray(hashes.to_numpy(), dtype=np.uint64)[heads]
     # Only runs whose hash shares a bucket (its top bits, ~4 buckets per run) with another
@@ -171,7 +183,8 @@ def in_event_order(
     and ties between rows that differ raise `TiesNeedEventIds`.
 
     With `tie_row` (the scan's `tie_row`: file number << 32 | row in a day file claiming the
-    tie order, else NULL) the `event_id` column may be NULL where `tie_row` is not, and
+    tie order, else NULL) the `event_id` column may be NULL where `tie_row` is not (or be
+    left out, None, when every row has a position: the ids are then all missing), and
     `tie_run` names the rows' stored person key: tied rows all of one file and one stored key
     lie in event-id order in that file, so their positions order them; tied rows all with ids
     are ordered by the ids; any other tie (rows of two files, two stored keys, or a file and
@@ -203,7 +216,8 @@ def in_event_order(
         # Stable (a merge sort of runs): rows come as read, where day files already hold a
         # key's rows together in time order (`SORT_KEYS`), so the sort mostly merges runs.
         rows = np.argsort(packed, kind="stable").astype(np.int64, copy=False)
-        packed = packed[rows]
+        # (`np.take`: a third fewer instructions than indexing for a gather this large.)
+        packed = np.take(packed, rows)
         key_ts = packed >> rank_bits if rank_bits else packed
         codes = key_ts >> time_bits
         times = (key_ts & ((1 << time_bits) - 1)) + t0
@@ -228,7 +242,7 @@ def in_event_order(
             tied &= ranks[1:] == ranks[:-1]
         packing = (None, 0, 0)
     if tied.any():
-        if event_id is None:
+        if event_id is None and tie_row is None:
             # Equal tied neighbours make equal groups: their order cannot change any answer.
             pairs = np.flatnonzero(tied)
             if not _interchangeable(table, rows[pairs], rows[pairs + 1]):
@@ -244,7 +258,13 @@ def in_event_order(
         starts[1:] = ~tied[members[1:] - 1]
         group = np.cumsum(starts)
         taken = pa.array(rows[members])
-        ids = table[event_id].take(taken)
+        # Without an id column (positions only), every id is missing: a group not ordered
+        # by position needs the ids read.
+        ids = (
+            table[event_id].take(taken)
+            if event_id is not None
+            else pa.nulls(len(taken), pa.string())
+        )
         if tie_row is not None:
             by_position, position = _position_groups(table, taken, starts, group, tie_row, tie_run)
             if by_position.any():

@@ -155,7 +155,12 @@ def _raw_label_sql(params: SqlParams) -> tuple[str, str]:
     """What a row's label is made from: the page path of a pageview (its name otherwise) and
     whether it is a pageview. Labels are then made once per distinct pair (`_row_labels`)."""
     pageview = params.add(PAGEVIEW)
-    return f"CASE WHEN e.name = {pageview} THEN e.path ELSE e.name END", f"e.name = {pageview}"
+    # The flag as a byte, not a BOOLEAN: Arrow holds booleans as bits, which DuckDB packs and
+    # NumPy unpacks one by one; a byte column is handed over and read as it is.
+    return (
+        f"CASE WHEN e.name = {pageview} THEN e.path ELSE e.name END",
+        f"(e.name = {pageview})::UTINYINT",
+    )
 
 
 def _type_sql(spec: PathsSpec, params: SqlParams) -> str:
@@ -216,15 +221,23 @@ def run_paths(
     # a day file claiming the tie order when they are all of one file and one stored key
     # (the views' tie columns): event ids are read only for PostgreSQL's rows and older
     # files, and for every row in the rare query with other ties (read again).
+    # When every row has a position (no PostgreSQL rows, every file claiming the order), the
+    # ids (`tie_id`, NULL throughout) are not read either: a NULL string column still costs
+    # DuckDB an Arrow append per row.
     by_position = by_key
-    table = read("e.tie_row AS tr, e.tie_id AS eid" if by_position else "e.event_id AS eid")
+    ids_read = not (by_position and scope.ties_by_position)
+    if not by_position:
+        ties = "e.event_id AS eid"
+    else:
+        ties = "e.tie_row AS tr, e.tie_id AS eid" if ids_read else "e.tie_row AS tr"
+    table = read(ties)
     codes = None if spec.per == "person" else run_key_codes(table["sid"], table["sh"])
     try:
         events = in_event_order(
             table,
             key="sid",
             ts="t",
-            event_id="eid",
+            event_id="eid" if ids_read else None,
             codes=codes,
             tie_row="tr" if by_position else None,
             tie_run="pid" if by_position else None,
@@ -237,7 +250,7 @@ def run_paths(
     start_label, end_label = _point_labels(con, spec)
     kept = session_paths(
         events,
-        label_of_row[events.rows],
+        np.take(label_of_row, events.rows),
         labels,
         spec,
         _epoch_us(start),
@@ -330,7 +343,7 @@ def _row_labels(
     code: dict[str, int] = {}
     pair_label = np.zeros(pair.max() + 1, dtype=np.int64)
     pair_label[present] = [code.setdefault(label, len(code)) for label in named]
-    return pair_label[pair], list(code)
+    return np.take(pair_label, pair), list(code)
 
 
 def _page_label(path: str | None) -> str:

@@ -86,6 +86,7 @@ class Analysis:
             filters=self.filters,
             cohort_tables=tuple(tables),
             person_keys=scan.person_keys,
+            ties_by_position=scan.ties_by_position,
             threads=self.deps.analysis_threads,
         )
 
