@@ -5,6 +5,7 @@ and changes no session id."""
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -51,6 +52,32 @@ async def checkpoints(pool: asyncpg.Pool, subjects: Subjects) -> dict[int, int]:
         subjects.raw_stream,
     )
     return {r["partition"]: r["stream_seq"] for r in rows}
+
+
+async def restart_and_expect_each_event_once(
+    database_url: str,
+    nats_url: str,
+    js: JetStreamContext,
+    subjects: Subjects,
+    log_dir: Path,
+    settings: dict[str, object],
+    expected: dict[str, str],
+) -> None:
+    """Start the sessionizer again, let it sessionize everything published, stop it cleanly, and
+    check the enriched stream holds each expected event once, in its expected session."""
+    proc, port = sessionizer(database_url, nats_url, subjects, log_dir, **settings)
+    proc.start()
+    try:
+        proc.wait_http(port)
+        await wait_for_enriched(js, subjects, set(expected))
+    finally:
+        assert proc.stop() == 0, proc.log()
+    assert "partition_failed" not in proc.log_path.read_text()
+    events = await enriched_events(js, subjects)
+    counts = Counter(e.event_id for e in events)
+    assert set(counts) == set(expected), "nothing lost, nothing invented"
+    assert [eid for eid, n in counts.items() if n != 1] == [], "replays were dropped as duplicates"
+    assert {e.event_id: e.session_id for e in events} == expected
 
 
 async def test_graceful_restart_keeps_the_session_open(
@@ -155,20 +182,9 @@ async def test_kill9_between_checkpoints_loses_nothing_and_splits_nothing(
             expected[gap_id] = session_id_for("acme", person, gap_id)
     await publish_raw(js, subjects, later, partitions)
 
-    proc, port = sessionizer(database_url, nats_url, subjects, tmp_path, **settings)
-    proc.start()
-    try:
-        proc.wait_http(port)
-        await wait_for_enriched(js, subjects, set(expected))
-    finally:
-        assert proc.stop() == 0, proc.log()
-
-    assert "partition_failed" not in proc.log_path.read_text()
-    events = await enriched_events(js, subjects)
-    counts = Counter(e.event_id for e in events)
-    assert set(counts) == set(expected), "nothing lost, nothing invented"
-    assert [eid for eid, n in counts.items() if n != 1] == [], "replays were dropped as duplicates"
-    assert {e.event_id: e.session_id for e in events} == expected
+    await restart_and_expect_each_event_once(
+        database_url, nats_url, js, subjects, tmp_path, settings, expected
+    )
 
 
 async def test_a_delivery_that_never_arrives_is_not_checkpointed_past(
@@ -194,22 +210,22 @@ async def test_a_delivery_that_never_arrives_is_not_checkpointed_past(
 
         # Another client pulls from the sessionizer's own consumer and never acks: whatever
         # it takes is delivered, from JetStream's point of view, and lost to the sessionizer.
+        # The sessionizer is paused (SIGSTOP) until its own pull requests (0.25 s here) have
+        # expired at the server, so the next message can only go to the other client's.
         thief = await js.pull_subscribe_bind(durable="sessionizer-0", stream=subjects.raw_stream)
-        sent = ["e0"]
-        stolen: list[str] = []
-        for i in range(1, 60):
-            pull = asyncio.create_task(thief.fetch(1, timeout=1.0))
-            await asyncio.sleep(0.05)  # the thief's pull request waits first in line
-            event_id = f"e{i}"
-            await publish_raw(js, subjects, [make_event(event_id, t0 + i * M, "sam", now)], 1)
-            sent.append(event_id)
-            try:
-                [msg] = await pull
-            except TimeoutError:  # the sessionizer's own pull got it
-                continue
-            stolen.extend(e.event_id for e in msgspec.json.decode(msg.data, type=RawBatchV1).events)
-            break
-        assert stolen, "no delivery went to the other client in 59 tries"
+        assert proc.proc is not None
+        proc.proc.send_signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(1.0)
+            pull = asyncio.create_task(thief.fetch(1, timeout=10.0))
+            await asyncio.sleep(0.2)  # the other client's pull request reaches the server
+            await publish_raw(js, subjects, [make_event("e1", t0 + M, "sam", now)], 1)
+            [msg] = await pull
+        finally:
+            proc.proc.send_signal(signal.SIGCONT)
+        sent = ["e0", "e1"]
+        stolen = [e.event_id for e in msgspec.json.decode(msg.data, type=RawBatchV1).events]
+        assert stolen == ["e1"], "the message published while the sessionizer was paused"
         # The next message shows the sessionizer the gap in its deliveries.
         await publish_raw(js, subjects, [make_event("last", t0 + 70 * M, "sam", now)], 1)
         sent.append("last")
@@ -278,16 +294,6 @@ async def test_kill9_resumes_from_a_base_with_changes_stored_on_top(
         expected[event_id] = session_id_for("acme", person, f"{person}-0")
     await publish_raw(js, subjects, later, 1)
 
-    proc, port = sessionizer(database_url, nats_url, subjects, tmp_path, **settings)
-    proc.start()
-    try:
-        proc.wait_http(port)
-        await wait_for_enriched(js, subjects, set(expected))
-    finally:
-        assert proc.stop() == 0, proc.log()
-    assert "partition_failed" not in proc.log_path.read_text()
-    events = await enriched_events(js, subjects)
-    counts = Counter(e.event_id for e in events)
-    assert set(counts) == set(expected), "nothing lost, nothing invented"
-    assert [eid for eid, n in counts.items() if n != 1] == [], "replays were dropped as duplicates"
-    assert {e.event_id: e.session_id for e in events} == expected
+    await restart_and_expect_each_event_once(
+        database_url, nats_url, js, subjects, tmp_path, settings, expected
+    )
