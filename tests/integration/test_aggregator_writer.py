@@ -142,6 +142,23 @@ async def test_many_writers_of_two_projects_with_redeliveries(pool: asyncpg.Pool
         assert [r[0] for r in projects] == ["acme", "globex"]
 
 
+async def wait_for_lock_wait(
+    observer: asyncpg.Connection, backend: int, statement_like: str, step: str
+) -> None:
+    """Until the batch's backend waits on a lock in the statement matching `statement_like`."""
+    for _ in range(500):
+        waiting = await observer.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND pid = $1 AND query LIKE $2",
+            backend,
+            statement_like,
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the batch never reached {step}")
+
+
 async def test_a_rollup_row_created_meanwhile_outside_the_lock_is_retried_not_overwritten(
     pool: asyncpg.Pool,
 ) -> None:
@@ -164,17 +181,10 @@ async def test_a_rollup_row_created_meanwhile_outside_the_lock_is_retried_not_ov
             hour,
             sketches.sketch_of(["someone-else"]),
         )
+        backend = await conn.fetchval("SELECT pg_backend_pid()")
         writing = asyncio.create_task(write_events(conn, [event]))
         # The batch's upsert now waits on the outsider's uncommitted row.
-        for _ in range(500):
-            waiting = await observer.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND query LIKE '%INSERT INTO rollups%'"
-            )
-            if waiting:
-                break
-            await asyncio.sleep(0.02)
-        assert waiting, "the batch never reached the rollups upsert"
+        await wait_for_lock_wait(observer, backend, "%INSERT INTO rollups%", "the rollups upsert")
         await other.commit()
         with pytest.raises(ConcurrentWriteConflict, match="rollup rows expected new"):
             await writing
@@ -215,16 +225,7 @@ async def test_a_session_created_meanwhile_outside_the_lock_is_retried_not_overw
         writing = asyncio.create_task(write_events(conn, [event]))
         # The batch's session merge now waits on the outsider's uncommitted row (the statement
         # is longer than pg_stat_activity keeps: its opening tells it).
-        for _ in range(500):
-            waiting = await observer.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND pid = $1 AND query LIKE '%WITH merged AS%'",
-                backend,
-            )
-            if waiting:
-                break
-            await asyncio.sleep(0.02)
-        assert waiting, "the batch never reached the session merge"
+        await wait_for_lock_wait(observer, backend, "%WITH merged AS%", "the session merge")
         await other.commit()
         with pytest.raises(ConcurrentWriteConflict):
             await writing
