@@ -5,6 +5,11 @@
     python -m bench.ingest_gateway [--seconds 20] [--connections 64] [--loaders 1]
         [--people-per-batch 0] [--linger-s 0.002]
 
+Traffic shapes (`--people-per-batch`, see `batch_template`): 1 is browser-like, a batch of
+one visitor with one user agent, as a browser's tracker sends it; 0 (the default) is the worst
+case, every event a different person with its own user agent, as a server SDK forwarding
+many people's events sends it. `just bench --only ingest` runs both.
+
 Uses NATS_URL / DATABASE_URL when set, else starts embedded servers in a temporary directory.
 Load generators run in their own processes; on a 2-core machine they compete with ingest and
 NATS for CPU, so the figure is a floor for what a dedicated ingest core does.
@@ -53,16 +58,28 @@ REFERRERS = [
 PATHS = ["/", "/pricing", "/docs", "/docs/install", "/blog/launch", "/signup", "/features"]
 
 
+def _user_agent(rng: random.Random) -> str:
+    return rng.choice(USER_AGENTS).format(v=rng.randrange(100, 130))
+
+
 def batch_template(batch_size: int, seed: int, people: int = 0) -> bytes:
     """A /v1/batch body whose messageIds contain the placeholder @@ (replaced per request so
-    every request carries new events, as real traffic does). `people` > 0 draws the events
-    from that many visitors (a browser's batch is one visitor); 0 gives every event its own
-    (a server SDK's batch, the worst case: it touches every person partition)."""
+    every request carries new events, as real traffic does).
+
+    `people` > 0 draws the events from that many visitors, each with one user agent for all
+    its events, as a browser sends them (`people=1`, a browser's batch, is the browser-like
+    shape). 0 gives every event its own visitor and its own user agent (a server SDK
+    forwarding many people's events, the worst case: every request touches every person
+    partition and every event's user agent differs from the previous one's)."""
     rng = random.Random(seed)
     events = []
-    visitors = [f"anon-{rng.randrange(50_000)}" for _ in range(people)]
+    visitors = [(f"anon-{rng.randrange(50_000)}", _user_agent(rng)) for _ in range(people)]
     for i in range(batch_size):
-        visitor = rng.choice(visitors) if visitors else f"anon-{rng.randrange(50_000)}"
+        visitor, user_agent = (
+            rng.choice(visitors)
+            if visitors
+            else (f"anon-{rng.randrange(50_000)}", _user_agent(rng))
+        )
         path = rng.choice(PATHS)
         is_page = rng.random() < 0.6
         event: dict[str, Any] = {
@@ -71,7 +88,7 @@ def batch_template(batch_size: int, seed: int, people: int = 0) -> bytes:
             "anonymousId": visitor,
             "timestamp": "2026-01-15T10:00:00.000Z",
             "context": {
-                "userAgent": rng.choice(USER_AGENTS).format(v=rng.randrange(100, 130)),
+                "userAgent": user_agent,
                 "locale": "en-US",
                 "page": {
                     "path": path,
