@@ -70,12 +70,15 @@ from services.ingest.request_body import (
     too_large_message,
 )
 from services.ingest.segment_payloads import (
+    SegmentBatch,
+    SegmentBatchItems,
+    SegmentMessage,
     message_id_decoder,
     segment_batch_decoder,
     write_key_decoder,
 )
 from services.ingest.stages.draft import ItemSkipped, RequestInfo
-from services.ingest.stages.path import decode_batch, event_of, item_event
+from services.ingest.stages.path import decode_batch, event_of, item_event, items_within_size
 from services.ingest.tracker.script import add_tracker_routes
 from services.ingest.validation import (
     ISO_TIME_HINT,
@@ -447,13 +450,22 @@ class IngestApi:
         single = len(items) == 1
         # One scan of the body instead of one per item: most bodies hold no NUL escape at all.
         nul_possible = may_hold_nul(body)
-        # A Segment batch is decoded in one pass when every item decodes (the usual case);
-        # otherwise item by item, so that only the items at fault are rejected.
-        decoded = (
-            decode_batch(body, items, self.limits)
-            if kind is None and not nul_possible and len(items) > 1
-            else None
-        )
+        # A Segment batch whose items all decoded (the usual case) was read in one pass, its
+        # items already Structs (`_segment_batch`); they skip decode's size and NUL checks when
+        # neither can fail. Otherwise the items' own JSON is read, and each item too large or
+        # holding a NUL goes item by item, so that only the items at fault are rejected.
+        decoded: list[SegmentMessage] | None = None
+        if items and type(items[0]) is SegmentMessage:
+            if not nul_possible and items_within_size(len(body), items, self.limits):
+                decoded = items
+            else:
+                raw_items = segment_batch_decoder.decode(body).batch or []
+                if (
+                    not nul_possible
+                    and max(map(len, raw_items), default=0) <= self.limits.max_event_bytes
+                ):
+                    decoded = items
+                items = raw_items
         append = events.append
         for index, raw in enumerate(items):
             try:
@@ -481,6 +493,8 @@ class IngestApi:
 
 
 def _message_id(raw: Any, analytics: bool) -> Any:
+    if type(raw) is SegmentMessage:
+        return raw.messageId  # decoded with the batch: a str or None
     try:
         if analytics:
             found = msgspec.json.decode(raw, type=dict[str, Any]).get("eventId")
@@ -535,7 +549,12 @@ def _segment_single(body: bytes) -> tuple[str | None, list[Any], dict[str, Any]]
 
 
 def _segment_batch(body: bytes) -> tuple[str | None, list[Any], dict[str, Any]]:
-    batch = segment_batch_decoder.decode(body)
+    # The body read once, its items straight into their Structs (the usual batch); a body any
+    # part of which fails to decode so is read again with its items raw, which gives the
+    # body's error, or the items for the item-by-item path (`IngestApi._events`).
+    batch: SegmentBatch | SegmentBatchItems | None = decode_batch(body)
+    if batch is None:
+        batch = segment_batch_decoder.decode(body)
     if batch.batch is None:
         raise _Refused(_error(400, "batch is required: an array of events"))
     if batch.context is not None and may_hold_nul(body):

@@ -132,9 +132,13 @@ class SegmentBatch(msgspec.Struct, frozen=True, gc=False):
 class SegmentBatchItems(msgspec.Struct, frozen=True, gc=False):
     """`POST /v1/batch` with every item decoded straight into its Struct, in one pass over the
     body: the usual batch, whose items are all well-formed. Any error sends the request back to
-    the item-by-item path (`SegmentBatch`), which says which items are wrong."""
+    the item-by-item path (`SegmentBatch`), which says which items are wrong. The other fields
+    are `SegmentBatch`'s, so that the body is read once."""
 
     batch: list[SegmentMessage] | None = None
+    writeKey: str | None = None
+    sentAt: datetime | None = None
+    context: SegmentContext | None = None
 
 
 class WriteKeyOnly(msgspec.Struct, frozen=True, gc=False):

@@ -544,6 +544,40 @@ async def test_an_event_over_32_kb_is_rejected_by_itself(ingest: Ingest) -> None
     assert (await single.json())["error"].startswith("event is ")
 
 
+async def test_a_batch_larger_than_32_kb_rejects_only_its_event_over_32_kb(ingest: Ingest) -> None:
+    """Many small events make a body over the per-event limit: read in one pass, they are all
+    accepted, and one event over the limit among them is still the only one rejected."""
+    small = [
+        {
+            "type": "track",
+            "userId": "u",
+            "event": "Small",
+            "messageId": f"s-{i}",
+            "properties": {"pad": "y" * 400},
+        }
+        for i in range(100)
+    ]
+    whole = await ingest.post("/v1/batch", {"batch": small}, ingest.project.write_key)
+    assert whole.status == 200
+    assert (await whole.json()) == {"success": True, "accepted": 100, "rejected": []}
+    just_over = {
+        "type": "track",
+        "userId": "u",
+        "event": "Big",
+        "messageId": "big",
+        "properties": {"blob": "x" * 32_700},
+    }
+    response = await ingest.post(
+        "/v1/batch", {"batch": [*small[:50], just_over, *small[50:]]}, ingest.project.write_key
+    )
+    assert response.status == 200
+    payload = await response.json()
+    assert payload["accepted"] == 100
+    [rejection] = payload["rejected"]
+    assert rejection["index"] == 50 and rejection["messageId"] == "big"
+    assert rejection["error"].endswith("bytes; the limit is 32768 bytes per event")
+
+
 async def test_future_timestamps_are_rejected_and_backfills_accepted(ingest: Ingest) -> None:
     key = ingest.project.write_key
     future = await ingest.post(

@@ -16,14 +16,20 @@ import msgspec
 from libs.common.privacy_policy import PrivacyPolicy
 from services.ingest.collection import CollectionRules
 from services.ingest.privacy import ProjectPrivacy
-from services.ingest.segment_payloads import segment_batch_decoder
+from services.ingest.segment_payloads import SegmentMessage, segment_batch_decoder
 from services.ingest.stages import STAGE_ORDER
 from services.ingest.stages.build import build
 from services.ingest.stages.decode import decode
 from services.ingest.stages.draft import RequestInfo
 from services.ingest.stages.enrich import enrich
 from services.ingest.stages.event_time import normalise_time
-from services.ingest.stages.path import STAGES, decode_batch, event_of, item_event
+from services.ingest.stages.path import (
+    STAGES,
+    decode_batch,
+    event_of,
+    item_event,
+    items_within_size,
+)
 from services.ingest.stages.policy import apply_policy
 from services.ingest.stages.validate import validate
 from services.ingest.validation import EventLimits
@@ -184,27 +190,71 @@ def test_a_batch_decoded_in_one_pass_gives_each_item_s_own_decoding() -> None:
         _batch_item(messageId=f"m-{i}", properties={"n": i, "nested": {"a": [1, 2]}})
         for i in range(3)
     ] + [_batch_item(type="track", event="Clicked", userId=7, context=None)]
-    body = _body(*items)
-    raw_items = segment_batch_decoder.decode(body).batch
-    assert raw_items is not None
-    decoded = decode_batch(body, raw_items, limits)
-    assert decoded == [decode(raw, False, limits) for raw in raw_items]
+    body = b'{"writeKey":"k","sentAt":"2024-05-01T12:00:00Z","context":{"locale":"de"},"batch":['
+    body += b",".join(items) + b"]}"
+    raw = segment_batch_decoder.decode(body)
+    assert raw.batch is not None
+    decoded = decode_batch(body)
+    assert decoded is not None
+    assert decoded.batch == [decode(item, False, limits) for item in raw.batch]
+    # The body's own fields too: the body is read once.
+    assert (decoded.writeKey, decoded.sentAt, decoded.context) == (
+        raw.writeKey,
+        raw.sentAt,
+        raw.context,
+    )
 
 
 def test_a_batch_with_any_bad_item_is_decoded_item_by_item() -> None:
     # None sends the app to the item-by-item path, which rejects only the item at fault.
-    limits = EventLimits(max_event_bytes=600)
     good = _batch_item()
     for bad in (
         _batch_item(userId=["not", "an", "id"]),  # wrong type: a ValidationError
-        _batch_item(properties={"pad": "x" * 600}),  # over the per-event size
         b'"just text"',  # not an object
     ):
-        body = _body(good, bad, good)
-        raw_items = segment_batch_decoder.decode(body).batch
-        assert raw_items is not None
-        assert decode_batch(body, raw_items, limits) is None
-    assert decode_batch(_body(good, good), [], limits) is None
+        assert decode_batch(_body(good, bad, good)) is None
+    assert decode_batch(b'{"batch": [' + good) is None  # not JSON
+
+
+def _items(body: bytes) -> tuple[list[SegmentMessage], list[msgspec.Raw]]:
+    decoded = decode_batch(body)
+    raw = segment_batch_decoder.decode(body).batch
+    assert decoded is not None and decoded.batch is not None and raw is not None
+    return decoded.batch, raw
+
+
+def test_items_within_size_never_passes_an_item_over_the_limit() -> None:
+    """The one-pass batch skips the per-item size check only when no item can be over the
+    limit: checked against the items' measured sizes over bodies near and far from it."""
+    small = _batch_item()
+    padded = [_batch_item(properties={"pad": "x" * n}) for n in (0, 100, 400, 700, 1500)]
+    # Text whose JSON is longer than its characters (escapes) and members not counted.
+    escaped = _batch_item(messageId='\u00e9"' * 20, integrations={"All": True})
+    bodies = [_body(small), _body(*padded), _body(escaped, small, escaped)]
+    bodies += [_body(*([small] * n), big) for n in (1, 3, 10, 40) for big in padded]
+    skipped = 0
+    for body in bodies:
+        messages, raw_items = _items(body)
+        largest = max(map(len, raw_items))
+        for limit in sorted({largest - 1, largest, largest + 1, 600, 2000, 5000}):
+            if limit < 1:
+                continue
+            limits = EventLimits(max_event_bytes=limit)
+            if items_within_size(len(body), messages, limits):
+                assert largest <= limit, (limit, largest, len(body))
+                skipped += 1
+    assert skipped > 20  # it does spare the measuring of many of these bodies
+
+
+def test_items_within_size_spares_the_measuring_of_a_browser_s_batch() -> None:
+    """A batch of many small events, larger than the per-event limit as a whole, is known to
+    hold no item over the limit without measuring each."""
+    items = [_batch_item(messageId=f"m-{i}", properties={"i": i}) for i in range(100)]
+    body = _body(*items)
+    limits = EventLimits(max_event_bytes=len(body) * 2 // 3)
+    messages, _ = _items(body)
+    assert items_within_size(len(body), messages, limits)
+    assert not items_within_size(len(body), messages, EventLimits(max_event_bytes=1000))
 
 
 def test_each_event_of_a_request_publishes_its_own_address_under_the_ip_policy() -> None:
