@@ -57,6 +57,7 @@ from libs.common.day_files.layout import EVENT_FILE_SCHEMA
 from libs.common.erasure import request_erasure
 from libs.common.object_store import ObjectStore, open_object_store
 from libs.common.observability import configure_logging
+from libs.common.settings import QuerySettings
 from services.query.analyses.conditions import EventScope
 from services.query.analyses.funnels import FunnelSpec, funnel_spec, run_funnel
 from services.query.analyses.requests import Condition, FunnelRequest, FunnelStep, WindowSpec
@@ -113,6 +114,20 @@ async def load(
             "INSERT INTO person_aliases (project_id, distinct_id, person_id)"
             " SELECT DISTINCT ON (distinct_id) project_id, distinct_id, user_id FROM events"
             " WHERE user_id IS NOT NULL ORDER BY distinct_id, ts"
+        )
+        # The person keys the generator stored on each row (d<p>: 2p, u<p>: 2p + 1), as the
+        # aggregator assigns them: without them the aliases carry no keys and every scan
+        # resolves persons by their string ids, which the service does not do.
+        await conn.execute(
+            "INSERT INTO person_keys (project_id, id, key)"
+            " SELECT project_id, coalesce(user_id, distinct_id), person_key FROM events"
+            " UNION SELECT project_id, distinct_id, coalesce(device_key, person_key) FROM events"
+            " ON CONFLICT DO NOTHING"
+        )
+        await conn.execute(
+            "INSERT INTO person_key_counters (project_id, next_key)"
+            " SELECT project_id, max(key) + 1 FROM person_keys GROUP BY project_id"
+            " ON CONFLICT (project_id) DO UPDATE SET next_key = excluded.next_key"
         )
         await conn.execute(
             "INSERT INTO persons (project_id, person_id, traits, first_seen, last_seen)"
@@ -189,11 +204,20 @@ async def funnel_once(
     opened = time.perf_counter()
     try:
         stop = end - timedelta(seconds=1)
+        # The scope the query service gives it (services/query/analyses/runner.py): integer
+        # persons when every row and alias has keys, ties by position, its analysis threads.
+        scope = EventScope(
+            start,
+            end,
+            person_keys=scan.person_keys,
+            ties_by_position=scan.ties_by_position,
+            threads=QuerySettings().analysis_threads,
+        )
         result = await asyncio.to_thread(
             run_funnel,
             scan.con,
             funnel,
-            EventScope(start, end),
+            scope,
             int(start.timestamp()) * 1_000_000,
             int(stop.timestamp()) * 1_000_000,
         )
@@ -205,6 +229,7 @@ async def funnel_once(
         "total_ms": _ms(done - started),
         "tiers": {t.tier: t.rows for t in scan.tiers},
         "persons_per_step": [s.count for s in result.total.steps],
+        "person_keys": scan.person_keys,
     }
 
 
@@ -242,6 +267,7 @@ def _median(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "total_median_ms": round(statistics.median(s["total_ms"] for s in samples), 1),
         "rows_per_tier": samples[-1]["tiers"],
         "persons_per_step": samples[-1]["persons_per_step"],
+        "person_keys": samples[-1]["person_keys"],
     }
 
 

@@ -124,7 +124,9 @@ async def _query_day_files(
             )
             params += [sorted(erased), sorted(erased)]
         sql = (
-            f"SELECT {select} FROM read_parquet({files}, union_by_name = true)"
+            # Not Hive partitions, though the cache's folders look like them (event_scan.py).
+            f"SELECT {select} FROM read_parquet({files}, union_by_name = true,"
+            " hive_partitioning = false)"
             f" WHERE {condition} {tail}"
         )
 

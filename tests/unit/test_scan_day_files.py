@@ -1,5 +1,6 @@
 """The scan view over day files: parts written before a column existed read it as NULL beside
-newer parts, and each file's columns are read from its footer once, not at every scan."""
+newer parts, each file's columns are read from its footer once, not at every scan, and the
+folders a file lies in never stand in for its columns."""
 
 from __future__ import annotations
 
@@ -105,5 +106,28 @@ def test_a_files_columns_are_read_once_and_again_when_the_file_is_replaced(
         rows = scan_rows(engine, paths, files)
         assert files.footers_read == 4
         assert [r[1] for r in rows if r[0].startswith("p0")] == [None, None]
+    finally:
+        engine.close()
+
+
+def test_folders_named_like_hive_partitions_do_not_change_what_a_file_holds(
+    tmp_path: Path,
+) -> None:
+    # The cache's folders are `project=<id>/dt=<day>`, and its root is the operator's choice:
+    # a folder named after a stored column must not replace that column's values (DuckDB's
+    # Hive detection would give every row country "XX" and make every row a bot here).
+    folder = tmp_path / "country=XX" / "is_bot=true" / "project=acme" / "dt=2024-03-01"
+    folder.mkdir(parents=True)
+    paths = [
+        day_file(folder / "part-1.parquet", "a", 2),
+        day_file(folder / "part-2.parquet", "b", 1),
+    ]
+    engine = ScanEngine()
+    try:
+        assert scan_rows(engine, paths, FileColumns()) == [
+            ("a-0", "FR", False),
+            ("a-1", "FR", False),
+            ("b-0", "FR", False),
+        ]
     finally:
         engine.close()
