@@ -230,7 +230,10 @@ def test_items_within_size_never_passes_an_item_over_the_limit() -> None:
     padded = [_batch_item(properties={"pad": "x" * n}) for n in (0, 100, 400, 700, 1500)]
     # Text whose JSON is longer than its characters (escapes) and members not counted.
     escaped = _batch_item(messageId='\u00e9"' * 20, integrations={"All": True})
-    bodies = [_body(small), _body(*padded), _body(escaped, small, escaped)]
+    numeric = _batch_item(anonymousId=-12345, context={})
+    bare = _batch_item(context=None, messageId=None, userId="u")
+    bodies = [_body(small), _body(*padded), _body(escaped, small, escaped, numeric, bare)]
+    bodies += [_body(*([numeric, bare] * n), big) for n in (5, 20) for big in padded]
     bodies += [_body(*([small] * n), big) for n in (1, 3, 10, 40) for big in padded]
     skipped = 0
     for body in bodies:
@@ -240,7 +243,7 @@ def test_items_within_size_never_passes_an_item_over_the_limit() -> None:
             if limit < 1:
                 continue
             limits = EventLimits(max_event_bytes=limit)
-            if items_within_size(len(body), messages, limits):
+            if items_within_size(body, messages, limits):
                 assert largest <= limit, (limit, largest, len(body))
                 skipped += 1
     assert skipped > 20  # it does spare the measuring of many of these bodies
@@ -248,13 +251,20 @@ def test_items_within_size_never_passes_an_item_over_the_limit() -> None:
 
 def test_items_within_size_spares_the_measuring_of_a_browser_s_batch() -> None:
     """A batch of many small events, larger than the per-event limit as a whole, is known to
-    hold no item over the limit without measuring each."""
+    hold no item over the limit without measuring each; when the items' keys cannot place
+    them (an escape in the body, an item without messageId, the key elsewhere too), it is not."""
     items = [_batch_item(messageId=f"m-{i}", properties={"i": i}) for i in range(100)]
+    limits = EventLimits(max_event_bytes=2000)
     body = _body(*items)
-    limits = EventLimits(max_event_bytes=len(body) * 2 // 3)
-    messages, _ = _items(body)
-    assert items_within_size(len(body), messages, limits)
-    assert not items_within_size(len(body), messages, EventLimits(max_event_bytes=1000))
+    assert len(body) > 10 * limits.max_event_bytes
+    assert items_within_size(body, _items(body)[0], limits)
+    for odd in (
+        _batch_item(properties={"name": "?"}).replace(b"?", b"caf\\u00e9"),
+        _batch_item(messageId=None),
+        _batch_item(properties={"messageId": "again"}),
+    ):
+        body = _body(*items, odd)
+        assert not items_within_size(body, _items(body)[0], limits)
 
 
 def test_each_event_of_a_request_publishes_its_own_address_under_the_ip_policy() -> None:

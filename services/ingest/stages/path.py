@@ -5,6 +5,7 @@ decode -> validate -> normalise_time -> enrich -> apply_policy -> build
 
 from __future__ import annotations
 
+from operator import add, attrgetter
 from typing import Any
 
 import msgspec
@@ -48,20 +49,9 @@ def item_event(
 
 _decode_segment_batch = segment_batch_items_decoder.decode
 
-# Bytes a decoded item's JSON holds at least for each of these members: `"key":""` (the
-# quotes of a text value included) or, for `context`, `"context":{}` plus its `"userAgent":""`
-# and `"page":{}` plus its `"url":""`.
-_ITEM_BRACES_AND_COMMA = 3
-_TYPE_MEMBER = len('"type":""')
-_MESSAGE_ID_MEMBER = len('"messageId":""')
-_ANONYMOUS_ID_MEMBER = len('"anonymousId":""')
-_USER_ID_MEMBER = len('"userId":""')
-_CONTEXT_MEMBER = len('"context":{}')
-_USER_AGENT_MEMBER = len('"userAgent":""')
-_PAGE_URL_MEMBERS = len('"page":{}') + len('"url":""')
-# Items whose floors (below) reach this many bytes are rare: a body larger than that per item
-# beyond the limit is measured without summing them first.
-_LARGEST_USUAL_FLOOR = 640
+# The key every item of a usual batch holds once, as it is written (no escape in it).
+_MESSAGE_ID_KEY = b'"messageId"'
+_message_id = attrgetter("messageId")
 
 
 def decode_batch(body: bytes) -> SegmentBatchItems | None:
@@ -76,41 +66,25 @@ def decode_batch(body: bytes) -> SegmentBatchItems | None:
         return None
 
 
-def items_within_size(body_size: int, messages: list[SegmentMessage], limits: EventLimits) -> bool:
-    """True when no item of a `/v1/batch` body of `body_size` bytes, decoded as `messages`, can
-    be larger than the per-event limit, so that their sizes need no measuring; False when that
-    is not certain (the caller then measures each item's JSON)."""
+def items_within_size(body: bytes, messages: list[SegmentMessage], limits: EventLimits) -> bool:
+    """True when no item of a `/v1/batch` body, decoded as `messages`, can be larger than the
+    per-event limit, so that their sizes need no measuring; False when that is not certain (the
+    caller then measures each item's JSON)."""
     limit = limits.max_event_bytes
-    if body_size <= limit:
+    if len(body) <= limit:
         return True
-    if body_size - limit > len(messages) * _LARGEST_USUAL_FLOOR:
+    # Every item holds its `"messageId"` key, and a body without \u escapes writes that key
+    # as is. When the body holds the key exactly as many times as it has items, each holds it
+    # once and nothing else does, so an item lies between its neighbours' keys: at most the
+    # two stretches around its own key (cut out by one split, in C) and the key.
+    if b"\\u" in body or None in map(_message_id, messages):
         return False
-    # An item is at most the body less the other items. Each of those holds at least its
-    # braces, a comma beside it and the members it was decoded from, with at least one byte
-    # per character of their text: a floor of its size, counted from a few of its members.
-    floors = largest = 0
-    for message in messages:
-        floor = _ITEM_BRACES_AND_COMMA
-        if message.type is not None:
-            floor += _TYPE_MEMBER + len(message.type)
-        if message.messageId is not None:
-            floor += _MESSAGE_ID_MEMBER + len(message.messageId)
-        if type(message.anonymousId) is str:
-            floor += _ANONYMOUS_ID_MEMBER + len(message.anonymousId)
-        if type(message.userId) is str:
-            floor += _USER_ID_MEMBER + len(message.userId)
-        context = message.context
-        if context is not None:
-            floor += _CONTEXT_MEMBER
-            if context.userAgent is not None:
-                floor += _USER_AGENT_MEMBER + len(context.userAgent)
-            if context.page is not None and context.page.url is not None:
-                floor += _PAGE_URL_MEMBERS + len(context.page.url)
-        floors += floor
-        if floor > largest:
-            largest = floor
-    # The largest bound is the item whose own floor is the largest (the others' the least).
-    return body_size - (floors - largest) <= limit
+    stretches = body.split(_MESSAGE_ID_KEY)
+    if len(stretches) != len(messages) + 1:
+        return False
+    lengths = list(map(len, stretches))
+    widest: int = max(map(add, lengths, lengths[1:]))
+    return widest + len(_MESSAGE_ID_KEY) <= limit
 
 
 def event_of(
