@@ -5,7 +5,6 @@ decode -> validate -> normalise_time -> enrich -> apply_policy -> build
 
 from __future__ import annotations
 
-from operator import add, attrgetter
 from typing import Any
 
 import msgspec
@@ -49,10 +48,6 @@ def item_event(
 
 _decode_segment_batch = segment_batch_items_decoder.decode
 
-# The key every item of a usual batch holds once, as it is written (no escape in it).
-_MESSAGE_ID_KEY = b'"messageId"'
-_message_id = attrgetter("messageId")
-
 
 def decode_batch(body: bytes) -> SegmentBatchItems | None:
     """A `/v1/batch` body decoded in one pass, every item straight into its Struct, each
@@ -66,25 +61,15 @@ def decode_batch(body: bytes) -> SegmentBatchItems | None:
         return None
 
 
-def items_within_size(body: bytes, messages: list[SegmentMessage], limits: EventLimits) -> bool:
-    """True when no item of a `/v1/batch` body, decoded as `messages`, can be larger than the
-    per-event limit, so that their sizes need no measuring; False when that is not certain (the
-    caller then measures each item's JSON)."""
-    limit = limits.max_event_bytes
-    if len(body) <= limit:
-        return True
-    # Every item holds its `"messageId"` key, and a body without \u escapes writes that key
-    # as is. When the body holds the key exactly as many times as it has items, each holds it
-    # once and nothing else does, so an item lies between its neighbours' keys: at most the
-    # two stretches around its own key (cut out by one split, in C) and the key.
-    if b"\\u" in body or None in map(_message_id, messages):
-        return False
-    stretches = body.split(_MESSAGE_ID_KEY)
-    if len(stretches) != len(messages) + 1:
-        return False
-    lengths = list(map(len, stretches))
-    widest: int = max(map(add, lengths, lengths[1:]))
-    return widest + len(_MESSAGE_ID_KEY) <= limit
+def items_within_size(body: bytes, limits: EventLimits) -> bool:
+    """True when no item of a `/v1/batch` body can be larger than the per-event limit, so
+    that their sizes need no measuring (the body itself is within it); False when that is not
+    certain (the caller then measures each item's JSON)."""
+    # Ruling out an item over the limit in a larger body costs as much as measuring them all:
+    # a scan of the body for the items' keys runs at about the speed of msgspec reading the
+    # items raw (~1 ns a byte), and summing floors of the items' sizes from their decoded
+    # members took ~3,500 instructions an item against the raw read's ~4,000 (callgrind).
+    return len(body) <= limits.max_event_bytes
 
 
 def event_of(
