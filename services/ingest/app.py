@@ -456,7 +456,7 @@ class IngestApi:
         # holding a NUL goes item by item, so that only the items at fault are rejected.
         decoded: list[SegmentMessage] | None = None
         if items and type(items[0]) is SegmentMessage:
-            if not nul_possible and items_within_size(len(body), items, self.limits):
+            if not nul_possible and items_within_size(body, self.limits):
                 decoded = items
             else:
                 raw_items = segment_batch_decoder.decode(body).batch or []
