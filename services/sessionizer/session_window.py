@@ -136,12 +136,28 @@ class TrafficSource(msgspec.Struct, array_like=True, frozen=True):
         was copied twice, once per change)."""
         if self.carried_by(event):
             return msgspec.structs.replace(event, session_id=session_id)
-        properties = {k: v for k, v in event.properties.items() if k not in SOURCE_PROPERTIES}
-        for key, value in zip(
-            SOURCE_PROPERTIES, (self.search_engine, self.social_network, self.click_id), strict=True
+        return self.restamped(event, session_id)
+
+    def restamped(self, event: EventV1, session_id: str) -> EventV1:
+        """`stamped` for an event known not to carry this source."""
+        properties = event.properties
+        if (
+            self.search_engine is not None
+            or self.social_network is not None
+            or self.click_id is not None
+            or "$search_engine" in properties
+            or "$social_network" in properties
+            or "$click_id" in properties
         ):
-            if value is not None:
-                properties[key] = value
+            properties = {k: v for k, v in properties.items() if k not in SOURCE_PROPERTIES}
+            for key, value in zip(
+                SOURCE_PROPERTIES,
+                (self.search_engine, self.social_network, self.click_id),
+                strict=True,
+            ):
+                if value is not None:
+                    properties[key] = value
+        # Else the properties stay as they are (shared: events are never changed in place).
         return msgspec.structs.replace(
             event,
             referrer=self.referrer,
@@ -377,7 +393,7 @@ def sessionize_batch(
             out.append(msgspec.structs.replace(event, session_id=window.session_id))
             origins.append(position)
         else:
-            out.append(source.stamped(event, window.session_id))
+            out.append(source.restamped(event, window.session_id))
             origins.append(-1)
     state.messages_since_prune += 1
     pruned = state.prune(rules_for, changed) if state.prune_due() else 0
