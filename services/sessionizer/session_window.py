@@ -31,7 +31,6 @@ import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from operator import attrgetter
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
@@ -137,12 +136,28 @@ class TrafficSource(msgspec.Struct, array_like=True, frozen=True):
         was copied twice, once per change)."""
         if self.carried_by(event):
             return msgspec.structs.replace(event, session_id=session_id)
-        properties = {k: v for k, v in event.properties.items() if k not in SOURCE_PROPERTIES}
-        for key, value in zip(
-            SOURCE_PROPERTIES, (self.search_engine, self.social_network, self.click_id), strict=True
+        return self.restamped(event, session_id)
+
+    def restamped(self, event: EventV1, session_id: str) -> EventV1:
+        """`stamped` for an event known not to carry this source."""
+        properties = event.properties
+        if (
+            self.search_engine is not None
+            or self.social_network is not None
+            or self.click_id is not None
+            or "$search_engine" in properties
+            or "$social_network" in properties
+            or "$click_id" in properties
         ):
-            if value is not None:
-                properties[key] = value
+            properties = {k: v for k, v in properties.items() if k not in SOURCE_PROPERTIES}
+            for key, value in zip(
+                SOURCE_PROPERTIES,
+                (self.search_engine, self.social_network, self.click_id),
+                strict=True,
+            ):
+                if value is not None:
+                    properties[key] = value
+        # Else the properties stay as they are (shared: events are never changed in place).
         return msgspec.structs.replace(
             event,
             referrer=self.referrer,
@@ -327,6 +342,10 @@ class SessionizedBatch(msgspec.Struct, frozen=True, kw_only=True):
     touched: list[TouchedSession]  # each session the batch touched, once, in first-touch order
     sessions_started: int
     persons_pruned: int
+    # For each of `events`, its position in the input when it is that input event with only
+    # its session_id set (so its raw JSON can be forwarded with the id spliced in), else -1
+    # (the session's traffic source was stamped onto it too).
+    origins: list[int] = []
 
 
 def sessionize_batch(
@@ -342,13 +361,17 @@ def sessionize_batch(
     `changed`, when given, receives the (project_id, distinct_id) of every person whose
     state the batch may have changed or removed (an incremental checkpoint stores those).
     """
-    ordered = sorted(events, key=_event_time)
+    # Positions, not events, are sorted: `origins` reports each output event's input position.
+    times = [event.ts for event in events]
+    ordered = sorted(range(len(events)), key=times.__getitem__)
     out: list[EventV1] = []
+    origins: list[int] = []
     touched: dict[tuple[str, str], TouchedSession] = {}
     started = 0
     # A batch names few projects: look each one's rules up once, not once per event.
     batch_rules: dict[str, SessionRules] = {}
-    for event in ordered:
+    for position in ordered:
+        event = events[position]
         rules = batch_rules.get(event.project_id)
         if rules is None:
             rules = batch_rules[event.project_id] = rules_for(event.project_id)
@@ -359,15 +382,19 @@ def sessionize_batch(
             changed.add((event.project_id, event.distinct_id))
         if window is None:
             out.append(event)  # stored without a session
+            origins.append(position)
             continue
         started += is_new
         key = (event.project_id, window.session_id)
         if key not in touched:
             touched[key] = TouchedSession(event.project_id, event.distinct_id, window)
-        if window.source is None:
+        source = window.source
+        if source is None or source.carried_by(event):
             out.append(msgspec.structs.replace(event, session_id=window.session_id))
+            origins.append(position)
         else:
-            out.append(window.source.stamped(event, window.session_id))
+            out.append(source.restamped(event, window.session_id))
+            origins.append(-1)
     state.messages_since_prune += 1
     pruned = state.prune(rules_for, changed) if state.prune_due() else 0
     return SessionizedBatch(
@@ -375,6 +402,7 @@ def sessionize_batch(
         touched=list(touched.values()),
         sessions_started=started,
         persons_pruned=pruned,
+        origins=origins,
     )
 
 
@@ -437,9 +465,6 @@ def local_day(us: int, timezone: str) -> int:
 @lru_cache(maxsize=256)
 def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
-
-
-_event_time = attrgetter("ts")
 
 
 def _site(host: str) -> str:
