@@ -175,10 +175,14 @@ def in_event_order(
     codes: Ints | None = None,
     tie_row: str | None = None,
     tie_run: str | None = None,
+    subset: Ints | None = None,
 ) -> EventOrder:
     """The rows of `table`, in any order, in the exact order (key, ts, rank, event id); `rank`
     is the rank's value per row (small non-negative integers, equal values: equal ranks);
-    `codes`, when given, the key's numbers per row as `key_codes` makes them. Without
+    `codes`, when given, the key's numbers per row as `key_codes` makes them. With `subset`
+    (ascending row numbers) only those rows are ordered, `rows` still naming rows of `table`
+    (a person part of a stream, without copying the table's columns); `rank` and `codes`
+    are then still per row of `table`. Without
     `event_id` (None), tied rows equal in every column of `table` keep the order they came in,
     and ties between rows that differ raise `TiesNeedEventIds`.
 
@@ -189,9 +193,13 @@ def in_event_order(
     lie in event-id order in that file, so their positions order them; tied rows all with ids
     are ordered by the ids; any other tie (rows of two files, two stored keys, or a file and
     PostgreSQL) raises `TiesNeedEventIds`: read the rows again with every event id."""
-    n = table.num_rows
     codes = key_codes(table[key]) if codes is None else codes
     times = np.asarray(table[ts].to_numpy(), dtype=np.int64)
+    every_rank = rank
+    if subset is not None:
+        codes, times = np.take(codes, subset), np.take(times, subset)
+        rank = None if rank is None else np.take(rank, subset)
+    n = times.size
     if n == 0:
         empty = np.zeros(0, dtype=np.int64)
         return EventOrder(table, empty, empty, empty, np.zeros(0, dtype=bool))
@@ -218,13 +226,15 @@ def in_event_order(
         rows = np.argsort(packed, kind="stable").astype(np.int64, copy=False)
         # (`np.take`: a third fewer instructions than indexing for a gather this large.)
         packed = np.take(packed, rows)
+        if subset is not None:
+            rows = np.take(subset, rows)
         key_ts = packed >> rank_bits if rank_bits else packed
         codes = key_ts >> time_bits
         times = (key_ts & ((1 << time_bits) - 1)) + t0
         same_key = codes[1:] == codes[:-1]
         tied = packed[1:] == packed[:-1]
-        if rank is not None and not ranked and tied.any():
-            tied = _rank_ties(rows, tied, rank)
+        if every_rank is not None and not ranked and tied.any():
+            tied = _rank_ties(rows, tied, every_rank)
         # (Tied rows moved below share their key and ts: `key_ts` stays as sorted.)
         # (Below 63 bits, so no bound reaches the largest int64, which callers may use as a
         # sentinel past the end.)
@@ -240,6 +250,8 @@ def in_event_order(
         if rank is not None:
             ranks = rank[rows]
             tied &= ranks[1:] == ranks[:-1]
+        if subset is not None:
+            rows = np.take(subset, rows)
         packing = (None, 0, 0)
     if tied.any():
         if event_id is None and tie_row is None:

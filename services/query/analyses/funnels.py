@@ -64,6 +64,7 @@ from services.query.analyses.requests import (
     check_choice,
     check_range,
 )
+from services.query.analyses.stream_parts import part_count
 from services.query.metric_query import SqlParams
 from services.query.params import ParamError
 from services.query.person_keys import PERSON_KEY_ALIASES, resolved_person_keys
@@ -526,43 +527,46 @@ class FunnelQuery:
         rows tie); a large stream in person parts on the scope's threads, merged exactly."""
         params = SqlParams()
         sql = self.stream_sql(params, floor_table, event_ids=event_ids)
-        table: pa.Table = con.sql(sql, params=params.values).to_arrow_table()
+        # One chunk per column (DuckDB hands over a chunk per row group): every later
+        # `to_numpy` is then a view, where each would otherwise copy the column again.
+        table: pa.Table = con.sql(sql, params=params.values).to_arrow_table().combine_chunks()
         if self.filters_by_name(floor_table):
             table = _marked(table)
         if "ak" in table.column_names:
             table = _resolved(con, table)
         codes = key_codes(table["pid"])
         shape = self.shape()
-        n = self.spec.n
+        rank = first_step(np.asarray(table["mask"].to_numpy(), dtype=np.int64), self.spec.n)
         event_id = "eid" if event_ids else None
+        # Each person's number within its part (the parts' persons are those of one
+        # remainder), for every row at once rather than once per part.
+        split = part_count(codes.size, self.scope.threads, self.scope.part_min_events)
+        part_codes = codes // split if split > 1 else codes
 
         def attempts_of(rows: Ints | None, parts: int) -> tuple[BestAttempts, Ints | None]:
-            part, part_codes = table, codes
-            if rows is not None:
-                part = table.take(pa.array(rows))
-                # A part's persons keep their relative order, numbered densely.
-                part_codes = codes[rows] // parts
-            mask = np.asarray(part["mask"].to_numpy(), dtype=np.int64)
+            # A part's rows are ordered in place (`subset`): its events name the table's rows,
+            # and its persons keep their relative order, numbered densely.
             events = in_event_order(
-                part,
+                table,
                 key="pid",
                 ts="t",
                 event_id=event_id,
-                rank=first_step(mask, n),
-                codes=part_codes,
+                rank=rank,
+                codes=codes if rows is None else part_codes if parts == split else codes // parts,
+                subset=rows,
             )
             stream = EventStream(events)
             starts = (stream.t >= start_us) & (stream.t < end_us)
             if floor_table is not None:
                 # No floor (NULL): no attempt starts.
-                floor = pc.fill_null(part["floor"], np.iinfo(np.int64).max)
+                floor = pc.fill_null(table["floor"], np.iinfo(np.int64).max)
                 starts &= stream.t >= np.asarray(floor.to_numpy(), dtype=np.int64)[events.rows]
             attempts = ORDER_STRATEGIES[self.spec.order].attempts(stream, shape, starts)
             best = best_attempts(stream, shape, attempts)
             if rows is None:
                 return best, None
             # Each best person's number in the whole stream: the merge's order.
-            return best, codes[rows][events.rows[best.first]]
+            return best, codes[events.rows[best.first]]
 
         results = self.scope.walk(codes, attempts_of)
         if len(results) == 1:
