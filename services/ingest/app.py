@@ -352,8 +352,8 @@ class IngestApi:
         # The publisher encodes the events before its first wait: without this reference they
         # are freed right then, while still in the CPU's caches, rather than after the acks,
         # when other requests have evicted them (~a tenth of ingest's CPU went to freeing each
-        # request's objects as it ended).
-        del events
+        # request's objects as it ended). So are the items, decoded Structs for a usual batch.
+        del events, items
         try:
             await publishing
         except PublishUnavailable as exc:
