@@ -60,6 +60,18 @@ def _forwarded(raw: bytes, event: EventV1, spliced_ids: dict[str, bytes]) -> Any
     return msgspec.Raw(raw[:-1] + tail)
 
 
+# Forwarding costs a second parse of the raw message (each event's JSON) for every event and
+# saves a copy and an encoding per forwarded event: it pays when at least this share of a
+# batch's events are forwarded (measured under callgrind, docs/architecture.md).
+FORWARD_MIN_SHARE = 0.5
+
+
+def worth_forwarding(sessionized: SessionizedBatch) -> bool:
+    """Whether enough of the batch's events only gained a session id to forward them."""
+    origins = sessionized.origins
+    return bool(origins) and len(origins) - origins.count(-1) >= FORWARD_MIN_SHARE * len(origins)
+
+
 class OutgoingMessage(msgspec.Struct, frozen=True):
     subject: str
     msg_id: str

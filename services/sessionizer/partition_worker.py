@@ -40,7 +40,11 @@ from libs.common.schemas.events_v1 import EventV1, RawBatchV1, raw_batch_decoder
 from libs.common.settings import SessionizerSettings
 from libs.common.subjects import Subjects
 from services.sessionizer.checkpoints import PartitionCheckpoints
-from services.sessionizer.enriched_messages import OutgoingMessage, build_messages
+from services.sessionizer.enriched_messages import (
+    OutgoingMessage,
+    build_messages,
+    worth_forwarding,
+)
 from services.sessionizer.metrics import SessionizerMetrics
 from services.sessionizer.project_rules import ProjectRules
 from services.sessionizer.publish_acks import PublishAcks
@@ -437,9 +441,13 @@ class PartitionWorker:
             await self._dead_letter(msg, seq, event.reason, event)
         if not rejected:
             self._dlq.record_handled()
-        # Events that only gain a session id are forwarded from their raw JSON; not when some
-        # were set aside, as `sessionized` then numbers the remaining events only.
-        raw_events = None if rejected or seq in self._sessionize_each else raw_event_json(msg.data)
+        # Events that only gain a session id are forwarded from their raw JSON when enough do;
+        # not when some were set aside, as `sessionized` then numbers the remaining events only.
+        raw_events = (
+            raw_event_json(msg.data)
+            if not rejected and seq not in self._sessionize_each and worth_forwarding(sessionized)
+            else None
+        )
         messages = build_messages(
             self._subjects, seq, sessionized, self._nc.max_payload, raw_events
         )

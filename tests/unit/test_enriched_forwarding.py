@@ -16,7 +16,11 @@ from libs.common.schemas.events_v1 import (
     raw_batch_encoder,
 )
 from libs.common.subjects import Subjects
-from services.sessionizer.enriched_messages import _EnrichedBatchOut, build_messages
+from services.sessionizer.enriched_messages import (
+    _EnrichedBatchOut,
+    build_messages,
+    worth_forwarding,
+)
 from services.sessionizer.partition_worker import decode_raw_events, raw_event_json
 from services.sessionizer.session_window import PartitionSessions, SessionRules, sessionize_batch
 
@@ -149,3 +153,19 @@ def test_the_written_enriched_batch_is_the_wire_type() -> None:
         assert getattr(written, option) == getattr(wire, option), option
     # The splice appends session_id: it must stay EventV1's last field.
     assert EventV1.__struct_fields__[-1] == "session_id"
+
+
+def test_forwarding_is_chosen_when_most_events_only_gain_a_session_id() -> None:
+    def sessionized(events: list[EventV1]) -> bool:
+        batch = sessionize_batch(PartitionSessions(), events, 1, lambda _: RULES)
+        return worth_forwarding(batch)
+
+    assert sessionized(MIXED)  # 4 of 5 forwarded
+    # Internal navigation after a search visit: 1 of 3 events carries the session's source.
+    visit = [
+        _event("v1", 0, "p1", **GOOGLE),  # type: ignore[arg-type]
+        _event("v2", 10, "p1", path="/b"),
+        _event("v3", 20, "p1", path="/c"),
+    ]
+    assert not sessionized(visit)
+    assert not sessionized([])
