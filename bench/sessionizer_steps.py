@@ -1,7 +1,7 @@
 """Benchmark: the sessionizer's per-message steps alone, without NATS or PostgreSQL: decode a
-raw message, sessionize it, build its enriched batches and session updates (forwarding raw
-JSON where the partition worker would). Deterministic, for callgrind: the slope between two
-`--messages` counts is the instructions per event with start-up cancelled out, e.g.
+raw message, sessionize it, build its enriched batches and session updates. Deterministic, for
+callgrind: the slope between two `--messages` counts is the instructions per event with
+start-up cancelled out, e.g.
 
     valgrind --tool=callgrind python -m bench.sessionizer_steps --messages 40
     valgrind --tool=callgrind python -m bench.sessionizer_steps --messages 160
@@ -25,8 +25,8 @@ import msgspec
 from bench.raw_stream import EVENTS_PER_MESSAGE, raw_message
 from libs.common.schemas.events_v1 import raw_batch_decoder, raw_batch_encoder
 from libs.common.subjects import Subjects
-from services.sessionizer.enriched_messages import build_messages, worth_forwarding
-from services.sessionizer.partition_worker import decode_raw_events, raw_event_json
+from services.sessionizer.enriched_messages import build_messages
+from services.sessionizer.partition_worker import decode_raw_events
 from services.sessionizer.session_window import DEFAULT_RULES, PartitionSessions, sessionize_batch
 
 
@@ -60,8 +60,7 @@ def run_benchmark(messages: int = 2000, internal_share: float = 0.0) -> dict[str
         decoded = time.process_time()
         sessionized = sessionize_batch(state, batch.events, seq, lambda _: DEFAULT_RULES, changed)
         sessionized_at = time.process_time()
-        raw = raw_event_json(data) if worth_forwarding(sessionized) else None
-        built = build_messages(subjects, seq, sessionized, 1024 * 1024, raw)
+        built = build_messages(subjects, seq, sessionized, 1024 * 1024)
         done = time.process_time()
         spent["decode"] += decoded - started
         spent["sessionize"] += sessionized_at - decoded

@@ -40,11 +40,7 @@ from libs.common.schemas.events_v1 import EventV1, RawBatchV1, raw_batch_decoder
 from libs.common.settings import SessionizerSettings
 from libs.common.subjects import Subjects
 from services.sessionizer.checkpoints import PartitionCheckpoints
-from services.sessionizer.enriched_messages import (
-    OutgoingMessage,
-    build_messages,
-    worth_forwarding,
-)
+from services.sessionizer.enriched_messages import OutgoingMessage, build_messages
 from services.sessionizer.metrics import SessionizerMetrics
 from services.sessionizer.project_rules import ProjectRules
 from services.sessionizer.publish_acks import PublishAcks
@@ -132,11 +128,6 @@ def _alone(envelope: _RawEnvelope, index: int, raw: msgspec.Raw) -> bytes:
             batch_id=f"{envelope.batch_id}/{index}", partition=envelope.partition, events=[raw]
         )
     )
-
-
-def raw_event_json(data: bytes) -> list[bytes]:
-    """The JSON of each event of a raw message that `decode_raw_batch` accepted, in order."""
-    return [bytes(raw) for raw in _envelope_decoder.decode(data).events]
 
 
 def decode_raw_events(data: bytes) -> tuple[RawBatchV1, list[RejectedEvent]]:
@@ -441,16 +432,7 @@ class PartitionWorker:
             await self._dead_letter(msg, seq, event.reason, event)
         if not rejected:
             self._dlq.record_handled()
-        # Events that only gain a session id are forwarded from their raw JSON when enough do;
-        # not when some were set aside, as `sessionized` then numbers the remaining events only.
-        raw_events = (
-            raw_event_json(msg.data)
-            if not rejected and seq not in self._sessionize_each and worth_forwarding(sessionized)
-            else None
-        )
-        messages = build_messages(
-            self._subjects, seq, sessionized, self._nc.max_payload, raw_events
-        )
+        messages = build_messages(self._subjects, seq, sessionized, self._nc.max_payload)
 
         # Carry the ingest request's trace through; our span (when tracing is on) becomes
         # the parent of the aggregator's.
