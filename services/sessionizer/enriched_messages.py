@@ -1,22 +1,17 @@
 """The messages one sessionized raw batch becomes: enriched batches per (project, event name) and
 session updates per project, each with a deterministic Nats-Msg-Id derived from the raw stream
-sequence, so a replay after a crash is dropped by JetStream's dedup window.
-
-An event that only gains its session id is forwarded as its raw JSON with the id spliced in
-(`"session_id"` is EventV1's last field, so the encoder would write it last too), rather than
-re-encoded from its Struct: the same bytes for what ingest encodes, for about a third of the
-encoding's CPU."""
+sequence, so a replay after a crash is dropped by JetStream's dedup window."""
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
 
 from libs.common.schemas.events_v1 import (
-    SCHEMA_VERSION,
+    EnrichedBatchV1,
     EventV1,
     SessionUpdateBatchV1,
     SessionUpdateV1,
@@ -31,35 +26,6 @@ _encoder = msgspec.json.Encoder()
 T = TypeVar("T")
 
 
-class _EnrichedBatchOut(msgspec.Struct, frozen=True, kw_only=True):
-    """EnrichedBatchV1 as written (same fields, same order): its events are EventV1 Structs or
-    msgspec.Raw JSON of EventV1s (a test keeps the two definitions alike)."""
-
-    v: int = SCHEMA_VERSION
-    batch_id: str
-    project_id: str
-    name: str
-    events: list[Any]
-
-
-_SESSION_ID_KEY = b'"session_id"'
-
-
-def _forwarded(raw: bytes, event: EventV1, spliced_ids: dict[str, bytes]) -> Any:
-    """`event` as JSON: its raw JSON with its session id spliced in, or the event itself (for
-    the encoder) when the raw JSON already names a session_id."""
-    if _SESSION_ID_KEY in raw:
-        return event  # a replayed enriched event, say: its key must not appear twice
-    session_id = event.session_id
-    if session_id is None:
-        return msgspec.Raw(raw)
-    tail = spliced_ids.get(session_id)
-    if tail is None:
-        tail = spliced_ids[session_id] = b',"session_id":' + _encoder.encode(session_id) + b"}"
-    # The raw JSON is one object, `{...}`: its closing brace gives way to the new last field.
-    return msgspec.Raw(raw[:-1] + tail)
-
-
 class OutgoingMessage(msgspec.Struct, frozen=True):
     subject: str
     msg_id: str
@@ -68,28 +34,15 @@ class OutgoingMessage(msgspec.Struct, frozen=True):
 
 
 def build_messages(
-    subjects: Subjects,
-    seq: int,
-    sessionized: SessionizedBatch,
-    max_payload: int,
-    raw_events: Sequence[bytes] | None = None,
+    subjects: Subjects, seq: int, sessionized: SessionizedBatch, max_payload: int
 ) -> list[OutgoingMessage]:
-    """Enriched batches then session updates for the raw message at stream sequence `seq`.
-
-    `raw_events`, when given, is the raw JSON of each event of the input `sessionized` was
-    made from (in input order): events that only gained a session id are forwarded from it."""
+    """Enriched batches then session updates for the raw message at stream sequence `seq`."""
     limit = max(1024, max_payload - HEADER_ALLOWANCE)
     out: list[OutgoingMessage] = []
 
-    by_name: dict[tuple[str, str], list[Any]] = {}
-    if raw_events is None:
-        for event in sessionized.events:
-            by_name.setdefault((event.project_id, event.name), []).append(event)
-    else:
-        spliced_ids: dict[str, bytes] = {}
-        for event, origin in zip(sessionized.events, sessionized.origins, strict=True):
-            item = event if origin < 0 else _forwarded(raw_events[origin], event, spliced_ids)
-            by_name.setdefault((event.project_id, event.name), []).append(item)
+    by_name: dict[tuple[str, str], list[EventV1]] = {}
+    for event in sessionized.events:
+        by_name.setdefault((event.project_id, event.name), []).append(event)
     # Two names can share a subject token ("a.b", "a_b"); their ids must still differ.
     tokens = {key: subject_token(key[1]) for key in by_name}
     token_names: dict[tuple[str, str], int] = {}
@@ -105,10 +58,10 @@ def build_messages(
         subject = f"{enriched_prefix}{project_id}.{token}"
 
         def enriched(
-            part: list[Any], part_id: str, project_id: str = project_id, name: str = name
+            part: list[EventV1], part_id: str, project_id: str = project_id, name: str = name
         ) -> bytes:
             return _encoder.encode(
-                _EnrichedBatchOut(batch_id=part_id, project_id=project_id, name=name, events=part)
+                EnrichedBatchV1(batch_id=part_id, project_id=project_id, name=name, events=part)
             )
 
         for part_id, payload, count in _fitting_parts(msg_id, events, enriched, limit):

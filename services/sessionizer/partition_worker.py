@@ -130,11 +130,6 @@ def _alone(envelope: _RawEnvelope, index: int, raw: msgspec.Raw) -> bytes:
     )
 
 
-def raw_event_json(data: bytes) -> list[bytes]:
-    """The JSON of each event of a raw message that `decode_raw_batch` accepted, in order."""
-    return [bytes(raw) for raw in _envelope_decoder.decode(data).events]
-
-
 def decode_raw_events(data: bytes) -> tuple[RawBatchV1, list[RejectedEvent]]:
     """The message with its valid events, and the events set aside for the DLQ; raises
     InvalidRawBatch when the message itself (not one of its events) is unreadable."""
@@ -437,12 +432,7 @@ class PartitionWorker:
             await self._dead_letter(msg, seq, event.reason, event)
         if not rejected:
             self._dlq.record_handled()
-        # Events that only gain a session id are forwarded from their raw JSON; not when some
-        # were set aside, as `sessionized` then numbers the remaining events only.
-        raw_events = None if rejected or seq in self._sessionize_each else raw_event_json(msg.data)
-        messages = build_messages(
-            self._subjects, seq, sessionized, self._nc.max_payload, raw_events
-        )
+        messages = build_messages(self._subjects, seq, sessionized, self._nc.max_payload)
 
         # Carry the ingest request's trace through; our span (when tracing is on) becomes
         # the parent of the aggregator's.

@@ -31,6 +31,7 @@ import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from operator import attrgetter
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
@@ -342,10 +343,6 @@ class SessionizedBatch(msgspec.Struct, frozen=True, kw_only=True):
     touched: list[TouchedSession]  # each session the batch touched, once, in first-touch order
     sessions_started: int
     persons_pruned: int
-    # For each of `events`, its position in the input when it is that input event with only
-    # its session_id set (so its raw JSON can be forwarded with the id spliced in), else -1
-    # (the session's traffic source was stamped onto it too).
-    origins: list[int] = []
 
 
 def sessionize_batch(
@@ -361,17 +358,13 @@ def sessionize_batch(
     `changed`, when given, receives the (project_id, distinct_id) of every person whose
     state the batch may have changed or removed (an incremental checkpoint stores those).
     """
-    # Positions, not events, are sorted: `origins` reports each output event's input position.
-    times = [event.ts for event in events]
-    ordered = sorted(range(len(events)), key=times.__getitem__)
+    ordered = sorted(events, key=_event_time)
     out: list[EventV1] = []
-    origins: list[int] = []
     touched: dict[tuple[str, str], TouchedSession] = {}
     started = 0
     # A batch names few projects: look each one's rules up once, not once per event.
     batch_rules: dict[str, SessionRules] = {}
-    for position in ordered:
-        event = events[position]
+    for event in ordered:
         rules = batch_rules.get(event.project_id)
         if rules is None:
             rules = batch_rules[event.project_id] = rules_for(event.project_id)
@@ -382,7 +375,6 @@ def sessionize_batch(
             changed.add((event.project_id, event.distinct_id))
         if window is None:
             out.append(event)  # stored without a session
-            origins.append(position)
             continue
         started += is_new
         key = (event.project_id, window.session_id)
@@ -391,10 +383,8 @@ def sessionize_batch(
         source = window.source
         if source is None or source.carried_by(event):
             out.append(msgspec.structs.replace(event, session_id=window.session_id))
-            origins.append(position)
         else:
             out.append(source.restamped(event, window.session_id))
-            origins.append(-1)
     state.messages_since_prune += 1
     pruned = state.prune(rules_for, changed) if state.prune_due() else 0
     return SessionizedBatch(
@@ -402,7 +392,6 @@ def sessionize_batch(
         touched=list(touched.values()),
         sessions_started=started,
         persons_pruned=pruned,
-        origins=origins,
     )
 
 
@@ -465,6 +454,9 @@ def local_day(us: int, timezone: str) -> int:
 @lru_cache(maxsize=256)
 def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
+
+
+_event_time = attrgetter("ts")
 
 
 def _site(host: str) -> str:
