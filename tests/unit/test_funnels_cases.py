@@ -313,7 +313,7 @@ def counts_of(
     return [s.count for s in result.total.steps], [s.median_s for s in result.total.steps]
 
 
-@pytest.mark.parametrize("threads", [1, 3], ids=["whole", "parts"])
+@pytest.mark.parametrize("threads", [1, 2, 3], ids=["whole", "two-parts", "three-parts"])
 @pytest.mark.parametrize("person_keys", [False, True], ids=["by-id", "by-key"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_funnel_rule(name: str, person_keys: bool, threads: int) -> None:
@@ -322,6 +322,39 @@ def test_funnel_rule(name: str, person_keys: bool, threads: int) -> None:
     assert counts == case.counts
     if case.times is not None:
         assert times == case.times
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_funnel_rule_with_the_step_filter_in_sql(name: str, monkeypatch: Any) -> None:
+    # Funnels read by event name alone leave the rows no step or exclusion matches to NumPy;
+    # the same rules hold when the query filters on the steps' conditions itself.
+    monkeypatch.setattr(FunnelQuery, "filters_by_name", lambda self, floor_table=None: False)
+    case = CASES[name]
+    counts, times = counts_of(case, person_keys=True)
+    assert counts == case.counts
+    if case.times is not None:
+        assert times == case.times
+
+
+def test_which_funnels_read_by_event_name_alone() -> None:
+    def reads_by_name(floor: str | None = None, **request: Any) -> bool:
+        query = FunnelQuery(funnel_spec(FunnelRequest(**request)), EventScope(FROM, TO))
+        return query.filters_by_name(floor)
+
+    assert reads_by_name(steps=[HOME, PRICING, A])
+    assert reads_by_name(steps=[A, B], order="unordered")
+    assert reads_by_name(
+        steps=[A, B], exclusions=[FunnelExclusion(event="X", from_step=1, to_step=2)]
+    )
+    # The whole interactive sequence, a step of any event, costly columns: filtered in SQL.
+    assert not reads_by_name(steps=[A, B], order="strict")
+    assert not reads_by_name(steps=[FunnelStep("$any"), B])
+    assert not reads_by_name(
+        steps=[A, B], exclusions=[FunnelExclusion(event="$any", from_step=1, to_step=2)]
+    )
+    assert not reads_by_name(steps=[A, B], breakdown="country")
+    assert not reads_by_name(steps=[FunnelStep("A", [Condition("person.plan", "eq", "pro")]), B])
+    assert not reads_by_name("experiment_floor", steps=[A, B])
 
 
 def test_overlapping_steps_at_one_timestamp_follow_event_ids() -> None:
