@@ -311,10 +311,11 @@ def first_step(mask: Ints, n: int) -> Ints:
 def _marked(table: pa.Table) -> pa.Table:
     """The rows of a stream read by event name alone (`FunnelQuery.filters_by_name`) that
     some step or exclusion matches: a bit in `mask` or `xmask`."""
-    marked = np.asarray(table["mask"].to_numpy()) != 0
+    # (Before the chunks are combined: only the kept rows are copied into one.)
+    marked = pc.not_equal(table["mask"], 0)
     if "xmask" in table.column_names:
-        marked |= np.asarray(table["xmask"].to_numpy()) != 0
-    return table.filter(pa.array(marked))
+        marked = pc.or_(marked, pc.not_equal(table["xmask"], 0))
+    return table.filter(marked)
 
 
 def _resolved(con: duckdb.DuckDBPyConnection, table: pa.Table) -> pa.Table:
@@ -527,11 +528,12 @@ class FunnelQuery:
         rows tie); a large stream in person parts on the scope's threads, merged exactly."""
         params = SqlParams()
         sql = self.stream_sql(params, floor_table, event_ids=event_ids)
-        # One chunk per column (DuckDB hands over a chunk per row group): every later
-        # `to_numpy` is then a view, where each would otherwise copy the column again.
-        table: pa.Table = con.sql(sql, params=params.values).to_arrow_table().combine_chunks()
+        table: pa.Table = con.sql(sql, params=params.values).to_arrow_table()
         if self.filters_by_name(floor_table):
             table = _marked(table)
+        # One chunk per column (DuckDB hands over a chunk per row group): every later
+        # `to_numpy` is then a view, where each would otherwise copy the column again.
+        table = table.combine_chunks()
         if "ak" in table.column_names:
             table = _resolved(con, table)
         codes = key_codes(table["pid"])
