@@ -247,6 +247,8 @@ def _sql_instant(value: datetime) -> str:
 # id (PostgreSQL's rows, files written before the claim). Exactly one of the two is not NULL.
 TIE_COLUMNS = ("tie_row", "tie_id")
 _TIES_BY_ID = "CAST(NULL AS BIGINT) AS tie_row, event_id AS tie_id"
+# The name (plus the group's number) of the connection's variable holding a group's files.
+_FILES_VARIABLE = "strata_files_"
 
 
 def ties_by_position(
@@ -296,7 +298,11 @@ def _build_view(
     groups = (file_columns or FileColumns()).groups(paths)
     first_file = 0
     for number, (held, tie_order, group) in enumerate(groups):
-        files = "[" + ", ".join(_sql_string(p) for p in group) + "]"
+        # The file list as a variable of this connection, not a literal in the view: every
+        # bind of a view over it (each view created on it, each query) otherwise binds the
+        # list's expressions again, ~3 µs a file (docs/analytics.md).
+        files = f"getvariable('{_FILES_VARIABLE}{number}')"
+        con.execute(f"SET VARIABLE {_FILES_VARIABLE}{number} = ?", [group])
         selected = ", ".join(c if c in held else f"{null_of(c)} AS {c}" for c in STORED_COLUMNS)
         # Ties: a file claiming the tie order gives each row's position (its number among the
         # scan's files, high bits, and its row in the file) instead of its event id.

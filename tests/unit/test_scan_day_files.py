@@ -1,12 +1,14 @@
 """The scan view over day files: parts written before a column existed read it as NULL beside
-newer parts, each file's columns are read from its footer once, not at every scan, and the
-folders a file lies in never stand in for its columns."""
+newer parts, each file's columns are read from its footer once, not at every scan, the
+folders a file lies in never stand in for its columns, and scans open side by side each read
+their own files."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -129,5 +131,51 @@ def test_folders_named_like_hive_partitions_do_not_change_what_a_file_holds(
             ("a-1", "FR", False),
             ("b-0", "FR", False),
         ]
+    finally:
+        engine.close()
+
+
+def open_scan_view(engine: ScanEngine, paths: list[Path]) -> duckdb.DuckDBPyConnection:
+    con = engine.connection()
+    _build_view(
+        con,
+        paths=[str(p) for p in paths],
+        hot=[],
+        aliases=ALIAS_SCHEMA.empty_table(),
+        persons=None,
+        start=DAY,
+        end=DAY + timedelta(days=1),
+        include_bots=False,
+        unkeyed_paths=frozenset(str(p) for p in paths),
+        file_columns=FileColumns(),
+    )
+    return con
+
+
+def test_scans_open_side_by_side_each_read_only_their_own_files(tmp_path: Path) -> None:
+    # Each scan's file lists are variables of its own connection (services/query/
+    # event_scan.py): a second scan on the shared database must not change the first's rows.
+    # A quote in a folder's name reaches DuckDB as it is.
+    folder = tmp_path / "o'brien"
+    folder.mkdir()
+    old = day_file(folder / "old.parquet", "old", 2, without=("country",))
+    first = [old, day_file(folder / "first.parquet", "first", 2)]
+    second = [day_file(folder / "second.parquet", "second", 1)]
+    engine = ScanEngine()
+    try:
+        one = open_scan_view(engine, first)
+        two = open_scan_view(engine, second)
+        sql = "SELECT event_id, country FROM events_scan ORDER BY event_id"
+        for _ in range(2):
+            assert one.execute(sql).fetchall() == [
+                ("first-0", "FR"),
+                ("first-1", "FR"),
+                ("old-0", None),
+                ("old-1", None),
+            ]
+            assert two.execute(sql).fetchall() == [("second-0", "FR")]
+        one.close()
+        assert two.execute(sql).fetchall() == [("second-0", "FR")]
+        two.close()
     finally:
         engine.close()
