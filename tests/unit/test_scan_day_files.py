@@ -48,23 +48,31 @@ def day_file(path: Path, prefix: str, count: int, *, without: tuple[str, ...] = 
     return path
 
 
+def open_scan_view(
+    engine: ScanEngine, paths: list[Path], files: FileColumns | None = None
+) -> duckdb.DuckDBPyConnection:
+    """A connection of `engine` with the scan's views over `paths` (one day, no hot rows)."""
+    con = engine.connection()
+    _build_view(
+        con,
+        paths=[str(p) for p in paths],
+        hot=[],
+        aliases=ALIAS_SCHEMA.empty_table(),
+        persons=None,
+        start=DAY,
+        end=DAY + timedelta(days=1),
+        include_bots=False,
+        unkeyed_paths=frozenset(str(p) for p in paths),
+        file_columns=files or FileColumns(),
+    )
+    return con
+
+
 def scan_rows(
     engine: ScanEngine, paths: list[Path], files: FileColumns
 ) -> list[tuple[object, ...]]:
-    con = engine.connection()
+    con = open_scan_view(engine, paths, files)
     try:
-        _build_view(
-            con,
-            paths=[str(p) for p in paths],
-            hot=[],
-            aliases=ALIAS_SCHEMA.empty_table(),
-            persons=None,
-            start=DAY,
-            end=DAY + timedelta(days=1),
-            include_bots=False,
-            unkeyed_paths=frozenset(str(p) for p in paths),
-            file_columns=files,
-        )
         sql = "SELECT event_id, country, non_interactive FROM events_scan ORDER BY event_id"
         return con.execute(sql).fetchall()
     finally:
@@ -133,23 +141,6 @@ def test_folders_named_like_hive_partitions_do_not_change_what_a_file_holds(
         ]
     finally:
         engine.close()
-
-
-def open_scan_view(engine: ScanEngine, paths: list[Path]) -> duckdb.DuckDBPyConnection:
-    con = engine.connection()
-    _build_view(
-        con,
-        paths=[str(p) for p in paths],
-        hot=[],
-        aliases=ALIAS_SCHEMA.empty_table(),
-        persons=None,
-        start=DAY,
-        end=DAY + timedelta(days=1),
-        include_bots=False,
-        unkeyed_paths=frozenset(str(p) for p in paths),
-        file_columns=FileColumns(),
-    )
-    return con
 
 
 def test_scans_open_side_by_side_each_read_only_their_own_files(tmp_path: Path) -> None:
