@@ -479,6 +479,9 @@ def main() -> None:
     )
     parser.add_argument("--output", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
+    if args.statements and args.writers != 1:
+        # Each call's CPU is read around an await: another writer's work would land in it.
+        parser.error("--statements times one writer: use --writers 1")
     figures = run_benchmark(
         args.events,
         args.batch_size,
