@@ -14,13 +14,17 @@ same hot rollup rows.
 
 Uses DATABASE_URL when set, else starts an embedded PostgreSQL in a temporary directory.
 `--profile` runs the writers under cProfile (one event loop, so waiting on PostgreSQL shows as
-the selector's time) and prints the top functions.
+the selector's time) and prints the top functions. `--statements` times each statement the
+writer sends (backend CPU from /proc/<pid>/schedstat, the client's CPU inside the call, i.e.
+asyncpg's encoding and protocol, and the writer's own Python since the previous call) and
+reports them per stored event.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import io
 import os
@@ -29,7 +33,7 @@ import random
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -202,6 +206,104 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _backend_cpu_ns(pid: int) -> int:
+    """Nanoseconds a local process has run on a CPU (finer than /proc/<pid>/stat's ticks)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+
+
+class StatementTimes:
+    """Per statement label: calls, backend CPU, the client's CPU inside the call, and the
+    writer's Python CPU since the previous call ended (what it computed for this statement)."""
+
+    def __init__(self) -> None:
+        from services.aggregator import writer
+
+        self.totals: dict[str, list[float]] = {}
+        # The writer's statements by the name of the constant holding their SQL.
+        self._labels = {
+            id(value): name.strip("_").lower()
+            for name, value in vars(writer).items()
+            if isinstance(value, str) and "\n" in value
+        }
+
+    def label(self, method: str, args: tuple[Any, ...]) -> str:
+        if method == "copy_records_to_table":
+            return f"copy {args[0]}"
+        if not args or not isinstance(args[0], str):
+            return method
+        sql = args[0]
+        known = self._labels.get(id(sql))
+        if known is not None:
+            return known
+        return " ".join(sql.split()[:4])[:60]
+
+    def add(self, label: str, values: tuple[float, float, float, float]) -> None:
+        row = self.totals.setdefault(label, [0.0, 0.0, 0.0, 0.0, 0.0])
+        row[0] += 1
+        for i, v in enumerate(values, 1):
+            row[i] += v
+
+    def per_event(self, inserted: int) -> dict[str, dict[str, float]]:
+        n = max(1, inserted)
+        return {
+            label: {
+                "calls": int(row[0]),
+                "backend_cpu_us": round(1e6 * row[1] / n, 2),
+                "wall_us": round(1e6 * row[2] / n, 2),
+                "client_in_call_us": round(1e6 * row[3] / n, 2),
+                "python_before_us": round(1e6 * row[4] / n, 2),
+            }
+            for label, row in sorted(self.totals.items(), key=lambda kv: -kv[1][1])
+        }
+
+
+class _TimedConnection:
+    """A connection whose statements are timed into a StatementTimes (everything else passes
+    through): one writer at a time, as the backend CPU read around a call is its whole."""
+
+    _TIMED = frozenset(("fetch", "fetchval", "fetchrow", "execute", "copy_records_to_table"))
+
+    def __init__(self, conn: asyncpg.Connection, times: StatementTimes, pid: int) -> None:
+        self._conn = conn
+        self._times = times
+        self._pid = pid
+        self._last = time.process_time()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._conn, name)
+        if name not in self._TIMED:
+            return attr
+
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            python_before = time.process_time() - self._last
+            label = self._times.label(name, args)
+            cpu0, backend0, wall0 = (
+                time.process_time(),
+                _backend_cpu_ns(self._pid),
+                time.perf_counter(),
+            )
+            try:
+                return await attr(*args, **kwargs)
+            finally:
+                wall = time.perf_counter() - wall0
+                backend = (_backend_cpu_ns(self._pid) - backend0) / 1e9
+                self._last = time.process_time()
+                self._times.add(label, (backend, wall, self._last - cpu0, python_before))
+
+        return timed
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        """BEGIN and COMMIT sent as timed statements (COMMIT's WAL work is the batch's too)."""
+        await self.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            await self._conn.execute("ROLLBACK")
+            raise
+        await self.execute("COMMIT")
+
+
 class WriteRun(NamedTuple):
     inserted: int
     duplicates: int
@@ -211,8 +313,14 @@ class WriteRun(NamedTuple):
     postgres_cpu_s: float | None  # the writers' backends; None when not on this machine
 
 
-async def _write_all(database_url: str, batches: list[list[EventV1]], writers: int) -> WriteRun:
-    """Write every batch with `writers` concurrent connections."""
+async def _write_all(
+    database_url: str,
+    batches: list[list[EventV1]],
+    writers: int,
+    statements: StatementTimes | None = None,
+) -> WriteRun:
+    """Write every batch with `writers` concurrent connections (each statement timed into
+    `statements` when given)."""
     from libs.common import db
     from libs.common.event_partitions import EventPartitions
     from services.aggregator.writer import write_events
@@ -231,6 +339,9 @@ async def _write_all(database_url: str, batches: list[list[EventV1]], writers: i
 
     async def writer(conn: asyncpg.Connection) -> None:
         nonlocal inserted, duplicates
+        if statements is not None:
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+            conn = _TimedConnection(conn, statements, pid)  # type: ignore[assignment]
         for batch in queue:
             began = time.perf_counter()
             result = await write_events(conn, batch, partitions)
@@ -288,6 +399,7 @@ def run_benchmark(
     visitors: int = 20_000,
     profile: bool = False,
     profile_lines: int = 30,
+    statements: bool = False,
 ) -> dict[str, Any]:
     """Generate the traffic, write it, return the figures (and print a profile if asked)."""
     from strata_dev.embedded import EmbeddedPostgres
@@ -309,7 +421,8 @@ def run_benchmark(
             profiler = cProfile.Profile() if profile else None
             if profiler is not None:
                 profiler.enable()
-            run = asyncio.run(_write_all(database_url, batches, writers))
+            times = StatementTimes() if statements else None
+            run = asyncio.run(_write_all(database_url, batches, writers, times))
             if profiler is not None:
                 profiler.disable()
                 text = io.StringIO()
@@ -341,6 +454,7 @@ def run_benchmark(
         "batch_p95_ms": round(1000 * latencies[int(len(latencies) * 0.95)], 1),
         "generate_seconds": round(generated, 1),
         "profiled": profile,
+        **({} if times is None else {"per_statement_per_event": times.per_event(run.inserted)}),
         "rows": rows,
         "bytes": sizes,
         # Write amplification: derived rows and bytes per stored event.
@@ -358,9 +472,24 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=2)
     parser.add_argument("--visitors", type=int, default=20_000)
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the run")
+    parser.add_argument(
+        "--statements",
+        action="store_true",
+        help="time each statement (backend CPU, client CPU, Python before it); use --writers 1",
+    )
     parser.add_argument("--output", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
-    figures = run_benchmark(args.events, args.batch_size, args.writers, args.visitors, args.profile)
+    if args.statements and args.writers != 1:
+        # Each call's CPU is read around an await: another writer's work would land in it.
+        parser.error("--statements times one writer: use --writers 1")
+    figures = run_benchmark(
+        args.events,
+        args.batch_size,
+        args.writers,
+        args.visitors,
+        args.profile,
+        statements=args.statements,
+    )
     report(figures, args.output)
 
 

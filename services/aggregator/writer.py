@@ -110,12 +110,20 @@ _event_row = operator.itemgetter(*(EventV1.__struct_fields__.index(c) for c in E
 _event_fields = msgspec.structs.astuple
 _STORED_COLUMNS = (*EVENT_COLUMNS, *_ENCODED_COLUMNS, "person_key", "device_key")
 # The batch's unique ids as digests (migration 0022: a fixed 16-byte key per id), inserted in
-# digest order so writers lock ids in one order; the digests never seen come back.
+# digest order so writers lock ids in one order. Only how many were new comes back, and the
+# digests never seen only when some id was already stored: a batch of new events (nearly every
+# batch) is then not sent back row by row to be decoded.
 _INSERT_NEW_EVENT_IDS = """
-INSERT INTO event_ids (digest)
-SELECT d FROM unnest($1::uuid[]) AS d ORDER BY d
-ON CONFLICT DO NOTHING
-RETURNING digest
+WITH inserted AS (
+    INSERT INTO event_ids (digest)
+    SELECT d FROM unnest($1::uuid[]) AS d ORDER BY d
+    ON CONFLICT DO NOTHING
+    RETURNING digest
+)
+SELECT count(*)::int,
+    CASE WHEN count(*) < cardinality($1::uuid[])
+        THEN coalesce(array_agg(digest), '{}') END
+FROM inserted
 """
 
 
@@ -212,8 +220,11 @@ async def _insert_new_events(
     first: dict[str, int] = {}  # digest -> the first event carrying it
     for i, ev in enumerate(events):
         first.setdefault(event_id_digest(ev.project_id, ev.event_id), i)
-    rows = await conn.fetch(_INSERT_NEW_EVENT_IDS, list(first))
-    inserted = [events[i] for i in sorted(first[r[0].hex] for r in rows)]
+    count, new = await conn.fetchrow(_INSERT_NEW_EVENT_IDS, list(first))
+    if count == len(first):  # every id was new (no digest came back): the first event of each
+        inserted = list(events) if count == len(events) else [events[i] for i in first.values()]
+    else:
+        inserted = [events[i] for i in sorted(first[d.hex] for d in new or ())]
     if inserted:
         await conn.copy_records_to_table(
             "events", records=_event_records(inserted, keys), columns=_STORED_COLUMNS
