@@ -88,6 +88,7 @@ class ColumnCache:
         self.max_bytes = max_bytes
         self.nbytes = 0  # bytes of the cached tables' Arrow buffers
         self.fills = 0  # files decoded since start (tests, benchmarks)
+        self.served = 0  # files scans read from the cache since start (tests, benchmarks)
         self._numbers = itertools.count()
         self._entries: OrderedDict[_FileKey, _Entry] = OrderedDict()
         self._filling: set[_FileKey] = set()
@@ -117,6 +118,7 @@ class ColumnCache:
                     self._entries.move_to_end(key)
                     found[path] = entry.table
                     pinned.append(key)
+            self.served += len(found)
         return CachedFiles(found, tuple(pinned))
 
     def release(self, cached: CachedFiles) -> None:
@@ -154,6 +156,13 @@ class ColumnCache:
         future = self.fill_later(paths)
         if future is not None:
             future.result()
+
+    def settle(self) -> None:
+        """Wait until the fills asked for so far are done (tests)."""
+        try:
+            self._filler.submit(lambda: None).result()
+        except RuntimeError:  # shut down
+            pass
 
     def _fill(self, wanted: list[tuple[str, _FileKey]]) -> None:
         for path, key in wanted:
