@@ -5,6 +5,12 @@ process, DuckDB's threads included, and wall), their answers compared, and the b
 holds for each question's days.
 
     python -m bench.column_cache --scale 1 --runs 7
+
+For callgrind, one side alone (`--mode off` or `on`), at two `--runs` counts: the slope is
+the instructions of a warm run, start-up and filling cancelled out, e.g.
+
+    valgrind --tool=callgrind python -m bench.column_cache --scale 0.2 --mode on --runs 1
+    valgrind --tool=callgrind python -m bench.column_cache --scale 0.2 --mode on --runs 3
 """
 
 from __future__ import annotations
@@ -94,11 +100,14 @@ def main() -> None:
     parser.add_argument(
         "--cache-mb", type=int, default=QuerySettings().column_cache_bytes // 1024**2
     )
+    parser.add_argument("--mode", choices=("both", "off", "on"), default="both")
     args = parser.parse_args()
     events, persons, days = int(5_000_000 * args.scale), int(200_000 * args.scale), 120
     files = dataset(args.data_dir, events, persons, days)
     aliases = _aliases(persons)
     engines = {"off": ScanEngine(), "on": ScanEngine(column_cache_bytes=args.cache_mb * 1024**2)}
+    if args.mode != "both":
+        engines.pop("on" if args.mode == "off" else "off").close()
     try:
         for name, (start, end, run, options) in _questions(days).items():
             if args.only and name not in args.only.split(","):
@@ -116,22 +125,23 @@ def main() -> None:
                     threads=options.get("threads", 1),
                 )
                 runs[label] = (con, scope, run(con, scope))  # warm-up, and the answer
-            assert repr(runs["off"][2]) == repr(runs["on"][2]), f"{name}: answers differ"
-            cpu: dict[str, list[float]] = {"off": [], "on": []}
-            wall: dict[str, list[float]] = {"off": [], "on": []}
+            answers = {repr(answer) for _con, _scope, answer in runs.values()}
+            assert len(answers) == 1, f"{name}: answers differ"
+            cpu: dict[str, list[float]] = {label: [] for label in runs}
+            wall: dict[str, list[float]] = {label: [] for label in runs}
             for _ in range(args.runs):
                 for label, (con, scope, _answer) in runs.items():
                     started, used = time.perf_counter(), time.process_time()
                     run(con, scope)
                     wall[label].append((time.perf_counter() - started) * 1000)
                     cpu[label].append((time.process_time() - used) * 1000)
-            held = engines["on"].columns
-            print(
-                f"{name}: cpu median off {_median(cpu['off'])} on {_median(cpu['on'])} ms;"
-                f" wall median off {_median(wall['off'])} on {_median(wall['on'])} ms;"
-                f" cache {held.nbytes / 1e6:.1f} MB in {len(held)} files; same answer;"
-                f" load {os.getloadavg()[0]:.2f}"
+            timed = "; ".join(
+                f"{label}: cpu median {_median(cpu[label])} ms, wall median {_median(wall[label])}"
+                for label in runs
             )
+            held = engines["on"].columns if "on" in engines else None
+            cache = f"cache {held.nbytes / 1e6:.1f} MB in {len(held)} files; " if held else ""
+            print(f"{name}: {timed}; {cache}same answer; load {os.getloadavg()[0]:.2f}")
             for con, _scope, _answer in runs.values():
                 con.close()
     finally:
