@@ -7,8 +7,9 @@ object name and so a new local file), so an entry is keyed by the file's path, i
 and never goes stale: a superseded part is simply no longer asked for and ages out. Entries are
 filled off the scan's path, on a background thread, after a scan first reads the file from
 Parquet; a scan pins the entries it uses (they cannot be evicted, and are not freed anyway
-while a scan holds them), and the least recently used unpinned entries are dropped past the
-byte budget. A fill that does not fit beside the pinned entries is dropped.
+while a scan holds them), and a fill drops the least recently used entries that are neither
+pinned nor used by the scan that asked for it or a later one; when those do not make room,
+the fill is skipped.
 
 Each entry is one Arrow table of `CACHED_COLUMNS` in the file's row order, text columns
 dictionary-encoded where it pays (services/query/compact_rows.py), plus `tie_row`: the row's
@@ -67,16 +68,18 @@ _FileKey = tuple[str, int, int]  # path, inode, size
 @dataclass(frozen=True)
 class CachedFiles:
     """What `ColumnCache.acquire` found: the cached table of each such path, pinned until
-    `ColumnCache.release`."""
+    `ColumnCache.release`; `since`: when it was asked (`fill_later`'s argument)."""
 
     tables: dict[str, pa.Table]
     keys: tuple[_FileKey, ...] = ()
+    since: int = 0
 
 
 @dataclass
 class _Entry:
     table: pa.Table
     nbytes: int
+    used: int  # the `acquire` (or fill) that last used it
     pins: int = 0
 
 
@@ -87,9 +90,10 @@ class ColumnCache:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.nbytes = 0  # bytes of the cached tables' Arrow buffers
-        self.fills = 0  # files decoded since start (tests, benchmarks)
+        self.fills = 0  # files decoded and kept since start (tests, benchmarks)
         self.served = 0  # files scans read from the cache since start (tests, benchmarks)
         self._numbers = itertools.count()
+        self._clock = itertools.count(1)  # orders acquires and fills
         self._entries: OrderedDict[_FileKey, _Entry] = OrderedDict()
         self._filling: set[_FileKey] = set()
         self._lock = threading.Lock()
@@ -111,15 +115,17 @@ class ColumnCache:
         found: dict[str, pa.Table] = {}
         pinned: list[_FileKey] = []
         with self._lock:
+            now = next(self._clock)
             for path, key in keys:
                 entry = self._entries.get(key) if key is not None else None
                 if key is not None and entry is not None:
                     entry.pins += 1
+                    entry.used = now
                     self._entries.move_to_end(key)
                     found[path] = entry.table
                     pinned.append(key)
             self.served += len(found)
-        return CachedFiles(found, tuple(pinned))
+        return CachedFiles(found, tuple(pinned), now)
 
     def release(self, cached: CachedFiles) -> None:
         """Unpin what `acquire` returned."""
@@ -128,15 +134,19 @@ class ColumnCache:
                 entry = self._entries.get(key)
                 if entry is not None and entry.pins > 0:
                     entry.pins -= 1
-            self._evict()
 
-    def fill_later(self, paths: Sequence[str]) -> Future[None] | None:
+    def fill_later(self, paths: Sequence[str], since: int | None = None) -> Future[None] | None:
         """Decode these files' columns on the cache's thread (those not cached or being
-        filled already); the future (tests wait on it), or None when there is nothing to do."""
+        filled already); the future (tests wait on it), or None when there is nothing to do.
+        A fill evicts only files not used since `since` (the scan's `CachedFiles.since`):
+        a scan over more days than fit keeps the days it found cached instead of replacing
+        them with its others, which the next such scan would replace back, and so on."""
         if not self.enabled or not paths:
             return None
         wanted: list[tuple[str, _FileKey]] = []
         with self._lock:
+            if since is None:
+                since = next(self._clock)
             for path in paths:
                 key = _key(path)
                 if key is not None and key not in self._entries and key not in self._filling:
@@ -145,7 +155,7 @@ class ColumnCache:
         if not wanted:
             return None
         try:
-            return self._filler.submit(self._fill, wanted)
+            return self._filler.submit(self._fill, wanted, since)
         except RuntimeError:  # shut down
             with self._lock:
                 self._filling.difference_update(key for _, key in wanted)
@@ -164,8 +174,15 @@ class ColumnCache:
         except RuntimeError:  # shut down
             pass
 
-    def _fill(self, wanted: list[tuple[str, _FileKey]]) -> None:
+    def _fill(self, wanted: list[tuple[str, _FileKey]], since: int) -> None:
         for path, key in wanted:
+            with self._lock:
+                # Decoding costs ~0.4 µs an event: not for a file the budget has no room for
+                # (sized as the average entry).
+                typical = self.nbytes // len(self._entries) if self._entries else 0
+                if self._evictable(typical, since) is None:
+                    self._filling.discard(key)
+                    continue
             number = FIRST_FILE_NUMBER + next(self._numbers) % FIRST_FILE_NUMBER
             try:
                 table = decoded_columns(path, number)
@@ -175,29 +192,32 @@ class ColumnCache:
             with self._lock:
                 self._filling.discard(key)
                 if table is not None:
-                    self._keep(key, table)
+                    self._keep(key, table, since)
 
-    def _keep(self, key: _FileKey, table: pa.Table) -> None:
+    def _evictable(self, nbytes: int, since: int) -> list[_FileKey] | None:
+        """The least recently used entries to drop for `nbytes` more, none of them pinned or
+        used since `since`; None when those are not enough."""
+        excess = self.nbytes + nbytes - self.max_bytes
+        dropped: list[_FileKey] = []
+        for key, entry in self._entries.items():
+            if excess <= 0:
+                break
+            if entry.pins or entry.used >= since:
+                continue
+            dropped.append(key)
+            excess -= entry.nbytes
+        return dropped if excess <= 0 else None
+
+    def _keep(self, key: _FileKey, table: pa.Table, since: int) -> None:
         nbytes = table.get_total_buffer_size()
-        pinned = sum(e.nbytes for e in self._entries.values() if e.pins)
-        if pinned + nbytes > self.max_bytes:
-            return  # would not fit beside what open scans hold
-        self._entries[key] = _Entry(table, nbytes)
+        dropped = self._evictable(nbytes, since)
+        if dropped is None:
+            return  # no room beside what open and recent scans use
+        for old in dropped:
+            self.nbytes -= self._entries.pop(old).nbytes
+        self._entries[key] = _Entry(table, nbytes, since)
         self.nbytes += nbytes
         self.fills += 1
-        self._evict()
-
-    def _evict(self) -> None:
-        if self.nbytes <= self.max_bytes:
-            return
-        for key in list(self._entries):
-            entry = self._entries[key]
-            if entry.pins:
-                continue
-            del self._entries[key]
-            self.nbytes -= entry.nbytes
-            if self.nbytes <= self.max_bytes:
-                return
 
     def close(self) -> None:
         """Stop filling (a fill under way finishes) and drop every entry."""

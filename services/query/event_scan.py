@@ -561,7 +561,7 @@ async def open_scan(
             con.close()
             raise
         # Files read from Parquet this time are decoded for the next scans, in the background.
-        engine.columns.fill_later(missing)
+        engine.columns.fill_later(missing, since=cached.since)
     except BaseException:
         if engine.cache is not None:
             engine.cache.release(plan.file_parts)

@@ -260,6 +260,38 @@ def test_a_file_a_scan_uses_is_never_evicted(tmp_path: Path) -> None:
         cache.close()
 
 
+def test_a_scan_over_more_files_than_fit_keeps_those_it_found(tmp_path: Path) -> None:
+    # Room for two files; a scan over three finds two cached. Filling its third would evict
+    # one of those two, which the next such scan would refill in turn, evicting another:
+    # every scan would decode files only to drop them. The fill is skipped instead.
+    files = day_files(tmp_path)
+    sizes = []
+    for path in files:
+        probe = ColumnCache(64 * 1024**2)
+        probe.fill([path])
+        sizes.append(probe.nbytes)
+        probe.close()
+    cache = ColumnCache(sum(sorted(sizes)[1:]))
+    try:
+        cache.fill(files[:2])
+        scan = cache.acquire(files)
+        cache.release(scan)
+        future = cache.fill_later(files[2:], since=scan.since)
+        assert future is not None
+        future.result()
+        held = cache.acquire(files)
+        assert set(held.tables) == set(files[:2])
+        cache.release(held)
+        # A later scan of the third file alone makes room for it, dropping the least recent.
+        alone = cache.acquire(files[2:])
+        cache.release(alone)
+        cache.fill_later(files[2:], since=alone.since)
+        cache.settle()
+        assert set(cache.acquire(files).tables) == {files[1], files[2]}
+    finally:
+        cache.close()
+
+
 def test_a_file_replaced_under_its_path_is_not_served_from_the_cache(tmp_path: Path) -> None:
     # Parts never change under their object name (an erasure's rewrite or a re-export is a
     # new part), but a local file re-downloaded or replaced is another file: its columns are
