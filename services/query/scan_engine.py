@@ -127,7 +127,7 @@ class ScanEngine:
         threads: int = 2,
         memory_limit: str = "1GB",
         hot_rows_cache_bytes: int = 512 * 1024**2,
-        column_cache_bytes: int = 0,
+        column_cache_bytes: int = 0,  # off unless given (the service: STRATA_COLUMN_CACHE_BYTES)
         temp_directory: str = "",
     ) -> None:
         self.cache = cache
