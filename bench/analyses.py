@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from bench import peers
 from libs.common.day_files.layout import EVENT_FILE_SCHEMA, SORT_KEYS, TIE_ORDER, TIE_ORDER_KEY
+from libs.common.settings import QuerySettings
 from services.query.analyses.conditions import EventScope
 from services.query.analyses.funnels import FunnelSpec, funnel_spec, run_funnel
 from services.query.analyses.paths import paths_spec, run_paths
@@ -43,7 +44,8 @@ from services.query.analyses.requests import (
     WindowSpec,
 )
 from services.query.analyses.retention import retention_plan, retention_spec, run_retention
-from services.query.event_scan import _build_view, ties_by_position
+from services.query.column_cache import CACHED_VIEW_COLUMNS
+from services.query.event_scan import _build_view, cached_columns, ties_by_position
 from services.query.params import TimeWindow
 from services.query.scan_engine import ScanEngine
 
@@ -146,10 +148,16 @@ def _aliases(persons: int) -> pa.Table:
 
 def _scan(
     engine: ScanEngine, files: list[Path], start: datetime, end: datetime, aliases: pa.Table
-) -> tuple[duckdb.DuckDBPyConnection, bool]:
-    """A connection holding the scan's views, and whether `events_scan_keyed` is one."""
+) -> tuple[duckdb.DuckDBPyConnection, bool, frozenset[str]]:
+    """A connection holding the scan's views, whether `events_scan_keyed` is one and the
+    columns of its views over cached columns (EventScope.cached_columns). As
+    the query service's scans (event_scan.open_scan): with the engine's column cache on, the
+    files it can hold are decoded first (a warm cache; the service fills it after a scan)."""
     con = engine.connection()
     paths = _scan_paths(files, start, end)
+    engine.columns.fill(cached_columns(engine, paths)[1])
+    # Pinned for the bench's life; its engine is closed at the end.
+    cached, _ = cached_columns(engine, paths)
     keyed = _build_view(
         con,
         paths=paths,
@@ -161,8 +169,9 @@ def _scan(
         include_bots=False,
         unkeyed_paths=engine.file_columns.unkeyed(paths),
         file_columns=engine.file_columns,
+        cached=cached.tables,
     )
-    return con, keyed
+    return con, keyed, CACHED_VIEW_COLUMNS if cached.tables else frozenset()
 
 
 def _scan_paths(files: list[Path], start: datetime, end: datetime) -> list[str]:
@@ -202,11 +211,12 @@ def _timed_funnel(
     end: datetime,
     runs: int,
     keyed: bool,
+    cached: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """Attempts start in [start, end - 1 s); their steps may follow until `end`."""
     counts: list[int] = []
     # Split over threads by person as the service does by default (STRATA_ANALYSIS_THREADS).
-    scope = EventScope(start, end, person_keys=keyed, threads=FUNNEL_THREADS)
+    scope = EventScope(start, end, person_keys=keyed, cached_columns=cached, threads=FUNNEL_THREADS)
 
     def once() -> None:
         stop = end - timedelta(seconds=1)
@@ -245,7 +255,8 @@ def run_benchmark(
 def _strata_figures(files: list[Path], persons: int, days: int, runs: int) -> dict[str, Any]:
     """Strata's engine over the day files, as the query service runs it."""
     results: dict[str, Any] = {}
-    engine = ScanEngine()
+    # The query service's column cache (STRATA_COLUMN_CACHE_BYTES), filled before timing.
+    engine = ScanEngine(column_cache_bytes=QuerySettings().column_cache_bytes)
     aliases = _aliases(persons)
     end = datetime.combine(FIRST_DAY + timedelta(days=days), datetime.min.time(), UTC)
 
@@ -255,8 +266,11 @@ def _strata_figures(files: list[Path], persons: int, days: int, runs: int) -> di
     funnel = funnel_spec(FunnelRequest(steps=steps, window=WindowSpec(14, "day")))
     for label, span in (("funnel_5_steps_30d", 30), ("funnel_5_steps_120d", 120)):
         start = end - timedelta(days=min(span, days))
-        con, keyed = _scan(engine, files, start, end, aliases)
-        results[label] = {**_timed_funnel(con, funnel, start, end, runs, keyed), "keyed": keyed}
+        con, keyed, cached = _scan(engine, files, start, end, aliases)
+        results[label] = {
+            **_timed_funnel(con, funnel, start, end, runs, keyed, cached),
+            "keyed": keyed,
+        }
         con.close()
 
     retention = retention_spec(
@@ -266,8 +280,8 @@ def _strata_figures(files: list[Path], persons: int, days: int, runs: int) -> di
     )
     window = TimeWindow(end - timedelta(days=37), end - timedelta(days=7), ZoneInfo("UTC"))
     plan = retention_plan(retention, window)
-    con, _ = _scan(engine, files, plan.starts[0], plan.scan_end, aliases)
-    scope = EventScope(plan.starts[0], plan.scan_end)
+    con, _, cached = _scan(engine, files, plan.starts[0], plan.scan_end, aliases)
+    scope = EventScope(plan.starts[0], plan.scan_end, cached_columns=cached)
     now = datetime.now(UTC)
     results["retention_daily_30d"] = _timed(
         lambda: run_retention(con, retention, plan, scope, now), runs
@@ -276,10 +290,16 @@ def _strata_figures(files: list[Path], persons: int, days: int, runs: int) -> di
 
     paths = paths_spec(PathsRequest(event_types=["pageview", "custom"], steps=5))
     start, stop, session = end - timedelta(days=31), end - timedelta(days=1), timedelta(days=1)
-    con, keyed = _scan(engine, files, start - session, end, aliases)
+    con, keyed, cached = _scan(engine, files, start - session, end, aliases)
     # Person keys when the files have them, as the service's scope gives them (runner.py).
     positioned = _positioned(engine, files, start - session, end)
-    scope = EventScope(start - session, end, person_keys=keyed, ties_by_position=positioned)
+    scope = EventScope(
+        start - session,
+        end,
+        person_keys=keyed,
+        ties_by_position=positioned,
+        cached_columns=cached,
+    )
     results["paths_5_steps_30d"] = _timed(
         lambda: run_paths(con, paths, scope, start, stop, session), runs
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 from bench import peers
 from bench.analyses import FIRST_DAY, _aliases, _scan, _us, dataset
 from bench.paths_timing import _times
+from libs.common.settings import QuerySettings
 from services.query.analyses.conditions import EventScope
 from services.query.analyses.funnels import funnel_spec, run_funnel
 from services.query.analyses.requests import Condition, FunnelRequest, FunnelStep, WindowSpec
@@ -33,6 +34,12 @@ def main() -> None:
         "--threads", type=int, default=2, help="STRATA_ANALYSIS_THREADS (1: never split)"
     )
     parser.add_argument("--clickhouse", action="store_true", help="time ClickHouse's SQL too")
+    parser.add_argument(
+        "--column-cache-mb",
+        type=int,
+        default=QuerySettings().column_cache_bytes // 1024**2,
+        help="the decoded-column cache's budget (0: off)",
+    )
     args = parser.parse_args()
     events, persons, days = int(5_000_000 * args.scale), int(200_000 * args.scale), 120
     files = dataset(args.data_dir, events, persons, days)
@@ -41,14 +48,17 @@ def main() -> None:
     pricing = FunnelStep("$pageview", [Condition("path", "eq", "/pricing")])
     steps = [page, pricing, FunnelStep("signup"), FunnelStep("add_to_cart"), FunnelStep("purchase")]
     spec = funnel_spec(FunnelRequest(steps=steps, window=WindowSpec(14, "day")))
-    engine = ScanEngine()
+    # The query service's column cache (STRATA_COLUMN_CACHE_BYTES), filled before timing.
+    engine = ScanEngine(column_cache_bytes=args.column_cache_mb * 1024**2)
     aliases = _aliases(persons)
     clickhouse = peers.ClickHousePeer() if args.clickhouse else None
     try:
         for span in (int(s) for s in args.spans.split(",")):
             start = end - timedelta(days=span)
-            con, keyed = _scan(engine, files, start, end, aliases)
-            scope = EventScope(start, end, person_keys=keyed, threads=args.threads)
+            con, keyed, cached = _scan(engine, files, start, end, aliases)
+            scope = EventScope(
+                start, end, person_keys=keyed, cached_columns=cached, threads=args.threads
+            )
             stop = end - timedelta(seconds=1)
 
             def once() -> object:

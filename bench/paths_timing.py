@@ -20,6 +20,7 @@ from typing import Any
 
 from bench import peers
 from bench.analyses import FIRST_DAY, _aliases, _positioned, _ranges, _scan, dataset
+from libs.common.settings import QuerySettings
 from services.query.analyses.conditions import EventScope
 from services.query.analyses.paths import paths_spec, run_paths
 from services.query.analyses.requests import PathsRequest
@@ -49,17 +50,30 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/strata-bench-analyses"))
     parser.add_argument("--clickhouse", action="store_true", help="time ClickHouse's SQL too")
+    parser.add_argument(
+        "--column-cache-mb",
+        type=int,
+        default=QuerySettings().column_cache_bytes // 1024**2,
+        help="the decoded-column cache's budget (0: off)",
+    )
     args = parser.parse_args()
     events, persons, days = int(5_000_000 * args.scale), int(200_000 * args.scale), 120
     files = dataset(args.data_dir, events, persons, days)
     start, stop = _ranges(days)["paths"]
     session = timedelta(days=1)
     end = datetime.combine(FIRST_DAY + timedelta(days=days), datetime.min.time(), UTC)
-    engine = ScanEngine()
-    con, keyed = _scan(engine, files, start - session, end, _aliases(persons))
+    # The query service's column cache (STRATA_COLUMN_CACHE_BYTES), filled before timing.
+    engine = ScanEngine(column_cache_bytes=args.column_cache_mb * 1024**2)
+    con, keyed, cached = _scan(engine, files, start - session, end, _aliases(persons))
     spec = paths_spec(PathsRequest(event_types=["pageview", "custom"], steps=5))
     positioned = _positioned(engine, files, start - session, end)
-    scope = EventScope(start - session, end, person_keys=keyed, ties_by_position=positioned)
+    scope = EventScope(
+        start - session,
+        end,
+        person_keys=keyed,
+        ties_by_position=positioned,
+        cached_columns=cached,
+    )
     result = run_paths(con, spec, scope, start, stop, session)
     # The same answer from two versions of the code gives the same digest.
     digest = hashlib.sha256(repr(result).encode()).hexdigest()[:12]

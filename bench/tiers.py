@@ -211,6 +211,7 @@ async def funnel_once(
             end,
             person_keys=scan.person_keys,
             ties_by_position=scan.ties_by_position,
+            cached_columns=scan.cached_columns,
             threads=QuerySettings().analysis_threads,
         )
         result = await asyncio.to_thread(

@@ -180,6 +180,8 @@ class QuerySettings(CommonSettings, frozen=True, kw_only=True):
     # Threads one funnel splits a large event stream's NumPy work over, by person (stream_parts)
     analysis_threads: int = 2
     hot_rows_cache_bytes: int = 512 * 1024**2  # rows of days without day files kept, LRU
+    # Decoded columns of local day files the analyses read most, kept, LRU (0: off)
+    column_cache_bytes: int = 256 * 1024**2
     query_warm_days: int = 31  # at start, scan each project's last N days to fill the caches
     oci_config_file: str = "~/.oci/config"
     oci_profile: str = "DEFAULT"

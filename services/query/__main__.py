@@ -69,6 +69,7 @@ def _scan_engine(settings: QuerySettings, store: ObjectStore) -> ScanEngine:
         threads=settings.duckdb_threads,
         memory_limit=settings.duckdb_memory_limit,
         hot_rows_cache_bytes=settings.hot_rows_cache_bytes,
+        column_cache_bytes=settings.column_cache_bytes,
         temp_directory=str(Path(settings.data_dir) / "duckdb-tmp"),
     )
 

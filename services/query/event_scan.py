@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
@@ -37,6 +37,14 @@ from libs.common.day_files.postgres_rows import (
 )
 from libs.common.errors import StrataError
 from libs.common.object_store import ObjectArchived, ObjectNotFound
+from services.query.column_cache import (
+    CACHED_COLUMNS,
+    CACHED_VIEW_COLUMNS,
+    CACHED_VIEW_SUFFIX,
+    TIE_ROW,
+    CachedFiles,
+    cacheable,
+)
 from services.query.hot_rows import HotRead, LateRange
 from services.query.person_keys import PERSON_KEY_ALIASES, aliases_are_keyed, rows_are_keyed
 from services.query.scan_engine import (
@@ -97,6 +105,7 @@ class EventScan:
         pinned: list[DayPart],
         person_keys: bool = False,
         ties_by_position: bool = False,
+        cached: CachedFiles | None = None,
     ) -> None:
         self.con = con
         self.project_id = project_id
@@ -109,6 +118,10 @@ class EventScan:
         self.person_keys = person_keys
         # Whether every row has a position (`tie_row`; `tie_id` NULL throughout).
         self.ties_by_position = ties_by_position
+        # The columns of the `*_cached` views (empty: none), which read the day files the
+        # column cache holds from memory (services/query/column_cache.py).
+        self.cached_columns = CACHED_VIEW_COLUMNS if cached and cached.tables else frozenset()
+        self._cached = cached
         self._engine = engine
         self._pinned = pinned
         self._closed = False
@@ -135,6 +148,8 @@ class EventScan:
             return
         self._closed = True
         self.con.close()
+        if self._cached is not None:
+            self._engine.columns.release(self._cached)
         if self._engine.cache is not None and self._pinned:
             self._engine.cache.release(self._pinned)
 
@@ -249,6 +264,7 @@ TIE_COLUMNS = ("tie_row", "tie_id")
 _TIES_BY_ID = "CAST(NULL AS BIGINT) AS tie_row, event_id AS tie_id"
 # The name (plus the group's number) of the connection's variable holding a group's files.
 _FILES_VARIABLE = "strata_files_"
+_CACHED_FILES_VARIABLE = "strata_cached_files_"
 
 
 def ties_by_position(
@@ -259,6 +275,104 @@ def ties_by_position(
     a reader ordering ties need not read it."""
     return all(t.num_rows == 0 for t in hot) and all(
         tie_order for _, tie_order, _ in file_columns.groups(paths)
+    )
+
+
+def _file_sources(
+    con: duckdb.DuckDBPyConnection,
+    paths: Sequence[str],
+    file_columns: FileColumns,
+    columns: Sequence[str],
+    variable: str,
+) -> list[str]:
+    """A SELECT of `columns` and the tie columns per group of `paths` read from Parquet; the
+    files are numbered (TIE_COLUMNS' `tie_row`) in order from 0."""
+    sources = []
+    first_file = 0
+    for number, (held, tie_order, group) in enumerate(file_columns.groups(paths)):
+        # The file list as a variable of this connection, not a literal in the view: every
+        # bind of a view over it (each view created on it, each query) otherwise binds the
+        # list's expressions again, ~3 µs a file (docs/analytics.md).
+        files = f"getvariable('{variable}{number}')"
+        con.execute(f"SET VARIABLE {variable}{number} = ?", [group])
+        selected = ", ".join(c if c in held else f"{null_of(c)} AS {c}" for c in columns)
+        # Ties: a file claiming the tie order gives each row's position (its number among the
+        # scan's files, high bits, and its row in the file) instead of its event id.
+        ties = (
+            f"CAST(file_index + {first_file} AS BIGINT) * {1 << 32} + file_row_number AS tie_row,"
+            " CAST(NULL AS VARCHAR) AS tie_id"
+            if tie_order
+            else _TIES_BY_ID
+        )
+        # Not Hive partitions, though the cache's folders look like them (`project=<id>/
+        # dt=<day>`, under a root the operator picks): DuckDB would take a folder's value for a
+        # stored column of the same name, and detecting them cost ~50 µs a file at every bind
+        # of the view (each view over it, each query).
+        sources.append(
+            f"SELECT {selected}, {ties} FROM read_parquet({files}, hive_partitioning = false)"
+        )
+        first_file += len(group)
+    return sources
+
+
+def _create_views(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    sources: Sequence[str],
+    stored: Sequence[str],
+    where: str,
+    keyed: bool,
+    suffix: str = "",
+) -> None:
+    """`events_scan` (and `events_scan_keyed`, `events_scan_stored` when `keyed`), with
+    `suffix`, over the UNION ALL of `sources` (each giving the `stored` columns and the tie
+    columns), rows filtered by `where`."""
+    rows = f"strata_event_rows{suffix}"
+    con.execute(
+        f"CREATE TEMP VIEW {rows} AS SELECT * FROM ("
+        + " UNION ALL ".join(sources)
+        + f") AS e WHERE {where}"
+    )
+    outputs = ", ".join(
+        "COALESCE(a.person_id, e.user_id, e.distinct_id) AS person_id"
+        if c == "person_id"
+        else f"e.{c}"
+        for c in SCAN_COLUMNS
+        if c in stored or c == "person_id"
+    )
+    con.execute(
+        f"CREATE TEMP VIEW events_scan{suffix} AS SELECT {outputs} FROM {rows} AS e"
+        " LEFT JOIN strata_aliases AS a ON a.distinct_id = e.distinct_id"
+    )
+    if not keyed:
+        return
+    # The same person as events_scan's person_id, as an integer: an alias applies to the
+    # device (distinct_id, whose key is device_key, or person_key when it is the same id).
+    # Then the stored key and the tie columns (TIE_COLUMNS): tied rows of one person are
+    # ordered by position when they are of one file and one stored key.
+    kept = [c for c in (*KEYED_SCAN_COLUMNS, *TIE_COLUMNS) if c in stored or c in TIE_COLUMNS]
+    keyed_outputs = ", ".join(
+        "COALESCE(k.person, e.person_key) AS person_key, e.person_key AS stored_key"
+        if c == "person_key"
+        else f"e.{c}"
+        for c in kept
+    )
+    con.execute(
+        f"CREATE TEMP VIEW events_scan_keyed{suffix} AS SELECT {keyed_outputs}"
+        f" FROM {rows} AS e LEFT JOIN {PERSON_KEY_ALIASES} AS k"
+        " ON k.device = COALESCE(e.device_key, e.person_key)"
+    )
+    # The stored keys, no join: a reader that needs few rows' persons resolves just those
+    # (person_keys.resolved_person_keys) instead of joining every row with the aliases;
+    # and what orders ties without reading every event id (TIE_COLUMNS).
+    stored_outputs = ", ".join(
+        "e.person_key, COALESCE(e.device_key, e.person_key) AS alias_key"
+        if c == "person_key"
+        else f"e.{c}"
+        for c in kept
+    )
+    con.execute(
+        f"CREATE TEMP VIEW events_scan_stored{suffix} AS SELECT {stored_outputs} FROM {rows} AS e"
     )
 
 
@@ -275,19 +389,23 @@ def _build_view(
     unkeyed_paths: frozenset[str],
     erased: frozenset[str] = frozenset(),
     file_columns: FileColumns | None = None,
+    cached: Mapping[str, pa.Table] | None = None,
 ) -> bool:
     """Create `events_scan` (and `persons` when given); also `events_scan_keyed`,
     `events_scan_stored` and `person_key_aliases` when every row and alias has person keys,
     which the return value says (services/query/person_keys.py;
-    `unkeyed_paths`: the paths among `paths` with rows without keys)."""
+    `unkeyed_paths`: the paths among `paths` with rows without keys). With `cached` (decoded
+    columns of some of `paths`, services/query/column_cache.py), also the same views over
+    `CACHED_COLUMNS` only, named with `CACHED_VIEW_SUFFIX`, reading those files from memory."""
+    file_columns = file_columns or FileColumns()
     columns = ", ".join(STORED_COLUMNS)
     con.register("strata_aliases", aliases)
-    sources = []
+    hot_sources = []
     # PostgreSQL's rows come as a few tables, one per column encoding (services/query/
     # compact_rows.py): DuckDB reads each as it is.
     for number, table in enumerate(hot):
         con.register(f"strata_hot_rows_{number}", table)
-        sources.append(f"SELECT {columns}, {_TIES_BY_ID} FROM strata_hot_rows_{number}")
+        hot_sources.append(f"SELECT {{}}, {_TIES_BY_ID} FROM strata_hot_rows_{number}")
     keyed = (
         all(rows_are_keyed(t) for t in hot)
         and aliases_are_keyed(aliases)
@@ -295,32 +413,8 @@ def _build_view(
     )
     # Files of one set of columns are read together; a part written before a column was
     # added (the person keys among them) reads it as NULL.
-    groups = (file_columns or FileColumns()).groups(paths)
-    first_file = 0
-    for number, (held, tie_order, group) in enumerate(groups):
-        # The file list as a variable of this connection, not a literal in the view: every
-        # bind of a view over it (each view created on it, each query) otherwise binds the
-        # list's expressions again, ~3 µs a file (docs/analytics.md).
-        files = f"getvariable('{_FILES_VARIABLE}{number}')"
-        con.execute(f"SET VARIABLE {_FILES_VARIABLE}{number} = ?", [group])
-        selected = ", ".join(c if c in held else f"{null_of(c)} AS {c}" for c in STORED_COLUMNS)
-        # Ties: a file claiming the tie order gives each row's position (its number among the
-        # scan's files, high bits, and its row in the file) instead of its event id.
-        ties = (
-            f"CAST(file_index + {first_file} AS BIGINT) * {1 << 32} + file_row_number AS tie_row,"
-            " CAST(NULL AS VARCHAR) AS tie_id"
-            if tie_order
-            else _TIES_BY_ID
-        )
-        # Not Hive partitions, though the cache's folders look like them (`project=<id>/
-        # dt=<day>`, under a root the operator picks): DuckDB would take a folder's value for a
-        # stored column of the same name, and detecting them cost ~50 µs a file at every bind
-        # of the view (each view over it, each query).
-        sources.insert(
-            number,
-            f"SELECT {selected}, {ties} FROM read_parquet({files}, hive_partitioning = false)",
-        )
-        first_file += len(group)
+    sources = _file_sources(con, paths, file_columns, STORED_COLUMNS, _FILES_VARIABLE)
+    sources += [source.format(columns) for source in hot_sources]
     where = f"e.ts >= {_sql_instant(start)} AND e.ts < {_sql_instant(end)}"
     if not include_bots:
         where += " AND NOT e.is_bot"
@@ -332,53 +426,37 @@ def _build_view(
             " AND e.distinct_id NOT IN (SELECT id FROM strata_erased)"
             " AND (e.user_id IS NULL OR e.user_id NOT IN (SELECT id FROM strata_erased))"
         )
-    con.execute(
-        "CREATE TEMP VIEW strata_event_rows AS SELECT * FROM ("
-        + " UNION ALL ".join(sources)
-        + f") AS e WHERE {where}"
-    )
-    outputs = ", ".join(
-        "COALESCE(a.person_id, e.user_id, e.distinct_id) AS person_id"
-        if c == "person_id"
-        else f"e.{c}"
-        for c in SCAN_COLUMNS
-    )
-    con.execute(
-        f"CREATE TEMP VIEW events_scan AS SELECT {outputs} FROM strata_event_rows AS e"
-        " LEFT JOIN strata_aliases AS a ON a.distinct_id = e.distinct_id"
-    )
     if keyed:
-        # The same person as events_scan's person_id, as an integer: an alias applies to the
-        # device (distinct_id, whose key is device_key, or person_key when it is the same id).
         con.register(
             PERSON_KEY_ALIASES,
             aliases.select(["device_key", "person_key"]).rename_columns(["device", "person"]),
         )
-        # Then the stored key and the tie columns (TIE_COLUMNS): tied rows of one person are
-        # ordered by position when they are of one file and one stored key.
-        keyed_outputs = ", ".join(
-            "COALESCE(k.person, e.person_key) AS person_key, e.person_key AS stored_key"
-            if c == "person_key"
-            else f"e.{c}"
-            for c in (*KEYED_SCAN_COLUMNS, *TIE_COLUMNS)
-        )
-        con.execute(
-            f"CREATE TEMP VIEW events_scan_keyed AS SELECT {keyed_outputs}"
-            f" FROM strata_event_rows AS e LEFT JOIN {PERSON_KEY_ALIASES} AS k"
-            " ON k.device = COALESCE(e.device_key, e.person_key)"
-        )
-        # The stored keys, no join: a reader that needs few rows' persons resolves just those
-        # (person_keys.resolved_person_keys) instead of joining every row with the aliases;
-        # and what orders ties without reading every event id (TIE_COLUMNS).
-        stored_outputs = ", ".join(
-            "e.person_key, COALESCE(e.device_key, e.person_key) AS alias_key"
-            if c == "person_key"
-            else f"e.{c}"
-            for c in (*KEYED_SCAN_COLUMNS, *TIE_COLUMNS)
-        )
-        con.execute(
-            f"CREATE TEMP VIEW events_scan_stored AS SELECT {stored_outputs}"
-            " FROM strata_event_rows AS e"
+    _create_views(con, sources=sources, stored=STORED_COLUMNS, where=where, keyed=keyed)
+    if cached:
+        # The files not cached, then the cached ones (numbered after them for their ties),
+        # then PostgreSQL's rows: the same rows as above, fewer columns.
+        narrow = [p for p in paths if p not in cached]
+        sources = _file_sources(con, narrow, file_columns, CACHED_COLUMNS, _CACHED_FILES_VARIABLE)
+        selected = ", ".join(CACHED_COLUMNS)
+        # One table per schema (the dictionaries' index widths differ between files).
+        by_schema: dict[pa.Schema, list[pa.Table]] = {}
+        for path in paths:
+            if path in cached:
+                by_schema.setdefault(cached[path].schema, []).append(cached[path])
+        for number, tables in enumerate(by_schema.values()):
+            con.register(f"strata_cached_{number}", pa.concat_tables(tables))
+            sources.append(
+                f"SELECT {selected}, {TIE_ROW}, CAST(NULL AS VARCHAR) AS tie_id"
+                f" FROM strata_cached_{number}"
+            )
+        sources += [source.format(selected) for source in hot_sources]
+        _create_views(
+            con,
+            sources=sources,
+            stored=CACHED_COLUMNS,
+            where=where,
+            keyed=keyed,
+            suffix=CACHED_VIEW_SUFFIX,
         )
     if persons is not None:
         con.register("strata_persons", persons)
@@ -388,6 +466,20 @@ def _build_view(
         )
         con.unregister("strata_persons")
     return keyed
+
+
+def cached_columns(engine: ScanEngine, paths: Sequence[str]) -> tuple[CachedFiles, list[str]]:
+    """The column cache's tables of `paths` (pinned: release them with the scan), and the
+    files among `paths` it could hold but does not yet (to fill once the scan is built)."""
+    if not engine.columns.enabled:
+        return CachedFiles({}), []
+    candidates = []
+    for path in paths:
+        footer = engine.file_columns.of(path)
+        if cacheable(footer.columns, footer.tie_order):
+            candidates.append(path)
+    found = engine.columns.acquire(candidates)
+    return found, [p for p in candidates if p not in found.tables]
 
 
 async def open_scan(
@@ -438,10 +530,13 @@ async def open_scan(
         )
         con = engine.connection()
         local = [str(p) for p in paths]
+        acquired: list[CachedFiles] = []  # released here if the scan is not made
         try:
 
-            def build() -> tuple[bool, bool]:
+            def build() -> tuple[bool, bool, CachedFiles, list[str]]:
                 # Footers of parts not seen before are read here, off the event loop.
+                found, missing = cached_columns(engine, local)
+                acquired.append(found)
                 keyed = _build_view(
                     con,
                     paths=local,
@@ -454,13 +549,19 @@ async def open_scan(
                     erased=erased,
                     unkeyed_paths=engine.file_columns.unkeyed(local),
                     file_columns=engine.file_columns,
+                    cached=found.tables,
                 )
-                return keyed, ties_by_position(hot.tables, local, engine.file_columns)
+                positioned = ties_by_position(hot.tables, local, engine.file_columns)
+                return keyed, positioned, found, missing
 
-            keyed, by_position = await asyncio.to_thread(build)
+            keyed, by_position, cached, missing = await asyncio.to_thread(build)
         except BaseException:
+            for found in acquired:
+                engine.columns.release(found)
             con.close()
             raise
+        # Files read from Parquet this time are decoded for the next scans, in the background.
+        engine.columns.fill_later(missing, since=cached.since)
     except BaseException:
         if engine.cache is not None:
             engine.cache.release(plan.file_parts)
@@ -482,4 +583,5 @@ async def open_scan(
         pinned=plan.file_parts,
         person_keys=keyed,
         ties_by_position=by_position,
+        cached=cached,
     )

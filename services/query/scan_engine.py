@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from libs.common.day_files import DayFileCache
 from libs.common.day_files.layout import TIE_ORDER, TIE_ORDER_KEY
 from libs.common.model.columns import DERIVED_EVENT_COLUMNS, EVENTS, SCANNED_EVENT_COLUMNS
+from services.query.column_cache import ColumnCache
 from services.query.erased_persons import ErasedIds
 from services.query.hot_rows import HotRows
 from services.query.person_aliases import AliasCache
@@ -126,6 +127,7 @@ class ScanEngine:
         threads: int = 2,
         memory_limit: str = "1GB",
         hot_rows_cache_bytes: int = 512 * 1024**2,
+        column_cache_bytes: int = 0,  # off unless given (the service: STRATA_COLUMN_CACHE_BYTES)
         temp_directory: str = "",
     ) -> None:
         self.cache = cache
@@ -133,6 +135,8 @@ class ScanEngine:
         self.erased = ErasedIds()  # persons of open erasure requests, hidden from every scan
         self.hot_rows = HotRows(STORED_COLUMNS, max_bytes=hot_rows_cache_bytes)
         self.file_columns = FileColumns()  # each cached part's columns and person keys
+        # The analyses' usual columns of local day files, decoded (0 bytes: off)
+        self.columns = ColumnCache(column_cache_bytes)
         self.db = duckdb.connect(
             ":memory:",
             config={"threads": threads, "memory_limit": memory_limit},
@@ -157,4 +161,5 @@ class ScanEngine:
 
     def close(self) -> None:
         """Close the DuckDB database (scans still open fail afterwards)."""
+        self.columns.close()
         self.db.close()

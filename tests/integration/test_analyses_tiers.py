@@ -93,7 +93,6 @@ async def test_analyses_answer_the_same_in_every_tier_layout(
     layout_name: str,
 ) -> None:
     events = generate_events("acme", FIRST_DAY, DAYS, devices=60, seed=5)
-    reference_events = scan_events(events)
     async with tier_layout(layout_name, pool, events, tmp_path) as layout:
         async with query_client(pool, nats_url, subjects, scan_engine=layout.engine) as client:
             key = project.read_key
@@ -105,6 +104,14 @@ async def test_analyses_answer_the_same_in_every_tier_layout(
             assert status == 200, paths
     tiers = {t["tier"] for t in funnel["tiers"]}
     assert tiers == ({"hot"} if layout_name == "all_hot" else {"hot", "cold"})
+    assert_reference_answers(events, funnel, retention, paths)
+
+
+def assert_reference_answers(
+    events: list[EventV1], funnel: dict[str, Any], retention: dict[str, Any], paths: dict[str, Any]
+) -> None:
+    """The answers to FUNNEL, RETENTION and PATHS are the reference's over `events`."""
+    reference_events = scan_events(events)
 
     steps = [msgspec.convert(s, FunnelStep) for s in FUNNEL["steps"]]
     expected = ref_funnel(
@@ -168,6 +175,54 @@ async def test_analyses_answer_the_same_in_every_tier_layout(
     assert got_edges == edges
     shown = {(n["step"], n["name"]): (n["count"], n["drop_offs"]) for n in paths["nodes"]}
     assert shown == {k: v for k, v in nodes.items() if k in shown}
+
+
+@pytest.mark.parametrize("layout_name", ["split", "all_exported"])
+async def test_analyses_answer_the_same_from_the_column_cache(
+    pool: asyncpg.Pool,
+    nats_url: str,
+    subjects: Subjects,
+    project: TestProject,
+    tmp_path: Path,
+    layout_name: str,
+) -> None:
+    # The first requests read the day files from Parquet (the cache fills after each scan);
+    # the same requests again read every exported day from memory and answer the same, the
+    # plain-Python reference's answers.
+    events = generate_events("acme", FIRST_DAY, DAYS, devices=60, seed=5)
+    cache_bytes = 64 * 1024**2
+    answers = []
+    async with tier_layout(
+        layout_name, pool, events, tmp_path, column_cache_bytes=cache_bytes
+    ) as layout:
+        columns = layout.engine.columns
+        async with query_client(pool, nats_url, subjects, scan_engine=layout.engine) as client:
+            for _ in range(2):
+                served = columns.served
+                answer = []
+                # The funnel without its breakdown (country, not cached) first, which the
+                # first round reads from the files alone (nothing is cached before it).
+                for route, body in (
+                    ("funnels", {k: v for k, v in FUNNEL.items() if "breakdown" not in k}),
+                    ("funnels", FUNNEL),
+                    ("retention", RETENTION),
+                    ("paths", PATHS),
+                ):
+                    status, result = await post_json(
+                        client, f"{API}/{route}", project.read_key, body
+                    )
+                    assert status == 200, result
+                    answer.append(
+                        {k: v for k, v in result.items() if k not in ("tiers", "freshness")}
+                    )
+                answers.append((answer, columns.served - served))
+                columns.settle()
+        held = columns.nbytes
+    (first, _), (again, served) = answers
+    assert served >= 4 * len(layout.exported_days)  # every exported day, each request
+    assert 0 < held <= cache_bytes
+    assert again == first
+    assert_reference_answers(events, *again[1:])
 
 
 def quiet_bounds(events: list[Ev]) -> tuple[datetime, datetime]:

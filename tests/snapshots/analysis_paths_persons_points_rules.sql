@@ -1,5 +1,4 @@
-SELECT e.person_id AS sid, epoch_us(e.ts) AS t, e.event_id AS eid,
-                       CASE WHEN e.name = $1 THEN e.path ELSE e.name END AS raw, (e.name = $1)::UTINYINT AS page
+SELECT e.person_id AS sid, epoch_us(e.ts) AS t, e.event_id AS eid, CASE WHEN e.name = $1 THEN e.path ELSE e.name END AS raw, (e.name = $1)::UTINYINT AS page
                 FROM events_scan e
                 WHERE e.ts >= $2 AND e.ts < $3 AND NOT e.is_bot AND e.ts < $4 AND NOT e.non_interactive AND (e.name = $5);
 

@@ -88,11 +88,13 @@ async def tier_layout(
     directory: Path,
     *,
     cache_bytes: int = 256 * 1024 * 1024,
+    column_cache_bytes: int = 0,
     move_cold: bool = False,
 ) -> AsyncIterator[TierLayout]:
     """Write `events` (all of one project, days before today) and arrange them as `layout`.
     `move_cold`: then run the cold move, so exported days older than the project's hot_days
-    leave PostgreSQL (their late rows stay hot until exported)."""
+    leave PostgreSQL (their late rows stay hot until exported). `column_cache_bytes`: the
+    engine's decoded-column cache (services/query/column_cache.py; 0: off)."""
     projects = {ev.project_id for ev in events}
     days = sorted({day_of(ev) for ev in events})
     if days and days[-1] >= datetime.now(UTC).date():
@@ -120,7 +122,10 @@ async def tier_layout(
 
         moved = await move_cold_days(pool, store, projects=sorted(projects))
         assert not moved.failures, moved.failures
-    engine = ScanEngine(DayFileCache(directory / f"cache-{layout}", cache_bytes, store))
+    engine = ScanEngine(
+        DayFileCache(directory / f"cache-{layout}", cache_bytes, store),
+        column_cache_bytes=column_cache_bytes,
+    )
     try:
         yield TierLayout(
             name=layout,

@@ -26,6 +26,7 @@ from services.query.analyses.requests import (
     WindowSpec,
 )
 from services.query.analyses.retention import retention_plan, retention_spec, run_retention
+from services.query.column_cache import CACHED_VIEW_COLUMNS
 from services.query.metric_query import SqlParams
 from services.query.params import TimeWindow
 from tests.support.analysis_events import T0, generated_events, scan_connection
@@ -119,6 +120,18 @@ def test_keyed_funnel_stream_matches_its_snapshot() -> None:
     )
     assert query.by_key
     assert_sql_snapshot("analysis_funnel_keyed_stream", query.stream_sql(SqlParams()))
+
+
+def test_keyed_funnel_stream_over_cached_columns_matches_its_snapshot() -> None:
+    """With the scan's files in the column cache, the same stream reads the cached view."""
+    query = FunnelQuery(
+        funnel_spec(FUNNELS["ordered"]),
+        EventScope(START, END, person_keys=True, cached_columns=CACHED_VIEW_COLUMNS),
+        lists_persons=False,
+    )
+    # Without event ids: the first read; a read with them (ties) names a column not cached.
+    sql = query.stream_sql(SqlParams(), event_ids=False)
+    assert_sql_snapshot("analysis_funnel_keyed_cached_stream", sql)
 
 
 PATHS: dict[str, PathsRequest] = {

@@ -26,6 +26,7 @@ from services.query.analyses.stream_parts import (
     person_parts,
     walk_parts,
 )
+from services.query.column_cache import CACHED_VIEW_SUFFIX
 from services.query.metric_query import SqlParams
 from services.query.params import EVENT_NAME_DIMENSION, Filters, ParamError
 
@@ -314,6 +315,12 @@ def breakdown_sql(field: str, raw: str, params: SqlParams) -> tuple[str, bool]:
     return f"coalesce(nullif({property_sql(ref, params)}, ''), '{NONE_VALUE}')", ref.needs_persons
 
 
+# A query's columns of the scan (alias `e`; conditions and filters name them so), for
+# `EventScope.view`.
+_NAMED_COLUMN = re.compile(r"\be\.(\w+)")
+_ALL_COLUMNS = re.compile(r"\be\.\*")
+
+
 @dataclass(frozen=True)
 class EventScope:
     """Which rows of `events_scan` an analysis reads: a time range, bots or not, the metrics
@@ -330,6 +337,9 @@ class EventScope:
     # Every row of the scan has a position (`tie_row`; services/query/event_scan.py,
     # `ties_by_position`): readers ordering ties by position need not read `tie_id`.
     ties_by_position: bool = False
+    # The columns of the scan's `*_cached` views (event_scan.py; empty: it has none), which
+    # read the files the column cache holds from memory instead of Parquet.
+    cached_columns: frozenset[str] = frozenset()
     # Threads a large stream's kernel is split over by person (stream_parts.py), and the
     # events from which it is split (tests lower it to split small streams).
     threads: int = 1
@@ -344,6 +354,14 @@ class EventScope:
             return [work(None, 1)]
         rows = person_parts(codes, parts)
         return walk_parts(parts, lambda part: work(rows[part], parts))
+
+    def view(self, view: str, sql: str) -> str:
+        """`view`, or its variant over cached columns when the scan has one and `sql` (a query
+        over `view` as `e`, every column named `e.<column>`) names only columns it has."""
+        if not self.cached_columns or _ALL_COLUMNS.search(sql):
+            return view
+        named = set(_NAMED_COLUMN.findall(sql))
+        return view + CACHED_VIEW_SUFFIX if named <= self.cached_columns else view
 
     def where(self, params: SqlParams, start: datetime | None = None) -> str:
         """WHERE terms on `e` (AND-ed); `start` overrides the range start."""

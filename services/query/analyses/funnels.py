@@ -448,9 +448,11 @@ class FunnelQuery:
             rows = f"e.name IN ({', '.join(params.add(name) for name in sorted(named))})"
         if by_key and joins_persons:
             raise RuntimeError("a funnel reading persons' traits resolves persons by id")
+        selected = ", ".join(columns)
         view = "events_scan_stored" if by_key else "events_scan"
+        view = self.scope.view(view, f"{selected} {joins} {where} {rows}")
         return f"""
-            SELECT {", ".join(columns)}
+            SELECT {selected}
             FROM {view} e {joins}
             WHERE {where} AND ({rows})"""
 

@@ -208,10 +208,11 @@ def run_paths(
     kinds = _type_sql(spec, params)
 
     def read(ties: str) -> pa.Table:
+        selected = f"{columns}, epoch_us(e.ts) AS t, {ties}, {raw} AS raw, {page} AS page"
+        chosen = scope.view(view, f"{selected} {where} {kinds} e.non_interactive")
         table: pa.Table = con.sql(
-            f"""SELECT {columns}, epoch_us(e.ts) AS t, {ties},
-                       {raw} AS raw, {page} AS page
-                FROM {view} e
+            f"""SELECT {selected}
+                FROM {chosen} e
                 WHERE {where} AND NOT e.non_interactive AND {kinds}""",
             params=params.values,
         ).to_arrow_table()

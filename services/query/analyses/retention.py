@@ -111,10 +111,12 @@ def _events_sql(
     join = ""
     if needs_persons(match.conditions):
         join = "LEFT JOIN persons pt ON pt.person_id = e.person_id"
-    return f"""
-        SELECT e.person_id AS pid, e.ts FROM events_scan e {join}
-        WHERE {scope.where(params, start=lo)} AND e.ts < {params.add(hi)}
+    where = f"""{scope.where(params, start=lo)} AND e.ts < {params.add(hi)}
           AND {event_match_sql(field, match, params)}"""
+    view = scope.view("events_scan", f"e.person_id e.ts {join} {where}")
+    return f"""
+        SELECT e.person_id AS pid, e.ts FROM {view} e {join}
+        WHERE {where}"""
 
 
 _PERIODS_TABLE = "retention_periods"

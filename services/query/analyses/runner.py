@@ -87,6 +87,7 @@ class Analysis:
             cohort_tables=tuple(tables),
             person_keys=scan.person_keys,
             ties_by_position=scan.ties_by_position,
+            cached_columns=scan.cached_columns,
             threads=self.deps.analysis_threads,
         )
 

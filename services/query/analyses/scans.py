@@ -33,6 +33,7 @@ class ScanLike(Protocol):
     con: duckdb.DuckDBPyConnection
     person_keys: bool  # whether `events_scan_keyed` exists (services/query/person_keys.py)
     ties_by_position: bool  # whether every row has a `tie_row` (event_scan.ties_by_position)
+    cached_columns: frozenset[str]  # the columns of its `*_cached` views (event_scan.py)
 
     @property
     def tiers(self) -> list[Any]: ...
