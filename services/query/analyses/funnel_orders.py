@@ -14,6 +14,7 @@ and the rule tables.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +24,11 @@ from services.query.analyses.event_order import EventOrder
 
 Ints = npt.NDArray[np.int64]
 Flags = npt.NDArray[np.bool_]
+
+# A step's look-ups below which each is a binary search among its hits' positions rather
+# than a gather from a running count of them over the stream: one in this many events
+# (measured at 3.1M events: a search ~25 ns a look-up, the running count ~0.6 ns an event).
+RANK_MIN_SHARE = 32
 
 
 class EventStream:
@@ -46,9 +52,10 @@ class EventStream:
         # together); the string ids are only read back for the persons kept.
         self.person: Ints = events.key
         self.persons = int(events.key.max()) + 1 if n else 0
-        # Per step/exclusion/sequence: the next hit from each position, or the hits' positions.
-        self._following: dict[tuple[str, int], Ints] = {}
+        # Per step/exclusion/sequence: the hits' positions (and `size` after them), and how
+        # many hits come before each position.
         self._positions: dict[tuple[str, int], Ints] = {}
+        self._rank: dict[tuple[str, int], npt.NDArray[np.signedinteger[Any]]] = {}
         self._key_ts_end: Ints | None = None
         self._group_start: Ints | None = None
         self._group_end: Ints | None = None
@@ -75,35 +82,43 @@ class EventStream:
     def group_end(self) -> Ints:
         return self._groups()[1]
 
-    def _next_at(self, key: tuple[str, int], hits: Flags, at: Ints) -> Ints:
-        """Per attempt, the first position at or after `at` where `hits` holds (`size`: none),
-        whoever's it is."""
-        following = self._following.get(key)
-        if following is not None or at.size * 4 >= self.size:
-            # Many look-ups (or the array is made already): every position's next hit, then
-            # each look-up is a gather. The array repeats each hit's position over the
-            # positions from the previous hit (exclusive) to it: one pass.
-            if following is None:
-                positions = self._positions.get(key)
-                if positions is None:
-                    positions = np.flatnonzero(hits)
-                ends = np.empty(positions.size + 2, dtype=np.int64)
-                ends[0], ends[-1] = -1, self.size
-                ends[1:-1] = positions
-                following = self._following[key] = np.repeat(ends[1:], np.diff(ends))
-            return following[np.minimum(at, self.size)]
+    def _hits(self, key: tuple[str, int]) -> Flags:
+        column, bit = key
+        if column == "in_sequence":
+            return self.in_sequence
+        bits = self.mask if column == "mask" else self.xmask
+        return np.asarray((bits & (1 << bit)) != 0, dtype=bool)
+
+    def _next_at(self, key: tuple[str, int], at: Ints) -> Ints:
+        """Per attempt, the first position at or after `at` where `key`'s hits are (`size`:
+        none), whoever's it is."""
+        positions, rank = self._positions.get(key), self._rank.get(key)
+        many = rank is not None or at.size * RANK_MIN_SHARE >= self.size
+        if positions is None or (many and rank is None):
+            hits = self._hits(key)
+            if positions is None:
+                positions = self._positions[key] = np.append(np.flatnonzero(hits), self.size)
+            if many:
+                # How many hits come before each position: one running sum (32-bit: half
+                # the memory to write and read).
+                rank = np.empty(self.size + 1, np.int32 if self.size < 2**31 else np.int64)
+                rank[0] = 0
+                np.cumsum(hits, out=rank[1:])
+                self._rank[key] = rank
+        if rank is not None:
+            # Many look-ups (or the count is made already): each is a gather of the count of
+            # hits before it, then of that hit's position; a fraction of a binary search's
+            # cost each.
+            found: Ints = positions[rank[np.minimum(at, self.size)]]
+            return found
         # Few: a binary search each among the hits' positions (`at` comes mostly ascending,
         # attempts being in stream order, and NumPy's search then starts from the last).
-        positions = self._positions.get(key)
-        if positions is None:
-            positions = self._positions[key] = np.flatnonzero(hits).astype(np.int64)
-        index = np.searchsorted(positions, at)
-        return np.append(positions, self.size)[index]
+        return positions[np.searchsorted(positions[:-1], at)]
 
-    def _next_in(self, key: tuple[str, int], hits: Flags, at: Ints, person: Ints) -> Ints:
-        """Per attempt, the first position at or after `at` where `hits` holds, if of the same
-        person, else -1."""
-        found = self._next_at(key, hits, at)
+    def _next_in(self, key: tuple[str, int], at: Ints, person: Ints) -> Ints:
+        """Per attempt, the first position at or after `at` where `key`'s hits are, if of the
+        same person, else -1."""
+        found = self._next_at(key, at)
         ok = (found < self.size) & (self.person[np.minimum(found, self.size - 1)] == person)
         return np.where(ok, found, -1)
 
@@ -117,32 +132,59 @@ class EventStream:
         return self._key_ts_end[found] <= bound
 
     def next_step(self, k: int, at: Ints, person: Ints) -> Ints:
-        return self._next_in(("mask", k), (self.mask & (1 << k)) != 0, at, person)
+        return self._next_in(("mask", k), at, person)
 
     def next_step_at(self, k: int, at: Ints) -> Ints:
         """`next_step` whoever's the event is (`size`: none)."""
-        return self._next_at(("mask", k), (self.mask & (1 << k)) != 0, at)
+        return self._next_at(("mask", k), at)
 
     def next_exclusion(self, i: int, at: Ints, person: Ints) -> Ints:
-        return self._next_in(("xmask", i), (self.xmask & (1 << i)) != 0, at, person)
+        return self._next_in(("xmask", i), at, person)
 
     def next_in_sequence(self, at: Ints, person: Ints) -> Ints:
-        return self._next_in(("in_sequence", 0), self.in_sequence, at, person)
+        return self._next_in(("in_sequence", 0), at, person)
 
 
 @dataclass
 class Attempts:
     """One row per attempt: its first event's position, its person, how many steps it reached,
-    each step's event position (-1 past `reached`) and whether an exclusion removes its person."""
+    each step's event position (-1 past `reached`) and whether an exclusion removes its person.
+
+    An ordered funnel's attempts that found the same step-2 event share the rest of their chain
+    (`share`: each attempt's column of `chain`, -1 for those that never reached step 2;
+    `chain`: each shared chain's positions of steps 3..n, -1 where it ends, and a last column
+    of -1). `positions` then holds steps
+    1 and 2 only; `step` and `positions_of` give every step."""
 
     first: Ints
     person: Ints
     reached: Ints
-    positions: Ints  # (attempts, n)
+    positions: Ints  # (attempts, n), or (attempts, 2) with a shared chain
     # (attempts, n), ts in microseconds, meaningless past `reached`; None: each step's event's
     # ts (taken for the best attempts only, a gather over every attempt's steps costing more)
     times: Ints | None
     excluded: Flags
+    share: Ints | None = None
+    chain: Ints | None = None  # (n - 2, shares + 1), step-major
+
+    def step(self, k: int) -> Ints:
+        """Every attempt's position of step k (0-based), -1 past its `reached`."""
+        if self.chain is None or self.share is None or k < 2:
+            return self.positions[:, k]
+        found = self.chain[k - 2][self.share]
+        return np.where(self.reached > k, found, -1)
+
+    def positions_of(self, rows: Ints) -> Ints:
+        """(rows, n): these attempts' positions of every step, -1 past `reached`."""
+        if self.chain is None or self.share is None:
+            return self.positions[rows]
+        n = self.chain.shape[0] + 2
+        out = np.empty((rows.size, n), dtype=np.int64)
+        out[:, :2] = self.positions[rows]
+        share, reached = self.share[rows], self.reached[rows]
+        for k in range(2, n):
+            out[:, k] = np.where(reached > k, self.chain[k - 2][share], -1)
+        return out
 
 
 @dataclass(frozen=True)
@@ -182,6 +224,8 @@ class FunnelOrder:
             # (person, deadline) packed as the stream's (person, ts): a found event is the
             # attempt's and in its window when its packed value is at most this bound.
             bound = stream.events.key_ts_bound(person, deadline)
+            if shape.n > 2:
+                return self._shared(stream, shape, first, person, deadline, bound)
             for k in range(1, shape.n):
                 after = (stream.group_end[at] if shape.repeats_previous[k] else at) + 1
                 found = stream.next_step_at(k, after)
@@ -189,7 +233,8 @@ class FunnelOrder:
                 going, at, bound = going[valid], found[valid], bound[valid]
                 positions[k, going] = at
                 reached[going] = k + 1
-            return self._excluded(stream, shape, first, person, deadline, reached, positions)
+            attempts = Attempts(first, person, reached, positions.T, None, np.zeros(0, bool))
+            return self._excluded(stream, shape, attempts, deadline)
         for k in range(1, shape.n):
             if strict:
                 # The very next event of the sequence, which must satisfy step k.
@@ -207,34 +252,96 @@ class FunnelOrder:
             going, at, whose, until = going[valid], found[valid], whose[valid], until[valid]
             positions[k, going] = at
             reached[going] = k + 1
-        return self._excluded(stream, shape, first, person, deadline, reached, positions)
+        attempts = Attempts(first, person, reached, positions.T, None, np.zeros(0, bool))
+        return self._excluded(stream, shape, attempts, deadline)
 
-    def _excluded(
+    def _shared(
         self,
         stream: EventStream,
         shape: FunnelShape,
         first: Ints,
         person: Ints,
         deadline: Ints,
-        reached: Ints,
-        positions: Ints,
+        bound: Ints,
     ) -> Attempts:
-        """The attempts with `positions` (step-major) and whether an exclusion removes each."""
+        """An ordered funnel's steps 2..n (`_chain`'s packed compare), steps 3..n once per
+        distinct step-2 event.
+
+        From a step's event on, each next step is the first event satisfying it after that one
+        (`next_step_at` depends on the position alone), so two attempts that found the same
+        step-2 event walk the same chain; each stops where the chain leaves its own window
+        (its packed (person, deadline) `bound`). The attempts sharing a step-2 event come
+        together (the step-2 position never decreases along the attempts) and are one
+        person's, the last of them with the latest deadline: the chain is walked once with
+        that bound, and every other attempt of the share keeps the chain's leading steps at
+        or before its own bound (the chain's packed (person, ts) never decrease)."""
         count = first.size
-        positions = positions.T
-        excluded = np.zeros(count, dtype=bool)
+        positions = np.full((2, count), -1, dtype=np.int64)
+        positions[0] = first
+        reached = np.ones(count, dtype=np.int64)
+        after = (stream.group_end[first] if shape.repeats_previous[1] else first) + 1
+        found = stream.next_step_at(1, after)
+        going = np.flatnonzero(stream.within(found, bound))
+        second, bound = found[going], bound[going]
+        positions[1, going] = second
+        reached[going] = 2
+        # Shares: runs of equal step-2 positions among the attempts that reached step 2.
+        head = np.ones(going.size, dtype=bool)
+        head[1:] = second[1:] != second[:-1]
+        heads = np.flatnonzero(head)
+        is_last = np.ones(going.size, dtype=bool)
+        is_last[:-1] = head[1:]
+        last = np.flatnonzero(is_last)
+        shares = heads.size
+        # (A last chain of no steps for the attempts that never reached step 2: share -1.)
+        chain = np.full((shape.n - 2, shares + 1), -1, dtype=np.int64)
+        chain_reached = np.full(shares, 2, dtype=np.int64)
+        walking, at, until = np.arange(shares), second[heads], bound[last]
+        for k in range(2, shape.n):
+            after = (stream.group_end[at] if shape.repeats_previous[k] else at) + 1
+            found = stream.next_step_at(k, after)
+            valid = stream.within(found, until)
+            walking, at, until = walking[valid], found[valid], until[valid]
+            chain[k - 2, walking] = at
+            chain_reached[walking] = k + 1
+        share = np.full(count, -1, dtype=np.int64)
+        share_of = np.cumsum(head) - 1
+        share[going] = share_of
+        reached[going] = chain_reached[share_of]
+        # The other attempts of each share: the chain's steps inside their own windows.
+        others = np.flatnonzero(~is_last)
+        others = others[chain_reached[share_of[others]] > 2]
+        rows, of, bound = going[others], share_of[others], bound[others]
+        reached[rows] = 2
+        for k in range(2, shape.n):
+            # A chain's end (-1) gathers the sentinel past the stream: never within a bound.
+            valid = stream.within(chain[k - 2][of], bound)
+            rows, of, bound = rows[valid], of[valid], bound[valid]
+            reached[rows] = k + 1
+        attempts = Attempts(
+            first, person, reached, positions.T, None, np.zeros(0, bool), share, chain
+        )
+        return self._excluded(stream, shape, attempts, deadline)
+
+    def _excluded(
+        self, stream: EventStream, shape: FunnelShape, attempts: Attempts, deadline: Ints
+    ) -> Attempts:
+        """The attempts with `excluded` set: whether an exclusion removes each one's person."""
+        person, reached = attempts.person, attempts.reached
+        excluded = np.zeros(person.size, dtype=bool)
         for bit, from_step, to_step in shape.exclusions:
             began = reached >= from_step
-            lo = positions[:, from_step - 1]
+            lo = attempts.step(from_step - 1)
             after = stream.group_end[np.maximum(lo, 0)] + 1  # strictly later ts
             found = stream.next_exclusion(bit, after, person)
             hit = began & (found >= 0)
             x_t = stream.t[np.maximum(found, 0)]
             ended = reached >= to_step
-            to_t = stream.t[np.maximum(positions[:, to_step - 1], 0)]
+            to_t = stream.t[np.maximum(attempts.step(to_step - 1), 0)]
             hit &= np.where(ended, x_t < to_t, x_t <= deadline)
             excluded |= hit
-        return Attempts(first, person, reached, positions, None, excluded)
+        attempts.excluded = excluded
+        return attempts
 
 
 class OrderedFunnel(FunnelOrder):
@@ -343,7 +450,7 @@ def best_attempts(stream: EventStream, shape: FunnelShape, attempts: Attempts) -
         first=attempts.first[rows],
         reached=attempts.reached[rows],
         times=(
-            stream.t[np.maximum(attempts.positions[rows], 0)]
+            stream.t[np.maximum(attempts.positions_of(rows), 0)]
             if attempts.times is None
             else attempts.times[rows]
         ),
