@@ -4,8 +4,9 @@ person's events once instead of joining step tables.
 
 Every step is found for all attempts at once: `next_step(k, at, person)` is a binary search of
 each attempt still going among the positions holding step k's events, or, while many attempts
-go on, a gather from an array giving each position the next one holding such an event (one
-backward pass), so a funnel of n steps costs n array passes over the attempts. One
+go on, two gathers: from a running count of those events over the stream, then of that event's
+position; so a funnel of n steps costs n array passes over the attempts. An ordered funnel's
+attempts that found the same step-2 event walk steps 3..n once (`FunnelOrder._shared`). One
 strategy per order (`ordered`, `strict`, `unordered`) over the shared `EventStream`; the
 semantics are docs/analytics.md's ("Funnels"), judged by tests/support/reference_analytics.py
 and the rule tables.
