@@ -1,8 +1,7 @@
 """The funnel kernel (services/query/analyses/funnel_orders.py) against a plain walk of each
 attempt over random streams: every attempt's reached step, step positions and exclusion, and
-every person's best attempt, with ties, repeated identical steps, exclusions and windows.
-An ordered funnel's attempts that find the same step-2 event share one walk of steps 3..n;
-each must still stop at its own window."""
+every person's best attempt, with ties, repeated identical steps, exclusions and windows, each
+step's events looked up by a running count of them or by binary searches."""
 
 from __future__ import annotations
 
@@ -102,8 +101,7 @@ def _walked(stream: EventStream, shape: FunnelShape, starts: np.ndarray) -> list
 
 
 def _rows(attempts: Attempts) -> list[tuple]:
-    every = np.arange(attempts.first.size)
-    positions = attempts.positions_of(every)
+    positions = attempts.positions
     return [
         (int(f), int(r), [int(p) for p in ps], bool(x))
         for f, r, ps, x in zip(
@@ -112,11 +110,16 @@ def _rows(attempts: Attempts) -> list[tuple]:
     ]
 
 
+@pytest.mark.parametrize("share", [1, 10**9], ids=["counted", "searched"])
 @pytest.mark.parametrize("order", ["ordered", "strict"])
 @pytest.mark.parametrize("seed", range(60))
-def test_attempts_match_a_walk_of_each_attempt(seed: int, order: str) -> None:
+def test_attempts_match_a_walk_of_each_attempt(
+    seed: int, order: str, share: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each step's look-ups by a running count of its events, or by binary searches.
+    monkeypatch.setattr(funnel_orders, "RANK_MIN_SHARE", share)
     rng = random.Random(seed)
-    n = rng.randint(2, 5)
+    n = rng.choice([2, 3, 4, 5, 10])
     repeats = (False, *(rng.random() < 0.3 for _ in range(n - 1)))
     exclusions = tuple(
         (bit, f, rng.randint(f + 1, n))
@@ -137,10 +140,6 @@ def test_attempts_match_a_walk_of_each_attempt(seed: int, order: str) -> None:
     attempts = ORDER_STRATEGIES[order].attempts(stream, shape, starts)
     if order == "ordered":
         assert _rows(attempts) == _walked(stream, shape, starts)
-    else:
-        # Strict attempts follow other rules; their exclusions and best attempts still read
-        # every step's position.
-        assert attempts.positions_of(np.arange(attempts.first.size)).shape[1] == n
     best = best_attempts(stream, shape, attempts)
     rows = _rows(attempts)
     excluded_persons = {int(attempts.person[i]) for i, row in enumerate(rows) if row[3]}
@@ -157,35 +156,6 @@ def test_attempts_match_a_walk_of_each_attempt(seed: int, order: str) -> None:
         who: (first, reached, [int(stream.t[p]) for p in positions[:reached]])
         for who, (first, reached, positions) in expected.items()
     }
-
-
-def test_attempts_sharing_a_second_step_walk_the_rest_once() -> None:
-    # p's three attempts (A at 0, 10, 20) all find B at 30; C follows at 40 and D at 121.
-    # With a window of 101 the first two stop at C, the third reaches D (at its window's
-    # end): one walk of the chain B -> C -> D serves all three, each cut at its own window.
-    events = [("A", 0), ("A", 10), ("A", 20), ("B", 30), ("C", 40), ("D", 121)]
-    names = "ABCD"
-    table = pa.table(
-        {
-            "pid": pa.array(["p"] * len(events)),
-            "t": pa.array([t for _, t in events], pa.int64()),
-            "mask": pa.array([1 << names.index(name) for name, _ in events], pa.int64()),
-            "eid": pa.array([f"e{i}" for i in range(len(events))]),
-        }
-    )
-    rank = first_step(np.asarray(table["mask"].to_numpy(), dtype=np.int64), 4)
-    stream = EventStream(in_event_order(table, key="pid", ts="t", event_id="eid", rank=rank))
-    shape = FunnelShape(4, 101, (False,) * 4, ((),) * 4, ((),) * 4, ())
-    attempts = ORDER_STRATEGIES["ordered"].attempts(stream, shape, np.ones(6, dtype=bool))
-    assert attempts.reached.tolist() == [3, 3, 4]
-    assert attempts.positions_of(np.arange(3)).tolist() == [
-        [0, 3, 4, -1],
-        [1, 3, 4, -1],
-        [2, 3, 4, 5],
-    ]
-    # One chain (and the empty one of attempts without step 2), walked to D once.
-    assert attempts.share is not None and attempts.share.tolist() == [0, 0, 0]
-    assert attempts.chain is not None and attempts.chain.tolist() == [[4, -1], [5, -1]]
 
 
 @pytest.mark.parametrize("seed", range(20))

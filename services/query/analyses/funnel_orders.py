@@ -5,11 +5,10 @@ person's events once instead of joining step tables.
 Every step is found for all attempts at once: `next_step(k, at, person)` is a binary search of
 each attempt still going among the positions holding step k's events, or, while many attempts
 go on, two gathers: from a running count of those events over the stream, then of that event's
-position; so a funnel of n steps costs n array passes over the attempts. An ordered funnel's
-attempts that found the same step-2 event walk steps 3..n once (`FunnelOrder._shared`). One
-strategy per order (`ordered`, `strict`, `unordered`) over the shared `EventStream`; the
-semantics are docs/analytics.md's ("Funnels"), judged by tests/support/reference_analytics.py
-and the rule tables.
+position; so a funnel of n steps costs n array passes over the attempts. One strategy per
+order (`ordered`, `strict`, `unordered`) over the shared `EventStream`; the semantics are
+docs/analytics.md's ("Funnels"), judged by tests/support/reference_analytics.py and the rule
+tables.
 """
 
 from __future__ import annotations
@@ -164,43 +163,16 @@ class EventStream:
 @dataclass
 class Attempts:
     """One row per attempt: its first event's position, its person, how many steps it reached,
-    each step's event position (-1 past `reached`) and whether an exclusion removes its person.
-
-    An ordered funnel's attempts that found the same step-2 event share the rest of their chain
-    (`share`: each attempt's column of `chain`, -1 for those that never reached step 2;
-    `chain`: each shared chain's positions of steps 3..n, -1 where it ends, and a last column
-    of -1). `positions` then holds steps
-    1 and 2 only; `step` and `positions_of` give every step."""
+    each step's event position (-1 past `reached`) and whether an exclusion removes its person."""
 
     first: Ints
     person: Ints
     reached: Ints
-    positions: Ints  # (attempts, n), or (attempts, 2) with a shared chain
+    positions: Ints  # (attempts, n)
     # (attempts, n), ts in microseconds, meaningless past `reached`; None: each step's event's
     # ts (taken for the best attempts only, a gather over every attempt's steps costing more)
     times: Ints | None
     excluded: Flags
-    share: Ints | None = None
-    chain: Ints | None = None  # (n - 2, shares + 1), step-major
-
-    def step(self, k: int) -> Ints:
-        """Every attempt's position of step k (0-based), -1 past its `reached`."""
-        if self.chain is None or self.share is None or k < 2:
-            return self.positions[:, k]
-        found = self.chain[k - 2][self.share]
-        return np.where(self.reached > k, found, -1)
-
-    def positions_of(self, rows: Ints) -> Ints:
-        """(rows, n): these attempts' positions of every step, -1 past `reached`."""
-        if self.chain is None or self.share is None:
-            return self.positions[rows]
-        n = self.chain.shape[0] + 2
-        out = np.empty((rows.size, n), dtype=np.int64)
-        out[:, :2] = self.positions[rows]
-        share, reached = self.share[rows], self.reached[rows]
-        for k in range(2, n):
-            out[:, k] = np.where(reached > k, self.chain[k - 2][share], -1)
-        return out
 
 
 @dataclass(frozen=True)
@@ -240,8 +212,6 @@ class FunnelOrder:
             # (person, deadline) packed as the stream's (person, ts): a found event is the
             # attempt's and in its window when its packed value is at most this bound.
             bound = stream.events.key_ts_bound(person, deadline)
-            if shape.n > 2:
-                return self._shared(stream, shape, first, person, deadline, bound)
             for k in range(1, shape.n):
                 after = (stream.group_end[at] if shape.repeats_previous[k] else at) + 1
                 found = stream.next_step_at(k, after)
@@ -249,8 +219,7 @@ class FunnelOrder:
                 going, at, bound = going[valid], found[valid], bound[valid]
                 positions[k, going] = at
                 reached[going] = k + 1
-            attempts = Attempts(first, person, reached, positions.T, None, np.zeros(0, bool))
-            return self._excluded(stream, shape, attempts, deadline)
+            return self._excluded(stream, shape, first, person, deadline, reached, positions)
         for k in range(1, shape.n):
             if strict:
                 # The very next event of the sequence, which must satisfy step k.
@@ -268,96 +237,34 @@ class FunnelOrder:
             going, at, whose, until = going[valid], found[valid], whose[valid], until[valid]
             positions[k, going] = at
             reached[going] = k + 1
-        attempts = Attempts(first, person, reached, positions.T, None, np.zeros(0, bool))
-        return self._excluded(stream, shape, attempts, deadline)
+        return self._excluded(stream, shape, first, person, deadline, reached, positions)
 
-    def _shared(
+    def _excluded(
         self,
         stream: EventStream,
         shape: FunnelShape,
         first: Ints,
         person: Ints,
         deadline: Ints,
-        bound: Ints,
+        reached: Ints,
+        positions: Ints,
     ) -> Attempts:
-        """An ordered funnel's steps 2..n (`_chain`'s packed compare), steps 3..n once per
-        distinct step-2 event.
-
-        From a step's event on, each next step is the first event satisfying it after that one
-        (`next_step_at` depends on the position alone), so two attempts that found the same
-        step-2 event walk the same chain; each stops where the chain leaves its own window
-        (its packed (person, deadline) `bound`). The attempts sharing a step-2 event come
-        together (the step-2 position never decreases along the attempts) and are one
-        person's, the last of them with the latest deadline: the chain is walked once with
-        that bound, and every other attempt of the share keeps the chain's leading steps at
-        or before its own bound (the chain's packed (person, ts) never decrease)."""
+        """The attempts with `positions` (step-major) and whether an exclusion removes each."""
         count = first.size
-        positions = np.full((2, count), -1, dtype=np.int64)
-        positions[0] = first
-        reached = np.ones(count, dtype=np.int64)
-        after = (stream.group_end[first] if shape.repeats_previous[1] else first) + 1
-        found = stream.next_step_at(1, after)
-        going = np.flatnonzero(stream.within(found, bound))
-        second, bound = found[going], bound[going]
-        positions[1, going] = second
-        reached[going] = 2
-        # Shares: runs of equal step-2 positions among the attempts that reached step 2.
-        head = np.ones(going.size, dtype=bool)
-        head[1:] = second[1:] != second[:-1]
-        heads = np.flatnonzero(head)
-        is_last = np.ones(going.size, dtype=bool)
-        is_last[:-1] = head[1:]
-        last = np.flatnonzero(is_last)
-        shares = heads.size
-        # (A last chain of no steps for the attempts that never reached step 2: share -1.)
-        chain = np.full((shape.n - 2, shares + 1), -1, dtype=np.int64)
-        chain_reached = np.full(shares, 2, dtype=np.int64)
-        walking, at, until = np.arange(shares), second[heads], bound[last]
-        for k in range(2, shape.n):
-            after = (stream.group_end[at] if shape.repeats_previous[k] else at) + 1
-            found = stream.next_step_at(k, after)
-            valid = stream.within(found, until)
-            walking, at, until = walking[valid], found[valid], until[valid]
-            chain[k - 2, walking] = at
-            chain_reached[walking] = k + 1
-        share = np.full(count, -1, dtype=np.int64)
-        share_of = np.cumsum(head) - 1
-        share[going] = share_of
-        reached[going] = chain_reached[share_of]
-        # The other attempts of each share: the chain's steps inside their own windows.
-        others = np.flatnonzero(~is_last)
-        others = others[chain_reached[share_of[others]] > 2]
-        rows, of, bound = going[others], share_of[others], bound[others]
-        reached[rows] = 2
-        for k in range(2, shape.n):
-            # A chain's end (-1) gathers the sentinel past the stream: never within a bound.
-            valid = stream.within(chain[k - 2][of], bound)
-            rows, of, bound = rows[valid], of[valid], bound[valid]
-            reached[rows] = k + 1
-        attempts = Attempts(
-            first, person, reached, positions.T, None, np.zeros(0, bool), share, chain
-        )
-        return self._excluded(stream, shape, attempts, deadline)
-
-    def _excluded(
-        self, stream: EventStream, shape: FunnelShape, attempts: Attempts, deadline: Ints
-    ) -> Attempts:
-        """The attempts with `excluded` set: whether an exclusion removes each one's person."""
-        person, reached = attempts.person, attempts.reached
-        excluded = np.zeros(person.size, dtype=bool)
+        positions = positions.T
+        excluded = np.zeros(count, dtype=bool)
         for bit, from_step, to_step in shape.exclusions:
             began = reached >= from_step
-            lo = attempts.step(from_step - 1)
+            lo = positions[:, from_step - 1]
             after = stream.group_end[np.maximum(lo, 0)] + 1  # strictly later ts
             found = stream.next_exclusion(bit, after, person)
             hit = began & (found >= 0)
             x_t = stream.t[np.maximum(found, 0)]
             ended = reached >= to_step
-            to_t = stream.t[np.maximum(attempts.step(to_step - 1), 0)]
+            to_t = stream.t[np.maximum(positions[:, to_step - 1], 0)]
             hit &= np.where(ended, x_t < to_t, x_t <= deadline)
             excluded |= hit
-        attempts.excluded = excluded
-        return attempts
+        return Attempts(first, person, reached, positions, None, excluded)
 
 
 class OrderedFunnel(FunnelOrder):
@@ -467,7 +374,7 @@ def best_attempts(stream: EventStream, shape: FunnelShape, attempts: Attempts) -
         first=attempts.first[rows],
         reached=attempts.reached[rows],
         times=(
-            stream.t[np.maximum(attempts.positions_of(rows), 0)]
+            stream.t[np.maximum(attempts.positions[rows], 0)]
             if attempts.times is None
             else attempts.times[rows]
         ),
