@@ -116,15 +116,16 @@ class EventStream:
             if many:
                 # How many hits come before each position: one running sum (32-bit: half
                 # the memory to write and read).
-                rank = np.empty(self.size + 1, np.int32 if self.size < 2**31 else np.int64)
+                dtype = np.int32 if self.size < 2**31 else np.int64
+                rank = np.empty(self.size + 1, dtype)
                 rank[0] = 0
-                np.cumsum(hits, out=rank[1:])
+                np.cumsum(hits.view(np.uint8), dtype=dtype, out=rank[1:])
                 self._rank[key] = rank
         if rank is not None:
             # Many look-ups (or the count is made already): each is a gather of the count of
             # hits before it, then of that hit's position; a fraction of a binary search's
-            # cost each.
-            found: Ints = positions[rank[np.minimum(at, self.size)]]
+            # cost each. (`at` is at most `size`; `take` widens the 32-bit counts itself.)
+            found: Ints = np.take(positions, rank[at])
             return found
         # Few: a binary search each among the hits' positions (`at` comes mostly ascending,
         # attempts being in stream order, and NumPy's search then starts from the last).
