@@ -34,7 +34,7 @@ from services.query.performance import get_performance
 from services.query.privacy import add_privacy_routes
 from services.query.reports import get_devices, get_pages, get_sources
 from services.query.responses import ErrorResponse, json_encoder
-from services.query.service_metrics import QueryMetrics
+from services.query.service_metrics import QueryMetrics, ScanCachesCollector
 from services.query.sessions import get_session
 from services.query.tiers_api import add_tier_routes, restore_required
 
@@ -55,6 +55,7 @@ def _route_name(request: web.Request) -> str:
 
 def _middlewares(deps: QueryDeps) -> list[Callable[..., Awaitable[web.StreamResponse]]]:
     metrics = QueryMetrics(deps.registry)
+    deps.registry.register(ScanCachesCollector(deps.scan_engine))
     requests, latency = metrics.requests, metrics.request_seconds
 
     @web.middleware

@@ -342,3 +342,32 @@ def test_a_budget_of_zero_turns_the_cache_off(tmp_path: Path, budget: int | None
         con.close()
     finally:
         engine.close()
+
+
+def test_the_caches_are_reported_to_prometheus_when_scraped(tmp_path: Path) -> None:
+    """An operator sizing the query pod sees what each scan cache holds against its budget and
+    what it did: the column cache's bytes, files, fills and files served, the hot rows'."""
+    from prometheus_client import CollectorRegistry
+
+    from services.query.service_metrics import ScanCachesCollector
+
+    engine = ScanEngine(column_cache_bytes=64 * 1024**2, hot_rows_cache_bytes=1024**2)
+    registry = CollectorRegistry()
+    registry.register(ScanCachesCollector(engine))
+
+    def sample(name: str) -> float | None:
+        return registry.get_sample_value(f"strata_query_{name}")
+
+    assert sample("column_cache_bytes") == 0
+    assert sample("column_cache_limit_bytes") == 64 * 1024**2
+    assert sample("hot_rows_cache_limit_bytes") == 1024**2
+    # No day-file cache (no object store): its metrics are left out rather than zero.
+    assert sample("day_file_cache_bytes") is None
+
+    files = day_files(tmp_path)
+    engine.columns.fill(files)
+    engine.columns.release(engine.columns.acquire(files[:2]))
+    assert sample("column_cache_files") == len(files)
+    assert sample("column_cache_bytes") == engine.columns.nbytes > 0
+    assert sample("column_cache_fills_total") == len(files)
+    assert sample("column_cache_served_files_total") == 2
