@@ -291,6 +291,48 @@ async def test_cohorts_and_custom_metrics_answer_the_same_in_every_tier_layout(
             assert body["totals"]["metric:clickers"] == len(clickers & set(signed_up))
 
 
+async def test_a_behavioral_cohort_reads_cached_days_and_answers_the_same(
+    pool: asyncpg.Pool,
+    nats_url: str,
+    subjects: Subjects,
+    project: TestProject,
+    tmp_path: Path,
+) -> None:
+    # A cohort of persons who did an event (no property condition) names only cached columns,
+    # so once the exported days are cached it reads them from memory (which view it picks:
+    # tests/unit/test_cohort_cached_view.py): the same persons as from the files.
+    events = generate_events("acme", FIRST_DAY, DAYS, devices=60, seed=5)
+    reference = [e for e in scan_events(events) if not e.is_bot]
+    start, end = quiet_bounds(reference)
+    signed_up = sorted({e.person for e in reference if start <= e.ts < end and e.name == "signup"})
+    assert signed_up
+    span = {"from": start.isoformat(), "to": end.isoformat()}
+    async with tier_layout(
+        "all_exported", pool, events, tmp_path, column_cache_bytes=64 * 1024**2
+    ) as layout:
+        columns = layout.engine.columns
+        async with query_client(pool, nats_url, subjects, scan_engine=layout.engine) as client:
+            key = project.read_key
+            cohort = {
+                "id": "signed-up",
+                "name": "Signed up",
+                "definition": {"type": "behavioral", "event": "signup", **span},
+            }
+            status, body = await post_json(client, f"{API}/cohorts", key, cohort)
+            assert status == 201, body
+            served = []
+            for _ in range(2):
+                before = columns.served
+                status, body = await get_json(
+                    client, f"{API}/cohorts/signed-up/persons", key, {"limit": "1000"}
+                )
+                assert status == 200, body
+                assert body["person_ids"] == signed_up
+                served.append(columns.served - before)
+                columns.settle()
+    assert served[0] == 0 and served[1] > 0
+
+
 def with_exposures(events: list[EventV1]) -> list[EventV1]:
     """Add an exposure to experiment 'exp' (variant by device parity) one second after each
     device's third event, so exposures fall on every day of the dataset."""

@@ -18,6 +18,7 @@ from multidict import MultiDict
 
 from services.query.analyses.conditions import (
     PERSON_PREFIX,
+    cached_view,
     conditions_sql,
     event_match_sql,
     needs_persons,
@@ -175,13 +176,16 @@ async def cohort_members(
         join = ""
         if needs_persons(definition.conditions):
             join = "LEFT JOIN persons pt ON pt.person_id = e.person_id"
-        sql = f"""
-            SELECT e.person_id FROM events_scan e {join}
+        body = f"""e {join}
             WHERE {event_match_sql("definition", match, params)}
             GROUP BY e.person_id HAVING count(*) >= {params.add(definition.min_count)}"""
         scan = await scans.open(
             window.start, window.end, with_persons=needs_persons(definition.conditions)
         )
+        # From memory when the column cache holds the days and the event's conditions name
+        # only cached columns (an event name alone, a page path).
+        view = cached_view(scan.cached_columns, "events_scan", f"e.person_id {body}")
+        sql = f"SELECT e.person_id FROM {view} {body}"
     else:
         if isinstance(definition, FirstSeenCohort):
             window = period_window(definition, now, "definition")

@@ -358,10 +358,7 @@ class EventScope:
     def view(self, view: str, sql: str) -> str:
         """`view`, or its variant over cached columns when the scan has one and `sql` (a query
         over `view` as `e`, every column named `e.<column>`) names only columns it has."""
-        if not self.cached_columns or _ALL_COLUMNS.search(sql):
-            return view
-        named = set(_NAMED_COLUMN.findall(sql))
-        return view + CACHED_VIEW_SUFFIX if named <= self.cached_columns else view
+        return cached_view(self.cached_columns, view, sql)
 
     def where(self, params: SqlParams, start: datetime | None = None) -> str:
         """WHERE terms on `e` (AND-ed); `start` overrides the range start."""
@@ -376,3 +373,13 @@ class EventScope:
             f"e.person_id IN (SELECT person_id FROM {table})" for table in self.cohort_tables
         )
         return " AND ".join(terms)
+
+
+def cached_view(cached_columns: frozenset[str], view: str, sql: str) -> str:
+    """`view`, or its variant over cached columns (`cached_columns`: a scan's, empty when it
+    has none) when `sql`, a query over `view` as `e` naming every column `e.<column>`, names
+    only columns the variant has."""
+    if not cached_columns or _ALL_COLUMNS.search(sql):
+        return view
+    named = set(_NAMED_COLUMN.findall(sql))
+    return view + CACHED_VIEW_SUFFIX if named <= cached_columns else view
