@@ -236,6 +236,27 @@ def quiet_bounds(events: list[Ev]) -> tuple[datetime, datetime]:
     ) / 2
 
 
+def signed_up_in_quiet_bounds(events: list[EventV1]) -> tuple[list[str], dict[str, str]]:
+    """The persons (not bots) with a signup inside `quiet_bounds`, sorted, and that range as
+    the API's `from`/`to`."""
+    reference = [e for e in scan_events(events) if not e.is_bot]
+    start, end = quiet_bounds(reference)
+    signed_up = sorted({e.person for e in reference if start <= e.ts < end and e.name == "signup"})
+    assert signed_up
+    return signed_up, {"from": start.isoformat(), "to": end.isoformat()}
+
+
+async def save_signup_cohort(client: Any, key: str, span: dict[str, str]) -> None:
+    """Save the behavioral cohort `signed-up`: persons with a signup in `span`."""
+    cohort = {
+        "id": "signed-up",
+        "name": "Signed up",
+        "definition": {"type": "behavioral", "event": "signup", **span},
+    }
+    status, body = await post_json(client, f"{API}/cohorts", key, cohort)
+    assert status == 201, body
+
+
 @pytest.mark.parametrize("layout_name", LAYOUTS)
 async def test_cohorts_and_custom_metrics_answer_the_same_in_every_tier_layout(
     pool: asyncpg.Pool,
@@ -256,13 +277,7 @@ async def test_cohorts_and_custom_metrics_answer_the_same_in_every_tier_layout(
     async with tier_layout(layout_name, pool, events, tmp_path) as layout:
         async with query_client(pool, nats_url, subjects, scan_engine=layout.engine) as client:
             key = project.read_key
-            cohort = {
-                "id": "signed-up",
-                "name": "Signed up",
-                "definition": {"type": "behavioral", "event": "signup", **span},
-            }
-            status, body = await post_json(client, f"{API}/cohorts", key, cohort)
-            assert status == 201, body
+            await save_signup_cohort(client, key, span)
             status, body = await get_json(
                 client, f"{API}/cohorts/signed-up/persons", key, {"limit": "1000"}
             )
@@ -302,24 +317,14 @@ async def test_a_behavioral_cohort_reads_cached_days_and_answers_the_same(
     # so once the exported days are cached it reads them from memory (which view it picks:
     # tests/unit/test_cohort_cached_view.py): the same persons as from the files.
     events = generate_events("acme", FIRST_DAY, DAYS, devices=60, seed=5)
-    reference = [e for e in scan_events(events) if not e.is_bot]
-    start, end = quiet_bounds(reference)
-    signed_up = sorted({e.person for e in reference if start <= e.ts < end and e.name == "signup"})
-    assert signed_up
-    span = {"from": start.isoformat(), "to": end.isoformat()}
+    signed_up, span = signed_up_in_quiet_bounds(events)
     async with tier_layout(
         "all_exported", pool, events, tmp_path, column_cache_bytes=64 * 1024**2
     ) as layout:
         columns = layout.engine.columns
         async with query_client(pool, nats_url, subjects, scan_engine=layout.engine) as client:
             key = project.read_key
-            cohort = {
-                "id": "signed-up",
-                "name": "Signed up",
-                "definition": {"type": "behavioral", "event": "signup", **span},
-            }
-            status, body = await post_json(client, f"{API}/cohorts", key, cohort)
-            assert status == 201, body
+            await save_signup_cohort(client, key, span)
             served = []
             for _ in range(2):
                 before = columns.served
