@@ -70,7 +70,7 @@ def main() -> None:
     try:
         for span in (int(s) for s in args.spans.split(",")):
             start = end - timedelta(days=span)
-            con, keyed = _scan(engine, files, start, end, aliases)
+            con, keyed, _ = _scan(engine, files, start, end, aliases)
             scope = EventScope(start, end, person_keys=keyed, threads=1)
             run_funnel(con, spec, scope, _us(start), _us(end - timedelta(seconds=1)))
             con.close()
