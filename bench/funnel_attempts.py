@@ -17,13 +17,14 @@ import hashlib
 import os
 import statistics
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.analyses import FIRST_DAY, _aliases, _scan, _us, dataset
+from bench.analyses import _aliases, _scan, _us
+from bench.funnel_timing import benchmark_funnel
 from services.query.analyses import funnels
 from services.query.analyses.conditions import EventScope
 from services.query.analyses.funnel_orders import (
@@ -32,8 +33,7 @@ from services.query.analyses.funnel_orders import (
     FunnelOrder,
     best_attempts,
 )
-from services.query.analyses.funnels import funnel_spec, run_funnel
-from services.query.analyses.requests import Condition, FunnelRequest, FunnelStep, WindowSpec
+from services.query.analyses.funnels import run_funnel
 from services.query.scan_engine import ScanEngine
 
 
@@ -56,13 +56,7 @@ def main() -> None:
     parser.add_argument("--spans", default="30,120")
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/strata-bench-analyses"))
     args = parser.parse_args()
-    events, persons, days = int(5_000_000 * args.scale), int(200_000 * args.scale), 120
-    files = dataset(args.data_dir, events, persons, days)
-    end = datetime.combine(FIRST_DAY + timedelta(days=days), datetime.min.time(), UTC)
-    page = FunnelStep("$pageview", [Condition("path", "eq", "/")])
-    pricing = FunnelStep("$pageview", [Condition("path", "eq", "/pricing")])
-    steps = [page, pricing, FunnelStep("signup"), FunnelStep("add_to_cart"), FunnelStep("purchase")]
-    spec = funnel_spec(FunnelRequest(steps=steps, window=WindowSpec(14, "day")))
+    files, persons, end, spec = benchmark_funnel(args.scale, args.data_dir)
     engine = ScanEngine()
     aliases = _aliases(persons)
     capture = _Capture(ORDER_STRATEGIES["ordered"])

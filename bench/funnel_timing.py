@@ -13,15 +13,36 @@ import hashlib
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 from bench import peers
 from bench.analyses import FIRST_DAY, _aliases, _scan, _us, dataset
 from bench.paths_timing import _times
 from libs.common.settings import QuerySettings
 from services.query.analyses.conditions import EventScope
-from services.query.analyses.funnels import funnel_spec, run_funnel
+from services.query.analyses.funnels import FunnelSpec, funnel_spec, run_funnel
 from services.query.analyses.requests import Condition, FunnelRequest, FunnelStep, WindowSpec
 from services.query.scan_engine import ScanEngine
+
+
+class BenchmarkFunnel(NamedTuple):
+    files: list[Path]  # the day files of `bench.analyses`' dataset at the scale
+    persons: int
+    end: datetime  # the dataset's end: the funnels span the days before it
+    spec: FunnelSpec  # the benchmark's 5-step ordered funnel, 14-day window
+
+
+def benchmark_funnel(scale: float, data_dir: Path) -> BenchmarkFunnel:
+    """The analyses benchmark's data at `scale` (generated on first use) and its funnel."""
+    events, persons, days = int(5_000_000 * scale), int(200_000 * scale), 120
+    files = dataset(data_dir, events, persons, days)
+    end = datetime.combine(FIRST_DAY + timedelta(days=days), datetime.min.time(), UTC)
+    page = FunnelStep("$pageview", [Condition("path", "eq", "/")])
+    pricing = FunnelStep("$pageview", [Condition("path", "eq", "/pricing")])
+    steps = [page, pricing, FunnelStep("signup"), FunnelStep("add_to_cart"), FunnelStep("purchase")]
+    return BenchmarkFunnel(
+        files, persons, end, funnel_spec(FunnelRequest(steps=steps, window=WindowSpec(14, "day")))
+    )
 
 
 def main() -> None:
@@ -41,13 +62,7 @@ def main() -> None:
         help="the decoded-column cache's budget (0: off)",
     )
     args = parser.parse_args()
-    events, persons, days = int(5_000_000 * args.scale), int(200_000 * args.scale), 120
-    files = dataset(args.data_dir, events, persons, days)
-    end = datetime.combine(FIRST_DAY + timedelta(days=days), datetime.min.time(), UTC)
-    page = FunnelStep("$pageview", [Condition("path", "eq", "/")])
-    pricing = FunnelStep("$pageview", [Condition("path", "eq", "/pricing")])
-    steps = [page, pricing, FunnelStep("signup"), FunnelStep("add_to_cart"), FunnelStep("purchase")]
-    spec = funnel_spec(FunnelRequest(steps=steps, window=WindowSpec(14, "day")))
+    files, persons, end, spec = benchmark_funnel(args.scale, args.data_dir)
     # The query service's column cache (STRATA_COLUMN_CACHE_BYTES), filled before timing.
     engine = ScanEngine(column_cache_bytes=args.column_cache_mb * 1024**2)
     aliases = _aliases(persons)

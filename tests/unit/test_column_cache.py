@@ -213,14 +213,20 @@ def test_queries_read_the_cached_views_only_when_they_cover_their_columns() -> N
     assert off.view("events_scan", "e.ts") == "events_scan"
 
 
-def test_the_cache_stays_within_its_budget_least_recently_used_out(tmp_path: Path) -> None:
-    files = day_files(tmp_path)
+def cached_sizes(files: list[str]) -> list[int]:
+    """The bytes each file's entry holds in the cache."""
     sizes = []
     for path in files:
         probe = ColumnCache(64 * 1024**2)
         probe.fill([path])
         sizes.append(probe.nbytes)
         probe.close()
+    return sizes
+
+
+def test_the_cache_stays_within_its_budget_least_recently_used_out(tmp_path: Path) -> None:
+    files = day_files(tmp_path)
+    sizes = cached_sizes(files)
     # Room for the two largest, not for three.
     cache = ColumnCache(sum(sorted(sizes)[1:]))
     try:
@@ -240,10 +246,7 @@ def test_the_cache_stays_within_its_budget_least_recently_used_out(tmp_path: Pat
 
 def test_a_file_a_scan_uses_is_never_evicted(tmp_path: Path) -> None:
     files = day_files(tmp_path)
-    probe = ColumnCache(64 * 1024**2)
-    probe.fill(files[:1])
-    one = probe.nbytes
-    probe.close()
+    one = cached_sizes(files[:1])[0]
     cache = ColumnCache(one * 3 // 2)  # room for one file
     try:
         cache.fill(files[:1])
@@ -265,12 +268,7 @@ def test_a_scan_over_more_files_than_fit_keeps_those_it_found(tmp_path: Path) ->
     # one of those two, which the next such scan would refill in turn, evicting another:
     # every scan would decode files only to drop them. The fill is skipped instead.
     files = day_files(tmp_path)
-    sizes = []
-    for path in files:
-        probe = ColumnCache(64 * 1024**2)
-        probe.fill([path])
-        sizes.append(probe.nbytes)
-        probe.close()
+    sizes = cached_sizes(files)
     cache = ColumnCache(sum(sorted(sizes)[1:]))
     try:
         cache.fill(files[:2])
