@@ -341,7 +341,7 @@ async def _write_all(
         nonlocal inserted, duplicates
         if statements is not None:
             pid = await conn.fetchval("SELECT pg_backend_pid()")
-            conn = _TimedConnection(conn, statements, pid)  # type: ignore[assignment]
+            conn = _TimedConnection(conn, statements, pid)
         for batch in queue:
             began = time.perf_counter()
             result = await write_events(conn, batch, partitions)

@@ -95,6 +95,7 @@ def generate(events: int, days: int, first_day: date, seed: int = 5) -> Iterator
                 kind = rng.random()
                 path = rng.choice(PATHS)
                 non_interactive = False
+                properties: dict[str, int | float | str]
                 if number == 0 or kind < 0.6:
                     name, event_type = "$pageview", "page"
                     properties = {"load_time_ms": rng.randint(80, 4000)}

@@ -20,7 +20,7 @@ from bench.analyses import FIRST_DAY, _aliases, _scan, _us, dataset
 from bench.paths_timing import _times
 from libs.common.settings import QuerySettings
 from services.query.analyses.conditions import EventScope
-from services.query.analyses.funnels import FunnelSpec, funnel_spec, run_funnel
+from services.query.analyses.funnels import FunnelResult, FunnelSpec, funnel_spec, run_funnel
 from services.query.analyses.requests import Condition, FunnelRequest, FunnelStep, WindowSpec
 from services.query.scan_engine import ScanEngine
 
@@ -76,13 +76,13 @@ def main() -> None:
             )
             stop = end - timedelta(seconds=1)
 
-            def once() -> object:
+            def once() -> FunnelResult:
                 return run_funnel(con, spec, scope, _us(start), _us(stop))  # noqa: B023
 
             result = once()
             # The same answer from two versions of the code gives the same digest.
             digest = hashlib.sha256(repr(result).encode()).hexdigest()[:12]
-            counts = [s.count for s in result.total.steps]  # type: ignore[attr-defined]
+            counts = [s.count for s in result.total.steps]
             print(f"{span}d strata ({args.threads} threads): {_times(once, args.runs)}")
             print(f"  answer {digest}: {counts} (keyed: {keyed})")
             con.close()

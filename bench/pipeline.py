@@ -75,7 +75,7 @@ class RssSampler:
         return None
 
     def _processes(self) -> list[psutil.Process]:
-        procs = self.root.children(recursive=True)
+        procs: list[psutil.Process] = self.root.children(recursive=True)
         if self.postmaster is None and self.postmaster_pid_file is not None:
             try:
                 self.postmaster = psutil.Process(
@@ -218,7 +218,7 @@ async def measure_freshness(
     return delays
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: int) -> float:
     if not values:
         return float("nan")
     return (

@@ -169,7 +169,7 @@ def run_benchmark(seconds: float = 10.0) -> dict[str, Any]:
                 await nc.close()
 
             asyncio.run(prepare())
-            stored: Synchronized[int] = ctx.Value("q", 0)  # type: ignore[assignment]
+            stored: Synchronized[int] = ctx.Value("q", 0)
             port = free_port()
             procs.append(ctx.Process(target=_serve, args=(nats_server.url, port), daemon=True))
             procs.append(

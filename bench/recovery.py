@@ -40,7 +40,8 @@ def _nats_pid(up: subprocess.Popen[bytes]) -> int:
     for child in psutil.Process(up.pid).children(recursive=True):
         try:
             if "nats-server" in " ".join(child.cmdline()):
-                return child.pid
+                pid: int = child.pid  # psutil has no type hints
+                return pid
         except psutil.NoSuchProcess:
             continue
     raise RuntimeError("no nats-server under strata up")

@@ -34,7 +34,9 @@ from services.sessionizer.service import SessionizerService
 from strata_dev.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
 
-async def _drain(nats_server: EmbeddedNats, pg_url: str, messages: int, partitions: int) -> Any:
+async def _drain(
+    nats_server: EmbeddedNats, pg_url: str, messages: int, partitions: int
+) -> dict[str, Any]:
     assert nats_server.proc is not None
     nats_proc = psutil.Process(nats_server.proc.pid)
     subjects = Subjects("bench")

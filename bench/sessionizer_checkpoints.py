@@ -93,7 +93,9 @@ def raw_messages(days: int, visitors: int) -> list[list[list[EventV1]]]:
     return out
 
 
-async def _run(pg_url: str, mode: str, per_checkpoint: int, days: int, visitors: int) -> Any:
+async def _run(
+    pg_url: str, mode: str, per_checkpoint: int, days: int, visitors: int
+) -> dict[str, Any]:
     partitions = raw_messages(days, visitors)
     events = sum(len(m) for p in partitions for m in p)
     pool = await asyncpg.create_pool(pg_url, min_size=1, max_size=2)

@@ -478,9 +478,12 @@ async def run(
             layout["strata_to_clickhouse_all_cold_ratio"] = peers.ratio(
                 layout["total_median_ms"], clickhouse_ms
             )
-        funnels["clickhouse_all_cold_warm_median_ms"] = clickhouse_ms
         print(f"   funnel on ClickHouse (chdb) over the same day files {clickhouse_ms} ms")
-        figures["funnel_5_steps_120d"] = funnels
+        # Beside the layouts' figures, not one of them (the loop above reads only layouts).
+        figures["funnel_5_steps_120d"] = {
+            **funnels,
+            "clickhouse_all_cold_warm_median_ms": clickhouse_ms,
+        }
 
     finally:
         await store.close()
