@@ -36,7 +36,7 @@ lint:
     ruff check .
     ruff format --check .
 
-# Static types (strict on every package of libs/, services/, strata_cli/ and strata_dev/)
+# Static types (strict on every package of libs/, services/, strata_cli/, strata_dev/ and bench/)
 typecheck:
     mypy
 
