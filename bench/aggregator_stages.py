@@ -20,7 +20,7 @@ import argparse
 import gc
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,39 +31,44 @@ from libs.common.schemas.events_v1 import EventV1
 from services.aggregator import writer
 from services.aggregator.writer import alias_links, person_id_of, person_rows, session_batch_rows
 
+# (project, distinct id or person id) -> its number, as the writer's person keys.
+PersonKeys = dict[tuple[str, str], int]
 
-def _keys(events: Sequence[EventV1]) -> dict[tuple[str, str], int]:
-    keys: dict[tuple[str, str], int] = {}
+
+def _keys(events: Sequence[EventV1]) -> PersonKeys:
+    keys: PersonKeys = {}
     for ev in events:
         for person in (ev.distinct_id, person_id_of(ev)):
             keys.setdefault((ev.project_id, person), len(keys))
     return keys
 
 
-def _tallies(batch: Sequence[EventV1], keys: Any) -> Any:
+def _tallies(batch: Sequence[EventV1], keys: PersonKeys) -> object:
     return event_rollup_tallies(event_rollup_input(ev) for ev in batch)
 
 
-def _sketches(batch: Sequence[EventV1], keys: Any) -> Any:
+def _sketches(batch: Sequence[EventV1], keys: PersonKeys) -> object:
     return writer._batch_sketches(
         event_rollup_tallies(event_rollup_input(ev) for ev in batch).values()
     )
 
 
-def _sessions(batch: Sequence[EventV1], keys: Any) -> Any:
+def _sessions(batch: Sequence[EventV1], keys: PersonKeys) -> object:
     return writer._json.encode(session_batch_rows(batch))
 
 
-def _persons(batch: Sequence[EventV1], keys: Any) -> Any:
+def _persons(batch: Sequence[EventV1], keys: PersonKeys) -> object:
     return alias_links(batch), person_rows(batch)
 
 
-def _copy_records(batch: Sequence[EventV1], keys: Any) -> Any:
+def _copy_records(batch: Sequence[EventV1], keys: PersonKeys) -> object:
     return list(writer._event_records(batch, keys))
 
 
+Stage = Callable[[Sequence[EventV1], PersonKeys], object]
+
 # name -> (stage, what it includes); "sketches" includes the tallies it needs (subtract them).
-STAGES: dict[str, Callable[[Sequence[EventV1], Any], Any]] = {
+STAGES: dict[str, Stage] = {
     "tallies": _tallies,
     "tallies_and_sketches": _sketches,
     "sessions": _sessions,
@@ -72,12 +77,12 @@ STAGES: dict[str, Callable[[Sequence[EventV1], Any], Any]] = {
 }
 
 
-def run_stage(stage: Callable[[Sequence[EventV1], Any], Any], batches: Any, keys: Any) -> None:
+def run_stage(stage: Stage, batches: Iterable[Sequence[EventV1]], keys: PersonKeys) -> None:
     for batch in batches:
         stage(batch, keys)
 
 
-def _measure(batches: list[list[EventV1]], keys: Any, rounds: int) -> dict[str, float]:
+def _measure(batches: list[list[EventV1]], keys: PersonKeys, rounds: int) -> dict[str, float]:
     events = sum(len(b) for b in batches)
     figures: dict[str, float] = {}
     for name, stage in STAGES.items():

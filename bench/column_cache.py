@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import duckdb
+
 from bench.analyses import FIRST_DAY, _aliases, _positioned, _scan, _us, dataset
 from libs.common.settings import QuerySettings
 from services.query.analyses.conditions import EventScope
@@ -44,7 +46,9 @@ from services.query.params import TimeWindow
 from services.query.scan_engine import ScanEngine
 
 # A question: its scan's range, and the analysis run on a scan's connection with its scope.
-Question = tuple[datetime, datetime, Callable[[Any, EventScope], object], dict[str, Any]]
+Question = tuple[
+    datetime, datetime, Callable[[duckdb.DuckDBPyConnection, EventScope], object], dict[str, Any]
+]
 
 
 def _questions(days: int) -> dict[str, Question]:
@@ -57,7 +61,9 @@ def _questions(days: int) -> dict[str, Question]:
     for span in (30, 120):
         start = end - timedelta(days=span)
 
-        def funnel_run(con: Any, scope: EventScope, start: datetime = start) -> object:
+        def funnel_run(
+            con: duckdb.DuckDBPyConnection, scope: EventScope, start: datetime = start
+        ) -> object:
             stop = end - timedelta(seconds=1)
             return run_funnel(con, funnel, scope, _us(start), _us(stop)).total
 

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from tests.support.browser import CHROMIUM_ARGS, ensure_chromium
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _wait(what: str, check: Any, timeout: float) -> Any:
+def _wait(what: str, check: Callable[[], object], timeout: float) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = check()

@@ -38,6 +38,7 @@ import aiohttp
 import asyncpg
 import nats
 import psutil
+from nats.js import JetStreamContext
 
 from bench import report, stack_env
 from libs.common.subjects import Subjects
@@ -108,13 +109,18 @@ async def _stored(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM event_ids"))
 
 
-async def _backlog(js: Any) -> int:
+async def _backlog(js: JetStreamContext) -> int:
     """Messages the sessionizer and the aggregator have not yet acknowledged."""
     subjects = Subjects()
     waiting = 0
     for stream in (subjects.raw_stream, subjects.enriched_stream):
         for consumer in await js.consumers_info(stream):
-            waiting += consumer.num_pending + consumer.num_ack_pending
+            pending, unacked = consumer.num_pending, consumer.num_ack_pending
+            # nats-py types both optional; the server always sends them, and reading a
+            # missing one as 0 would end the wait for a drained backlog early.
+            if pending is None or unacked is None:
+                raise RuntimeError(f"consumer info without pending counts: {consumer}")
+            waiting += pending + unacked
     return waiting
 
 

@@ -24,7 +24,7 @@ from libs.common.storable_text import may_hold_nul
 from services.ingest.collection import CollectionRules
 from services.ingest.privacy import ProjectPrivacy
 from services.ingest.publishing import encode_events, split_by_partition
-from services.ingest.segment_payloads import segment_batch_decoder
+from services.ingest.segment_payloads import SegmentContext, segment_batch_decoder
 from services.ingest.stages.build import build
 from services.ingest.stages.decode import decode
 from services.ingest.stages.draft import RequestInfo
@@ -47,7 +47,7 @@ def _bodies(batches: int, people: int) -> list[bytes]:
     ]
 
 
-def _request(body_sent_at: Any, context: Any) -> RequestInfo:
+def _request(body_sent_at: datetime | None, context: SegmentContext | None) -> RequestInfo:
     return RequestInfo(
         project_id="bench",
         received_at=datetime.now(UTC),

@@ -58,7 +58,9 @@ def raw_message(index: int) -> bytes:
     return raw_batch_encoder.encode(RawBatchV1(batch_id=f"b{index}", partition=0, events=events))
 
 
-async def _measure(server: EmbeddedNats, compression: StoreCompression, count: int) -> Any:
+async def _measure(
+    server: EmbeddedNats, compression: StoreCompression, count: int
+) -> dict[str, float]:
     assert server.proc is not None
     proc = psutil.Process(server.proc.pid)
     nc = await nats.connect(server.url)

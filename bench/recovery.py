@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ def _postmaster_pid(data_dir: Path) -> int:
     return int((data_dir / "postgres" / "pgdata" / "postmaster.pid").read_text().split()[0])
 
 
-def _until(check: Any, within_s: float, what: str) -> None:
+def _until(check: Callable[[], bool], within_s: float, what: str) -> None:
     deadline = time.monotonic() + within_s
     while not check():
         if time.monotonic() > deadline:
@@ -81,7 +82,11 @@ async def _count_stored(url: str, ids: list[str]) -> int:
 
 
 def _recovery(
-    load: SteadyLoad, kill: Any, port: int, pid_of: Any, database_url: str
+    load: SteadyLoad,
+    kill: Callable[[], None],
+    port: int,
+    pid_of: Callable[[], int],
+    database_url: str,
 ) -> dict[str, float]:
     """Seconds from the kill to: ingest's first 2xx after it, the server listening again
     (a new process), and the first event accepted after the kill being stored."""
