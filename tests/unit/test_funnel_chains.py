@@ -1,7 +1,8 @@
-"""The funnel kernel (services/query/analyses/funnel_orders.py) against a plain walk of each
-attempt over random streams: every attempt's reached step, step positions and exclusion, and
-every person's best attempt, with ties, repeated identical steps, exclusions and windows, each
-step's events looked up by a running count of them or by binary searches."""
+"""The funnel kernels (services/query/analyses/funnel_orders.py, and the compiled ordered one
+of funnel_kernel.py) against a plain walk of each attempt over random streams: every
+attempt's reached step, step positions and exclusion, and every person's best attempt, with
+ties, repeated identical steps, exclusions and windows, each step's events looked up by a
+running count of them or by binary searches."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from services.query.analyses import funnel_orders
+from services.query.analyses import funnel_kernel, funnel_orders
 from services.query.analyses.event_order import in_event_order
 from services.query.analyses.funnel_orders import (
     ORDER_STRATEGIES,
     Attempts,
     EventStream,
+    BestAttempts,
     FunnelShape,
     best_attempts,
 )
@@ -118,7 +120,15 @@ def test_attempts_match_a_walk_of_each_attempt(
 ) -> None:
     # Each step's look-ups by a running count of its events, or by binary searches.
     monkeypatch.setattr(funnel_orders, "RANK_MIN_SHARE", share)
-    rng = random.Random(seed)
+    shape, stream, starts = _random_funnel(random.Random(seed))
+    attempts = ORDER_STRATEGIES[order].attempts(stream, shape, starts)
+    if order == "ordered":
+        assert _rows(attempts) == _walked(stream, shape, starts)
+    best = best_attempts(stream, shape, attempts)
+    assert _best_rows(stream, best) == _expected_best(stream, _rows(attempts), attempts.person)
+
+
+def _random_funnel(rng: random.Random) -> tuple[FunnelShape, EventStream, np.ndarray]:
     n = rng.choice([2, 3, 4, 5, 10])
     repeats = (False, *(rng.random() < 0.3 for _ in range(n - 1)))
     exclusions = tuple(
@@ -137,25 +147,46 @@ def test_attempts_match_a_walk_of_each_attempt(
     )
     stream = _stream(rng, n, repeats)
     starts = np.asarray([rng.random() < 0.8 for _ in range(stream.size)], dtype=bool)
-    attempts = ORDER_STRATEGIES[order].attempts(stream, shape, starts)
-    if order == "ordered":
-        assert _rows(attempts) == _walked(stream, shape, starts)
-    best = best_attempts(stream, shape, attempts)
-    rows = _rows(attempts)
-    excluded_persons = {int(attempts.person[i]) for i, row in enumerate(rows) if row[3]}
+    return shape, stream, starts
+
+
+def _expected_best(
+    stream: EventStream, rows: list[tuple], persons: np.ndarray
+) -> dict[int, tuple[int, int, list[int]]]:
+    """Per person without an excluded attempt: the earliest attempt that got furthest, as
+    (first, reached, each reached step's ts)."""
+    excluded_persons = {int(persons[i]) for i, row in enumerate(rows) if row[3]}
     expected: dict[int, tuple[int, int, list[int]]] = {}
     for i, (first, reached, positions, _) in enumerate(rows):
-        who = int(attempts.person[i])
+        who = int(persons[i])
         if who not in excluded_persons and (who not in expected or reached > expected[who][1]):
-            expected[who] = (first, reached, positions)
-    got = {
+            expected[who] = (first, reached, [int(stream.t[p]) for p in positions[:reached]])
+    return expected
+
+
+def _best_rows(stream: EventStream, best: BestAttempts) -> dict[int, tuple[int, int, list[int]]]:
+    return {
         int(stream.person[f]): (int(f), int(r), [int(x) for x in ts[:r]])
         for f, r, ts in zip(best.first, best.reached, best.times, strict=True)
     }
-    assert got == {
-        who: (first, reached, [int(stream.t[p]) for p in positions[:reached]])
-        for who, (first, reached, positions) in expected.items()
-    }
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+@pytest.mark.parametrize("seed", range(60))
+def test_compiled_ordered_best_matches_a_walk_of_each_attempt(
+    seed: int, compiled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The kernel compiled, and the same code run as Python (its lines measured).
+    if not compiled:
+        kernel = funnel_kernel.ordered_best
+        monkeypatch.setattr(
+            funnel_orders, "ordered_best", lambda *a, **k: kernel(*a, **k, compiled=False)
+        )
+    shape, stream, starts = _random_funnel(random.Random(seed))
+    walked = _walked(stream, shape, starts)
+    persons = stream.person[[row[0] for row in walked]] if walked else np.zeros(0, np.int64)
+    best = ORDER_STRATEGIES["ordered"].best(stream, shape, starts)
+    assert _best_rows(stream, best) == _expected_best(stream, walked, persons)
 
 
 @pytest.mark.parametrize("seed", range(20))

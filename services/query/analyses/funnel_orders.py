@@ -21,6 +21,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from services.query.analyses.event_order import EventOrder
+from services.query.analyses.funnel_kernel import ordered_best
 
 Ints = npt.NDArray[np.int64]
 Flags = npt.NDArray[np.bool_]
@@ -196,6 +197,10 @@ class FunnelOrder:
     def attempts(self, stream: EventStream, shape: FunnelShape, starts: Flags) -> Attempts:
         raise NotImplementedError
 
+    def best(self, stream: EventStream, shape: FunnelShape, starts: Flags) -> BestAttempts:
+        """Each person's best attempt (`best_attempts` of every attempt)."""
+        return best_attempts(stream, shape, self.attempts(stream, shape, starts))
+
     def _chain(
         self, stream: EventStream, shape: FunnelShape, first: Ints, strict: bool
     ) -> Attempts:
@@ -274,6 +279,29 @@ class OrderedFunnel(FunnelOrder):
     def attempts(self, stream: EventStream, shape: FunnelShape, starts: Flags) -> Attempts:
         first = np.flatnonzero(starts & stream.step_hits(0)).astype(np.int64)
         return self._chain(stream, shape, first, strict=False)
+
+    def best(self, stream: EventStream, shape: FunnelShape, starts: Flags) -> BestAttempts:
+        """The same persons and attempts as `best_attempts` of `attempts`, from the compiled
+        kernel (funnel_kernel.py): one pass per person, not n passes over every attempt."""
+        first, reached, positions = ordered_best(
+            stream.t,
+            stream.mask,
+            stream.xmask,
+            stream.events.same_key,
+            starts,
+            n=shape.n,
+            window_us=shape.window_us,
+            repeats=np.asarray(shape.repeats_previous, dtype=bool),
+            exclusions=shape.exclusions,
+        )
+        return BestAttempts(
+            events=stream.events,
+            first=first,
+            reached=reached,
+            # (As `best_attempts`: a step not reached reads position 0's ts, never used.)
+            times=stream.t[np.maximum(positions, 0)] if stream.size else positions,
+            has_breakdown="bd" in stream.events.table.column_names,
+        )
 
 
 class StrictFunnel(FunnelOrder):

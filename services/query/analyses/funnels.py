@@ -53,7 +53,6 @@ from services.query.analyses.funnel_orders import (
     BestAttempts,
     EventStream,
     FunnelShape,
-    best_attempts,
 )
 from services.query.analyses.requests import (
     EventMatch,
@@ -565,8 +564,7 @@ class FunnelQuery:
                 # No floor (NULL): no attempt starts.
                 floor = pc.fill_null(table["floor"], np.iinfo(np.int64).max)
                 starts &= stream.t >= np.asarray(floor.to_numpy(), dtype=np.int64)[events.rows]
-            attempts = ORDER_STRATEGIES[self.spec.order].attempts(stream, shape, starts)
-            best = best_attempts(stream, shape, attempts)
+            best = ORDER_STRATEGIES[self.spec.order].best(stream, shape, starts)
             if rows is None:
                 return best, None
             # Each best person's number in the whole stream: the merge's order.
