@@ -44,7 +44,7 @@ from services.query.analyses.requests import (
     WindowSpec,
 )
 from services.query.analyses.retention import retention_plan, retention_spec, run_retention
-from services.query.column_cache import CACHED_VIEW_COLUMNS
+from services.query.column_cache import CACHED_VIEW_COLUMNS, CachedRows
 from services.query.event_scan import _build_view, cached_columns, ties_by_position
 from services.query.params import TimeWindow
 from services.query.scan_engine import ScanEngine
@@ -174,6 +174,18 @@ def _scan(
     return con, keyed, CACHED_VIEW_COLUMNS if cached.tables else frozenset()
 
 
+def _cached_rows(
+    engine: ScanEngine, files: list[Path], start: datetime, end: datetime
+) -> CachedRows | None:
+    """Every row of `_scan`'s views as the column cache's tables, as the service's scans give
+    them (EventScan.cached_rows) when every file is cached (no rows from PostgreSQL here)."""
+    paths = _scan_paths(files, start, end)
+    found, missing = cached_columns(engine, paths)
+    if missing or not engine.columns.enabled:
+        return None
+    return CachedRows(tuple(found.tables[p] for p in paths), start, end, False)
+
+
 def _scan_paths(files: list[Path], start: datetime, end: datetime) -> list[str]:
     first = (start.date() - FIRST_DAY).days
     last = (end.date() - FIRST_DAY).days
@@ -212,11 +224,19 @@ def _timed_funnel(
     runs: int,
     keyed: bool,
     cached: frozenset[str] = frozenset(),
+    cached_rows: CachedRows | None = None,
 ) -> dict[str, Any]:
     """Attempts start in [start, end - 1 s); their steps may follow until `end`."""
     counts: list[int] = []
     # Split over threads by person as the service does by default (STRATA_ANALYSIS_THREADS).
-    scope = EventScope(start, end, person_keys=keyed, cached_columns=cached, threads=FUNNEL_THREADS)
+    scope = EventScope(
+        start,
+        end,
+        person_keys=keyed,
+        cached_columns=cached,
+        cached_rows=cached_rows,
+        threads=FUNNEL_THREADS,
+    )
 
     def once() -> None:
         stop = end - timedelta(seconds=1)
@@ -268,7 +288,16 @@ def _strata_figures(files: list[Path], persons: int, days: int, runs: int) -> di
         start = end - timedelta(days=min(span, days))
         con, keyed, cached = _scan(engine, files, start, end, aliases)
         results[label] = {
-            **_timed_funnel(con, funnel, start, end, runs, keyed, cached),
+            **_timed_funnel(
+                con,
+                funnel,
+                start,
+                end,
+                runs,
+                keyed,
+                cached,
+                _cached_rows(engine, files, start, end),
+            ),
             "keyed": keyed,
         }
         con.close()

@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 
-from bench.analyses import FIRST_DAY, _aliases, _positioned, _scan, _us, dataset
+from bench.analyses import FIRST_DAY, _aliases, _cached_rows, _positioned, _scan, _us, dataset
 from libs.common.settings import QuerySettings
 from services.query.analyses.conditions import EventScope
 from services.query.analyses.funnels import funnel_spec, run_funnel
@@ -128,6 +128,7 @@ def main() -> None:
                     ties_by_position=options.get("keyed_ties", False)
                     and _positioned(engine, files, start, end),
                     cached_columns=cached,
+                    cached_rows=_cached_rows(engine, files, start, end),
                     threads=options.get("threads", 1),
                 )
                 runs[label] = (con, scope, run(con, scope))  # warm-up, and the answer

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from bench import peers
-from bench.analyses import FIRST_DAY, _aliases, _scan, _us, dataset
+from bench.analyses import FIRST_DAY, _aliases, _cached_rows, _scan, _us, dataset
 from bench.paths_timing import _times
 from libs.common.settings import QuerySettings
 from services.query.analyses.conditions import EventScope
@@ -72,7 +72,12 @@ def main() -> None:
             start = end - timedelta(days=span)
             con, keyed, cached = _scan(engine, files, start, end, aliases)
             scope = EventScope(
-                start, end, person_keys=keyed, cached_columns=cached, threads=args.threads
+                start,
+                end,
+                person_keys=keyed,
+                cached_columns=cached,
+                cached_rows=_cached_rows(engine, files, start, end),
+                threads=args.threads,
             )
             stop = end - timedelta(seconds=1)
 

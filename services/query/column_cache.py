@@ -29,6 +29,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 import pyarrow as pa
@@ -63,6 +64,18 @@ CACHED_VIEW_COLUMNS = frozenset(
 )
 
 _FileKey = tuple[str, int, int]  # path, inode, size
+
+
+@dataclass(frozen=True)
+class CachedRows:
+    """Every row of a scan, as the column cache's tables (one per day file), with the scan's
+    own bounds: rows at or after `start` and before `end`, bots left out unless
+    `include_bots`."""
+
+    tables: tuple[pa.Table, ...]
+    start: datetime
+    end: datetime
+    include_bots: bool
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from services.query.column_cache import (
     CACHED_VIEW_SUFFIX,
     TIE_ROW,
     CachedFiles,
+    CachedRows,
     cacheable,
 )
 from services.query.hot_rows import HotRead, LateRange
@@ -106,6 +107,7 @@ class EventScan:
         person_keys: bool = False,
         ties_by_position: bool = False,
         cached: CachedFiles | None = None,
+        cached_rows: CachedRows | None = None,
     ) -> None:
         self.con = con
         self.project_id = project_id
@@ -122,6 +124,8 @@ class EventScan:
         # column cache holds from memory (services/query/column_cache.py).
         self.cached_columns = CACHED_VIEW_COLUMNS if cached and cached.tables else frozenset()
         self._cached = cached
+        # Every row as the column cache's tables, when they hold them all (else None).
+        self.cached_rows = cached_rows
         self._engine = engine
         self._pinned = pinned
         self._closed = False
@@ -555,6 +559,12 @@ async def open_scan(
                 return keyed, positioned, found, missing
 
             keyed, by_position, cached, missing = await asyncio.to_thread(build)
+            every_row_cached = (
+                keyed
+                and not erased
+                and not any(t.num_rows for t in hot.tables)
+                and all(p in cached.tables for p in local)
+            )
         except BaseException:
             for found in acquired:
                 engine.columns.release(found)
@@ -584,4 +594,7 @@ async def open_scan(
         person_keys=keyed,
         ties_by_position=by_position,
         cached=cached,
+        cached_rows=CachedRows(tuple(cached.tables[p] for p in local), start, end, include_bots)
+        if every_row_cached
+        else None,
     )

@@ -210,6 +210,7 @@ class MemoryScan:
         self.tiers = [TierRead("hot", rows, 0.0)]
         self.person_keys = True  # scan_connection makes `events_scan_keyed` too
         self.ties_by_position = False  # its rows are PostgreSQL's: ties by event id
+        self.cached_rows = None  # nor from the column cache
         self.cached_columns: frozenset[str] = frozenset()  # no day files, no cached views
 
     def close(self) -> None:

@@ -17,8 +17,8 @@ from services.query.analyses.event_order import in_event_order
 from services.query.analyses.funnel_orders import (
     ORDER_STRATEGIES,
     Attempts,
-    EventStream,
     BestAttempts,
+    EventStream,
     FunnelShape,
     best_attempts,
 )

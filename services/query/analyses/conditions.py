@@ -26,7 +26,7 @@ from services.query.analyses.stream_parts import (
     person_parts,
     walk_parts,
 )
-from services.query.column_cache import CACHED_VIEW_SUFFIX
+from services.query.column_cache import CACHED_VIEW_SUFFIX, CachedRows
 from services.query.metric_query import SqlParams
 from services.query.params import EVENT_NAME_DIMENSION, Filters, ParamError
 
@@ -340,6 +340,10 @@ class EventScope:
     # The columns of the scan's `*_cached` views (event_scan.py; empty: it has none), which
     # read the files the column cache holds from memory instead of Parquet.
     cached_columns: frozenset[str] = frozenset()
+    # Every row of the scan as the column cache's tables, when they hold them all (no row
+    # from PostgreSQL, every day file cached): funnels then read them without DuckDB
+    # (cached_rows.py). None otherwise.
+    cached_rows: CachedRows | None = None
     # Threads a large stream's kernel is split over by person (stream_parts.py), and the
     # events from which it is split (tests lower it to split small streams).
     threads: int = 1
@@ -373,6 +377,11 @@ class EventScope:
             f"e.person_id IN (SELECT person_id FROM {table})" for table in self.cohort_tables
         )
         return " AND ".join(terms)
+
+
+def named_columns(sql: str) -> list[str]:
+    """The columns SQL over a view as `e` names (`e.<column>`)."""
+    return _NAMED_COLUMN.findall(sql)
 
 
 def cached_view(cached_columns: frozenset[str], view: str, sql: str) -> str:

@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from services.query.analyses.cached_rows import funnel_rows
 from services.query.analyses.conditions import (
     ANY_EVENT,
     NON_ACTION_EVENTS,
@@ -39,6 +40,7 @@ from services.query.analyses.conditions import (
     breakdown_sql,
     conditions_sql,
     event_match_sql,
+    named_columns,
     needs_persons,
     property_ref,
 )
@@ -379,25 +381,9 @@ class FunnelQuery:
         columns the funnel uses are read: `eid` with `event_ids`, `xmask` with exclusions,
         `in_sequence` for a strict funnel, `bd` with a breakdown, `floor` with a floor table."""
         spec = self.spec
-        joins_persons = False
-        for step in spec.steps:
-            joins_persons |= needs_persons(step.conditions)
-        by_name = _steps_by_name_sql(spec.steps, params)
-        if by_name is None:
-            matches = [
-                event_match_sql(f"steps[{k}]", step, params, in_filter=True)
-                for k, step in enumerate(spec.steps)
-            ]
-            masks = " | ".join(
-                f"(CASE WHEN {match} THEN {1 << k} ELSE 0 END)" for k, match in enumerate(matches)
-            )
-        else:
-            masks, step_events = by_name
-            matches = [step_events]
-        excluding = []
-        for i, x in enumerate(spec.exclusions):
-            excluding.append(event_match_sql(f"exclusions[{i}]", x.match, params))
-            joins_persons |= needs_persons(x.match.conditions)
+        joins_persons = any(needs_persons(step.conditions) for step in spec.steps)
+        masks, matches, excluding = self._masks(params)
+        joins_persons |= any(needs_persons(x.match.conditions) for x in spec.exclusions)
         names_only = self.filters_by_name(floor_table)
         by_key = self.by_key and floor_table is None
         # By key: the stored keys (`events_scan_stored`, no alias join in DuckDB); NumPy
@@ -454,6 +440,67 @@ class FunnelQuery:
             SELECT {selected}
             FROM {view} e {joins}
             WHERE {where} AND ({rows})"""
+
+    def _masks(self, params: SqlParams) -> tuple[str, list[str], list[str]]:
+        """The SQL of each event's step bit mask, of the matches that keep a row for a step,
+        and of each exclusion's match."""
+        spec = self.spec
+        by_name = _steps_by_name_sql(spec.steps, params)
+        if by_name is None:
+            matches = [
+                event_match_sql(f"steps[{k}]", step, params, in_filter=True)
+                for k, step in enumerate(spec.steps)
+            ]
+            masks = " | ".join(
+                f"(CASE WHEN {match} THEN {1 << k} ELSE 0 END)" for k, match in enumerate(matches)
+            )
+        else:
+            masks, step_events = by_name
+            matches = [step_events]
+        excluding = [
+            event_match_sql(f"exclusions[{i}]", x.match, params)
+            for i, x in enumerate(spec.exclusions)
+        ]
+        return masks, matches, excluding
+
+    def _cached_stream(self, con: duckdb.DuckDBPyConnection) -> pa.Table | None:
+        """The stream as `stream_sql` without event ids gives it, marked rows only, read from
+        the column cache's tables with NumPy (cached_rows.py), when every row of the scan is
+        there and the funnel reads nothing else: persons by key, steps and exclusions by
+        event name and page path only, no breakdown, filters or cohorts. None otherwise."""
+        scope, spec = self.scope, self.spec
+        if (
+            scope.cached_rows is None
+            or not self.by_key
+            or not self.filters_by_name()
+            or scope.filters.by_dimension
+            or scope.cohort_tables
+        ):
+            return None
+        params = SqlParams()
+        masks, _, excluding = self._masks(params)
+        selects = [f"{masks} AS mask"]
+        if excluding:
+            xmasks = (
+                f"(CASE WHEN {match} THEN {1 << i} ELSE 0 END)" for i, match in enumerate(excluding)
+            )
+            selects.append(f"{' | '.join(xmasks)} AS xmask")
+        sql = ", ".join(selects)
+        named = set(named_columns(sql))
+        if not named <= {"name", "path"}:
+            return None
+        names = [step.event for step in spec.steps] + [x.match.event for x in spec.exclusions]
+        return funnel_rows(
+            con,
+            scope.cached_rows,
+            start=scope.start,
+            end=scope.end,
+            include_bots=scope.include_bots,
+            names=[name for name in names if name],
+            uses_path="path" in named,
+            masks_sql=sql,
+            params=params.values,
+        )
 
     def filters_by_name(self, floor_table: str | None = None) -> bool:
         """Whether the stream's query keeps rows by event name alone, leaving the rows no step
@@ -527,11 +574,15 @@ class FunnelQuery:
     ) -> BestAttempts | MergedAttempts:
         """Every person's best attempt (`TiesNeedEventIds` without `event_ids` when differing
         rows tie); a large stream in person parts on the scope's threads, merged exactly."""
-        params = SqlParams()
-        sql = self.stream_sql(params, floor_table, event_ids=event_ids)
-        table: pa.Table = con.sql(sql, params=params.values).to_arrow_table()
-        if self.filters_by_name(floor_table):
-            table = _marked(table)
+        cached = None if event_ids or floor_table is not None else self._cached_stream(con)
+        if cached is not None:
+            table = cached
+        else:
+            params = SqlParams()
+            sql = self.stream_sql(params, floor_table, event_ids=event_ids)
+            table = con.sql(sql, params=params.values).to_arrow_table()
+            if self.filters_by_name(floor_table):
+                table = _marked(table)
         # One chunk per column (DuckDB hands over a chunk per row group): every later
         # `to_numpy` is then a view, where each would otherwise copy the column again.
         table = table.combine_chunks()

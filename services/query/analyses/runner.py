@@ -88,6 +88,7 @@ class Analysis:
             person_keys=scan.person_keys,
             ties_by_position=scan.ties_by_position,
             cached_columns=scan.cached_columns,
+            cached_rows=scan.cached_rows,
             threads=self.deps.analysis_threads,
         )
 

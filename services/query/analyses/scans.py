@@ -14,6 +14,7 @@ import duckdb
 import msgspec
 from aiohttp import web
 
+from services.query.column_cache import CachedRows
 from services.query.dependencies import QueryDeps
 from services.query.event_scan import open_scan
 from services.query.responses import MissingRange, missing_ranges
@@ -34,6 +35,8 @@ class ScanLike(Protocol):
     person_keys: bool  # whether `events_scan_keyed` exists (services/query/person_keys.py)
     ties_by_position: bool  # whether every row has a `tie_row` (event_scan.ties_by_position)
     cached_columns: frozenset[str]  # the columns of its `*_cached` views (event_scan.py)
+    # Every row as the column cache's tables when they hold them all (event_scan.py), else None
+    cached_rows: CachedRows | None
 
     @property
     def tiers(self) -> list[Any]: ...

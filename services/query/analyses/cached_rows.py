@@ -1,0 +1,170 @@
+"""A funnel's events read straight from the decoded-column cache's tables (services/query/
+column_cache.py) with NumPy, without DuckDB, when every row of the scan is there.
+
+DuckDB's read of the cached tables (a scan of each row's name, path, ts and bot flag, the
+step masks' CASE, the person keys) cost ~170 ms of CPU for the 120-day benchmark funnel at
+scale 1 and handed over every row of the steps' event names, which NumPy then filtered again
+by mask. Here each table's rows cost a few gathers from small look-up tables:
+
+- the step and exclusion masks are computed once per distinct (event name, page path) of the
+  tables, by DuckDB, with the very SQL the stream's query uses (`FunnelQuery.mask_sql`), so
+  their semantics are SQL's; each row then reads its mask from a table indexed by its name's
+  and path's dictionary codes;
+- only rows inside the range, not bots (unless asked) and marked by a step or an exclusion
+  are kept, and only their person keys and times are gathered.
+
+The stream comes out as the query's would (`ak`, `pid`, `t`, `mask`, `xmask` when there are
+exclusions), in another row order, which `in_event_order` makes exact anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import duckdb
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from services.query.analyses.event_order import bool_values
+from services.query.column_cache import CachedRows
+
+Ints = npt.NDArray[np.int64]
+
+# Distinct (event name, path) pairs whose masks DuckDB computes at most; beyond that (a site
+# with very many page paths and path conditions) the stream's query reads the rows instead.
+MAX_MASK_PAIRS = 1_000_000
+
+
+def _dictionary(column: pa.ChunkedArray) -> pa.DictionaryArray:
+    """One dictionary-encoded chunk of a cached text column (encoded here if stored plain)."""
+    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if isinstance(array, pa.DictionaryArray):
+        return array
+    return pc.dictionary_encode(array)
+
+
+def _codes(array: pa.DictionaryArray, nulls_to: int) -> Ints:
+    """The dictionary indices as int64, NULL as `nulls_to`."""
+    indices = array.indices
+    if indices.null_count:
+        indices = pc.fill_null(indices, nulls_to)
+    return np.asarray(indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _instant_us(value: datetime) -> int:
+    delta = value - datetime(1970, 1, 1, tzinfo=value.tzinfo)
+    return delta.days * 86_400_000_000 + delta.seconds * 1_000_000 + delta.microseconds
+
+
+def funnel_rows(
+    con: duckdb.DuckDBPyConnection,
+    rows: CachedRows,
+    *,
+    start: datetime,
+    end: datetime,
+    include_bots: bool,
+    names: Sequence[str],
+    uses_path: bool,
+    masks_sql: str,
+    params: Sequence[object],
+) -> pa.Table | None:
+    """The rows of `rows.tables` in [start, end) (and the scan's bounds), bots left out unless
+    both allow them, whose event name is among `names` and whose masks (`masks_sql`: a SELECT
+    list giving `mask` and maybe `xmask` over `e.name` and, with `uses_path`, `e.path`, with
+    `params`) are not all zero: (ak, pid, t, mask[, xmask]). None when there are too many
+    distinct paths to compute the masks per pair."""
+    tables = rows.tables
+    lo = _instant_us(max(start, rows.start))
+    hi = _instant_us(min(end, rows.end))
+    keep_bots = include_bots and rows.include_bots
+    wanted = pa.array(sorted(set(names)), pa.string())
+    # The paths of every table, once: the masks are computed per (name, path) pair.
+    if uses_path:
+        dictionaries = [_dictionary(t["path"]).dictionary for t in tables]
+        paths = pc.unique(pa.concat_arrays(dictionaries)) if dictionaries else wanted[:0]
+        if len(wanted) * (len(paths) + 1) > MAX_MASK_PAIRS:
+            return None
+    else:
+        paths = pa.array([], pa.string())
+    width = len(paths) + 1  # a path's number, NULL last
+    # The look-up's rows: a block of `width` per name of `wanted` (a path each, NULL last),
+    # after a first block of zeros for the names no step or exclusion names.
+    count = len(wanted) * width
+    pairs = pa.table(
+        {
+            "i": pa.array(np.arange(width, width + count, dtype=np.int64)),
+            "name": pa.array(np.repeat(wanted.to_numpy(zero_copy_only=False), width), pa.string()),
+            "path": pa.concat_arrays([paths, pa.nulls(1, pa.string())] * len(wanted))
+            if len(wanted)
+            else pa.array([], pa.string()),
+        }
+    )
+    con.register("strata_funnel_pairs", pairs)
+    try:
+        looked_up = con.sql(
+            f"SELECT e.i, {masks_sql} FROM strata_funnel_pairs AS e", params=list(params)
+        ).to_arrow_table()
+    finally:
+        con.unregister("strata_funnel_pairs")
+    columns = [c for c in looked_up.column_names if c != "i"]
+    at_rows = np.asarray(looked_up["i"].to_numpy(), dtype=np.int64)
+    lookups = {}
+    for c in columns:
+        values = np.zeros(width + count, dtype=np.int64)
+        values[at_rows] = np.asarray(looked_up[c].to_numpy(), dtype=np.int64)
+        lookups[c] = values
+    widest = max((int(v.max()) for v in lookups.values()), default=0)
+    dtype = np.uint8 if widest < 1 << 8 else np.uint16 if widest < 1 << 16 else np.int64
+    narrow = {c: v.astype(dtype) for c, v in lookups.items()}
+    parts: dict[str, list[npt.NDArray[np.generic]]] = {c: [] for c in ("pid", "t", *columns)}
+    device_parts: list[pa.Array] = []
+    for table in tables:
+        name = _dictionary(table["name"])
+        # Each of the table's names: its row of the look-up (0: not a step's name).
+        name_rows = pc.index_in(name.dictionary, wanted).fill_null(-1)
+        name_row = np.asarray(name_rows.to_numpy(zero_copy_only=False), dtype=np.int64) + 1
+        at = name_row[_codes(name, len(name.dictionary))] if len(name.dictionary) else None
+        if at is None:
+            continue
+        at *= width
+        if uses_path:
+            path = _dictionary(table["path"])
+            path_numbers = pc.index_in(path.dictionary, paths)
+            number = np.asarray(path_numbers.to_numpy(zero_copy_only=False), dtype=np.int64)
+            number = np.append(number, width - 1)  # NULL
+            at += number[_codes(path, len(path.dictionary))]
+        else:
+            at += width - 1
+        marked = np.zeros(at.size, dtype=bool)
+        for c in columns:
+            marked |= narrow[c][at] != 0
+        ts = table["ts"].combine_chunks().cast(pa.int64())
+        t = np.asarray(ts.to_numpy(), dtype=np.int64)
+        marked &= (t >= lo) & (t < hi)
+        if not keep_bots:
+            marked &= ~bool_values(table["is_bot"].combine_chunks())
+        kept = np.flatnonzero(marked)
+        if not kept.size:
+            continue
+        kept_at = at[kept]
+        for c in columns:
+            parts[c].append(narrow[c][kept_at])
+        parts["t"].append(t[kept])
+        person = table["person_key"].combine_chunks()
+        parts["pid"].append(np.asarray(person.to_numpy(), dtype=np.int64)[kept])
+        device_parts.append(table["device_key"].combine_chunks().take(pa.array(kept)))
+    pid = np.concatenate(parts["pid"]) if parts["pid"] else np.zeros(0, np.int64)
+    device = pa.concat_arrays(device_parts) if device_parts else pa.array([], pa.int64())
+    # The alias key as `events_scan_stored` gives it: the device's key, else the person's.
+    ak = pc.coalesce(device, pa.array(pid))
+    out = {"ak": ak, "pid": pa.array(pid), "t": _joined(parts["t"], np.int64)}
+    for c in columns:
+        out[c] = _joined(parts[c], dtype)
+    return pa.table(out)
+
+
+def _joined(parts: list[npt.NDArray[np.generic]], dtype: type[np.generic]) -> pa.Array:
+    return pa.array(np.concatenate(parts) if parts else np.zeros(0, dtype))
