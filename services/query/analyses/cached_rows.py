@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from services.query.analyses.event_order import bool_values
+from services.query.analyses.stream_parts import MIN_PART_EVENTS, walk_parts
 from services.query.column_cache import CachedRows
 
 Ints = npt.NDArray[np.int64]
@@ -70,12 +71,15 @@ def funnel_rows(
     uses_path: bool,
     masks_sql: str,
     params: Sequence[object],
+    threads: int = 1,
+    min_rows: int = MIN_PART_EVENTS,
 ) -> pa.Table | None:
     """The rows of `rows.tables` in [start, end) (and the scan's bounds), bots left out unless
     both allow them, whose event name is among `names` and whose masks (`masks_sql`: a SELECT
     list giving `mask` and maybe `xmask` over `e.name` and, with `uses_path`, `e.path`, with
-    `params`) are not all zero: (ak, pid, t, mask[, xmask]). None when there are too many
-    distinct paths to compute the masks per pair."""
+    `params`) are not all zero: (ak, pid, t, mask[, xmask]), the tables read on up to `threads`
+    threads when they hold `min_rows` rows or more. None when there are too many distinct
+    paths to compute the masks per pair."""
     tables = rows.tables
     lo = _instant_us(max(start, rows.start))
     hi = _instant_us(min(end, rows.end))
@@ -119,17 +123,16 @@ def funnel_rows(
     widest = max((int(v.max()) for v in lookups.values()), default=0)
     dtype = np.uint8 if widest < 1 << 8 else np.uint16 if widest < 1 << 16 else np.int64
     narrow = {c: v.astype(dtype) for c, v in lookups.items()}
-    parts: dict[str, list[npt.NDArray[np.generic]]] = {c: [] for c in ("pid", "t", *columns)}
-    device_parts: list[pa.Array] = []
-    for table in tables:
+
+    def read(table: pa.Table) -> list[npt.NDArray[np.generic]] | None:
+        """The table's kept rows: (ak, pid, t, then each of `columns`), or None."""
         name = _dictionary(table["name"])
-        # Each of the table's names: its row of the look-up (0: not a step's name).
+        if not len(name.dictionary):
+            return None
+        # Each of the table's names: its block of the look-up (0: not a step's name).
         name_rows = pc.index_in(name.dictionary, wanted).fill_null(-1)
-        name_row = np.asarray(name_rows.to_numpy(zero_copy_only=False), dtype=np.int64) + 1
-        at = name_row[_codes(name, len(name.dictionary))] if len(name.dictionary) else None
-        if at is None:
-            continue
-        at *= width
+        block = np.asarray(name_rows.to_numpy(zero_copy_only=False), dtype=np.int64) + 1
+        at = block[_codes(name, len(name.dictionary))] * width
         if uses_path:
             path = _dictionary(table["path"])
             path_numbers = pc.index_in(path.dictionary, paths)
@@ -138,33 +141,45 @@ def funnel_rows(
             at += number[_codes(path, len(path.dictionary))]
         else:
             at += width - 1
-        marked = np.zeros(at.size, dtype=bool)
-        for c in columns:
+        marked = narrow[columns[0]][at] != 0
+        for c in columns[1:]:
             marked |= narrow[c][at] != 0
-        ts = table["ts"].combine_chunks().cast(pa.int64())
-        t = np.asarray(ts.to_numpy(), dtype=np.int64)
+        t = np.asarray(table["ts"].combine_chunks().cast(pa.int64()).to_numpy(), dtype=np.int64)
         marked &= (t >= lo) & (t < hi)
         if not keep_bots:
             marked &= ~bool_values(table["is_bot"].combine_chunks())
         kept = np.flatnonzero(marked)
         if not kept.size:
-            continue
-        kept_at = at[kept]
-        for c in columns:
-            parts[c].append(narrow[c][kept_at])
-        parts["t"].append(t[kept])
+            return None
         person = table["person_key"].combine_chunks()
-        parts["pid"].append(np.asarray(person.to_numpy(), dtype=np.int64)[kept])
-        device_parts.append(table["device_key"].combine_chunks().take(pa.array(kept)))
-    pid = np.concatenate(parts["pid"]) if parts["pid"] else np.zeros(0, np.int64)
-    device = pa.concat_arrays(device_parts) if device_parts else pa.array([], pa.int64())
-    # The alias key as `events_scan_stored` gives it: the device's key, else the person's.
-    ak = pc.coalesce(device, pa.array(pid))
-    out = {"ak": ak, "pid": pa.array(pid), "t": _joined(parts["t"], np.int64)}
-    for c in columns:
-        out[c] = _joined(parts[c], dtype)
-    return pa.table(out)
+        # The alias key as `events_scan_stored` gives it: the device's key, else the person's.
+        alias = pc.coalesce(table["device_key"].combine_chunks(), person)
+        kept_at = at[kept]
+        return [
+            np.asarray(alias.to_numpy(), dtype=np.int64)[kept],
+            np.asarray(person.to_numpy(), dtype=np.int64)[kept],
+            t[kept],
+            *(narrow[c][kept_at] for c in columns),
+        ]
 
+    # The tables in `threads` groups of consecutive days, read side by side.
+    groups = min(threads, len(tables)) if sum(t.num_rows for t in tables) >= min_rows else 1
+    bounds = np.linspace(0, len(tables), max(groups, 1) + 1).astype(int)
 
-def _joined(parts: list[npt.NDArray[np.generic]], dtype: type[np.generic]) -> pa.Array:
-    return pa.array(np.concatenate(parts) if parts else np.zeros(0, dtype))
+    def read_group(g: int) -> list[list[npt.NDArray[np.generic]]]:
+        found = (read(table) for table in tables[bounds[g] : bounds[g + 1]])
+        return [f for f in found if f is not None]
+
+    read_parts = [part for group in walk_parts(max(groups, 1), read_group) for part in group]
+    names_out = ["ak", "pid", "t", *columns]
+    dtypes: list[type[np.generic]] = [np.int64, np.int64, np.int64, *(dtype for _ in columns)]
+    return pa.table(
+        {
+            c: pa.array(
+                np.concatenate([part[i] for part in read_parts])
+                if read_parts
+                else np.zeros(0, dtypes[i])
+            )
+            for i, c in enumerate(names_out)
+        }
+    )

@@ -500,6 +500,8 @@ class FunnelQuery:
             uses_path="path" in named,
             masks_sql=sql,
             params=params.values,
+            threads=scope.threads,
+            min_rows=scope.part_min_events,
         )
 
     def filters_by_name(self, floor_table: str | None = None) -> bool:
