@@ -56,28 +56,52 @@ def aliases_are_keyed(aliases: pa.Table) -> bool:
     )
 
 
+class PersonKeyResolver:
+    """Rows' persons as `events_scan_keyed` gives them, from their stored keys, by a project's
+    aliases (`devices`, `persons`: their keys, each device once), the look-up built once for
+    many calls (a stream read in parts)."""
+
+    def __init__(self, devices: Ints, persons: Ints) -> None:
+        self._dense: Ints | None = None
+        self._low = 0
+        self._ordered: Ints | None = None
+        self._persons = persons
+        self._order: Ints | None = None
+        if devices.size == 0:
+            return
+        low = int(devices.min())
+        span = int(devices.max()) - low + 1
+        if span <= max(4 * devices.size, _MAX_DENSE_SPAN):
+            # A project's keys are dense: one slot per key of the aliases' span, _NONE where
+            # none, and a _NONE slot either side that keys outside the span are clipped to, so
+            # every row is one gather (no selection of the rows inside: a third of the time on
+            # 3M rows).
+            self._dense = np.full(span + 2, _NONE, dtype=np.int64)
+            self._dense[devices - low + 1] = persons
+            self._low = low
+        else:
+            self._order = np.argsort(devices)
+            self._ordered = devices[self._order]
+
+    def __call__(self, alias_key: Ints, person_key: Ints) -> Ints:
+        """The person of the alias whose device is `alias_key`, else the stored `person_key`."""
+        if alias_key.size == 0 or (self._dense is None and self._ordered is None):
+            return person_key.copy()
+        if self._dense is not None:
+            at = alias_key - (self._low - 1)
+            np.clip(at, 0, self._dense.size - 1, out=at)
+            found = self._dense[at]
+            return np.where(found != _NONE, found, person_key)
+        assert self._ordered is not None and self._order is not None
+        resolved = person_key.copy()
+        at = np.minimum(np.searchsorted(self._ordered, alias_key), self._ordered.size - 1)
+        hit = self._ordered[at] == alias_key
+        resolved[hit] = self._persons[self._order[at[hit]]]
+        return resolved
+
+
 def resolved_person_keys(alias_key: Ints, person_key: Ints, devices: Ints, persons: Ints) -> Ints:
     """Each row's person as `events_scan_keyed` gives it, from its stored keys: the person of
     the alias whose device is `alias_key`, else the stored `person_key` (`devices`, `persons`:
     the aliases' keys, each device once)."""
-    if devices.size == 0 or alias_key.size == 0:
-        return person_key.copy()
-    low = int(devices.min())
-    span = int(devices.max()) - low + 1
-    if span <= max(4 * devices.size, _MAX_DENSE_SPAN):
-        # A project's keys are dense: one slot per key of the aliases' span, _NONE where none,
-        # and a _NONE slot either side that keys outside the span are clipped to, so every row
-        # is one gather (no selection of the rows inside: a third of the time on 3M rows).
-        table = np.full(span + 2, _NONE, dtype=np.int64)
-        table[devices - low + 1] = persons
-        at = alias_key - (low - 1)
-        np.clip(at, 0, span + 1, out=at)
-        found = table[at]
-        return np.where(found != _NONE, found, person_key)
-    resolved = person_key.copy()
-    order = np.argsort(devices)
-    ordered = devices[order]
-    at = np.minimum(np.searchsorted(ordered, alias_key), ordered.size - 1)
-    hit = ordered[at] == alias_key
-    resolved[hit] = persons[order[at[hit]]]
-    return resolved
+    return PersonKeyResolver(devices, persons)(alias_key, person_key)

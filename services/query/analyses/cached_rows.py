@@ -13,13 +13,14 @@ by mask. Here each table's rows cost a few gathers from small look-up tables:
 - only rows inside the range, not bots (unless asked) and marked by a step or an exclusion
   are kept, and only their person keys and times are gathered.
 
-The stream comes out as the query's would (`ak`, `pid`, `t`, `mask`, `xmask` when there are
-exclusions), in another row order, which `in_event_order` makes exact anyway.
+The stream comes out as the query's would once its persons are resolved (`pid`, `t`, `mask`,
+`xmask` when there are exclusions), in another row order, which `in_event_order` makes exact
+anyway.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import duckdb
@@ -50,9 +51,13 @@ def _dictionary(column: pa.ChunkedArray) -> pa.DictionaryArray:
 def _codes(array: pa.DictionaryArray, nulls_to: int) -> Ints:
     """The dictionary indices as int64, NULL as `nulls_to`."""
     indices = array.indices
+    width = np.dtype(indices.type.to_pandas_dtype())
+    raw = np.frombuffer(indices.buffers()[1], dtype=width, count=indices.offset + len(indices))
+    codes = raw[indices.offset :].astype(np.int64)
     if indices.null_count:
-        indices = pc.fill_null(indices, nulls_to)
-    return np.asarray(indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+        # (The values under NULL are unspecified: replaced.)
+        codes[~bool_values(indices.is_valid())] = nulls_to
+    return codes
 
 
 def _instant_us(value: datetime) -> int:
@@ -71,13 +76,15 @@ def funnel_rows(
     uses_path: bool,
     masks_sql: str,
     params: Sequence[object],
+    resolve: Callable[[Ints, Ints], Ints],
     threads: int = 1,
     min_rows: int = MIN_PART_EVENTS,
 ) -> pa.Table | None:
     """The rows of `rows.tables` in [start, end) (and the scan's bounds), bots left out unless
     both allow them, whose event name is among `names` and whose masks (`masks_sql`: a SELECT
     list giving `mask` and maybe `xmask` over `e.name` and, with `uses_path`, `e.path`, with
-    `params`) are not all zero: (ak, pid, t, mask[, xmask]), the tables read on up to `threads`
+    `params`) are not all zero: (pid, t, mask[, xmask]), `pid` the person's key as
+    `resolve(alias key, stored person key)` gives it, the tables read on up to `threads`
     threads when they hold `min_rows` rows or more. None when there are too many distinct
     paths to compute the masks per pair."""
     tables = rows.tables
@@ -125,7 +132,7 @@ def funnel_rows(
     narrow = {c: v.astype(dtype) for c, v in lookups.items()}
 
     def read(table: pa.Table) -> list[npt.NDArray[np.generic]] | None:
-        """The table's kept rows: (ak, pid, t, then each of `columns`), or None."""
+        """The table's kept rows: (pid, t, then each of `columns`), or None."""
         name = _dictionary(table["name"])
         if not len(name.dictionary):
             return None
@@ -156,8 +163,10 @@ def funnel_rows(
         alias = pc.coalesce(table["device_key"].combine_chunks(), person)
         kept_at = at[kept]
         return [
-            np.asarray(alias.to_numpy(), dtype=np.int64)[kept],
-            np.asarray(person.to_numpy(), dtype=np.int64)[kept],
+            resolve(
+                np.asarray(alias.to_numpy(), dtype=np.int64)[kept],
+                np.asarray(person.to_numpy(), dtype=np.int64)[kept],
+            ),
             t[kept],
             *(narrow[c][kept_at] for c in columns),
         ]
@@ -171,8 +180,8 @@ def funnel_rows(
         return [f for f in found if f is not None]
 
     read_parts = [part for group in walk_parts(max(groups, 1), read_group) for part in group]
-    names_out = ["ak", "pid", "t", *columns]
-    dtypes: list[type[np.generic]] = [np.int64, np.int64, np.int64, *(dtype for _ in columns)]
+    names_out = ["pid", "t", *columns]
+    dtypes: list[type[np.generic]] = [np.int64, np.int64, *(dtype for _ in columns)]
     return pa.table(
         {
             c: pa.array(

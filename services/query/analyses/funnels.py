@@ -22,13 +22,14 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 import msgspec
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -68,7 +69,7 @@ from services.query.analyses.requests import (
 from services.query.analyses.stream_parts import part_count
 from services.query.metric_query import SqlParams
 from services.query.params import ParamError
-from services.query.person_keys import PERSON_KEY_ALIASES, resolved_person_keys
+from services.query.person_keys import PERSON_KEY_ALIASES, PersonKeyResolver
 
 ORDERS = ("ordered", "strict", "unordered")
 WINDOW_UNITS: dict[str, int] = {
@@ -300,9 +301,15 @@ class MergedAttempts:
         return pa.concat_tables(self.tables).take(pa.array(self.order))
 
 
-def first_step(mask: Ints, n: int) -> Ints:
+def first_step(mask: npt.NDArray[np.integer[Any]], n: int) -> Ints:
     """Per event, the first step it satisfies (0-based; `n`: none), which orders events of
     one person and ts: step events in step order, the others after them."""
+    if mask.dtype in (np.uint8, np.uint16):
+        # One- and two-byte masks (read from the column cache): a gather from every value's
+        # answer.
+        every = np.arange(1 << (8 * mask.dtype.itemsize), dtype=np.int64)
+        return np.take(first_step(every, n), mask)
+    mask = mask.astype(np.int64, copy=False)
     # The lowest set bit's index is the count of bits below it (no bit: 64, above any step).
     # (Unsigned: NumPy counts the bits of a negative number's absolute value.)
     below = np.asarray(np.bitwise_count(((mask & -mask) - 1).view(np.uint64)), dtype=np.int64)
@@ -319,16 +326,22 @@ def _marked(table: pa.Table) -> pa.Table:
     return table.filter(marked)
 
 
+def _resolver(con: duckdb.DuckDBPyConnection) -> Callable[[Ints, Ints], Ints]:
+    """(alias keys, stored person keys) -> the persons' keys as `events_scan_keyed` gives them
+    (aliases applied), by the scan's aliases. One lookup in NumPy costs less than DuckDB's
+    hash join of every row with the aliases."""
+    aliases = con.sql(f"SELECT device, person FROM {PERSON_KEY_ALIASES}").to_arrow_table()
+    devices = np.asarray(aliases["device"].to_numpy(), dtype=np.int64)
+    persons = np.asarray(aliases["person"].to_numpy(), dtype=np.int64)
+    return PersonKeyResolver(devices, persons)
+
+
 def _resolved(con: duckdb.DuckDBPyConnection, table: pa.Table) -> pa.Table:
     """A stream read from `events_scan_stored` (`ak`, `pid`: the stored keys) with `pid` the
-    person's key as `events_scan_keyed` gives it (aliases applied) and `ak` dropped. One
-    lookup in NumPy costs less than DuckDB's hash join of every row with the aliases."""
-    aliases = con.sql(f"SELECT device, person FROM {PERSON_KEY_ALIASES}").to_arrow_table()
-    keys = resolved_person_keys(
+    person's key as `events_scan_keyed` gives it (aliases applied) and `ak` dropped."""
+    keys = _resolver(con)(
         np.asarray(table["ak"].to_numpy(), dtype=np.int64),
         np.asarray(table["pid"].to_numpy(), dtype=np.int64),
-        np.asarray(aliases["device"].to_numpy(), dtype=np.int64),
-        np.asarray(aliases["person"].to_numpy(), dtype=np.int64),
     )
     at = table.schema.get_field_index("pid")
     return table.set_column(at, "pid", pa.array(keys)).drop_columns(["ak"])
@@ -500,6 +513,7 @@ class FunnelQuery:
             uses_path="path" in named,
             masks_sql=sql,
             params=params.values,
+            resolve=_resolver(con),
             threads=scope.threads,
             min_rows=scope.part_min_events,
         )
@@ -592,7 +606,7 @@ class FunnelQuery:
             table = _resolved(con, table)
         codes = key_codes(table["pid"])
         shape = self.shape()
-        rank = first_step(np.asarray(table["mask"].to_numpy(), dtype=np.int64), self.spec.n)
+        rank = first_step(np.asarray(table["mask"].to_numpy()), self.spec.n)
         event_id = "eid" if event_ids else None
         # Each person's number within its part (the parts' persons are those of one
         # remainder), for every row at once rather than once per part.
