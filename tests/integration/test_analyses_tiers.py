@@ -16,6 +16,7 @@ import pytest
 from libs.common.schemas.events_v1 import EventV1
 from libs.common.subjects import Subjects
 from services.aggregator.writer import alias_links
+from services.query.analyses import funnels
 from services.query.analyses.requests import EventMatch, FunnelStep
 from tests.integration.test_analyses_api import post_json
 from tests.support.analysis_events import Ev
@@ -185,10 +186,21 @@ async def test_analyses_answer_the_same_from_the_column_cache(
     project: TestProject,
     tmp_path: Path,
     layout_name: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The first requests read the day files from Parquet (the cache fills after each scan);
     # the same requests again read every exported day from memory and answer the same, the
-    # plain-Python reference's answers.
+    # plain-Python reference's answers. With every day exported, the second round's funnel
+    # without a breakdown reads the cached tables without DuckDB (cached_rows.py).
+    direct_reads: list[int] = []
+    read = funnels.funnel_rows
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        table = read(*args, **kwargs)
+        direct_reads.append(-1 if table is None else table.num_rows)
+        return table
+
+    monkeypatch.setattr(funnels, "funnel_rows", counted)
     events = generate_events("acme", FIRST_DAY, DAYS, devices=60, seed=5)
     cache_bytes = 64 * 1024**2
     answers = []
@@ -220,6 +232,9 @@ async def test_analyses_answer_the_same_from_the_column_cache(
         held = columns.nbytes
     (first, _), (again, served) = answers
     assert served >= 4 * len(layout.exported_days)  # every exported day, each request
+    # Split: today's rows come from PostgreSQL, so never; all exported: the second round.
+    assert len(direct_reads) == (1 if layout_name == "all_exported" else 0)
+    assert all(rows > 0 for rows in direct_reads)
     assert 0 < held <= cache_bytes
     assert again == first
     assert_reference_answers(events, *again[1:])
