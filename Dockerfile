@@ -53,6 +53,10 @@ ENV PATH=/opt/strata/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 
+# The compiled funnel kernel's cache (Numba) where the root file system is read-only: the
+# Kubernetes query pod's /tmp is an emptyDir.
+ENV NUMBA_CACHE_DIR=/tmp/numba
+
 # Numeric user so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001
 WORKDIR /home/strata

@@ -163,6 +163,23 @@ def _kernel() -> Callable[..., tuple[Ints, Ints, Ints]]:
     return _compiled
 
 
+def load_funnel_kernel() -> None:
+    """Compile the kernel now (or load it from its cache): the query service's warm-up, so
+    the first funnel after a start does not wait for it."""
+    one = np.zeros(1, dtype=np.int64)
+    ordered_best(
+        one,
+        one + 1,
+        one,
+        np.zeros(0, dtype=bool),
+        np.ones(1, dtype=bool),
+        n=2,
+        window_us=1,
+        repeats=np.zeros(2, dtype=bool),
+        exclusions=(),
+    )
+
+
 def ordered_best(
     t: Ints,
     mask: Ints,
