@@ -46,6 +46,7 @@ from services.query.analyses.requests import (
 from services.query.analyses.retention import retention_plan, retention_spec, run_retention
 from services.query.column_cache import CACHED_VIEW_COLUMNS, CachedRows
 from services.query.event_scan import _build_view, cached_columns, ties_by_position
+from services.query.freed_memory import keep_freed_memory
 from services.query.params import TimeWindow
 from services.query.scan_engine import ScanEngine
 
@@ -257,6 +258,8 @@ def run_benchmark(
     """Time each analysis (first run, then the median of `runs` warm runs), and with
     `with_peers` the same questions asked of PostgreSQL and ClickHouse (bench/peers.py)."""
     started = time.perf_counter()
+    # As the query service does at start (STRATA_QUERY_KEEP_FREED_BYTES).
+    keep_freed_memory(QuerySettings().query_keep_freed_bytes)
     files = dataset(data_dir, events, persons, days)
     results: dict[str, Any] = {
         "dataset": {

@@ -22,6 +22,7 @@ from libs.common.settings import QuerySettings
 from services.query.analyses.conditions import EventScope
 from services.query.analyses.funnels import FunnelResult, FunnelSpec, funnel_spec, run_funnel
 from services.query.analyses.requests import Condition, FunnelRequest, FunnelStep, WindowSpec
+from services.query.freed_memory import keep_freed_memory
 from services.query.scan_engine import ScanEngine
 
 
@@ -61,7 +62,15 @@ def main() -> None:
         default=QuerySettings().column_cache_bytes // 1024**2,
         help="the decoded-column cache's budget (0: off)",
     )
+    parser.add_argument(
+        "--keep-freed-bytes",
+        type=int,
+        default=QuerySettings().query_keep_freed_bytes,
+        help="STRATA_QUERY_KEEP_FREED_BYTES (0: glibc's defaults)",
+    )
     args = parser.parse_args()
+    # As the query service does at start (STRATA_QUERY_KEEP_FREED_BYTES; 0: glibc's defaults).
+    keep_freed_memory(args.keep_freed_bytes)
     files, persons, end, spec = benchmark_funnel(args.scale, args.data_dir)
     # The query service's column cache (STRATA_COLUMN_CACHE_BYTES), filled before timing.
     engine = ScanEngine(column_cache_bytes=args.column_cache_mb * 1024**2)

@@ -182,6 +182,9 @@ class QuerySettings(CommonSettings, frozen=True, kw_only=True):
     hot_rows_cache_bytes: int = 512 * 1024**2  # rows of days without day files kept, LRU
     # Decoded columns of local day files the analyses read most, kept, LRU (0: off)
     column_cache_bytes: int = 256 * 1024**2
+    # Memory freed by analyses kept for the next instead of returned to the OS (0: glibc's
+    # defaults; services/query/freed_memory.py)
+    query_keep_freed_bytes: int = 1024**3
     query_warm_days: int = 31  # at start, scan each project's last N days to fill the caches
     oci_config_file: str = "~/.oci/config"
     oci_profile: str = "DEFAULT"

@@ -25,6 +25,7 @@ from libs.common.settings import QuerySettings, from_env
 from libs.common.subjects import Subjects
 from services.query.app import build_app
 from services.query.dependencies import QueryDeps
+from services.query.freed_memory import keep_freed_memory
 from services.query.scan_engine import ScanEngine
 from services.query.warm_up import warm_caches
 
@@ -80,6 +81,7 @@ async def serve(settings: QuerySettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    keep_freed_memory(settings.query_keep_freed_bytes)
     pool = await _connect_postgres(settings.database_url, settings.pool_size, stop)
     if pool is None:
         return

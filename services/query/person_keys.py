@@ -83,6 +83,20 @@ class PersonKeyResolver:
             self._order = np.argsort(devices)
             self._ordered = devices[self._order]
 
+    @property
+    def empty(self) -> bool:
+        """No alias: every row's person is its stored key."""
+        return self._dense is None and self._ordered is None
+
+    @property
+    def dense(self) -> tuple[Ints, int, int] | None:
+        """The dense look-up, when the keys are dense: (table, low, none), slot `key - low + 1`
+        holding the person of the alias of device `key` or `none` (keys outside the span are
+        clipped to the first or last slot, which hold `none`)."""
+        if self._dense is None:
+            return None
+        return self._dense, self._low, _NONE
+
     def __call__(self, alias_key: Ints, person_key: Ints) -> Ints:
         """The person of the alias whose device is `alias_key`, else the stored `person_key`."""
         if alias_key.size == 0 or (self._dense is None and self._ordered is None):

@@ -15,8 +15,7 @@ Per person, the kernel first makes, for each step, the position of the next even
 it from every position of the person's run (a backward pass: the run's events times the
 steps, in a buffer the size of the longest run), so each attempt's step is one look-up; a
 person's remaining attempts are skipped once one reached the last step and no exclusion is
-left to check. Compiled on first use with Numba (`cache=True`: the machine code is kept
-beside the module, so a process after the first loads it instead of compiling ~2 s).
+left to check. Compiled on first use with Numba (jit.py).
 """
 
 from __future__ import annotations
@@ -27,10 +26,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from services.query.analyses.jit import Compiled
+
 Ints = npt.NDArray[np.int64]
 Flags = npt.NDArray[np.bool_]
-
-_compiled: Callable[..., tuple[Ints, Ints, Ints]] | None = None
 
 
 def _ordered_best(  # pragma: no cover - run compiled; `ordered_best` runs it in Python in tests
@@ -152,15 +151,7 @@ def _ordered_best(  # pragma: no cover - run compiled; `ordered_best` runs it in
     return firsts[:kept], reached_out[:kept], positions_out[:kept]
 
 
-def _kernel() -> Callable[..., tuple[Ints, Ints, Ints]]:
-    """The compiled kernel (Numba imported and the kernel compiled, or loaded from its cache,
-    on first use: processes that never run a funnel do not pay for either)."""
-    global _compiled
-    if _compiled is None:
-        import numba
-
-        _compiled = numba.njit(cache=True, nogil=True)(_ordered_best)
-    return _compiled
+_compiled_ordered_best = Compiled(_ordered_best)
 
 
 def load_funnel_kernel() -> None:
@@ -200,7 +191,9 @@ def ordered_best(
     exactly, `exclusions`: (bit, from step, to step), steps 1-based. Returns (first position,
     reached, step positions) per person kept, in stream order; `compiled=False` runs the same
     code as Python (tests: its lines are then measured and checked)."""
-    kernel: Callable[..., tuple[Ints, Ints, Ints]] = _kernel() if compiled else _ordered_best
+    kernel: Callable[..., tuple[Ints, Ints, Ints]] = (
+        _compiled_ordered_best if compiled else _ordered_best
+    )
     x: Any = np.asarray(exclusions, dtype=np.int64).reshape(-1, 3)
     return kernel(
         np.ascontiguousarray(t, dtype=np.int64),

@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -326,7 +326,7 @@ def _marked(table: pa.Table) -> pa.Table:
     return table.filter(marked)
 
 
-def _resolver(con: duckdb.DuckDBPyConnection) -> Callable[[Ints, Ints], Ints]:
+def _resolver(con: duckdb.DuckDBPyConnection) -> PersonKeyResolver:
     """(alias keys, stored person keys) -> the persons' keys as `events_scan_keyed` gives them
     (aliases applied), by the scan's aliases. One lookup in NumPy costs less than DuckDB's
     hash join of every row with the aliases."""
