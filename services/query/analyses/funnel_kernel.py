@@ -65,9 +65,12 @@ def _ordered_best(  # pragma: no cover - run compiled; `ordered_best` runs it in
     run_start[runs] = size
     longest = max(longest, size - run_start[runs - 1])
     exclusions = x_bit.size
+    grouped = exclusions > 0
+    for k in range(n):
+        grouped |= repeats[k]
     # Per step (and exclusion): from each position of a run, the next one satisfying it
     # (`length`: none), positions relative to the run's start.
-    next_step = np.empty((n, longest + 1), np.int64)
+    next_step = np.empty((longest + 1, n), np.int64)
     next_x = np.empty((max(exclusions, 1), longest + 1), np.int64)
     group_end = np.empty(longest + 1, np.int64)
     firsts = np.empty(runs, np.int64)
@@ -85,15 +88,20 @@ def _ordered_best(  # pragma: no cover - run compiled; `ordered_best` runs it in
                 break
         if not any_start:
             continue
-        # The last position of each position's (person, ts) group.
-        group_end[length - 1] = length - 1
-        for i in range(length - 2, -1, -1):
-            group_end[i] = group_end[i + 1] if t[a + i] == t[a + i + 1] else i
+        # The last position of each position's (person, ts) group (for repeated steps and
+        # exclusions only).
+        if grouped:
+            group_end[length - 1] = length - 1
+            for i in range(length - 2, -1, -1):
+                group_end[i] = group_end[i + 1] if t[a + i] == t[a + i + 1] else i
+        # One backward pass for every step (position-major: a position's steps side by side).
         for k in range(1, n):
-            bit = np.int64(1) << k
-            next_step[k, length] = length
-            for i in range(length - 1, -1, -1):
-                next_step[k, i] = i if mask[a + i] & bit else next_step[k, i + 1]
+            next_step[length, k] = length
+        for i in range(length - 1, -1, -1):
+            bits = mask[a + i]
+            for k in range(1, n):
+                later = next_step[i + 1, k]
+                next_step[i, k] = i if (bits >> k) & 1 else later
         for e in range(exclusions):
             bit = np.int64(1) << x_bit[e]
             next_x[e, length] = length
@@ -111,7 +119,7 @@ def _ordered_best(  # pragma: no cover - run compiled; `ordered_best` runs it in
             at = i
             for k in range(1, n):
                 after = (group_end[at] if repeats[k] else at) + 1
-                found = next_step[k, after]
+                found = next_step[after, k]
                 if found >= length or t[a + found] > deadline:
                     break
                 steps[k] = found
