@@ -29,6 +29,7 @@ from services.query.analyses.requests import (
 from services.query.column_cache import CACHED_VIEW_COLUMNS, CachedRows
 from services.query.event_scan import _build_view, cached_columns
 from services.query.metric_query import SqlParams
+from services.query.person_keys import PersonKeyResolver
 from services.query.scan_engine import ScanEngine
 from tests.unit.test_column_cache import ALIASES, DAY, DAYS, END, day_rows
 
@@ -236,6 +237,29 @@ def test_the_range_s_edges(files: list[str]) -> None:
             start_us = int(start.timestamp() * 1e6)
             end_us = int(end.timestamp() * 1e6)
             assert all(start_us <= t < end_us for t in times)
+    finally:
+        con.close()
+        engine.close()
+
+
+def test_persons_resolved_after_the_pass_when_the_aliases_keys_are_sparse(
+    files: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Keys spread too wide for a dense look-up are resolved after the pass, by binary search.
+    monkeypatch.setattr(PersonKeyResolver, "dense", property(lambda self: None))
+    engine = ScanEngine(column_cache_bytes=64 * 1024**2)
+    con, rows = scan(engine, files, False)
+    try:
+        spec = funnel_spec(FUNNELS["path condition"])
+        by_sql = EventScope(DAY, END, person_keys=True, cached_columns=CACHED_VIEW_COLUMNS)
+        read = FunnelQuery(spec, replace(by_sql, cached_rows=rows), lists_persons=False)
+        direct = read._cached_stream(con)
+        assert direct is not None
+        params = SqlParams()
+        sql = FunnelQuery(spec, by_sql, lists_persons=False).stream_sql(params, event_ids=False)
+        expected = _resolved(con, _marked(con.sql(sql, params=params.values).to_arrow_table()))
+        assert 1000 not in direct["pid"].to_pylist()  # the aliased device's rows moved to u0's
+        assert sorted_rows(direct) == sorted_rows(expected)
     finally:
         con.close()
         engine.close()

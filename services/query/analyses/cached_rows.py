@@ -106,9 +106,9 @@ def _kept_rows(  # pragma: no cover - run compiled; tests also run it as Python
     """One pass over a table's rows: those whose step mask (`lut[block of the name + number of
     the path]`, `path_number` ending with the NULL path's number) or exclusion mask (`xlut`,
     the same way; empty: no exclusions) is not zero, inside [lo, hi), not bots unless
-    `keep_bots`, written to the outputs (the person's key,
-    the alias key: the device's, else the person's; ts; masks). The person's key is resolved
-    by `aliases` (PersonKeyResolver.dense: slot `key - aliases_low + 1` holds the alias's
+    `keep_bots`, written to the outputs (the person's key; the alias key, the device's, else
+    the person's, unless `out_ak` is empty; ts; masks). The person's key is resolved by
+    `aliases` (PersonKeyResolver.dense: slot `key - aliases_low + 1` holds the alias's
     person or `no_alias`) when it is not empty, else stored. Returns how many. An empty
     `path_codes`: no path is read (every row's is `no_path`); an empty validity bitmap: no
     NULL."""
@@ -157,7 +157,8 @@ def _kept_rows(  # pragma: no cover - run compiled; tests also run it as Python
                 stored = found
         out_t[kept] = t
         out_pid[kept] = stored
-        out_ak[kept] = alias
+        if out_ak.size:
+            out_ak[kept] = alias
         out_mask[kept] = mask
         if excluding:
             out_xmask[kept] = xmask
@@ -246,6 +247,10 @@ def funnel_rows(
     looked_up_keys = resolve.dense
     resolved_here = looked_up_keys is not None or resolve.empty
     dense, dense_low, no_alias = looked_up_keys or (np.zeros(0, dtype=np.int64), 0, 0)
+    if dense.size and int(dense.max()) < 2**31 - 1:
+        # Half the bytes (a look-up per row kept, at random: the smaller it is, the more of it
+        # the CPU's caches hold).
+        dense, no_alias = np.where(dense == no_alias, -1, dense).astype(np.int32), -1
 
     def read(table: pa.Table, out: list[npt.NDArray[Any]]) -> int:
         """Write the table's kept rows to `out` (pid, ak, t, mask, xmask); how many."""
@@ -307,7 +312,7 @@ def funnel_rows(
         size = sum(t.num_rows for t in chosen)
         out: list[npt.NDArray[Any]] = [
             np.empty(size, dtype=np.int64),  # pid
-            np.empty(size, dtype=np.int64),  # ak
+            np.empty(0 if resolved_here else size, dtype=np.int64),  # ak, to resolve after
             np.empty(size, dtype=np.int64),  # t
             np.empty(size, dtype=lut.dtype),  # mask
             np.empty(size if xlut.size else 0, dtype=lut.dtype),  # xmask
