@@ -68,8 +68,9 @@ _FileKey = tuple[str, int, int]  # path, inode, size
 
 @dataclass(frozen=True)
 class CachedRows:
-    """Every row of a scan, as the column cache's tables (one per day file), with the scan's
-    own bounds: rows at or after `start` and before `end`, bots left out unless
+    """Every row of a scan as in-memory Arrow tables: the column cache's (one per day file) and
+    the hot rows' (PostgreSQL's, services/query/hot_rows.py), with the scan's own bounds: rows
+    at or after `start` and before `end` (a table may hold more), bots left out unless
     `include_bots`."""
 
     tables: tuple[pa.Table, ...]

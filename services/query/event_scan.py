@@ -124,7 +124,8 @@ class EventScan:
         # column cache holds from memory (services/query/column_cache.py).
         self.cached_columns = CACHED_VIEW_COLUMNS if cached and cached.tables else frozenset()
         self._cached = cached
-        # Every row as the column cache's tables, when they hold them all (else None).
+        # Every row as in-memory tables (the column cache's and the hot rows'), when they hold
+        # them all (else None).
         self.cached_rows = cached_rows
         self._engine = engine
         self._pinned = pinned
@@ -559,12 +560,9 @@ async def open_scan(
                 return keyed, positioned, found, missing
 
             keyed, by_position, cached, missing = await asyncio.to_thread(build)
-            every_row_cached = (
-                keyed
-                and not erased
-                and not any(t.num_rows for t in hot.tables)
-                and all(p in cached.tables for p in local)
-            )
+            # Every row in memory as Arrow: each day file's columns cached, and PostgreSQL's
+            # rows (the hot rows' tables), all with person keys and no erasure to filter.
+            every_row_in_memory = keyed and not erased and all(p in cached.tables for p in local)
         except BaseException:
             for found in acquired:
                 engine.columns.release(found)
@@ -594,7 +592,9 @@ async def open_scan(
         person_keys=keyed,
         ties_by_position=by_position,
         cached=cached,
-        cached_rows=CachedRows(tuple(cached.tables[p] for p in local), start, end, include_bots)
-        if every_row_cached
+        cached_rows=CachedRows(
+            (*(cached.tables[p] for p in local), *hot.tables), start, end, include_bots
+        )
+        if every_row_in_memory
         else None,
     )

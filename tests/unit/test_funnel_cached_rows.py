@@ -27,10 +27,11 @@ from services.query.analyses.requests import (
     WindowSpec,
 )
 from services.query.column_cache import CACHED_VIEW_COLUMNS, CachedRows
+from services.query.compact_rows import compact
 from services.query.event_scan import _build_view, cached_columns
 from services.query.metric_query import SqlParams
 from services.query.person_keys import PersonKeyResolver
-from services.query.scan_engine import ScanEngine
+from services.query.scan_engine import STORED_COLUMNS, ScanEngine
 from tests.unit.test_column_cache import ALIASES, DAY, DAYS, END, day_rows
 
 HOME = FunnelStep("$pageview", [Condition("path", "eq", "/")])
@@ -81,27 +82,41 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     return paths
 
 
+def hot_rows() -> list[pa.Table]:
+    """A day after the files from PostgreSQL, as the hot rows hold it: a table with plain text
+    columns and one dictionary-encoded (compact_rows.py) in two chunks."""
+    rows = day_rows(DAYS).select(list(STORED_COLUMNS))
+    half, quarter = rows.num_rows // 2, rows.num_rows // 4
+    encoded = compact(rows.slice(half))
+    return [
+        rows.slice(0, half),
+        pa.concat_tables([encoded.slice(0, quarter), encoded.slice(quarter)]),
+    ]
+
+
 def scan(
-    engine: ScanEngine, files: list[str], include_bots: bool
+    engine: ScanEngine, files: list[str], include_bots: bool, *, with_hot: bool = False
 ) -> tuple[duckdb.DuckDBPyConnection, CachedRows]:
     con = engine.connection()
     engine.columns.fill(files)
     found, missing = cached_columns(engine, files)
     assert not missing
+    hot = hot_rows() if with_hot else []
     assert _build_view(
         con,
         paths=files,
-        hot=[],
+        hot=hot,
         aliases=ALIASES,
         persons=None,
         start=DAY,
-        end=END,
+        end=END + timedelta(days=1),
         include_bots=include_bots,
         unkeyed_paths=engine.file_columns.unkeyed(files),
         file_columns=engine.file_columns,
         cached=found.tables,
     )
-    return con, CachedRows(tuple(found.tables[p] for p in files), DAY, END, include_bots)
+    tables = (*(found.tables[p] for p in files), *hot)
+    return con, CachedRows(tables, DAY, END + timedelta(days=1), include_bots)
 
 
 def sorted_rows(table: pa.Table) -> list[tuple[object, ...]]:
@@ -117,17 +132,18 @@ def masks(table: pa.Table) -> list[str]:
     [(False, False), (True, True), (True, False)],
     ids=["no bots", "bots", "bots scanned, not asked"],
 )
+@pytest.mark.parametrize("with_hot", [False, True], ids=["files", "files and hot rows"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("name", list(FUNNELS))
 def test_cached_rows_give_the_query_s_rows_and_answers(
-    files: list[str], name: str, threads: int, scan_bots: bool, include_bots: bool
+    files: list[str], name: str, threads: int, scan_bots: bool, include_bots: bool, with_hot: bool
 ) -> None:
     engine = ScanEngine(column_cache_bytes=64 * 1024**2)
-    con, rows = scan(engine, files, scan_bots)
+    con, rows = scan(engine, files, scan_bots, with_hot=with_hot)
     try:
         spec = funnel_spec(FUNNELS[name])
         # A range narrower than the scan's: rows outside it are not read.
-        start, end = DAY + timedelta(hours=7), END - timedelta(hours=5)
+        start, end = DAY + timedelta(hours=7), END + timedelta(days=with_hot, hours=-5)
         by_sql = EventScope(
             start,
             end,

@@ -1,21 +1,25 @@
-"""A funnel's events read straight from the decoded-column cache's tables (services/query/
-column_cache.py) with NumPy, without DuckDB, when every row of the scan is there.
+"""A funnel's events read straight from the scan's in-memory Arrow tables, without DuckDB, when
+every row of the scan is in one: each day file's columns in the decoded-column cache
+(services/query/column_cache.py) and PostgreSQL's rows in the hot rows' tables
+(services/query/hot_rows.py).
 
 DuckDB's read of the cached tables (a scan of each row's name, path, ts and bot flag, the
 step masks' CASE, the person keys) cost ~170 ms of CPU for the 120-day benchmark funnel at
 scale 1 and handed over every row of the steps' event names, which NumPy then filtered again
-by mask. Here each table's rows cost a few gathers from small look-up tables:
+by mask. Here:
 
 - the step and exclusion masks are computed once per distinct (event name, page path) of the
-  tables, by DuckDB, with the very SQL the stream's query uses (`FunnelQuery.mask_sql`), so
-  their semantics are SQL's; each row then reads its mask from a table indexed by its name's
-  and path's dictionary codes;
-- only rows inside the range, not bots (unless asked) and marked by a step or an exclusion
-  are kept, and only their person keys and times are gathered.
+  tables, by DuckDB, with the very SQL the stream's query uses (`FunnelQuery._masks`), so
+  their semantics are SQL's;
+- one compiled pass per batch (`_kept_rows`) reads each row's masks by its name's and path's
+  dictionary codes, keeps the rows inside the range, not bots (unless asked) and marked by a
+  step or an exclusion, and writes their person (resolved through the aliases there when
+  their keys are dense), time and masks; the batches are split over the analysis threads.
 
 The stream comes out as the query's would once its persons are resolved (`pid`, `t`, `mask`,
 `xmask` when there are exclusions), in another row order, which `in_event_order` makes exact
-anyway.
+anyway (rows tied on person, time and step still raise `TiesNeedEventIds` when they differ:
+the query then reads the event ids).
 """
 
 from __future__ import annotations
@@ -42,12 +46,18 @@ Ints = npt.NDArray[np.int64]
 MAX_MASK_PAIRS = 1_000_000
 
 
-def _dictionary(column: pa.ChunkedArray) -> pa.DictionaryArray:
-    """One dictionary-encoded chunk of a cached text column (encoded here if stored plain)."""
-    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+def _dictionary(array: pa.Array) -> pa.DictionaryArray:
+    """A text column of a batch, dictionary-encoded (encoded here if held plain)."""
     if isinstance(array, pa.DictionaryArray):
         return array
     return pc.dictionary_encode(array)
+
+
+def _microseconds(ts: pa.Array) -> pa.Array:
+    """Timestamps as int64 microseconds since the epoch."""
+    if pa.types.is_timestamp(ts.type) and ts.type.unit != "us":
+        ts = ts.cast(pa.timestamp("us", tz=ts.type.tz))
+    return ts.cast(pa.int64())
 
 
 def _raw(array: pa.Array) -> npt.NDArray[Any]:
@@ -196,7 +206,9 @@ def funnel_rows(
     aliases applied by `resolve`, the tables read on up to `threads`
     threads when they hold `min_rows` rows or more. None when there are too many distinct
     paths to compute the masks per pair."""
-    tables = rows.tables
+    # Every batch of every table: a day's hot rows come in a few chunks (compact_rows.py), each
+    # with its dictionaries, read as they are.
+    tables = [batch for table in rows.tables for batch in table.to_batches() if batch.num_rows]
     lo = _instant_us(max(start, rows.start))
     hi = _instant_us(min(end, rows.end))
     keep_bots = include_bots and rows.include_bots
@@ -252,8 +264,8 @@ def funnel_rows(
         # the CPU's caches hold).
         dense, no_alias = np.where(dense == no_alias, -1, dense).astype(np.int32), -1
 
-    def read(table: pa.Table, out: list[npt.NDArray[Any]]) -> int:
-        """Write the table's kept rows to `out` (pid, ak, t, mask, xmask); how many."""
+    def read(table: pa.RecordBatch, out: list[npt.NDArray[Any]]) -> int:
+        """Write the batch's kept rows to `out` (pid, ak, t, mask, xmask); how many."""
         name = _dictionary(table["name"])
         if not len(name.dictionary):
             return 0
@@ -270,9 +282,9 @@ def funnel_rows(
         else:
             number = np.zeros(0, dtype=np.int64)
             path_codes, path_bits, path_offset = np.zeros(0, dtype=np.int8), no_bits, 0
-        ts = table["ts"].combine_chunks().cast(pa.int64())
-        bots = table["is_bot"].combine_chunks()
-        device = table["device_key"].combine_chunks()
+        ts = _microseconds(table["ts"])
+        bots = table["is_bot"]
+        device = table["device_key"]
         device_bits, device_offset = _validity(device)
         kept: int = _compiled_kept_rows(
             _raw(name.indices),
@@ -290,7 +302,7 @@ def funnel_rows(
             _bits(bots),
             bots.offset,
             keep_bots,
-            _raw(table["person_key"].combine_chunks()),
+            _raw(table["person_key"]),
             _raw(device),
             device_bits,
             device_offset,

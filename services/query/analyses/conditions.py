@@ -340,8 +340,8 @@ class EventScope:
     # The columns of the scan's `*_cached` views (event_scan.py; empty: it has none), which
     # read the files the column cache holds from memory instead of Parquet.
     cached_columns: frozenset[str] = frozenset()
-    # Every row of the scan as the column cache's tables, when they hold them all (no row
-    # from PostgreSQL, every day file cached): funnels then read them without DuckDB
+    # Every row of the scan as in-memory tables, when they hold them all (every day file's
+    # columns cached, beside the hot rows): funnels then read them without DuckDB
     # (cached_rows.py). None otherwise.
     cached_rows: CachedRows | None = None
     # Threads a large stream's kernel is split over by person (stream_parts.py), and the

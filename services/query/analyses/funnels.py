@@ -478,8 +478,8 @@ class FunnelQuery:
 
     def _cached_stream(self, con: duckdb.DuckDBPyConnection) -> pa.Table | None:
         """The stream as `stream_sql` without event ids gives it, marked rows only, read from
-        the column cache's tables with NumPy (cached_rows.py), when every row of the scan is
-        there and the funnel reads nothing else: persons by key, steps and exclusions by
+        the scan's in-memory tables (cached_rows.py), when every row of the scan is in one
+        and the funnel reads nothing else: persons by key, steps and exclusions by
         event name and page path only, no breakdown, filters or cohorts. None otherwise."""
         scope, spec = self.scope, self.spec
         if (
