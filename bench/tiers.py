@@ -63,6 +63,7 @@ from services.query.analyses.funnels import FunnelSpec, funnel_spec, run_funnel
 from services.query.analyses.requests import Condition, FunnelRequest, FunnelStep, WindowSpec
 from services.query.buckets import output_buckets, rollup_pieces
 from services.query.event_scan import open_scan
+from services.query.freed_memory import keep_freed_memory
 from services.query.metric_query import EVENT_METRICS, MetricQuery
 from services.query.metrics_from_rollups import read_rollups
 from services.query.params import Filters, TimeWindow
@@ -212,6 +213,7 @@ async def funnel_once(
             person_keys=scan.person_keys,
             ties_by_position=scan.ties_by_position,
             cached_columns=scan.cached_columns,
+            cached_rows=scan.cached_rows,
             threads=QuerySettings().analysis_threads,
         )
         result = await asyncio.to_thread(
@@ -272,12 +274,25 @@ def _median(samples: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _engine(cache_dir: Path, store: ObjectStore) -> ScanEngine:
+    """The query service's scan engine with its default caches (hot rows, decoded columns)."""
+    settings = QuerySettings()
+    return ScanEngine(
+        DayFileCache(cache_dir, 8 * 1024**3, store),
+        hot_rows_cache_bytes=settings.hot_rows_cache_bytes,
+        column_cache_bytes=settings.column_cache_bytes,
+    )
+
+
 async def timed_funnel(
     deps: ScanDeps, funnel: FunnelSpec, start: datetime, end: datetime, runs: int
 ) -> dict[str, Any]:
     """A first run (fills caches), then the median of `runs` warm ones, and what the query's
     cache of hot rows holds then."""
     first = await funnel_once(deps, funnel, start, end)
+    # The files the first run read from Parquet are decoded on the column cache's thread; a
+    # user's next request comes seconds later, when that is done.
+    deps.scan_engine.columns.settle()
     warm = [await funnel_once(deps, funnel, start, end) for _ in range(runs)]
     hot = deps.scan_engine.hot_rows
     return {
@@ -410,7 +425,7 @@ async def run(
         moves = {"oldest_30_days": await cold_move(pool, store, settings, cold_days, HOT_DAYS)}
         print(f"   cold move {moves['oldest_30_days']}", flush=True)
         funnel = _funnel()
-        engine = ScanEngine(DayFileCache(cache_dir, 8 * 1024**3, store))
+        engine = _engine(cache_dir, store)
         deps = ScanDeps(pool, engine)
         # Before the tiering service's first export the hot days have no day files yet, so the
         # scan reads them from PostgreSQL: the worst case, only seen right after a backfill.
@@ -467,7 +482,7 @@ async def run(
         cold_cache = []
         for _ in range(max(1, min(runs, 3))):
             shutil.rmtree(cache_dir, ignore_errors=True)
-            engine = ScanEngine(DayFileCache(cache_dir, 8 * 1024**3, store))
+            engine = _engine(cache_dir, store)
             cold_cache.append(await funnel_once(ScanDeps(pool, engine), funnel, start, end))
             engine.close()
         funnels["all_cold_cold_cache"] = _median(cold_cache)
@@ -496,6 +511,8 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """The figures, against DATABASE_URL or an embedded PostgreSQL started for the run."""
     configure_logging("bench", "console", "warning")
+    # As the query service does at start (STRATA_QUERY_KEEP_FREED_BYTES).
+    keep_freed_memory(QuerySettings().query_keep_freed_bytes)
     with tempfile.TemporaryDirectory(prefix="strata-bench-tiers-") as tmp:
         work = Path(tmp)
         server = None
