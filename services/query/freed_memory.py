@@ -7,8 +7,8 @@ frees them when it answers. By default glibc serves each allocation above a thre
 raised as large blocks are freed, to at most 32 MiB) with its own `mmap`, unmapped again when
 freed, and returns the heap's top to the system past 128 KiB: the next analysis then faults
 every page of its arrays in anew, zeroed by the kernel. Measured on the analyses benchmark's
-5-step funnels at `--scale 1` (docs/analytics.md, "Funnels, issue 14, fourth round"): the
-30-day funnel's wall median 87-110 -> 65-75 ms.
+5-step funnels at `--scale 1` (docs/analytics.md, the funnels' fourth round): the 30-day
+funnel's wall median 87-110 -> 65-75 ms.
 
 `STRATA_QUERY_KEEP_FREED_BYTES` (1 GiB; 0: glibc's defaults) is both thresholds: allocations
 below 32 MiB (glibc's largest allowed threshold) come from the heap, and up to that many bytes
@@ -38,7 +38,7 @@ def keep_freed_memory(keep_bytes: int) -> bool:
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
-        log.info("freed_memory_default", reason="no mallopt in this C library")
+        log.info("freed_memory_default", error="no mallopt in this C library")
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     trim = min(keep_bytes, 2**31 - 1)
