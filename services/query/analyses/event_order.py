@@ -97,8 +97,11 @@ def key_codes(keys: pa.ChunkedArray) -> Ints:
         # the fewest bits for the packed sort, as the strings' dictionary gives.
         present = np.zeros(spread, dtype=bool)
         present[offsets] = True
-        numbers = np.cumsum(present, dtype=np.int32 if spread < 1 << 31 else np.int64)
-        return np.asarray(numbers[offsets], dtype=np.int64) - 1
+        # (Numbered from 0 over the spread, then one gather per row: no pass over the rows
+        # to widen or shift them.)
+        numbers = np.cumsum(present, dtype=np.int64)
+        numbers -= 1
+        return np.take(numbers, offsets)
     # One chunk first: encoding the chunks one by one and combining them costs more.
     encoded = pc.dictionary_encode(keys.combine_chunks(), null_encoding="encode")
     return np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)

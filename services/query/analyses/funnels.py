@@ -692,13 +692,16 @@ class FunnelQuery:
         """Total counts, per-breakdown-value counts (top values) and whether values were cut."""
         best = self._prepared()
         stats = []
+        # Each step's times contiguous: gathers from a column, not a boolean mask of 2-D rows.
+        steps = np.ascontiguousarray(best.times.T)
         for k in range(self.spec.n):
             reached = best.reached >= k + 1
             count = int(np.count_nonzero(reached))
             if k == 0 or not count:
                 stats.append(StepStats(count, None, None))
                 continue
-            gaps = (best.times[reached, k] - best.times[reached, k - 1]) / 1e6
+            rows = np.flatnonzero(reached)
+            gaps = (np.take(steps[k], rows) - np.take(steps[k - 1], rows)) / 1e6
             stats.append(StepStats(count, float(np.median(gaps)), float(np.mean(gaps))))
         total = FunnelCounts(stats)
         breakdown: list[tuple[str, FunnelCounts]] = []
