@@ -99,9 +99,10 @@ def key_codes(keys: pa.ChunkedArray) -> Ints:
         present[offsets] = True
         # (Numbered from 0 over the spread, then one gather per row: no pass over the rows
         # to widen or shift them.)
-        numbers = np.cumsum(present, dtype=np.int64)
+        numbers: Ints = np.cumsum(present, dtype=np.int64)
         numbers -= 1
-        return np.take(numbers, offsets)
+        codes: Ints = np.take(numbers, offsets)
+        return codes
     # One chunk first: encoding the chunks one by one and combining them costs more.
     encoded = pc.dictionary_encode(keys.combine_chunks(), null_encoding="encode")
     return np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)

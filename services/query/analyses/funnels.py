@@ -700,8 +700,8 @@ class FunnelQuery:
             if k == 0 or not count:
                 stats.append(StepStats(count, None, None))
                 continue
-            rows = np.flatnonzero(reached)
-            gaps = (np.take(steps[k], rows) - np.take(steps[k - 1], rows)) / 1e6
+            persons = np.flatnonzero(reached)
+            gaps = (np.take(steps[k], persons) - np.take(steps[k - 1], persons)) / 1e6
             stats.append(StepStats(count, float(np.median(gaps)), float(np.mean(gaps))))
         total = FunnelCounts(stats)
         breakdown: list[tuple[str, FunnelCounts]] = []
