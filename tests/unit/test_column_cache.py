@@ -35,6 +35,7 @@ from services.query.event_scan import _build_view, cached_columns, ties_by_posit
 from services.query.params import TimeWindow
 from services.query.person_aliases import ALIAS_SCHEMA
 from services.query.scan_engine import STORED_COLUMNS, ScanEngine
+from tests.support.scan_views import engine_views
 
 DAY = datetime(2024, 3, 1, tzinfo=UTC)
 DAYS = 4
@@ -120,18 +121,8 @@ def answers(engine: ScanEngine, files: list[str]) -> tuple[object, ...]:
     hot = [hot_rows()]
     found, _ = cached_columns(engine, files)
     try:
-        keyed = _build_view(
-            con,
-            paths=files,
-            hot=hot,
-            aliases=ALIASES,
-            persons=None,
-            start=DAY,
-            end=END,
-            include_bots=False,
-            unkeyed_paths=engine.file_columns.unkeyed(files),
-            file_columns=engine.file_columns,
-            cached=found.tables,
+        keyed = engine_views(
+            con, engine, files, hot=hot, aliases=ALIASES, start=DAY, end=END, cached=found.tables
         )
         assert keyed
         scope = EventScope(

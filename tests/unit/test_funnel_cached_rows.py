@@ -28,10 +28,11 @@ from services.query.analyses.requests import (
 )
 from services.query.column_cache import CACHED_VIEW_COLUMNS, CachedRows
 from services.query.compact_rows import compact
-from services.query.event_scan import _build_view, cached_columns
+from services.query.event_scan import cached_columns
 from services.query.metric_query import SqlParams
 from services.query.person_keys import PersonKeyResolver
 from services.query.scan_engine import STORED_COLUMNS, ScanEngine
+from tests.support.scan_views import engine_views
 from tests.unit.test_column_cache import ALIASES, DAY, DAYS, END, day_rows
 
 HOME = FunnelStep("$pageview", [Condition("path", "eq", "/")])
@@ -102,17 +103,15 @@ def scan(
     found, missing = cached_columns(engine, files)
     assert not missing
     hot = hot_rows() if with_hot else []
-    assert _build_view(
+    assert engine_views(
         con,
-        paths=files,
+        engine,
+        files,
         hot=hot,
         aliases=ALIASES,
-        persons=None,
         start=DAY,
         end=END + timedelta(days=1),
         include_bots=include_bots,
-        unkeyed_paths=engine.file_columns.unkeyed(files),
-        file_columns=engine.file_columns,
         cached=found.tables,
     )
     tables = (*(found.tables[p] for p in files), *hot)

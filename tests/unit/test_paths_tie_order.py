@@ -21,9 +21,10 @@ from libs.common.day_files.layout import EVENT_FILE_SCHEMA, TIE_ORDER, TIE_ORDER
 from services.query.analyses.conditions import EventScope
 from services.query.analyses.paths import paths_spec, run_paths
 from services.query.analyses.requests import PathsRequest
-from services.query.event_scan import _build_view, ties_by_position
+from services.query.event_scan import ties_by_position
 from services.query.person_aliases import ALIAS_SCHEMA
 from services.query.scan_engine import STORED_COLUMNS, ScanEngine
+from tests.support.scan_views import engine_views
 
 DAY = datetime(2024, 3, 1, tzinfo=UTC)
 TIE = DAY + timedelta(hours=5)
@@ -86,17 +87,8 @@ def answer(
         schema=ALIAS_SCHEMA,
     )
     try:
-        keyed = _build_view(
-            con,
-            paths=files,
-            hot=hot,
-            aliases=aliases,
-            persons=None,
-            start=DAY,
-            end=DAY + timedelta(days=1),
-            include_bots=False,
-            unkeyed_paths=engine.file_columns.unkeyed(files),
-            file_columns=engine.file_columns,
+        keyed = engine_views(
+            con, engine, files, hot=hot, aliases=aliases, start=DAY, end=DAY + timedelta(days=1)
         )
         assert keyed
         spec = paths_spec(PathsRequest(steps=5, per=per))
