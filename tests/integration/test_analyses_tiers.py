@@ -13,6 +13,7 @@ import asyncpg
 import msgspec
 import pytest
 
+from libs.common.erasure import request_erasure
 from libs.common.schemas.events_v1 import EventV1
 from libs.common.subjects import Subjects
 from services.aggregator.writer import alias_links
@@ -238,6 +239,72 @@ async def test_analyses_answer_the_same_from_the_column_cache(
     assert 0 < held <= cache_bytes
     assert again == first
     assert_reference_answers(events, *again[1:])
+
+
+async def test_a_funnel_over_rows_in_memory_leaves_out_an_open_erasure_s_person(
+    pool: asyncpg.Pool,
+    nats_url: str,
+    subjects: Subjects,
+    project: TestProject,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every day exported and its columns cached: the funnel reads the rows in memory without
+    # DuckDB. Once a person's erasure is requested (their rows gone from PostgreSQL, still in
+    # the day files until the tiering service rewrites them), the funnel goes back to the
+    # scan's query, which hides them: the answer is the reference's without that person.
+    direct_reads: list[int] = []
+    read = funnels.funnel_rows
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        direct_reads.append(1)
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(funnels, "funnel_rows", counted)
+    events = generate_events("acme", FIRST_DAY, DAYS, devices=60, seed=5)
+    body = {k: v for k, v in FUNNEL.items() if "breakdown" not in k}
+    steps = [msgspec.convert(s, FunnelStep) for s in FUNNEL["steps"]]
+    aliases = alias_links(events)
+    # A device without a user id or alias that reached the funnel's last step in the range.
+    reference = scan_events(events)
+    signed_up = {e.person for e in reference if e.name == "signup" and FROM <= e.ts < TO}
+    device = next(
+        e.distinct_id
+        for e in events
+        if e.distinct_id in signed_up
+        and e.user_id is None
+        and ("acme", e.distinct_id) not in aliases
+        and not e.is_bot
+    )
+
+    def counts(without: str | None) -> list[int]:
+        kept = [e for e in events if e.distinct_id != without]
+        expected = ref_funnel(
+            scan_events(kept), steps, order="ordered", window_s=2 * 86400, start=FROM, end=TO
+        )
+        return [c for c, _, _ in expected.total]
+
+    async with tier_layout(
+        "all_exported", pool, events, tmp_path, column_cache_bytes=64 * 1024**2
+    ) as layout:
+        async with query_client(pool, nats_url, subjects, scan_engine=layout.engine) as client:
+
+            async def funnel() -> list[int]:
+                status, result = await post_json(client, f"{API}/funnels", project.read_key, body)
+                assert status == 200, result
+                return [s["count"] for s in result["steps"]]
+
+            assert await funnel() == counts(None)
+            layout.engine.columns.settle()
+            assert await funnel() == counts(None)
+            assert len(direct_reads) == 1  # the second request, from memory
+            async with pool.acquire() as conn:
+                await request_erasure(
+                    conn, project_id="acme", user_id=None, distinct_ids=[device], key_id="test"
+                )
+            assert counts(device) != counts(None)
+            assert await funnel() == counts(device)
+            assert len(direct_reads) == 1  # not from memory while the request is open
 
 
 def quiet_bounds(events: list[Ev]) -> tuple[datetime, datetime]:
