@@ -179,6 +179,21 @@ def assert_reference_answers(
     assert shown == {k: v for k, v in nodes.items() if k in shown}
 
 
+def count_direct_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The rows of each funnel read from the scan's in-memory tables without DuckDB
+    (cached_rows.py; -1: the reader could not answer), recorded as the funnels run."""
+    reads: list[int] = []
+    read = funnels.funnel_rows
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        table = read(*args, **kwargs)
+        reads.append(-1 if table is None else table.num_rows)
+        return table
+
+    monkeypatch.setattr(funnels, "funnel_rows", counted)
+    return reads
+
+
 @pytest.mark.parametrize("layout_name", ["split", "all_exported"])
 async def test_analyses_answer_the_same_from_the_column_cache(
     pool: asyncpg.Pool,
@@ -193,15 +208,7 @@ async def test_analyses_answer_the_same_from_the_column_cache(
     # the same requests again read every exported day from memory and answer the same, the
     # plain-Python reference's answers. The second round's funnel without a breakdown reads
     # the cached days and the hot rows as they are in memory, without DuckDB (cached_rows.py).
-    direct_reads: list[int] = []
-    read = funnels.funnel_rows
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        table = read(*args, **kwargs)
-        direct_reads.append(-1 if table is None else table.num_rows)
-        return table
-
-    monkeypatch.setattr(funnels, "funnel_rows", counted)
+    direct_reads = count_direct_reads(monkeypatch)
     events = generate_events("acme", FIRST_DAY, DAYS, devices=60, seed=5)
     cache_bytes = 64 * 1024**2
     answers = []
@@ -253,14 +260,7 @@ async def test_a_funnel_over_rows_in_memory_leaves_out_an_open_erasure_s_person(
     # DuckDB. Once a person's erasure is requested (their rows gone from PostgreSQL, still in
     # the day files until the tiering service rewrites them), the funnel goes back to the
     # scan's query, which hides them: the answer is the reference's without that person.
-    direct_reads: list[int] = []
-    read = funnels.funnel_rows
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        direct_reads.append(1)
-        return read(*args, **kwargs)
-
-    monkeypatch.setattr(funnels, "funnel_rows", counted)
+    direct_reads = count_direct_reads(monkeypatch)
     events = generate_events("acme", FIRST_DAY, DAYS, devices=60, seed=5)
     body = {k: v for k, v in FUNNEL.items() if "breakdown" not in k}
     steps = [msgspec.convert(s, FunnelStep) for s in FUNNEL["steps"]]
