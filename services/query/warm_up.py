@@ -28,6 +28,7 @@ import structlog
 from libs.common.day_files import day_bounds
 from services.query.analyses.experiments import import_statistics
 from services.query.analyses.funnel_kernel import load_funnel_kernel
+from services.query.analyses.key_order import load_key_order
 from services.query.event_scan import ScanSources, open_scan
 
 log = structlog.get_logger("query")
@@ -94,9 +95,11 @@ async def warm_caches(deps: ScanSources, days: int, *, now: datetime | None = No
     done.hot_rows = hot.rows_copied - copied_before
     # Last, and off the event loop: the experiments' statistics (SciPy takes seconds to import,
     # so the module imports it on first use rather than at the service's start), and the
-    # compiled funnel kernel (~2 s to compile where its cache is empty, ~0.4 s to load).
+    # compiled funnel kernel and streams' sort (~2 s to compile where their cache is empty,
+    # ~0.4 s to load).
     await asyncio.to_thread(import_statistics)
     await asyncio.to_thread(load_funnel_kernel)
+    await asyncio.to_thread(load_key_order)
     done.seconds = time.monotonic() - started
     log.info(
         "caches_warmed",

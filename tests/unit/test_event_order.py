@@ -158,44 +158,6 @@ def test_ranks_without_room_in_the_packed_sort_still_order_ties() -> None:
         assert mine == sorted(mine)
 
 
-@pytest.mark.parametrize("spread", [50, 2**57, 2**62], ids=["packed", "rank-ties", "lexsort"])
-def test_a_subset_of_rows_is_ordered_as_the_same_rows_taken_out(spread: int) -> None:
-    # A person part of a stream orders its rows in place: the same order as a table of just
-    # those rows, with `rows` naming rows of the whole table (rank and codes per table row).
-    rng = random.Random(13)
-    rows = [
-        (f"p{rng.randrange(20)}", rng.choice((0, 1, spread)), rng.randrange(3), f"e{i}")
-        for i in range(1_500)
-    ]
-    table = pa.table(
-        {
-            "key": [r[0] for r in rows],
-            "t": pa.array([r[1] for r in rows], pa.int64()),
-            "rank": [r[2] for r in rows],
-            "eid": [r[3] for r in rows],
-        }
-    )
-    ranks = np.asarray(table["rank"].to_numpy(), dtype=np.int64)
-    codes = key_codes(table["key"])
-    subset = np.flatnonzero(codes % 2 == 1)
-    part = in_event_order(
-        table, key="key", ts="t", event_id="eid", rank=ranks, codes=codes // 2, subset=subset
-    )
-    alone = in_event_order(
-        table.take(pa.array(subset)),
-        key="key",
-        ts="t",
-        event_id="eid",
-        rank=ranks[subset],
-        codes=codes[subset] // 2,
-    )
-    assert part.rows.tolist() == subset[alone.rows].tolist()
-    assert part.key.tolist() == alone.key.tolist()
-    assert part.t.tolist() == alone.t.tolist()
-    assert part.same_key.tolist() == alone.same_key.tolist()
-    assert part.ints("t").tolist() == part.t.tolist()
-
-
 def test_no_rows() -> None:
     assert _ordered([]) == []
 

@@ -18,7 +18,7 @@ import duckdb
 from libs.common.model.columns import FILTERABLE_EVENT_COLUMNS
 from libs.common.rollup_keys import EVENT_DIMENSIONS, NONE_VALUE
 from libs.common.schemas.events_v1 import ALIAS, GROUP, IDENTIFY
-from services.query.analyses.event_order import Ints
+from services.query.analyses.event_order import EventOrder
 from services.query.analyses.requests import Condition, EventMatch, PropertyValue
 from services.query.analyses.stream_parts import (
     MIN_PART_EVENTS,
@@ -349,15 +349,14 @@ class EventScope:
     threads: int = 1
     part_min_events: int = MIN_PART_EVENTS
 
-    def walk(self, codes: Ints, work: Callable[[Ints | None, int], T]) -> list[T]:
-        """`work(rows, parts)` per person part of a stream whose rows' persons are numbered `codes`
-        (`key_codes`), on `threads` threads; one call with (None, 1) (every row) when the
-        stream is small or there is one thread."""
-        parts = part_count(codes.size, self.threads, self.part_min_events)
+    def walk(self, events: EventOrder, work: Callable[[EventOrder], T]) -> list[T]:
+        """`work(part)` per person part of an ordered stream, in person order, on `threads`
+        threads; one call with the whole stream when it is small or there is one thread."""
+        parts = part_count(events.rows.size, self.threads, self.part_min_events)
         if parts == 1:
-            return [work(None, 1)]
-        rows = person_parts(codes, parts)
-        return walk_parts(parts, lambda part: work(rows[part], parts))
+            return [work(events)]
+        cut = person_parts(events, parts)
+        return walk_parts(parts, lambda part: work(cut[part]))
 
     def view(self, view: str, sql: str) -> str:
         """`view`, or its variant over cached columns when the scan has one and `sql` (a query

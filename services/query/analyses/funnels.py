@@ -46,6 +46,7 @@ from services.query.analyses.conditions import (
     property_ref,
 )
 from services.query.analyses.event_order import (
+    EventOrder,
     Ints,
     TiesNeedEventIds,
     in_event_order,
@@ -66,7 +67,6 @@ from services.query.analyses.requests import (
     check_choice,
     check_range,
 )
-from services.query.analyses.stream_parts import part_count
 from services.query.metric_query import SqlParams
 from services.query.params import ParamError
 from services.query.person_keys import PERSON_KEY_ALIASES, PersonKeyResolver
@@ -277,28 +277,24 @@ def _steps_by_name_sql(steps: Sequence[FunnelStep], params: SqlParams) -> tuple[
 
 @dataclass(frozen=True)
 class MergedAttempts:
-    """Best attempts found in person parts (stream_parts.py), in the order one unsplit stream
-    gives them (by person number), so every answer is the unsplit one to the bit."""
+    """Best attempts found in person parts (stream_parts.py), side by side in person order: the
+    order one unsplit stream gives them, so every answer is the unsplit one to the bit."""
 
     reached: Ints
     times: Ints  # (persons, n)
-    tables: tuple[pa.Table, ...]
-    order: Ints  # positions in the parts' concatenation, in person-number order
+    parts: tuple[BestAttempts, ...]
 
     @classmethod
-    def of(cls, parts: Sequence[tuple[BestAttempts, Ints | None]]) -> MergedAttempts:
-        numbers = np.concatenate([p for _, p in parts if p is not None])
-        order = np.argsort(numbers, kind="stable").astype(np.int64, copy=False)
+    def of(cls, parts: Sequence[BestAttempts]) -> MergedAttempts:
         return cls(
-            reached=np.concatenate([b.reached for b, _ in parts])[order],
-            times=np.concatenate([b.times for b, _ in parts])[order],
-            tables=tuple(b.table() for b, _ in parts),
-            order=order,
+            reached=np.concatenate([b.reached for b in parts]),
+            times=np.concatenate([b.times for b in parts]),
+            parts=tuple(parts),
         )
 
     def table(self) -> pa.Table:
         """(pid, reached, t1..tn, bd) as `BestAttempts.table`."""
-        return pa.concat_tables(self.tables).take(pa.array(self.order))
+        return pa.concat_tables([b.table() for b in self.parts])
 
 
 def first_step(mask: npt.NDArray[np.integer[Any]], n: int) -> Ints:
@@ -604,42 +600,30 @@ class FunnelQuery:
         table = table.combine_chunks()
         if "ak" in table.column_names:
             table = _resolved(con, table)
-        codes = key_codes(table["pid"])
         shape = self.shape()
         rank = first_step(np.asarray(table["mask"].to_numpy()), self.spec.n)
-        event_id = "eid" if event_ids else None
-        # Each person's number within its part (the parts' persons are those of one
-        # remainder), for every row at once rather than once per part.
-        split = part_count(codes.size, self.scope.threads, self.scope.part_min_events)
-        part_codes = codes // split if split > 1 else codes
+        # Ordered once, whole, then cut into person parts for the scope's threads.
+        events = in_event_order(
+            table,
+            key="pid",
+            ts="t",
+            event_id="eid" if event_ids else None,
+            rank=rank,
+            codes=key_codes(table["pid"]),
+        )
 
-        def attempts_of(rows: Ints | None, parts: int) -> tuple[BestAttempts, Ints | None]:
-            # A part's rows are ordered in place (`subset`): its events name the table's rows,
-            # and its persons keep their relative order, numbered densely.
-            events = in_event_order(
-                table,
-                key="pid",
-                ts="t",
-                event_id=event_id,
-                rank=rank,
-                codes=codes if rows is None else part_codes if parts == split else codes // parts,
-                subset=rows,
-            )
-            stream = EventStream(events)
+        def attempts_of(part: EventOrder) -> BestAttempts:
+            stream = EventStream(part)
             starts = (stream.t >= start_us) & (stream.t < end_us)
             if floor_table is not None:
                 # No floor (NULL): no attempt starts.
                 floor = pc.fill_null(table["floor"], np.iinfo(np.int64).max)
-                starts &= stream.t >= np.asarray(floor.to_numpy(), dtype=np.int64)[events.rows]
-            best = ORDER_STRATEGIES[self.spec.order].best(stream, shape, starts)
-            if rows is None:
-                return best, None
-            # Each best person's number in the whole stream: the merge's order.
-            return best, codes[events.rows[best.first]]
+                starts &= stream.t >= np.asarray(floor.to_numpy(), dtype=np.int64)[part.rows]
+            return ORDER_STRATEGIES[self.spec.order].best(stream, shape, starts)
 
-        results = self.scope.walk(codes, attempts_of)
+        results = self.scope.walk(events, attempts_of)
         if len(results) == 1:
-            return results[0][0]
+            return results[0]
         return MergedAttempts.of(results)
 
     def _prepared(self) -> BestAttempts | MergedAttempts:

@@ -1,10 +1,12 @@
-"""A large event stream split into parts by person, each part's NumPy kernel (sort, attempts,
-best attempt) run on a small thread pool, the parts' results merged back exactly.
+"""A large ordered event stream split into parts by person, each part's kernel (attempts, best
+attempt) run on a small thread pool, the parts' results joined back exactly.
 
-A person's events all fall in one part (the part is the person's number modulo the parts) and
-every analysis that splits this way decides per person, so the parts' persons are disjoint and
-their union is the whole answer. NumPy and Arrow release the GIL in their sorts and gathers, so
-two parts on two threads overlap; below `MIN_PART_EVENTS` the pool costs more than it saves.
+The stream is ordered once, whole (event_order.py: a counting sort by person, cheap next to
+what comes after it), then cut into consecutive runs of persons of about equal size: a
+person's events all fall in one part, every analysis that splits this way decides per person,
+and the parts come in person order, so their results side by side are the whole answer. The
+kernels release the GIL, so two parts on two threads overlap; below `MIN_PART_EVENTS` the
+pool costs more than it saves.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from services.query.analyses.event_order import Ints
+from services.query.analyses.event_order import EventOrder
 
 T = TypeVar("T")
 
@@ -29,11 +31,18 @@ def part_count(events: int, threads: int, min_events: int = MIN_PART_EVENTS) -> 
     return threads if threads > 1 and events >= min_events else 1
 
 
-def person_parts(codes: Ints, parts: int) -> list[Ints]:
-    """Per part, its rows (ascending): those whose person number is the part modulo `parts`."""
-    # (A power of two's remainder is a mask: integer division costs several times more.)
-    part_of = codes & (parts - 1) if parts & (parts - 1) == 0 else codes % parts
-    return [np.flatnonzero(part_of == i) for i in range(parts)]
+def person_parts(events: EventOrder, parts: int) -> list[EventOrder]:
+    """`events` cut into `parts` consecutive runs of persons, each about as many events (a run
+    may be empty when one person holds more than a part's share)."""
+    n = events.key.size
+    if n == 0:
+        return [events] * parts
+    # Each cut moves back to where its person's events start (the key numbers ascend along
+    # the stream).
+    targets = events.key[np.arange(1, parts) * n // parts]
+    cuts = np.searchsorted(events.key, targets, side="left")
+    bounds = [0, *(int(c) for c in cuts), n]
+    return [events.part(bounds[i], bounds[i + 1]) for i in range(parts)]
 
 
 def walk_parts(parts: int, work: Callable[[int], T]) -> list[T]:
