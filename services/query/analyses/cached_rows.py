@@ -145,13 +145,13 @@ def _kept_rows(  # pragma: no cover - run compiled; tests also run it as Python
             at += no_path
         mask = lut[at]
         xmask = xlut[at] if excluding else mask
-        if mask == 0 and xmask == 0:
-            continue
         t = ts[i]
-        if t < lo or t >= hi:
-            continue
-        if not keep_bots and (bot_bits[(bot_offset + i) >> 3] >> ((bot_offset + i) & 7)) & 1:
-            continue
+        # Every row is written at `kept`, which moves on only past a kept row: whether a
+        # row is kept (its masks, most of all) follows no pattern a branch predictor learns.
+        keep = (mask != 0) | (xmask != 0)
+        keep &= (t >= lo) & (t < hi)
+        if not keep_bots:
+            keep &= ((bot_bits[(bot_offset + i) >> 3] >> ((bot_offset + i) & 7)) & 1) == 0
         stored = person[i]
         alias = stored
         if device_nulls:
@@ -163,8 +163,7 @@ def _kept_rows(  # pragma: no cover - run compiled; tests also run it as Python
         if resolving:
             # The alias's person where the look-up has one, else the stored key.
             found = aliases[min(max(alias - aliases_low + 1, 0), top)]
-            if found != no_alias:
-                stored = found
+            stored = stored if found == no_alias else found
         out_t[kept] = t
         out_pid[kept] = stored
         if out_ak.size:
@@ -172,7 +171,7 @@ def _kept_rows(  # pragma: no cover - run compiled; tests also run it as Python
         out_mask[kept] = mask
         if excluding:
             out_xmask[kept] = xmask
-        kept += 1
+        kept += keep
     return kept
 
 
