@@ -17,6 +17,7 @@ import asyncpg
 import msgspec
 
 from libs.common import db
+from libs.common.event_pages import delete_unused_pages
 from libs.common.rollup_keys import DAY
 from libs.common.rollup_keys import bucket_start as rollup_bucket_start
 from libs.common.rollup_rules import (
@@ -187,15 +188,19 @@ async def request_erasure(
         ids = await resolve_person_ids(conn, project_id, user_id, distinct_ids)
         deleted = await conn.fetchrow(
             """WITH gone AS (
-                   DELETE FROM events WHERE project_id = $1
+                   DELETE FROM event_rows WHERE project_id = $1
                    AND (distinct_id = ANY($2::text[]) OR user_id = ANY($2::text[]))
-                   RETURNING ts)
+                   RETURNING ts, page_key)
                SELECT count(*) AS events,
-                   coalesce(array_agg(DISTINCT (ts AT TIME ZONE 'UTC')::date), '{}') AS days
+                   coalesce(array_agg(DISTINCT (ts AT TIME ZONE 'UTC')::date), '{}') AS days,
+                   coalesce(array_agg(DISTINCT page_key) FILTER (WHERE page_key IS NOT NULL),
+                       '{}') AS pages
                FROM gone""",
             project_id,
             ids,
         )
+        # Their pages that no other event shows: a URL or title may carry personal data.
+        await delete_unused_pages(conn, project_id, deleted["pages"])
         starts = [
             r["start_ts"]
             for r in await conn.fetch(

@@ -6,7 +6,7 @@ batch inserts nothing and changes no rollup.
 
 Where the time goes, and so the shape of a write (docs/storage.md, "Write path"):
 1. events and their dedup ids: the batch's unique ids inserted as digests (two text arrays in),
-   returning those never seen, whose rows alone are COPYed (binary) into `events`; concurrently
+   returning those never seen, whose rows alone are COPYed (binary) into `event_rows`; concurrently
    with other writers;
 2. in Python, still without locks: each rollup key's event count and persons, and one sketch
    per distinct person set (an hour's set usually serves its day and week keys too); per
@@ -27,7 +27,7 @@ aborts the batch with a retryable error instead of overwriting it.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from hashlib import md5
 from typing import Any
@@ -39,6 +39,7 @@ from datasketches import hll_sketch
 from libs.common import sketches
 from libs.common.db import lock_derived_tables
 from libs.common.errors import StrataError
+from libs.common.event_pages import Page, PagesSwept, assign_page_keys, check_page_keys
 from libs.common.event_partitions import EventPartitions, ensure_partitions
 from libs.common.model.columns import DERIVED_EVENT_COLUMNS, STORED_EVENT_COLUMNS
 from libs.common.model.event_encoding import stored_event_fields
@@ -82,6 +83,9 @@ _ENCODED_COLUMNS = ("anonymous_id", "properties", "derived_fields")
 EVENT_COLUMNS = tuple(
     c for c in STORED_EVENT_COLUMNS if c not in _ENCODED_COLUMNS and c not in DERIVED_EVENT_COLUMNS
 )
+# A row's page is its key into `event_pages` (libs/common/event_pages.py), not the strings.
+_PAGE_COLUMNS = ("url", "title", "path")
+_ROW_COLUMNS = tuple(c for c in EVENT_COLUMNS if c not in _PAGE_COLUMNS)
 _json = msgspec.json.Encoder()
 
 
@@ -106,9 +110,9 @@ def _json_rows_sql(columns: Sequence[str], types: dict[str, str], param: int = 1
 
 # An event's EVENT_COLUMNS values: one C call copies all its fields into a tuple, and a tuple
 # getter picks them (half the CPU of an attribute getter over 31 names).
-_event_row = operator.itemgetter(*(EventV1.__struct_fields__.index(c) for c in EVENT_COLUMNS))
+_event_row = operator.itemgetter(*(EventV1.__struct_fields__.index(c) for c in _ROW_COLUMNS))
 _event_fields = msgspec.structs.astuple
-_STORED_COLUMNS = (*EVENT_COLUMNS, *_ENCODED_COLUMNS, "person_key", "device_key")
+_STORED_COLUMNS = (*_ROW_COLUMNS, *_ENCODED_COLUMNS, "person_key", "device_key", "page_key")
 # The batch's unique ids as digests (migration 0022: a fixed 16-byte key per id), inserted in
 # digest order so writers lock ids in one order. Only how many were new comes back, and the
 # digests never seen only when some id was already stored: a batch of new events (nearly every
@@ -197,8 +201,12 @@ async def assign_person_keys(
     return keys
 
 
+# An event's page as `event_pages` keys it (one C call; a page of three NULLs has no key).
+_page_of: Callable[[EventV1], Page] = operator.attrgetter("project_id", "url", "title", "path")
+
+
 def _event_records(
-    events: Sequence[EventV1], keys: dict[tuple[str, str], int]
+    events: Sequence[EventV1], keys: dict[tuple[str, str], int], pages: dict[Page, int]
 ) -> Iterable[tuple[Any, ...]]:
     for ev in events:
         person = person_id_of(ev)
@@ -208,15 +216,19 @@ def _event_records(
             *stored_event_fields(ev),
             keys[(ev.project_id, person)],
             device,
+            pages.get(_page_of(ev)),
         )
 
 
 async def _insert_new_events(
-    conn: asyncpg.Connection, events: Sequence[EventV1], keys: dict[tuple[str, str], int]
+    conn: asyncpg.Connection,
+    events: Sequence[EventV1],
+    keys: dict[tuple[str, str], int],
+    pages: dict[Page, int],
 ) -> list[EventV1]:
     """The events of `events` never stored before (the first of repeats inside the batch), now
     stored: their id digests inserted into `event_ids`, their rows COPYed (binary) into
-    `events`, both in the caller's transaction."""
+    `event_rows`, both in the caller's transaction."""
     first: dict[str, int] = {}  # digest -> the first event carrying it
     for i, ev in enumerate(events):
         first.setdefault(event_id_digest(ev.project_id, ev.event_id), i)
@@ -227,7 +239,7 @@ async def _insert_new_events(
         inserted = [events[i] for i in sorted(first[d.hex] for d in new or ())]
     if inserted:
         await conn.copy_records_to_table(
-            "events", records=_event_records(inserted, keys), columns=_STORED_COLUMNS
+            "event_rows", records=_event_records(inserted, keys, pages), columns=_STORED_COLUMNS
         )
     return inserted
 
@@ -760,9 +772,12 @@ async def _apply_persons(
 
 
 async def _write_in_transaction(
-    conn: asyncpg.Connection, events: Sequence[EventV1], keys: dict[tuple[str, str], int]
+    conn: asyncpg.Connection,
+    events: Sequence[EventV1],
+    keys: dict[tuple[str, str], int],
+    pages: dict[Page, int],
 ) -> int:
-    inserted = await _insert_new_events(conn, events, keys)
+    inserted = await _insert_new_events(conn, events, keys, pages)
     if not inserted:
         return 0
     # The Python share of the work, done before the lock so other writers are not kept waiting.
@@ -771,10 +786,16 @@ async def _write_in_transaction(
     links = alias_links(inserted)
     persons = person_rows(inserted)
     await lock_derived_tables(conn, (ev.project_id for ev in inserted))
+    # A page deleted since its key was looked up (an erasure, the sweep) rolls the write back.
+    await check_page_keys(conn, pages.values())
     await _apply_event_rollups(conn, tallies)
     await _apply_sessions(conn, sessions)
     await _apply_persons(conn, links, persons)
     return len(inserted)
+
+
+# Look-ups of a batch's pages before it gives up (each after a page was deleted under it).
+_PAGE_ATTEMPTS = 3
 
 
 async def write_events(
@@ -794,14 +815,22 @@ async def write_events(
     if conn.is_in_transaction():
         await ensure_partitions(conn, days, partitions)
         keys = await assign_person_keys(conn, events)
-        inserted = await _write_in_transaction(conn, events, keys)
+        pages = await assign_page_keys(conn, map(_page_of, events))
+        inserted = await _write_in_transaction(conn, events, keys, pages)
     else:
-        # Partitions first, in their own short transaction: creating one locks all of `events`,
-        # which must not last as long as the batch's transaction.
+        # Partitions first, in their own short transaction: creating one locks all of
+        # `event_rows`, which must not last as long as the batch's transaction.
         await ensure_partitions(conn, days, partitions)
         # Keys too, committed on their own: they hold each project's key counter only briefly,
         # and a key assigned for a batch that then fails is the one its replay gets.
         keys = await assign_person_keys(conn, events)
-        async with conn.transaction():
-            inserted = await _write_in_transaction(conn, events, keys)
+        for attempt in range(_PAGE_ATTEMPTS):
+            pages = await assign_page_keys(conn, map(_page_of, events))
+            try:
+                async with conn.transaction():
+                    inserted = await _write_in_transaction(conn, events, keys, pages)
+                break
+            except PagesSwept:
+                if attempt == _PAGE_ATTEMPTS - 1:
+                    raise
     return WriteResult(received=len(events), inserted=inserted, duplicates=len(events) - inserted)

@@ -52,7 +52,7 @@ _DAYS_PER_COPY = 7
 _PARTITION_DAYS = """
 SELECT to_date(substr(c.relname, 8), 'YYYYMMDD') AS day
 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-WHERE i.inhparent = 'events'::regclass AND c.relname ~ '^events_[0-9]{8}$'
+WHERE i.inhparent = 'event_rows'::regclass AND c.relname ~ '^events_[0-9]{8}$'
 """
 # Late rows are read per request (there are few); the view filters bots, instants and ranges.
 LateRange = tuple[datetime, datetime, int]  # [lo, hi) with inserted_xid >= the third

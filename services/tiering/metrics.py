@@ -35,7 +35,12 @@ class TierJobMetrics:
         )
         self.partitions_dropped = Counter(
             "strata_tiering_partitions_dropped",
-            "Empty `events` day partitions dropped",
+            "Empty day partitions of `event_rows` dropped",
+            registry=registry,
+        )
+        self.pages_deleted = Counter(
+            "strata_tiering_pages_deleted",
+            "Pages (`event_pages`) deleted because no hot event row shows them any more",
             registry=registry,
         )
         self.parts_archived = Counter(

@@ -27,6 +27,7 @@ from libs.common.day_files import catalog
 from libs.common.day_files.export import _day_lock
 from libs.common.day_files.layout import day_bounds
 from libs.common.errors import StrataError
+from libs.common.event_pages import sweep_pages
 from libs.common.event_partitions import drop_partition_if_empty
 from libs.common.object_store import ObjectNotFound, ObjectStore, ObjectStoreError
 
@@ -64,6 +65,7 @@ class TierRun:
     parts_deleted: int = 0
     rows_deleted: int = 0
     partitions_dropped: int = 0
+    pages_deleted: int = 0  # pages (event_pages) no hot row shows any more
     failures: list[tuple[str, date, str]] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -146,7 +148,7 @@ async def move_day_cold(
         start, end = day_bounds(day)
         async with conn.transaction():
             status = await conn.execute(
-                "DELETE FROM events WHERE project_id = $1 AND ts >= $2 AND ts < $3"
+                "DELETE FROM event_rows WHERE project_id = $1 AND ts >= $2 AND ts < $3"
                 " AND inserted_xid < $4",
                 project_id,
                 start,
@@ -223,12 +225,12 @@ async def move_cold_days(
     run = TierRun(job="cold")
     tiers = await project_tiers(pool, projects)
     for project in tiers:
+        moved = 0
         for day in await days_to_move_cold(
             pool, project.project_id, age_cutoff(now, project.hot_days)
         ):
             if should_stop is not None and should_stop():
-                run.seconds = time.perf_counter() - started
-                return run
+                break
             try:
                 move = await move_day_cold(pool, store, project.project_id, day)
             except (ColdMoveError, ObjectStoreError, OSError, asyncpg.PostgresError) as exc:
@@ -239,6 +241,12 @@ async def move_cold_days(
                 continue
             run.moves.append(move)
             run.partitions_dropped += int(move.partition_dropped)
+            moved += move.rows_moved
+        if moved:
+            await _sweep_pages(pool, project.project_id, run)
+        if should_stop is not None and should_stop():
+            run.seconds = time.perf_counter() - started
+            return run
     if projects is None and tiers:
         # Partitions of days every project has moved (or never wrote) may be empty by now.
         oldest_hot = age_cutoff(now, min(p.hot_days for p in tiers))
@@ -247,10 +255,20 @@ async def move_cold_days(
     return run
 
 
+async def _sweep_pages(pool: asyncpg.Pool, project_id: str, run: TierRun) -> None:
+    """Delete the project's pages no hot row shows any more (libs/common/event_pages.py); a
+    failure is logged, and the next run that moves rows sweeps again."""
+    try:
+        async with pool.acquire() as conn:
+            run.pages_deleted += await sweep_pages(conn, project_id)
+    except asyncpg.PostgresError as exc:
+        log.warning("page_sweep_failed", project=project_id, error=str(exc))
+
+
 async def _drop_empty_partitions(pool: asyncpg.Pool, before: date) -> int:
     names = await pool.fetch(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-        " WHERE i.inhparent = 'events'::regclass AND c.relname ~ '^events_[0-9]{8}$'"
+        " WHERE i.inhparent = 'event_rows'::regclass AND c.relname ~ '^events_[0-9]{8}$'"
     )
     dropped = 0
     async with pool.acquire() as conn:
@@ -345,13 +363,15 @@ async def apply_retention(
             run.parts_deleted += 1
         async with pool.acquire() as conn, conn.transaction():
             deleted = await conn.fetchrow(
-                "WITH gone AS (DELETE FROM events WHERE project_id = $1 AND ts < $2 RETURNING ts)"
+                "WITH gone AS ("
+                " DELETE FROM event_rows WHERE project_id = $1 AND ts < $2 RETURNING ts)"
                 " SELECT count(*) AS n, coalesce(array_agg(DISTINCT (ts AT TIME ZONE 'UTC')::date),"
                 " '{}') AS days FROM gone",
                 project.project_id,
                 day_bounds(cutoff)[0],
             )
             run.rows_deleted += int(deleted["n"])
+            swept = int(deleted["n"]) > 0
             # Every day that lost rows is recorded, with files or not: the query service's
             # cache of hot rows reads deletions from here (services/query/hot_rows.py).
             await conn.execute(
@@ -365,6 +385,8 @@ async def apply_retention(
                 cutoff,
                 deleted["days"],
             )
+        if swept:
+            await _sweep_pages(pool, project.project_id, run)
     run.seconds = time.perf_counter() - started
     log.info("retention_done", parts=run.parts_deleted, rows=run.rows_deleted)
     return run

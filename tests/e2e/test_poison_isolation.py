@@ -40,7 +40,7 @@ BEGIN
   END IF;
   RETURN NEW;
 END $$;
-CREATE TRIGGER refuse_flagged BEFORE INSERT ON events
+CREATE TRIGGER refuse_flagged BEFORE INSERT ON event_rows
   FOR EACH ROW EXECUTE FUNCTION refuse_flagged();
 """
 
@@ -171,7 +171,7 @@ async def test_only_the_bad_events_are_lost_and_a_replay_after_the_fix_stores_th
     assert await pool.fetchval("SELECT count(*) FROM events") == len(valid)
 
     # The cause fixed, a replay stores them, once.
-    await pool.execute("DROP TRIGGER refuse_flagged ON events")
+    await pool.execute("DROP TRIGGER refuse_flagged ON event_rows")
     assert await replay_dead_letters(js, subjects) == len(refused)
     await wait_for("the replayed events stored", lambda: _equals(stored(), valid | refused))
     await asyncio.sleep(0.5)

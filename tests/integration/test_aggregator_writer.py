@@ -396,7 +396,7 @@ async def test_properties_stored_as_jsonb_and_old_days_get_partitions(
         await write_events(conn, [event])
         stored = await conn.fetchrow(
             "SELECT properties->>'note' AS note, (properties->'items'->0->>'sku') AS sku,"
-            " tableoid::regclass::text AS part FROM events"
+            " tableoid::regclass::text AS part FROM event_rows"
         )
         assert (stored["note"], stored["sku"]) == ("naïve ✓", "a")
         assert stored["part"] == "events_" + long_ago.strftime("%Y%m%d")

@@ -73,7 +73,7 @@ async def test_concurrent_creators_of_the_same_days_all_succeed(pool: asyncpg.Po
     await asyncio.gather(*(f() for _ in range(3) for f in (aggregator, tiering)))
     names = await pool.fetch(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-        " WHERE i.inhparent = 'events'::regclass ORDER BY 1"
+        " WHERE i.inhparent = 'event_rows'::regclass ORDER BY 1"
     )
     # The aggregator also keeps yesterday's partition, for events arriving around midnight.
     assert [r["relname"] for r in names] == [

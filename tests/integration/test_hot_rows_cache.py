@@ -256,7 +256,7 @@ async def test_a_scan_from_1970_reads_and_caches_only_days_with_a_partition(
     deps = ScanDeps(pool, engine)
     await write(pool, events(30, "a") + events(20, "b", day_offset=1))
     partitions = await pool.fetchval(
-        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'events'::regclass"
+        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'event_rows'::regclass"
     )
     since_1970 = (datetime(1970, 1, 1, tzinfo=UTC), DAY + timedelta(days=2))
     for _ in range(2):  # the second scan checks every cached day against PostgreSQL

@@ -20,7 +20,7 @@ async def test_migrations_are_idempotent_and_create_day_partitions(database_url:
         await conn.execute("SELECT ensure_event_partitions('2026-01-30'::date, 3)")
         parts = await conn.fetch(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-            " WHERE i.inhparent = 'events'::regclass ORDER BY 1"
+            " WHERE i.inhparent = 'event_rows'::regclass ORDER BY 1"
         )
         assert [p["relname"] for p in parts] == [
             "events_20260130",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from pathlib import Path
 
 import asyncpg
@@ -83,11 +84,16 @@ async def test_migration_backfills_rows_written_before_the_keys(pool: asyncpg.Po
     """Rows and aliases stored before migration 0024 (keys NULL, no person_keys) get keys when
     it runs; writers afterwards continue from its counters without reusing a key."""
     before, after = generate_events(seed=14, persons=20), generate_events(seed=15, persons=20)
-    migration = (MIGRATIONS / "0024_person_keys.sql").read_text()
+    # (`events` is a view over `event_rows` since migration 0029: the rows' table is named.)
+    migration = re.sub(
+        r"\b(ALTER TABLE|UPDATE) events\b",
+        r"\1 event_rows",
+        (MIGRATIONS / "0024_person_keys.sql").read_text(),
+    )
     async with pool.acquire() as conn:
         await write_events(conn, before)
         await conn.execute(
-            "UPDATE events SET person_key = NULL, device_key = NULL;"
+            "UPDATE event_rows SET person_key = NULL, device_key = NULL;"
             " DELETE FROM person_keys; DELETE FROM person_key_counters"
         )
         await conn.execute(migration)  # every statement of it may run again
@@ -103,7 +109,7 @@ async def test_migration_backfills_rows_written_before_the_keys(pool: asyncpg.Po
         ids = sorted({ev.distinct_id for ev in late} | {ev.user_id for ev in late if ev.user_id})
         ids = ids[::2]  # the others keep their keys, which the new ones must not repeat
         await conn.execute(
-            "UPDATE events SET person_key = NULL, device_key = NULL WHERE event_id = ANY($1)",
+            "UPDATE event_rows SET person_key = NULL, device_key = NULL WHERE event_id = ANY($1)",
             [ev.event_id for ev in late],
         )
         await conn.execute(

@@ -122,7 +122,7 @@ async def tiers(pool: asyncpg.Pool, project: TestProject, tmp_path: Path) -> Asy
     async with pool.acquire() as conn:
         # The cold move of the oldest day: its rows leave PostgreSQL.
         lo, hi = day_bounds(cold_day)
-        await conn.execute("DELETE FROM events WHERE ts >= $1 AND ts < $2", lo, hi)
+        await conn.execute("DELETE FROM event_rows WHERE ts >= $1 AND ts < $2", lo, hi)
         await conn.execute(
             "INSERT INTO day_tiers (project_id, day, tier, watermark) SELECT 'acme', $1, 'cold',"
             " max(xid_to) FROM day_files WHERE day = $1 AND state = 'active'",
@@ -139,7 +139,7 @@ async def tiers(pool: asyncpg.Pool, project: TestProject, tmp_path: Path) -> Asy
                 row["part_id"],
             )
         lo, hi = day_bounds(archived_day)
-        await conn.execute("DELETE FROM events WHERE ts >= $1 AND ts < $2", lo, hi)
+        await conn.execute("DELETE FROM event_rows WHERE ts >= $1 AND ts < $2", lo, hi)
     engine = ScanEngine(DayFileCache(tmp_path / "cache", 256 * 1024 * 1024, store))
     try:
         yield Tiers(

@@ -87,7 +87,8 @@ def batchings(draw: st.DrawFn) -> tuple[list[EventV1], list[list[list[EventV1]]]
 
 async def _reset(pool: asyncpg.Pool) -> None:
     await pool.execute(
-        "TRUNCATE events, event_ids, sessions, rollups, session_rollups, persons, person_aliases"
+        "TRUNCATE event_rows, event_pages, event_ids, sessions, rollups, session_rollups,"
+        " persons, person_aliases"
     )
 
 

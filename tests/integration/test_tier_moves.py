@@ -73,6 +73,12 @@ async def hot_count(pool: asyncpg.Pool) -> int:
     return int(await pool.fetchval("SELECT count(*) FROM events WHERE project_id = 'acme'"))
 
 
+async def page_count(pool: asyncpg.Pool, project_id: str = "acme") -> int:
+    return int(
+        await pool.fetchval("SELECT count(*) FROM event_pages WHERE project_id = $1", project_id)
+    )
+
+
 async def partition_exists(pool: asyncpg.Pool, day: date) -> bool:
     return await pool.fetchval("SELECT to_regclass($1)", partition_name(day)) is not None
 
@@ -83,10 +89,14 @@ async def test_cold_move_removes_covered_rows_and_late_rows_follow(
     store = FileObjectStore(tmp_path / "objects")
     await write(pool, day_events(300))
     await export(pool, store, tmp_path)
+    pages = await page_count(pool)
+    assert pages > 0
     run = await move_cold_days(pool, store, now=NOW)
     assert not run.failures and run.rows_moved == 300
     assert await hot_count(pool) == 0
     assert not await partition_exists(pool, DAY), "an empty day partition is dropped"
+    # The pages only those rows showed leave with them (the day files keep the strings).
+    assert run.pages_deleted == pages and await page_count(pool) == 0
     tier = await pool.fetchrow("SELECT * FROM day_tiers WHERE project_id = 'acme'")
     assert (tier["tier"], tier["rows_moved"]) == ("cold", 300)
     ids = await scanned_ids(pool, store, tmp_path)
@@ -134,10 +144,12 @@ async def test_days_within_hot_days_and_shared_partitions_stay(
         ],
     )
     await export(pool, store, tmp_path)
+    beta_pages = await page_count(pool, "beta")
     run = await move_cold_days(pool, store, now=NOW)
     assert run.rows_moved == 50 and await hot_count(pool) == 0
     assert await partition_exists(pool, DAY)
     assert await pool.fetchval("SELECT count(*) FROM events WHERE project_id = 'beta'") == 5
+    assert await page_count(pool) == 0 and await page_count(pool, "beta") == beta_pages > 0
 
 
 STEPS = ["checked", "deleted", "committed", "dropped"]

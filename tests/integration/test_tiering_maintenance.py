@@ -20,7 +20,7 @@ pytestmark = pytest.mark.infra
 async def _partitions(conn: asyncpg.Connection | asyncpg.Pool) -> list[str]:
     rows = await conn.fetch(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-        " WHERE i.inhparent = 'events'::regclass ORDER BY 1"
+        " WHERE i.inhparent = 'event_rows'::regclass ORDER BY 1"
     )
     return [r["relname"] for r in rows]
 

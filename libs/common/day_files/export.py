@@ -275,7 +275,7 @@ async def _summarize_day_index(conn: asyncpg.Connection, project_id: str, day: d
         """SELECT i.indexrelid::regclass::text
            FROM pg_index i JOIN pg_inherits h ON h.inhrelid = i.indexrelid
            WHERE h.inhparent = 'events_inserted_xid'::regclass
-             AND i.indrelid = (SELECT tableoid FROM events
+             AND i.indrelid = (SELECT tableoid FROM event_rows
                                WHERE project_id = $1 AND ts >= $2 AND ts < $3 LIMIT 1)""",
         project_id,
         start,

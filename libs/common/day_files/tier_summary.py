@@ -76,7 +76,7 @@ async def tier_summary(
         # hot bytes is estimated by its share of the rows.
         total_bytes = await conn.fetchval(
             "SELECT COALESCE(sum(pg_total_relation_size(i.inhrelid)), 0)::bigint"
-            " FROM pg_inherits i WHERE i.inhparent = 'events'::regclass"
+            " FROM pg_inherits i WHERE i.inhparent = 'event_rows'::regclass"
         )
         total_rows = hot["rows"]
         if project_id is not None:

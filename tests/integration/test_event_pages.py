@@ -1,0 +1,228 @@
+"""Pages stored once per project (libs/common/event_pages.py, migration 0029): the writer stores
+a page key instead of url, title and path, the `events` view reads the strings back (rows
+written before keep theirs), erasure deletes a person's pages no one else shows, the tiering
+sweep deletes pages no row holds, and no event row ever holds a key without its page, even
+when a page is deleted while a write that looked it up is in flight."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from libs.common import event_pages
+from libs.common.erasure import request_erasure
+from libs.common.event_pages import (
+    delete_unused_since,
+    page_digest,
+    sweep_pages,
+    unused_pages,
+)
+from libs.common.model.event_encoding import restored_sql
+from libs.common.schemas.events_v1 import EventV1
+from services.aggregator import writer
+from services.aggregator.writer import write_events
+from tests.support.recompute import make_event
+
+pytestmark = pytest.mark.infra
+
+T0 = datetime(2024, 3, 4, 10, 0, tzinfo=UTC)
+
+
+def _pageview(n: int, path: str, person: str = "anon-1", **fields: Any) -> EventV1:
+    page = {"url": f"https://acme.test{path}?from={person}", "title": f"Page {path}"}
+    return make_event(
+        event_id=f"e-{person}-{n}",
+        ts=T0 + timedelta(minutes=n),
+        distinct_id=person,
+        anonymous_id=person,
+        path=path,
+        **{**page, **fields},
+    )
+
+
+async def _stored(conn: asyncpg.Connection) -> list[tuple[Any, ...]]:
+    return [
+        tuple(r)
+        for r in await conn.fetch("SELECT event_id, url, title, path FROM events ORDER BY event_id")
+    ]
+
+
+async def _dangling(conn: asyncpg.Connection) -> int:
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM event_rows AS e WHERE e.page_key IS NOT NULL"
+        " AND NOT EXISTS (SELECT 1 FROM event_pages AS p WHERE p.page_key = e.page_key)"
+    )
+    return count
+
+
+async def test_rows_hold_a_page_key_and_the_view_reads_the_strings(pool: asyncpg.Pool) -> None:
+    events = [
+        _pageview(0, "/"),
+        _pageview(1, "/pricing"),
+        _pageview(2, "/", person="anon-2"),
+        _pageview(3, "/"),
+        make_event(event_id="e-server", ts=T0, type="track", name="signup", path=None, url=None),
+    ]
+    async with pool.acquire() as conn:
+        await write_events(conn, events)
+        stored = await _stored(conn)
+        rows = {
+            r["event_id"]: r
+            for r in await conn.fetch("SELECT event_id, page_key, url, title, path FROM event_rows")
+        }
+        pages = await conn.fetch("SELECT * FROM event_pages ORDER BY page_key")
+
+    by_id = {e.event_id: e for e in events}
+    assert len(stored) == len(events)
+    for event_id, url, title, path in stored:
+        ev = by_id[event_id]
+        assert (url, title, path) == (ev.url, ev.title, ev.path)
+    # The strings live in event_pages only: one row per distinct page.
+    assert all((r["url"], r["title"], r["path"]) == (None, None, None) for r in rows.values())
+    assert rows["e-server"]["page_key"] is None
+    assert rows["e-anon-1-0"]["page_key"] == rows["e-anon-1-3"]["page_key"]
+    assert len(pages) == 3  # "/" for anon-1, "/pricing", "/" for anon-2 (another url)
+    assert all(p["digest"].hex == page_digest(p["url"], p["title"], p["path"]) for p in pages)
+
+
+async def test_properties_come_back_with_the_page_they_repeat(pool: asyncpg.Pool) -> None:
+    # A pageview's properties repeating its url, title and path are stored without them
+    # (migration 0025) and restored from the page the view reads.
+    ev = _pageview(0, "/docs")
+    ev = make_event(
+        **{f: getattr(ev, f) for f in ev.__struct_fields__ if f != "properties"},
+        properties={"url": ev.url, "title": ev.title, "path": ev.path, "kept": 1},
+    )
+    async with pool.acquire() as conn:
+        await write_events(conn, [ev])
+        restored = await conn.fetchval(f"SELECT {restored_sql('properties')} FROM events AS e")
+    assert restored is not None
+    for value in (ev.url, ev.title, ev.path, '"kept": 1'):
+        assert str(value) in restored
+
+
+async def test_rows_without_a_key_read_as_they_were_stored(pool: asyncpg.Pool) -> None:
+    # Rows of the release before (and a writer of that release inserting through the view)
+    # keep their strings and read back unchanged; a delete through the view deletes the row.
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT ensure_event_partitions($1::date, 1)", T0.date())
+        await conn.execute(
+            "INSERT INTO events (project_id, ts, event_id, name, type, distinct_id, path, url,"
+            " title, received_at) VALUES ('acme', $1, 'old-1', '$pageview', 'page', 'anon-9',"
+            " '/old', 'https://acme.test/old', 'Old', $1)",
+            T0,
+        )
+        await write_events(conn, [_pageview(1, "/new")])
+        assert [
+            tuple(r)
+            for r in await conn.fetch(
+                "SELECT event_id, url, title, path FROM events ORDER BY event_id"
+            )
+        ] == [
+            ("e-anon-1-1", "https://acme.test/new?from=anon-1", "Page /new", "/new"),
+            ("old-1", "https://acme.test/old", "Old", "/old"),
+        ]
+        assert await conn.fetchval(
+            "SELECT page_key IS NULL AND url IS NOT NULL FROM event_rows WHERE event_id = 'old-1'"
+        )
+        assert await conn.execute("DELETE FROM events WHERE event_id = 'old-1'") == "DELETE 1"
+        assert await conn.fetchval("SELECT count(*) FROM event_rows") == 1
+
+
+async def test_queries_without_page_columns_do_not_join_the_pages(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await write_events(conn, [_pageview(0, "/")])
+        plain = "\n".join(
+            r[0]
+            for r in await conn.fetch(
+                "EXPLAIN SELECT count(*), max(ts) FROM events WHERE project_id = 'acme'"
+            )
+        )
+        paged = "\n".join(
+            r[0] for r in await conn.fetch("EXPLAIN SELECT path FROM events WHERE name = 'x'")
+        )
+    assert "event_pages" not in plain
+    assert "event_pages" in paged
+
+
+async def test_erasure_deletes_the_persons_pages_no_one_else_shows(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await conn.execute("INSERT INTO projects (id, name) VALUES ('acme', 'Acme')")
+        await write_events(
+            conn,
+            [
+                _pageview(0, "/account/jane", person="jane"),  # only jane's: her url too
+                _pageview(1, "/", person="jane"),
+                _pageview(2, "/", person="bob"),
+                _pageview(3, "/shared", person="jane", url="https://acme.test/shared"),
+                _pageview(4, "/shared", person="bob", url="https://acme.test/shared"),
+            ],
+        )
+        await request_erasure(
+            conn, project_id="acme", user_id=None, distinct_ids=["jane"], key_id="k"
+        )
+        urls = sorted(r["url"] for r in await conn.fetch("SELECT url FROM event_pages"))
+        assert urls == ["https://acme.test/?from=bob", "https://acme.test/shared"]
+        assert await _dangling(conn) == 0
+        assert [r[0] for r in await _stored(conn)] == ["e-bob-2", "e-bob-4"]
+
+
+async def test_the_sweep_deletes_pages_no_row_holds(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await write_events(conn, [_pageview(0, "/a"), _pageview(1, "/b"), _pageview(2, "/a")])
+        await conn.execute("DELETE FROM event_rows WHERE event_id = 'e-anon-1-1'")
+        assert await sweep_pages(conn, "acme") == 1
+        assert [r["path"] for r in await conn.fetch("SELECT path FROM event_pages")] == ["/a"]
+        assert await sweep_pages(conn, "acme") == 0
+        assert await sweep_pages(conn, "other") == 0
+        assert await _dangling(conn) == 0
+
+
+async def test_a_page_used_again_after_the_sweeps_scan_is_kept(pool: asyncpg.Pool) -> None:
+    # The scan runs without the lock: a row holding a page written between the scan and the
+    # delete (found through the rows written since the scan's snapshot) keeps its page.
+    async with pool.acquire() as conn:
+        await write_events(conn, [_pageview(0, "/a"), _pageview(1, "/b")])
+        await conn.execute("DELETE FROM event_rows")
+        since, unused = await unused_pages(conn, "acme")
+        assert len(unused) == 2
+        await write_events(conn, [_pageview(2, "/a")])  # /a's page is found and reused
+        assert await delete_unused_since(conn, "acme", unused, since) == 1
+        assert [r["path"] for r in await conn.fetch("SELECT path FROM event_pages")] == ["/a"]
+        assert await _dangling(conn) == 0
+        assert [r[3] for r in await _stored(conn)] == ["/a"]
+
+
+async def test_a_page_deleted_while_a_write_is_in_flight_is_looked_up_again(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Between the writer's look-up of its pages and its lock, the sweep deletes one: the write
+    # rolls back, looks its pages up again (a new row) and stores every event with its page.
+    async with pool.acquire() as conn:
+        await write_events(conn, [_pageview(0, "/a")])
+        await conn.execute("DELETE FROM event_rows")  # /a's page is unused now
+    looked_up = []
+    assign = event_pages.assign_page_keys
+
+    async def assign_then_sweep(conn: asyncpg.Connection, pages: Any) -> dict[Any, int]:
+        keys = await assign(conn, pages)
+        looked_up.append(dict(keys))
+        if len(looked_up) == 1:
+            # Both pages: /a's, and /b's inserted by the look-up, which no row holds yet.
+            async with pool.acquire() as other:
+                assert await sweep_pages(other, "acme") == 2
+        return keys
+
+    monkeypatch.setattr(writer, "assign_page_keys", assign_then_sweep)
+    async with pool.acquire() as conn:
+        result = await write_events(conn, [_pageview(1, "/a"), _pageview(2, "/b")])
+        assert result.inserted == 2
+        assert len(looked_up) == 2
+        assert await _dangling(conn) == 0
+        assert [(r[0], r[3]) for r in await _stored(conn)] == [
+            ("e-anon-1-1", "/a"),
+            ("e-anon-1-2", "/b"),
+        ]
