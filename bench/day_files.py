@@ -39,6 +39,7 @@ from libs.common import db
 from libs.common.day_files import DayExportSettings, DayFileCache, export_pending_days
 from libs.common.day_files.layout import EVENT_FILE_SCHEMA
 from libs.common.day_files.parquet_parts import write_part
+from libs.common.event_pages import assign_page_keys
 from libs.common.object_store import open_object_store
 from libs.common.observability import configure_logging
 from services.query.event_scan import open_scan
@@ -121,17 +122,26 @@ def generate(events: int, days: int, first_day: date, seed: int = 5) -> Iterator
 
 
 async def load(pool: asyncpg.Pool, events: int, days: int, first_day: date) -> int:
-    """COPY the generated rows straight into `events` (the writer's own speed is another
-    benchmark), plus the aliases and persons they imply."""
+    """COPY the generated rows straight into `event_rows` as the writer stores them (each
+    page's key; the writer's own speed is another benchmark), plus the aliases and persons
+    they imply."""
     await pool.execute("SELECT ensure_event_partitions($1::date, $2)", first_day, days + 1)
-    rows = list(generate(events, days, first_day))
+    # (The generated rows carry no person keys: those columns stay NULL, as before migration
+    # 0024.)
+    missing = (None,) * (len(COLUMNS) - len(next(generate(1, days, first_day))))
+    rows = [(*r, *missing) for r in generate(events, days, first_day)]
+    page_at = [COLUMNS.index(c) for c in ("project_id", "url", "title", "path")]
+    kept = [i for i, c in enumerate(COLUMNS) if c not in ("url", "title", "path")]
+    columns = [*(COLUMNS[i] for i in kept), "page_key"]
     async with pool.acquire() as conn:
-        await conn.execute("CREATE TEMP TABLE staged (LIKE events INCLUDING DEFAULTS)")
+        pages = await assign_page_keys(conn, {tuple(r[i] for i in page_at) for r in rows})
+        records = [(*(r[i] for i in kept), pages.get(tuple(r[i] for i in page_at))) for r in rows]
+        await conn.execute("CREATE TEMP TABLE staged (LIKE event_rows INCLUDING DEFAULTS)")
         await conn.execute("ALTER TABLE staged ALTER COLUMN properties TYPE text")
-        await conn.copy_records_to_table("staged", records=rows, columns=COLUMNS)
+        await conn.copy_records_to_table("staged", records=records, columns=columns)
         await conn.execute(
-            f"INSERT INTO events ({', '.join(COLUMNS)})"
-            f" SELECT {', '.join('properties::jsonb' if c == 'properties' else c for c in COLUMNS)}"
+            f"INSERT INTO event_rows ({', '.join(columns)})"
+            f" SELECT {', '.join('properties::jsonb' if c == 'properties' else c for c in columns)}"
             " FROM staged"
         )
         await conn.execute(
@@ -144,7 +154,7 @@ async def load(pool: asyncpg.Pool, events: int, days: int, first_day: date) -> i
             " SELECT project_id, user_id, jsonb_build_object('plan', 'pro'), min(ts), max(ts)"
             " FROM events WHERE user_id IS NOT NULL GROUP BY project_id, user_id"
         )
-        await conn.execute("ANALYZE events")
+        await conn.execute("ANALYZE event_rows")
     return len(rows)
 
 
@@ -282,8 +292,9 @@ async def run(database_url: str, events: int, days: int, work: Path) -> dict[str
             "postgres_bytes_per_event": round(
                 float(
                     await pool.fetchval(
-                        "SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits"
-                        " WHERE inhparent = 'events'::regclass"
+                        "SELECT sum(pg_total_relation_size(inhrelid))"
+                        " + pg_total_relation_size('event_pages') FROM pg_inherits"
+                        " WHERE inhparent = 'event_rows'::regclass"
                     )
                 )
                 / loaded,
