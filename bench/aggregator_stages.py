@@ -26,7 +26,6 @@ from typing import Any
 
 from bench import report
 from bench.aggregator_writer import live_traffic
-from libs.common.event_pages import Page
 from libs.common.rollup_rules import event_rollup_input, event_rollup_tallies
 from libs.common.schemas.events_v1 import EventV1
 from services.aggregator import writer
@@ -62,19 +61,9 @@ def _persons(batch: Sequence[EventV1], keys: PersonKeys) -> object:
     return alias_links(batch), person_rows(batch)
 
 
-class _PageKeys(dict[Page, int]):
-    """Every page's key (one dictionary look-up, as the writer's keys from the database)."""
-
-    def __missing__(self, page: Page) -> int:
-        self[page] = len(self)
-        return self[page]
-
-
-_PAGES = _PageKeys()
-
-
 def _copy_records(batch: Sequence[EventV1], keys: PersonKeys) -> object:
-    return list(writer._event_records(batch, keys, _PAGES))
+    # Pages' and clients' keys: one dictionary look-up each per event, as with the writer's.
+    return list(writer._event_records(batch, writer._Keys(keys, {}, {})))
 
 
 Stage = Callable[[Sequence[EventV1], PersonKeys], object]

@@ -39,7 +39,7 @@ from libs.common import db
 from libs.common.day_files import DayExportSettings, DayFileCache, export_pending_days
 from libs.common.day_files.layout import EVENT_FILE_SCHEMA
 from libs.common.day_files.parquet_parts import write_part
-from libs.common.event_pages import assign_page_keys
+from libs.common.event_dictionary import CLIENTS, PAGES, assign_keys
 from libs.common.object_store import open_object_store
 from libs.common.observability import configure_logging
 from services.query.event_scan import open_scan
@@ -122,20 +122,30 @@ def generate(events: int, days: int, first_day: date, seed: int = 5) -> Iterator
 
 
 async def load(pool: asyncpg.Pool, events: int, days: int, first_day: date) -> int:
-    """COPY the generated rows straight into `event_rows` as the writer stores them (each
-    page's key; the writer's own speed is another benchmark), plus the aliases and persons
+    """COPY the generated rows straight into `event_rows` as the writer stores them (pages' and
+    clients' keys; the writer's own speed is another benchmark), plus the aliases and persons
     they imply."""
     await pool.execute("SELECT ensure_event_partitions($1::date, $2)", first_day, days + 1)
     # (The generated rows carry no person keys: those columns stay NULL, as before migration
     # 0024.)
     missing = (None,) * (len(COLUMNS) - len(next(generate(1, days, first_day))))
     rows = [(*r, *missing) for r in generate(events, days, first_day)]
-    page_at = [COLUMNS.index(c) for c in ("project_id", "url", "title", "path")]
-    kept = [i for i, c in enumerate(COLUMNS) if c not in ("url", "title", "path")]
-    columns = [*(COLUMNS[i] for i in kept), "page_key"]
+    # Pages' and clients' values replaced by their keys, as the writer stores them.
+    dictionaries = [
+        (d, [COLUMNS.index(c) for c in ("project_id", *d.columns)]) for d in (PAGES, CLIENTS)
+    ]
+    replaced = {c for d, _ in dictionaries for c in d.columns}
+    kept = [i for i, c in enumerate(COLUMNS) if c not in replaced]
+    columns = [*(COLUMNS[i] for i in kept), *(d.key for d, _ in dictionaries)]
     async with pool.acquire() as conn:
-        pages = await assign_page_keys(conn, {tuple(r[i] for i in page_at) for r in rows})
-        records = [(*(r[i] for i in kept), pages.get(tuple(r[i] for i in page_at))) for r in rows]
+        keys = [
+            (await assign_keys(conn, d, {tuple(r[i] for i in at) for r in rows}), at)
+            for d, at in dictionaries
+        ]
+        records = [
+            (*(r[i] for i in kept), *(k.get(tuple(r[i] for i in at)) for k, at in keys))
+            for r in rows
+        ]
         await conn.execute("CREATE TEMP TABLE staged (LIKE event_rows INCLUDING DEFAULTS)")
         await conn.execute("ALTER TABLE staged ALTER COLUMN properties TYPE text")
         await conn.copy_records_to_table("staged", records=records, columns=columns)
@@ -293,7 +303,8 @@ async def run(database_url: str, events: int, days: int, work: Path) -> dict[str
                 float(
                     await pool.fetchval(
                         "SELECT sum(pg_total_relation_size(inhrelid))"
-                        " + pg_total_relation_size('event_pages') FROM pg_inherits"
+                        " + pg_total_relation_size('event_pages')"
+                        " + pg_total_relation_size('event_clients') FROM pg_inherits"
                         " WHERE inhparent = 'event_rows'::regclass"
                     )
                 )

@@ -56,7 +56,7 @@ from libs.common.day_files import (
     export_pending_days,
 )
 from libs.common.erasure import request_erasure
-from libs.common.event_pages import assign_page_keys
+from libs.common.event_dictionary import CLIENTS, PAGES, assign_keys
 from libs.common.object_store import ObjectStore, open_object_store
 from libs.common.observability import configure_logging
 from libs.common.settings import QuerySettings
@@ -74,7 +74,6 @@ from services.tiering.erasure import process_erasures, recompute_week_rollups
 from services.tiering.tier_moves import move_cold_days
 
 PROJECT = "bench"
-_PAGE_COLUMNS = ("url", "title", "path")
 HOT_DAYS = 90
 
 
@@ -90,35 +89,37 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
 
 
-async def _with_page_keys(conn: asyncpg.Connection, table: pa.Table) -> pa.Table:
-    """The day's rows as the writer stores them: url, title and path replaced by the key of
-    their page in `event_pages` (libs/common/event_pages.py), assigned as the writer does."""
-    encoded = [
-        pc.dictionary_encode(table[c].combine_chunks(), null_encoding="encode")
-        for c in _PAGE_COLUMNS
-    ]
-    code = np.zeros(table.num_rows, dtype=np.int64)
-    for column in encoded:
-        code = code * len(column.dictionary) + np.asarray(column.indices, dtype=np.int64)
-    distinct, inverse = np.unique(code, return_inverse=True)
-    pages = []
-    for value in distinct.tolist():
-        parts = []
-        for column in reversed(encoded):
-            value, at = divmod(value, len(column.dictionary))
-            parts.append(column.dictionary[at].as_py())
-        pages.append((PROJECT, *reversed(parts)))
-    keys = await assign_page_keys(conn, pages)
-    page_key = pa.array([keys.get(page) for page in pages], pa.int64()).take(pa.array(inverse))
-    return table.drop_columns(list(_PAGE_COLUMNS)).append_column("page_key", page_key)
+async def _with_keys(conn: asyncpg.Connection, table: pa.Table) -> pa.Table:
+    """The day's rows as the writer stores them: the page's and the client's values replaced by
+    their keys in `event_pages` and `event_clients` (libs/common/event_dictionary.py)."""
+    for dictionary in (PAGES, CLIENTS):
+        encoded = [
+            pc.dictionary_encode(table[c].combine_chunks(), null_encoding="encode")
+            for c in dictionary.columns
+        ]
+        code = np.zeros(table.num_rows, dtype=np.int64)
+        for column in encoded:
+            code = code * len(column.dictionary) + np.asarray(column.indices, dtype=np.int64)
+        distinct, inverse = np.unique(code, return_inverse=True)
+        entries = []
+        for value in distinct.tolist():
+            parts = []
+            for column in reversed(encoded):
+                value, at = divmod(value, len(column.dictionary))
+                parts.append(column.dictionary[at].as_py())
+            entries.append((PROJECT, *reversed(parts)))
+        keys = await assign_keys(conn, dictionary, entries)
+        key = pa.array([keys.get(e) for e in entries], pa.int64()).take(pa.array(inverse))
+        table = table.drop_columns(list(dictionary.columns)).append_column(dictionary.key, key)
+    return table
 
 
 async def load(
     pool: asyncpg.Pool, work: Path, events: int, persons: int, days: int, first_day: date
 ) -> int:
-    """COPY the bench dataset's days into `event_rows` as the writer stores them (each page's
-    key; the writer's speed is another benchmark), with the aliases and persons they imply,
-    then VACUUM ANALYZE as autovacuum would."""
+    """COPY the bench dataset's days into `event_rows` as the writer stores them (pages' and
+    clients' keys; the writer's speed is another benchmark), with the aliases and persons
+    they imply, then VACUUM ANALYZE as autovacuum would."""
     await pool.execute(
         "INSERT INTO projects (id, name, hot_days) VALUES ($1, $1, $2) ON CONFLICT DO NOTHING",
         PROJECT,
@@ -131,7 +132,7 @@ async def load(
     async with pool.acquire() as conn:
         for number in range(days):
             table = _day_table(rng, first_day + timedelta(days=number), persons, events // days)
-            table = await _with_page_keys(conn, table)
+            table = await _with_keys(conn, table)
             pa_csv.write_csv(table, csv_path)
             await conn.copy_to_table(
                 "event_rows",
@@ -166,15 +167,16 @@ async def load(
             " SELECT project_id, user_id, '{}'::jsonb, min(ts), max(ts)"
             " FROM events WHERE user_id IS NOT NULL GROUP BY project_id, user_id"
         )
-        await conn.execute("VACUUM ANALYZE event_rows, event_pages")
+        await conn.execute("VACUUM ANALYZE event_rows, event_pages, event_clients")
     return rows
 
 
 async def hot_bytes(pool: asyncpg.Pool) -> int:
-    """Bytes of the events' partitions and their pages, with indexes and TOAST."""
+    """Bytes of the events' partitions, their pages and clients, with indexes and TOAST."""
     value = await pool.fetchval(
         "SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0)"
-        " + pg_total_relation_size('event_pages') FROM pg_inherits"
+        " + pg_total_relation_size('event_pages') + pg_total_relation_size('event_clients')"
+        " FROM pg_inherits"
         " WHERE inhparent = 'event_rows'::regclass"
     )
     return int(value)

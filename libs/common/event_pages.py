@@ -3,7 +3,8 @@
 back.
 
 Keys are looked up, and assigned for pages never seen, before the write's transaction and
-committed on their own (`assign_page_keys`), as person keys are. A page row is deleted only
+committed on their own (`assign_page_keys`, libs/common/event_dictionary.py), as person keys
+are. A page row is deleted only
 when no event row holds its key any more: by an erasure (its person's pages that no other event
 shows, since a URL may carry personal data) and by the tiering service's sweep after it drops
 day partitions. Both delete under the project's derived-tables lock, and a writer checks under
@@ -17,12 +18,12 @@ page.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from hashlib import md5
 
 import asyncpg
 
 from libs.common.db import lock_derived_tables
 from libs.common.errors import StrataError
+from libs.common.event_dictionary import PAGES, assign_keys
 
 # (project_id, url, title, path): a page as events carry it.
 Page = tuple[str, str | None, str | None, str | None]
@@ -37,63 +38,15 @@ class PagesSwept(asyncpg.exceptions.SerializationError, StrataError):  # type: i
 
 
 def page_digest(url: str | None, title: str | None, path: str | None) -> str:
-    """A page's key within its project in `event_pages`, as a UUID's hex: an md5 of the three
-    values, each with its length (or `-` for NULL), so no two pages share one by accident of
-    concatenation."""
-    parts = [f"{len(v)}:{v}" if v is not None else "-" for v in (url, title, path)]
-    return md5("|".join(parts).encode()).hexdigest()
-
-
-# The asked pages' keys: those already stored, then those inserted now. A page another writer
-# inserts after this statement's snapshot is missing from the result: the caller asks again.
-_ASSIGN_PAGE_KEYS = """
-WITH asked AS (
-    SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[])
-        AS u(digest, url, title, path)
-), known AS (
-    SELECT p.digest, p.page_key FROM event_pages AS p
-    WHERE p.project_id = $1 AND p.digest = ANY($2::uuid[])
-), added AS (
-    INSERT INTO event_pages (project_id, digest, url, title, path)
-    SELECT $1, a.digest, a.url, a.title, a.path FROM asked AS a
-    WHERE a.digest NOT IN (SELECT digest FROM known)
-    ORDER BY a.digest
-    ON CONFLICT (project_id, digest) DO NOTHING
-    RETURNING digest, page_key
-)
-SELECT digest, page_key FROM known UNION ALL SELECT digest, page_key FROM added
-"""
+    """A page's key within its project in `event_pages`, as a UUID's hex (`Dictionary.digest`)."""
+    return PAGES.digest((url, title, path))
 
 
 async def assign_page_keys(conn: asyncpg.Connection, pages: Iterable[Page]) -> dict[Page, int]:
     """Each page's key in `event_pages`, inserted now for pages never stored (in the caller's
     transaction if it has one, else committed at once); a page of three NULLs has none (the
     row's key is NULL)."""
-    by_project: dict[str, dict[str, Page]] = {}
-    for page in set(pages):
-        if page[1] is None and page[2] is None and page[3] is None:
-            continue
-        by_project.setdefault(page[0], {})[page_digest(*page[1:])] = page
-    keys: dict[Page, int] = {}
-    for project_id in sorted(by_project):
-        missing = by_project[project_id]
-        for _ in range(3):
-            digests = sorted(missing)
-            rows = await conn.fetch(
-                _ASSIGN_PAGE_KEYS,
-                project_id,
-                digests,
-                [missing[d][1] for d in digests],
-                [missing[d][2] for d in digests],
-                [missing[d][3] for d in digests],
-            )
-            for row in rows:
-                keys[missing.pop(row["digest"].hex)] = row["page_key"]
-            if not missing:
-                break
-        else:
-            raise PagesSwept(f"page keys of {len(missing)} pages not settled")
-    return keys
+    return await assign_keys(conn, PAGES, pages)
 
 
 async def check_page_keys(conn: asyncpg.Connection, keys: Iterable[int]) -> None:

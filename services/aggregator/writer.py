@@ -30,7 +30,7 @@ import operator
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from hashlib import md5
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
@@ -39,6 +39,7 @@ from datasketches import hll_sketch
 from libs.common import sketches
 from libs.common.db import lock_derived_tables
 from libs.common.errors import StrataError
+from libs.common.event_dictionary import CLIENTS, PAGES, Entry, assign_keys
 from libs.common.event_pages import Page, PagesSwept, assign_page_keys, check_page_keys
 from libs.common.event_partitions import EventPartitions, ensure_partitions
 from libs.common.model.columns import DERIVED_EVENT_COLUMNS, STORED_EVENT_COLUMNS
@@ -83,9 +84,9 @@ _ENCODED_COLUMNS = ("anonymous_id", "properties", "derived_fields")
 EVENT_COLUMNS = tuple(
     c for c in STORED_EVENT_COLUMNS if c not in _ENCODED_COLUMNS and c not in DERIVED_EVENT_COLUMNS
 )
-# A row's page is its key into `event_pages` (libs/common/event_pages.py), not the strings.
-_PAGE_COLUMNS = ("url", "title", "path")
-_ROW_COLUMNS = tuple(c for c in EVENT_COLUMNS if c not in _PAGE_COLUMNS)
+# A row's page and client are their keys into `event_pages` and `event_clients`
+# (libs/common/event_dictionary.py), not the strings.
+_ROW_COLUMNS = tuple(c for c in EVENT_COLUMNS if c not in PAGES.columns + CLIENTS.columns)
 _json = msgspec.json.Encoder()
 
 
@@ -112,7 +113,14 @@ def _json_rows_sql(columns: Sequence[str], types: dict[str, str], param: int = 1
 # getter picks them (half the CPU of an attribute getter over 31 names).
 _event_row = operator.itemgetter(*(EventV1.__struct_fields__.index(c) for c in _ROW_COLUMNS))
 _event_fields = msgspec.structs.astuple
-_STORED_COLUMNS = (*_ROW_COLUMNS, *_ENCODED_COLUMNS, "person_key", "device_key", "page_key")
+_STORED_COLUMNS = (
+    *_ROW_COLUMNS,
+    *_ENCODED_COLUMNS,
+    "person_key",
+    "device_key",
+    "page_key",
+    "client_key",
+)
 # The batch's unique ids as digests (migration 0022: a fixed 16-byte key per id), inserted in
 # digest order so writers lock ids in one order. Only how many were new comes back, and the
 # digests never seen only when some id was already stored: a batch of new events (nearly every
@@ -201,30 +209,45 @@ async def assign_person_keys(
     return keys
 
 
-# An event's page as `event_pages` keys it (one C call; a page of three NULLs has no key).
-_page_of: Callable[[EventV1], Page] = operator.attrgetter("project_id", "url", "title", "path")
+# An event's page and client as their dictionaries key them (one C call each; all NULL: no
+# key).
+_page_of: Callable[[EventV1], Page] = operator.attrgetter("project_id", *PAGES.columns)
+_client_of: Callable[[EventV1], Entry] = operator.attrgetter("project_id", *CLIENTS.columns)
 
 
-def _event_records(
-    events: Sequence[EventV1], keys: dict[tuple[str, str], int], pages: dict[Page, int]
-) -> Iterable[tuple[Any, ...]]:
+class _Keys(NamedTuple):
+    """A batch's keys: persons' (project, id), pages' and clients'."""
+
+    persons: dict[tuple[str, str], int]
+    pages: dict[Page, int]
+    clients: dict[Entry, int]
+
+
+async def _dictionary_keys(conn: asyncpg.Connection, events: Sequence[EventV1]) -> _Keys:
+    return _Keys(
+        await assign_person_keys(conn, events),
+        await assign_page_keys(conn, map(_page_of, events)),
+        await assign_keys(conn, CLIENTS, map(_client_of, events)),
+    )
+
+
+def _event_records(events: Sequence[EventV1], keys: _Keys) -> Iterable[tuple[Any, ...]]:
+    persons, pages, clients = keys
     for ev in events:
         person = person_id_of(ev)
-        device = None if person == ev.distinct_id else keys[(ev.project_id, ev.distinct_id)]
+        device = None if person == ev.distinct_id else persons[(ev.project_id, ev.distinct_id)]
         yield (
             *_event_row(_event_fields(ev)),
             *stored_event_fields(ev),
-            keys[(ev.project_id, person)],
+            persons[(ev.project_id, person)],
             device,
             pages.get(_page_of(ev)),
+            clients.get(_client_of(ev)),
         )
 
 
 async def _insert_new_events(
-    conn: asyncpg.Connection,
-    events: Sequence[EventV1],
-    keys: dict[tuple[str, str], int],
-    pages: dict[Page, int],
+    conn: asyncpg.Connection, events: Sequence[EventV1], keys: _Keys
 ) -> list[EventV1]:
     """The events of `events` never stored before (the first of repeats inside the batch), now
     stored: their id digests inserted into `event_ids`, their rows COPYed (binary) into
@@ -239,7 +262,7 @@ async def _insert_new_events(
         inserted = [events[i] for i in sorted(first[d.hex] for d in new or ())]
     if inserted:
         await conn.copy_records_to_table(
-            "event_rows", records=_event_records(inserted, keys, pages), columns=_STORED_COLUMNS
+            "event_rows", records=_event_records(inserted, keys), columns=_STORED_COLUMNS
         )
     return inserted
 
@@ -772,12 +795,9 @@ async def _apply_persons(
 
 
 async def _write_in_transaction(
-    conn: asyncpg.Connection,
-    events: Sequence[EventV1],
-    keys: dict[tuple[str, str], int],
-    pages: dict[Page, int],
+    conn: asyncpg.Connection, events: Sequence[EventV1], keys: _Keys
 ) -> int:
-    inserted = await _insert_new_events(conn, events, keys, pages)
+    inserted = await _insert_new_events(conn, events, keys)
     if not inserted:
         return 0
     # The Python share of the work, done before the lock so other writers are not kept waiting.
@@ -787,7 +807,7 @@ async def _write_in_transaction(
     persons = person_rows(inserted)
     await lock_derived_tables(conn, (ev.project_id for ev in inserted))
     # A page deleted since its key was looked up (an erasure, the sweep) rolls the write back.
-    await check_page_keys(conn, pages.values())
+    await check_page_keys(conn, keys.pages.values())
     await _apply_event_rollups(conn, tallies)
     await _apply_sessions(conn, sessions)
     await _apply_persons(conn, links, persons)
@@ -814,21 +834,20 @@ async def write_events(
     days = {ev.ts.astimezone(UTC).date() for ev in events}
     if conn.is_in_transaction():
         await ensure_partitions(conn, days, partitions)
-        keys = await assign_person_keys(conn, events)
-        pages = await assign_page_keys(conn, map(_page_of, events))
-        inserted = await _write_in_transaction(conn, events, keys, pages)
+        keys = await _dictionary_keys(conn, events)
+        inserted = await _write_in_transaction(conn, events, keys)
     else:
         # Partitions first, in their own short transaction: creating one locks all of
         # `event_rows`, which must not last as long as the batch's transaction.
         await ensure_partitions(conn, days, partitions)
-        # Keys too, committed on their own: they hold each project's key counter only briefly,
-        # and a key assigned for a batch that then fails is the one its replay gets.
-        keys = await assign_person_keys(conn, events)
+        # Keys too (persons', pages', clients'), committed on their own: they hold each
+        # project's key counter only briefly, and a key assigned for a batch that then fails
+        # is the one its replay gets.
         for attempt in range(_PAGE_ATTEMPTS):
-            pages = await assign_page_keys(conn, map(_page_of, events))
+            keys = await _dictionary_keys(conn, events)
             try:
                 async with conn.transaction():
-                    inserted = await _write_in_transaction(conn, events, keys, pages)
+                    inserted = await _write_in_transaction(conn, events, keys)
                 break
             except PagesSwept:
                 if attempt == _PAGE_ATTEMPTS - 1:

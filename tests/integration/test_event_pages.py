@@ -1,5 +1,6 @@
-"""Pages stored once per project (libs/common/event_pages.py, migration 0029): the writer stores
-a page key instead of url, title and path, the `events` view reads the strings back (rows
+"""Pages and clients stored once per project (libs/common/event_dictionary.py, event_pages.py,
+migrations 0029 and 0030): the writer stores a page key instead of url, title and path and a
+client key instead of browser ... locale, the `events` view reads the strings back (rows
 written before keep theirs), erasure deletes a person's pages no one else shows, the tiering
 sweep deletes pages no row holds, and no event row ever holds a key without its page, even
 when a page is deleted while a write that looked it up is in flight."""
@@ -88,6 +89,42 @@ async def test_rows_hold_a_page_key_and_the_view_reads_the_strings(pool: asyncpg
     assert all(p["digest"].hex == page_digest(p["url"], p["title"], p["path"]) for p in pages)
 
 
+async def test_rows_hold_a_client_key_and_the_view_reads_the_strings(pool: asyncpg.Pool) -> None:
+    chrome = {"browser": "Chrome", "browser_version": "131", "os": "macOS", "os_version": "15"}
+    events = [
+        _pageview(0, "/", device_type="desktop", locale="de-DE", **chrome),
+        _pageview(1, "/", device_type="desktop", locale="de-DE", **chrome),
+        _pageview(2, "/", device_type="mobile", browser="Safari"),
+        _pageview(3, "/"),  # no client value at all: no key
+    ]
+    columns = ("browser", "browser_version", "os", "os_version", "device_type", "locale")
+    async with pool.acquire() as conn:
+        await write_events(conn, events)
+        read = {
+            r["event_id"]: tuple(r[c] for c in columns)
+            for r in await conn.fetch(f"SELECT event_id, {', '.join(columns)} FROM events")
+        }
+        keys = {
+            r["event_id"]: r["client_key"]
+            for r in await conn.fetch(
+                "SELECT event_id, client_key FROM event_rows WHERE browser IS NULL AND os IS NULL"
+            )
+        }
+        clients = await conn.fetchval("SELECT count(*) FROM event_clients")
+        plain = "\n".join(
+            r[0]
+            for r in await conn.fetch(
+                "EXPLAIN SELECT event_id, path FROM events WHERE project_id = 'acme'"
+            )
+        )
+    assert read == {ev.event_id: tuple(getattr(ev, c) for c in columns) for ev in events}
+    assert len(keys) == 4  # no row holds the strings
+    assert keys["e-anon-1-0"] == keys["e-anon-1-1"] and keys["e-anon-1-3"] is None
+    assert clients == 2
+    # A query that reads the page but no client column joins only the pages.
+    assert "event_pages" in plain and "event_clients" not in plain
+
+
 async def test_properties_come_back_with_the_page_they_repeat(pool: asyncpg.Pool) -> None:
     # A pageview's properties repeating its url, title and path are stored without them
     # (migration 0025) and restored from the page the view reads.
@@ -144,7 +181,7 @@ async def test_queries_without_page_columns_do_not_join_the_pages(pool: asyncpg.
         paged = "\n".join(
             r[0] for r in await conn.fetch("EXPLAIN SELECT path FROM events WHERE name = 'x'")
         )
-    assert "event_pages" not in plain
+    assert "event_pages" not in plain and "event_clients" not in plain
     assert "event_pages" in paged
 
 

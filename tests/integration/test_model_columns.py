@@ -56,9 +56,10 @@ async def test_registry_equals_the_migrated_table(
 ) -> None:
     stored = await _database_columns(pool, table)
     if table == "event_rows":
-        # The stored rows' page key (migration 0029), which the `events` view reads through.
-        assert stored[-1] == ("page_key", "bigint", True)
-        stored = stored[:-1]
+        # The stored rows' page and client keys (migrations 0029, 0030), which the `events`
+        # view reads through.
+        assert stored[-2:] == [("page_key", "bigint", True), ("client_key", "bigint", True)]
+        stored = stored[:-2]
     assert await _registry_columns(pool, columns) == stored
 
 

@@ -1,0 +1,112 @@
+"""Repeated strings of events stored once per project, each set keyed by a 64-bit identity: a
+page (url, title, path; `event_pages`, libs/common/event_pages.py) and a client (browser,
+browser version, OS, OS version, device type, locale; `event_clients`). An event row holds
+the keys (`page_key`, `client_key`), and the `events` view puts the strings back (migrations
+0029 and 0030).
+
+Keys are looked up, and assigned to values never seen, before the write's transaction and
+committed on their own, as person keys are: one statement per project and dictionary for a
+batch's distinct values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from hashlib import md5
+from typing import Any
+
+import asyncpg
+
+from libs.common.errors import StrataError
+
+# (project_id, value, value, ...): an entry as events carry it.
+Entry = tuple[Any, ...]
+
+
+class KeysNotSettled(asyncpg.exceptions.SerializationError, StrataError):  # type: ignore[misc]
+    """Some values' keys were still missing after three look-ups (each racing a writer that
+    inserted them after the statement's snapshot): the write is retried as transient."""
+
+    code = "dictionary_keys_not_settled"
+
+
+@dataclass(frozen=True)
+class Dictionary:
+    """One dictionary table: its name, its key column and the value columns it stores."""
+
+    table: str
+    key: str
+    columns: tuple[str, ...]
+    sql: str = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.columns)
+        arrays = ", ".join(f"${i + 3}::text[]" for i in range(n))
+        names = ", ".join(self.columns)
+        asked = ", ".join(f"a.{c}" for c in self.columns)
+        # The asked values' keys: those already stored, then those inserted now. A value
+        # another writer inserts after this statement's snapshot is missing from the result:
+        # the caller asks again.
+        object.__setattr__(
+            self,
+            "sql",
+            f"""
+WITH asked AS (
+    SELECT * FROM unnest($2::uuid[], {arrays}) AS u(digest, {names})
+), known AS (
+    SELECT d.digest, d.{self.key} AS key FROM {self.table} AS d
+    WHERE d.project_id = $1 AND d.digest = ANY($2::uuid[])
+), added AS (
+    INSERT INTO {self.table} (project_id, digest, {names})
+    SELECT $1, a.digest, {asked} FROM asked AS a
+    WHERE a.digest NOT IN (SELECT digest FROM known)
+    ORDER BY a.digest
+    ON CONFLICT (project_id, digest) DO NOTHING
+    RETURNING digest, {self.key} AS key
+)
+SELECT digest, key FROM known UNION ALL SELECT digest, key FROM added
+""",
+        )
+
+    def digest(self, values: Iterable[str | None]) -> str:
+        """The values' key within their project, as a UUID's hex: an md5 of the values, each
+        with its length (or `-` for NULL), so no two entries share one by accident of
+        concatenation."""
+        parts = [f"{len(v)}:{v}" if v is not None else "-" for v in values]
+        return md5("|".join(parts).encode()).hexdigest()
+
+
+PAGES = Dictionary("event_pages", "page_key", ("url", "title", "path"))
+CLIENTS = Dictionary(
+    "event_clients",
+    "client_key",
+    ("browser", "browser_version", "os", "os_version", "device_type", "locale"),
+)
+
+
+async def assign_keys(
+    conn: asyncpg.Connection, dictionary: Dictionary, entries: Iterable[Entry]
+) -> dict[Entry, int]:
+    """Each entry's key in `dictionary`, inserted now for values never stored (in the caller's
+    transaction if it has one, else committed at once); an entry whose values are all NULL has
+    none (the row's key is NULL)."""
+    by_project: dict[str, dict[str, Entry]] = {}
+    for entry in set(entries):
+        values = entry[1:]
+        if all(v is None for v in values):
+            continue
+        by_project.setdefault(entry[0], {})[dictionary.digest(values)] = entry
+    keys: dict[Entry, int] = {}
+    for project_id in sorted(by_project):
+        missing = by_project[project_id]
+        for _ in range(3):
+            digests = sorted(missing)
+            columns = [[missing[d][i + 1] for d in digests] for i in range(len(dictionary.columns))]
+            for row in await conn.fetch(dictionary.sql, project_id, digests, *columns):
+                keys[missing.pop(row["digest"].hex)] = row["key"]
+            if not missing:
+                break
+        else:
+            raise KeysNotSettled(f"{dictionary.table}: keys of {len(missing)} values not settled")
+    return keys
