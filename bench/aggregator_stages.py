@@ -62,8 +62,8 @@ def _persons(batch: Sequence[EventV1], keys: PersonKeys) -> object:
 
 
 def _copy_records(batch: Sequence[EventV1], keys: PersonKeys) -> object:
-    # Pages' and clients' keys: one dictionary look-up each per event, as with the writer's.
-    return list(writer._event_records(batch, writer._Keys(keys, {}, {})))
+    # Pages', clients' and sources' keys: one look-up each per event, as in the writer.
+    return list(writer._event_records(batch, writer._Keys(keys, {}, {}, {})))
 
 
 Stage = Callable[[Sequence[EventV1], PersonKeys], object]

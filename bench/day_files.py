@@ -35,7 +35,7 @@ import asyncpg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from libs.common import db
+from libs.common import db, event_dictionary
 from libs.common.day_files import DayExportSettings, DayFileCache, export_pending_days
 from libs.common.day_files.layout import EVENT_FILE_SCHEMA
 from libs.common.day_files.parquet_parts import write_part
@@ -122,17 +122,18 @@ def generate(events: int, days: int, first_day: date, seed: int = 5) -> Iterator
 
 
 async def load(pool: asyncpg.Pool, events: int, days: int, first_day: date) -> int:
-    """COPY the generated rows straight into `event_rows` as the writer stores them (pages' and
-    clients' keys; the writer's own speed is another benchmark), plus the aliases and persons
-    they imply."""
+    """COPY the generated rows straight into `event_rows` as the writer stores them (pages',
+    clients' and sources' keys; the writer's own speed is another benchmark), plus the
+    aliases and persons they imply."""
     await pool.execute("SELECT ensure_event_partitions($1::date, $2)", first_day, days + 1)
     # (The generated rows carry no person keys: those columns stay NULL, as before migration
     # 0024.)
     missing = (None,) * (len(COLUMNS) - len(next(generate(1, days, first_day))))
     rows = [(*r, *missing) for r in generate(events, days, first_day)]
-    # Pages' and clients' values replaced by their keys, as the writer stores them.
+    # Pages', clients' and sources' values replaced by their keys, as the writer stores them.
     dictionaries = [
-        (d, [COLUMNS.index(c) for c in ("project_id", *d.columns)]) for d in (PAGES, CLIENTS)
+        (d, [COLUMNS.index(c) for c in ("project_id", *d.columns)])
+        for d in (PAGES, CLIENTS, event_dictionary.SOURCES)
     ]
     replaced = {c for d, _ in dictionaries for c in d.columns}
     kept = [i for i, c in enumerate(COLUMNS) if c not in replaced]
@@ -304,7 +305,8 @@ async def run(database_url: str, events: int, days: int, work: Path) -> dict[str
                     await pool.fetchval(
                         "SELECT sum(pg_total_relation_size(inhrelid))"
                         " + pg_total_relation_size('event_pages')"
-                        " + pg_total_relation_size('event_clients') FROM pg_inherits"
+                        " + pg_total_relation_size('event_clients')"
+                        " + pg_total_relation_size('event_sources') FROM pg_inherits"
                         " WHERE inhparent = 'event_rows'::regclass"
                     )
                 )

@@ -56,7 +56,7 @@ from libs.common.day_files import (
     export_pending_days,
 )
 from libs.common.erasure import request_erasure
-from libs.common.event_dictionary import CLIENTS, PAGES, assign_keys
+from libs.common.event_dictionary import CLIENTS, PAGES, SOURCES, assign_keys
 from libs.common.object_store import ObjectStore, open_object_store
 from libs.common.observability import configure_logging
 from libs.common.settings import QuerySettings
@@ -90,9 +90,10 @@ def _ms(seconds: float) -> float:
 
 
 async def _with_keys(conn: asyncpg.Connection, table: pa.Table) -> pa.Table:
-    """The day's rows as the writer stores them: the page's and the client's values replaced by
-    their keys in `event_pages` and `event_clients` (libs/common/event_dictionary.py)."""
-    for dictionary in (PAGES, CLIENTS):
+    """The day's rows as the writer stores them: the page's, the client's and the source's
+    values replaced by their keys in `event_pages`, `event_clients` and `event_sources`
+    (libs/common/event_dictionary.py)."""
+    for dictionary in (PAGES, CLIENTS, SOURCES):
         encoded = [
             pc.dictionary_encode(table[c].combine_chunks(), null_encoding="encode")
             for c in dictionary.columns
@@ -117,9 +118,9 @@ async def _with_keys(conn: asyncpg.Connection, table: pa.Table) -> pa.Table:
 async def load(
     pool: asyncpg.Pool, work: Path, events: int, persons: int, days: int, first_day: date
 ) -> int:
-    """COPY the bench dataset's days into `event_rows` as the writer stores them (pages' and
-    clients' keys; the writer's speed is another benchmark), with the aliases and persons
-    they imply, then VACUUM ANALYZE as autovacuum would."""
+    """COPY the bench dataset's days into `event_rows` as the writer stores them (pages',
+    clients' and sources' keys; the writer's speed is another benchmark), with the aliases
+    and persons they imply, then VACUUM ANALYZE as autovacuum would."""
     await pool.execute(
         "INSERT INTO projects (id, name, hot_days) VALUES ($1, $1, $2) ON CONFLICT DO NOTHING",
         PROJECT,
@@ -167,15 +168,16 @@ async def load(
             " SELECT project_id, user_id, '{}'::jsonb, min(ts), max(ts)"
             " FROM events WHERE user_id IS NOT NULL GROUP BY project_id, user_id"
         )
-        await conn.execute("VACUUM ANALYZE event_rows, event_pages, event_clients")
+        await conn.execute("VACUUM ANALYZE event_rows, event_pages, event_clients, event_sources")
     return rows
 
 
 async def hot_bytes(pool: asyncpg.Pool) -> int:
-    """Bytes of the events' partitions, their pages and clients, with indexes and TOAST."""
+    """Bytes of the events' partitions and their dictionaries, with indexes and TOAST."""
     value = await pool.fetchval(
         "SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0)"
         " + pg_total_relation_size('event_pages') + pg_total_relation_size('event_clients')"
+        " + pg_total_relation_size('event_sources')"
         " FROM pg_inherits"
         " WHERE inhparent = 'event_rows'::regclass"
     )

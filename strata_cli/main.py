@@ -475,7 +475,8 @@ def cmd_tier_run(args: argparse.Namespace, settings: StackSettings, env: Mapping
         for run in runs:
             print(
                 f"{run.job}: {run.rows_moved} rows moved cold, {run.partitions_dropped} "
-                f"partition(s) dropped, {run.pages_deleted} page(s) no longer shown deleted, "
+                f"partition(s) dropped, {run.dictionary_rows_deleted} unused page(s) and "
+                f"source(s) deleted, "
                 f"{run.parts_archived} file(s) archived, "
                 f"{run.parts_deleted} file(s) deleted, {run.rows_deleted} hot rows deleted"
                 f" in {run.seconds:.2f} s"

@@ -17,7 +17,8 @@ import asyncpg
 import msgspec
 
 from libs.common import db
-from libs.common.event_pages import delete_unused_pages
+from libs.common.dictionary_deletion import delete_unused
+from libs.common.event_dictionary import PAGES, SOURCES
 from libs.common.rollup_keys import DAY
 from libs.common.rollup_keys import bucket_start as rollup_bucket_start
 from libs.common.rollup_rules import (
@@ -190,17 +191,22 @@ async def request_erasure(
             """WITH gone AS (
                    DELETE FROM event_rows WHERE project_id = $1
                    AND (distinct_id = ANY($2::text[]) OR user_id = ANY($2::text[]))
-                   RETURNING ts, page_key)
+                   RETURNING ts, page_key, source_key)
                SELECT count(*) AS events,
                    coalesce(array_agg(DISTINCT (ts AT TIME ZONE 'UTC')::date), '{}') AS days,
                    coalesce(array_agg(DISTINCT page_key) FILTER (WHERE page_key IS NOT NULL),
-                       '{}') AS pages
+                       '{}') AS pages,
+                   coalesce(array_agg(DISTINCT source_key) FILTER (WHERE source_key IS NOT NULL),
+                       '{}') AS sources
                FROM gone""",
             project_id,
             ids,
         )
-        # Their pages that no other event shows: a URL or title may carry personal data.
-        await delete_unused_pages(conn, project_id, deleted["pages"])
+        # Their pages and sources that no other event shows: a URL, a title or a referrer may
+        # carry personal data.
+        await delete_unused(
+            conn, project_id, {PAGES: deleted["pages"], SOURCES: deleted["sources"]}
+        )
         starts = [
             r["start_ts"]
             for r in await conn.fetch(

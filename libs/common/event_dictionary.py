@@ -1,8 +1,9 @@
 """Repeated strings of events stored once per project, each set keyed by a 64-bit identity: a
-page (url, title, path; `event_pages`, libs/common/event_pages.py) and a client (browser,
-browser version, OS, OS version, device type, locale; `event_clients`). An event row holds
-the keys (`page_key`, `client_key`), and the `events` view puts the strings back (migrations
-0029 and 0030).
+page (url, title, path; `event_pages`), a client (browser, browser version, OS, OS version,
+device type, locale; `event_clients`) and a source (referrer, referrer domain, channel, UTM
+parameters; `event_sources`). An event row holds the keys (`page_key`, `client_key`,
+`source_key`), and the `events` view puts the strings back (migrations 0029-0031). Pages' and
+sources' rows are deleted once no event row holds them (libs/common/dictionary_deletion.py).
 
 Keys are looked up, and assigned to values never seen, before the write's transaction and
 committed on their own, as person keys are: one statement per project and dictionary for a
@@ -82,6 +83,20 @@ CLIENTS = Dictionary(
     "event_clients",
     "client_key",
     ("browser", "browser_version", "os", "os_version", "device_type", "locale"),
+)
+SOURCES = Dictionary(
+    "event_sources",
+    "source_key",
+    (
+        "referrer",
+        "referrer_domain",
+        "channel",
+        "utm_source",
+        "utm_medium",
+        "utm_campaign",
+        "utm_term",
+        "utm_content",
+    ),
 )
 
 

@@ -38,9 +38,9 @@ from datasketches import hll_sketch
 
 from libs.common import sketches
 from libs.common.db import lock_derived_tables
+from libs.common.dictionary_deletion import KeysSwept, check_keys
 from libs.common.errors import StrataError
-from libs.common.event_dictionary import CLIENTS, PAGES, Entry, assign_keys
-from libs.common.event_pages import Page, PagesSwept, assign_page_keys, check_page_keys
+from libs.common.event_dictionary import CLIENTS, PAGES, SOURCES, Entry, assign_keys
 from libs.common.event_partitions import EventPartitions, ensure_partitions
 from libs.common.model.columns import DERIVED_EVENT_COLUMNS, STORED_EVENT_COLUMNS
 from libs.common.model.event_encoding import stored_event_fields
@@ -84,9 +84,10 @@ _ENCODED_COLUMNS = ("anonymous_id", "properties", "derived_fields")
 EVENT_COLUMNS = tuple(
     c for c in STORED_EVENT_COLUMNS if c not in _ENCODED_COLUMNS and c not in DERIVED_EVENT_COLUMNS
 )
-# A row's page and client are their keys into `event_pages` and `event_clients`
-# (libs/common/event_dictionary.py), not the strings.
-_ROW_COLUMNS = tuple(c for c in EVENT_COLUMNS if c not in PAGES.columns + CLIENTS.columns)
+# A row's page, client and source are their keys into `event_pages`, `event_clients` and
+# `event_sources` (libs/common/event_dictionary.py), not the strings.
+_DICTIONARIES = (PAGES, CLIENTS, SOURCES)
+_ROW_COLUMNS = tuple(c for c in EVENT_COLUMNS if not any(c in d.columns for d in _DICTIONARIES))
 _json = msgspec.json.Encoder()
 
 
@@ -118,8 +119,7 @@ _STORED_COLUMNS = (
     *_ENCODED_COLUMNS,
     "person_key",
     "device_key",
-    "page_key",
-    "client_key",
+    *(d.key for d in _DICTIONARIES),
 )
 # The batch's unique ids as digests (migration 0022: a fixed 16-byte key per id), inserted in
 # digest order so writers lock ids in one order. Only how many were new comes back, and the
@@ -209,30 +209,33 @@ async def assign_person_keys(
     return keys
 
 
-# An event's page and client as their dictionaries key them (one C call each; all NULL: no
-# key).
-_page_of: Callable[[EventV1], Page] = operator.attrgetter("project_id", *PAGES.columns)
+# An event's page, client and source as their dictionaries key them (one C call each; all
+# NULL: no key).
+_page_of: Callable[[EventV1], Entry] = operator.attrgetter("project_id", *PAGES.columns)
 _client_of: Callable[[EventV1], Entry] = operator.attrgetter("project_id", *CLIENTS.columns)
+_source_of: Callable[[EventV1], Entry] = operator.attrgetter("project_id", *SOURCES.columns)
 
 
 class _Keys(NamedTuple):
-    """A batch's keys: persons' (project, id), pages' and clients'."""
+    """A batch's keys: persons' (project, id), pages', clients' and sources'."""
 
     persons: dict[tuple[str, str], int]
-    pages: dict[Page, int]
+    pages: dict[Entry, int]
     clients: dict[Entry, int]
+    sources: dict[Entry, int]
 
 
 async def _dictionary_keys(conn: asyncpg.Connection, events: Sequence[EventV1]) -> _Keys:
     return _Keys(
         await assign_person_keys(conn, events),
-        await assign_page_keys(conn, map(_page_of, events)),
+        await assign_keys(conn, PAGES, map(_page_of, events)),
         await assign_keys(conn, CLIENTS, map(_client_of, events)),
+        await assign_keys(conn, SOURCES, map(_source_of, events)),
     )
 
 
 def _event_records(events: Sequence[EventV1], keys: _Keys) -> Iterable[tuple[Any, ...]]:
-    persons, pages, clients = keys
+    persons, pages, clients, sources = keys
     for ev in events:
         person = person_id_of(ev)
         device = None if person == ev.distinct_id else persons[(ev.project_id, ev.distinct_id)]
@@ -243,6 +246,7 @@ def _event_records(events: Sequence[EventV1], keys: _Keys) -> Iterable[tuple[Any
             device,
             pages.get(_page_of(ev)),
             clients.get(_client_of(ev)),
+            sources.get(_source_of(ev)),
         )
 
 
@@ -806,15 +810,17 @@ async def _write_in_transaction(
     links = alias_links(inserted)
     persons = person_rows(inserted)
     await lock_derived_tables(conn, (ev.project_id for ev in inserted))
-    # A page deleted since its key was looked up (an erasure, the sweep) rolls the write back.
-    await check_page_keys(conn, keys.pages.values())
+    # A page or source deleted since its key was looked up (an erasure, the sweep) rolls the
+    # write back.
+    await check_keys(conn, {PAGES: keys.pages.values(), SOURCES: keys.sources.values()})
     await _apply_event_rollups(conn, tallies)
     await _apply_sessions(conn, sessions)
     await _apply_persons(conn, links, persons)
     return len(inserted)
 
 
-# Look-ups of a batch's pages before it gives up (each after a page was deleted under it).
+# Look-ups of a batch's keys before it gives up (each after a page or source was deleted
+# under it).
 _PAGE_ATTEMPTS = 3
 
 
@@ -849,7 +855,7 @@ async def write_events(
                 async with conn.transaction():
                     inserted = await _write_in_transaction(conn, events, keys)
                 break
-            except PagesSwept:
+            except KeysSwept:
                 if attempt == _PAGE_ATTEMPTS - 1:
                     raise
     return WriteResult(received=len(events), inserted=inserted, duplicates=len(events) - inserted)

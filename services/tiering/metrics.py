@@ -38,9 +38,9 @@ class TierJobMetrics:
             "Empty day partitions of `event_rows` dropped",
             registry=registry,
         )
-        self.pages_deleted = Counter(
-            "strata_tiering_pages_deleted",
-            "Pages (`event_pages`) deleted because no hot event row shows them any more",
+        self.dictionary_rows_deleted = Counter(
+            "strata_tiering_dictionary_rows_deleted",
+            "Pages and sources (`event_pages`, `event_sources`) deleted: no hot row shows them",
             registry=registry,
         )
         self.parts_archived = Counter(

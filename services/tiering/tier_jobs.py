@@ -89,7 +89,7 @@ class TierJobs:
             if self.metrics:
                 self.metrics.rows_moved.inc(run.rows_moved)
                 self.metrics.partitions_dropped.inc(run.partitions_dropped)
-                self.metrics.pages_deleted.inc(run.pages_deleted)
+                self.metrics.dictionary_rows_deleted.inc(run.dictionary_rows_deleted)
                 self.metrics.parts_archived.inc(run.parts_archived)
                 self.metrics.parts_deleted.inc(run.parts_deleted)
                 self.metrics.failures.labels(job).inc(len(run.failures))
@@ -98,7 +98,7 @@ class TierJobs:
                 job=job,
                 rows_moved=run.rows_moved,
                 partitions_dropped=run.partitions_dropped,
-                pages_deleted=run.pages_deleted,
+                dictionary_rows_deleted=run.dictionary_rows_deleted,
                 parts_archived=run.parts_archived,
                 parts_deleted=run.parts_deleted,
                 failures=len(run.failures),

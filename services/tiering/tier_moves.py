@@ -26,8 +26,8 @@ import structlog
 from libs.common.day_files import catalog
 from libs.common.day_files.export import _day_lock
 from libs.common.day_files.layout import day_bounds
+from libs.common.dictionary_deletion import sweep
 from libs.common.errors import StrataError
-from libs.common.event_pages import sweep_pages
 from libs.common.event_partitions import drop_partition_if_empty
 from libs.common.object_store import ObjectNotFound, ObjectStore, ObjectStoreError
 
@@ -65,7 +65,7 @@ class TierRun:
     parts_deleted: int = 0
     rows_deleted: int = 0
     partitions_dropped: int = 0
-    pages_deleted: int = 0  # pages (event_pages) no hot row shows any more
+    dictionary_rows_deleted: int = 0  # pages and sources no hot row shows any more
     failures: list[tuple[str, date, str]] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -243,7 +243,7 @@ async def move_cold_days(
             run.partitions_dropped += int(move.partition_dropped)
             moved += move.rows_moved
         if moved:
-            await _sweep_pages(pool, project.project_id, run)
+            await _sweep(pool, project.project_id, run)
         if should_stop is not None and should_stop():
             run.seconds = time.perf_counter() - started
             return run
@@ -255,14 +255,15 @@ async def move_cold_days(
     return run
 
 
-async def _sweep_pages(pool: asyncpg.Pool, project_id: str, run: TierRun) -> None:
-    """Delete the project's pages no hot row shows any more (libs/common/event_pages.py); a
-    failure is logged, and the next run that moves rows sweeps again."""
+async def _sweep(pool: asyncpg.Pool, project_id: str, run: TierRun) -> None:
+    """Delete the project's pages and sources no hot row shows any more
+    (libs/common/dictionary_deletion.py); a failure is logged, and the next run that deletes
+    rows sweeps again."""
     try:
         async with pool.acquire() as conn:
-            run.pages_deleted += await sweep_pages(conn, project_id)
+            run.dictionary_rows_deleted += await sweep(conn, project_id)
     except asyncpg.PostgresError as exc:
-        log.warning("page_sweep_failed", project=project_id, error=str(exc))
+        log.warning("dictionary_sweep_failed", project=project_id, error=str(exc))
 
 
 async def _drop_empty_partitions(pool: asyncpg.Pool, before: date) -> int:
@@ -386,7 +387,7 @@ async def apply_retention(
                 deleted["days"],
             )
         if swept:
-            await _sweep_pages(pool, project.project_id, run)
+            await _sweep(pool, project.project_id, run)
     run.seconds = time.perf_counter() - started
     log.info("retention_done", parts=run.parts_deleted, rows=run.rows_deleted)
     return run

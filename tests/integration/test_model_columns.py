@@ -56,10 +56,14 @@ async def test_registry_equals_the_migrated_table(
 ) -> None:
     stored = await _database_columns(pool, table)
     if table == "event_rows":
-        # The stored rows' page and client keys (migrations 0029, 0030), which the `events`
-        # view reads through.
-        assert stored[-2:] == [("page_key", "bigint", True), ("client_key", "bigint", True)]
-        stored = stored[:-2]
+        # The stored rows' page, client and source keys (migrations 0029-0031), which the
+        # `events` view reads through.
+        assert stored[-3:] == [
+            ("page_key", "bigint", True),
+            ("client_key", "bigint", True),
+            ("source_key", "bigint", True),
+        ]
+        stored = stored[:-3]
     assert await _registry_columns(pool, columns) == stored
 
 

@@ -90,13 +90,15 @@ async def test_cold_move_removes_covered_rows_and_late_rows_follow(
     await write(pool, day_events(300))
     await export(pool, store, tmp_path)
     pages = await page_count(pool)
+    sources = int(await pool.fetchval("SELECT count(*) FROM event_sources"))
     assert pages > 0
     run = await move_cold_days(pool, store, now=NOW)
     assert not run.failures and run.rows_moved == 300
     assert await hot_count(pool) == 0
     assert not await partition_exists(pool, DAY), "an empty day partition is dropped"
-    # The pages only those rows showed leave with them (the day files keep the strings).
-    assert run.pages_deleted == pages and await page_count(pool) == 0
+    # The pages and sources only those rows showed leave with them (the day files keep the
+    # strings).
+    assert run.dictionary_rows_deleted == pages + sources and await page_count(pool) == 0
     tier = await pool.fetchrow("SELECT * FROM day_tiers WHERE project_id = 'acme'")
     assert (tier["tier"], tier["rows_moved"]) == ("cold", 300)
     ids = await scanned_ids(pool, store, tmp_path)

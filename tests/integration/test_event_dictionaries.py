@@ -1,6 +1,7 @@
-"""Pages and clients stored once per project (libs/common/event_dictionary.py, event_pages.py,
-migrations 0029 and 0030): the writer stores a page key instead of url, title and path and a
-client key instead of browser ... locale, the `events` view reads the strings back (rows
+"""Pages, clients and sources stored once per project (libs/common/event_dictionary.py,
+dictionary_deletion.py, migrations 0029-0031): the writer stores a page key instead of url,
+title and path, a client key instead of browser ... locale and a source key instead of
+referrer ... UTM, the `events` view reads the strings back (rows
 written before keep theirs), erasure deletes a person's pages no one else shows, the tiering
 sweep deletes pages no row holds, and no event row ever holds a key without its page, even
 when a page is deleted while a write that looked it up is in flight."""
@@ -13,14 +14,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from libs.common import event_pages
+from libs.common import event_dictionary
+from libs.common.dictionary_deletion import delete_unused_since, sweep, unused_keys
 from libs.common.erasure import request_erasure
-from libs.common.event_pages import (
-    delete_unused_since,
-    page_digest,
-    sweep_pages,
-    unused_pages,
-)
+from libs.common.event_dictionary import PAGES, SOURCES
 from libs.common.model.event_encoding import restored_sql
 from libs.common.schemas.events_v1 import EventV1
 from services.aggregator import writer
@@ -86,7 +83,7 @@ async def test_rows_hold_a_page_key_and_the_view_reads_the_strings(pool: asyncpg
     assert rows["e-server"]["page_key"] is None
     assert rows["e-anon-1-0"]["page_key"] == rows["e-anon-1-3"]["page_key"]
     assert len(pages) == 3  # "/" for anon-1, "/pricing", "/" for anon-2 (another url)
-    assert all(p["digest"].hex == page_digest(p["url"], p["title"], p["path"]) for p in pages)
+    assert all(p["digest"].hex == PAGES.digest((p["url"], p["title"], p["path"])) for p in pages)
 
 
 async def test_rows_hold_a_client_key_and_the_view_reads_the_strings(pool: asyncpg.Pool) -> None:
@@ -181,7 +178,7 @@ async def test_queries_without_page_columns_do_not_join_the_pages(pool: asyncpg.
         paged = "\n".join(
             r[0] for r in await conn.fetch("EXPLAIN SELECT path FROM events WHERE name = 'x'")
         )
-    assert "event_pages" not in plain and "event_clients" not in plain
+    assert all(t not in plain for t in ("event_pages", "event_clients", "event_sources"))
     assert "event_pages" in paged
 
 
@@ -211,10 +208,10 @@ async def test_the_sweep_deletes_pages_no_row_holds(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
         await write_events(conn, [_pageview(0, "/a"), _pageview(1, "/b"), _pageview(2, "/a")])
         await conn.execute("DELETE FROM event_rows WHERE event_id = 'e-anon-1-1'")
-        assert await sweep_pages(conn, "acme") == 1
+        assert await sweep(conn, "acme") == 1
         assert [r["path"] for r in await conn.fetch("SELECT path FROM event_pages")] == ["/a"]
-        assert await sweep_pages(conn, "acme") == 0
-        assert await sweep_pages(conn, "other") == 0
+        assert await sweep(conn, "acme") == 0
+        assert await sweep(conn, "other") == 0
         assert await _dangling(conn) == 0
 
 
@@ -224,10 +221,10 @@ async def test_a_page_used_again_after_the_sweeps_scan_is_kept(pool: asyncpg.Poo
     async with pool.acquire() as conn:
         await write_events(conn, [_pageview(0, "/a"), _pageview(1, "/b")])
         await conn.execute("DELETE FROM event_rows")
-        since, unused = await unused_pages(conn, "acme")
+        since, unused = await unused_keys(conn, PAGES, "acme")
         assert len(unused) == 2
         await write_events(conn, [_pageview(2, "/a")])  # /a's page is found and reused
-        assert await delete_unused_since(conn, "acme", unused, since) == 1
+        assert await delete_unused_since(conn, PAGES, "acme", unused, since) == 1
         assert [r["path"] for r in await conn.fetch("SELECT path FROM event_pages")] == ["/a"]
         assert await _dangling(conn) == 0
         assert [r[3] for r in await _stored(conn)] == ["/a"]
@@ -242,18 +239,21 @@ async def test_a_page_deleted_while_a_write_is_in_flight_is_looked_up_again(
         await write_events(conn, [_pageview(0, "/a")])
         await conn.execute("DELETE FROM event_rows")  # /a's page is unused now
     looked_up = []
-    assign = event_pages.assign_page_keys
+    assign = event_dictionary.assign_keys
 
-    async def assign_then_sweep(conn: asyncpg.Connection, pages: Any) -> dict[Any, int]:
-        keys = await assign(conn, pages)
-        looked_up.append(dict(keys))
-        if len(looked_up) == 1:
-            # Both pages: /a's, and /b's inserted by the look-up, which no row holds yet.
-            async with pool.acquire() as other:
-                assert await sweep_pages(other, "acme") == 2
+    async def assign_then_sweep(
+        conn: asyncpg.Connection, dictionary: Any, pages: Any
+    ) -> dict[Any, int]:
+        keys = await assign(conn, dictionary, pages)
+        if dictionary is PAGES:
+            looked_up.append(dict(keys))
+            if len(looked_up) == 1:
+                # Both pages: /a's, and /b's inserted by the look-up, which no row holds yet.
+                async with pool.acquire() as other:
+                    assert await sweep(other, "acme") == 2
         return keys
 
-    monkeypatch.setattr(writer, "assign_page_keys", assign_then_sweep)
+    monkeypatch.setattr(writer, "assign_keys", assign_then_sweep)
     async with pool.acquire() as conn:
         result = await write_events(conn, [_pageview(1, "/a"), _pageview(2, "/b")])
         assert result.inserted == 2
@@ -263,3 +263,38 @@ async def test_a_page_deleted_while_a_write_is_in_flight_is_looked_up_again(
             ("e-anon-1-1", "/a"),
             ("e-anon-1-2", "/b"),
         ]
+
+
+async def test_sources_are_stored_once_and_erased_with_the_person(pool: asyncpg.Pool) -> None:
+    # A referrer URL may carry personal data: the erased person's source no one else shows goes.
+    mail = {"referrer": "https://mail.example/?to=jane", "referrer_domain": "mail.example"}
+    ads = {"utm_source": "ads", "utm_medium": "cpc", "channel": "Paid Search"}
+    events = [
+        _pageview(0, "/", person="jane", channel="Email", **mail),
+        _pageview(1, "/", person="jane", **ads),
+        _pageview(2, "/", person="bob", **ads),
+    ]
+    columns = SOURCES.columns
+    async with pool.acquire() as conn:
+        await conn.execute("INSERT INTO projects (id, name) VALUES ('acme', 'Acme')")
+        await write_events(conn, events)
+        read = {
+            r["event_id"]: tuple(r[c] for c in columns)
+            for r in await conn.fetch(f"SELECT event_id, {', '.join(columns)} FROM events")
+        }
+        assert read == {ev.event_id: tuple(getattr(ev, c) for c in columns) for ev in events}
+        assert await conn.fetchval("SELECT count(*) FROM event_sources") == 2
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM event_rows WHERE referrer IS NULL AND channel IS NULL"
+                " AND source_key IS NOT NULL"
+            )
+            == 3
+        )
+        await request_erasure(
+            conn, project_id="acme", user_id=None, distinct_ids=["jane"], key_id="k"
+        )
+        left = [
+            tuple(r) for r in await conn.fetch("SELECT referrer, utm_source FROM event_sources")
+        ]
+        assert left == [(None, "ads")]
