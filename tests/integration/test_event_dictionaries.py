@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from libs.common import event_dictionary
+from libs.common.day_files.tier_summary import TierPrices, tier_summary
 from libs.common.dictionary_deletion import delete_unused_since, sweep, unused_keys
 from libs.common.erasure import request_erasure
 from libs.common.event_dictionary import PAGES, SOURCES
@@ -298,3 +299,23 @@ async def test_sources_are_stored_once_and_erased_with_the_person(pool: asyncpg.
             tuple(r) for r in await conn.fetch("SELECT referrer, utm_source FROM event_sources")
         ]
         assert left == [(None, "ads")]
+
+
+async def test_the_hot_tiers_bytes_count_the_dictionaries(pool: asyncpg.Pool) -> None:
+    # What the hot tier costs (GET /api/v1/tiers) includes the strings the rows point to.
+    async with pool.acquire() as conn:
+        await conn.execute("INSERT INTO projects (id, name) VALUES ('acme', 'Acme')")
+        await write_events(conn, [_pageview(n, f"/{n}", browser="Firefox") for n in range(20)])
+        partitions = await conn.fetchval(
+            "SELECT sum(pg_total_relation_size(inhrelid))::bigint FROM pg_inherits"
+            " WHERE inhparent = 'event_rows'::regclass"
+        )
+        dictionaries = await conn.fetchval(
+            "SELECT (pg_total_relation_size('event_pages')"
+            " + pg_total_relation_size('event_clients')"
+            " + pg_total_relation_size('event_sources'))::bigint"
+        )
+    summary = await tier_summary(pool, "acme", TierPrices(), now=T0 + timedelta(days=1))
+    hot = next(t for t in summary.tiers if t.tier == "hot")
+    assert dictionaries > 0
+    assert hot.bytes == partitions + dictionaries

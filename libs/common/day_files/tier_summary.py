@@ -72,10 +72,13 @@ async def tier_summary(
             " WHERE $1::text IS NULL OR project_id = $1",
             project_id,
         )
-        # PostgreSQL reports sizes per partition, not per project: a project's share of the
-        # hot bytes is estimated by its share of the rows.
+        # PostgreSQL reports sizes per partition and table, not per project: a project's share
+        # of the hot bytes (the events' partitions and their dictionaries of pages, clients
+        # and sources) is estimated by its share of the rows.
         total_bytes = await conn.fetchval(
-            "SELECT COALESCE(sum(pg_total_relation_size(i.inhrelid)), 0)::bigint"
+            "SELECT (COALESCE(sum(pg_total_relation_size(i.inhrelid)), 0)"
+            " + pg_total_relation_size('event_pages') + pg_total_relation_size('event_clients')"
+            " + pg_total_relation_size('event_sources'))::bigint"
             " FROM pg_inherits i WHERE i.inhparent = 'event_rows'::regclass"
         )
         total_rows = hot["rows"]
