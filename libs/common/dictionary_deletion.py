@@ -59,22 +59,37 @@ async def delete_unused(
     rows per dictionary: an erasure's values."""
     deleted = 0
     for dictionary, candidates in keys.items():
-        wanted = sorted(set(candidates))
-        if not wanted:
-            continue
-        table, key = dictionary.table, dictionary.key
-        deleted += await conn.fetchval(
-            f"""WITH gone AS (
-                   DELETE FROM {table} AS d
-                   WHERE d.project_id = $1 AND d.{key} = ANY($2::bigint[])
-                   AND d.{key} NOT IN (
-                       SELECT e.{key} FROM event_rows AS e
-                       WHERE e.project_id = $1 AND e.{key} = ANY($2::bigint[]))
-                   RETURNING 1)
-               SELECT count(*) FROM gone""",
-            project_id,
-            wanted,
-        )
+        deleted += await _delete_unheld(conn, dictionary, project_id, candidates, None)
+    return deleted
+
+
+async def _delete_unheld(
+    conn: asyncpg.Connection,
+    dictionary: Dictionary,
+    project_id: str,
+    keys: Iterable[int],
+    since: int | None,
+) -> int:
+    """Delete the rows among `keys` that no event row of the project holds (of those written by
+    transactions at or above `since`, when given); how many."""
+    wanted = sorted(set(keys))
+    if not wanted:
+        return 0
+    table, key = dictionary.table, dictionary.key
+    recent = "" if since is None else " AND e.inserted_xid >= $3"
+    deleted: int = await conn.fetchval(
+        f"""WITH gone AS (
+               DELETE FROM {table} AS d
+               WHERE d.project_id = $1 AND d.{key} = ANY($2::bigint[])
+               AND d.{key} NOT IN (
+                   SELECT e.{key} FROM event_rows AS e
+                   WHERE e.project_id = $1 AND e.{key} = ANY($2::bigint[]){recent})
+               RETURNING 1)
+           SELECT count(*) FROM gone""",
+        project_id,
+        wanted,
+        *(() if since is None else (since,)),
+    )
     return deleted
 
 
@@ -124,21 +139,6 @@ async def delete_unused_since(
     """Delete the rows among `keys` (unused as of a snapshot whose xmin was `since`) that no
     event row written since holds (`inserted_xid` at or above `since`, which its BRIN index
     finds), under the project's derived-tables lock; how many."""
-    table, key = dictionary.table, dictionary.key
     async with conn.transaction():
         await lock_derived_tables(conn, (project_id,))
-        deleted: int = await conn.fetchval(
-            f"""WITH gone AS (
-                   DELETE FROM {table} AS d
-                   WHERE d.project_id = $1 AND d.{key} = ANY($2::bigint[])
-                   AND d.{key} NOT IN (
-                       SELECT e.{key} FROM event_rows AS e
-                       WHERE e.project_id = $1 AND e.inserted_xid >= $3
-                       AND e.{key} = ANY($2::bigint[]))
-                   RETURNING 1)
-               SELECT count(*) FROM gone""",
-            project_id,
-            sorted(set(keys)),
-            since,
-        )
-    return deleted
+        return await _delete_unheld(conn, dictionary, project_id, keys, since)
