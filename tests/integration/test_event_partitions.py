@@ -99,3 +99,57 @@ async def test_only_an_empty_partition_is_dropped(pool: asyncpg.Pool) -> None:
         assert not await drop_partition_if_empty(conn, empty)  # already gone
     assert not await _exists(pool, empty)
     assert await _exists(pool, used)
+
+
+async def test_a_new_partition_packs_its_columns_and_reads_as_the_old_layout(
+    pool: asyncpg.Pool,
+) -> None:
+    """A partition created now puts the 8-byte columns first and the variable-length ones last,
+    so its rows carry less alignment padding; a row reads back the same through `events` from
+    it as from a partition in the parent's column order (one an older release created)."""
+    old_layout, new_layout = date(2026, 3, 3), date(2026, 3, 4)
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "CREATE TABLE events_20260303 PARTITION OF event_rows"
+            " FOR VALUES FROM ('2026-03-03 00:00+00') TO ('2026-03-04 00:00+00')"
+        )
+        await ensure_partitions(conn, [old_layout, new_layout])
+        layout = await conn.fetch(
+            "SELECT a.attname, t.typlen, t.typalign FROM pg_attribute a"
+            " JOIN pg_type t ON t.oid = a.atttypid"
+            " WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped"
+            " ORDER BY a.attnum",
+            partition_name(new_layout),
+        )
+        parent = await conn.fetch(
+            "SELECT attname FROM pg_attribute WHERE attrelid = 'event_rows'::regclass"
+            " AND attnum > 0 AND NOT attisdropped"
+        )
+        assert {r["attname"] for r in layout} == {r["attname"] for r in parent}
+        widths = [8 if r["typalign"] == "d" and r["typlen"] > 0 else r["typlen"] for r in layout]
+        fixed = [w for w in widths if w > 0]
+        assert widths == sorted(fixed, reverse=True) + [-1] * (len(widths) - len(fixed))
+        assert layout[0]["attname"] == "ts"
+        # Defaults and NOT NULL hold in the new layout too (inserted_xid is filled by default).
+        await conn.execute("INSERT INTO projects (id, name) VALUES ('p1', 'P1')")
+        for day in ("2026-03-03", "2026-03-04"):
+            await conn.execute(
+                "INSERT INTO events (project_id, ts, event_id, name, type, distinct_id,"
+                " session_id, url, browser, properties, received_at, person_key)"
+                f" VALUES ('p1', '{day} 12:00+00', 'e-{day}', 'signup', 'track', 'd1', 's1',"
+                " 'https://a.example/x', 'Firefox', '{\"plan\": \"pro\"}',"
+                " '2026-03-05 00:00+00', 7)"
+            )
+        rows = await conn.fetch("SELECT * FROM events WHERE project_id = 'p1' ORDER BY ts")
+        first, second = (dict(r) for r in rows)
+        for row in (first, second):
+            assert row.pop("inserted_xid") > 0
+        assert first.pop("ts").day == 3 and second.pop("ts").day == 4
+        assert first.pop("event_id") == "e-2026-03-03" and second.pop("event_id") == "e-2026-03-04"
+        assert first == second
+        assert first["properties"] == '{"plan": "pro"}' and first["person_key"] == 7
+        with pytest.raises(asyncpg.NotNullViolationError):
+            await conn.execute(
+                "INSERT INTO event_rows (project_id, ts, event_id, name, type, received_at)"
+                " VALUES ('p1', '2026-03-04 13:00+00', 'e2', 'x', 'track', now())"
+            )
