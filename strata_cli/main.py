@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping
 from datetime import date
 from typing import Any
@@ -489,6 +491,44 @@ def cmd_tier_run(args: argparse.Namespace, settings: StackSettings, env: Mapping
     return asyncio.run(run())
 
 
+def cmd_tier_compact(
+    args: argparse.Namespace, settings: StackSettings, env: Mapping[str, str]
+) -> int:
+    """Rebuild the indexes writes left loose now, as a tiering pass does (after an import)."""
+    from libs.common.observability import configure_logging
+    from services.tiering.index_compaction import compact_indexes
+
+    tiering = _tiering_settings(settings, env)
+    configure_logging("strata-cli", "console", "warning")
+
+    async def run() -> int:
+        pool = await _tier_pool(tiering.database_url, None)
+        started = time.monotonic()
+        try:
+            report = await compact_indexes(
+                pool, budget_s=math.inf, on_progress=lambda: print(".", end="", flush=True)
+            )
+        finally:
+            await pool.close()
+        if report.indexes:
+            print()
+        if report.skipped:
+            raise CliError("another compaction is running (a tiering pass); try again later")
+        mb = 2**20
+        print(
+            f"{report.indexes} index(es) rebuilt: {report.bytes_before / mb:.1f} MB ->"
+            f" {report.bytes_after / mb:.1f} MB in {time.monotonic() - started:.1f} s"
+            + (
+                f"; {report.failed} given up (a lock wait ran out), retried next pass"
+                if report.failed
+                else ""
+            )
+        )
+        return 1 if report.failed else 0
+
+    return asyncio.run(run())
+
+
 def cmd_tier_status(
     args: argparse.Namespace, settings: StackSettings, env: Mapping[str, str]
 ) -> int:
@@ -725,6 +765,12 @@ def build_parser(
     )
     tier_run.add_argument("--project", help="only this project (default: every project)")
     tier_run.set_defaults(handler=cmd_tier_run)
+    tier_compact = tier_commands.add_parser(
+        "compact",
+        parents=[common],
+        help="rebuild loose indexes of closed days and rollups now (what a tiering pass does)",
+    )
+    tier_compact.set_defaults(handler=cmd_tier_compact)
     tier_status = tier_commands.add_parser(
         "status", parents=[common], help="objects, rows, bytes, days and cost per tier"
     )

@@ -19,6 +19,16 @@ class TieringMetrics:
             "event_ids rows deleted past the dedup horizon",
             registry=registry,
         )
+        self.indexes_compacted = Counter(
+            "strata_tiering_indexes_compacted",
+            "Loose B-tree indexes rebuilt (closed days' partitions, rollups)",
+            registry=registry,
+        )
+        self.index_bytes_freed = Counter(
+            "strata_tiering_index_bytes_freed",
+            "Bytes the index rebuilds gave back",
+            registry=registry,
+        )
         self.last_success = Gauge(
             "strata_tiering_last_success_timestamp_seconds",
             "Unix time of the last successful maintenance pass",

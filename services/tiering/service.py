@@ -1,6 +1,7 @@
 """The tiering service's schedule: every `schedule_s` until stopped, run hot-store maintenance,
 then export closed days as Parquet day files (services/tiering/day_export.py), then the tier
-jobs: cold, archive, retention and restores (services/tiering/tier_jobs.py)."""
+jobs: cold, archive, retention and restores (services/tiering/tier_jobs.py), then erasures,
+then rebuild the indexes writes left loose (services/tiering/index_compaction.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from libs.common.object_store import ObjectStoreError
 from libs.common.observability import Liveness
 from services.tiering.day_export import DayExportJob
 from services.tiering.erasure import ErasureJob
+from services.tiering.index_compaction import compact_indexes
 from services.tiering.maintenance import run_maintenance
 from services.tiering.metrics import TieringMetrics
 from services.tiering.tier_jobs import TierJobs
@@ -103,6 +105,27 @@ class TieringSchedule:
             except (asyncpg.PostgresError, OSError, TimeoutError, ObjectStoreError) as exc:
                 log.error("erasure_pass_failed", error=str(exc) or type(exc).__name__)
                 return False
+        if not self._stopping.is_set():
+            # Last: rebuilds wait for running transactions, and the pass's own moves and
+            # drops change which indexes are worth it.
+            try:
+                report = await compact_indexes(
+                    self.pool, on_progress=self.liveness.tick, should_stop=self._stopping.is_set
+                )
+            except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
+                log.error("index_compaction_failed", error=str(exc) or type(exc).__name__)
+                return False
+            self.metrics.indexes_compacted.inc(report.indexes)
+            self.metrics.index_bytes_freed.inc(max(0, report.bytes_before - report.bytes_after))
+            if report.indexes or report.failed:
+                log.info(
+                    "indexes_compacted",
+                    indexes=report.indexes,
+                    bytes_before=report.bytes_before,
+                    bytes_after=report.bytes_after,
+                    failed=report.failed,
+                    finished=report.finished,
+                )
         self.passes_ok += 1
         return True
 
