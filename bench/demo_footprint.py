@@ -11,7 +11,10 @@ directory (embedded NATS and PostgreSQL, all services, no live traffic), then:
   drain and again after a CHECKPOINT (what an idle stack holds once its next checkpoint ran),
   and the WAL PostgreSQL wrote;
 - KPIs over the last year through the metrics API (daily series; and broken down by page),
-  median of 10 warm requests, and which source answered.
+  median of 10 warm requests, and which source answered;
+- the same bytes per stored event and data directory once the indexes the backfill left loose
+  are rebuilt (`strata tier compact`, what the next tiering pass does: docs/storage.md, "Index
+  compaction"), and how long that took.
 
     python -m bench.demo_footprint [--days 130] [--visitors 100] [--root DIR] [--keep DIR]
 
@@ -256,6 +259,45 @@ async def _measure(info: dict[str, Any], data_dir: Path, up_pid: int) -> dict[st
     }
 
 
+def _after_compaction(
+    info: dict[str, Any], data_dir: Path, root: Path, env: dict[str, str]
+) -> dict[str, Any] | None:
+    """Rebuild the loose indexes as the next tiering pass would, with the checkout's own CLI
+    (None when that checkout has no `strata tier compact`), and measure again."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "strata_cli", "tier", "compact"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        print(f"no index compaction: {done.stderr.strip()[-200:]}", file=sys.stderr)
+        return None
+    seconds = time.monotonic() - started
+
+    async def measure() -> dict[str, Any]:
+        conn = await asyncpg.connect(info["database_url"])
+        try:
+            events = max(1, int(await conn.fetchval("SELECT count(*) FROM events")))
+            tables = {r["name"]: int(r["bytes"]) for r in await conn.fetch(_TABLES)}
+            parts = await conn.fetch(_PARTS)
+            await conn.execute("CHECKPOINT")
+        finally:
+            await conn.close()
+        return {
+            "seconds": round(seconds, 1),
+            "cli_output": done.stdout.strip().splitlines()[-1:],
+            "pg_bytes_per_stored_event": round(sum(tables.values()) / events),
+            "bytes_per_stored_event": _breakdown(parts, tables, events),
+            "data_dir_mb_after_checkpoint": round(_dir_bytes(data_dir) / 2**20, 1),
+        }
+
+    return asyncio.run(measure())
+
+
 def run_benchmark(
     days: int = 130, visitors: int = 100, root: Path = ROOT, keep: Path | None = None
 ) -> dict[str, Any]:
@@ -286,6 +328,7 @@ def run_benchmark(
                 time.sleep(0.5)
             info = json.loads(dev_json.read_text())
             figures = asyncio.run(_measure(info, data_dir, up.pid))
+            figures["after_compaction"] = _after_compaction(info, data_dir, root, env)
         finally:
             up.send_signal(signal.SIGTERM)
             try:
