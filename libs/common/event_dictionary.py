@@ -1,8 +1,9 @@
 """Repeated strings of events stored once per project, each set keyed by a 64-bit identity: a
 page (url, title, path; `event_pages`), a client (browser, browser version, OS, OS version,
 device type, locale; `event_clients`) and a source (referrer, referrer domain, channel, UTM
-parameters; `event_sources`). An event row holds the keys (`page_key`, `client_key`,
-`source_key`), and the `events` view puts the strings back (migrations 0029-0031). Pages' and
+parameters, and the `$search_engine` and `$social_network` properties enrichment names from
+them; `event_sources`). An event row holds the keys (`page_key`, `client_key`, `source_key`),
+and the `events` view puts the strings back (migrations 0029-0031, 0034). Pages' and
 sources' rows are deleted once no event row holds them (libs/common/dictionary_deletion.py).
 
 Keys are looked up, and assigned to values never seen, before the write's transaction and
@@ -34,18 +35,26 @@ class KeysNotSettled(asyncpg.exceptions.SerializationError, StrataError):  # typ
 
 @dataclass(frozen=True)
 class Dictionary:
-    """One dictionary table: its name, its key column and the value columns it stores."""
+    """One dictionary table: its name, its key column, the event columns it stores and the
+    event properties it stores (column, property key), whose row leaves them out of
+    `properties` (libs/common/model/event_encoding.py)."""
 
     table: str
     key: str
     columns: tuple[str, ...]
+    properties: tuple[tuple[str, str], ...] = ()
     sql: str = field(init=False, repr=False)
 
+    @property
+    def stored(self) -> tuple[str, ...]:
+        """Every value column of the table: the event columns, then the properties'."""
+        return (*self.columns, *(column for column, _ in self.properties))
+
     def __post_init__(self) -> None:
-        n = len(self.columns)
+        n = len(self.stored)
         arrays = ", ".join(f"${i + 3}::text[]" for i in range(n))
-        names = ", ".join(self.columns)
-        asked = ", ".join(f"a.{c}" for c in self.columns)
+        names = ", ".join(self.stored)
+        asked = ", ".join(f"a.{c}" for c in self.stored)
         # The asked values' keys: those already stored, then those inserted now. A value
         # another writer inserts after this statement's snapshot is missing from the result:
         # the caller asks again.
@@ -73,8 +82,11 @@ SELECT digest, key FROM known UNION ALL SELECT digest, key FROM added
     def digest(self, values: Iterable[str | None]) -> str:
         """The values' key within their project, as a UUID's hex: an md5 of the values, each
         with its length (or `-` for NULL), so no two entries share one by accident of
-        concatenation."""
+        concatenation. Properties' values that are NULL at the end are left out, so an entry
+        without them keeps the digest it had before the dictionary stored properties."""
         parts = [f"{len(v)}:{v}" if v is not None else "-" for v in values]
+        while len(parts) > len(self.columns) and parts[-1] == "-":
+            parts.pop()
         return md5("|".join(parts).encode()).hexdigest()
 
 
@@ -97,6 +109,8 @@ SOURCES = Dictionary(
         "utm_term",
         "utm_content",
     ),
+    # What ingest's enrichment names from the referrer or the UTM source (migration 0034).
+    properties=(("search_engine", "$search_engine"), ("social_network", "$social_network")),
 )
 
 
@@ -105,21 +119,23 @@ async def assign_keys(
 ) -> dict[Entry, int]:
     """Each entry's key in `dictionary`, inserted now for values never stored (in the caller's
     transaction if it has one, else committed at once); an entry whose values are all NULL has
-    none (the row's key is NULL)."""
-    by_project: dict[str, dict[str, Entry]] = {}
+    none (the row's key is NULL). An entry may stop after the event columns: its properties'
+    values are NULL."""
+    width = len(dictionary.stored)
+    by_project: dict[str, dict[str, tuple[Entry, Entry]]] = {}
     for entry in set(entries):
-        values = entry[1:]
+        values = entry[1:] + (None,) * (width - len(entry) + 1)
         if all(v is None for v in values):
             continue
-        by_project.setdefault(entry[0], {})[dictionary.digest(values)] = entry
+        by_project.setdefault(entry[0], {})[dictionary.digest(values)] = (entry, values)
     keys: dict[Entry, int] = {}
     for project_id in sorted(by_project):
         missing = by_project[project_id]
         for _ in range(3):
             digests = sorted(missing)
-            columns = [[missing[d][i + 1] for d in digests] for i in range(len(dictionary.columns))]
+            columns = [[missing[d][1][i] for d in digests] for i in range(width)]
             for row in await conn.fetch(dictionary.sql, project_id, digests, *columns):
-                keys[missing.pop(row["digest"].hex)] = row["key"]
+                keys[missing.pop(row["digest"].hex)[0]] = row["key"]
             if not missing:
                 break
         else:

@@ -43,7 +43,7 @@ from libs.common.errors import StrataError
 from libs.common.event_dictionary import CLIENTS, PAGES, SOURCES, Entry, assign_keys
 from libs.common.event_partitions import EventPartitions, ensure_partitions
 from libs.common.model.columns import DERIVED_EVENT_COLUMNS, STORED_EVENT_COLUMNS
-from libs.common.model.event_encoding import stored_event_fields
+from libs.common.model.event_encoding import source_properties, stored_event_fields
 from libs.common.model.session_encoding import decoded_columns_sql, encoded_columns_sql
 from libs.common.rollup_rules import (
     SESSION_KEY_COLUMNS,
@@ -209,11 +209,16 @@ async def assign_person_keys(
     return keys
 
 
-# An event's page, client and source as their dictionaries key them (one C call each; all
-# NULL: no key).
+# An event's page, client and source as their dictionaries key them (one C call each for the
+# columns; all NULL: no key).
 _page_of: Callable[[EventV1], Entry] = operator.attrgetter("project_id", *PAGES.columns)
 _client_of: Callable[[EventV1], Entry] = operator.attrgetter("project_id", *CLIENTS.columns)
-_source_of: Callable[[EventV1], Entry] = operator.attrgetter("project_id", *SOURCES.columns)
+_source_columns: Callable[[EventV1], Entry] = operator.attrgetter("project_id", *SOURCES.columns)
+
+
+def _source_of(ev: EventV1) -> Entry:
+    """The event's source with the properties its dictionary stores (enrichment's names)."""
+    return (*_source_columns(ev), *source_properties(ev))
 
 
 class _Keys(NamedTuple):

@@ -8,7 +8,9 @@ when a page is deleted while a write that looked it up is in flight."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
+from hashlib import md5
 from typing import Any
 
 import asyncpg
@@ -299,6 +301,51 @@ async def test_sources_are_stored_once_and_erased_with_the_person(pool: asyncpg.
             tuple(r) for r in await conn.fetch("SELECT referrer, utm_source FROM event_sources")
         ]
         assert left == [(None, "ads")]
+
+
+async def test_a_sources_search_engine_is_part_of_it_and_old_sources_are_reused(
+    pool: asyncpg.Pool,
+) -> None:
+    """The same referrer with another `$search_engine` is another source; a source without one
+    keeps the digest the eight columns gave it before sources held the properties, so a row a
+    release before wrote is found again instead of repeated."""
+    google = {"referrer": "https://www.google.com/", "referrer_domain": "www.google.com"}
+    values = tuple(google.get(c) for c in SOURCES.columns)
+    before = md5("|".join(f"{len(v)}:{v}" if v else "-" for v in values).encode()).hexdigest()
+    assert SOURCES.digest((*values, None, None)) == before
+    assert SOURCES.digest((*values, "Google", None)) != before
+    async with pool.acquire() as conn:
+        await conn.execute("INSERT INTO projects (id, name) VALUES ('acme', 'Acme')")
+        old_key = await conn.fetchval(
+            "INSERT INTO event_sources (project_id, digest, referrer, referrer_domain)"
+            " VALUES ('acme', $1::uuid, $2, $3) RETURNING source_key",
+            before,
+            google["referrer"],
+            google["referrer_domain"],
+        )
+        events = [
+            _pageview(0, "/", properties={"$search_engine": "Google"}, **google),
+            _pageview(1, "/", properties={"$search_engine": "Google", "plan": "pro"}, **google),
+            _pageview(2, "/", properties={"$search_engine": "Google Images"}, **google),
+            _pageview(3, "/", properties={}, **google),
+        ]
+        await write_events(conn, events)
+        keys = {
+            r["event_id"]: r["source_key"]
+            for r in await conn.fetch("SELECT event_id, source_key FROM event_rows")
+        }
+        assert keys["e-anon-1-0"] == keys["e-anon-1-1"] != keys["e-anon-1-2"]
+        assert keys["e-anon-1-3"] == old_key
+        assert await conn.fetchval("SELECT count(*) FROM event_sources") == 3
+        read = {
+            r["event_id"]: r["properties"]
+            for r in await conn.fetch(
+                f"SELECT event_id, {restored_sql('properties')} AS properties FROM events e"
+            )
+        }
+        assert {k: json.loads(v) for k, v in read.items()} == {
+            ev.event_id: ev.properties for ev in events
+        }
 
 
 async def test_the_hot_tiers_bytes_count_the_dictionaries(pool: asyncpg.Pool) -> None:

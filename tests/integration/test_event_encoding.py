@@ -117,6 +117,12 @@ SENT = [
     page("non-interaction-text", 21, {"nonInteraction": "1"}, non_interactive=True),
     page("non-interaction-float", 22, {"nonInteraction": 1.0}, non_interactive=True),
     page("non-interaction-interactive", 23, {"nonInteraction": 1}),
+    # What enrichment names from the referrer lives with the source (bits 512 and 1024): a
+    # string of either, whatever the referrer; anything else stays in properties.
+    page("social", 24, {"$social_network": "LinkedIn", "depth": 25}, referrer=None),
+    page("both", 25, {"$search_engine": "Bing", "$social_network": "Reddit"}),
+    page("engine-not-a-string", 26, {"$search_engine": 7}),
+    page("engine-null", 27, {"$search_engine": None, "$social_network": ""}),
 ]
 
 
@@ -174,15 +180,31 @@ async def test_values_are_stored_once_and_read_back_as_sent(
         stored = {
             r["event_id"]: r
             for r in await conn.fetch(
-                "SELECT event_id, anonymous_id, properties::text AS properties, derived_fields"
-                " FROM events"
+                "SELECT e.event_id, e.anonymous_id, e.properties::text AS properties,"
+                " e.derived_fields, s.search_engine, s.social_network"
+                " FROM event_rows e LEFT JOIN event_sources s ON s.source_key = e.source_key"
             )
         }
     expected = {ev.event_id: sent_values(ev) for ev in SENT}
 
-    # Stored once: the tracker's page keys and the device key live in their columns only.
-    assert stored["all-derived"]["properties"] == '{"$search_engine": "Google"}'
+    # Stored once: the tracker's page keys and the device key live in their columns only, the
+    # search engine with the source.
+    assert stored["all-derived"]["properties"] is None
+    assert stored["all-derived"]["derived_fields"] == 1 | 2 | 4 | 8 | 16 | 32 | 64 | 512
+    assert stored["all-derived"]["search_engine"] == "Google"
     assert stored["all-derived"]["anonymous_id"] is None
+    assert json.loads(stored["social"]["properties"]) == {"depth": 25}
+    assert stored["social"]["social_network"] == "LinkedIn"
+    assert stored["social"]["derived_fields"] == 64 | 1024
+    assert stored["both"]["properties"] is None
+    assert (stored["both"]["search_engine"], stored["both"]["social_network"]) == (
+        "Bing",
+        "Reddit",
+    )
+    assert json.loads(stored["engine-not-a-string"]["properties"]) == {"$search_engine": 7}
+    assert stored["engine-not-a-string"]["search_engine"] is None
+    assert json.loads(stored["engine-null"]["properties"]) == {"$search_engine": None}
+    assert stored["engine-null"]["social_network"] == ""
     assert stored["only-page-keys"]["properties"] is None
     assert json.loads(stored["differs"]["properties"]) == SENT[2].properties
     assert stored["by-user"]["derived_fields"] is None

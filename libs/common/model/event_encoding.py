@@ -18,6 +18,11 @@ column holds the session's external referrer) is stored relative to the page's o
 Google Analytics' `nonInteraction: 1`, which made the event non-interactive, is what the
 `non_interactive` column already says: it is left out with bit 256 (migration 0027) and
 restored as the number 1.
+
+The `$search_engine` and `$social_network` properties (ingest's enrichment names them from
+the referrer or the UTM source), when strings, are stored with the row's source in
+`event_sources` (`SOURCE_PROPERTIES`, bits 512 and 1024, migration 0034): the `events` view's
+`properties` puts them back, before `event_properties` adds the others.
 """
 
 from __future__ import annotations
@@ -33,6 +38,12 @@ from libs.common.schemas.events_v1 import EventV1
 ANONYMOUS_ID_IS_DISTINCT_ID = 64
 REFERRER_RELATIVE_TO_ORIGIN = 128
 NON_INTERACTION_FLAG = 256  # `nonInteraction: 1` left out: the non_interactive column says it
+# (bit, property key) of the properties the row's source holds (`Dictionary.properties` of
+# libs/common/event_dictionary.py, in the same order).
+SOURCE_PROPERTIES: tuple[tuple[int, str], ...] = (
+    (512, "$search_engine"),
+    (1024, "$social_network"),
+)
 _NON_INTERACTION = "nonInteraction"
 
 # scheme://authority, as `url_origin` in SQL (migration 0026) matches it.
@@ -69,7 +80,7 @@ DERIVED_PROPERTIES: tuple[tuple[int, str, Callable[[EventV1], str | None]], ...]
     (32, "search", _search),
 )
 _DERIVED_KEYS = frozenset(key for _, key, _ in DERIVED_PROPERTIES)
-_LEFT_OUT_KEYS = _DERIVED_KEYS | {_NON_INTERACTION}
+_LEFT_OUT_KEYS = _DERIVED_KEYS | {_NON_INTERACTION} | {key for _, key in SOURCE_PROPERTIES}
 
 _json = msgspec.json.Encoder()
 
@@ -98,6 +109,11 @@ def stored_event_fields(ev: EventV1) -> tuple[str | None, str | None, int | None
         if type(flag) is int and flag == 1 and ev.non_interactive:
             del kept[_NON_INTERACTION]
             derived |= NON_INTERACTION_FLAG
+        for bit, key in SOURCE_PROPERTIES:
+            # Any string: the source stores it as it is (source_properties gives the same).
+            if type(kept.get(key)) is str:
+                del kept[key]
+                derived |= bit
         properties = kept
     # Properties reduced to nothing are NULL (event_properties starts from '{}'); otherwise
     # '{}' stays '{}'.
@@ -107,6 +123,15 @@ def stored_event_fields(ev: EventV1) -> tuple[str | None, str | None, int | None
         anonymous_id = None
         derived |= ANONYMOUS_ID_IS_DISTINCT_ID
     return anonymous_id, stored, derived or None
+
+
+def source_properties(ev: EventV1) -> tuple[str | None, ...]:
+    """The values of `SOURCE_PROPERTIES` the row's source stores: each string, else None (the
+    property, if any, stays in `properties`)."""
+    properties = ev.properties
+    return tuple(
+        value if type(value := properties.get(key)) is str else None for _, key in SOURCE_PROPERTIES
+    )
 
 
 def restored_sql(column: str, alias: str = "e") -> str:
