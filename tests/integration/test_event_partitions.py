@@ -153,3 +153,39 @@ async def test_a_new_partition_packs_its_columns_and_reads_as_the_old_layout(
                 "INSERT INTO event_rows (project_id, ts, event_id, name, type, received_at)"
                 " VALUES ('p1', '2026-03-04 13:00+00', 'e2', 'x', 'track', now())"
             )
+
+
+async def test_partitions_keep_no_statistics_the_planner_cannot_use(pool: asyncpg.Pool) -> None:
+    """A partition created now takes the parent's statistics targets: ANALYZE stores nothing
+    of `properties` and a short sample of `session_id`, and still what filters need (`ts`)."""
+    day = date(2026, 3, 5)
+    async with pool.acquire() as conn:
+        await ensure_partitions(conn, [day])
+        await conn.execute("INSERT INTO projects (id, name) VALUES ('p1', 'P1')")
+        await conn.execute(
+            "INSERT INTO event_rows (project_id, ts, event_id, name, type, distinct_id,"
+            " session_id, properties, received_at)"
+            " SELECT 'p1', '2026-03-05'::timestamptz + make_interval(secs => i), 'e' || i, 'x',"
+            " 'track', 'd' || i % 50, 's' || i / 10, jsonb_build_object('n', i % 7), now()"
+            " FROM generate_series(1, 3000) AS i"
+        )
+        await conn.execute(f"ANALYZE {partition_name(day)}")
+        stats = {
+            r["attname"]: r["width"]
+            for r in await conn.fetch(
+                "SELECT a.attname, pg_column_size(s.*) AS width FROM pg_statistic s"
+                " JOIN pg_attribute a ON a.attrelid = s.starelid AND a.attnum = s.staattnum"
+                " WHERE s.starelid = $1::regclass",
+                partition_name(day),
+            )
+        }
+        targets = dict(
+            await conn.fetch(
+                "SELECT attname, attstattarget FROM pg_attribute WHERE attrelid = $1::regclass"
+                " AND attname IN ('properties', 'session_id', 'ts')",
+                partition_name(day),
+            )
+        )
+    assert targets == {"properties": 0, "session_id": 10, "ts": None}
+    assert "properties" not in stats and "received_at" not in stats
+    assert {"ts", "distinct_id", "session_id", "project_id"} <= set(stats)
