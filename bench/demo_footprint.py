@@ -9,7 +9,8 @@ directory (embedded NATS and PostgreSQL, all services, no live traffic), then:
   (every table with its indexes and TOAST) per stored event, after a VACUUM;
 - the data directory's size, with PostgreSQL's WAL and NATS's store apart, right after the
   drain and again after a CHECKPOINT (what an idle stack holds once its next checkpoint ran),
-  and the WAL PostgreSQL wrote;
+  the latter also as the disk holds it (`du`: WAL segments are sparse files), and the WAL
+  PostgreSQL wrote;
 - KPIs over the last year through the metrics API (daily series; and broken down by page),
   median of 10 warm requests, and which source answered;
 - the same bytes per stored event and data directory once the indexes the backfill left loose
@@ -106,6 +107,14 @@ def _cpu_s(up_pid: int, pgdata: Path) -> dict[str, float]:
 
 def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def _disk_bytes(path: Path) -> int:
+    """What the files take on disk (`du`): a WAL segment is created sparse and counts only its
+    written blocks, where `_dir_bytes` counts its full 16 MB."""
+    return sum(
+        f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file() and not f.is_symlink()
+    )
 
 
 async def _stored(conn: asyncpg.Connection) -> int:
@@ -253,7 +262,9 @@ async def _measure(info: dict[str, Any], data_dir: Path, up_pid: int) -> dict[st
         "data_dir_mb": round(data_dir_bytes / 2**20, 1),
         "pg_wal_mb": round(pg_wal_bytes / 2**20, 1),
         "data_dir_mb_after_checkpoint": round(_dir_bytes(data_dir) / 2**20, 1),
+        "data_dir_disk_mb_after_checkpoint": round(_disk_bytes(data_dir) / 2**20, 1),
         "pg_wal_mb_after_checkpoint": round(_dir_bytes(pgdata / "pg_wal") / 2**20, 1),
+        "pg_wal_disk_mb_after_checkpoint": round(_disk_bytes(pgdata / "pg_wal") / 2**20, 1),
         "nats_mb": round(_dir_bytes(data_dir / "nats") / 2**20, 1),
         **kpis,
     }
@@ -293,6 +304,7 @@ def _after_compaction(
             "pg_bytes_per_stored_event": round(sum(tables.values()) / events),
             "bytes_per_stored_event": _breakdown(parts, tables, events),
             "data_dir_mb_after_checkpoint": round(_dir_bytes(data_dir) / 2**20, 1),
+            "data_dir_disk_mb_after_checkpoint": round(_disk_bytes(data_dir) / 2**20, 1),
         }
 
     return asyncio.run(measure())
