@@ -43,7 +43,7 @@ from libs.common.errors import StrataError
 from libs.common.event_dictionary import CLIENTS, PAGES, SOURCES, Entry, assign_keys
 from libs.common.event_partitions import EventPartitions, ensure_partitions
 from libs.common.model.columns import DERIVED_EVENT_COLUMNS, STORED_EVENT_COLUMNS
-from libs.common.model.event_encoding import source_properties, stored_event_fields
+from libs.common.model.event_encoding import SOURCE_PROPERTIES, stored_event_fields
 from libs.common.model.session_encoding import decoded_columns_sql, encoded_columns_sql
 from libs.common.rollup_rules import (
     SESSION_KEY_COLUMNS,
@@ -216,31 +216,51 @@ _client_of: Callable[[EventV1], Entry] = operator.attrgetter("project_id", *CLIE
 _source_columns: Callable[[EventV1], Entry] = operator.attrgetter("project_id", *SOURCES.columns)
 
 
+(_SEARCH_ENGINE, _SOCIAL_NETWORK) = (key for _, key in SOURCE_PROPERTIES)
+_NEITHER = (None, None)
+
+
 def _source_of(ev: EventV1) -> Entry:
-    """The event's source with the properties its dictionary stores (enrichment's names)."""
-    return (*_source_columns(ev), *source_properties(ev))
+    """The event's source with the properties its dictionary stores (enrichment's names): each
+    a string, else None, as `stored_event_fields` leaves them out. Unrolled, and a tuple
+    concatenation rather than unpacking."""
+    properties = ev.properties
+    if _SEARCH_ENGINE not in properties and _SOCIAL_NETWORK not in properties:
+        return _source_columns(ev) + _NEITHER
+    engine = properties.get(_SEARCH_ENGINE)
+    network = properties.get(_SOCIAL_NETWORK)
+    return _source_columns(ev) + (  # noqa: RUF005 (faster than unpacking)
+        engine if type(engine) is str else None,
+        network if type(network) is str else None,
+    )
 
 
 class _Keys(NamedTuple):
-    """A batch's keys: persons' (project, id), pages', clients' and sources'."""
+    """A batch's keys: persons' (project, id), pages', clients' and sources'; and each
+    event's source key by the event's id() (its entry is computed once: `_source_of` costs a
+    microsecond)."""
 
     persons: dict[tuple[str, str], int]
     pages: dict[Entry, int]
     clients: dict[Entry, int]
     sources: dict[Entry, int]
+    source_of_event: dict[int, int | None]
 
 
 async def _dictionary_keys(conn: asyncpg.Connection, events: Sequence[EventV1]) -> _Keys:
+    entries = list(map(_source_of, events))
+    sources = await assign_keys(conn, SOURCES, entries)
     return _Keys(
         await assign_person_keys(conn, events),
         await assign_keys(conn, PAGES, map(_page_of, events)),
         await assign_keys(conn, CLIENTS, map(_client_of, events)),
-        await assign_keys(conn, SOURCES, map(_source_of, events)),
+        sources,
+        dict(zip(map(id, events), map(sources.get, entries), strict=True)),
     )
 
 
 def _event_records(events: Sequence[EventV1], keys: _Keys) -> Iterable[tuple[Any, ...]]:
-    persons, pages, clients, sources = keys
+    persons, pages, clients, _, source_of_event = keys
     for ev in events:
         person = person_id_of(ev)
         device = None if person == ev.distinct_id else persons[(ev.project_id, ev.distinct_id)]
@@ -251,7 +271,7 @@ def _event_records(events: Sequence[EventV1], keys: _Keys) -> Iterable[tuple[Any
             device,
             pages.get(_page_of(ev)),
             clients.get(_client_of(ev)),
-            sources.get(_source_of(ev)),
+            source_of_event[id(ev)],
         )
 
 

@@ -80,7 +80,8 @@ DERIVED_PROPERTIES: tuple[tuple[int, str, Callable[[EventV1], str | None]], ...]
     (32, "search", _search),
 )
 _DERIVED_KEYS = frozenset(key for _, key, _ in DERIVED_PROPERTIES)
-_LEFT_OUT_KEYS = _DERIVED_KEYS | {_NON_INTERACTION} | {key for _, key in SOURCE_PROPERTIES}
+_SOURCE_KEYS = frozenset(key for _, key in SOURCE_PROPERTIES)
+_LEFT_OUT_KEYS = _DERIVED_KEYS | {_NON_INTERACTION} | _SOURCE_KEYS
 
 _json = msgspec.json.Encoder()
 
@@ -109,11 +110,12 @@ def stored_event_fields(ev: EventV1) -> tuple[str | None, str | None, int | None
         if type(flag) is int and flag == 1 and ev.non_interactive:
             del kept[_NON_INTERACTION]
             derived |= NON_INTERACTION_FLAG
-        for bit, key in SOURCE_PROPERTIES:
-            # Any string: the source stores it as it is (source_properties gives the same).
-            if type(kept.get(key)) is str:
-                del kept[key]
-                derived |= bit
+        if not _SOURCE_KEYS.isdisjoint(kept):
+            for bit, key in SOURCE_PROPERTIES:
+                # Any string: the source stores it as it is (the writer's `_source_of`).
+                if type(kept.get(key)) is str:
+                    del kept[key]
+                    derived |= bit
         properties = kept
     # Properties reduced to nothing are NULL (event_properties starts from '{}'); otherwise
     # '{}' stays '{}'.
@@ -123,15 +125,6 @@ def stored_event_fields(ev: EventV1) -> tuple[str | None, str | None, int | None
         anonymous_id = None
         derived |= ANONYMOUS_ID_IS_DISTINCT_ID
     return anonymous_id, stored, derived or None
-
-
-def source_properties(ev: EventV1) -> tuple[str | None, ...]:
-    """The values of `SOURCE_PROPERTIES` the row's source stores: each string, else None (the
-    property, if any, stays in `properties`)."""
-    properties = ev.properties
-    return tuple(
-        value if type(value := properties.get(key)) is str else None for _, key in SOURCE_PROPERTIES
-    )
 
 
 def restored_sql(column: str, alias: str = "e") -> str:
