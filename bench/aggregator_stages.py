@@ -62,8 +62,11 @@ def _persons(batch: Sequence[EventV1], keys: PersonKeys) -> object:
 
 
 def _copy_records(batch: Sequence[EventV1], keys: PersonKeys) -> object:
-    # Pages', clients' and sources' keys: one look-up each per event, as in the writer.
-    return list(writer._event_records(batch, writer._Keys(keys, {}, {}, {})))
+    # Pages', clients' and sources' keys: one look-up each per event, as in the writer (which
+    # computes each event's source entry once, with the keys).
+    sources: dict[Any, int] = {}
+    by_event = {id(ev): sources.get(writer._source_of(ev)) for ev in batch}
+    return list(writer._event_records(batch, writer._Keys(keys, {}, {}, sources, by_event)))
 
 
 Stage = Callable[[Sequence[EventV1], PersonKeys], object]

@@ -109,22 +109,24 @@ class TieringSchedule:
             # Last: rebuilds wait for running transactions, and the pass's own moves and
             # drops change which indexes are worth it.
             try:
-                report = await compact_indexes(
+                compaction = await compact_indexes(
                     self.pool, on_progress=self.liveness.tick, should_stop=self._stopping.is_set
                 )
             except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
                 log.error("index_compaction_failed", error=str(exc) or type(exc).__name__)
                 return False
-            self.metrics.indexes_compacted.inc(report.indexes)
-            self.metrics.index_bytes_freed.inc(max(0, report.bytes_before - report.bytes_after))
-            if report.indexes or report.failed:
+            self.metrics.indexes_compacted.inc(compaction.indexes)
+            self.metrics.index_bytes_freed.inc(
+                max(0, compaction.bytes_before - compaction.bytes_after)
+            )
+            if compaction.indexes or compaction.failed:
                 log.info(
                     "indexes_compacted",
-                    indexes=report.indexes,
-                    bytes_before=report.bytes_before,
-                    bytes_after=report.bytes_after,
-                    failed=report.failed,
-                    finished=report.finished,
+                    indexes=compaction.indexes,
+                    bytes_before=compaction.bytes_before,
+                    bytes_after=compaction.bytes_after,
+                    failed=compaction.failed,
+                    finished=compaction.finished,
                 )
         self.passes_ok += 1
         return True
