@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 
 from libs.common.errors import StrataError
+from libs.common.model.event_encoding import SOURCE_PROPERTIES
 
 # (project_id, value, value, ...): an entry as events carry it.
 Entry = tuple[Any, ...]
@@ -109,8 +110,11 @@ SOURCES = Dictionary(
         "utm_term",
         "utm_content",
     ),
-    # What ingest's enrichment names from the referrer or the UTM source (migration 0034).
-    properties=(("search_engine", "$search_engine"), ("social_network", "$social_network")),
+    # What ingest's enrichment names from the referrer or the UTM source (migration 0034), in
+    # the order of the bits the row's derived_fields leaves them out with.
+    properties=tuple(
+        zip(("search_engine", "social_network"), (k for _, k in SOURCE_PROPERTIES), strict=True)
+    ),
 )
 
 
