@@ -16,6 +16,10 @@ rebuild scaled by its table's rows since (late rows or a new backfill loosened i
 `index_compactions` (migration 0033) keeps each rebuild's size and rows. An index of fewer than
 `MIN_PAGES` pages is left alone (nothing to gain).
 
+Between passes the tiering service looks every minute for the tables no write touched in the
+last two minutes (`QuietTables`) and compacts those alone, so a backfill's days are packed a few
+minutes after it ends.
+
 One compactor at a time (an advisory lock; another tiering instance skips the step). A rebuild
 interrupted (a lock timeout, a crash) leaves an invalid `<index>_ccnew` or `_ccold` index that
 writes would keep maintaining: the next pass drops it first.
@@ -24,7 +28,7 @@ writes would keep maintaining: the next pass drops it first.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -49,7 +53,7 @@ _LOCK_TIMEOUT = "30s"
 # The B-tree indexes that may be compacted, with their size now, their table's rows (the
 # planner's estimate) and what the last rebuild recorded.
 _CANDIDATES = """
-SELECT x.relname AS index_name, pg_relation_size(x.oid) AS bytes,
+SELECT x.relname AS index_name, t.relname AS table_name, pg_relation_size(x.oid) AS bytes,
     greatest(t.reltuples, 0)::float8 AS table_rows,
     c.index_bytes AS last_bytes, c.table_rows AS last_rows
 FROM pg_index AS i
@@ -103,9 +107,10 @@ async def compact_indexes(
     budget_s: float = 600.0,
     on_progress: Callable[[], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    only_tables: Collection[str] | None = None,
 ) -> CompactionReport:
     """Rebuild the loose indexes (module docstring), within about `budget_s` seconds; the rest
-    waits for the next pass."""
+    waits for the next pass. `only_tables`: only the indexes of these tables."""
     now = now or datetime.now(UTC)
     closed_before = partition_name((now - CLOSED_AFTER).astimezone(UTC).date())
     started = time.monotonic()
@@ -127,6 +132,8 @@ async def compact_indexes(
                     return CompactionReport(
                         indexes, bytes_before, bytes_after, failed, finished=False
                     )
+                if only_tables is not None and row["table_name"] not in only_tables:
+                    continue
                 if not needs_rebuild(
                     row["bytes"] / PAGE_BYTES,
                     row["table_rows"],
@@ -147,6 +154,33 @@ async def compact_indexes(
             await conn.execute("RESET lock_timeout")
             await conn.execute("SELECT pg_advisory_unlock($1)", COMPACTION_LOCK)
     return CompactionReport(indexes, bytes_before, bytes_after, failed)
+
+
+class QuietTables:
+    """Which of the tables compaction looks at no write has touched over the last two calls
+    (PostgreSQL's counts of inserted, updated and deleted rows unchanged twice: a backend
+    reports its counts up to seconds late), so the tiering service can compact a backfill's
+    days a few minutes after it ends instead of at the next pass. The first calls only
+    count."""
+
+    def __init__(self) -> None:
+        self._changes: dict[str, int] = {}
+        self._unchanged: dict[str, int] = {}
+
+    async def settled(self, pool: asyncpg.Pool) -> set[str]:
+        rows = await pool.fetch(
+            "SELECT relname, n_tup_ins + n_tup_upd + n_tup_del AS changes"
+            " FROM pg_stat_user_tables WHERE schemaname = current_schema()"
+            " AND (relname = ANY($1::text[]) OR relname ~ '^events_[0-9]{8}$')",
+            list(_TABLES),
+        )
+        now = {r["relname"]: int(r["changes"]) for r in rows}
+        self._unchanged = {
+            name: self._unchanged.get(name, 0) + 1 if self._changes.get(name) == changes else 0
+            for name, changes in now.items()
+        }
+        self._changes = now
+        return {name for name, looks in self._unchanged.items() if looks >= 2}
 
 
 async def _rebuild(conn: asyncpg.Connection, index: str) -> int | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Collection
 
 import asyncpg
 import structlog
@@ -15,7 +16,7 @@ from libs.common.object_store import ObjectStoreError
 from libs.common.observability import Liveness
 from services.tiering.day_export import DayExportJob
 from services.tiering.erasure import ErasureJob
-from services.tiering.index_compaction import compact_indexes
+from services.tiering.index_compaction import QuietTables, compact_indexes
 from services.tiering.maintenance import run_maintenance
 from services.tiering.metrics import TieringMetrics
 from services.tiering.tier_jobs import TierJobs
@@ -42,6 +43,7 @@ class TieringSchedule:
         day_export: DayExportJob | None = None,
         tier_jobs: TierJobs | None = None,
         erasure: ErasureJob | None = None,
+        quiet_check_s: float = 60.0,
     ) -> None:
         self.pool = pool
         self.day_export = day_export
@@ -55,6 +57,9 @@ class TieringSchedule:
         self.liveness = Liveness(stall_s=max(300.0, 3 * _TICK_S))
         self._stopping = asyncio.Event()
         self.passes_ok = 0
+        # Between passes, every `quiet_check_s`: the tables writes left alone get compacted.
+        self.quiet_check_s = quiet_check_s
+        self._quiet = QuietTables()
 
     def stop(self) -> None:
         """Ask the loop to finish the current pass and return."""
@@ -108,28 +113,46 @@ class TieringSchedule:
         if not self._stopping.is_set():
             # Last: rebuilds wait for running transactions, and the pass's own moves and
             # drops change which indexes are worth it.
-            try:
-                compaction = await compact_indexes(
-                    self.pool, on_progress=self.liveness.tick, should_stop=self._stopping.is_set
-                )
-            except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
-                log.error("index_compaction_failed", error=str(exc) or type(exc).__name__)
+            if not await self._compact():
                 return False
-            self.metrics.indexes_compacted.inc(compaction.indexes)
-            self.metrics.index_bytes_freed.inc(
-                max(0, compaction.bytes_before - compaction.bytes_after)
-            )
-            if compaction.indexes or compaction.failed:
-                log.info(
-                    "indexes_compacted",
-                    indexes=compaction.indexes,
-                    bytes_before=compaction.bytes_before,
-                    bytes_after=compaction.bytes_after,
-                    failed=compaction.failed,
-                    finished=compaction.finished,
-                )
         self.passes_ok += 1
         return True
+
+    async def _compact(self, only_tables: Collection[str] | None = None) -> bool:
+        """Rebuild the loose indexes (of `only_tables` only, when given); False when the step
+        could not run (logged)."""
+        try:
+            report = await compact_indexes(
+                self.pool,
+                on_progress=self.liveness.tick,
+                should_stop=self._stopping.is_set,
+                only_tables=only_tables,
+            )
+        except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
+            log.error("index_compaction_failed", error=str(exc) or type(exc).__name__)
+            return False
+        self.metrics.indexes_compacted.inc(report.indexes)
+        self.metrics.index_bytes_freed.inc(max(0, report.bytes_before - report.bytes_after))
+        if report.indexes or report.failed:
+            log.info(
+                "indexes_compacted",
+                indexes=report.indexes,
+                bytes_before=report.bytes_before,
+                bytes_after=report.bytes_after,
+                failed=report.failed,
+                finished=report.finished,
+            )
+        return True
+
+    async def _compact_settled(self) -> None:
+        """Between passes: compact the tables writes have left alone for a check interval."""
+        try:
+            quiet = await self._quiet.settled(self.pool)
+        except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
+            log.error("index_compaction_failed", error=str(exc) or type(exc).__name__)
+            return
+        if quiet:
+            await self._compact(quiet)
 
     async def run(self) -> None:
         """Loop until `stop()`; returns after the pass in progress (if any) completes."""
@@ -146,12 +169,20 @@ class TieringSchedule:
 
     async def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
+        next_check = time.monotonic() + self.quiet_check_s
         while not self._stopping.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
             self.liveness.tick()
+            if time.monotonic() >= next_check:
+                await self._compact_settled()
+                next_check = time.monotonic() + self.quiet_check_s
+                continue
             try:
-                await asyncio.wait_for(self._stopping.wait(), timeout=min(remaining, _TICK_S))
+                await asyncio.wait_for(
+                    self._stopping.wait(),
+                    timeout=max(0.0, min(remaining, _TICK_S, next_check - time.monotonic())),
+                )
             except TimeoutError:
                 pass

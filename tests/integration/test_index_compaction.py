@@ -5,14 +5,23 @@ rebuilt again until it has grown loose, and what an interrupted rebuild left is 
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
+from prometheus_client import CollectorRegistry
 
 from libs.common.event_partitions import ensure_partitions, partition_name
-from services.tiering.index_compaction import COMPACTION_LOCK, compact_indexes, needs_rebuild
+from services.tiering.index_compaction import (
+    COMPACTION_LOCK,
+    QuietTables,
+    compact_indexes,
+    needs_rebuild,
+)
+from services.tiering.metrics import TieringMetrics
+from services.tiering.service import TieringSchedule
 from tests.integration.test_tier_export import strata
 
 pytestmark = pytest.mark.infra
@@ -175,6 +184,69 @@ async def test_strata_tier_compact_rebuilds_now(
     async with pool.acquire() as conn:
         after = await _indexes(conn, partition_name(day))
     assert sum(size for size, _ in after.values()) < sum(size for size, _ in before.values())
+
+
+async def test_quiet_tables_are_those_no_write_touched_over_two_looks(pool: asyncpg.Pool) -> None:
+    day = date(2026, 3, 8)
+    async with pool.acquire() as conn:
+        await conn.execute("INSERT INTO projects (id, name) VALUES ('p1', 'P1')")
+        await ensure_partitions(conn, [day, date(2026, 3, 9)])
+        quiet = QuietTables()
+        assert await quiet.settled(pool) == set()  # the first looks only count
+        assert await quiet.settled(pool) == set()
+        untouched = {"events_20260309", "rollups", "session_rollups"}
+        assert untouched <= await quiet.settled(pool)
+        await _interleaved(conn, day, 100)
+        await conn.execute("SELECT pg_stat_force_next_flush()")  # report the counts now
+        await conn.execute("SELECT 1")
+        looks = [await quiet.settled(pool) for _ in range(3)]
+    assert [partition_name(day) in look for look in looks] == [False, False, True]
+    assert all(untouched <= look for look in looks)
+
+
+async def test_between_passes_a_backfills_days_are_compacted_once_writes_stop(
+    pool: asyncpg.Pool,
+) -> None:
+    """A backfill after the pass: its closed day is compacted within a few checks of its last
+    write, not at the next pass an hour later."""
+    day = datetime.now(UTC).date() - timedelta(days=3)
+    schedule = TieringSchedule(
+        pool,
+        TieringMetrics(CollectorRegistry()),
+        schedule_s=3600,
+        partitions_ahead_days=1,
+        dedup_horizon_days=30,
+        quiet_check_s=0.5,
+    )
+    task = asyncio.create_task(schedule.run())
+    try:
+        for _ in range(100):
+            if schedule.passes_ok:
+                break
+            await asyncio.sleep(0.1)
+        assert schedule.passes_ok == 1
+        async with pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO projects (id, name) VALUES ('p1', 'P1'), ('p2', 'P2'), ('p3', 'P3')"
+            )
+            await ensure_partitions(conn, [day])
+            await _interleaved(conn, day, 30_000)
+            before = await _indexes(conn, partition_name(day))
+            for _ in range(100):
+                recorded = {
+                    r["index_name"]
+                    for r in await conn.fetch("SELECT index_name FROM index_compactions")
+                }
+                if set(before) <= recorded:
+                    break
+                await asyncio.sleep(0.2)
+            assert set(before) <= recorded
+            after = await _indexes(conn, partition_name(day))
+        assert sum(s for s, _ in after.values()) < sum(s for s, _ in before.values())
+        assert schedule.passes_ok == 1  # no pass ran meanwhile
+    finally:
+        schedule.stop()
+        await asyncio.wait_for(task, 30)
 
 
 def test_rebuild_rule() -> None:
