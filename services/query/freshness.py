@@ -14,9 +14,12 @@ from services.query.responses import Freshness
 AGGREGATOR_CONSUMER = "aggregator"
 _CONSUMER_INFO_TIMEOUT_S = 0.5
 
-_NEWEST_EVENT = """
+# `event_rows`, not the `events` view: PostgreSQL answers max() from the end of each day's
+# (project_id, ts) index only for a query over one table, and the view joins the dictionaries
+# (a full aggregate instead: 22 ms against 6 on the demo, on every metrics request).
+NEWEST_EVENT = """
 SELECT greatest(
-    (SELECT max(ts) FROM events WHERE project_id = $1),
+    (SELECT max(ts) FROM event_rows WHERE project_id = $1),
     (SELECT max(max_ts) FROM day_files WHERE project_id = $1 AND state = 'active'))
 """
 
@@ -36,7 +39,7 @@ async def _pending_batches(deps: QueryDeps) -> int | None:
 async def freshness(deps: QueryDeps, project_id: str, now: datetime) -> Freshness:
     """The project's newest stored event and the aggregator's backlog at `now`."""
     newest, pending = await asyncio.gather(
-        deps.pool.fetchval(_NEWEST_EVENT, project_id), _pending_batches(deps)
+        deps.pool.fetchval(NEWEST_EVENT, project_id), _pending_batches(deps)
     )
     age = None if newest is None else round(max(0.0, (now - newest).total_seconds()), 1)
     return Freshness(newest_event=newest, newest_event_age_s=age, pending_batches=pending)

@@ -34,12 +34,13 @@ from services.query.event_scan import ScanSources, open_scan
 log = structlog.get_logger("query")
 
 # Projects by their newest event within the window (the (project_id, ts) index of each day
-# partition the window keeps answers it), those without one last.
+# partition the window keeps answers it: `event_rows`, as the `events` view's joins would keep
+# PostgreSQL from reading max() off the index), those without one last.
 _PROJECTS = """
 SELECT p.id
 FROM projects p
 LEFT JOIN LATERAL (
-    SELECT max(e.ts) AS newest FROM events e WHERE e.project_id = p.id AND e.ts >= $1
+    SELECT max(e.ts) AS newest FROM event_rows e WHERE e.project_id = p.id AND e.ts >= $1
 ) recent ON true
 ORDER BY recent.newest DESC NULLS LAST, p.id
 """

@@ -25,6 +25,7 @@ from libs.common.model.event_encoding import restored_sql
 from libs.common.schemas.events_v1 import EventV1
 from services.aggregator import writer
 from services.aggregator.writer import write_events
+from services.query.freshness import NEWEST_EVENT
 from tests.support.recompute import make_event
 
 pytestmark = pytest.mark.infra
@@ -183,6 +184,28 @@ async def test_queries_without_page_columns_do_not_join_the_pages(pool: asyncpg.
         )
     assert all(t not in plain for t in ("event_pages", "event_clients", "event_sources"))
     assert "event_pages" in paged
+
+
+async def test_the_newest_and_oldest_event_are_read_off_the_index(pool: asyncpg.Pool) -> None:
+    """max(ts) and min(ts) of a project, asked on every metrics request (freshness) and by
+    the warm-up and the export, read the end of each day's (project_id, ts) index: over
+    `event_rows`, as the `events` view's joins would turn them into a full aggregate."""
+    async with pool.acquire() as conn:
+        await write_events(conn, [_pageview(0, "/"), _pageview(1, "/b")])
+        await conn.execute("SET enable_seqscan = off")
+        for statement in (NEWEST_EVENT, "SELECT min(ts) FROM event_rows WHERE project_id = $1"):
+            plan = "\n".join(
+                r[0] for r in await conn.fetch(f"EXPLAIN {statement}".replace("$1", "'acme'"))
+            )
+            assert "Limit" in plan and "Index Only Scan" in plan, plan
+        via_view = "\n".join(
+            r[0]
+            for r in await conn.fetch(
+                "EXPLAIN SELECT max(ts) FROM events WHERE project_id = 'acme'"
+            )
+        )
+        assert "Limit" not in via_view  # why the statements read event_rows
+        assert await conn.fetchval(NEWEST_EVENT, "acme") == T0 + timedelta(minutes=1)
 
 
 async def test_erasure_deletes_the_persons_pages_no_one_else_shows(pool: asyncpg.Pool) -> None:

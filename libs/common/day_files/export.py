@@ -603,8 +603,10 @@ async def days_needing_export(
 ) -> list[date]:
     """Days up to `last_day` with rows no active part holds, parts left mid-way by a crash,
     or more late parts than `max_late_parts`."""
+    # `event_rows`: min() read off the (project_id, ts) indexes, which the `events` view's
+    # joins would prevent.
     first_ts: datetime | None = await conn.fetchval(
-        "SELECT min(ts) FROM events WHERE project_id = $1", project_id
+        "SELECT min(ts) FROM event_rows WHERE project_id = $1", project_id
     )
     catalog_days = await conn.fetch(
         "SELECT day, count(*) FILTER (WHERE state = 'active') AS active,"
