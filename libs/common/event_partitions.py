@@ -19,7 +19,8 @@ from libs.common.observability import error_text
 
 log = structlog.get_logger(__name__)
 
-# One creator of partitions at a time: creating a partition takes ACCESS EXCLUSIVE on `events`.
+# One creator of partitions at a time: attaching a partition locks `event_rows` (SHARE UPDATE
+# EXCLUSIVE since migration 0032; ACCESS EXCLUSIVE before, with PARTITION OF).
 PARTITION_LOCK = 0x5354524150  # "STRAP"
 # Tiering drops old days' partitions, so only days this recent are remembered as existing; an
 # older (backfilled) day is checked on every write, which costs one cheap query.
