@@ -4,7 +4,7 @@ so the derived metrics (rates, averages) are computed in exactly one place."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from datasketches import hll_sketch, hll_union
 
@@ -249,6 +249,16 @@ class Counters:
 
 # (bucket index or ALL, breakdown value or ALL) -> counters
 Cells = dict[tuple[int | None, str | None], Counters]
+_K = TypeVar("_K")
+
+
+def cell_of(cells: dict[_K, Counters], key: _K) -> Counters:
+    """The counters of `key`, created empty on first use (`setdefault(key, Counters())` would
+    build and drop one per call: a fifth of a year-by-page answer's time)."""
+    cell = cells.get(key)
+    if cell is None:
+        cell = cells[key] = Counters()
+    return cell
 
 
 def metric_value(metric: str, counters: Counters) -> int | float | None:

@@ -26,7 +26,7 @@ from libs.common.schemas.events_v1 import PAGEVIEW
 from services.query.buckets import OutputBuckets
 from services.query.cold_rows import moved_days, read_cold_rows
 from services.query.dependencies import QueryDeps
-from services.query.metric_query import ALL, Cells, Counters, MetricQuery, SqlParams
+from services.query.metric_query import ALL, Cells, MetricQuery, SqlParams, cell_of
 from services.query.params import EVENT_NAME_DIMENSION
 from services.query.responses import TierScan
 
@@ -163,7 +163,7 @@ async def _read_event_counters(
     """
     hot_rows = 0
     for row in await conn.fetch(sql, *params.values):
-        cell = cells.setdefault(_cell_key(row), Counters())
+        cell = cell_of(cells, _cell_key(row))
         cell.events = row["events"]
         cell.pageviews = row["pageviews"]
         cell.visitors = row["visitors"]
@@ -210,7 +210,7 @@ async def _read_share_counters(
     """
     hot_rows = 0
     for row in await conn.fetch(sql, *params.values):
-        cell = cells.setdefault(_cell_key(row), Counters())
+        cell = cell_of(cells, _cell_key(row))
         cell.all_events = row["all_events"]
         cell.bot_events = row["bot_events"]
         cell.counted_events = row["counted_events"]
@@ -281,7 +281,7 @@ async def _read_session_counters(
             FROM s GROUP BY {grouping}
         """
         for row in await conn.fetch(sql, *params.values):
-            cell = cells.setdefault(_cell_key(row), Counters())
+            cell = cell_of(cells, _cell_key(row))
             cell.sessions = row["sessions"]
             cell.bounces = row["bounces"]
             cell.duration_s = row["duration_s"]

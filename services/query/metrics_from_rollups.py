@@ -9,7 +9,7 @@ from datasketches import hll_sketch
 from libs.common.rollup_keys import ALL_EVENTS, TOTAL
 from libs.common.schemas.events_v1 import PAGEVIEW
 from services.query.buckets import RollupPiece, rollup_buckets
-from services.query.metric_query import ALL, Cells, Counters, MetricQuery, SqlParams
+from services.query.metric_query import ALL, Cells, Counters, MetricQuery, SqlParams, cell_of
 from services.query.params import EVENT_NAME_DIMENSION
 
 
@@ -87,13 +87,14 @@ async def _read_event_rollups(
     """
     rows = await conn.fetch(sql, *params.values)
     fine: dict[tuple[int, str | None], Counters] = {}
+    by_event_name = query.by_event_name  # a property: read once, not per row
     for row in rows:
         name: str = row["name"]
-        cell = fine.setdefault((row["idx"], _breakdown_key(query, name, row["value"])), Counters())
+        cell = cell_of(fine, (row["idx"], _breakdown_key(query, name, row["value"])))
         count: int = row["events"]
         # Without a name constraint '*' carries events and visitors and the named rows only
         # their own counts; constrained to names, each name's row carries everything.
-        if query.by_event_name or name == ALL_EVENTS:
+        if by_event_name or name == ALL_EVENTS:
             cell.events += count
         if name == PAGEVIEW:
             cell.pageviews += count
@@ -105,7 +106,7 @@ async def _read_event_rollups(
     for (idx, key), counters in fine.items():
         merged = counters.close_sketch()
         for target in _targets(idx, key):
-            cell = cells.setdefault(target, Counters())
+            cell = cell_of(cells, target)
             cell.add_events(counters)
             if merged is not None:
                 cell.add_sketch(merged)
@@ -134,14 +135,14 @@ async def _read_session_rollups(
     fine: dict[tuple[int, str | None], Counters] = {}
     for row in rows:
         breakdown_key = ALL if query.breakdown is None else row["value"]
-        cell = fine.setdefault((row["idx"], breakdown_key), Counters())
+        cell = cell_of(fine, (row["idx"], breakdown_key))
         cell.sessions += row["sessions"]
         cell.bounces += row["bounces"]
         cell.duration_s += row["duration_s"]
         cell.session_pageviews += row["pageviews"]
     for (idx, key), counters in fine.items():
         for target in _targets(idx, key):
-            cells.setdefault(target, Counters()).add_sessions(counters)
+            cell_of(cells, target).add_sessions(counters)
 
 
 async def read_rollups(pool: asyncpg.Pool, query: MetricQuery, pieces: list[RollupPiece]) -> Cells:

@@ -22,7 +22,7 @@ from services.query.analyses.metric_definitions import (
 from services.query.analyses.scans import RequestScans, in_thread, scan_opener
 from services.query.buckets import OutputBuckets
 from services.query.dependencies import DEPS
-from services.query.metric_query import Cells, Counters, MetricQuery
+from services.query.metric_query import Cells, MetricQuery, cell_of
 from services.query.params import ParamError
 
 
@@ -98,6 +98,6 @@ async def fill_custom_metrics(
         tiers = [t.tier for t in scans.tiers()]
         missing = scans.missing_days()
     for key, values in result.values.items():
-        cell = cells.setdefault(key, Counters())
+        cell = cell_of(cells, key)
         cell.custom.update(values)
     return tiers, missing
