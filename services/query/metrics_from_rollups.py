@@ -102,10 +102,13 @@ async def _read_event_rollups(
             cell.named[name] = cell.named.get(name, 0) + count
         for blob in row["sketches"] or ():
             cell.add_sketch(hll_sketch.deserialize(blob))
-    # Merge each fine cell's sketches once, then merge those results upwards.
+    # Merge each fine cell's sketches once, then merge those results upwards. A fine cell is
+    # its own output cell (no other fine cell counts into it): it is kept as it is, since a
+    # union of its one merged sketch would give the same estimate again.
     for (idx, key), counters in fine.items():
         merged = counters.close_sketch()
-        for target in _targets(idx, key):
+        cells[(idx, key)] = counters
+        for target in _targets(idx, key) - {(idx, key)}:
             cell = cell_of(cells, target)
             cell.add_events(counters)
             if merged is not None:
