@@ -9,7 +9,9 @@ all five services) plus the load generator, everything sharing the same cores.
    new event name each) are sent every 0.25 s; freshness is the time from the ingest's 2xx to
    the marker being counted by the metrics API (polled every 20 ms): p50 and p95.
 3. Peak RSS of every service, NATS and PostgreSQL over both phases.
-4. The raw ceiling, measured first in the same run (bench.raw_ceiling: the same requests
+4. The drain: how fast the backlog left at the end of the saturation phase is stored once the
+   loader stops (ingest idle), i.e. the downstream's rate with both cores to itself.
+5. The raw ceiling, measured first in the same run (bench.raw_ceiling: the same requests
    through aiohttp, JetStream and COPY, without Strata's work), and the ratio of the
    pipeline's stored events/s to it.
 
@@ -288,11 +290,16 @@ async def run_phases(info: dict[str, str], sampler: RssSampler, seconds: float) 
             accepted_rate = accepted / seconds
             backlog_mid = accepted_rate * half[0][0] - half[0][1] if half else 0.0
             backlog_end = accepted - marks[-1][1]
+            # The drain: the backlog stored once ingest and the loader are idle, i.e. what the
+            # sessionizer, the aggregator, NATS and PostgreSQL reach with both cores to
+            # themselves (as behind an ingest on other machines).
             drain_start = time.monotonic()
+            left_at_end = accepted - (await stored_events(conn, project) - before)
             while await stored_events(conn, project) - before < accepted:
                 if time.monotonic() - drain_start > 600:
                     break
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.1)
+            drained_at = time.monotonic()
             await asyncio.to_thread(sampler.sample)
             cpu_after = sampler.cpu_seconds()
             cpu_after["loader"] = time.process_time()
@@ -304,6 +311,9 @@ async def run_phases(info: dict[str, str], sampler: RssSampler, seconds: float) 
                 "backlog_events_mid_run": round(backlog_mid),
                 "backlog_events_end_of_load": round(backlog_end),
                 "drain_seconds_after_load": round(time.monotonic() - drain_start, 1),
+                "drain_events_per_s": round(left_at_end / max(0.1, drained_at - drain_start))
+                if left_at_end > 0
+                else None,
                 "stack_idle_seconds_before_load": round(idle_after_s, 1),
                 # CPU of each component over the load and its drain, per stored event: where
                 # the two cores go (the loader is this process: load generator and sampler).
