@@ -25,7 +25,7 @@ from libs.common.model.event_encoding import restored_sql
 from libs.common.schemas.events_v1 import EventV1
 from services.aggregator import writer
 from services.aggregator.writer import write_events
-from services.query.freshness import NEWEST_EVENT
+from services.query.freshness import NEWEST_EVENT, NEWEST_EVENT_EVER, RECENT, newest_event
 from tests.support.recompute import make_event
 
 pytestmark = pytest.mark.infra
@@ -193,10 +193,14 @@ async def test_the_newest_and_oldest_event_are_read_off_the_index(pool: asyncpg.
     async with pool.acquire() as conn:
         await write_events(conn, [_pageview(0, "/"), _pageview(1, "/b")])
         await conn.execute("SET enable_seqscan = off")
-        for statement in (NEWEST_EVENT, "SELECT min(ts) FROM event_rows WHERE project_id = $1"):
-            plan = "\n".join(
-                r[0] for r in await conn.fetch(f"EXPLAIN {statement}".replace("$1", "'acme'"))
-            )
+        since = f"'{(T0 - RECENT).isoformat()}'::timestamptz"
+        for statement in (
+            NEWEST_EVENT,
+            NEWEST_EVENT_EVER,
+            "SELECT min(ts) FROM event_rows WHERE project_id = $1",
+        ):
+            explain = f"EXPLAIN {statement}".replace("$1", "'acme'").replace("$2", since)
+            plan = "\n".join(r[0] for r in await conn.fetch(explain))
             assert "Limit" in plan and "Index Only Scan" in plan, plan
         via_view = "\n".join(
             r[0]
@@ -205,7 +209,48 @@ async def test_the_newest_and_oldest_event_are_read_off_the_index(pool: asyncpg.
             )
         )
         assert "Limit" not in via_view  # why the statements read event_rows
-        assert await conn.fetchval(NEWEST_EVENT, "acme") == T0 + timedelta(minutes=1)
+        assert await newest_event(pool, "acme", T0 + timedelta(hours=1)) == T0 + timedelta(
+            minutes=1
+        )
+
+
+async def test_the_newest_event_is_planned_over_the_recent_days_alone(
+    pool: asyncpg.Pool,
+) -> None:
+    """Every metrics request asks for the project's newest event. Over the recent days, the
+    plan reads those days' partitions alone (planning one index scan per partition of the
+    whole table took longer than the answer); a project idle for longer is still answered."""
+    old, recent = _pageview(0, "/"), _pageview(60 * 24 * 20, "/later")  # 20 days apart
+    async with pool.acquire() as conn:
+        await write_events(conn, [old, recent])
+        since = recent.ts - RECENT
+        plan = "\n".join(
+            r[0]
+            for r in await conn.fetch(
+                f"EXPLAIN {NEWEST_EVENT}".replace("$1", "'acme'").replace(
+                    "$2", f"'{since.isoformat()}'::timestamptz"
+                )
+            )
+        )
+    assert f"events_{recent.ts:%Y%m%d}" in plan
+    assert f"events_{old.ts:%Y%m%d}" not in plan, plan
+    # Recent traffic: found in the window.
+    assert await newest_event(pool, "acme", recent.ts + timedelta(hours=1)) == recent.ts
+    # Idle for a month: nothing in the window, found over every partition.
+    assert await newest_event(pool, "acme", recent.ts + timedelta(days=30)) == recent.ts
+    assert await newest_event(pool, "nobody", recent.ts) is None
+    # A day file's newest event counts beside the hot rows, in the window or before it.
+    in_file = recent.ts + timedelta(days=1)
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO day_files (part_id, project_id, day, object_name, kind, state,"
+            " xid_from, xid_to, max_ts) VALUES ('p1', 'acme', $1, 'o1', 'export', 'active',"
+            " 1, 2, $2)",
+            in_file.date(),
+            in_file,
+        )
+    assert await newest_event(pool, "acme", in_file + timedelta(hours=1)) == in_file
+    assert await newest_event(pool, "acme", in_file + timedelta(days=30)) == in_file
 
 
 async def test_erasure_deletes_the_persons_pages_no_one_else_shows(pool: asyncpg.Pool) -> None:
