@@ -111,13 +111,21 @@ async def get_performance(request: web.Request) -> web.Response:
         where.append(f" AND {expr} = ANY(${len(args)}::text[])")
     # The stored properties, not event_properties(...): only numbers are read here, and the
     # values a row leaves out for their columns are strings (libs/common/model/event_encoding).
+    # The view's `properties` (a CASE that may merge the source's) is computed once per row
+    # (OFFSET 0 keeps the subquery whole), not once per mention and property: 165-207 ms
+    # against 58-64 for 30 days of the demo, same answer. Rows with none of the properties
+    # are dropped before the cross join.
     sql = f"""
         WITH m AS (
-            SELECT {dimension_sql("e", "path")} AS page, p.prop,
-                   (e.properties ->> p.prop)::float8 AS val
-            FROM events e CROSS JOIN unnest($5::text[]) AS p(prop)
-            WHERE e.project_id = $1 AND e.ts >= $2 AND e.ts < $3 AND (NOT e.is_bot OR $4)
-              AND jsonb_typeof(e.properties -> p.prop) = 'number'{"".join(where)}
+            SELECT r.page, p.prop, (r.props ->> p.prop)::float8 AS val
+            FROM (
+                SELECT {dimension_sql("e", "path")} AS page, e.properties AS props
+                FROM events e
+                WHERE e.project_id = $1 AND e.ts >= $2 AND e.ts < $3
+                  AND (NOT e.is_bot OR $4){"".join(where)}
+                OFFSET 0
+            ) r CROSS JOIN unnest($5::text[]) AS p(prop)
+            WHERE r.props ?| $5::text[] AND jsonb_typeof(r.props -> p.prop) = 'number'
         )
         SELECT grouping(page) = 1 AS overall, page, prop, count(*) AS samples,
                avg(val)::float8 AS avg,
