@@ -4,11 +4,12 @@ opaque keyset cursor, so pages stay exact while new events keep arriving."""
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from aiohttp import web
 
+from libs.common.day_files import day_bounds
 from libs.common.model.event_encoding import restored_sql
 from services.query.auth import authorized_project
 from services.query.cold_rows import ColdFilter, merge_events, moved_days, read_cold_events
@@ -52,6 +53,16 @@ def optional_range(query: Any) -> tuple[datetime | None, datetime | None]:
     if start is not None and end is not None and start >= end:
         raise ParamError("from", "must be before to")
     return start, end
+
+
+def reachable_days(days: list[date], last: datetime, *, descending: bool) -> list[date]:
+    """The moved days that could still place an event on a page whose hot rows already fill it
+    and one more, `last` being the ts of the last of them. A day entirely on the far side of
+    `last` holds only events that rank after all of those rows: reading its day files (most of
+    a newest-first page's time once older days are cold) cannot change the page."""
+    if descending:
+        return [d for d in days if day_bounds(d)[1] > last]
+    return [d for d in days if day_bounds(d)[0] <= last]
 
 
 async def get_events(request: web.Request) -> web.Response:
@@ -129,6 +140,8 @@ async def get_events(request: web.Request) -> web.Response:
     ]
     found = [event_record(r) for r in rows]
     days = await moved_days(deps, project_id, start, end)
+    if len(found) > limit:
+        days = reachable_days(days, found[-1].ts, descending=order == "desc")
     if days:
         cold_events, read = await read_cold_events(
             deps, project_id, days, cold, descending=order == "desc", limit=limit + 1

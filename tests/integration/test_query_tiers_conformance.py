@@ -127,3 +127,39 @@ async def test_event_endpoints_answer_the_same_in_every_tier_layout(
     ids = set(journey["distinct_ids"])
     mine = sorted((e for e in events if e.distinct_id in ids), key=lambda e: (e.ts, e.event_id))
     assert [e["event_id"] for e in journey["events"]] == [e.event_id for e in mine]
+
+
+async def test_a_page_the_hot_rows_fill_reads_no_day_file(
+    pool: asyncpg.Pool,
+    nats_url: str,
+    subjects: Subjects,
+    project: TestProject,
+    tmp_path: Path,
+) -> None:
+    """Newest first, with the older days moved cold: while the hot rows fill a page, the moved
+    days (all older than its rows) cannot change it, so their day files are not read; the pages
+    that reach them read them, and every page is still exact (the test above)."""
+    events = generate_events("acme", FIRST_DAY, DAYS, devices=30, seed=3)
+    async with tier_layout("split", pool, events, tmp_path, move_cold=True) as layout:
+        async with query_client(pool, nats_url, subjects, scan_engine=layout.engine) as client:
+            pages: list[tuple[list[str], dict[str, int]]] = []
+            cursor = None
+            while True:
+                params = {"limit": "40", **({"cursor": cursor} if cursor else {})}
+                status, page = await get_json(client, f"{API}/events", project.read_key, params)
+                assert status == 200, page
+                tiers = {t["tier"]: t["rows"] for t in page["tiers"]}
+                pages.append(([e["event_id"] for e in page["events"]], tiers))
+                cursor = page["next_cursor"]
+                if cursor is None:
+                    break
+    hot_only_from = FIRST_DAY + timedelta(days=DAYS // 2)  # the split layout's later half
+    newest_first = sorted(
+        (e for e in events if not e.is_bot), key=lambda e: (e.ts, e.event_id), reverse=True
+    )
+    assert [i for ids, _ in pages for i in ids] == [e.event_id for e in newest_first]
+    first_ids, first_tiers = pages[0]
+    by_id = {e.event_id: e for e in events}
+    assert all(by_id[i].ts >= hot_only_from for i in first_ids)
+    assert "cold" not in first_tiers, first_tiers
+    assert any(tiers.get("cold") for _, tiers in pages[1:])
