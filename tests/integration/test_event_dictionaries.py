@@ -416,6 +416,32 @@ async def test_a_sources_search_engine_is_part_of_it_and_old_sources_are_reused(
         }
 
 
+async def test_the_hot_tier_counts_a_projects_rows_days_and_range(pool: asyncpg.Pool) -> None:
+    """GET /api/v1/tiers' hot row: the project's rows, its days with rows, and the days of its
+    first and last event, other projects' rows left out; and all projects' together."""
+    acme = [_pageview(n, "/") for n in (0, 1, 60 * 24 * 2, 60 * 24 * 2 + 5)]  # 2 of 3 days
+    globex = [
+        make_event(project_id="globex", event_id=f"g-{n}", ts=T0 + timedelta(days=n))
+        for n in (-1, 1, 5)
+    ]
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO projects (id, name) VALUES ('acme', 'Acme'), ('globex', 'Globex')"
+        )
+        await write_events(conn, [*acme, *globex])
+    later = T0 + timedelta(days=10)
+    hot = next(t for t in (await tier_summary(pool, "acme", TierPrices(), now=later)).tiers)
+    assert (hot.tier, hot.rows, hot.objects) == ("hot", 4, 2)
+    assert (hot.first_day, hot.last_day) == (T0.date(), (T0 + timedelta(days=2)).date())
+    every = next(t for t in (await tier_summary(pool, None, TierPrices(), now=later)).tiers)
+    assert (every.rows, every.objects) == (7, 5)  # days -1, 0, 1, 2 and 5
+    assert (every.first_day, every.last_day) == (
+        (T0 - timedelta(days=1)).date(),
+        (T0 + timedelta(days=5)).date(),
+    )
+    assert 0 < hot.bytes < every.bytes
+
+
 async def test_the_hot_tiers_bytes_count_the_dictionaries(pool: asyncpg.Pool) -> None:
     # What the hot tier costs (GET /api/v1/tiers) includes the strings the rows point to.
     async with pool.acquire() as conn:

@@ -66,11 +66,20 @@ async def tier_summary(
     now = now or datetime.now(UTC)
     today = now.astimezone(UTC).date()
     async with pool.acquire() as conn:
+        # Each day partition holds one UTC day, so the days with rows are the partitions with
+        # rows: counted per partition (a hash aggregate, ~4x cheaper than count(DISTINCT day)
+        # over 3 million rows), over `event_rows` with the project as an index condition (not
+        # the `events` view behind `$1 IS NULL OR ...`, which scanned every project's rows).
+        # The first and last event come off the ends of the (project_id, ts) indexes.
+        project_only = "" if project_id is None else " WHERE project_id = $1"
+        args = () if project_id is None else (project_id,)
         hot = await conn.fetchrow(
-            "SELECT count(*) AS rows, count(DISTINCT (ts AT TIME ZONE 'UTC')::date) AS days,"
-            " min(ts) AS first, max(ts) AS last FROM events"
-            " WHERE $1::text IS NULL OR project_id = $1",
-            project_id,
+            "SELECT coalesce(sum(n), 0)::bigint AS rows, count(*) AS days FROM"
+            f" (SELECT tableoid, count(*) AS n FROM event_rows{project_only} GROUP BY tableoid) d",
+            *args,
+        )
+        ends = await conn.fetchrow(
+            f"SELECT min(ts) AS first, max(ts) AS last FROM event_rows{project_only}", *args
         )
         # PostgreSQL reports sizes per partition and table, not per project: a project's share
         # of the hot bytes (the events' partitions and their dictionaries of pages, clients
@@ -83,7 +92,7 @@ async def tier_summary(
         )
         total_rows = hot["rows"]
         if project_id is not None:
-            total_rows = await conn.fetchval("SELECT count(*) FROM events")
+            total_rows = await conn.fetchval("SELECT count(*) FROM event_rows")
         hot_bytes = int(total_bytes * hot["rows"] / total_rows) if total_rows else 0
         files = await conn.fetch(
             "SELECT CASE WHEN storage_tier = 'Archive' THEN 'archive' ELSE 'cold' END AS tier,"
@@ -124,8 +133,8 @@ async def tier_summary(
             rows=hot["rows"],
             bytes=hot_bytes,
             bytes_per_event=round(hot_bytes / hot["rows"], 2) if hot["rows"] else None,
-            first_day=hot["first"].astimezone(UTC).date() if hot["first"] else None,
-            last_day=hot["last"].astimezone(UTC).date() if hot["last"] else None,
+            first_day=ends["first"].astimezone(UTC).date() if ends["first"] else None,
+            last_day=ends["last"].astimezone(UTC).date() if ends["last"] else None,
             monthly_cost=_cost(hot_bytes, prices.hot),
         )
     ]
