@@ -29,21 +29,27 @@ def iso(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat()
 
 
-async def all_pages(
-    client: Any, key: str, params: dict[str, str]
-) -> tuple[list[dict[str, Any]], set[str]]:
-    events: list[dict[str, Any]] = []
-    tiers: set[str] = set()
+async def every_page(client: Any, key: str, params: dict[str, str]) -> list[dict[str, Any]]:
+    """Each page of the events listing, following the cursor to the end."""
+    pages: list[dict[str, Any]] = []
     cursor = None
     while True:
         page_params = {**params, **({"cursor": cursor} if cursor else {})}
         status, page = await get_json(client, f"{API}/events", key, page_params)
         assert status == 200, page
-        events.extend(page["events"])
-        tiers.update(t["tier"] for t in page["tiers"] if t["rows"])
+        pages.append(page)
         cursor = page["next_cursor"]
         if cursor is None:
-            return events, tiers
+            return pages
+
+
+async def all_pages(
+    client: Any, key: str, params: dict[str, str]
+) -> tuple[list[dict[str, Any]], set[str]]:
+    pages = await every_page(client, key, params)
+    events = [e for page in pages for e in page["events"]]
+    tiers = {t["tier"] for page in pages for t in page["tiers"] if t["rows"]}
+    return events, tiers
 
 
 @pytest.mark.parametrize("layout_name", LAYOUTS)
@@ -142,17 +148,13 @@ async def test_a_page_the_hot_rows_fill_reads_no_day_file(
     events = generate_events("acme", FIRST_DAY, DAYS, devices=30, seed=3)
     async with tier_layout("split", pool, events, tmp_path, move_cold=True) as layout:
         async with query_client(pool, nats_url, subjects, scan_engine=layout.engine) as client:
-            pages: list[tuple[list[str], dict[str, int]]] = []
-            cursor = None
-            while True:
-                params = {"limit": "40", **({"cursor": cursor} if cursor else {})}
-                status, page = await get_json(client, f"{API}/events", project.read_key, params)
-                assert status == 200, page
-                tiers = {t["tier"]: t["rows"] for t in page["tiers"]}
-                pages.append(([e["event_id"] for e in page["events"]], tiers))
-                cursor = page["next_cursor"]
-                if cursor is None:
-                    break
+            pages = [
+                (
+                    [e["event_id"] for e in page["events"]],
+                    {t["tier"]: t["rows"] for t in page["tiers"]},
+                )
+                for page in await every_page(client, project.read_key, {"limit": "40"})
+            ]
     hot_only_from = FIRST_DAY + timedelta(days=DAYS // 2)  # the split layout's later half
     newest_first = sorted(
         (e for e in events if not e.is_bot), key=lambda e: (e.ts, e.event_id), reverse=True
